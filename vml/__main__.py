@@ -1,0 +1,3 @@
+from vml.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Working areas: the places whose file trees are versioned (a directory today; ssh and libvirt later)."""

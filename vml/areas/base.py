@@ -1,0 +1,52 @@
+"""The protocol every working area implements, whatever reaches its files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from vml.areas.capture import CaptureProgress, CaptureResult
+from vml.areas.restore import RestoreProgress
+from vml.areas.statcache import StatCache
+from vml.errors import UsageError
+from vml.objects.manifest import Listing
+from vml.objects.store import ChunkStore
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_area_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name or name.endswith(".lock"):
+        raise UsageError(f"invalid area name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class AreaConfig:
+    name: str
+    kind: str
+    location: str
+
+
+class WorkingArea(Protocol):
+    config: AreaConfig
+    capture_method: str
+
+    def capture(
+        self,
+        store: ChunkStore,
+        cache: StatCache,
+        *,
+        dry_run: bool,
+        progress: Callable[[CaptureProgress], None] | None,
+    ) -> CaptureResult: ...
+
+    def restore(
+        self,
+        store: ChunkStore,
+        load_listing: Callable[..., Listing],
+        root_id: bytes,
+        current_root_id: bytes | None,
+        progress: Callable[[RestoreProgress], None] | None,
+    ) -> RestoreProgress: ...

@@ -1,0 +1,369 @@
+"""Capture a local file tree into the chunk store as a Merkle tree of listings.
+
+The walk runs on the calling thread (it is mostly lstat calls); reading, chunking, hashing
+and compressing files runs on a thread pool, since blake3, zstd and file reads release the
+GIL. Directories are finished in post-order within a bounded window of work in flight, so
+memory stays bounded whatever the size of the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import msgpack
+
+from vml.areas.fsmeta import OwnerNames, data_extents, read_xattrs
+from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, stat_key
+from vml.objects import compress as compression
+from vml.objects.chunker import MIN_SIZE, cut_stream
+from vml.objects.hashing import fingerprint128, object_id
+from vml.objects.ids import ObjectId
+from vml.objects.manifest import (
+    KIND_BLOCK,
+    KIND_CHAR,
+    KIND_DIR,
+    KIND_FIFO,
+    KIND_FILE,
+    KIND_SYMLINK,
+    Node,
+    Totals,
+    decode_node,
+    encode_listing,
+    encode_node,
+)
+from vml.objects.pack import TYPE_DATA, TYPE_TREE
+from vml.objects.store import ChunkStore
+
+MAX_FILES_IN_FLIGHT = 256
+MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+READ_SIZE = 4 * 1024 * 1024
+
+_KINDS = {
+    stat.S_IFREG: KIND_FILE,
+    stat.S_IFDIR: KIND_DIR,
+    stat.S_IFLNK: KIND_SYMLINK,
+    stat.S_IFCHR: KIND_CHAR,
+    stat.S_IFBLK: KIND_BLOCK,
+    stat.S_IFIFO: KIND_FIFO,
+}
+
+
+@dataclass(slots=True)
+class CaptureProgress:
+    files: int = 0
+    bytes: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+
+
+@dataclass(slots=True)
+class CaptureResult:
+    root_id: ObjectId
+    totals: Totals
+    cache: StatCache
+    skipped: list[tuple[bytes, str]]
+    changed_while_reading: list[bytes]
+    progress: CaptureProgress
+    listings: dict[bytes, bytes]  # listings kept in memory by a dry capture (id -> bytes)
+
+
+@dataclass(slots=True)
+class _FileContent:
+    chunks: bytes
+    extents: tuple | None
+    stable: bool  # the file did not change while it was read
+
+
+@dataclass(slots=True)
+class _Child:
+    name: bytes
+    st: os.stat_result
+    node: Node | None = None  # complete already (cached, or not a regular file)
+    content: Future | None = None  # pending read of a regular file
+    subdir: "_PendingDir | None" = None
+    hardlink: bytes | None = None
+    cacheable: bool = True
+    reads: bool = False  # this child, not an earlier hardlink to the same inode, reads the content
+
+
+@dataclass(slots=True)
+class _PendingDir:
+    rel: bytes
+    children: list[_Child]
+    cached: CachedDir | None
+    listing_id: bytes | None = None
+    totals: Totals = field(default_factory=Totals)
+    reusable: bool = True  # false when something in it must not be trusted next time
+
+
+class Capture:
+    def __init__(
+        self,
+        root: bytes,
+        store: ChunkStore,
+        old_cache: StatCache,
+        *,
+        dry_run: bool = False,
+        workers: int | None = None,
+        progress: Callable[[CaptureProgress], None] | None = None,
+    ):
+        self.root = root
+        self.store = store
+        self.old_cache = old_cache
+        self.dry_run = dry_run
+        self.new_cache = StatCache()
+        self.owners = OwnerNames(root)
+        self.skipped: list[tuple[bytes, str]] = []
+        self.changed_while_reading: list[bytes] = []
+        self.listings: dict[bytes, bytes] = {}
+        self.counts = CaptureProgress()
+        self._progress = progress or (lambda counts: None)
+        self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-read")
+        self._queue: deque[_PendingDir] = deque()
+        self._in_flight = 0
+        self._bytes_in_flight = 0
+        self._hardlinks: dict[tuple[int, int], tuple[bytes, _Child]] = {}
+        self._racy_after = time.time_ns() - RACY_WINDOW_NS
+
+    # -- the walk
+
+    def run(self) -> CaptureResult:
+        try:
+            root_st = os.stat(self.root)
+            if not stat.S_ISDIR(root_st.st_mode):
+                raise NotADirectoryError(f"{os.fsdecode(self.root)} is not a directory")
+            top = self._scan_dir(self.root, b"")
+            while self._queue:
+                self._finish(self._queue.popleft())
+            root_node = self._metadata_node(b"", root_st, self.root)
+            root_node.tree = top.listing_id
+            totals = Totals(top.totals.nodes, top.totals.files, top.totals.bytes)
+            root_id = self._put_listing([root_node], totals)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return CaptureResult(
+            root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.listings
+        )
+
+    def _scan_dir(self, path: bytes, rel: bytes) -> _PendingDir:
+        with os.scandir(path) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        cached = self.old_cache.dirs.get(rel)
+        pending = _PendingDir(rel, [], cached)
+        for entry in entries:
+            child_rel = rel + b"/" + entry.name if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted while we walked
+            fmt = stat.S_IFMT(st.st_mode)
+            if fmt == stat.S_IFSOCK:
+                self.skipped.append((child_rel, "socket"))
+                continue
+            if fmt not in _KINDS:
+                self.skipped.append((child_rel, "unknown file type"))
+                continue
+            child = _Child(entry.name, st)
+            if st.st_mtime_ns >= self._racy_after or st.st_ctime_ns >= self._racy_after:
+                child.cacheable = False
+                pending.reusable = False
+            if fmt == stat.S_IFDIR:
+                child.subdir = self._scan_dir(entry.path, child_rel)
+            else:
+                self._plan_child(child, entry.path, child_rel, cached)
+            pending.children.append(child)
+        self._queue.append(pending)
+        self._drain()
+        return pending
+
+    def _plan_child(self, child: _Child, path: bytes, rel: bytes, cached: CachedDir | None) -> None:
+        st = child.st
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._hardlinks.get(key)
+            if first is not None:
+                child.hardlink = first[0]
+                child.content = first[1].content
+                if child.content is None:
+                    child.node = self._copy_node(first[1].node, child)
+                return
+            self._hardlinks[key] = (rel, child)
+            child.hardlink = rel
+        hit = cached.children.get(child.name) if cached is not None else None
+        if hit is not None and child.cacheable and hit[0] == stat_key(st):
+            node = decode_node(hit[1])
+            if all(chunk in self.store for chunk in node.chunk_ids()):
+                node.hardlink = child.hardlink
+                child.node = node
+                return
+        if stat.S_ISREG(st.st_mode):
+            self._in_flight += 1
+            self._bytes_in_flight += st.st_size
+            child.reads = True
+            child.content = self._pool.submit(self._read_file, path, st)
+        else:
+            child.node = self._metadata_node(child.name, st, path)
+
+    @staticmethod
+    def _copy_node(node: Node, child: _Child) -> Node:
+        copy = decode_node(encode_node(node))
+        copy.name = child.name
+        copy.hardlink = child.hardlink
+        return copy
+
+    def _drain(self) -> None:
+        while self._queue and (self._in_flight > MAX_FILES_IN_FLIGHT or self._bytes_in_flight > MAX_BYTES_IN_FLIGHT):
+            self._finish(self._queue.popleft())
+
+    # -- file contents (on worker threads)
+
+    def _read_file(self, path: bytes, st: os.stat_result) -> _FileContent:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+            ids = []
+            if extents is None and st.st_size < MIN_SIZE:
+                data = os.read(fd, MIN_SIZE)
+                if data:
+                    ids.append(self._store_chunk(data))
+            else:
+                for chunk in cut_stream(_ExtentReader(fd, extents).readinto):
+                    ids.append(self._store_chunk(chunk))
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return _FileContent(b"".join(ids), extents, stable)
+
+    def _store_chunk(self, data: bytes | memoryview) -> bytes:
+        chunk_id = object_id(data)
+        if not self.dry_run and chunk_id not in self.store:
+            flag, payload = compression.compress(data)
+            self.store.add(chunk_id, TYPE_DATA, flag, payload, len(data))
+        return chunk_id
+
+    # -- finishing a directory (post-order, on the calling thread)
+
+    def _finish(self, pending: _PendingDir) -> None:
+        nodes = []
+        totals = Totals()
+        fingerprint_items = []
+        cache_children = {}
+        for child in pending.children:
+            node = self._complete_node(child, pending)
+            nodes.append(node)
+            totals.add_node(node)
+            if child.subdir is not None:
+                totals.add(child.subdir.totals)
+            key = stat_key(child.st)
+            fingerprint_items.append((child.name, key, node.tree, child.hardlink))
+            if child.cacheable:
+                cache_children[child.name] = (key, encode_node(node))
+            self.counts.files += 1
+            self.counts.bytes += node.size
+        fingerprint = fingerprint128(msgpack.packb(fingerprint_items, use_bin_type=True))
+        cached = pending.cached
+        if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
+            pending.listing_id = cached.listing_id
+        else:
+            pending.listing_id = self._put_listing(nodes, totals)
+        pending.totals = totals
+        self.new_cache.dirs[pending.rel] = CachedDir(
+            fingerprint if pending.reusable else None,
+            pending.listing_id,
+            (totals.nodes, totals.files, totals.bytes),
+            cache_children,
+        )
+        pending.children = []  # release the stat results and nodes
+        self._progress(self.counts)
+
+    def _complete_node(self, child: _Child, pending: _PendingDir) -> Node:
+        if child.subdir is not None:
+            node = self._metadata_node(child.name, child.st, os.path.join(self.root, pending.rel, child.name))
+            node.tree = child.subdir.listing_id
+            return node
+        if child.node is not None:
+            return child.node
+        content: _FileContent = child.content.result()
+        if child.reads:
+            self._in_flight -= 1
+            self._bytes_in_flight -= child.st.st_size
+            self.counts.files_read += 1
+            self.counts.bytes_read += child.st.st_size
+        path = os.path.join(self.root, pending.rel, child.name)
+        if not content.stable:
+            self.changed_while_reading.append(path)
+            child.cacheable = False
+            pending.reusable = False
+        node = self._metadata_node(child.name, child.st, path)
+        node.chunks = content.chunks
+        node.extents = content.extents
+        node.hardlink = child.hardlink
+        return node
+
+    def _metadata_node(self, name: bytes, st: os.stat_result, path: bytes) -> Node:
+        kind = _KINDS[stat.S_IFMT(st.st_mode)]
+        node = Node(
+            name=name,
+            kind=kind,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            user=self.owners.user(st.st_uid),
+            group=self.owners.group(st.st_gid),
+            mtime_ns=st.st_mtime_ns,
+            size=st.st_size if kind == KIND_FILE else 0,
+            xattrs=read_xattrs(path),
+        )
+        if kind == KIND_SYMLINK:
+            node.target = os.readlink(path)
+        elif kind in (KIND_CHAR, KIND_BLOCK):
+            node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        return node
+
+    def _put_listing(self, nodes: list[Node], totals: Totals) -> ObjectId:
+        data = encode_listing(nodes, totals)
+        listing_id = object_id(data)
+        if self.dry_run:
+            if listing_id not in self.store:
+                self.listings[listing_id] = data
+        elif listing_id not in self.store:
+            flag, payload = compression.compress(data)
+            self.store.add(listing_id, TYPE_TREE, flag, payload, len(data))
+        return listing_id
+
+
+class _ExtentReader:
+    """Reads the data extents of a file back to back (the whole file if it has no holes)."""
+
+    def __init__(self, fd: int, extents: tuple[tuple[int, int], ...] | None):
+        self._fd = fd
+        self._extents = deque(extents) if extents is not None else None
+        self._remaining = 0
+        self._offset = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._extents is None:
+            return os.readv(self._fd, [buffer])
+        while self._remaining == 0:
+            if not self._extents:
+                return 0
+            self._offset, self._remaining = self._extents.popleft()
+        want = min(len(buffer), self._remaining)
+        got = os.preadv(self._fd, [buffer[:want]], self._offset)
+        if got == 0:
+            self._remaining = 0  # the file shrank while we read it; fstat will tell
+            return self.readinto(buffer)
+        self._offset += got
+        self._remaining -= got
+        return got
+
+
+def capture_tree(root: bytes, store: ChunkStore, old_cache: StatCache, **options) -> CaptureResult:
+    return Capture(root, store, old_cache, **options).run()

@@ -1,0 +1,55 @@
+"""The `dir` working area: a plain directory (a container root, a mounted guest disk, a copy)."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from vml.areas.base import AreaConfig
+from vml.areas.capture import CaptureProgress, CaptureResult, capture_tree
+from vml.areas.restore import Restore, RestoreProgress
+from vml.areas.statcache import StatCache
+from vml.errors import AreaError
+from vml.objects.manifest import Listing
+from vml.objects.store import ChunkStore
+
+
+class DirectoryArea:
+    capture_method = "dir-scan"
+
+    def __init__(self, config: AreaConfig):
+        self.config = config
+        self.root = os.fsencode(config.location)
+
+    def _check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise AreaError(f"area {self.config.name}: directory {self.config.location} does not exist")
+
+    def capture(
+        self,
+        store: ChunkStore,
+        cache: StatCache,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[CaptureProgress], None] | None = None,
+    ) -> CaptureResult:
+        self._check()
+        return capture_tree(self.root, store, cache, dry_run=dry_run, progress=progress)
+
+    def restore(
+        self,
+        store: ChunkStore,
+        load_listing: Callable[..., Listing],
+        root_id: bytes,
+        current_root_id: bytes | None,
+        progress: Callable[[RestoreProgress], None] | None = None,
+    ) -> RestoreProgress:
+        self._check()
+        restore = Restore(store, load_listing, progress=progress)
+        return restore.run(root_id, self.root, current_root_id)
+
+
+def open_area(config: AreaConfig) -> DirectoryArea:
+    if config.kind == "dir":
+        return DirectoryArea(config)
+    raise AreaError(f"area {config.name}: unknown kind {config.kind!r}")

@@ -1,0 +1,346 @@
+"""Restore a saved tree onto the local filesystem, exactly and safely.
+
+Every operation is relative to an open directory descriptor and never follows a symlink:
+directories are opened with O_NOFOLLOW, files are created with O_EXCL, and metadata of
+non-regular files is set through /proc/self/fd. Names are validated before use (see
+`manifest.check_name`), so a hostile manifest cannot write outside the target.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vml.errors import CorruptObject, VmlError
+from vml.objects.manifest import (
+    KIND_BLOCK,
+    KIND_CHAR,
+    KIND_DIR,
+    KIND_FIFO,
+    KIND_FILE,
+    KIND_SYMLINK,
+    Listing,
+    Node,
+    check_name,
+)
+from vml.objects.store import ChunkStore
+
+MAX_FILES_IN_FLIGHT = 128
+MAX_DIRS_PENDING = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(slots=True)
+class RestoreProgress:
+    nodes: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    removed: int = 0
+    metadata_only: int = 0
+    not_restored: list[tuple[bytes, str]] = field(default_factory=list)  # (path, what could not be kept)
+
+
+@dataclass(slots=True)
+class _PendingDir:
+    fd: int
+    node: Node
+    jobs: list[Future] = field(default_factory=list)
+
+
+class Restore:
+    def __init__(
+        self,
+        store: ChunkStore,
+        load_listing: Callable[..., Listing],
+        *,
+        workers: int | None = None,
+        progress: Callable[[RestoreProgress], None] | None = None,
+    ):
+        self.store = store
+        self._load_listing = load_listing
+        self.as_root = os.geteuid() == 0
+        self.counts = RestoreProgress()
+        self.not_restored = self.counts.not_restored
+        self._progress = progress or (lambda counts: None)
+        self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-write")
+        self._queue: deque[_PendingDir] = deque()
+        self._in_flight = 0
+        self._written: dict[bytes, Future | None] = {}  # files written, by path, for hardlinks
+        self._root_fd = -1
+
+    def run(self, root_id: bytes, target: bytes, current_root_id: bytes | None = None) -> RestoreProgress:
+        """Make `target` hold the tree `root_id`. With `current_root_id` (what the target holds
+        now), unchanged subtrees and files are left alone; without it, `target` must be empty."""
+        root = self._root_node(root_id)
+        current = self._root_node(current_root_id) if current_root_id is not None else None
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        self._root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if current is None and os.listdir(self._root_fd):
+                raise VmlError(f"{os.fsdecode(target)} is not empty")
+            top = _PendingDir(os.dup(self._root_fd), root)
+            self._restore_dir(top, b"", root.tree, current.tree if current is not None else None)
+            self._queue.append(top)
+            while self._queue:
+                self._finish(self._queue.popleft())
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            while self._queue:
+                os.close(self._queue.popleft().fd)
+            os.close(self._root_fd)
+        return self.counts
+
+    def _root_node(self, root_id: bytes) -> Node:
+        listing = self._load_listing(root_id, root=True)
+        if len(listing.nodes) != 1 or listing.nodes[0].kind != KIND_DIR:
+            raise CorruptObject("damaged manifest: an entry's root must describe one directory")
+        return listing.nodes[0]
+
+    # -- directories
+
+    def _restore_dir(self, pending: _PendingDir, rel: bytes, listing_id: bytes, current_id: bytes | None) -> None:
+        dir_fd = pending.fd
+        target = self._load_listing(listing_id).nodes
+        current = {n.name: n for n in self._load_listing(current_id).nodes} if current_id is not None else {}
+        wanted = set()
+        for node in target:
+            check_name(node.name)
+            wanted.add(node.name)
+        if current_id is not None:
+            for name in os.listdir(dir_fd):
+                raw = os.fsencode(name)
+                if raw not in wanted:
+                    self._remove(dir_fd, raw)
+        for node in target:
+            child_rel = rel + b"/" + node.name if rel else node.name
+            self.counts.nodes += 1
+            self._restore_node(pending, child_rel, node, current.get(node.name))
+        self._progress(self.counts)
+
+    def _restore_node(self, pending: _PendingDir, rel: bytes, node: Node, current: Node | None) -> None:
+        dir_fd = pending.fd
+        if node.kind == KIND_DIR:
+            if current is not None and current.kind == KIND_DIR:
+                if current.tree == node.tree and current.same_metadata(node):
+                    return
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node)
+                self._restore_dir(child, rel, node.tree, current.tree)
+            else:
+                if current is not None or self._exists(dir_fd, node.name):
+                    self._remove(dir_fd, node.name)
+                os.mkdir(node.name, 0o700, dir_fd=dir_fd)
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node)
+                self._restore_dir(child, rel, node.tree, None)
+            self._queue.append(child)
+            self._drain()
+            return
+        if current is not None and current.kind == node.kind and current.same_content(node) and current.hardlink == node.hardlink:
+            if node.kind == KIND_FILE:
+                self._written[rel] = None
+            if not current.same_metadata(node):
+                self._set_metadata_by_name(dir_fd, node)
+                self.counts.metadata_only += 1
+            return
+        replace = current is not None or self._exists(dir_fd, node.name)
+        if replace and self._is_dir(dir_fd, node.name):
+            self._remove(dir_fd, node.name)
+            replace = False
+        name = b".vml-restore-" + uuid.uuid4().hex.encode() if replace else node.name
+        if node.kind == KIND_FILE:
+            self._restore_file(pending, rel, node, name)
+        else:
+            self._restore_special(dir_fd, rel, node, name)
+            if replace:
+                os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def _drain(self) -> None:
+        while len(self._queue) > MAX_DIRS_PENDING or (self._queue and self._in_flight > MAX_FILES_IN_FLIGHT):
+            self._finish(self._queue.popleft())
+
+    def _finish(self, pending: _PendingDir) -> None:
+        try:
+            for job in pending.jobs:
+                job.result()
+                self._in_flight -= 1
+            self._set_metadata_fd(pending.fd, pending.node, is_dir=True)
+        finally:
+            os.close(pending.fd)
+        self._progress(self.counts)
+
+    # -- regular files
+
+    def _restore_file(self, pending: _PendingDir, rel: bytes, node: Node, name: bytes) -> None:
+        if node.hardlink is not None and node.hardlink != rel and self._link(pending.fd, node, name):
+            return
+        self._in_flight += 1
+        job = self._pool.submit(self._write_file, pending.fd, node, name)
+        pending.jobs.append(job)
+        self._written[rel] = job
+
+    def _link(self, dir_fd: int, node: Node, name: bytes) -> bool:
+        """Hardlink to the group's first member if it is there as a regular file."""
+        first = node.hardlink
+        if first in self._written and self._written[first] is not None:
+            self._written[first].result()
+        try:
+            parent_fd, first_name = self._open_parent(first)
+        except (OSError, CorruptObject):
+            return False
+        try:
+            first_st = os.stat(first_name, dir_fd=parent_fd, follow_symlinks=False)
+            if not stat.S_ISREG(first_st.st_mode) or first_st.st_size != node.size:
+                return False
+            os.link(first_name, name, src_dir_fd=parent_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        finally:
+            os.close(parent_fd)
+        if name != node.name:
+            os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.counts.files_written += 1
+        return True
+
+    def _open_parent(self, rel: bytes) -> tuple[int, bytes]:
+        parts = rel.split(b"/")
+        for part in parts:
+            check_name(part)
+        fd = os.dup(self._root_fd)
+        try:
+            for part in parts[:-1]:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+        except OSError:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
+    def _write_file(self, dir_fd: int, node: Node, name: bytes) -> None:
+        fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            written = self._write_content(fd, node)
+            self.counts.bytes_written += written
+            self._set_metadata_fd(fd, node, is_dir=False)
+        finally:
+            os.close(fd)
+        if name != node.name:
+            os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.counts.files_written += 1
+
+    def _write_content(self, fd: int, node: Node) -> int:
+        extents = deque(node.extents) if node.extents is not None else deque([(0, node.size)])
+        expected = sum(length for _offset, length in extents)
+        offset, room = extents.popleft() if extents else (0, 0)
+        total = 0
+        for chunk_id in node.chunk_ids():
+            data = memoryview(self.store.get(chunk_id))
+            total += len(data)
+            while data:
+                while room == 0:
+                    if not extents:
+                        raise CorruptObject(f"damaged manifest: {node.name!r} has more data than its size")
+                    offset, room = extents.popleft()
+                piece = data[:room]
+                done = os.pwrite(fd, piece, offset)
+                offset += done
+                room -= done
+                data = data[done:]
+        if total != expected:
+            raise CorruptObject(f"damaged manifest: {node.name!r} has {total} bytes of data, expected {expected}")
+        if node.extents is not None or total != node.size:
+            os.ftruncate(fd, node.size)
+        return total
+
+    # -- everything else
+
+    def _restore_special(self, dir_fd: int, rel: bytes, node: Node, name: bytes) -> None:
+        if node.kind == KIND_SYMLINK:
+            os.symlink(node.target, name, dir_fd=dir_fd)
+        elif node.kind == KIND_FIFO:
+            os.mkfifo(name, 0o600, dir_fd=dir_fd)
+        elif node.kind in (KIND_CHAR, KIND_BLOCK):
+            if not self.as_root:
+                self.not_restored.append((rel, "device node (needs root)"))
+                return
+            kind_bits = stat.S_IFCHR if node.kind == KIND_CHAR else stat.S_IFBLK
+            os.mknod(name, kind_bits | 0o600, os.makedev(*node.rdev), dir_fd=dir_fd)
+        else:
+            raise CorruptObject(f"damaged manifest: unknown kind {node.kind}")
+        self._set_metadata_by_name(dir_fd, node, name)
+
+    # -- metadata: owner, then xattrs (chown clears capabilities), then mode, then times
+
+    def _set_metadata_fd(self, fd: int, node: Node, *, is_dir: bool) -> None:
+        if self.as_root:
+            os.fchown(fd, node.uid, node.gid)
+        self._set_xattrs(fd, node, follow=True)
+        os.fchmod(fd, node.mode)
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+    def _set_metadata_by_name(self, dir_fd: int, node: Node, name: bytes | None = None) -> None:
+        name = name or node.name
+        path = b"/proc/self/fd/%d/%s" % (dir_fd, name)
+        if self.as_root:
+            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        self._set_xattrs(path, node, follow=False)
+        if node.kind != KIND_SYMLINK:  # Linux symlinks have no mode of their own
+            path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.chmod(b"/proc/self/fd/%d" % path_fd, node.mode)
+            finally:
+                os.close(path_fd)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _set_xattrs(self, target: int | bytes, node: Node, *, follow: bool) -> None:
+        try:
+            present = {os.fsencode(n) for n in os.listxattr(target, follow_symlinks=follow)}
+        except OSError:
+            present = set()
+        wanted = dict(node.xattrs)
+        for name in present - wanted.keys():
+            try:
+                os.removexattr(target, name, follow_symlinks=follow)
+            except OSError:
+                pass
+        for name, value in node.xattrs:
+            try:
+                os.setxattr(target, name, value, follow_symlinks=follow)
+            except OSError as error:
+                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+                self.not_restored.append((node.name, f"xattr {name.decode(errors='replace')}: {error.strerror}"))
+
+    # -- helpers
+
+    @staticmethod
+    def _exists(dir_fd: int, name: bytes) -> bool:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def _is_dir(dir_fd: int, name: bytes) -> bool:
+        try:
+            return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def _remove(self, dir_fd: int, name: bytes) -> None:
+        if self._is_dir(dir_fd, name):
+            shutil.rmtree(name, dir_fd=dir_fd)  # fd-based: never follows symlinks inside
+        else:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        self.counts.removed += 1

@@ -1,0 +1,201 @@
+"""The `vml` command line: parse, call one api function, hand its result to render."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+import click
+
+from vml import __version__, api, render
+from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, LocalChanges, VmlError
+from vml.repo import Repository
+
+ALIASES = {"save": "commit", "open": "checkout"}
+
+
+class AliasedGroup(click.Group):
+    def get_command(self, ctx: click.Context, name: str):
+        return super().get_command(ctx, ALIASES.get(name, name))
+
+    def resolve_command(self, ctx, args):
+        _name, command, rest = super().resolve_command(ctx, args)
+        return command.name, command, rest
+
+
+def _repo(ctx: click.Context) -> Repository:
+    return Repository.discover(ctx.obj.get("repo"))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+area_option = click.option("-a", "--area", help="The working area (may be omitted when the repository has one).")
+
+
+@click.group(cls=AliasedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--repo", metavar="PATH", help="The repository (default: $VML_REPO, then .vml found upward from here).")
+@click.version_option(__version__, prog_name="vml")
+@click.pass_context
+def main_group(ctx: click.Context, repo: str | None) -> None:
+    """vml: version control for virtual-machine environments.
+
+    Save the file tree of a working area as an entry, list and inspect entries, and put
+    any entry back exactly. Entries are git commits: `git --git-dir=.vml log --all` shows them.
+    """
+    ctx.obj = {"repo": repo}
+
+
+@main_group.command()
+@click.argument("path", default=".", required=False)
+@click.option("--bare", is_flag=True, help="Make PATH itself a repository with no working area, for sharing.")
+@json_option
+def init(path: str, bare: bool, as_json: bool) -> None:
+    """Create a repository: PATH/.vml (or PATH itself with --bare)."""
+    result = api.init(path, bare=bare)
+    render.print_json(result) if as_json else render.init_result(result)
+
+
+@main_group.group()
+def area() -> None:
+    """Add and list working areas."""
+
+
+@area.command("add")
+@click.argument("name")
+@click.option("--dir", "directory", required=True, metavar="PATH", help="A directory to version (created on first checkout if missing).")
+@click.option("--branch", help="The branch the area starts on (default: main, or NAME if main is taken).")
+@json_option
+@click.pass_context
+def area_add(ctx: click.Context, name: str, directory: str, branch: str | None, as_json: bool) -> None:
+    """Add a working area NAME."""
+    info = api.area_add(_repo(ctx), name, directory=directory, branch=branch)
+    render.print_json(info) if as_json else render.area_info(info)
+
+
+@area.command("list")
+@json_option
+@click.pass_context
+def area_list(ctx: click.Context, as_json: bool) -> None:
+    """List the working areas: name, kind, location, branch, entry."""
+    infos = api.area_list(_repo(ctx))
+    if as_json:
+        render.print_json(infos)
+    else:
+        for info in infos:
+            render.area_info(info)
+
+
+@main_group.command()
+@area_option
+@click.option("-m", "--message", required=True, help="What this entry is (like a commit message).")
+@click.option("--allow-empty", is_flag=True, help="Record an entry even if nothing changed.")
+@json_option
+@click.pass_context
+def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool, as_json: bool) -> None:
+    """Save the area's files as a new entry (alias: save). Prints the entry id."""
+    with render.progress("saving", enabled=not as_json) as progress:
+        result = api.commit(_repo(ctx), message, area=area, allow_empty=allow_empty, progress=progress)
+    render.print_json(result) if as_json else render.commit_result(result)
+
+
+@main_group.command()
+@area_option
+@click.option("--all", "all_refs", is_flag=True, help="Entries reachable from every branch, tag and area.")
+@click.option("--oneline", is_flag=True, help="One line per entry.")
+@click.option("--graph", is_flag=True, help="Draw the history as a graph.")
+@click.option("-n", "--max-count", type=int, help="Show at most N entries.")
+@json_option
+@click.argument("revisions", nargs=-1)
+@click.pass_context
+def log(ctx, area, all_refs, oneline, graph, max_count, as_json, revisions) -> None:
+    """Show entries, newest first (from the area's HEAD, or REVISIONS)."""
+    repo = _repo(ctx)
+    starts = [api.resolve_entry(repo, r, area) for r in revisions] or None
+    entries = api.log(repo, area=area, all_refs=all_refs, starts=starts, limit=max_count)
+    render.print_json(entries) if as_json else render.log_entries(entries, oneline=oneline, graph=graph)
+
+
+@main_group.command()
+@click.argument("entry", default="HEAD")
+@area_option
+@json_option
+@click.pass_context
+def show(ctx, entry: str, area: str | None, as_json: bool) -> None:
+    """Show an entry: message, area, parent, file count, logical and stored bytes."""
+    result = api.show(_repo(ctx), entry, area=area)
+    render.print_json(result) if as_json else render.show_result(result)
+
+
+@main_group.command()
+@click.argument("entry")
+@area_option
+@click.option("--to", "to", metavar="DIR", help="Restore into a new or empty directory instead of an area.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite changes in the area that no entry holds.")
+@json_option
+@click.pass_context
+def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, as_json: bool) -> None:
+    """Put an entry back into an area, exactly (alias: open), or into --to DIR.
+
+    ENTRY is an id (or a prefix of one), a branch or tag name, HEAD, HEAD~2, main^ ...
+    Checking out a branch name puts the area on that branch; anything else detaches it.
+    """
+    with render.progress("restoring", enabled=not as_json) as progress:
+        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, progress=progress)
+    render.print_json(result) if as_json else render.checkout_result(result)
+
+
+@main_group.command()
+@json_option
+@click.pass_context
+def fsck(ctx, as_json: bool) -> None:
+    """Verify every object reachable from every ref and reflog; exit 1 on damage."""
+    with render.step_progress("verifying packs", enabled=not as_json) as progress:
+        report = api.fsck(_repo(ctx), progress=progress)
+    render.print_json(report) if as_json else render.fsck_report(report)
+    if not report.ok:
+        sys.exit(EXIT_DAMAGE)
+
+
+@main_group.command()
+@json_option
+@click.pass_context
+def gc(ctx, as_json: bool) -> None:
+    """Remove data no ref or reflog reaches; report the bytes freed."""
+    with render.step_progress("repacking", enabled=not as_json) as progress:
+        stats = api.gc(_repo(ctx), progress=progress)
+    if as_json:
+        render.print_json({**render._jsonable(stats), "bytes_freed": stats.bytes_freed})
+    else:
+        render.gc_result(stats)
+
+
+def main() -> None:
+    try:
+        main_group(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as problem:
+        problem.show()
+        sys.exit(problem.exit_code)
+    except click.exceptions.Abort:
+        render.error("aborted")
+        sys.exit(130)
+    except LocalChanges as error:
+        render.error(str(error))
+        sys.exit(error.exit_code)
+    except VmlError as error:
+        render.error(str(error))
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        render.error("interrupted; the repository is unchanged since the last completed step")
+        sys.exit(130)
+    except OSError as error:
+        where = f": {os.fsdecode(error.filename)}" if error.filename else ""
+        hint = " (the disk is full; nothing was recorded)" if error.errno == errno.ENOSPC else ""
+        render.error(f"{error.strerror or error}{where}{hint}")
+        sys.exit(EXIT_FAILURE)
+    except Exception as error:  # a bug in vml: say so in one line, traceback on request
+        if os.environ.get("VML_DEBUG"):
+            raise
+        render.error(f"internal error: {type(error).__name__}: {error} (set VML_DEBUG=1 for the traceback)")
+        sys.exit(EXIT_FAILURE)

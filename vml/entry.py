@@ -1,0 +1,80 @@
+"""entry.toml: the human-readable description of an entry, kept in its git commit's tree."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+
+import tomli_w
+
+from vml.errors import CorruptObject
+
+FORMAT = 1
+ENTRY_FILE = "entry.toml"
+
+
+def display_path(path: bytes) -> str:
+    """A path for people and TOML: undecodable bytes become \\xNN escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+@dataclass(slots=True)
+class EntryInfo:
+    manifest: str  # hex id of the root listing in the chunk store
+    area: str
+    area_kind: str
+    location: str
+    host: str
+    capture_method: str
+    vml_version: str
+    nodes: int
+    files: int
+    logical_bytes: int
+    added_bytes: int
+    skipped: list[str] = field(default_factory=list)
+    changed_while_reading: list[str] = field(default_factory=list)
+
+    def to_toml(self) -> bytes:
+        document = {
+            "format": FORMAT,
+            "area": {"name": self.area, "kind": self.area_kind, "location": self.location, "host": self.host},
+            "capture": {
+                "method": self.capture_method,
+                "vml_version": self.vml_version,
+                "skipped": self.skipped,
+                "changed_while_reading": self.changed_while_reading,
+            },
+            "files": {
+                "manifest": self.manifest,
+                "nodes": self.nodes,
+                "files": self.files,
+                "logical_bytes": self.logical_bytes,
+                "added_bytes": self.added_bytes,
+            },
+        }
+        return tomli_w.dumps(document).encode()
+
+    @classmethod
+    def from_toml(cls, data: bytes) -> "EntryInfo":
+        try:
+            document = tomllib.loads(data.decode())
+            if document.get("format") != FORMAT:
+                raise ValueError(f"unknown entry format {document.get('format')}")
+            area, capture, files = document["area"], document["capture"], document["files"]
+            return cls(
+                manifest=files["manifest"],
+                area=area["name"],
+                area_kind=area["kind"],
+                location=area["location"],
+                host=area["host"],
+                capture_method=capture["method"],
+                vml_version=capture["vml_version"],
+                nodes=files["nodes"],
+                files=files["files"],
+                logical_bytes=files["logical_bytes"],
+                added_bytes=files["added_bytes"],
+                skipped=list(capture.get("skipped", [])),
+                changed_while_reading=list(capture.get("changed_while_reading", [])),
+            )
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+            raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None

@@ -1,0 +1,58 @@
+"""The one error base of vml and the exit codes the command line maps errors to."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_DAMAGE = 1  # fsck found damage; a read found a corrupt object
+EXIT_USAGE = 2  # bad input: unknown entry, bad name, refused by a safety check
+EXIT_FAILURE = 3  # an environment problem: disk full, permission, lock
+
+
+class VmlError(Exception):
+    """An error a user can act on; its message is one line, shown without a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(VmlError):
+    exit_code = EXIT_USAGE
+
+
+class NotARepository(UsageError):
+    pass
+
+
+class UnknownEntry(UsageError):
+    pass
+
+
+class AreaError(UsageError):
+    pass
+
+
+class LocalChanges(UsageError):
+    """A checkout would overwrite changes made since the area's last entry."""
+
+    def __init__(self, message: str, paths: list[str]):
+        super().__init__(message)
+        self.paths = paths
+
+
+class UnsafePath(VmlError):
+    """A manifest names a path that would escape the restore target."""
+
+    exit_code = EXIT_DAMAGE
+
+
+class CorruptObject(VmlError):
+    """Stored bytes do not match their id, or a pack or index is damaged."""
+
+    exit_code = EXIT_DAMAGE
+
+
+class MissingObject(CorruptObject):
+    pass
+
+
+class ConcurrentUpdate(VmlError):
+    """A ref moved underneath us; the caller may retry."""

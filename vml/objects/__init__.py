@@ -1,0 +1,1 @@
+"""The chunk store: content-addressed chunks and directory manifests in packs."""

@@ -1,0 +1,119 @@
+"""Verifying the chunk store: every pack read whole and every blob hashed, then each entry's
+tree walked to name the files that damaged or missing blobs belong to."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vml.errors import CorruptObject, UnsafePath
+from vml.objects.ids import ObjectId
+from vml.objects.manifest import KIND_DIR, KIND_FILE, Listing
+from vml.objects.pack import read_table
+from vml.objects.store import ChunkStore
+
+
+@dataclass(slots=True)
+class PackCheck:
+    packs: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    damaged_blobs: set[bytes] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_packs(store: ChunkStore, progress: Callable[[int, int], None] | None = None) -> PackCheck:
+    """Read every pack and verify every blob in it against its id."""
+    result = PackCheck(problems=[f"{p.path}: {p.message}" for p in store.problems])
+    pack_files = store.list_pack_files()
+    indexed = {store.pack_ids[location[0]] for _id, location in store.items()}
+    for pack_id in sorted(indexed - pack_files.keys()):
+        result.problems.append(f"pack {pack_id.short()} is listed in the index but missing")
+
+    def check_one(pack_id: ObjectId) -> tuple[int, int, list[bytes], list[str]]:
+        damaged, problems, blobs, size = [], [], 0, 0
+        pack_no = store.pack_number(pack_id)
+        try:
+            entries = read_table(pack_files[pack_id])
+        except CorruptObject as error:
+            return 0, 0, [], [str(error)]
+        for entry in entries:
+            blobs += 1
+            size += entry.length
+            location = (pack_no, entry.offset, entry.length, entry.raw_length, entry.blob_type, entry.flag)
+            try:
+                store.read_location(entry.id, location)
+            except CorruptObject as error:
+                problems.append(str(error))
+                found = store.location(entry.id)
+                if found is None or found[0] == pack_no:
+                    damaged.append(entry.id)
+        return blobs, size, damaged, problems
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vml-fsck") as pool:
+        for done, (blobs, size, damaged, problems) in enumerate(pool.map(check_one, sorted(pack_files)), 1):
+            result.packs += 1
+            result.blobs += blobs
+            result.bytes += size
+            result.damaged_blobs.update(damaged)
+            result.problems.extend(problems)
+            if progress:
+                progress(done, len(pack_files))
+    return result
+
+
+class TreeChecker:
+    """Finds, for an entry's tree, every path whose data or listing is damaged or missing.
+    Results are remembered per listing id, so entries sharing subtrees cost little more."""
+
+    def __init__(self, store: ChunkStore, load: Callable[..., Listing], damaged: set[bytes]):
+        self.store = store
+        self.load = load
+        self.damaged = damaged
+        self._memo: dict[bytes, list[tuple[bytes, str]]] = {}
+
+    def _blob_problem(self, blob_id: bytes) -> str | None:
+        if blob_id in self.damaged:
+            return "damaged"
+        if blob_id not in self.store:
+            return "missing"
+        return None
+
+    def check_root(self, root_id: bytes) -> list[tuple[bytes, str]]:
+        problem = self._blob_problem(root_id)
+        if problem:
+            return [(b"/", f"root listing {problem}")]
+        try:
+            root = self.load(root_id, root=True).nodes[0]
+        except (CorruptObject, UnsafePath) as error:
+            return [(b"/", str(error))]
+        return self.check_listing(root.tree)
+
+    def check_listing(self, listing_id: bytes) -> list[tuple[bytes, str]]:
+        """(path relative to this listing, reason) for everything wrong below it."""
+        found = self._memo.get(listing_id)
+        if found is not None:
+            return found
+        problem = self._blob_problem(listing_id)
+        if problem:
+            found = [(b".", f"directory listing {problem}")]
+        else:
+            found = []
+            try:
+                nodes = self.load(listing_id).nodes
+            except (CorruptObject, UnsafePath) as error:
+                nodes = []
+                found.append((b".", str(error)))
+            for node in nodes:
+                if node.kind == KIND_DIR:
+                    for path, reason in self.check_listing(node.tree):
+                        found.append((node.name if path == b"." else node.name + b"/" + path, reason))
+                elif node.kind == KIND_FILE:
+                    for chunk_id in node.chunk_ids():
+                        problem = self._blob_problem(chunk_id)
+                        if problem:
+                            found.append((node.name, f"data {problem}"))
+                            break
+        self._memo[listing_id] = found
+        return found

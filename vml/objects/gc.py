@@ -1,0 +1,104 @@
+"""Removing what no entry reaches: packs with no live blob are deleted, packs with some
+dead blobs are rewritten with only their live ones (copied as stored, not recompressed).
+
+Order: new packs, then one new index covering every kept pack, then the old index files,
+then the old packs. A crash at any point leaves every live blob reachable through some
+index or pack table. The caller holds the repository's exclusive lock.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from vml.errors import CorruptObject
+from vml.objects.ids import ObjectId
+from vml.objects.index import list_index_files, write_index
+from vml.objects.pack import TARGET_SIZE, PackEntry, PackWriter, read_table
+from vml.objects.store import ChunkStore
+
+
+@dataclass(slots=True)
+class GcStats:
+    bytes_before: int = 0
+    bytes_after: int = 0
+    packs_before: int = 0
+    packs_after: int = 0
+    packs_deleted: int = 0
+    packs_rewritten: int = 0
+    blobs_removed: int = 0
+    temp_files_removed: int = 0
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+def _store_size(store: ChunkStore) -> int:
+    total = sum(os.path.getsize(p) for p in store.list_pack_files().values())
+    return total + sum(os.path.getsize(p) for p in list_index_files(store.index_dir))
+
+
+def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], None] | None = None) -> GcStats:
+    stats = GcStats(bytes_before=_store_size(store))
+    pack_files = store.list_pack_files()
+    stats.packs_before = len(pack_files)
+    kept: dict[ObjectId, list[PackEntry]] = {}
+    doomed: list[str] = []
+    to_copy: list[tuple[ObjectId, PackEntry]] = []
+    seen: set[bytes] = set()
+    for pack_id in sorted(pack_files):
+        try:
+            entries = read_table(pack_files[pack_id])
+        except CorruptObject:
+            continue  # leave a damaged pack alone: fsck reports it; nothing here can repair it
+        wanted = [e for e in entries if e.id in live and e.id not in seen]
+        seen.update(e.id for e in wanted)
+        stats.blobs_removed += len(entries) - len(wanted)
+        if len(wanted) == len(entries):
+            kept[pack_id] = entries
+        else:
+            doomed.append(pack_files[pack_id])
+            to_copy.extend((pack_id, e) for e in wanted)
+            if wanted:
+                stats.packs_rewritten += 1
+            else:
+                stats.packs_deleted += 1
+    kept.update(_copy_blobs(store, to_copy, progress))
+    # The new index must be durable before the old ones go.
+    old_indexes = list_index_files(store.index_dir)
+    new_index = write_index(store.index_dir, store.tmp_dir, kept) if kept else None
+    for path in old_indexes:
+        if path != new_index:
+            os.unlink(path)
+    for path in doomed:
+        os.unlink(path)
+    for name in os.listdir(store.tmp_dir):
+        os.unlink(os.path.join(store.tmp_dir, name))
+        stats.temp_files_removed += 1
+    stats.packs_after = len(store.list_pack_files())
+    stats.bytes_after = _store_size(store)
+    return stats
+
+
+def _copy_blobs(
+    store: ChunkStore, to_copy: list[tuple[ObjectId, PackEntry]], progress: Callable[[int, int], None] | None
+) -> dict[ObjectId, list[PackEntry]]:
+    written: dict[ObjectId, list[PackEntry]] = {}
+    writer: PackWriter | None = None
+    for done, (pack_id, entry) in enumerate(to_copy, 1):
+        location = (store.pack_number(pack_id), entry.offset, entry.length, entry.raw_length, entry.blob_type, entry.flag)
+        payload = store.read_payload(entry.id, location)
+        store.decode_payload(entry.id, location, payload)  # never carry damage into a new pack
+        if writer is None:
+            writer = PackWriter(store.tmp_dir)
+        writer.add(entry.id, entry.blob_type, entry.flag, payload, entry.raw_length)
+        if writer.size >= TARGET_SIZE:
+            written[writer.finish(store.packs_dir)] = writer.entries
+            writer = None
+        if progress:
+            progress(done, len(to_copy))
+    if writer is not None:
+        written[writer.finish(store.packs_dir)] = writer.entries
+    return written

@@ -1,0 +1,35 @@
+"""Hash functions: BLAKE3-256 for object ids (trusted), xxh3 for checksums and cache keys (fast only)."""
+
+from __future__ import annotations
+
+import blake3
+import xxhash
+
+from vml.objects.ids import ObjectId
+
+
+def object_id(data: bytes | memoryview) -> ObjectId:
+    return ObjectId(blake3.blake3(data).digest())
+
+
+class StreamingId:
+    """BLAKE3 over data fed piece by piece (for ids of files too large to hold)."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+
+    def digest(self) -> ObjectId:
+        return ObjectId(self._hasher.digest())
+
+
+def checksum64(data: bytes | memoryview) -> int:
+    """Non-cryptographic checksum for pack and index trailers."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def fingerprint128(data: bytes) -> bytes:
+    """Non-cryptographic fingerprint for stat-cache keys."""
+    return xxhash.xxh3_128_digest(data)

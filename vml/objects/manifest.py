@@ -1,0 +1,204 @@
+"""Directory manifests: the Merkle tree of a saved file tree, canonically encoded with msgpack.
+
+One listing per directory, its nodes sorted by raw name bytes, each with full metadata and
+either chunk ids (regular files) or the id of the child listing (directories). Encoding
+uses msgpack arrays of a fixed shape, so the same tree always gives the same bytes.
+The root of an entry is a listing with a single node named b"" that describes the
+top directory itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+
+from vml.errors import CorruptObject, UnsafePath
+from vml.objects.ids import ID_SIZE
+
+FORMAT = 1
+
+KIND_FILE = 1
+KIND_DIR = 2
+KIND_SYMLINK = 3
+KIND_CHAR = 4
+KIND_BLOCK = 5
+KIND_FIFO = 6
+KIND_NAMES = {
+    KIND_FILE: "file",
+    KIND_DIR: "dir",
+    KIND_SYMLINK: "symlink",
+    KIND_CHAR: "char",
+    KIND_BLOCK: "block",
+    KIND_FIFO: "fifo",
+}
+
+
+@dataclass(slots=True)
+class Node:
+    name: bytes
+    kind: int
+    mode: int  # permission bits, with setuid, setgid and sticky (st_mode & 0o7777)
+    uid: int
+    gid: int
+    user: str | None
+    group: str | None
+    mtime_ns: int
+    size: int = 0
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    target: bytes | None = None  # symlink target, stored as is
+    rdev: tuple[int, int] | None = None  # (major, minor) of a device
+    hardlink: bytes | None = None  # path of the first member of the hardlink group, from the root
+    chunks: bytes = b""  # concatenated 32-byte chunk ids of the file's data
+    extents: tuple[tuple[int, int], ...] | None = None  # (offset, length) data extents of a sparse file
+    tree: bytes | None = None  # id of a directory's listing
+
+    def chunk_ids(self) -> list[bytes]:
+        data = self.chunks
+        return [data[i : i + ID_SIZE] for i in range(0, len(data), ID_SIZE)]
+
+    def same_metadata(self, other: "Node") -> bool:
+        return (
+            self.mode == other.mode
+            and self.uid == other.uid
+            and self.gid == other.gid
+            and self.mtime_ns == other.mtime_ns
+            and self.xattrs == other.xattrs
+        )
+
+    def same_content(self, other: "Node") -> bool:
+        return (
+            self.kind == other.kind
+            and self.size == other.size
+            and self.chunks == other.chunks
+            and self.extents == other.extents
+            and self.target == other.target
+            and self.rdev == other.rdev
+            and self.tree == other.tree
+        )
+
+
+@dataclass(slots=True)
+class Totals:
+    nodes: int = 0
+    files: int = 0
+    bytes: int = 0
+
+    def add_node(self, node: Node) -> None:
+        self.nodes += 1
+        if node.kind == KIND_FILE:
+            self.files += 1
+            self.bytes += node.size
+
+    def add(self, other: "Totals") -> None:
+        self.nodes += other.nodes
+        self.files += other.files
+        self.bytes += other.bytes
+
+
+@dataclass(slots=True)
+class Listing:
+    nodes: list[Node]
+    totals: Totals = field(default_factory=Totals)
+
+
+def node_to_array(node: Node) -> list:
+    return [
+        node.name,
+        node.kind,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.user,
+        node.group,
+        node.mtime_ns,
+        node.size,
+        [list(pair) for pair in node.xattrs],
+        node.target,
+        list(node.rdev) if node.rdev is not None else None,
+        node.hardlink,
+        node.chunks,
+        [value for extent in node.extents for value in extent] if node.extents is not None else None,
+        node.tree,
+    ]
+
+
+def encode_listing(nodes: list[Node], totals: Totals) -> bytes:
+    """Canonical bytes of a directory listing; `nodes` must be sorted by name."""
+    return msgpack.packb(
+        [FORMAT, totals.nodes, totals.files, totals.bytes, [node_to_array(n) for n in nodes]],
+        use_bin_type=True,
+    )
+
+
+def encode_node(node: Node) -> bytes:
+    return msgpack.packb(node_to_array(node), use_bin_type=True)
+
+
+def decode_node(data: bytes) -> Node:
+    try:
+        return _node_from_array(msgpack.unpackb(data, raw=False))
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise CorruptObject(f"damaged cached node: {error}") from None
+
+
+def check_name(name: bytes) -> None:
+    """Refuse names that would step out of, or around, the directory being restored."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise UnsafePath(f"refusing unsafe name {name!r} in a manifest")
+
+
+def _node_from_array(item: list) -> Node:
+    (name, kind, mode, uid, gid, user, group, mtime_ns, size, xattrs, target, rdev, hardlink, chunks, extents, tree) = item
+    if not isinstance(name, bytes) or kind not in KIND_NAMES or not isinstance(chunks, bytes) or len(chunks) % ID_SIZE:
+        raise ValueError("malformed node")
+    for value in (mode, uid, gid, mtime_ns, size):
+        if not isinstance(value, int):
+            raise ValueError("malformed node")
+    if extents is not None:
+        extents = tuple(zip(extents[0::2], extents[1::2]))
+    return Node(
+        name=name,
+        kind=kind,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        user=user,
+        group=group,
+        mtime_ns=mtime_ns,
+        size=size,
+        xattrs=tuple((bytes(k), bytes(v)) for k, v in xattrs),
+        target=target,
+        rdev=tuple(rdev) if rdev is not None else None,
+        hardlink=hardlink,
+        chunks=chunks,
+        extents=extents,
+        tree=tree,
+    )
+
+
+def decode_listing(data: bytes, *, root: bool = False) -> Listing:
+    """Parse and validate a listing; a hostile or damaged one raises CorruptObject or UnsafePath."""
+    try:
+        version, nodes, files, size, items = msgpack.unpackb(data, raw=False)
+        if version != FORMAT:
+            raise ValueError(f"unknown manifest format {version}")
+        decoded = [_node_from_array(item) for item in items]
+    except UnsafePath:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise CorruptObject(f"damaged manifest: {error}") from None
+    if root:
+        if len(decoded) != 1 or decoded[0].name != b"" or decoded[0].kind != KIND_DIR:
+            raise CorruptObject("damaged manifest: an entry's root must describe one directory")
+    else:
+        previous = None
+        for node in decoded:
+            check_name(node.name)
+            if previous is not None and node.name <= previous:
+                raise CorruptObject("damaged manifest: names are not sorted and unique")
+            previous = node.name
+    for node in decoded:
+        if node.kind == KIND_DIR and (not isinstance(node.tree, bytes) or len(node.tree) != ID_SIZE):
+            raise CorruptObject(f"damaged manifest: directory {node.name!r} has no listing id")
+    return Listing(decoded, Totals(nodes, files, size))

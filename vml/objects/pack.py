@@ -1,0 +1,147 @@
+"""Pack files: many compressed blobs in one file, with a table of contents at its end.
+
+A pack is self-describing, so the index can always be rebuilt from the packs alone.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+
+from vml.errors import CorruptObject
+from vml.objects.hashing import StreamingId, checksum64
+from vml.objects.ids import ObjectId
+
+MAGIC = b"VMLPACK\x01"
+END_MAGIC = b"VMLPEND\x01"
+TYPE_DATA = 0
+TYPE_TREE = 1
+TARGET_SIZE = 16 * 1024 * 1024
+
+_ENTRY = struct.Struct("<32sBBIII")  # id, type, flag, offset, length, raw length
+_FOOTER = struct.Struct("<IIQ8s")  # count, table length, table checksum, end magic
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack_no: int  # position in the store's list of pack ids
+    offset: int
+    length: int
+    raw_length: int
+    blob_type: int
+    flag: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    id: ObjectId
+    blob_type: int
+    flag: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+def pack_path(packs_dir: str, pack_id: ObjectId) -> str:
+    hex_id = pack_id.hex()
+    return os.path.join(packs_dir, hex_id[:2], hex_id + ".pack")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path: str, data: bytes, tmp_dir: str) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is whole or absent."""
+    tmp_path = os.path.join(tmp_dir, f"{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp_path, path)
+    fsync_dir(os.path.dirname(path))
+
+
+class PackWriter:
+    """Appends blobs to a temporary pack file; `finish` makes it durable under its final name."""
+
+    def __init__(self, tmp_dir: str):
+        self._tmp_path = os.path.join(tmp_dir, f"pack-{uuid.uuid4().hex}.tmp")
+        self._file = open(self._tmp_path, "xb", buffering=1024 * 1024)
+        self._hasher = StreamingId()
+        self._entries: list[PackEntry] = []
+        self.size = 0
+        self._append(MAGIC)
+
+    def _append(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hasher.update(data)
+        self.size += len(data)
+
+    def add(self, blob_id: ObjectId, blob_type: int, flag: int, payload: bytes, raw_length: int) -> PackEntry:
+        entry = PackEntry(blob_id, blob_type, flag, self.size, len(payload), raw_length)
+        self._append(payload)
+        self._entries.append(entry)
+        return entry
+
+    @property
+    def entries(self) -> list[PackEntry]:
+        return self._entries
+
+    def finish(self, packs_dir: str) -> ObjectId:
+        table = b"".join(
+            _ENTRY.pack(e.id, e.blob_type, e.flag, e.offset, e.length, e.raw_length) for e in self._entries
+        )
+        self._append(table)
+        self._append(_FOOTER.pack(len(self._entries), len(table), checksum64(table), END_MAGIC))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        pack_id = self._hasher.digest()
+        final = pack_path(packs_dir, pack_id)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.rename(self._tmp_path, final)
+        fsync_dir(os.path.dirname(final))
+        return pack_id
+
+    def abandon(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._tmp_path)
+        except FileNotFoundError:
+            pass
+
+
+def read_table(path: str) -> list[PackEntry]:
+    """The table of contents of a pack, checked against its checksum."""
+    with open(path, "rb") as pack_file:
+        size = os.fstat(pack_file.fileno()).st_size
+        if size < len(MAGIC) + _FOOTER.size:
+            raise CorruptObject(f"pack {os.path.basename(path)} is truncated ({size} bytes)")
+        pack_file.seek(size - _FOOTER.size)
+        count, table_length, table_sum, end_magic = _FOOTER.unpack(pack_file.read(_FOOTER.size))
+        if end_magic != END_MAGIC or table_length != count * _ENTRY.size:
+            raise CorruptObject(f"pack {os.path.basename(path)} has no valid trailer (truncated or damaged)")
+        table_start = size - _FOOTER.size - table_length
+        if table_start < len(MAGIC):
+            raise CorruptObject(f"pack {os.path.basename(path)} has an impossible table size")
+        pack_file.seek(table_start)
+        table = pack_file.read(table_length)
+    if checksum64(table) != table_sum:
+        raise CorruptObject(f"pack {os.path.basename(path)} has a damaged table of contents")
+    entries = []
+    for raw_id, blob_type, flag, offset, length, raw_length in _ENTRY.iter_unpack(table):
+        if offset < len(MAGIC) or offset + length > table_start:
+            raise CorruptObject(f"pack {os.path.basename(path)} lists a blob outside its data")
+        entries.append(PackEntry(ObjectId(raw_id), blob_type, flag, offset, length, raw_length))
+    return entries

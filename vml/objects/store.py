@@ -1,0 +1,229 @@
+"""The chunk store: put and get blobs by id; packs and index files underneath.
+
+Writes go to packs in a temp directory and become visible only when a pack is complete and
+fsynced. `flush` then writes an index file for the new packs. A crash between the two
+leaves packs without an index: `open` finds them and reads their own tables.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from vml.errors import CorruptObject, MissingObject
+from vml.objects import compress as compression
+from vml.objects.hashing import object_id
+from vml.objects.ids import ObjectId
+from vml.objects.index import list_index_files, read_index, write_index
+from vml.objects.pack import TARGET_SIZE, TYPE_DATA, PackEntry, PackWriter, pack_path, read_table
+
+# A location is a plain tuple (pack number, offset, length, raw length, type, flag): the store
+# keeps one per blob, and tuples are the cheapest Python object for that.
+PACK_NO, OFFSET, LENGTH, RAW_LENGTH, BLOB_TYPE, FLAG = range(6)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreProblem:
+    path: str
+    message: str
+
+
+class ChunkStore:
+    def __init__(self, root: str):
+        self.root = root
+        self.packs_dir = os.path.join(root, "packs")
+        self.index_dir = os.path.join(root, "index")
+        self.tmp_dir = os.path.join(root, "tmp")
+        self.pack_ids: list[ObjectId] = []
+        self._pack_numbers: dict[ObjectId, int] = {}
+        self._locations: dict[bytes, tuple] = {}
+        self._indexed_packs: set[ObjectId] = set()
+        self._unindexed: dict[ObjectId, list[PackEntry]] = {}
+        self._writer: PackWriter | None = None
+        self._pending: dict[bytes, PackEntry] = {}
+        self._lock = threading.Lock()
+        self._read_fds: dict[int, int] = {}
+        self.problems: list[StoreProblem] = []
+        self.bytes_added = 0
+
+    @staticmethod
+    def create(root: str) -> None:
+        for sub in ("packs", "index", "tmp"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+
+    def open(self) -> "ChunkStore":
+        for path in list_index_files(self.index_dir):
+            try:
+                for pack_id, entries in read_index(path):
+                    pack_no = self._register_pack(pack_id)
+                    self._indexed_packs.add(pack_id)
+                    for raw_id, blob_type, flag, offset, length, raw_length in entries:
+                        self._locations[raw_id] = (pack_no, offset, length, raw_length, blob_type, flag)
+            except CorruptObject as error:
+                # The packs still describe themselves; fall back to reading their tables.
+                self.problems.append(StoreProblem(path, str(error)))
+        self._recover_unindexed_packs()
+        return self
+
+    def _register_pack(self, pack_id: ObjectId) -> int:
+        pack_no = self._pack_numbers.get(pack_id)
+        if pack_no is None:
+            pack_no = self._pack_numbers[pack_id] = len(self.pack_ids)
+            self.pack_ids.append(pack_id)
+        return pack_no
+
+    def list_pack_files(self) -> dict[ObjectId, str]:
+        found = {}
+        for sub in sorted(os.listdir(self.packs_dir)):
+            sub_dir = os.path.join(self.packs_dir, sub)
+            for name in os.listdir(sub_dir):
+                if name.endswith(".pack") and len(name) == 69:
+                    found[ObjectId(bytes.fromhex(name[:64]))] = os.path.join(sub_dir, name)
+        return found
+
+    def _recover_unindexed_packs(self) -> None:
+        for pack_id, path in self.list_pack_files().items():
+            if pack_id in self._indexed_packs:
+                continue
+            try:
+                entries = read_table(path)
+            except CorruptObject as error:
+                self.problems.append(StoreProblem(path, str(error)))
+                continue
+            self._add_pack_entries(pack_id, entries)
+            self._unindexed[pack_id] = entries
+
+    def _add_pack_entries(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
+        pack_no = self._register_pack(pack_id)
+        for e in entries:
+            self._locations[e.id] = (pack_no, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
+
+    # -- queries
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self._locations or blob_id in self._pending
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def pack_number(self, pack_id: ObjectId) -> int:
+        return self._register_pack(pack_id)
+
+    def location(self, blob_id: bytes) -> tuple | None:
+        return self._locations.get(blob_id)
+
+    def stored_size(self, blob_id: bytes) -> int:
+        found = self._locations.get(blob_id)
+        if found is not None:
+            return found[LENGTH]
+        return self._pending[blob_id].length
+
+    def items(self):
+        return self._locations.items()
+
+    # -- reads
+
+    def _read_fd(self, pack_no: int) -> int:
+        fd = self._read_fds.get(pack_no)
+        if fd is None:
+            path = pack_path(self.packs_dir, self.pack_ids[pack_no])
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise MissingObject(f"pack {self.pack_ids[pack_no].short()} is missing") from None
+            with self._lock:
+                existing = self._read_fds.setdefault(pack_no, fd)
+            if existing != fd:
+                os.close(fd)
+                fd = existing
+        return fd
+
+    def get(self, blob_id: bytes) -> bytes:
+        """The blob's raw bytes, verified against its id; never returns bad bytes."""
+        location = self._locations.get(blob_id)
+        if location is None:
+            if blob_id in self._pending:
+                self.flush_pack()
+                location = self._locations[blob_id]
+            else:
+                raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+        return self.read_location(blob_id, location)
+
+    def read_location(self, blob_id: bytes, location: tuple) -> bytes:
+        return self.decode_payload(blob_id, location, self.read_payload(blob_id, location))
+
+    def read_payload(self, blob_id: bytes, location: tuple) -> bytes:
+        """The blob's bytes as stored (compressed), unverified."""
+        fd = self._read_fd(location[PACK_NO])
+        payload = os.pread(fd, location[LENGTH], location[OFFSET])
+        if len(payload) != location[LENGTH]:
+            raise CorruptObject(f"object {blob_id.hex()[:16]}: pack {self.pack_ids[location[PACK_NO]].short()} is truncated")
+        return payload
+
+    def decode_payload(self, blob_id: bytes, location: tuple, payload: bytes) -> bytes:
+        data = compression.decompress(location[FLAG], payload, location[RAW_LENGTH])
+        if len(data) != location[RAW_LENGTH] or object_id(data) != blob_id:
+            raise CorruptObject(
+                f"object {blob_id.hex()[:16]} in pack {self.pack_ids[location[PACK_NO]].short()} is damaged (hash mismatch)"
+            )
+        return data
+
+    # -- writes
+
+    def put(self, data: bytes | memoryview, blob_type: int = TYPE_DATA) -> ObjectId:
+        """Hash, compress and store data unless the store has it already."""
+        blob_id = object_id(data)
+        if blob_id not in self:
+            flag, payload = compression.compress(data)
+            self.add(blob_id, blob_type, flag, payload, len(data))
+        return blob_id
+
+    def add(self, blob_id: ObjectId, blob_type: int, flag: int, payload: bytes, raw_length: int) -> None:
+        """Append a compressed blob; thread-safe, and a blob already stored is skipped."""
+        with self._lock:
+            if blob_id in self._locations or blob_id in self._pending:
+                return
+            if self._writer is None:
+                self._writer = PackWriter(self.tmp_dir)
+            self._pending[blob_id] = self._writer.add(blob_id, blob_type, flag, payload, raw_length)
+            self.bytes_added += len(payload)
+            if self._writer.size >= TARGET_SIZE:
+                self._finish_pack_locked()
+
+    def _finish_pack_locked(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        pack_id = writer.finish(self.packs_dir)
+        self._add_pack_entries(pack_id, writer.entries)
+        self._unindexed[pack_id] = writer.entries
+        self._pending.clear()
+
+    def flush_pack(self) -> None:
+        with self._lock:
+            self._finish_pack_locked()
+
+    def flush(self) -> None:
+        """Make everything added durable: finish the open pack, then index the new packs."""
+        with self._lock:
+            self._finish_pack_locked()
+            if self._unindexed:
+                write_index(self.index_dir, self.tmp_dir, self._unindexed)
+                self._indexed_packs.update(self._unindexed)
+                self._unindexed = {}
+
+    def abandon(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.abandon()
+                self._writer = None
+                for blob_id in self._pending:
+                    self._locations.pop(blob_id, None)
+                self._pending.clear()
+
+    def close(self) -> None:
+        self.abandon()
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()

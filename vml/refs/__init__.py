@@ -1,0 +1,1 @@
+"""The DAG of entries: git commits, branches, tags, area HEADs and reflogs (over pygit2)."""

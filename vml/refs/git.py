@@ -1,0 +1,269 @@
+"""The git repository that holds the DAG of entries; the only module that imports pygit2."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import pygit2
+
+from vml.errors import ConcurrentUpdate, UnknownEntry, VmlError
+
+ZERO = "0" * 40
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    id: str
+    parents: tuple[str, ...]
+    message: str
+    author: str
+    email: str
+    time: int  # seconds since the epoch
+    offset: int  # minutes east of UTC
+
+
+@dataclass(frozen=True, slots=True)
+class ReflogLine:
+    old: str
+    new: str
+    message: str
+    time: int
+
+
+class GitDag:
+    def __init__(self, repo: pygit2.Repository):
+        self._repo = repo
+        self.path = repo.path.rstrip("/")
+
+    @classmethod
+    def init(cls, path: str) -> "GitDag":
+        repo = pygit2.init_repository(path, bare=True, initial_head="main")
+        config = repo.config
+        config["gc.auto"] = 0  # vml owns this repository; no background git gc
+        config["core.logAllRefUpdates"] = "true"
+        return cls(repo)
+
+    @classmethod
+    def open(cls, path: str) -> "GitDag":
+        try:
+            return cls(pygit2.Repository(path))
+        except pygit2.GitError as error:
+            raise VmlError(f"cannot open the git repository at {path}: {error}") from None
+
+    # -- configuration (vml's own sections in the git config file)
+
+    def config_get(self, key: str) -> str | None:
+        try:
+            return self._repo.config[key]
+        except KeyError:
+            return None
+
+    def config_set(self, key: str, value: str) -> None:
+        self._repo.config[key] = value
+
+    def config_delete(self, key: str) -> None:
+        try:
+            del self._repo.config[key]
+        except KeyError:
+            pass
+
+    def config_items(self, prefix: str) -> Iterator[tuple[str, str]]:
+        for entry in self._repo.config:
+            if entry.name.startswith(prefix):
+                yield entry.name, entry.value
+
+    # -- objects
+
+    def signature(self) -> pygit2.Signature:
+        name = self.config_get("user.name") or os.environ.get("VML_AUTHOR_NAME") or getpass.getuser()
+        email = self.config_get("user.email") or os.environ.get("VML_AUTHOR_EMAIL") or f"{getpass.getuser()}@{socket.gethostname()}"
+        return pygit2.Signature(name, email)
+
+    def create_commit(self, files: dict[str, bytes], message: str, parents: list[str]) -> str:
+        """Write a commit whose tree holds `files` (paths with '/' make subtrees); no ref moves."""
+        tree_id = self._write_tree(files)
+        signature = self.signature()
+        commit_id = self._repo.create_commit(
+            None, signature, signature, message, tree_id, [pygit2.Oid(hex=p) for p in parents]
+        )
+        return str(commit_id)
+
+    def _write_tree(self, files: dict[str, bytes]) -> pygit2.Oid:
+        builder = self._repo.TreeBuilder()
+        subdirs: dict[str, dict[str, bytes]] = {}
+        for path, data in sorted(files.items()):
+            head, _, rest = path.partition("/")
+            if rest:
+                subdirs.setdefault(head, {})[rest] = data
+            else:
+                builder.insert(head, self._repo.create_blob(data), pygit2.GIT_FILEMODE_BLOB)
+        for name, content in subdirs.items():
+            builder.insert(name, self._write_tree(content), pygit2.GIT_FILEMODE_TREE)
+        return builder.write()
+
+    def commit(self, commit_id: str) -> Commit:
+        try:
+            raw = self._repo[commit_id]
+        except (KeyError, ValueError):
+            raise UnknownEntry(f"no entry {commit_id}") from None
+        if not isinstance(raw, pygit2.Commit):
+            raise UnknownEntry(f"{commit_id} is not an entry")
+        return Commit(
+            id=str(raw.id),
+            parents=tuple(str(p) for p in raw.parent_ids),
+            message=raw.message,
+            author=raw.author.name,
+            email=raw.author.email,
+            time=raw.commit_time,
+            offset=raw.commit_time_offset,
+        )
+
+    def read_file(self, commit_id: str, path: str) -> bytes | None:
+        tree = self._repo[commit_id].peel(pygit2.Tree)
+        try:
+            entry = tree[path]
+        except KeyError:
+            return None
+        return self._repo[entry.id].data
+
+    def has_object(self, object_id: str) -> bool:
+        return object_id in self._repo
+
+    def resolve(self, spec: str) -> str:
+        """A commit id for what a git user would type: ids, abbreviations, refs, ~, ^, @{n}."""
+        try:
+            found = self._repo.revparse_single(spec)
+        except (KeyError, ValueError, pygit2.GitError) as error:
+            if "ambiguous" in str(error):
+                raise UnknownEntry(f"{spec!r} is ambiguous: give more digits") from None
+            raise UnknownEntry(f"no entry matches {spec!r}") from None
+        try:
+            return str(found.peel(pygit2.Commit).id)
+        except (pygit2.GitError, ValueError):
+            raise UnknownEntry(f"{spec!r} is not an entry") from None
+
+    def walk(self, starts: list[str], *, first_parent: bool = False) -> Iterator[str]:
+        """Commit ids reachable from `starts`, newest first, children before parents."""
+        if not starts:
+            return
+        walker = self._repo.walk(pygit2.Oid(hex=starts[0]), pygit2.GIT_SORT_TOPOLOGICAL | pygit2.GIT_SORT_TIME)
+        for other in starts[1:]:
+            walker.push(pygit2.Oid(hex=other))
+        if first_parent:
+            walker.simplify_first_parent()
+        for raw in walker:
+            yield str(raw.id)
+
+    # -- references
+
+    def ref_target(self, name: str) -> str | None:
+        """The commit a ref resolves to, or None for a missing or unborn ref."""
+        try:
+            ref = self._repo.references[name]
+        except KeyError:
+            return None
+        try:
+            return str(ref.resolve().target)
+        except (KeyError, pygit2.GitError):
+            return None
+
+    def symbolic_target(self, name: str) -> str | None:
+        """For a symbolic ref, the ref it points at; None if direct or missing."""
+        try:
+            ref = self._repo.references[name]
+        except KeyError:
+            return None
+        if ref.type == pygit2.enums.ReferenceType.SYMBOLIC:
+            return ref.target
+        return None
+
+    def ref_names(self, prefix: str = "refs/") -> list[str]:
+        return sorted(n for n in self._repo.references if n.startswith(prefix))
+
+    def update_ref(self, name: str, new: str, expected: str | None, message: str) -> None:
+        """Compare-and-swap a direct ref: it moves only if it still points at `expected`."""
+        current = self.ref_target(name)
+        if current != expected:
+            raise ConcurrentUpdate(f"{name} moved to {current} while vml was working")
+        try:
+            if expected is None:
+                self._repo.create_reference_direct(name, pygit2.Oid(hex=new), False, message=message)
+            else:
+                ref = self._repo.references[name]
+                if ref.type == pygit2.enums.ReferenceType.SYMBOLIC:
+                    ref = ref.resolve()
+                ref.set_target(pygit2.Oid(hex=new), message)
+        except (pygit2.GitError, ValueError) as error:
+            # libgit2 checks the old value under the ref's lock file: somebody else won.
+            raise ConcurrentUpdate(f"{name} changed while vml was updating it: {error}") from None
+
+    def set_symbolic(self, name: str, target: str) -> None:
+        self._repo.create_reference_symbolic(name, target, True)
+
+    def set_direct(self, name: str, commit_id: str, message: str) -> None:
+        self._repo.create_reference_direct(name, pygit2.Oid(hex=commit_id), True, message=message)
+
+    def delete_ref(self, name: str) -> None:
+        try:
+            self._repo.references.delete(name)
+        except KeyError:
+            pass
+
+    # -- reflogs
+
+    def reflog_path(self, name: str) -> str:
+        return os.path.join(self.path, "logs", name)
+
+    def ensure_reflog(self, name: str) -> None:
+        """Create an empty reflog so libgit2 logs updates of a ref outside refs/heads."""
+        path = self.reflog_path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+
+    def append_reflog(self, name: str, old: str | None, new: str, message: str) -> None:
+        """Append a git-format reflog line (libgit2 writes none for symbolic refs)."""
+        signature = self.signature()
+        offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
+        sign = "+" if offset >= 0 else "-"
+        zone = f"{sign}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
+        line = f"{old or ZERO} {new} {signature.name} <{signature.email}> {int(time.time())} {zone}\t{message.splitlines()[0] if message else ''}\n"
+        path = self.reflog_path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def reflog(self, name: str) -> list[ReflogLine]:
+        """Reflog lines of a ref, newest first."""
+        try:
+            with open(self.reflog_path(name), "rb") as log_file:
+                raw_lines = log_file.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return []
+        lines = []
+        for raw in reversed(raw_lines):
+            head, _, message = raw.partition("\t")
+            fields = head.split(" ")
+            if len(fields) < 4:
+                continue
+            try:
+                when = int(fields[-2])
+            except ValueError:
+                when = 0
+            lines.append(ReflogLine(fields[0], fields[1], message, when))
+        return lines
+
+    def reflog_names(self) -> list[str]:
+        root = os.path.join(self.path, "logs")
+        names = []
+        for dirpath, _dirs, files in os.walk(root):
+            for file_name in files:
+                names.append(os.path.relpath(os.path.join(dirpath, file_name), root))
+        return sorted(names)

@@ -1,0 +1,75 @@
+"""Per-area HEADs, like git worktrees: each area is on a branch or detached at an entry.
+
+An area's HEAD is the ref `refs/vml/areas/NAME`: symbolic (-> refs/heads/BRANCH) when the
+area is on a branch, direct when detached. Moving a branch is one compare-and-swap of that
+branch, so a crash never leaves the area and its branch disagreeing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vml.errors import UsageError
+from vml.refs.git import GitDag
+
+AREA_PREFIX = "refs/vml/areas/"
+BRANCH_PREFIX = "refs/heads/"
+
+
+@dataclass(frozen=True, slots=True)
+class AreaHead:
+    area: str
+    branch: str | None  # short branch name, None when detached
+    entry: str | None  # None before the area's first entry
+
+    @property
+    def ref(self) -> str:
+        return AREA_PREFIX + self.area
+
+
+def read_head(git: GitDag, area: str) -> AreaHead:
+    ref = AREA_PREFIX + area
+    target = git.symbolic_target(ref)
+    if target is not None:
+        branch = target[len(BRANCH_PREFIX) :] if target.startswith(BRANCH_PREFIX) else target
+        return AreaHead(area, branch, git.ref_target(target))
+    return AreaHead(area, None, git.ref_target(ref))
+
+
+def areas_on_branch(git: GitDag, branch: str) -> list[str]:
+    found = []
+    for ref in git.ref_names(AREA_PREFIX):
+        if git.symbolic_target(ref) == BRANCH_PREFIX + branch:
+            found.append(ref[len(AREA_PREFIX) :])
+    return found
+
+
+def attach(git: GitDag, area: str, branch: str, message: str) -> None:
+    """Put the area on `branch` (which may not exist yet); refuses a branch another area is on."""
+    others = [a for a in areas_on_branch(git, branch) if a != area]
+    if others:
+        raise UsageError(f"branch {branch!r} is in use by area {others[0]!r}; each area needs its own branch")
+    old = read_head(git, area).entry
+    git.ensure_reflog(AREA_PREFIX + area)
+    git.set_symbolic(AREA_PREFIX + area, BRANCH_PREFIX + branch)
+    new = git.ref_target(BRANCH_PREFIX + branch)
+    if new is not None:
+        git.append_reflog(AREA_PREFIX + area, old, new, message)
+
+
+def detach(git: GitDag, area: str, entry: str, message: str) -> None:
+    git.ensure_reflog(AREA_PREFIX + area)
+    git.set_direct(AREA_PREFIX + area, entry, message)
+
+
+def advance(git: GitDag, head: AreaHead, new_entry: str, message: str) -> None:
+    """Move the area (and its branch) from head.entry to new_entry, compare-and-swap."""
+    if head.branch is not None:
+        git.update_ref(BRANCH_PREFIX + head.branch, new_entry, head.entry, message)
+        git.append_reflog(head.ref, head.entry, new_entry, message)
+    else:
+        git.update_ref(head.ref, new_entry, head.entry, message)
+
+
+def branch_exists(git: GitDag, branch: str) -> bool:
+    return git.ref_target(BRANCH_PREFIX + branch) is not None

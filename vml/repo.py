@@ -1,0 +1,156 @@
+"""A vml repository: a bare git repository (the DAG) with vml's chunk store inside it.
+
+Layout of `.vml/`: git's own files (HEAD, config, objects/, refs/, logs/) and `vml/` with
+`format`, `store/{packs,index,tmp}`, `areas/NAME/statcache` and `locks/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from typing import Iterator
+
+from vml.areas.base import AreaConfig, check_area_name
+from vml.errors import AreaError, NotARepository, UsageError, VmlError
+from vml.objects.store import ChunkStore
+from vml.refs.git import GitDag
+
+FORMAT_LINE = "vml repository format 1\n"
+DEFAULT_DIR = ".vml"
+AREA_SECTION = "vml-area"
+AREA_REF_PREFIX = "refs/vml/areas/"
+
+
+class Repository:
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.vml_dir = os.path.join(self.path, "vml")
+        self.git = GitDag.open(self.path)
+        self._store: ChunkStore | None = None
+
+    # -- finding and making repositories
+
+    @classmethod
+    def init(cls, path: str, *, bare: bool = False) -> "Repository":
+        target = os.path.abspath(path if bare else os.path.join(path, DEFAULT_DIR))
+        if os.path.exists(os.path.join(target, "vml", "format")):
+            raise UsageError(f"{target} is already a vml repository")
+        if os.path.exists(target) and os.listdir(target):
+            raise UsageError(f"{target} exists and is not empty")
+        GitDag.init(target)
+        vml_dir = os.path.join(target, "vml")
+        ChunkStore.create(os.path.join(vml_dir, "store"))
+        os.makedirs(os.path.join(vml_dir, "areas"), exist_ok=True)
+        os.makedirs(os.path.join(vml_dir, "locks"), exist_ok=True)
+        with open(os.path.join(vml_dir, "format"), "w") as format_file:
+            format_file.write(FORMAT_LINE)
+        repo = cls(target)
+        repo.git.config_set("vml.format", "1")
+        repo.git.config_set("vml.bare", "true" if bare else "false")
+        return repo
+
+    @classmethod
+    def discover(cls, explicit: str | None = None, start: str | None = None) -> "Repository":
+        """`--repo`, then $VML_REPO, then `.vml` upward from the current directory, like git."""
+        candidate = explicit or os.environ.get("VML_REPO")
+        if candidate:
+            for path in (candidate, os.path.join(candidate, DEFAULT_DIR)):
+                if cls._is_repository(path):
+                    return cls(path)
+            raise NotARepository(f"{candidate} is not a vml repository (run 'vml init')")
+        here = os.path.abspath(start or os.getcwd())
+        while True:
+            path = os.path.join(here, DEFAULT_DIR)
+            if cls._is_repository(path):
+                return cls(path)
+            parent = os.path.dirname(here)
+            if parent == here:
+                raise NotARepository("not in a vml repository (or any parent): run 'vml init' or give --repo")
+            here = parent
+
+    @staticmethod
+    def _is_repository(path: str) -> bool:
+        try:
+            with open(os.path.join(path, "vml", "format")) as format_file:
+                first = format_file.readline()
+        except OSError:
+            return False
+        if first != FORMAT_LINE:
+            raise VmlError(f"{path} has an unsupported vml format ({first.strip()!r}); upgrade vml")
+        return True
+
+    # -- the store
+
+    @property
+    def store(self) -> ChunkStore:
+        if self._store is None:
+            self._store = ChunkStore(os.path.join(self.vml_dir, "store")).open()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- locks: commits and checkouts share the repository; gc needs it alone
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int) -> Iterator[None]:
+        path = os.path.join(self.vml_dir, "locks", name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    def shared_lock(self):
+        return self._flock("repository.lock", fcntl.LOCK_SH)
+
+    def exclusive_lock(self):
+        return self._flock("repository.lock", fcntl.LOCK_EX)
+
+    def area_lock(self, name: str):
+        return self._flock(f"area-{name}.lock", fcntl.LOCK_EX)
+
+    # -- areas (kept in the git config file, in vml's own section)
+
+    def areas(self) -> list[AreaConfig]:
+        names = set()
+        for key, _value in self.git.config_items(AREA_SECTION + "."):
+            names.add(key[len(AREA_SECTION) + 1 :].rsplit(".", 1)[0])
+        return [self.area(name) for name in sorted(names)]
+
+    def area(self, name: str) -> AreaConfig:
+        kind = self.git.config_get(f"{AREA_SECTION}.{name}.kind")
+        if kind is None:
+            known = ", ".join(a.name for a in self.areas()) or "none"
+            raise AreaError(f"no area named {name!r} (areas: {known})")
+        return AreaConfig(name, kind, self.git.config_get(f"{AREA_SECTION}.{name}.location") or "")
+
+    def choose_area(self, name: str | None) -> AreaConfig:
+        if name is not None:
+            return self.area(name)
+        areas = self.areas()
+        if len(areas) == 1:
+            return areas[0]
+        if not areas:
+            raise AreaError("this repository has no working area: add one with 'vml area add NAME --dir PATH'")
+        raise AreaError(f"several areas ({', '.join(a.name for a in areas)}): choose one with -a")
+
+    def add_area(self, config: AreaConfig) -> None:
+        check_area_name(config.name)
+        if self.git.config_get(f"{AREA_SECTION}.{config.name}.kind") is not None:
+            raise AreaError(f"area {config.name!r} exists already")
+        self.git.config_set(f"{AREA_SECTION}.{config.name}.kind", config.kind)
+        self.git.config_set(f"{AREA_SECTION}.{config.name}.location", config.location)
+
+    def area_ref(self, name: str) -> str:
+        return AREA_REF_PREFIX + name
+
+    def area_state_dir(self, name: str) -> str:
+        return os.path.join(self.vml_dir, "areas", name)
+
+    def stat_cache_path(self, name: str) -> str:
+        return os.path.join(self.area_state_dir(name), "statcache")
