@@ -18,7 +18,7 @@ from vml.objects.diff import Change, diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import GcStats, collect
 from vml.objects.ids import ObjectId
-from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK
+from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
 from vml.objects.walk import listing_loader, root_node, walk_nodes
 from vml.refs.git import Commit
 from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_on_branch, attach, branch_exists, detach, read_head
@@ -381,6 +381,50 @@ def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> Ch
         restore = Restore(repo.store, listing_loader(repo.store), progress=progress)
         counts = restore.run(root_id, os.fsencode(target))
     return CheckoutResult(entry_id, target, None, None, counts, [f"{display_path(p)} ({why})" for p, why in counts.not_restored])
+
+
+# -- diff
+
+
+@dataclass(frozen=True, slots=True)
+class DiffEntry:
+    path: str
+    status: str  # A added, D deleted, M content or type changed, T metadata only
+    old: dict | None
+    new: dict | None
+
+
+def _node_summary(node) -> dict | None:
+    if node is None:
+        return None
+    return {
+        "kind": KIND_NAMES[node.kind],
+        "mode": f"{node.mode:04o}",
+        "uid": node.uid,
+        "gid": node.gid,
+        "size": node.size,
+        "mtime_ns": node.mtime_ns,
+        "xattrs": sorted(name.decode("utf-8", "backslashreplace") for name, _value in node.xattrs),
+    }
+
+
+def diff(repo: Repository, old: str, new: str | None = None, *, area: str | None = None) -> list[DiffEntry]:
+    """Changes from entry `old` to entry `new`, or to the area's current files."""
+    store = repo.store
+    old_root = _root_of(repo, resolve_entry(repo, old, area))
+    if new is not None:
+        new_root = _root_of(repo, resolve_entry(repo, new, area))
+        load = listing_loader(store)
+    else:
+        config = repo.choose_area(area)
+        with repo.shared_lock():
+            current = open_area(config).capture(store, StatCache.load(repo.stat_cache_path(config.name)), dry_run=True)
+        new_root = current.root_id
+        load = listing_loader(store, current.listings)
+    return [
+        DiffEntry(display_path(c.path), c.status, _node_summary(c.old), _node_summary(c.new))
+        for c in diff_roots(load, old_root, new_root)
+    ]
 
 
 # -- fsck and gc

@@ -145,6 +145,23 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, as_
 
 
 @main_group.command()
+@click.argument("old")
+@click.argument("new", required=False)
+@area_option
+@click.option("--name-status", is_flag=True, help="One line per changed path: status letter and path (the default for now).")
+@json_option
+@click.pass_context
+def diff(ctx, old: str, new: str | None, area: str | None, name_status: bool, as_json: bool) -> None:
+    """Compare entry OLD with entry NEW, or with the area's current files.
+
+    Status letters: A added, D deleted, M content or type changed, T metadata only
+    (mode, owner, mtime, xattrs). Subtrees equal on both sides are skipped unread.
+    """
+    changes = api.diff(_repo(ctx), old, new, area=area)
+    render.print_json(changes) if as_json else render.diff_name_status(changes)
+
+
+@main_group.command()
 @json_option
 @click.pass_context
 def fsck(ctx, as_json: bool) -> None:

@@ -225,6 +225,11 @@ def checkout_result(result: api.CheckoutResult) -> None:
         warning(f"not reproduced: {line}")
 
 
+def diff_name_status(changes: list[api.DiffEntry]) -> None:
+    for change in changes:
+        out.print(f"{change.status}\t{escape(change.path)}")
+
+
 def fsck_report(report: api.FsckReport) -> None:
     out.print(f"checked {report.entries:,} entries, {report.packs:,} packs, {report.blobs:,} objects ({size(report.bytes)})")
     for problem in report.problems:

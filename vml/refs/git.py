@@ -80,8 +80,9 @@ class GitDag:
     # -- objects
 
     def signature(self) -> pygit2.Signature:
-        name = self.config_get("user.name") or os.environ.get("VML_AUTHOR_NAME") or getpass.getuser()
-        email = self.config_get("user.email") or os.environ.get("VML_AUTHOR_EMAIL") or f"{getpass.getuser()}@{socket.gethostname()}"
+        # Like GIT_AUTHOR_NAME, the environment overrides the git configuration.
+        name = os.environ.get("VML_AUTHOR_NAME") or self.config_get("user.name") or getpass.getuser()
+        email = os.environ.get("VML_AUTHOR_EMAIL") or self.config_get("user.email") or f"{getpass.getuser()}@{socket.gethostname()}"
         return pygit2.Signature(name, email)
 
     def create_commit(self, files: dict[str, bytes], message: str, parents: list[str]) -> str:
@@ -165,7 +166,7 @@ class GitDag:
         """The commit a ref resolves to, or None for a missing or unborn ref."""
         try:
             ref = self._repo.references[name]
-        except KeyError:
+        except (KeyError, ValueError):  # missing, or not a valid ref name at all
             return None
         try:
             return str(ref.resolve().target)
@@ -176,7 +177,7 @@ class GitDag:
         """For a symbolic ref, the ref it points at; None if direct or missing."""
         try:
             ref = self._repo.references[name]
-        except KeyError:
+        except (KeyError, ValueError):
             return None
         if ref.type == pygit2.enums.ReferenceType.SYMBOLIC:
             return ref.target

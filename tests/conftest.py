@@ -1,0 +1,70 @@
+"""Shared fixtures: a vml command runner, a repository with one directory area, fsck checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+class Vml:
+    """Runs the real `vml` command line in a directory, as a user would."""
+
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+
+    def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300) -> Run:
+        full_env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}
+        full_env.pop("VML_REPO", None)
+        full_env.update(env or {})
+        done = subprocess.run(
+            [sys.executable, "-m", "vml", *args], cwd=self.cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+        result = Run(done.returncode, done.stdout, done.stderr)
+        if check and done.returncode != 0:
+            raise AssertionError(f"vml {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return result
+
+    def fsck_clean(self) -> None:
+        result = self("fsck", "--json")
+        report = result.json()
+        assert report["damaged"] == [] and report["problems"] == [], report
+
+
+@pytest.fixture
+def vml(tmp_path: Path) -> Vml:
+    return Vml(tmp_path)
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Path:
+    root = tmp_path / "guest"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (root / "home" / "user").mkdir(parents=True)
+    (root / "home" / "user" / "notes.txt").write_text("analysis notes\n")
+    return root
+
+
+@pytest.fixture
+def repo(vml: Vml, guest: Path) -> Vml:
+    """A repository at tmp_path/.vml with area wa1 on tmp_path/guest; fsck must pass at the end."""
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
+    yield vml
+    vml.fsck_clean()
