@@ -50,8 +50,8 @@ def modify_tree(root: Path, rng: random.Random) -> int:
         data = rng.randbytes(500)
         (root / "usr" / f"d{d:02}" / "f000.txt").write_bytes(data)
         new += len(data)
-    (root / "usr" / "d01" / "f001.txt").unlink()
-    (root / "etc" / "added.conf").write_text("new = 1\n")
+    (root / "usr" / f"d{rng.randrange(1, 40, 4):02}" / f"f{rng.randrange(1, 75):03}.txt").unlink(missing_ok=True)
+    (root / "etc" / "added.conf").write_text(f"new = {rng.random()}\n")
     return new
 
 
@@ -83,73 +83,100 @@ def test_kill_9_during_commit_never_damages_the_repository(repo, guest: Path, tm
     rng = random.Random(20240601)
     make_tree(guest, rng)
     entry1_tree = tree_digest(guest)
-    started = time.monotonic()
     first = repo("commit", "-m", "entry 1", "--json").json()
-    duration = time.monotonic() - started
     assert first["created"]
     entry1 = first["entry"]
-    packs_after_entry1 = pack_files(tmp_path)
+
+    # Measure a commit like the ones to be killed: same amount of new data, cache warm.
+    modify_tree(guest, rng)
+    entry2_tree = tree_digest(guest)
+    started = time.monotonic()
+    second = repo("commit", "-m", "entry 2", "--json").json()
+    duration = time.monotonic() - started
+    entry2 = second["entry"]
+    assert second["created"] and second["parent"] == entry1
+    packs_before_kills = pack_files(tmp_path)
 
     new_bytes = modify_tree(guest, rng)
     modified_tree = tree_digest(guest)
-    # Let the modified files leave the racy window so a later run could trust the cache.
-    time.sleep(0.1)
 
-    completed: list[str] = []  # entries created by a run that finished before its kill
-    kills = 0
-    for attempt in range(6):
-        proc = subprocess.Popen(
+    recorded: list[str] = []  # entries a run recorded (it finished, or was killed just after)
+
+    def start_commit(attempt: int) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "vml", "commit", "-m", f"attempt {attempt}", "--json"],
             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
-        time.sleep(rng.uniform(0.1, 0.95) * duration)
-        if proc.poll() is None:
+
+    def kill(proc: subprocess.Popen) -> bool:
+        killed = proc.poll() is None
+        if killed:
             os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        out, err = proc.communicate(timeout=60)
-        if proc.returncode == 0:
-            import json
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err)
+        return killed
 
-            result = json.loads(out)
-            if result["created"]:
-                completed.append(result["entry"])
-        else:
-            assert proc.returncode == -signal.SIGKILL, (proc.returncode, err)
-
+    def check_repository(attempt: int) -> None:
         fsck = repo("fsck", "--json", check=False)
         assert fsck.returncode == 0, f"after kill {attempt}: {fsck.stdout}\n{fsck.stderr}"
         report = fsck.json()
         assert report["damaged"] == [] and report["problems"] == []
-
         ids = log_ids(repo)
-        assert entry1 in ids
-        for entry in completed:
-            assert entry in ids
+        assert ids[-2:] == [entry2, entry1]
+        assert len(ids) <= 3 and all(e in ids for e in recorded), (ids, recorded)
+        for entry in ids[:-2]:
+            if entry not in recorded:
+                # A run got as far as recording its entry: that entry must be whole and exact.
+                recorded.append(entry)
+                target = tmp_path / f"recorded{attempt}"
+                repo("checkout", entry, "--to", str(target))
+                assert tree_digest(target) == modified_tree
         target = tmp_path / f"restore{attempt}"
         repo("checkout", entry1, "--to", str(target))
         assert tree_digest(target) == entry1_tree
 
+    kills = 0
+    for attempt in range(6):
+        proc = start_commit(attempt)
+        time.sleep(rng.uniform(0.1, 0.95) * duration)
+        kills += kill(proc)
+        check_repository(attempt)
+
+    if not recorded and not pack_files(tmp_path) - packs_before_kills:
+        # No random kill fell after a pack was written: kill one run right after its first pack.
+        proc = start_commit(6)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not pack_files(tmp_path) - packs_before_kills and time.monotonic() < deadline:
+            time.sleep(0.002)
+        kills += kill(proc)
+        check_repository(6)
+
     assert kills > 0, "every commit finished before its kill: the test did not test anything"
 
-    leftover = pack_files(tmp_path) - packs_after_entry1
+    leftover = pack_files(tmp_path) - packs_before_kills
     reusable = sum(e.length for p in leftover for e in read_table(str(p)))
-
+    print(f"kills={kills} recorded={len(recorded)} leftover packs={len(leftover)} reusable={reusable}")
     final = repo("commit", "-m", "final", "--json").json()
-    if completed:
-        # A run finished already; the area's tree is recorded and nothing is left to save.
-        assert not final["created"] and final["entry"] == completed[-1]
+    print("final added_bytes", final["added_bytes"], "new_bytes", new_bytes)
+    if recorded:
+        # A run recorded the modified tree already: nothing is left to save.
+        assert not final["created"] and final["entry"] == recorded[-1]
+        assert final["added_bytes"] < 1024 * 1024
     else:
-        assert final["created"] and final["parent"] == entry1
+        assert final["created"] and final["parent"] == entry2
         # Random data does not compress: a commit from scratch adds about new_bytes.
         if reusable > 1024 * 1024:
             assert final["added_bytes"] < new_bytes - reusable // 2, (final["added_bytes"], new_bytes, reusable)
         else:
             assert final["added_bytes"] >= new_bytes * 0.9
     final_entry = final["entry"]
-    assert log_ids(repo)[:2] == [final_entry, entry1] or final_entry in completed
+    assert log_ids(repo) == [final_entry, entry2, entry1]
     target = tmp_path / "restore-final"
     repo("checkout", final_entry, "--to", str(target))
     assert tree_digest(target) == modified_tree
+    target = tmp_path / "restore-entry2"
+    repo("checkout", entry2, "--to", str(target))
+    assert tree_digest(target) == entry2_tree
     repo.fsck_clean()
 
 

@@ -9,7 +9,7 @@ import sys
 import click
 
 from vml import __version__, api, render
-from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, LocalChanges, VmlError
+from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, VmlError
 from vml.repo import Repository
 
 ALIASES = {"save": "commit", "open": "checkout"}
@@ -197,9 +197,6 @@ def main() -> None:
     except click.exceptions.Abort:
         render.error("aborted")
         sys.exit(130)
-    except LocalChanges as error:
-        render.error(str(error))
-        sys.exit(error.exit_code)
     except VmlError as error:
         render.error(str(error))
         sys.exit(error.exit_code)

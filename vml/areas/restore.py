@@ -75,12 +75,14 @@ class Restore:
         self._in_flight = 0
         self._written: dict[bytes, Future | None] = {}  # files written, by path, for hardlinks
         self._root_fd = -1
+        self._updating = False
 
     def run(self, root_id: bytes, target: bytes, current_root_id: bytes | None = None) -> RestoreProgress:
         """Make `target` hold the tree `root_id`. With `current_root_id` (what the target holds
         now), unchanged subtrees and files are left alone; without it, `target` must be empty."""
         root = self._root_node(root_id)
         current = self._root_node(current_root_id) if current_root_id is not None else None
+        self._updating = current is not None
         os.makedirs(target, mode=0o700, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -186,21 +188,24 @@ class Restore:
         self._written[rel] = job
 
     def _link(self, dir_fd: int, node: Node, name: bytes) -> bool:
-        """Hardlink to the group's first member if it is there as a regular file."""
+        """Hardlink to the group's first member, which must be an earlier regular file."""
         first = node.hardlink
-        if first in self._written and self._written[first] is not None:
-            self._written[first].result()
+        job = self._written.get(first)
+        if job is not None:
+            job.result()
+        elif first not in self._written and not self._updating:
+            raise CorruptObject(f"damaged manifest: {node.name!r} is a hardlink to {first!r}, which is not an earlier file")
         try:
             parent_fd, first_name = self._open_parent(first)
-        except (OSError, CorruptObject):
-            return False
+        except OSError:
+            raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not a file in the tree") from None
         try:
             first_st = os.stat(first_name, dir_fd=parent_fd, follow_symlinks=False)
             if not stat.S_ISREG(first_st.st_mode) or first_st.st_size != node.size:
-                return False
+                raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not a matching file")
             os.link(first_name, name, src_dir_fd=parent_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            return False
+        except FileNotFoundError:
+            raise CorruptObject(f"damaged manifest: hardlink target {first!r} does not exist") from None
         finally:
             os.close(parent_fd)
         if name != node.name:
