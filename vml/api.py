@@ -87,7 +87,10 @@ def resolve_entry(repo: Repository, spec: str, area: str | None = None) -> str:
             head = read_head(repo.git, config.name)
             if head.entry is None:
                 raise UnknownEntry(f"area {config.name} has no entry yet")
-            spec = AREA_PREFIX + config.name + rest
+            try:
+                return repo.git.resolve(AREA_PREFIX + config.name + rest)
+            except UnknownEntry:
+                raise UnknownEntry(f"no entry matches {spec!r} in area {config.name}") from None
     return repo.git.resolve(spec)
 
 
@@ -456,6 +459,7 @@ class FsckReport:
     bytes: int
     damaged: list[DamagedEntry]
     problems: list[str]
+    warnings: list[str]  # defects that lost nothing (a damaged index whose packs were read directly)
 
     @property
     def ok(self) -> bool:
@@ -480,7 +484,7 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
             found = checker.check_root(root_id)
             if found:
                 damaged.append(DamagedEntry(entry_id, message, [(display_path(p), why) for p, why in found]))
-        return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems)
+        return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, packs.warnings)
 
 
 def gc(repo: Repository, *, progress: Callable[[int, int], None] | None = None) -> GcStats:

@@ -234,6 +234,8 @@ def fsck_report(report: api.FsckReport) -> None:
     out.print(f"checked {report.entries:,} entries, {report.packs:,} packs, {report.blobs:,} objects ({size(report.bytes)})")
     for problem in report.problems:
         out.print(f"[red]damage:[/] {escape(problem)}")
+    for note in report.warnings:
+        out.print(f"[yellow]warning:[/] {escape(note)}")
     for damaged in report.damaged:
         out.print(f"[red]entry {damaged.entry[:12]}[/] ({escape(damaged.message)}) is damaged:")
         for path, reason in damaged.paths:

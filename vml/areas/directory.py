@@ -44,7 +44,6 @@ class DirectoryArea:
         current_root_id: bytes | None,
         progress: Callable[[RestoreProgress], None] | None = None,
     ) -> RestoreProgress:
-        self._check()
         restore = Restore(store, load_listing, progress=progress)
         return restore.run(root_id, self.root, current_root_id)
 

@@ -234,8 +234,11 @@ class Restore:
             written = self._write_content(fd, node)
             self.counts.bytes_written += written
             self._set_metadata_fd(fd, node, is_dir=False)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(name, dir_fd=dir_fd)  # never leave a file with partial or wrong content
+            raise
+        os.close(fd)
         if name != node.name:
             os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self.counts.files_written += 1

@@ -43,11 +43,14 @@ class StatCache:
                 raw = msgpack.unpackb(cache_file.read(), raw=True, use_list=False, strict_map_key=False)
         except (FileNotFoundError, ValueError, msgpack.UnpackException):
             return cls()  # a lost or damaged cache only costs re-reading files
-        if not isinstance(raw, (list, tuple)) or len(raw) != 2 or raw[0] != FORMAT:
-            return cls()
-        dirs = {}
-        for rel, (fingerprint, listing_id, totals, children) in raw[1].items():
-            dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (key, node) for name, key, node in children})
+        try:
+            if raw[0] != FORMAT:
+                return cls()
+            dirs = {}
+            for rel, (fingerprint, listing_id, totals, children) in raw[1].items():
+                dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (tuple(key), node) for name, key, node in children})
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            return cls()  # not the shape we write: start from scratch
         return cls(dirs)
 
     def save(self, path: str) -> None:

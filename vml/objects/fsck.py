@@ -21,14 +21,19 @@ class PackCheck:
     bytes: int = 0
     damaged_blobs: set[bytes] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_packs(store: ChunkStore, progress: Callable[[int, int], None] | None = None) -> PackCheck:
     """Read every pack and verify every blob in it against its id."""
-    result = PackCheck(problems=[f"{p.path}: {p.message}" for p in store.problems])
+    result = PackCheck(
+        problems=[f"{p.path}: {p.message}" for p in store.problems if not p.recovered],
+        warnings=[f"{p.path}: {p.message}" for p in store.problems if p.recovered],
+    )
     pack_files = store.list_pack_files()
     indexed = {store.pack_ids[location[0]] for _id, location in store.items()}
-    for pack_id in sorted(indexed - pack_files.keys()):
+    unreadable = set(indexed - pack_files.keys())
+    for pack_id in sorted(unreadable):
         result.problems.append(f"pack {pack_id.short()} is listed in the index but missing")
 
     def check_one(pack_id: ObjectId) -> tuple[int, int, list[bytes], list[str]]:
@@ -37,6 +42,7 @@ def check_packs(store: ChunkStore, progress: Callable[[int, int], None] | None =
         try:
             entries = read_table(pack_files[pack_id])
         except CorruptObject as error:
+            unreadable.add(pack_id)
             return 0, 0, [], [str(error)]
         for entry in entries:
             blobs += 1
@@ -60,6 +66,9 @@ def check_packs(store: ChunkStore, progress: Callable[[int, int], None] | None =
             result.problems.extend(problems)
             if progress:
                 progress(done, len(pack_files))
+    # Every blob the index places in a missing or unreadable pack is lost with it.
+    bad_numbers = {store.pack_number(pack_id) for pack_id in unreadable}
+    result.damaged_blobs.update(blob_id for blob_id, location in store.items() if location[0] in bad_numbers)
     return result
 
 

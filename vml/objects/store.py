@@ -27,6 +27,7 @@ PACK_NO, OFFSET, LENGTH, RAW_LENGTH, BLOB_TYPE, FLAG = range(6)
 class StoreProblem:
     path: str
     message: str
+    recovered: bool = False  # the data is still reachable (e.g. through the packs' own tables)
 
 
 class ChunkStore:
@@ -62,7 +63,7 @@ class ChunkStore:
                         self._locations[raw_id] = (pack_no, offset, length, raw_length, blob_type, flag)
             except CorruptObject as error:
                 # The packs still describe themselves; fall back to reading their tables.
-                self.problems.append(StoreProblem(path, str(error)))
+                self.problems.append(StoreProblem(path, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
         self._recover_unindexed_packs()
         return self
 
