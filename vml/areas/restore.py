@@ -183,7 +183,7 @@ class Restore:
         if node.hardlink is not None and node.hardlink != rel and self._link(pending.fd, node, name):
             return
         self._in_flight += 1
-        job = self._pool.submit(self._write_file, pending.fd, node, name)
+        job = self._pool.submit(self._write_file, pending.fd, node, name, rel)
         pending.jobs.append(job)
         self._written[rel] = job
 
@@ -228,15 +228,17 @@ class Restore:
             raise
         return fd, parts[-1]
 
-    def _write_file(self, dir_fd: int, node: Node, name: bytes) -> None:
+    def _write_file(self, dir_fd: int, node: Node, name: bytes, rel: bytes) -> None:
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             written = self._write_content(fd, node)
             self.counts.bytes_written += written
             self._set_metadata_fd(fd, node, is_dir=False)
-        except BaseException:
+        except BaseException as error:
             os.close(fd)
             os.unlink(name, dir_fd=dir_fd)  # never leave a file with partial or wrong content
+            if isinstance(error, CorruptObject):
+                raise type(error)(f"{rel.decode('utf-8', 'backslashreplace')}: {error}") from None
             raise
         os.close(fd)
         if name != node.name:
