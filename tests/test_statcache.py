@@ -1,0 +1,33 @@
+"""The stat cache: an unchanged re-commit reads no file contents; changes hidden from size and
+mtime are still found through ctime; racily clean files are re-read."""
+
+import os
+import time
+from pathlib import Path
+
+
+def test_unchanged_recommit_reads_nothing_and_changes_are_found(repo, guest: Path):
+    for i in range(50):
+        (guest / "home" / "user" / f"f{i}.txt").write_text(f"file {i}\n")
+    repo("commit", "-m", "first")  # everything is racy now: nothing cached yet
+    time.sleep(2.2)
+    second = repo("commit", "-m", "second", "--allow-empty", "--json").json()
+    assert second["files_read"] == 52  # read once more, now old enough to be cached
+    third = repo("commit", "-m", "third", "--allow-empty", "--json").json()
+    assert third["files_read"] == 0 and third["bytes_read"] == 0
+
+    # Same size, same mtime, different content: only the ctime tells.
+    target = guest / "home" / "user" / "f7.txt"
+    before = target.stat()
+    target.write_text("FILE 7\n")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed = repo("commit", "-m", "edit", "--json").json()
+    assert changed["created"] and changed["files_read"] == 1
+    diff = repo("diff", "HEAD~1", "HEAD", "--json").json()
+    assert [(d["path"], d["status"]) for d in diff] == [("home/user/f7.txt", "M")]
+
+    # Modified right after a commit: racily clean, so re-read by the next one whatever stat says.
+    target.write_text("file 7\n")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    racy = repo("commit", "-m", "racy", "--json").json()
+    assert racy["created"] and racy["files_read"] >= 1
