@@ -4,7 +4,6 @@ write wrong bytes."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from pathlib import Path
@@ -13,6 +12,7 @@ import msgpack
 import pytest
 
 from vml import api
+from repofiles import pack_files, store_dir, tree_digest
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_DATA, read_table
 from vml.objects.walk import listing_loader, walk_nodes
@@ -28,19 +28,10 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def store_dir(tmp_path: Path) -> Path:
-    return tmp_path / ".vml" / "vml" / "store"
 
 
-def packs(tmp_path: Path) -> list[Path]:
-    return sorted((store_dir(tmp_path) / "packs").glob("*/*.pack"))
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
-    }
 
 
 def chunks_of(tmp_path: Path, entry: str, rel: str) -> list[bytes]:
@@ -59,7 +50,7 @@ def chunks_of(tmp_path: Path, entry: str, rel: str) -> list[bytes]:
 def data_only_pack_of(tmp_path: Path, chunk_ids: list[bytes]) -> tuple[Path, list]:
     """A pack holding only chunks of the given file (so losing it loses nothing else)."""
     wanted = set(chunk_ids)
-    for path in packs(tmp_path):
+    for path in sorted(pack_files(tmp_path)):
         entries = read_table(str(path))
         if entries and all(e.id in wanted and e.blob_type == TYPE_DATA for e in entries):
             return path, entries
@@ -95,7 +86,7 @@ def test_flipped_byte_in_data_chunk(setup, guest: Path, tmp_path: Path):
     ids = chunks_of(tmp_path, entry, BIG)
     assert len(ids) > 1
     victim = ids[len(ids) // 2]
-    for pack in packs(tmp_path):
+    for pack in sorted(pack_files(tmp_path)):
         found = [e for e in read_table(str(pack)) if e.id == victim]
         if found:
             break

@@ -6,7 +6,6 @@ entries that completed must still be in the log, and the first entry must check 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -15,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from repofiles import pack_files, tree_digest
 from vml.objects.pack import read_table
 
 BIG_FILES = 3
@@ -55,24 +55,8 @@ def modify_tree(root: Path, rng: random.Random) -> int:
     return new
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            path = Path(dirpath, name)
-            found[str(path.relative_to(root)) + "/"] = "dir"
-        for name in filenames:
-            path = Path(dirpath, name)
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                found[rel] = "link:" + os.readlink(path)
-            else:
-                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
-def pack_files(tmp_path: Path) -> set[Path]:
-    return set((tmp_path / ".vml" / "vml" / "store" / "packs").glob("*/*.pack"))
 
 
 def log_ids(vml) -> list[str]:

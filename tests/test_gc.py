@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -11,26 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+from repofiles import pack_files, store_dir, tree_digest
 from vml.objects.store import ChunkStore
 
 
-def store_dir(tmp_path: Path) -> Path:
-    return tmp_path / ".vml" / "vml" / "store"
 
 
 def store_size(tmp_path: Path) -> int:
     return sum(p.stat().st_size for p in store_dir(tmp_path).rglob("*") if p.is_file())
 
 
-def pack_files(tmp_path: Path) -> set[Path]:
-    return set((store_dir(tmp_path) / "packs").glob("*/*.pack"))
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
-    }
 
 
 def make_history(repo, guest: Path) -> list[tuple[str, dict[str, str]]]:

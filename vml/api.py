@@ -9,19 +9,20 @@ from typing import Callable
 
 import vml
 from vml.areas.base import AreaConfig, check_area_name
+from vml.areas.capture import CaptureResult
 from vml.areas.directory import open_area
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import ENTRY_FILE, EntryInfo, display_path
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
-from vml.objects.diff import Change, diff_roots
+from vml.objects.diff import diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import GcStats, collect
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
 from vml.objects.walk import listing_loader, root_node, walk_nodes
 from vml.refs.git import Commit
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_on_branch, attach, branch_exists, detach, read_head
+from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, advance, areas_on_branch, attach, branch_exists, check_branch_free, detach, read_head
 from vml.repo import Repository
 
 Progress = Callable[[object], None] | None
@@ -322,6 +323,14 @@ class CheckoutResult:
     not_reproduced: list[str] = field(default_factory=list)
 
 
+def _scan_area(repo: Repository, working_area, cache: StatCache | None = None) -> tuple[CaptureResult, Callable]:
+    """The area's current files, hashed but not stored: the capture and a loader for its listings."""
+    if cache is None:
+        cache = StatCache.load(repo.stat_cache_path(working_area.config.name))
+    current = working_area.capture(repo.store, cache, dry_run=True)
+    return current, listing_loader(repo.store, current.listings)
+
+
 def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False, progress: Progress = None) -> CheckoutResult:
     if to is not None:
         if area is not None:
@@ -334,15 +343,12 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
         target_root = _root_of(repo, entry_id)
         head = read_head(repo.git, config.name)
         store = repo.store
-        cache_path = repo.stat_cache_path(config.name)
         current = None
-        overlay: dict[bytes, bytes] = {}
+        load = listing_loader(store)
         if os.path.isdir(config.location):
-            current = working_area.capture(store, StatCache.load(cache_path), dry_run=True)
-            overlay = current.listings
-            load = listing_loader(store, overlay)
+            current, load = _scan_area(repo, working_area)
             base_root = _root_of(repo, head.entry) if head.entry else None
-            changed = [c for c in diff_roots(load, base_root, current.root_id)] if current.root_id != base_root else []
+            changed = list(diff_roots(load, base_root, current.root_id)) if current.root_id != base_root else []
             if changed and not force:
                 paths = [display_path(c.path) for c in changed]
                 raise LocalChanges(
@@ -351,11 +357,8 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
                     paths,
                 )
         branch = spec if branch_exists(repo.git, spec) else None
-        if branch is not None and branch != head.branch:
-            others = [a for a in areas_on_branch(repo.git, branch) if a != config.name]
-            if others:
-                raise UsageError(f"branch {branch!r} is in use by area {others[0]!r}")
-        load = listing_loader(store, overlay)
+        if branch is not None:
+            check_branch_free(repo.git, config.name, branch)  # before the area's files change
         counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress)
         message = f"checkout: moving to {spec}"
         if branch is not None:
@@ -364,11 +367,11 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
             pass  # restoring the area's own entry (e.g. to drop changes) keeps it on its branch
         else:
             detach(repo.git, config.name, entry_id, message)
-        after = working_area.capture(store, StatCache.load(cache_path), dry_run=True)
-        after.cache.save(cache_path)
+        # Capture again (hash only) to rebuild the stat cache and to see what was not reproduced.
+        after, load_after = _scan_area(repo, working_area, current.cache if current else StatCache())
+        after.cache.save(repo.stat_cache_path(config.name))
         not_reproduced = []
         if after.root_id != target_root:
-            load_after = listing_loader(store, after.listings)
             not_reproduced = [f"{display_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)]
         head_after = read_head(repo.git, config.name)
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced)
@@ -419,11 +422,9 @@ def diff(repo: Repository, old: str, new: str | None = None, *, area: str | None
         new_root = _root_of(repo, resolve_entry(repo, new, area))
         load = listing_loader(store)
     else:
-        config = repo.choose_area(area)
         with repo.shared_lock():
-            current = open_area(config).capture(store, StatCache.load(repo.stat_cache_path(config.name)), dry_run=True)
+            current, load = _scan_area(repo, open_area(repo.choose_area(area)))
         new_root = current.root_id
-        load = listing_loader(store, current.listings)
     return [
         DiffEntry(display_path(c.path), c.status, _node_summary(c.old), _node_summary(c.new))
         for c in diff_roots(load, old_root, new_root)

@@ -180,14 +180,15 @@ class Restore:
     # -- regular files
 
     def _restore_file(self, pending: _PendingDir, rel: bytes, node: Node, name: bytes) -> None:
-        if node.hardlink is not None and node.hardlink != rel and self._link(pending.fd, node, name):
+        if node.hardlink is not None and node.hardlink != rel:
+            self._link(pending.fd, node, name)
             return
         self._in_flight += 1
         job = self._pool.submit(self._write_file, pending.fd, node, name, rel)
         pending.jobs.append(job)
         self._written[rel] = job
 
-    def _link(self, dir_fd: int, node: Node, name: bytes) -> bool:
+    def _link(self, dir_fd: int, node: Node, name: bytes) -> None:
         """Hardlink to the group's first member, which must be an earlier regular file."""
         first = node.hardlink
         job = self._written.get(first)
@@ -211,7 +212,6 @@ class Restore:
         if name != node.name:
             os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self.counts.files_written += 1
-        return True
 
     def _open_parent(self, rel: bytes) -> tuple[int, bytes]:
         parts = rel.split(b"/")
@@ -231,16 +231,16 @@ class Restore:
     def _write_file(self, dir_fd: int, node: Node, name: bytes, rel: bytes) -> None:
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            written = self._write_content(fd, node)
-            self.counts.bytes_written += written
-            self._set_metadata_fd(fd, node, is_dir=False)
+            try:
+                self.counts.bytes_written += self._write_content(fd, node)
+                self._set_metadata_fd(fd, node, is_dir=False)
+            finally:
+                os.close(fd)
         except BaseException as error:
-            os.close(fd)
             os.unlink(name, dir_fd=dir_fd)  # never leave a file with partial or wrong content
             if isinstance(error, CorruptObject):
                 raise type(error)(f"{rel.decode('utf-8', 'backslashreplace')}: {error}") from None
             raise
-        os.close(fd)
         if name != node.name:
             os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self.counts.files_written += 1

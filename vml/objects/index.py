@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from vml.errors import CorruptObject
 from vml.objects.hashing import checksum64, object_id

@@ -44,11 +44,16 @@ def areas_on_branch(git: GitDag, branch: str) -> list[str]:
     return found
 
 
-def attach(git: GitDag, area: str, branch: str, message: str) -> None:
-    """Put the area on `branch` (which may not exist yet); refuses a branch another area is on."""
+def check_branch_free(git: GitDag, area: str, branch: str) -> None:
+    """Refuse a branch another area is on: two areas on one branch would disagree about it."""
     others = [a for a in areas_on_branch(git, branch) if a != area]
     if others:
         raise UsageError(f"branch {branch!r} is in use by area {others[0]!r}; each area needs its own branch")
+
+
+def attach(git: GitDag, area: str, branch: str, message: str) -> None:
+    """Put the area on `branch` (which may not exist yet); refuses a branch another area is on."""
+    check_branch_free(git, area, branch)
     old = read_head(git, area).entry
     git.ensure_reflog(AREA_PREFIX + area)
     git.set_symbolic(AREA_PREFIX + area, BRANCH_PREFIX + branch)
