@@ -101,6 +101,7 @@ def test_commit_then_checkout_gives_the_same_tree(tree):
             assert snapshot(src) == before  # commit and checkout left the source alone
             info = api.entry_info(repo, entry)
             assert info.files == sum(1 for v in before.values() if v["type"] == "file")
+            assert api.fsck(repo).ok
         finally:
             repo.close()
 
@@ -119,6 +120,7 @@ def test_same_tree_gives_same_manifest_in_two_repositories(tree):
             # and capturing again in the same repository (now with a warm stat cache) changes nothing
             again = api.commit(repo_a, "again", area="wa")
             assert again.created is False and again.entry == entry_a
+            assert api.fsck(repo_a).ok and api.fsck(repo_b).ok
         finally:
             repo_a.close()
             repo_b.close()
