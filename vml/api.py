@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,14 +18,20 @@ from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import ENTRY_FILE, EntryInfo, display_path
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
-from vml.objects.diff import diff_roots
+from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
-from vml.objects.gc import GcStats, collect
+from vml.objects.gc import collect
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
-from vml.objects.walk import listing_loader, root_node, walk_nodes
-from vml.refs.git import Commit
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, advance, areas_on_branch, attach, branch_exists, check_branch_free, detach, read_head
+from vml.objects.walk import listing_loader, node_at, read_content, root_node, walk_nodes
+from vml.refs import names
+from vml.refs.branches import RefInfo, check_name, create_ref, delete_branch, delete_tag, list_refs
+from vml.refs.git import ZERO, Commit
+from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_on_branch, attach, branch_exists, check_branch_free, detach, read_head
+from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
+from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry
+from vml.refs.reflogs import expire as expire_reflogs
+from vml.refs.rewrite import drop_entry
 from vml.repo import Repository
 
 Progress = Callable[[object], None] | None
@@ -77,22 +86,18 @@ def area_list(repo: Repository) -> list[AreaInfo]:
 
 
 def resolve_entry(repo: Repository, spec: str, area: str | None = None) -> str:
-    """An entry id for `spec`; HEAD and @ mean the area's HEAD when an area can be chosen."""
-    if spec == "@" or spec.startswith(("HEAD", "@{", "@~", "@^")):
-        rest = spec[4:] if spec.startswith("HEAD") else spec[1:]
+    """The entry id `spec` names (see docs/HISTORY.md); HEAD and @ mean the area's HEAD."""
+
+    def area_head() -> AreaHead | None:
         try:
             config = repo.choose_area(area)
         except AreaError:
-            config = None
-        if config is not None:
-            head = read_head(repo.git, config.name)
-            if head.entry is None:
-                raise UnknownEntry(f"area {config.name} has no entry yet")
-            try:
-                return repo.git.resolve(AREA_PREFIX + config.name + rest)
-            except UnknownEntry:
-                raise UnknownEntry(f"no entry matches {spec!r} in area {config.name}") from None
-    return repo.git.resolve(spec)
+            if area is None and not repo.areas():
+                return None  # a repository without areas: its own HEAD
+            raise
+        return read_head(repo.git, config.name)
+
+    return names.resolve(repo.git, spec, area_head)
 
 
 def entry_info(repo: Repository, entry: str) -> EntryInfo:
@@ -234,7 +239,18 @@ def _all_starts(repo: Repository) -> list[str]:
     return starts
 
 
-def log(repo: Repository, *, area: str | None = None, all_refs: bool = False, starts: list[str] | None = None, limit: int | None = None) -> list[LogEntry]:
+def log(
+    repo: Repository,
+    *,
+    area: str | None = None,
+    all_refs: bool = False,
+    starts: list[str] | None = None,
+    limit: int | None = None,
+    paths: tuple[str, ...] | list[str] = (),
+) -> list[LogEntry]:
+    """Entries newest first, from the area's HEAD (or `starts`, or every ref). With `paths`,
+    only entries in which one of them changed against every parent, with parents rewritten
+    to the nearest such entries (git's history simplification)."""
     if starts is None:
         config = None
         if not all_refs:
@@ -249,12 +265,53 @@ def log(repo: Repository, *, area: str | None = None, all_refs: bool = False, st
         else:
             starts = _all_starts(repo)
     labels = _decorations(repo)
+    commits = repo.git.walk(starts)
+    parents_of: dict[str, tuple[str, ...]] = {}
+    if paths:
+        commits, parents_of = _touching(repo, list(commits), parse_paths(paths))
     entries = []
-    for commit_id in repo.git.walk(starts):
+    for commit_id in commits:
         if limit is not None and len(entries) >= limit:
             break
-        entries.append(_log_entry(repo, repo.git.commit(commit_id), labels.get(commit_id, [])))
+        entry = _log_entry(repo, repo.git.commit(commit_id), labels.get(commit_id, []))
+        if commit_id in parents_of:
+            entry = dataclasses.replace(entry, parents=parents_of[commit_id])
+        entries.append(entry)
     return entries
+
+
+def _touching(repo: Repository, commits: list[str], paths: list[bytes]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The commits in which a path changed, and for each its nearest such ancestors."""
+    load = listing_loader(repo.store, memo=4096)
+    states: dict[str, tuple] = {}
+
+    def state(commit_id: str) -> tuple:
+        if commit_id not in states:
+            root_id = _root_of(repo, commit_id)
+            states[commit_id] = tuple(node_at(load, root_id, path) for path in paths)
+        return states[commit_id]
+
+    shown: set[str] = set()
+    nearest: dict[str, tuple[str, ...]] = {}  # for every commit: its nearest shown ancestors
+    parents_of: dict[str, tuple[str, ...]] = {}
+    for commit_id in reversed(commits):  # parents first
+        parents = [p for p in repo.git.commit(commit_id).parents if repo.git.has_object(p)]
+        mine = state(commit_id)
+        if parents:
+            touched = all(state(p) != mine for p in parents)
+        else:
+            touched = any(node is not None for node in mine)
+        stand_ins: list[str] = []
+        for parent in parents:
+            for ancestor in ((parent,) if parent in shown else nearest.get(parent, ())):
+                if ancestor not in stand_ins:
+                    stand_ins.append(ancestor)
+        if touched:
+            shown.add(commit_id)
+            parents_of[commit_id] = tuple(stand_ins)
+        else:
+            nearest[commit_id] = tuple(stand_ins)
+    return [c for c in commits if c in shown], parents_of
 
 
 def _log_entry(repo: Repository, raw: Commit, decorations: list[str]) -> LogEntry:
@@ -336,10 +393,16 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
         if area is not None:
             raise UsageError("give either -a AREA or --to DIR, not both")
         return _checkout_to(repo, spec, to, progress)
-    config = repo.choose_area(area)
+    branch = spec if branch_exists(repo.git, spec) else None
+    return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
+
+
+def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress) -> CheckoutResult:
+    """Make the area's files those of entry `spec` and move its HEAD: onto `branch` if given
+    (spec then names that branch), else detached at the entry."""
     working_area = open_area(config)
     with repo.shared_lock(), repo.area_lock(config.name):
-        entry_id = resolve_entry(repo, spec, config.name)
+        entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
         target_root = _root_of(repo, entry_id)
         head = read_head(repo.git, config.name)
         store = repo.store
@@ -349,14 +412,16 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
             current, load = _scan_area(repo, working_area)
             base_root = _root_of(repo, head.entry) if head.entry else None
             changed = list(diff_roots(load, base_root, current.root_id)) if current.root_id != base_root else []
-            if changed and not force:
-                paths = [display_path(c.path) for c in changed]
+            # Files deleted from the area come back, and the top's own mtime is rewritten:
+            # neither loses anything, so only additions and changes stop a checkout.
+            at_risk = [c for c in changed if c.status != DELETED and c.path != b"."]
+            if at_risk and not force:
+                paths = [display_path(c.path) for c in at_risk]
                 raise LocalChanges(
                     f"area {config.name} has changes not saved in an entry ({len(paths)}: {', '.join(paths[:5])}"
                     f"{', …' if len(paths) > 5 else ''}); commit them or use --force",
                     paths,
                 )
-        branch = spec if branch_exists(repo.git, spec) else None
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)  # before the area's files change
         counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress)
@@ -377,6 +442,26 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced)
 
 
+def switch(repo: Repository, branch: str, *, area: str | None = None, create: bool = False, force: bool = False, progress: Progress = None) -> CheckoutResult:
+    """Put the area on `branch`: a new one at its current entry (create), or an existing one
+    whose tip is checked out."""
+    config = repo.choose_area(area)
+    if not create:
+        if not branch_exists(repo.git, branch):
+            raise UsageError(f"no branch named {branch!r} (create it with 'vml switch -c {branch}')")
+        return _checkout_area(repo, config, branch, branch, force=force, progress=progress)
+    with repo.shared_lock(), repo.area_lock(config.name):
+        head = read_head(repo.git, config.name)
+        if head.entry is not None:
+            create_ref(repo.git, "branch", branch, head.entry, f"branch: created from {head.branch or head.entry[:12]}")
+        else:
+            check_name(repo.git, "branch", branch)
+            if branch_exists(repo.git, branch):
+                raise UsageError(f"a branch named {branch!r} exists already")
+        attach(repo.git, config.name, branch, f"switch: moving to new branch {branch}")
+        return CheckoutResult(head.entry or "", config.location, config.name, branch, RestoreProgress())
+
+
 def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> CheckoutResult:
     target = os.path.abspath(to)
     if os.path.lexists(target) and (not os.path.isdir(target) or os.path.islink(target) or os.listdir(target)):
@@ -389,15 +474,19 @@ def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> Ch
     return CheckoutResult(entry_id, target, None, None, counts, [f"{display_path(p)} ({why})" for p, why in counts.not_restored])
 
 
-# -- diff
+# -- diff and status
+
+PATCH_LIMIT = 8 * 1024 * 1024  # bytes per side beyond which no text diff is attempted
 
 
 @dataclass(frozen=True, slots=True)
 class DiffEntry:
     path: str
     status: str  # A added, D deleted, M content or type changed, T metadata only
+    changes: list[str]  # what changed: content, type, mode, owner, mtime, xattrs
     old: dict | None
     new: dict | None
+    patch: str | None = None  # a unified diff of the content, when asked for
 
 
 def _node_summary(node) -> dict | None:
@@ -408,40 +497,232 @@ def _node_summary(node) -> dict | None:
         "mode": f"{node.mode:04o}",
         "uid": node.uid,
         "gid": node.gid,
+        "user": node.user,
+        "group": node.group,
         "size": node.size,
         "mtime_ns": node.mtime_ns,
         "xattrs": sorted(name.decode("utf-8", "backslashreplace") for name, _value in node.xattrs),
+        "target": node.target.decode("utf-8", "backslashreplace") if node.target is not None else None,
     }
 
 
-def diff(repo: Repository, old: str, new: str | None = None, *, area: str | None = None) -> list[DiffEntry]:
-    """Changes from entry `old` to entry `new`, or to the area's current files."""
+def parse_paths(paths: tuple[str, ...] | list[str]) -> list[bytes]:
+    """Paths as users type them (relative to the area's top, '/' allowed in front) as the
+    '/'-separated relative bytes manifests use; b"" for the whole tree."""
+    parsed = []
+    for text in paths:
+        parts = [p for p in os.fsencode(text).split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise UsageError(f"path {text!r} goes up with '..'; give paths from the area's top")
+        parsed.append(b"/".join(parts))
+    return parsed
+
+
+def diff(
+    repo: Repository,
+    old: str,
+    new: str | None = None,
+    *,
+    area: str | None = None,
+    paths: tuple[str, ...] | list[str] = (),
+    patch: bool | None = False,
+) -> list[DiffEntry]:
+    """Changes from entry `old` to entry `new`, or to the area's current files. `patch`:
+    True adds a unified diff to every changed regular file; None does so only when one
+    path was given and it is a file."""
     store = repo.store
+    wanted = parse_paths(paths) or [b""]
     old_root = _root_of(repo, resolve_entry(repo, old, area))
+    working_area = None
     if new is not None:
         new_root = _root_of(repo, resolve_entry(repo, new, area))
         load = listing_loader(store)
     else:
+        working_area = open_area(repo.choose_area(area))
         with repo.shared_lock():
-            current, load = _scan_area(repo, open_area(repo.choose_area(area)))
+            current, load = _scan_area(repo, working_area)
         new_root = current.root_id
-    return [
-        DiffEntry(display_path(c.path), c.status, _node_summary(c.old), _node_summary(c.new))
-        for c in diff_roots(load, old_root, new_root)
-    ]
+    changes = list(diff_paths(load, old_root, new_root, wanted))
+    if patch is None:
+        patch = len(wanted) == 1 and any(c.path == wanted[0] for c in changes)
+    return [_diff_entry(c, store, working_area if patch else None, patch) for c in changes]
+
+
+def _diff_entry(change, store, working_area, patch: bool) -> DiffEntry:
+    text = _patch(change, store, working_area) if patch else None
+    return DiffEntry(display_path(change.path), change.status, change.parts, _node_summary(change.old), _node_summary(change.new), text)
+
+
+def _patch(change, store, working_area) -> str | None:
+    """A unified diff of a regular file's content, as git prints it; None if no file content changed."""
+    old_file = change.old if change.old is not None and change.old.kind == KIND_FILE else None
+    new_file = change.new if change.new is not None and change.new.kind == KIND_FILE else None
+    if change.status == METADATA or (old_file is None and new_file is None):
+        return None
+    path = display_path(change.path)
+    if max(old_file.size if old_file else 0, new_file.size if new_file else 0) > PATCH_LIMIT:
+        return f"{path}: larger than {PATCH_LIMIT // (1024 * 1024)} MiB, no text diff\n"
+    old_data = read_content(store, old_file) if old_file else b""
+    if new_file is None:
+        new_data = b""
+    elif working_area is not None:
+        new_data = working_area.read_file(change.path, PATCH_LIMIT + 1)
+    else:
+        new_data = read_content(store, new_file)
+    try:
+        if b"\0" in old_data or b"\0" in new_data:
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte")
+        old_lines = old_data.decode().splitlines(keepends=True)
+        new_lines = new_data.decode().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return f"Binary files a/{path} and b/{path} differ\n"
+    lines = []
+    from_name = f"a/{path}" if old_file else "/dev/null"
+    to_name = f"b/{path}" if new_file else "/dev/null"
+    for line in difflib.unified_diff(old_lines, new_lines, from_name, to_name):
+        lines.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResult:
+    area: str
+    kind: str
+    location: str
+    branch: str | None
+    entry: str | None
+    summary: str | None  # first line of the entry's message
+    clean: bool
+    changes: list[DiffEntry]
+
+
+def status(repo: Repository, *, area: str | None = None) -> StatusResult:
+    """The area's HEAD and what changed since its entry (files are read only where the stat cache can't vouch)."""
+    config = repo.choose_area(area)
+    working_area = open_area(config)
+    with repo.shared_lock():
+        head = read_head(repo.git, config.name)
+        current, load = _scan_area(repo, working_area)
+        base_root = _root_of(repo, head.entry) if head.entry else None
+        changes = [_diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)]
+    summary = _summary(repo.git.commit(head.entry).message) if head.entry else None
+    return StatusResult(config.name, config.kind, config.location, head.branch, head.entry, summary, not changes, changes)
+
+
+def _summary(message: str) -> str:
+    return (message.strip().splitlines() or [""])[0]
+
+
+# -- branches, tags, switch, rm, reflog
+
+
+@dataclass(frozen=True, slots=True)
+class RefResult:
+    name: str
+    entry: str
+    summary: str
+    areas: list[str] = field(default_factory=list)
+
+
+def _ref_result(repo: Repository, info: RefInfo) -> RefResult:
+    return RefResult(info.name, info.entry, _summary(repo.git.commit(info.entry).message), info.areas)
+
+
+def branch_list(repo: Repository) -> list[RefResult]:
+    return [_ref_result(repo, info) for info in list_refs(repo.git, BRANCH_PREFIX)]
+
+
+def tag_list(repo: Repository) -> list[RefResult]:
+    return [_ref_result(repo, info) for info in list_refs(repo.git, TAG_PREFIX)]
+
+
+def ref_create(repo: Repository, kind: str, name: str, start: str | None = None, *, area: str | None = None) -> RefResult:
+    """A new branch or tag at `start` (default: the area's current entry)."""
+    with repo.shared_lock():  # gc must not drop an entry between resolving and naming it
+        entry = resolve_entry(repo, start or "HEAD", area)
+        create_ref(repo.git, kind, name, entry, f"{kind}: created from {start or 'HEAD'}")
+    return RefResult(name, entry, _summary(repo.git.commit(entry).message))
+
+
+def branch_delete(repo: Repository, name: str, *, force: bool = False) -> RefResult:
+    entry = delete_branch(repo.git, name, force=force, message="branch: deleted")
+    return RefResult(name, entry, _summary(repo.git.commit(entry).message))
+
+
+def tag_delete(repo: Repository, name: str) -> RefResult:
+    entry = delete_tag(repo.git, name)
+    return RefResult(name, entry, _summary(repo.git.commit(entry).message))
+
+
+@dataclass(frozen=True, slots=True)
+class RmResult:
+    entry: str
+    summary: str
+    moved: dict[str, tuple[str, str]]  # ref -> (old tip, new tip)
+    rewritten: int
+    kept_by: list[str]
+    areas_moved: list[str]
+
+
+def rm(repo: Repository, spec: str, *, area: str | None = None) -> RmResult:
+    """Drop one entry from every branch and detached area HEAD whose history holds it."""
+    with repo.shared_lock():
+        entry = resolve_entry(repo, spec, area)
+        summary = _summary(repo.git.commit(entry).message)
+        dropped = drop_entry(repo.git, entry, f"rm: dropped {entry[:12]} {summary}")
+    return RmResult(entry, summary, dropped.moved, dropped.rewritten, dropped.kept_by, dropped.areas_moved)
+
+
+@dataclass(frozen=True, slots=True)
+class ReflogEntry:
+    selector: str  # what to type to name this position: HEAD@{2}, main@{0}
+    entry: str | None  # None when the line records a deletion
+    message: str
+    time: int
+
+
+def reflog(repo: Repository, ref: str | None = None, *, area: str | None = None, all_refs: bool = False, limit: int | None = None) -> list[ReflogEntry]:
+    if all_refs:
+        # The repository's own HEAD only mirrors its default branch: leave it out.
+        names = [name for name in repo.git.reflog_names() if name != "HEAD" or not repo.areas()]
+        shown = {name: name for name in names}
+    elif ref is not None:
+        full = ref if ref.startswith("refs/") or ref == "HEAD" else next(
+            (p + ref for p in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX) if os.path.exists(repo.git.reflog_path(p + ref))), None
+        )
+        if full is None or not os.path.exists(repo.git.reflog_path(full)):
+            raise UsageError(f"no reflog for {ref!r}")
+        names, shown = [full], {full: ref}
+    else:
+        try:
+            config = repo.choose_area(area)
+        except AreaError:
+            if area is not None or repo.areas():
+                raise
+            config = None
+        name = AREA_PREFIX + config.name if config else "HEAD"
+        names, shown = [name], {name: "HEAD"}
+    found = []
+    for name in names:
+        for position, line in enumerate(repo.git.reflog(name)):
+            entry = line.new if line.new != ZERO else None
+            found.append(ReflogEntry(f"{shown[name]}@{{{position}}}", entry, line.message, line.time))
+    if all_refs:
+        found.sort(key=lambda e: -e.time)
+    return found[:limit] if limit is not None else found
 
 
 # -- fsck and gc
 
 
-def reachable_entries(repo: Repository) -> list[str]:
-    """Every entry reachable from a ref or from any reflog line."""
+def reachable_entries(repo: Repository, *, reflogs: bool = True) -> list[str]:
+    """Every entry reachable from a ref, and (with `reflogs`) from the entry each reflog line protects."""
     starts = _all_starts(repo)
-    for name in repo.git.reflog_names():
+    for name in repo.git.reflog_names() if reflogs else ():
         for line in repo.git.reflog(name):
-            for commit_id in (line.old, line.new):
-                if commit_id != "0" * 40 and commit_id not in starts and repo.git.has_object(commit_id):
-                    starts.append(commit_id)
+            commit_id = protected_entry(line)
+            if commit_id is not None and commit_id not in starts and repo.git.has_object(commit_id):
+                starts.append(commit_id)
     return list(repo.git.walk(starts))
 
 
@@ -488,24 +769,60 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, packs.warnings)
 
 
-def gc(repo: Repository, *, progress: Callable[[int, int], None] | None = None) -> GcStats:
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    bytes_freed: int  # chunk store and git objects together
+    bytes_after: int
+    blobs_removed: int
+    packs_deleted: int
+    packs_rewritten: int
+    packs_after: int
+    reflog_lines_expired: int
+    git_objects_removed: int
+
+
+def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, int], None] | None = None) -> GcResult:
+    """Expire old reflog lines, then remove every chunk, listing and git object no ref or
+    remaining reflog line reaches. `expire`: when lines of unreachable entries go (default 30 days)."""
+    now = time.time()
+    unreachable_before = parse_when(expire, now) if expire is not None else now - EXPIRE_UNREACHABLE
     with repo.exclusive_lock():
-        store = repo.store
-        load = listing_loader(store)
-        live: set[bytes] = set()
-        seen: set[bytes] = set()
-        for entry_id in reachable_entries(repo):
-            root_id = _root_of(repo, entry_id)
-            live.add(root_id)
-            try:
-                for _path, node in walk_nodes(load, root_id, seen=seen):
-                    if node.kind == KIND_DIR:
-                        live.add(node.tree)
-                    elif node.chunks:
-                        live.update(node.chunk_ids())
-                live.add(root_node(load, root_id).tree)
-            except CorruptObject as error:
-                raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
-        stats = collect(store, live, progress)
+        expired = expire_reflogs(
+            repo.git,
+            set(reachable_entries(repo, reflogs=False)),
+            unreachable_before=unreachable_before,
+            all_before=now - EXPIRE_ALL,
+        )
+        entries = reachable_entries(repo)
+        stats = collect(repo.store, _live_blobs(repo, entries), progress)
+        git_removed, git_freed = repo.git.prune_loose_objects(repo.git.objects_of(entries))
         repo.close()
-        return stats
+    return GcResult(
+        bytes_freed=stats.bytes_freed + git_freed,
+        bytes_after=stats.bytes_after,
+        blobs_removed=stats.blobs_removed,
+        packs_deleted=stats.packs_deleted,
+        packs_rewritten=stats.packs_rewritten,
+        packs_after=stats.packs_after,
+        reflog_lines_expired=expired,
+        git_objects_removed=git_removed,
+    )
+
+
+def _live_blobs(repo: Repository, entries: list[str]) -> set[bytes]:
+    load = listing_loader(repo.store)
+    live: set[bytes] = set()
+    seen: set[bytes] = set()
+    for entry_id in entries:
+        root_id = _root_of(repo, entry_id)
+        live.add(root_id)
+        try:
+            live.add(root_node(load, root_id).tree)
+            for _path, node in walk_nodes(load, root_id, seen=seen):
+                if node.kind == KIND_DIR:
+                    live.add(node.tree)
+                elif node.chunks:
+                    live.update(node.chunk_ids())
+        except CorruptObject as error:
+            raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
+    return live

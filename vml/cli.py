@@ -12,7 +12,7 @@ from vml import __version__, api, render
 from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, VmlError
 from vml.repo import Repository
 
-ALIASES = {"save": "commit", "open": "checkout"}
+ALIASES = {"save": "commit", "open": "checkout", "consult": "status"}
 
 
 class AliasedGroup(click.Group):
@@ -22,6 +22,21 @@ class AliasedGroup(click.Group):
     def resolve_command(self, ctx, args):
         _name, command, rest = super().resolve_command(ctx, args)
         return command.name, command, rest
+
+
+class PathsCommand(click.Command):
+    """A command that takes `-- PATH...` after its arguments, like git's pathspecs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            split = args.index("--")
+            args, ctx.meta["paths"] = args[:split], tuple(args[split + 1 :])
+        else:
+            ctx.meta["paths"] = ()
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return super().collect_usage_pieces(ctx) + ["[-- PATH...]"]
 
 
 def _repo(ctx: click.Context) -> Repository:
@@ -98,7 +113,7 @@ def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool
     render.print_json(result) if as_json else render.commit_result(result)
 
 
-@main_group.command()
+@main_group.command(cls=PathsCommand)
 @area_option
 @click.option("--all", "all_refs", is_flag=True, help="Entries reachable from every branch, tag and area.")
 @click.option("--oneline", is_flag=True, help="One line per entry.")
@@ -108,10 +123,14 @@ def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool
 @click.argument("revisions", nargs=-1)
 @click.pass_context
 def log(ctx, area, all_refs, oneline, graph, max_count, as_json, revisions) -> None:
-    """Show entries, newest first (from the area's HEAD, or REVISIONS)."""
+    """Show entries, newest first (from the area's HEAD, or REVISIONS).
+
+    With `-- PATH...`, only the entries in which one of the paths (a file, or anything
+    under a directory) changed.
+    """
     repo = _repo(ctx)
     starts = [api.resolve_entry(repo, r, area) for r in revisions] or None
-    entries = api.log(repo, area=area, all_refs=all_refs, starts=starts, limit=max_count)
+    entries = api.log(repo, area=area, all_refs=all_refs, starts=starts, limit=max_count, paths=ctx.meta["paths"])
     render.print_json(entries) if as_json else render.log_entries(entries, oneline=oneline, graph=graph)
 
 
@@ -144,21 +163,150 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, as_
     render.print_json(result) if as_json else render.checkout_result(result)
 
 
-@main_group.command()
+@main_group.command(cls=PathsCommand)
 @click.argument("old")
 @click.argument("new", required=False)
 @area_option
-@click.option("--name-status", is_flag=True, help="One line per changed path: status letter and path (the default for now).")
+@click.option("--name-status", "form", flag_value="name-status", help="One line per changed path: status letter and path.")
+@click.option("--stat", "form", flag_value="stat", help="One line per changed path with old and new size, then totals.")
+@click.option("-p", "--patch", is_flag=True, help="A unified diff of every changed regular file's content.")
 @json_option
 @click.pass_context
-def diff(ctx, old: str, new: str | None, area: str | None, name_status: bool, as_json: bool) -> None:
+def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, patch: bool, as_json: bool) -> None:
     """Compare entry OLD with entry NEW, or with the area's current files.
 
     Status letters: A added, D deleted, M content or type changed, T metadata only
     (mode, owner, mtime, xattrs). Subtrees equal on both sides are skipped unread.
+    With `-- PATH...` only those paths are compared; with a single file PATH whose
+    content changed, its unified diff is printed too.
     """
-    changes = api.diff(_repo(ctx), old, new, area=area)
-    render.print_json(changes) if as_json else render.diff_name_status(changes)
+    paths = ctx.meta["paths"]
+    auto = None if form is None and not as_json else False
+    changes = api.diff(_repo(ctx), old, new, area=area, paths=paths, patch=True if patch else auto)
+    if as_json:
+        render.print_json(changes)
+    elif form == "name-status":
+        render.diff_name_status(changes)
+    elif form == "stat":
+        render.diff_stat(changes)
+    else:
+        render.diff_changes(changes)
+
+
+@main_group.command()
+@area_option
+@click.option("-s", "--short", "short", is_flag=True, help="One 'X path' line per change (letters as in diff --name-status).")
+@json_option
+@click.pass_context
+def status(ctx, area: str | None, short: bool, as_json: bool) -> None:
+    """Show the area's branch and entry, and what changed since that entry (alias: consult).
+
+    Only files whose size, times, inode or mode differ from the last scan are read.
+    """
+    result = api.status(_repo(ctx), area=area)
+    render.print_json(result) if as_json else render.status_result(result, short=short)
+
+
+@main_group.command()
+@click.argument("name", required=False)
+@click.argument("start", required=False)
+@area_option
+@click.option("-d", "--delete", "delete", is_flag=True, help="Delete branch NAME (refused if its entries are held nowhere else).")
+@click.option("-D", "force_delete", is_flag=True, help="Delete branch NAME even if its entries are held nowhere else.")
+@click.option("-l", "--list", "list_only", is_flag=True, help="List branches (the default with no NAME).")
+@json_option
+@click.pass_context
+def branch(ctx, name, start, area, delete, force_delete, list_only, as_json) -> None:
+    """List branches, create branch NAME at START (default: the area's entry), or delete one.
+
+    Deleted branches keep their reflog: 'vml reflog NAME' shows them until gc expires it.
+    """
+    repo = _repo(ctx)
+    if delete or force_delete:
+        if not name or start:
+            raise click.UsageError("give exactly one branch NAME to delete")
+        result = api.branch_delete(repo, name, force=force_delete)
+        render.print_json(result) if as_json else render.ref_deleted("branch", result)
+    elif name and not list_only:
+        result = api.ref_create(repo, "branch", name, start, area=area)
+        render.print_json(result) if as_json else render.ref_created("branch", result)
+    else:
+        refs = api.branch_list(repo)
+        render.print_json(refs) if as_json else render.ref_list(refs)
+
+
+@main_group.command()
+@click.argument("name")
+@area_option
+@click.option("-c", "--create", is_flag=True, help="Create branch NAME at the area's current entry; files are left as they are.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite changes in the area that no entry holds.")
+@json_option
+@click.pass_context
+def switch(ctx, name: str, area: str | None, create: bool, force: bool, as_json: bool) -> None:
+    """Put the area on branch NAME, checking out its tip (or create NAME with -c)."""
+    with render.progress("restoring", enabled=not as_json) as progress:
+        result = api.switch(_repo(ctx), name, area=area, create=create, force=force, progress=progress)
+    if as_json:
+        render.print_json(result)
+    elif create:
+        render.switched_to_new_branch(result)
+    else:
+        render.checkout_result(result)
+
+
+@main_group.command()
+@click.argument("name", required=False)
+@click.argument("entry", required=False)
+@area_option
+@click.option("-d", "--delete", "delete", is_flag=True, help="Delete tag NAME.")
+@click.option("-l", "--list", "list_only", is_flag=True, help="List tags (the default with no NAME).")
+@json_option
+@click.pass_context
+def tag(ctx, name, entry, area, delete, list_only, as_json) -> None:
+    """List tags, tag ENTRY (default: the area's entry) as NAME, or delete a tag."""
+    repo = _repo(ctx)
+    if delete:
+        if not name or entry:
+            raise click.UsageError("give exactly one tag NAME to delete")
+        result = api.tag_delete(repo, name)
+        render.print_json(result) if as_json else render.ref_deleted("tag", result)
+    elif name and not list_only:
+        result = api.ref_create(repo, "tag", name, entry, area=area)
+        render.print_json(result) if as_json else render.ref_created("tag", result)
+    else:
+        refs = api.tag_list(repo)
+        render.print_json(refs) if as_json else render.ref_list(refs)
+
+
+@main_group.command()
+@click.argument("entry")
+@area_option
+@json_option
+@click.pass_context
+def rm(ctx, entry: str, area: str | None, as_json: bool) -> None:
+    """Drop ENTRY from history; later entries keep their content and are re-parented.
+
+    Every branch and detached area HEAD holding ENTRY is rewritten. The entry stays in
+    the reflog (recover it with 'vml branch NAME ID') until gc expires it.
+    """
+    result = api.rm(_repo(ctx), entry, area=area)
+    render.print_json(result) if as_json else render.rm_result(result)
+
+
+@main_group.command()
+@click.argument("ref", required=False)
+@area_option
+@click.option("--all", "all_refs", is_flag=True, help="Every reflog: areas, branches (deleted ones too), tags.")
+@click.option("-n", "--max-count", type=int, help="Show at most N lines.")
+@json_option
+@click.pass_context
+def reflog(ctx, ref: str | None, area: str | None, all_refs: bool, max_count: int | None, as_json: bool) -> None:
+    """Where the area's HEAD (or branch REF) has been, newest first.
+
+    Each line's selector (HEAD@{2}, main@{1}) names that entry in any command.
+    """
+    lines = api.reflog(_repo(ctx), ref, area=area, all_refs=all_refs, limit=max_count)
+    render.print_json(lines) if as_json else render.reflog_lines(lines)
 
 
 @main_group.command()
@@ -174,16 +322,19 @@ def fsck(ctx, as_json: bool) -> None:
 
 
 @main_group.command()
+@click.option("--expire", metavar="WHEN", help="Forget reflog lines of entries no ref reaches from before WHEN: now, never, 2.weeks, '3 days', 2026-11-01 (default: 30 days).")
 @json_option
 @click.pass_context
-def gc(ctx, as_json: bool) -> None:
-    """Remove data no ref or reflog reaches; report the bytes freed."""
+def gc(ctx, expire: str | None, as_json: bool) -> None:
+    """Remove data no branch, tag, area HEAD or reflog line reaches; report the bytes freed.
+
+    Reflog lines older than 90 days expire first, and lines whose entry no ref reaches
+    after 30 days (or --expire). A dropped entry or deleted branch is therefore kept for
+    30 days; 'vml gc --expire now' frees it at once.
+    """
     with render.step_progress("repacking", enabled=not as_json) as progress:
-        stats = api.gc(_repo(ctx), progress=progress)
-    if as_json:
-        render.print_json({**render._jsonable(stats), "bytes_freed": stats.bytes_freed})
-    else:
-        render.gc_result(stats)
+        result = api.gc(_repo(ctx), expire=expire, progress=progress)
+    render.print_json(result) if as_json else render.gc_result(result)
 
 
 def main() -> None:

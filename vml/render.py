@@ -14,7 +14,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from vml import api
-from vml.objects.gc import GcStats
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -225,9 +224,124 @@ def checkout_result(result: api.CheckoutResult) -> None:
         warning(f"not reproduced: {line}")
 
 
+def switched_to_new_branch(result: api.CheckoutResult) -> None:
+    out.print(escape(f"area {result.area} is on a new branch {result.branch}" + (f" at {result.entry[:12]}" if result.entry else "")))
+
+
 def diff_name_status(changes: list[api.DiffEntry]) -> None:
     for change in changes:
         out.print(f"{change.status}\t{escape(change.path)}")
+
+
+def _parts(change: api.DiffEntry) -> str:
+    """What changed, with old and new values where they are short: "content, mode 0644 -> 0600"."""
+    described = []
+    for part in change.changes:
+        if part == "mode":
+            described.append(f"mode {change.old['mode']} -> {change.new['mode']}")
+        elif part == "owner":
+            described.append(f"owner {change.old['uid']}:{change.old['gid']} -> {change.new['uid']}:{change.new['gid']}")
+        elif part == "type":
+            described.append(f"type {change.old['kind']} -> {change.new['kind']}")
+        else:
+            described.append(part)
+    return ", ".join(described)
+
+
+def diff_changes(changes: list[api.DiffEntry]) -> None:
+    for change in changes:
+        parts = _parts(change)
+        out.print(f"{change.status}  {escape(change.path)}" + (f"  ({escape(parts)})" if parts else ""))
+        if change.patch:
+            patch(change.patch)
+
+
+def patch(text: str) -> None:
+    for line in text.splitlines():
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else None
+        if line.startswith(("+++", "---")):
+            style = "bold"
+        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line))
+
+
+def diff_stat(changes: list[api.DiffEntry]) -> None:
+    if not changes:
+        return
+    width = min(max(len(c.path) for c in changes), 60)
+    grown = shrunk = 0
+    counts = {"A": 0, "D": 0, "M": 0, "T": 0}
+    for change in changes:
+        counts[change.status] += 1
+        old_size = change.old["size"] if change.old and change.old["kind"] == "file" else 0
+        new_size = change.new["size"] if change.new and change.new["kind"] == "file" else 0
+        grown += max(new_size - old_size, 0)
+        shrunk += max(old_size - new_size, 0)
+        sizes = f"{size(old_size) if change.old else '-'} -> {size(new_size) if change.new else '-'}"
+        out.print(f" {change.status} {escape(change.path):<{width}} | {sizes}")
+    out.print(
+        f" {len(changes)} paths changed: {counts['A']} added, {counts['D']} deleted, {counts['M']} modified, "
+        f"{counts['T']} metadata-only; +{grown} bytes, -{shrunk} bytes"
+    )
+
+
+STATUS_GROUPS = (("A", "added"), ("D", "deleted"), ("M", "modified"), ("T", "metadata only"))
+
+
+def status_result(result: api.StatusResult, *, short: bool) -> None:
+    if short:
+        diff_name_status(result.changes)
+        return
+    out.print(escape(f"area {result.area} ({result.kind}: {result.location})"))
+    where = f"on branch {result.branch}" if result.branch else "detached"
+    if result.entry is None:
+        out.print(escape(f"{where}, no entry yet"))
+    else:
+        out.print(escape(f"{where}, at entry {result.entry[:12]} ({result.summary})"))
+    if result.clean:
+        out.print("nothing changed since that entry" if result.entry else "nothing to save")
+        return
+    out.print(f"changes since {'that entry' if result.entry else 'nothing'} ({len(result.changes):,}):")
+    for status, title in STATUS_GROUPS:
+        group = [c for c in result.changes if c.status == status]
+        if group:
+            out.print(f"  {title} ({len(group):,}):")
+        for change in group:
+            parts = _parts(change) if status in "MT" else ""
+            out.print(f"    {escape(change.path)}" + (f"  ({escape(parts)})" if parts else ""))
+
+
+def ref_list(refs: list[api.RefResult]) -> None:
+    width = max((len(r.name) for r in refs), default=0)
+    for ref in refs:
+        marker = "*" if ref.areas else " "
+        areas = f"  [area {', '.join(ref.areas)}]" if ref.areas else ""
+        out.print(f"{marker} {escape(ref.name):<{width}}  [yellow]{ref.entry[:12]}[/] {escape(ref.summary)}{escape(areas)}")
+
+
+def ref_created(kind: str, result: api.RefResult) -> None:
+    out.print(escape(f"{kind} {result.name} at {result.entry[:12]} ({result.summary})"))
+
+
+def ref_deleted(kind: str, result: api.RefResult) -> None:
+    out.print(escape(f"deleted {kind} {result.name} (was {result.entry[:12]} {result.summary})"))
+
+
+def rm_result(result: api.RmResult) -> None:
+    out.print(escape(f"dropped entry {result.entry[:12]} ({result.summary}); {result.rewritten} later entries recorded again"))
+    for ref, (old, new) in result.moved.items():
+        out.print(escape(f"  {ref}: {old[:12]} -> {new[:12]}"))
+    for area in result.areas_moved:
+        warning(f"area {area} now stands at the dropped entry's parent and keeps its files: 'vml status -a {area}' shows the difference")
+    for tag in result.kept_by:
+        warning(f"tag {tag} still reaches the dropped entry, so its data stays")
+    out.print(f"the entry stays recoverable until gc expires it: vml branch NAME {result.entry[:12]}")
+
+
+def reflog_lines(lines: list[api.ReflogEntry]) -> None:
+    for line in lines:
+        when = datetime.datetime.fromtimestamp(line.time).strftime("%Y-%m-%d %H:%M")
+        entry = line.entry[:12] if line.entry else "(deleted)   "
+        out.print(f"[yellow]{entry}[/] {escape(line.selector)}: {when} {escape(line.message)}")
 
 
 def fsck_report(report: api.FsckReport) -> None:
@@ -243,9 +357,11 @@ def fsck_report(report: api.FsckReport) -> None:
     out.print("no damage found" if report.ok else "[bold red]the repository is damaged[/]")
 
 
-def gc_result(stats: GcStats) -> None:
+def gc_result(result: api.GcResult) -> None:
     out.print(
-        f"freed {size(stats.bytes_freed)} ({stats.bytes_freed:,} bytes): {stats.blobs_removed:,} unreachable objects removed, "
-        f"{stats.packs_deleted} packs deleted, {stats.packs_rewritten} rewritten; {stats.packs_after} packs, "
-        f"{size(stats.bytes_after)} remain"
+        f"freed {size(result.bytes_freed)} ({result.bytes_freed:,} bytes): {result.blobs_removed:,} unreachable objects removed, "
+        f"{result.packs_deleted} packs deleted, {result.packs_rewritten} rewritten; {result.packs_after} packs, "
+        f"{size(result.bytes_after)} remain"
     )
+    if result.reflog_lines_expired or result.git_objects_removed:
+        out.print(f"expired {result.reflog_lines_expired:,} reflog lines; removed {result.git_objects_removed:,} git objects")

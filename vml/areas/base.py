@@ -50,3 +50,7 @@ class WorkingArea(Protocol):
         current_root_id: bytes | None,
         progress: Callable[[RestoreProgress], None] | None,
     ) -> RestoreProgress: ...
+
+    def read_file(self, path: bytes, limit: int) -> bytes:
+        """The current bytes of the regular file at `path` (relative), at most `limit` of them."""
+        ...

@@ -47,6 +47,11 @@ class DirectoryArea:
         restore = Restore(store, load_listing, progress=progress)
         return restore.run(root_id, self.root, current_root_id)
 
+    def read_file(self, path: bytes, limit: int) -> bytes:
+        fd = os.open(os.path.join(self.root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as current:
+            return current.read(limit)
+
 
 def open_area(config: AreaConfig) -> DirectoryArea:
     if config.kind == "dir":

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from vml.objects.manifest import KIND_DIR, Listing, Node
+from vml.objects.walk import node_at, root_node
 
 ADDED = "A"
 DELETED = "D"
-MODIFIED = "M"  # content or type changed
+MODIFIED = "M"  # content or type changed, perhaps metadata too
 METADATA = "T"  # only mode, owner, mtime or xattrs changed
 
 
@@ -20,13 +21,50 @@ class Change:
     old: Node | None
     new: Node | None
 
+    @property
+    def parts(self) -> list[str]:
+        """What changed: content, type, mode, owner, mtime, xattrs (empty for A and D)."""
+        return changed_parts(self.old, self.new) if self.old is not None and self.new is not None else []
+
+
+def changed_parts(old: Node, new: Node) -> list[str]:
+    parts = []
+    if old.kind != new.kind:
+        parts.append("type")
+    elif old.kind != KIND_DIR and (not old.same_content(new) or old.hardlink != new.hardlink):
+        parts.append("content")
+    if old.mode != new.mode:
+        parts.append("mode")
+    if (old.uid, old.gid) != (new.uid, new.gid):
+        parts.append("owner")
+    if old.mtime_ns != new.mtime_ns:
+        parts.append("mtime")
+    if old.xattrs != new.xattrs:
+        parts.append("xattrs")
+    return parts
+
 
 def diff_roots(load: Callable[..., Listing], old_root: bytes | None, new_root: bytes | None) -> Iterator[Change]:
-    old = load(old_root, root=True).nodes[0] if old_root is not None else None
-    new = load(new_root, root=True).nodes[0] if new_root is not None else None
+    old = root_node(load, old_root) if old_root is not None else None
+    new = root_node(load, new_root) if new_root is not None else None
     if old is not None and new is not None and not old.same_metadata(new):
         yield Change(b".", METADATA, old, new)
     yield from diff_listings(load, old.tree if old else None, new.tree if new else None, b"")
+
+
+def diff_paths(load: Callable[..., Listing], old_root: bytes | None, new_root: bytes | None, paths: Iterable[bytes]) -> Iterator[Change]:
+    """Changes at and under each of `paths` (relative, '/'-separated; b"" is the whole tree),
+    in path order. Only the listings on the way to each path are read."""
+    wanted = sorted(set(paths))
+    # A path under another wanted path is covered by it.
+    wanted = [p for p in wanted if not any(p != q and (not q or p.startswith(q + b"/")) for q in wanted)]
+    if b"" in wanted:
+        yield from diff_roots(load, old_root, new_root)
+        return
+    for path in wanted:
+        old = node_at(load, old_root, path) if old_root is not None else None
+        new = node_at(load, new_root, path) if new_root is not None else None
+        yield from diff_nodes(load, path, old, new)
 
 
 def diff_listings(load: Callable[..., Listing], old_id: bytes | None, new_id: bytes | None, prefix: bytes) -> Iterator[Change]:
@@ -36,26 +74,32 @@ def diff_listings(load: Callable[..., Listing], old_id: bytes | None, new_id: by
     new_nodes = {n.name: n for n in load(new_id).nodes} if new_id is not None else {}
     for name in sorted(old_nodes.keys() | new_nodes.keys()):
         path = prefix + b"/" + name if prefix else name
-        old, new = old_nodes.get(name), new_nodes.get(name)
-        if new is None:
-            yield Change(path, DELETED, old, None)
-            if old.kind == KIND_DIR:
-                yield from diff_listings(load, old.tree, None, path)
-        elif old is None:
-            yield Change(path, ADDED, None, new)
-            if new.kind == KIND_DIR:
-                yield from diff_listings(load, None, new.tree, path)
-        elif old.kind == KIND_DIR and new.kind == KIND_DIR:
-            if not old.same_metadata(new):
-                yield Change(path, METADATA, old, new)
-            yield from diff_listings(load, old.tree, new.tree, path)
-        elif old.kind != new.kind:
-            yield Change(path, MODIFIED, old, new)
-            if old.kind == KIND_DIR:
-                yield from diff_listings(load, old.tree, None, path)
-            if new.kind == KIND_DIR:
-                yield from diff_listings(load, None, new.tree, path)
-        elif not old.same_content(new) or old.hardlink != new.hardlink:
-            yield Change(path, MODIFIED, old, new)
-        elif not old.same_metadata(new):
+        yield from diff_nodes(load, path, old_nodes.get(name), new_nodes.get(name))
+
+
+def diff_nodes(load: Callable[..., Listing], path: bytes, old: Node | None, new: Node | None) -> Iterator[Change]:
+    """The changes from node `old` to node `new` at `path` (either may be None), and below."""
+    if old is None and new is None:
+        return
+    if new is None:
+        yield Change(path, DELETED, old, None)
+        if old.kind == KIND_DIR:
+            yield from diff_listings(load, old.tree, None, path)
+    elif old is None:
+        yield Change(path, ADDED, None, new)
+        if new.kind == KIND_DIR:
+            yield from diff_listings(load, None, new.tree, path)
+    elif old.kind == KIND_DIR and new.kind == KIND_DIR:
+        if not old.same_metadata(new):
             yield Change(path, METADATA, old, new)
+        yield from diff_listings(load, old.tree, new.tree, path)
+    elif old.kind != new.kind:
+        yield Change(path, MODIFIED, old, new)
+        if old.kind == KIND_DIR:
+            yield from diff_listings(load, old.tree, None, path)
+        if new.kind == KIND_DIR:
+            yield from diff_listings(load, None, new.tree, path)
+    elif not old.same_content(new) or old.hardlink != new.hardlink:
+        yield Change(path, MODIFIED, old, new)
+    elif not old.same_metadata(new):
+        yield Change(path, METADATA, old, new)

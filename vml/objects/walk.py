@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Iterator
 
 from vml.objects.manifest import KIND_DIR, Listing, Node, decode_listing
 from vml.objects.store import ChunkStore
 
 
-def listing_loader(store: ChunkStore, overlay: dict[bytes, bytes] | None = None) -> Callable[[bytes], Listing]:
-    """Load and validate listings from the store, or first from an in-memory overlay."""
+def listing_loader(store: ChunkStore, overlay: dict[bytes, bytes] | None = None, *, memo: int = 0) -> Callable[[bytes], Listing]:
+    """Load and validate listings from the store, or first from an in-memory overlay.
+    With `memo`, the last that many decoded listings are kept (for walks that revisit)."""
 
     def load(listing_id: bytes, *, root: bool = False) -> Listing:
         data = overlay.get(listing_id) if overlay else None
@@ -17,11 +19,49 @@ def listing_loader(store: ChunkStore, overlay: dict[bytes, bytes] | None = None)
             data = store.get(listing_id)
         return decode_listing(data, root=root)
 
-    return load
+    if not memo:
+        return load
+    remembered: OrderedDict[tuple[bytes, bool], Listing] = OrderedDict()
+
+    def load_remembered(listing_id: bytes, *, root: bool = False) -> Listing:
+        key = (listing_id, root)
+        listing = remembered.get(key)
+        if listing is None:
+            listing = remembered[key] = load(listing_id, root=root)
+            if len(remembered) > memo:
+                remembered.popitem(last=False)
+        return listing
+
+    return load_remembered
 
 
 def root_node(load: Callable[..., Listing], root_id: bytes) -> Node:
     return load(root_id, root=True).nodes[0]
+
+
+def node_at(load: Callable[..., Listing], root_id: bytes, path: bytes) -> Node | None:
+    """The node at a relative '/'-separated path (b"" for the top), or None if absent."""
+    node = root_node(load, root_id)
+    for name in path.split(b"/") if path else ():
+        if node.kind != KIND_DIR:
+            return None
+        node = next((child for child in load(node.tree).nodes if child.name == name), None)
+        if node is None:
+            return None
+    return node
+
+
+def read_content(store: ChunkStore, node: Node) -> bytes:
+    """A regular file's bytes, holes of a sparse file as zeros."""
+    data = b"".join(store.get(chunk) for chunk in node.chunk_ids())
+    if node.extents is None:
+        return data
+    content = bytearray(node.size)
+    position = 0
+    for offset, length in node.extents:
+        content[offset : offset + length] = data[position : position + length]
+        position += length
+    return bytes(content)
 
 
 def walk_nodes(load: Callable[..., Listing], root_id: bytes, *, seen: set[bytes] | None = None) -> Iterator[tuple[bytes, Node]]:

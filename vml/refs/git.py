@@ -33,6 +33,7 @@ class ReflogLine:
     new: str
     message: str
     time: int
+    raw: str  # the line as stored, for rewriting the log when lines expire
 
 
 class GitDag:
@@ -94,6 +95,14 @@ class GitDag:
         )
         return str(commit_id)
 
+    def recommit(self, commit_id: str, parents: list[str]) -> str:
+        """The same entry (tree, message, author) on other parents, as git rebase records it."""
+        raw = self._repo[commit_id]
+        new_id = self._repo.create_commit(
+            None, raw.author, self.signature(), raw.message, raw.tree_id, [pygit2.Oid(hex=p) for p in parents]
+        )
+        return str(new_id)
+
     def _write_tree(self, files: dict[str, bytes]) -> pygit2.Oid:
         builder = self._repo.TreeBuilder()
         subdirs: dict[str, dict[str, bytes]] = {}
@@ -135,6 +144,53 @@ class GitDag:
     def has_object(self, object_id: str) -> bool:
         return object_id in self._repo
 
+    def commits_with_prefix(self, prefix: str) -> list[str]:
+        """Every commit whose id starts with the lower-case hex `prefix`."""
+        if len(prefix) == 40:
+            return [prefix] if self._is_commit(prefix) else []
+        return sorted(str(oid) for oid in self._repo.odb if str(oid).startswith(prefix) and self._is_commit(str(oid)))
+
+    def _is_commit(self, object_id: str) -> bool:
+        try:
+            object_type, _size = self._repo.odb.read_header(object_id)
+        except (KeyError, ValueError):
+            return False
+        return object_type == pygit2.enums.ObjectType.COMMIT
+
+    def objects_of(self, commit_ids: list[str]) -> set[str]:
+        """The commits and every tree and blob they hold: what the git side of gc keeps."""
+        found: set[str] = set()
+        stack = []
+        for commit_id in commit_ids:
+            found.add(commit_id)
+            stack.append(self._repo[commit_id].tree_id)
+        while stack:
+            oid = stack.pop()
+            if str(oid) in found:
+                continue
+            found.add(str(oid))
+            raw = self._repo[oid]
+            if isinstance(raw, pygit2.Tree):
+                stack.extend(item.id for item in raw)
+        return found
+
+    def prune_loose_objects(self, keep: set[str]) -> tuple[int, int]:
+        """Delete loose objects not in `keep` (the caller holds the repository exclusively).
+        Returns (objects, bytes) removed. Packed git objects are left alone."""
+        removed = freed = 0
+        objects = os.path.join(self.path, "objects")
+        for fan in os.listdir(objects):
+            if len(fan) != 2:
+                continue
+            for rest in os.listdir(os.path.join(objects, fan)):
+                if fan + rest in keep:
+                    continue
+                path = os.path.join(objects, fan, rest)
+                freed += os.path.getsize(path)
+                os.unlink(path)
+                removed += 1
+        return removed, freed
+
     def resolve(self, spec: str) -> str:
         """A commit id for what a git user would type: ids, abbreviations, refs, ~, ^, @{n}."""
         try:
@@ -147,6 +203,10 @@ class GitDag:
             return str(found.peel(pygit2.Commit).id)
         except (pygit2.GitError, ValueError):
             raise UnknownEntry(f"{spec!r} is not an entry") from None
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """True if `ancestor` is reachable from `descendant` through parents (not itself)."""
+        return self._repo.descendant_of(pygit2.Oid(hex=descendant), pygit2.Oid(hex=ancestor))
 
     def walk(self, starts: list[str], *, first_parent: bool = False) -> Iterator[str]:
         """Commit ids reachable from `starts`, newest first, children before parents."""
@@ -182,6 +242,10 @@ class GitDag:
         if ref.type == pygit2.enums.ReferenceType.SYMBOLIC:
             return ref.target
         return None
+
+    @staticmethod
+    def is_valid_ref_name(name: str) -> bool:
+        return pygit2.reference_is_valid_name(name)
 
     def ref_names(self, prefix: str = "refs/") -> list[str]:
         return sorted(n for n in self._repo.references if n.startswith(prefix))
@@ -258,8 +322,25 @@ class GitDag:
                 when = int(fields[-2])
             except ValueError:
                 when = 0
-            lines.append(ReflogLine(fields[0], fields[1], message, when))
+            lines.append(ReflogLine(fields[0], fields[1], message, when, raw))
         return lines
+
+    def write_reflog(self, name: str, lines: list[ReflogLine]) -> None:
+        """Replace a ref's log with `lines` (newest first, as reflog() gives them), atomically."""
+        path = self.reflog_path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = path + ".vml-tmp"
+        with open(temp, "w", encoding="utf-8") as log_file:
+            log_file.writelines(line.raw + "\n" for line in reversed(lines))
+            log_file.flush()
+            os.fsync(log_file.fileno())
+        os.replace(temp, path)
+
+    def delete_reflog(self, name: str) -> None:
+        try:
+            os.unlink(self.reflog_path(name))
+        except FileNotFoundError:
+            pass
 
     def reflog_names(self) -> list[str]:
         root = os.path.join(self.path, "logs")
