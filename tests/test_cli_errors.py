@@ -76,7 +76,7 @@ def test_head_of_an_area_without_entries(repo):
     one_line_error(repo("log", "HEAD", check=False), USAGE)
 
 
-def test_ambiguous_prefix(repo, tmp_path: Path):
+def test_prefix_shared_with_a_non_entry_object(repo, tmp_path: Path):
     import hashlib
     import subprocess
 
@@ -92,10 +92,12 @@ def test_ambiguous_prefix(repo, tmp_path: Path):
     blob = subprocess.run(["git", "--git-dir", str(tmp_path / ".vml"), "hash-object", "-w", "--stdin"],
                           input=content, capture_output=True, check=True).stdout.decode().strip()
     assert blob.startswith(prefix) and blob != entry
-    line = one_line_error(repo("show", prefix, check=False), USAGE)
-    assert prefix in line and "ambiguous" in line.lower(), line
-    # The full id still works.
+    # Only entries count when a prefix is resolved (git does the same for commit-ish names).
+    assert repo("show", prefix, "--json").json()["entry"]["id"] == entry
     assert repo("show", entry, "--json").json()["entry"]["id"] == entry
+    # The blob is not an entry, whole or abbreviated.
+    line = one_line_error(repo("show", blob, check=False), USAGE)
+    assert blob in line, line
 
 
 def test_commit_without_message(repo):

@@ -416,9 +416,16 @@ def test_checkout_without_force_refuses_and_names_the_changes(repo, full_guest: 
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    for name in ("plain.txt", "empty", "added-file", "setuid"):
+    for name in ("plain.txt", "added-file", "setuid"):
         assert name in lines[0], lines[0]
+    # A deleted file loses nothing when the checkout brings it back, so it is not named.
+    assert "empty" not in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     # nothing was touched
     assert compare_snapshots(during, snapshot(full_guest, ignore={b"special/sock"})) == []
     assert not other.exists()
+    # With only deletions left, the checkout goes ahead and brings the file back.
+    repo("checkout", entry, "-a", "wa1", "--force")
+    os.unlink(full_guest / "empty")
+    repo("checkout", entry, "-a", "wa1")
+    assert (full_guest / "empty").exists()

@@ -1,0 +1,582 @@
+"""`vml diff`: exactly the changed paths with the right status and parts, in every output form,
+limited to paths, with unified text diffs, and clear errors (docs/HISTORY.md, "diff")."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Vml
+from test_cli_errors import USAGE, one_line_error
+from vml import api
+from vml.repo import Repository
+
+os.environ.setdefault("VML_AUTHOR_NAME", "Test User")
+os.environ.setdefault("VML_AUTHOR_EMAIL", "test@example.org")
+
+OLD_MTIME = 1_650_000_000_123_456_789
+JSON_NODE_KEYS = {"kind", "mode", "uid", "gid", "user", "group", "size", "mtime_ns", "xattrs", "target"}
+SUMMARY = re.compile(
+    r"^(\d+) paths? changed: (\d+) added, (\d+) deleted, (\d+) modified, (\d+) metadata-only; \+(\d+) bytes?, -(\d+) bytes?$"
+)
+DEFAULT_LINE = re.compile(r"^([ADMT])  (.+?)(?:  \((.*)\))?$")
+
+
+# -- helpers: an independent model of the tree, read from the file system
+
+
+def fs_snapshot(root: str) -> dict[str, dict]:
+    """Every path under root ("." for root itself): kind, mode, mtime, xattrs, content or target."""
+    found: dict[str, dict] = {}
+
+    def visit(path: str, rel: str) -> None:
+        st_ = os.lstat(path)
+        if stat.S_ISLNK(st_.st_mode):
+            node = {"kind": "symlink", "target": os.readlink(path), "xattrs": {}}
+        else:
+            node = {"xattrs": {n: os.getxattr(path, n) for n in os.listxattr(path) if n.startswith("user.")}}
+            if stat.S_ISDIR(st_.st_mode):
+                node["kind"] = "dir"
+            else:
+                node["kind"] = "file"
+                with open(path, "rb") as f:
+                    node["content"] = f.read()
+        node["mode"] = stat.S_IMODE(st_.st_mode)
+        node["mtime"] = st_.st_mtime_ns
+        node["owner"] = (st_.st_uid, st_.st_gid)
+        found[rel] = node
+        if node["kind"] == "dir":
+            for name in sorted(os.listdir(path)):
+                visit(os.path.join(path, name), name if rel == "." else f"{rel}/{name}")
+
+    visit(root, ".")
+    return found
+
+
+def expected_diff(old: dict[str, dict], new: dict[str, dict]) -> dict[str, tuple[str, frozenset]]:
+    """path -> (status, parts). For a type change, parts is just {"type"} (the minimum required)."""
+    result = {}
+    for path in old.keys() | new.keys():
+        o, n = old.get(path), new.get(path)
+        if n is None:
+            result[path] = ("D", frozenset())
+        elif o is None:
+            result[path] = ("A", frozenset())
+        elif o["kind"] != n["kind"]:
+            result[path] = ("M", frozenset({"type"}))
+        else:
+            parts = set()
+            if o.get("content") != n.get("content") or o.get("target") != n.get("target"):
+                parts.add("content")
+            if o["mode"] != n["mode"]:
+                parts.add("mode")
+            if o["owner"] != n["owner"]:
+                parts.add("owner")
+            if o["mtime"] != n["mtime"]:
+                parts.add("mtime")
+            if o["xattrs"] != n["xattrs"]:
+                parts.add("xattrs")
+            if parts:
+                result[path] = ("M" if "content" in parts else "T", frozenset(parts))
+    return result
+
+
+def parts_of(changes) -> frozenset:
+    """The kinds of change named: "mode 0644 -> 0600" counts as "mode"."""
+    assert isinstance(changes, list), changes
+    return frozenset(c.split()[0] for c in changes)
+
+
+def check_json_diff(got: list[dict], expected: dict[str, tuple[str, frozenset]]) -> None:
+    paths = [d["path"] for d in got]
+    assert len(paths) == len(set(paths)), f"a path is listed twice: {paths}"
+    got_status = {d["path"]: d["status"] for d in got}
+    want_status = {p: s for p, (s, _) in expected.items()}
+    assert got_status == want_status
+    for d in got:
+        status, parts = expected[d["path"]]
+        if status in "MT":
+            named = parts_of(d["changes"])
+            if "type" in parts:
+                assert "type" in named, d
+            else:
+                assert named == parts, d
+        assert (d["old"] is None) == (status == "A"), d
+        assert (d["new"] is None) == (status == "D"), d
+
+
+@contextmanager
+def keep_dir_mtimes(root: Path):
+    """Put back the mtime of every directory that still exists (adding or removing a child changes it)."""
+    saved = {p: p.stat().st_mtime_ns for p in [root, *root.rglob("*")] if p.is_dir() and not p.is_symlink()}
+    yield
+    for path, mtime in saved.items():
+        if path.is_dir() and not path.is_symlink():
+            os.utime(path, ns=(mtime, mtime))
+
+
+def name_status(result) -> set[tuple[str, str]]:
+    """(letter, path) pairs; the exact `X<TAB>path` form is checked by test_name_status."""
+    lines = [line for line in result.stdout.splitlines() if line]
+    pairs = [tuple(line.split(None, 1)) for line in lines]
+    assert all(len(p) == 2 for p in pairs), result.stdout
+    assert len(pairs) == len(set(pairs)), result.stdout
+    return set(pairs)
+
+
+# -- the property: a generated change set is reported exactly
+
+names = st.text("abcd", min_size=1, max_size=2)
+modes = st.sampled_from([0o644, 0o600, 0o755, 0o640])
+xattr_values = st.one_of(st.none(), st.binary(min_size=1, max_size=8))
+files = st.tuples(st.just("file"), st.binary(max_size=40), modes, xattr_values)
+links = st.tuples(st.just("link"), st.text("xyz/.", min_size=1, max_size=6))
+
+
+def _dirs(children):
+    return st.tuples(st.just("dir"), st.dictionaries(names, children, max_size=4), st.sampled_from([0o755, 0o700]), xattr_values)
+
+
+nodes = st.recursive(st.one_of(files, links), _dirs, max_leaves=10)
+trees = st.dictionaries(names, nodes, min_size=1, max_size=5)
+
+OPS = [
+    "add_file", "add_dir", "add_symlink", "delete_file", "delete_dir", "modify", "chmod", "touch",
+    "xattr", "modify_and_chmod", "file_to_dir", "file_to_symlink", "dir_to_file",
+]
+op_lists = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 10**6), st.integers(0, 10**6)), min_size=1, max_size=7)
+
+
+def build(path: str, node) -> None:
+    kind = node[0]
+    if kind == "file":
+        _, content, mode, xattr = node
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        if xattr is not None:
+            os.setxattr(path, "user.tag", xattr)
+        os.utime(path, ns=(OLD_MTIME, OLD_MTIME))
+    elif kind == "link":
+        os.symlink(node[1], path)
+        os.utime(path, ns=(OLD_MTIME, OLD_MTIME), follow_symlinks=False)
+    else:
+        _, children, mode, xattr = node
+        os.mkdir(path)
+        for name, child in children.items():
+            build(os.path.join(path, name), child)
+        os.chmod(path, mode)
+        if xattr is not None:
+            os.setxattr(path, "user.tag", xattr)
+        os.utime(path, ns=(OLD_MTIME, OLD_MTIME))
+
+
+def _walk(root: str) -> tuple[list[str], list[str], list[str]]:
+    """(files, dirs without root, symlinks), sorted."""
+    files_, dirs, links_ = [], [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            (links_ if os.path.islink(p) else dirs if os.path.isdir(p) else files_).append(p)
+    return sorted(files_), sorted(dirs), sorted(links_)
+
+
+def apply_ops(root: str, ops) -> set[str]:
+    """Apply the generated operations; return the directories whose mtime was set on purpose."""
+    touched_dirs: set[str] = set()
+    for n, (op, k, k2) in enumerate(ops):
+        files_, dirs, links_ = _walk(root)
+        new_name = f"new{n}"
+
+        def pick(candidates):
+            return candidates[k % len(candidates)] if candidates else None
+
+        if op == "add_file":
+            parent = pick([root, *dirs])
+            Path(parent, new_name).write_bytes(b"added %d\n" % n)
+        elif op == "add_dir":
+            parent = pick([root, *dirs])
+            os.makedirs(os.path.join(parent, new_name, "sub"))
+            Path(parent, new_name, "inside.txt").write_bytes(b"inside %d\n" % n)
+        elif op == "add_symlink":
+            os.symlink(f"target-{n}", os.path.join(pick([root, *dirs]), new_name))
+        elif op == "delete_file" and (target := pick(files_ + links_)):
+            os.unlink(target)
+        elif op == "delete_dir" and (target := pick(dirs)):
+            shutil.rmtree(target)
+        elif op in ("modify", "modify_and_chmod") and (target := pick(files_)):
+            with open(target, "ab") as f:
+                f.write(b"changed %d\n" % n)
+            if op == "modify_and_chmod":
+                os.chmod(target, stat.S_IMODE(os.stat(target).st_mode) ^ 0o111)
+        elif op == "chmod" and (target := pick(files_ + dirs)):
+            bit = [0o020, 0o004, 0o001, 0o040][k2 % 4]
+            os.chmod(target, stat.S_IMODE(os.lstat(target).st_mode) ^ bit)
+        elif op == "touch" and (target := pick(files_ + dirs + links_)):
+            t = os.lstat(target).st_mtime_ns + 1 + k2
+            os.utime(target, ns=(t, t), follow_symlinks=False)
+            if target in dirs:
+                touched_dirs.add(target)
+        elif op == "xattr" and (target := pick(files_ + dirs)):
+            os.setxattr(target, f"user.x{k2 % 2}", b"value %d" % n)
+        elif op in ("file_to_dir", "file_to_symlink") and (target := pick(files_)):
+            os.unlink(target)
+            if op == "file_to_dir":
+                os.mkdir(target)
+                Path(target, "child").write_bytes(b"child\n")
+            else:
+                os.symlink("replaced", target)
+        elif op == "dir_to_file" and (target := pick(dirs)):
+            shutil.rmtree(target)
+            Path(target).write_bytes(b"was a directory\n")
+    return touched_dirs
+
+
+def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> None:
+    root = os.path.join(tmp, "area")
+    build(root, ("dir", tree, 0o755, None))
+    api.init(tmp)
+    repo = Repository.discover(tmp)
+    try:
+        api.area_add(repo, "wa", directory=root)
+        first = api.commit(repo, "before", area="wa").entry
+    finally:
+        repo.close()
+    before = fs_snapshot(root)
+
+    touched = apply_ops(root, ops)
+    # Put back the mtime of every directory that existed before, unless an operation set it.
+    for dirpath, _dirnames, _files in os.walk(root, topdown=False):
+        rel = "." if dirpath == root else os.path.relpath(dirpath, root)
+        old = before.get(rel)
+        if old is not None and old["kind"] == "dir" and dirpath not in touched:
+            os.utime(dirpath, ns=(old["mtime"], old["mtime"]))
+    after = fs_snapshot(root)
+    expected = expected_diff(before, after)
+    assert "." not in expected  # the top directory itself is left as it was
+
+    vml = vml_runner or Vml(Path(tmp))
+    against_area = vml("diff", first, "--json").json()
+    check_json_diff(against_area, expected)
+
+    repo = Repository.discover(tmp)
+    try:
+        second = api.commit(repo, "after", area="wa", allow_empty=True).entry
+    finally:
+        repo.close()
+    between = vml("diff", first, second, "--json").json()
+    check_json_diff(between, expected)
+    assert sorted((d["path"], d["status"]) for d in between) == sorted((d["path"], d["status"]) for d in against_area)
+    if not expected:
+        assert vml("diff", first, second).stdout.strip() == ""
+
+    repo = Repository.discover(tmp)
+    try:
+        report = api.fsck(repo)
+        assert report.damaged == [] and report.problems == [], report
+    finally:
+        repo.close()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(tree=trees, ops=op_lists)
+def test_generated_change_set_is_reported_exactly(tree, ops):
+    with tempfile.TemporaryDirectory(prefix="vml-diff-") as tmp:
+        run_change_set(tmp, tree, ops)
+
+
+def test_every_kind_of_change_once(tmp_path: Path):
+    tree = {
+        "a": ("file", b"alpha\n", 0o644, None),
+        "b": ("file", b"beta\n", 0o644, b"x"),
+        "c": ("file", b"gamma\n", 0o600, None),
+        "d": ("dir", {"a": ("file", b"d/a\n", 0o644, None), "b": ("link", "../a")}, 0o755, None),
+        "e": ("dir", {"a": ("dir", {"a": ("file", b"deep\n", 0o644, None)}, 0o755, None)}, 0o755, None),
+        "l": ("link", "a"),
+    }
+    # Indices pick from the sorted candidate lists of the tree as it is at that moment.
+    ops = [
+        ("modify", 0, 0),            # a: content
+        ("chmod", 1, 0),             # b: mode only
+        ("xattr", 2, 0),             # c: xattr only
+        ("touch", 5, 7),             # touch one of the files/dirs
+        ("add_file", 1, 0),          # into d
+        ("add_symlink", 0, 0),       # at the top
+        ("add_dir", 0, 0),           # at the top
+        ("delete_dir", 3, 0),        # e/a and its file
+        ("file_to_dir", 0, 0),       # a becomes a directory
+        ("file_to_symlink", 1, 0),   # b becomes a symlink
+        ("modify_and_chmod", 1, 0),  # c: content and mode
+    ]
+    run_change_set(str(tmp_path), tree, ops)
+
+
+# -- output forms: one module-wide repository (read-only tests), entries A and B
+
+
+@pytest.fixture(scope="module")
+def hist(tmp_path_factory):
+    """Entry A, then: hosts content + an xattr, notes.txt mode, todo.txt content, new.txt added,
+    data.bin changed (binary), old.txt deleted, run.sh owner; entry B. Directory mtimes are kept,
+    and the area is left as B (so `diff A` and `diff A B` must agree)."""
+    base = tmp_path_factory.mktemp("diff-forms")
+    guest = base / "guest"
+    user = guest / "home" / "user"
+    user.mkdir(parents=True)
+    (guest / "etc").mkdir()
+    (guest / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (user / "notes.txt").write_text("analysis notes\n")
+    (user / "notes.txt").chmod(0o644)
+    (user / "todo.txt").write_text("first line\n")
+    (user / "old.txt").write_text("to be removed\n")
+    (user / "data.bin").write_bytes(b"\x00\x01binary\x00" * 10)
+    (user / "run.sh").write_text("#!/bin/sh\n")
+    vml = Vml(base)
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
+    a = vml("commit", "-m", "A", "--json").json()["entry"]
+    with keep_dir_mtimes(guest):
+        (guest / "etc" / "hosts").write_text("127.0.0.1 localhost vm1\n")
+        os.setxattr(guest / "etc" / "hosts", "user.tag", b"v1")
+        (user / "notes.txt").chmod(0o600)
+        (user / "todo.txt").write_text("first line\nsecond line\n")
+        (user / "new.txt").write_text("hello\n")
+        (user / "data.bin").write_bytes(b"\x00\x02binary\x00" * 10)
+        (user / "old.txt").unlink()
+        os.chown(user / "run.sh", 1000, 1000)
+    b = vml("commit", "-m", "B", "--json").json()["entry"]
+    yield SimpleNamespace(vml=vml, guest=guest, a=a, b=b, forms=((a, b), (a,)))
+    vml.fsck_clean()
+
+
+EXPECTED_CHANGES = {
+    ("M", "etc/hosts"),
+    ("T", "home/user/notes.txt"),
+    ("M", "home/user/todo.txt"),
+    ("A", "home/user/new.txt"),
+    ("M", "home/user/data.bin"),
+    ("D", "home/user/old.txt"),
+    ("T", "home/user/run.sh"),
+}
+
+
+def test_default_output(hist):
+    for args in hist.forms:
+        out = hist.vml("diff", *args).stdout
+        lines = [line for line in out.splitlines() if line.strip()]
+        parsed = {}
+        for line in lines:
+            m = DEFAULT_LINE.match(line)
+            assert m, f"not 'X  path  (what)': {line!r}"
+            parsed[m.group(2)] = (m.group(1), m.group(3) or "")
+        assert {(s, p) for p, (s, _) in parsed.items()} == EXPECTED_CHANGES, out
+        hosts = parsed["etc/hosts"][1]
+        assert "content" in hosts and "xattrs" in hosts and "mtime" in hosts and "mode" not in hosts, hosts
+        assert parsed["home/user/notes.txt"][1] == "mode 0644 -> 0600"
+        assert parsed["home/user/run.sh"][1] == "owner 0:0 -> 1000:1000"
+        assert "content" in parsed["home/user/data.bin"][1]
+
+
+def test_name_status(hist):
+    vml, a, b = hist.vml, hist.a, hist.b
+    assert name_status(vml("diff", a, b, "--name-status")) == EXPECTED_CHANGES
+    assert name_status(vml("diff", a, "--name-status")) == EXPECTED_CHANGES
+    lines = vml("diff", a, b, "--name-status").stdout.splitlines()
+    assert {tuple(line.split("\t")) for line in lines} == EXPECTED_CHANGES, f"not X<TAB>path: {lines}"
+    # No differences: nothing at all.
+    assert vml("diff", b, b, "--name-status").stdout == ""
+    assert vml("diff", b, "--name-status").stdout == ""
+    assert vml("diff", b, b, "--json").json() == []
+
+
+def test_json_fields(hist):
+    vml, a, b, guest = hist.vml, hist.a, hist.b, hist.guest
+    got = {d["path"]: d for d in vml("diff", a, b, "--json").json()}
+    assert {(d["status"], p) for p, d in got.items()} == EXPECTED_CHANGES
+    for d in got.values():
+        assert set(d) >= {"path", "status", "changes", "old", "new"}
+        for side in (d["old"], d["new"]):
+            if side is not None:
+                assert set(side) >= JSON_NODE_KEYS, side
+
+    added = got["home/user/new.txt"]
+    assert added["old"] is None
+    new = added["new"]
+    assert new["kind"] == "file" and new["size"] == 6 and new["target"] is None
+    assert new["mtime_ns"] == (guest / "home" / "user" / "new.txt").stat().st_mtime_ns
+    assert new["uid"] == 0 and new["gid"] == 0
+
+    deleted = got["home/user/old.txt"]
+    assert deleted["new"] is None and deleted["old"]["kind"] == "file" and deleted["old"]["size"] == 14
+
+    hosts = got["etc/hosts"]
+    assert {"content", "xattrs", "mtime"} <= parts_of(hosts["changes"]) and "mode" not in parts_of(hosts["changes"])
+    assert hosts["old"]["size"] == 20 and hosts["new"]["size"] == 24
+    assert "user.tag" in hosts["new"]["xattrs"] and "user.tag" not in hosts["old"]["xattrs"]
+
+    notes = got["home/user/notes.txt"]
+    assert parts_of(notes["changes"]) == {"mode"}
+    assert notes["old"]["mode"] in ("0644", 0o644) and notes["new"]["mode"] in ("0600", 0o600)
+    assert notes["old"]["mtime_ns"] == notes["new"]["mtime_ns"]
+
+    run = got["home/user/run.sh"]
+    assert parts_of(run["changes"]) == {"owner"}
+    assert (run["old"]["uid"], run["old"]["gid"], run["new"]["uid"], run["new"]["gid"]) == (0, 0, 1000, 1000)
+
+    # Against the area: the same objects.
+    area = {d["path"]: d for d in vml("diff", a, "--json").json()}
+    assert area == got
+
+
+def test_stat_summary_counts(hist):
+    for args in hist.forms:
+        lines = [line for line in hist.vml("diff", *args, "--stat").stdout.splitlines() if line.strip()]
+        assert len(lines) == 8, lines
+        m = SUMMARY.match(lines[-1].strip())
+        assert m, lines[-1]
+        assert tuple(int(x) for x in m.groups()[:5]) == (7, 1, 1, 3, 2)
+        for _status, path in EXPECTED_CHANGES:
+            assert sum(path in line for line in lines[:-1]) == 1, (path, lines)
+
+
+def test_path_limits(hist):
+    vml = hist.vml
+    for base in hist.forms:
+        def ns(*paths):
+            return name_status(vml("diff", *base, "--name-status", "--", *paths))
+
+        assert ns("etc/hosts") == {("M", "etc/hosts")}
+        assert ns("/etc/hosts") == {("M", "etc/hosts")}
+        assert ns("home") == {c for c in EXPECTED_CHANGES if c[1].startswith("home/")}
+        assert ns("/home/user") == {c for c in EXPECTED_CHANGES if c[1].startswith("home/")}
+        assert ns("etc/hosts", "home/user/new.txt") == {("M", "etc/hosts"), ("A", "home/user/new.txt")}
+        assert ns("home/user/old.txt") == {("D", "home/user/old.txt")}
+        # Paths are whole components: "home/us" is not "home/user".
+        assert ns("home/us") == set()
+        # A path in neither entry: no output, no error.
+        result = vml("diff", *base, "--", "no/such/path")
+        assert result.stdout == "" and result.returncode == 0
+        assert vml("diff", *base, "--json", "--", "no/such/path").json() == []
+        got = vml("diff", *base, "--json", "--", "/home/user/notes.txt").json()
+        assert [(d["path"], d["status"]) for d in got] == [("home/user/notes.txt", "T")]
+
+
+def test_unified_diff_for_one_changed_text_file(hist):
+    vml = hist.vml
+    for base in hist.forms:
+        out = vml("diff", *base, "--", "etc/hosts").stdout.splitlines()
+        assert "--- a/etc/hosts" in out and "+++ b/etc/hosts" in out, out
+        assert out.index("--- a/etc/hosts") + 1 == out.index("+++ b/etc/hosts")
+        assert "-127.0.0.1 localhost" in out and "+127.0.0.1 localhost vm1" in out, out
+        assert any(line.startswith("@@ ") for line in out), out
+        assert out.index("-127.0.0.1 localhost") < out.index("+127.0.0.1 localhost vm1")
+        # Only a limit to one changed file prints contents: two paths, or none, do not.
+        two = vml("diff", *base, "--", "etc/hosts", "home/user/todo.txt").stdout
+        assert "--- a/" not in two and "+++ b/" not in two and "localhost" not in two and "second line" not in two
+        plain = vml("diff", *base).stdout
+        assert "--- a/" not in plain and "localhost" not in plain
+        # A file whose content did not change prints no content difference.
+        mode_only = vml("diff", *base, "--", "home/user/notes.txt").stdout
+        assert "--- a/" not in mode_only and "+++ b/" not in mode_only
+
+
+def test_binary_file_message(hist):
+    for base in hist.forms:
+        out = hist.vml("diff", *base, "--", "home/user/data.bin").stdout
+        assert "Binary files a/home/user/data.bin and b/home/user/data.bin differ" in out.splitlines(), out
+        assert "\x00" not in out and "--- a/home/user/data.bin" not in out
+
+
+def test_patch_flag(hist):
+    for base in hist.forms:
+        out = hist.vml("diff", *base, "-p").stdout.splitlines()
+        for path in ("etc/hosts", "home/user/todo.txt"):
+            assert f"--- a/{path}" in out and f"+++ b/{path}" in out, out
+        assert " first line" in out and "+second line" in out and "+127.0.0.1 localhost vm1" in out, out
+        assert "Binary files a/home/user/data.bin and b/home/user/data.bin differ" in out
+        assert "+++ b/home/user/run.sh" not in out and "+++ b/home/user/notes.txt" not in out  # no content change
+        # -p with a limit to a directory: only the files below it.
+        limited = hist.vml("diff", *base, "-p", "--", "home").stdout.splitlines()
+        assert "+second line" in limited and "--- a/etc/hosts" not in limited
+
+
+# -- output forms that write
+
+
+def test_json_symlink_and_directory(repo, guest: Path):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    (guest / "link").symlink_to("etc/hosts")
+    (guest / "opt" / "tool").mkdir(parents=True)
+    b = repo("commit", "-m", "B", "--json").json()["entry"]
+    got = {d["path"]: d for d in repo("diff", a, b, "--json").json()}
+    assert got["link"]["status"] == "A" and got["link"]["new"]["kind"] == "symlink"
+    assert got["link"]["new"]["target"] == "etc/hosts"
+    assert got["opt"]["status"] == "A" and got["opt"]["new"]["kind"] == "dir"
+    assert got["opt/tool"]["status"] == "A"
+    # The top directory's mtime changed (two names were added to it).
+    assert set(got) - {"link", "opt", "opt/tool"} <= {".", "", "/"}
+    # Deleting a whole directory lists it and everything below it.
+    shutil.rmtree(guest / "home")
+    c = repo("commit", "-m", "C", "--json").json()["entry"]
+    gone = {(d["path"], d["status"]) for d in repo("diff", b, c, "--json").json() if d["path"] not in (".", "", "/")}
+    assert gone == {("home", "D"), ("home/user", "D"), ("home/user/notes.txt", "D")}
+
+
+def test_stat_summary_bytes(repo, guest: Path):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    with keep_dir_mtimes(guest):
+        (guest / "home" / "user" / "new.txt").write_bytes(b"x" * 100)
+        (guest / "etc" / "hosts").unlink()  # 20 bytes
+        (guest / "home" / "user" / "notes.txt").chmod(0o600)
+    b = repo("commit", "-m", "B", "--json").json()["entry"]
+    for args in ((a, b), (a,)):
+        lines = [line for line in repo("diff", *args, "--stat").stdout.splitlines() if line.strip()]
+        assert len(lines) == 4, lines
+        assert lines[-1].strip() == "3 paths changed: 1 added, 1 deleted, 0 modified, 1 metadata-only; +100 bytes, -20 bytes"
+        body = lines[:-1]
+        for path, size in (("home/user/new.txt", "100"), ("etc/hosts", "20"), ("home/user/notes.txt", "15")):
+            [line] = [line for line in body if path in line]
+            assert size in line, line
+
+
+# -- errors
+
+
+def test_unknown_entry(repo):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    for args in (["nosuch", a], [a, "nosuch"], ["nosuch"]):
+        line = one_line_error(repo("diff", *args, check=False), USAGE)
+        assert "no entry matches 'nosuch'" in line, line
+        assert repo("diff", *args, check=False).stdout == ""
+
+
+def test_diff_against_the_area_with_two_areas(repo, tmp_path: Path, guest: Path):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    repo("area", "add", "wa2", "--dir", str(tmp_path / "second"))
+    line = one_line_error(repo("diff", a, check=False), USAGE)
+    assert "wa1" in line and "wa2" in line and "-a" in line, line
+    (guest / "etc" / "hosts").write_text("changed\n")
+    assert ("M", "etc/hosts") in name_status(repo("diff", a, "-a", "wa1", "--name-status"))
+    # Two entries need no area.
+    assert repo("diff", a, a, "--json").json() == []
+    line = one_line_error(repo("diff", a, "-a", "nosuch", check=False), USAGE)
+    assert "nosuch" in line
+
+
+def test_bad_flags(repo):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    for args in (["diff", a, a, "--bogus"], ["diff", a, "--stat=3x"], ["diff"]):
+        result = repo(*args, check=False)
+        assert result.returncode == USAGE, (args, result)
+        assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "--bogus" in repo("diff", a, a, "--bogus", check=False).stderr

@@ -1,0 +1,504 @@
+"""History and gc together (docs/HISTORY.md): deleted branches, `rm`, reflogs and their expiry,
+what keeps data alive (tags, branches, other areas' HEADs, young reflog lines), and branching
+one area's tree into a second area that shares every common chunk."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from repofiles import pack_files, store_dir, tree_digest
+from test_cli_errors import one_line_error
+
+KiB = 1024
+MiB = 1024 * 1024
+SLACK = 64 * KiB  # pack headers and tables, listings, index entries, git objects
+USAGE = 2
+DAY = 86400
+
+
+# -- helpers
+
+
+def randbytes(seed: int, size: int) -> bytes:
+    """Incompressible bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size)
+
+
+def store_size(tmp_path: Path) -> int:
+    return sum(p.stat().st_size for p in store_dir(tmp_path).rglob("*") if p.is_file())
+
+
+def index_size(tmp_path: Path) -> int:
+    return sum(p.stat().st_size for p in (store_dir(tmp_path) / "index").glob("*") if p.is_file())
+
+
+def commit(repo, message: str, *args: str) -> str:
+    result = repo("commit", "-m", message, "--json", *args).json()
+    assert result["created"], result
+    return result["entry"]
+
+
+def checks_out(repo, tmp_path: Path, entry: str, expected: dict[str, str]) -> None:
+    """`checkout ENTRY --to DIR` gives exactly the tree recorded at commit time."""
+    target = tmp_path / f"out-{entry[:12]}-{time.monotonic_ns()}"
+    repo("checkout", entry, "--to", str(target))
+    assert tree_digest(target) == expected, f"{entry[:12]} does not check out as committed"
+
+
+def is_gone(repo, tmp_path: Path, entry: str) -> None:
+    """An entry gc removed: naming it is an unknown-entry error, nothing is restored."""
+    target = tmp_path / f"gone-{entry[:12]}-{time.monotonic_ns()}"
+    result = repo("checkout", entry, "--to", str(target), check=False)
+    assert result.returncode == USAGE, (result.returncode, result.stdout, result.stderr)
+    assert not target.exists() or not any(target.iterdir())
+
+
+def gc(repo, *expire: str) -> dict:
+    args = ["gc", "--json"] + (["--expire", *expire] if expire else [])
+    return repo(*args).json()
+
+
+def log_ids(repo, *args: str) -> list[str]:
+    return [e["id"] for e in repo("log", "--json", *args).json()]
+
+
+def reflog_ids(repo, *args: str) -> list[str]:
+    """The entry column (first word, 12 digits) of `vml reflog` lines."""
+    return [line.split()[0] for line in repo("reflog", *args).stdout.splitlines() if line.strip()]
+
+
+def branch_exists(repo, name: str) -> bool:
+    return repo("log", "-n", "1", "--json", f"refs/heads/{name}", check=False).returncode == 0
+
+
+REFLOG_LINE = re.compile(rb"^([0-9a-f]{40} [0-9a-f]{40} .*?) (\d+) ([+-]\d{4})(?=\t|$)")
+
+
+def age_reflogs(tmp_path: Path, days: float) -> int:
+    """Make every reflog line `days` older (as if written then); returns the lines changed."""
+    changed = 0
+    for path in (tmp_path / ".vml" / "logs").rglob("*"):
+        if not path.is_file():
+            continue
+        out = []
+        for line in path.read_bytes().splitlines(keepends=True):
+            match = REFLOG_LINE.match(line)
+            if match:
+                when = int(match[2]) - int(days * DAY)
+                line = match[1] + b" " + str(when).encode() + b" " + match[3] + line[match.end():]
+                changed += 1
+            out.append(line)
+        path.write_bytes(b"".join(out))
+    assert changed, "no reflog lines found to age"
+    return changed
+
+
+def base_entry(repo, guest: Path, seed: int = 1, size: int = MiB) -> tuple[str, dict[str, str]]:
+    """A first entry on main with some shared data and small files."""
+    (guest / "data").mkdir(exist_ok=True)
+    (guest / "data" / "common.bin").write_bytes(randbytes(seed, size))
+    for i in range(5):
+        (guest / "etc" / f"c{i}.conf").write_text(f"setting {i}\n")
+    entry = commit(repo, "base")
+    return entry, tree_digest(guest)
+
+
+def side_entry(repo, guest: Path, branch: str, seed: int, size: int) -> tuple[str, dict[str, str], bytes]:
+    """On a new branch from the area's entry, one entry holding `size` unique bytes; the area
+    then switches back to main (its files back to main's tip)."""
+    main_files = tree_digest(guest)
+    repo("switch", "-c", branch)
+    unique = randbytes(seed, size)
+    (guest / "data" / f"{branch}.bin").write_bytes(unique)
+    entry = commit(repo, f"on {branch}")
+    files = tree_digest(guest)
+    repo("switch", "main")
+    assert tree_digest(guest) == main_files
+    return entry, files, unique
+
+
+# -- deleting a whole history
+
+
+def test_deleted_branch_is_freed_only_when_its_reflog_expires(repo, guest: Path, tmp_path: Path):
+    base, base_files = base_entry(repo, guest, size=2 * MiB)
+    packs_before_side = pack_files(tmp_path)
+    repo("switch", "-c", "side")
+    side = []
+    unique = 0
+    for step in range(3):
+        data = randbytes(100 + step, 3 * MiB // 2)
+        unique += len(data)
+        (guest / "data" / f"side{step}.bin").write_bytes(data)
+        (guest / "etc" / "hosts").write_text(f"10.0.0.{step} side\n")
+        side.append((commit(repo, f"side {step}"), tree_digest(guest)))
+    side_packs = pack_files(tmp_path) - packs_before_side
+    side_pack_bytes = sum(p.stat().st_size for p in side_packs)
+    assert side_pack_bytes >= unique  # incompressible: stored at least as large
+
+    repo("switch", "main")
+    assert tree_digest(guest) == base_files
+    assert repo("status", "--json").json()["clean"] is True
+    (guest / "home" / "user" / "notes.txt").write_text("more notes on main\n")
+    main2 = commit(repo, "main 2")
+    main = [(base, base_files), (main2, tree_digest(guest))]
+
+    # -d refuses: side's entries are on no other branch, tag or area.
+    refused = repo("branch", "-d", "side", check=False)
+    assert refused.returncode == USAGE, refused
+    assert branch_exists(repo, "side")
+    repo("branch", "-D", "side")
+    assert not branch_exists(repo, "side")
+    assert log_ids(repo, "--all") == [main2, base]
+    listed = reflog_ids(repo, "side")
+    for entry, _ in side:
+        assert entry[:12] in listed
+
+    # The reflog lines are minutes old: plain gc keeps all of side.
+    stats = gc(repo)
+    assert stats["blobs_removed"] == 0 and stats["bytes_freed"] < SLACK, stats
+    for entry, files in side:
+        checks_out(repo, tmp_path, entry, files)
+    repo.fsck_clean()
+
+    size_before = store_size(tmp_path)
+    index_before = index_size(tmp_path)
+    stats = gc(repo, "now")
+    freed = stats["bytes_freed"]
+    assert freed >= unique - SLACK, (stats, unique)
+    assert freed <= side_pack_bytes + index_before + SLACK, (stats, side_pack_bytes)
+    assert stats["blobs_removed"] >= 3, stats
+    assert abs((size_before - store_size(tmp_path)) - freed) <= SLACK, (size_before, store_size(tmp_path), stats)
+    for entry, _ in side:
+        is_gone(repo, tmp_path, entry)
+    assert all(entry[:12] not in reflog_ids(repo, "--all") for entry, _ in side)
+    for entry, files in main:
+        checks_out(repo, tmp_path, entry, files)
+    repo.fsck_clean()
+    again = gc(repo, "now")
+    assert again["bytes_freed"] == 0 and again["blobs_removed"] == 0, again
+
+
+# -- rm
+
+
+def test_rm_drops_an_entry_recoverable_until_its_reflog_expires(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    doomed = randbytes(7, 3 * MiB)
+    (guest / "data" / "doomed.bin").write_bytes(doomed)
+    e2 = commit(repo, "two")
+    d2 = tree_digest(guest)
+    (guest / "data" / "doomed.bin").unlink()
+    (guest / "data" / "later.bin").write_bytes(randbytes(8, MiB))
+    (guest / "home" / "user" / "notes.txt").write_text("three\n")
+    e3 = commit(repo, "three")
+    d3 = tree_digest(guest)
+    (guest / "etc" / "hosts").write_text("127.0.0.1 four\n")
+    e4 = commit(repo, "four")
+    d4 = tree_digest(guest)
+
+    repo("rm", e2)
+    log = repo("log", "--json").json()
+    assert [e["message"].strip() for e in log] == ["four", "three", "base"]
+    assert log[2]["id"] == e1  # older entries keep their ids
+    assert log[0]["id"] != e4 and log[1]["id"] != e3  # later ones are recorded again
+    assert list(log[1]["parents"]) == [e1] and list(log[0]["parents"]) == [log[1]["id"]]
+    new3, new4 = log[1]["id"], log[0]["id"]
+    assert e2 not in log_ids(repo, "--all")
+    # The area was on main at e4: it follows main to the rewritten e4, same files, nothing changed.
+    status = repo("status", "--json").json()
+    assert status["entry"] == new4 and status["clean"] is True, status
+    assert tree_digest(guest) == d4
+
+    # Until expiry, the dropped entry is listed and recoverable.
+    assert e2[:12] in reflog_ids(repo)
+    stats = gc(repo)
+    assert stats["blobs_removed"] == 0, stats
+    repo("branch", "rescued", e2)
+    checks_out(repo, tmp_path, "rescued", d2)
+    checks_out(repo, tmp_path, e4, d4)
+    repo("branch", "-D", "rescued")
+    repo.fsck_clean()
+
+    size_before = store_size(tmp_path)
+    stats = gc(repo, "now")
+    shrunk = size_before - store_size(tmp_path)
+    assert len(doomed) - SLACK <= stats["bytes_freed"] <= len(doomed) + 2 * SLACK, stats
+    assert len(doomed) - SLACK <= shrunk <= len(doomed) + 2 * SLACK, (shrunk, stats)
+    is_gone(repo, tmp_path, e2)
+    assert e2[:12] not in reflog_ids(repo, "--all")
+    for entry, files in ((e1, d1), (new3, d3), (new4, d4)):
+        checks_out(repo, tmp_path, entry, files)
+    assert log_ids(repo) == [new4, new3, e1]
+
+
+def test_rm_of_the_current_entry_keeps_the_area_files(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    (guest / "data" / "extra.bin").write_bytes(randbytes(9, MiB))
+    e2 = commit(repo, "two")
+    d2 = tree_digest(guest)
+    repo("rm", "HEAD")
+    assert log_ids(repo) == [e1]
+    assert tree_digest(guest) == d2  # files untouched
+    status = repo("status", "--json").json()
+    assert status["entry"] == e1 and status["branch"] == "main" and status["clean"] is False, status
+    changed = {c["path"].lstrip("/"): c["status"] for c in status["changes"]}
+    assert changed.get("data/extra.bin") == "A" and all(s == "T" for p, s in changed.items() if p != "data/extra.bin"), changed
+    # The only entry of a branch cannot be dropped.
+    refused = repo("rm", e1, check=False)
+    assert refused.returncode == USAGE, refused
+    assert log_ids(repo) == [e1]
+    # Committing again records the files anew on top of e1; e2 itself is still recoverable.
+    e3 = commit(repo, "two again")
+    assert e3 != e2 and log_ids(repo) == [e3, e1]
+    checks_out(repo, tmp_path, e2, d2)
+    checks_out(repo, tmp_path, e3, d2)
+    checks_out(repo, tmp_path, e1, d1)
+
+
+# -- what keeps data alive
+
+
+def test_a_tag_keeps_an_entry_rm_dropped(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    tagged = randbytes(11, 2 * MiB)
+    (guest / "data" / "tagged.bin").write_bytes(tagged)
+    e2 = commit(repo, "tagged")
+    d2 = tree_digest(guest)
+    repo("tag", "v1")
+    assert repo("tag", "v1", e1, check=False).returncode == USAGE  # exists already
+    (guest / "data" / "tagged.bin").unlink()
+    e3 = commit(repo, "untagged")
+    d3 = tree_digest(guest)
+
+    out = repo("rm", e2)
+    assert "v1" in out.stdout + out.stderr  # the tag that keeps the data alive is named
+    new3 = log_ids(repo)[0]
+    assert log_ids(repo) == [new3, e1] and new3 != e3
+    assert repo("log", "-n", "1", "--json", "v1").json()[0]["id"] == e2  # the tag is left alone
+
+    # Nothing but the tag reaches e2 once every reflog line is gone.
+    age_reflogs(tmp_path, 100)
+    gc(repo, "now")
+    assert reflog_ids(repo, "--all") == []
+    checks_out(repo, tmp_path, "v1", d2)
+    checks_out(repo, tmp_path, e2, d2)
+    repo.fsck_clean()
+
+    repo("tag", "-d", "v1")
+    size_before = store_size(tmp_path)
+    stats = gc(repo, "now")
+    assert stats["bytes_freed"] >= len(tagged) - SLACK, stats
+    assert size_before - store_size(tmp_path) >= len(tagged) - SLACK
+    is_gone(repo, tmp_path, e2)
+    checks_out(repo, tmp_path, e1, d1)
+    checks_out(repo, tmp_path, new3, d3)
+
+
+def test_another_branch_keeps_its_entries(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    kept, kept_files, unique = side_entry(repo, guest, "other", seed=12, size=2 * MiB)
+    assert log_ids(repo) == [e1]
+    age_reflogs(tmp_path, 100)
+    stats = gc(repo, "now")
+    assert stats["blobs_removed"] == 0, stats
+    checks_out(repo, tmp_path, "other", kept_files)
+    repo.fsck_clean()
+
+    repo("branch", "-D", "other")
+    size_before = store_size(tmp_path)
+    stats = gc(repo, "now")
+    assert stats["bytes_freed"] >= len(unique) - SLACK, stats
+    assert size_before - store_size(tmp_path) >= len(unique) - SLACK
+    is_gone(repo, tmp_path, kept)
+    checks_out(repo, tmp_path, e1, d1)
+
+
+def test_another_areas_head_keeps_its_entry_attached_or_detached(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    second = tmp_path / "second"
+    (second / "data").mkdir(parents=True)
+    unique = randbytes(13, 2 * MiB)
+    (second / "data" / "own.bin").write_bytes(unique)
+    (second / "readme").write_text("second area\n")
+    repo("area", "add", "wa2", "--dir", str(second), "--branch", "other")
+    own = commit(repo, "second area", "-a", "wa2")
+    own_files = tree_digest(second)
+    (second / "readme").write_text("second area, later\n")
+    later = commit(repo, "second area later", "-a", "wa2")
+    later_files = tree_digest(second)
+    assert log_ids(repo, "-a", "wa1") == [e1]
+    assert log_ids(repo, "-a", "wa2") == [later, own]
+
+    # wa2 is on branch other: the branch cannot be deleted, and gc keeps everything.
+    refused = repo("branch", "-D", "other", check=False)
+    assert refused.returncode == USAGE, refused
+    assert branch_exists(repo, "other")
+    age_reflogs(tmp_path, 100)
+    assert gc(repo, "now")["blobs_removed"] == 0
+    checks_out(repo, tmp_path, own, own_files)
+    checks_out(repo, tmp_path, later, later_files)
+
+    # Detached at `own`, with the branch gone and every reflog line expired,
+    # only wa2's HEAD reaches it; `later` goes.
+    repo("checkout", own, "-a", "wa2")
+    assert tree_digest(second) == own_files
+    areas = {a["name"]: a for a in repo("area", "list", "--json").json()}
+    assert areas["wa2"]["branch"] is None and areas["wa2"]["entry"] == own, areas
+    repo("branch", "-D", "other")
+    age_reflogs(tmp_path, 100)
+    stats = gc(repo, "now")
+    assert 0 < stats["bytes_freed"] < SLACK, stats  # only later's small change
+    assert reflog_ids(repo, "--all") == []
+    is_gone(repo, tmp_path, later)
+    checks_out(repo, tmp_path, own, own_files)
+    assert tree_digest(second) == own_files
+    repo.fsck_clean()
+
+    # Move wa2 away: now nothing but expirable reflog lines reaches `own`.
+    repo("checkout", e1, "-a", "wa2")
+    assert tree_digest(second) == d1
+    size_before = store_size(tmp_path)
+    stats = gc(repo, "now")
+    assert stats["bytes_freed"] >= len(unique) - SLACK, stats
+    assert size_before - store_size(tmp_path) >= len(unique) - SLACK
+    is_gone(repo, tmp_path, own)
+    checks_out(repo, tmp_path, e1, d1)
+
+
+def test_young_reflog_lines_keep_a_deleted_branch(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    lost, lost_files, unique = side_entry(repo, guest, "side", seed=14, size=2 * MiB)
+    repo("branch", "-D", "side")
+    for when in (None, "never", "2.weeks", "3 days", "1.hour"):
+        stats = gc(repo, when) if when else gc(repo)
+        assert stats["blobs_removed"] == 0, (when, stats)
+        assert lost[:12] in reflog_ids(repo, "side"), when
+    checks_out(repo, tmp_path, lost, lost_files)
+
+    # Ten days later: 30 days (the default) and 2 weeks keep it, 3 days does not.
+    age_reflogs(tmp_path, 10)
+    for when in (None, "never", "2.weeks", "30.days"):
+        stats = gc(repo, when) if when else gc(repo)
+        assert stats["blobs_removed"] == 0, (when, stats)
+    checks_out(repo, tmp_path, lost, lost_files)
+    repo.fsck_clean()
+    size_before = store_size(tmp_path)
+    stats = gc(repo, "3 days")
+    assert stats["bytes_freed"] >= len(unique) - SLACK, stats
+    assert size_before - store_size(tmp_path) >= len(unique) - SLACK
+    is_gone(repo, tmp_path, lost)
+    checks_out(repo, tmp_path, e1, d1)
+
+
+def test_default_expiry_is_30_days_for_unreachable_and_90_for_all(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    lost, _files, unique = side_entry(repo, guest, "side", seed=15, size=MiB)
+    repo("branch", "-D", "side")
+    age_reflogs(tmp_path, 40)
+    assert len(repo("reflog", "main").stdout.strip().splitlines()) >= 1
+    stats = gc(repo)
+    assert stats["bytes_freed"] >= len(unique) - SLACK, stats
+    is_gone(repo, tmp_path, lost)
+    # main's lines are 40 days old and reachable: they stay until 90 days.
+    assert e1[:12] in reflog_ids(repo, "main")
+    age_reflogs(tmp_path, 60)
+    gc(repo)
+    assert e1[:12] not in reflog_ids(repo, "--all")
+    checks_out(repo, tmp_path, e1, d1)  # expired lines never take a ref's entries along
+
+
+# -- gc --expire forms
+
+
+def test_expire_accepts_a_date(repo, guest: Path, tmp_path: Path):
+    e1, d1 = base_entry(repo, guest)
+    lost, lost_files, unique = side_entry(repo, guest, "side", seed=16, size=MiB)
+    repo("branch", "-D", "side")
+    age_reflogs(tmp_path, 10)
+    today = datetime.date.today()
+    assert gc(repo, (today - datetime.timedelta(days=20)).isoformat())["blobs_removed"] == 0
+    checks_out(repo, tmp_path, lost, lost_files)
+    stats = gc(repo, (today - datetime.timedelta(days=5)).isoformat())
+    assert stats["bytes_freed"] >= len(unique) - SLACK, stats
+    is_gone(repo, tmp_path, lost)
+    checks_out(repo, tmp_path, e1, d1)
+
+
+@pytest.mark.parametrize("value", ["soon", "2.fortnights", "", "2026-13-45", "-3 days", "now please"])
+def test_bad_expire_value_is_a_one_line_error(repo, guest: Path, tmp_path: Path, value: str):
+    base_entry(repo, guest, size=64 * KiB)
+    lost, lost_files, _ = side_entry(repo, guest, "side", seed=17, size=256 * KiB)
+    repo("branch", "-D", "side")
+    size_before = store_size(tmp_path)
+    line = one_line_error(repo("gc", "--expire", value, check=False), USAGE)
+    assert "expire" in line.lower() or repr(value) in line or value in line, line
+    assert store_size(tmp_path) == size_before
+    assert lost[:12] in reflog_ids(repo, "side")
+    checks_out(repo, tmp_path, lost, lost_files)
+
+
+# -- branching between projects
+
+
+@pytest.mark.parametrize("how", ["checkout", "switch"])
+def test_second_project_branches_from_the_first_and_shares_its_chunks(repo, guest: Path, tmp_path: Path, how: str):
+    (guest / "data").mkdir()
+    (guest / "data" / "image.bin").write_bytes(randbytes(21, 4 * MiB))
+    for i in range(20):
+        (guest / "etc" / f"c{i}.conf").write_text(f"project one setting {i}\n" * 20)
+    fork = commit(repo, "fork point")
+    fork_files = tree_digest(guest)
+    tree_size = sum(p.stat().st_size for p in guest.rglob("*") if p.is_file())
+
+    repo("branch", "proj2", "main")
+    second = tmp_path / "proj2"
+    repo("area", "add", "wa2", "--dir", str(second), "--branch", "proj2")
+    repo(how, "proj2", "-a", "wa2")
+    assert tree_digest(second) == fork_files
+    areas = {a["name"]: a for a in repo("area", "list", "--json").json()}
+    assert areas["wa2"]["branch"] == "proj2" and areas["wa2"]["entry"] == fork, areas
+
+    # Both projects go on.
+    (guest / "etc" / "hosts").write_text("10.1.1.1 project-one\n")
+    (guest / "data" / "one.bin").write_bytes(randbytes(22, MiB))
+    one = commit(repo, "project one", "-a", "wa1")
+    one_files = tree_digest(guest)
+
+    (second / "etc" / "c3.conf").write_text("project two setting\n")
+    result = repo("commit", "-a", "wa2", "-m", "project two", "--json").json()
+    assert result["created"] and result["branch"] == "proj2" and result["parent"] == fork, result
+    assert result["added_bytes"] < max(tree_size // 100, 16 * KiB), (result["added_bytes"], tree_size)
+    two = result["entry"]
+    two_files = tree_digest(second)
+    (second / "data" / "two.bin").write_bytes(randbytes(23, MiB))
+    more = repo("commit", "-a", "wa2", "-m", "project two more", "--json").json()
+    assert more["added_bytes"] >= MiB, more  # new data does cost its size
+    two_more = more["entry"]
+    two_more_files = tree_digest(second)
+
+    assert log_ids(repo, "-a", "wa1") == [one, fork]
+    assert log_ids(repo, "-a", "wa2") == [two_more, two, fork]
+    assert sorted(log_ids(repo, "--all")) == sorted([one, two_more, two, fork])
+
+    graph = repo("log", "--graph", "--all", "--oneline").stdout.splitlines()
+    rows = {entry: [line for line in graph if entry[:12] in line] for entry in (one, two, two_more, fork)}
+    assert all(len(found) == 1 for found in rows.values()), graph
+    fork_row = graph.index(rows[fork][0])
+    assert all(graph.index(rows[e][0]) < fork_row for e in (one, two, two_more)), graph
+    assert re.match(r"^\* ", rows[fork][0]), graph  # one lane again at the fork
+    assert any(re.match(r"^[*|] [*|]", line) for line in graph[:fork_row]), graph  # two lanes above it
+    assert any("|/" in line or "|\\" in line for line in graph[:fork_row]), graph  # joining at the fork
+    assert "proj2" in rows[two_more][0] and "main" in rows[one][0], graph
+
+    stats = gc(repo, "now")
+    assert stats["blobs_removed"] == 0, stats
+    for entry, files in ((fork, fork_files), (one, one_files), (two, two_files), (two_more, two_more_files)):
+        checks_out(repo, tmp_path, entry, files)

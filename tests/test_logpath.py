@@ -1,0 +1,105 @@
+"""`vml log -- PATH`: exactly the entries in which PATH (a file, or anything under a directory)
+changed against their parent, newest first, in every output form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_cli_errors import USAGE
+
+
+@pytest.fixture
+def history(repo, guest: Path) -> dict[str, str]:
+    """e1 initial; e2 hosts edited; e3 file added under home; e4 hosts deleted;
+    e5 notes edited; e6 hosts added again; e7 a new top-level dir."""
+    ids = {}
+
+    def commit(name: str) -> None:
+        ids[name] = repo("commit", "-m", name, "--json").json()["entry"]
+
+    commit("e1")
+    (guest / "etc" / "hosts").write_text("10.0.0.1 edited\n")
+    commit("e2")
+    (guest / "home" / "user" / "extra.txt").write_text("extra\n")
+    commit("e3")
+    (guest / "etc" / "hosts").unlink()
+    commit("e4")
+    (guest / "home" / "user" / "notes.txt").write_text("analysis notes, second day\n")
+    commit("e5")
+    (guest / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    commit("e6")
+    (guest / "opt").mkdir()
+    (guest / "opt" / "tool").write_text("tool\n")
+    commit("e7")
+    return ids
+
+
+def log_ids(repo, *args: str) -> list[str]:
+    return [e["id"] for e in repo("log", "--json", *args).json()]
+
+
+def named(history: dict[str, str], *names: str) -> list[str]:
+    return [history[n] for n in names]
+
+
+def test_file_path(repo, history):
+    assert log_ids(repo) == named(history, "e7", "e6", "e5", "e4", "e3", "e2", "e1")
+    assert log_ids(repo, "--", "etc/hosts") == named(history, "e6", "e4", "e2", "e1")
+    assert log_ids(repo, "--", "home/user/notes.txt") == named(history, "e5", "e1")
+    assert log_ids(repo, "--", "home/user/extra.txt") == named(history, "e3")
+    assert log_ids(repo, "--", "opt/tool") == named(history, "e7")
+
+
+def test_directory_path(repo, history):
+    assert log_ids(repo, "--", "etc") == named(history, "e6", "e4", "e2", "e1")
+    assert log_ids(repo, "--", "home") == named(history, "e5", "e3", "e1")
+    assert log_ids(repo, "--", "home/user") == named(history, "e5", "e3", "e1")
+    assert log_ids(repo, "--", "opt") == named(history, "e7")
+
+
+def test_several_paths_and_limits(repo, history):
+    assert log_ids(repo, "--", "home/user/extra.txt", "opt") == named(history, "e7", "e3")
+    assert log_ids(repo, "--", "etc/hosts", "home/user/notes.txt") == named(history, "e6", "e5", "e4", "e2", "e1")
+    assert log_ids(repo, "-n", "2", "--", "etc/hosts") == named(history, "e6", "e4")
+    # Starting from an older entry.
+    assert log_ids(repo, history["e3"], "--", "etc/hosts") == named(history, "e2", "e1")
+    # Whole components only, and a path that never existed: nothing, not an error.
+    assert log_ids(repo, "--", "etc/host") == []
+    assert log_ids(repo, "--", "home/us") == []
+    result = repo("log", "--", "no/such/path")
+    assert result.returncode == 0 and result.stdout.strip() == ""
+
+
+def test_oneline(repo, history):
+    lines = [line for line in repo("log", "--oneline", "--", "etc/hosts").stdout.splitlines() if line.strip()]
+    want = named(history, "e6", "e4", "e2", "e1")
+    assert len(lines) == len(want), lines
+    for line, (entry, message) in zip(lines, zip(want, ["e6", "e4", "e2", "e1"])):
+        first = line.split()[0]
+        assert len(first) >= 7 and entry.startswith(first), (line, entry)
+        assert message in line.split(), line
+
+
+def test_default_text_output(repo, history):
+    out = repo("log", "--", "home/user/notes.txt").stdout
+    assert history["e5"] in out or history["e5"][:12] in out
+    assert history["e1"] in out or history["e1"][:12] in out
+    for other in ("e2", "e3", "e4", "e6", "e7"):
+        assert history[other][:12] not in out
+    assert out.index(history["e5"][:12]) < out.index(history["e1"][:12])
+
+
+def test_metadata_only_change_counts(repo, guest: Path, history):
+    import os
+
+    os.chmod(guest / "home" / "user" / "extra.txt", 0o600)
+    e8 = repo("commit", "-m", "e8", "--json").json()["entry"]
+    assert log_ids(repo, "--", "home/user/extra.txt") == [e8, history["e3"]]
+    assert log_ids(repo, "--", "etc/hosts")[0] == history["e6"]
+
+
+def test_log_path_before_any_entry_and_bad_flag(repo):
+    result = repo("log", "--bogus", "--", "etc", check=False)
+    assert result.returncode == USAGE and "Traceback" not in result.stderr

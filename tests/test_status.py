@@ -1,0 +1,254 @@
+"""`vml status` (alias `consult`): the area, its branch and entry, and what changed since that
+entry, grouped; --short and --json; and an unchanged area is judged from metadata alone."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import time
+from pathlib import Path
+
+from test_cli_errors import USAGE, one_line_error
+
+ROOT_NAMES = (".", "", "/")
+GROUPS = ("added", "deleted", "modified", "metadata")
+
+
+def short_lines(result) -> set[tuple[str, str]]:
+    pairs = []
+    for line in result.stdout.splitlines():
+        if line.strip():
+            letter, path = line.split(None, 1)
+            pairs.append((letter, path.strip()))
+    assert len(pairs) == len(set(pairs)), result.stdout
+    return set(pairs)
+
+
+def make_changes(guest: Path) -> set[tuple[str, str]]:
+    """Add, delete, modify, chmod; returns the (letter, path) pairs status must report."""
+    (guest / "home" / "user" / "new.txt").write_text("new file\n")  # also home/user's mtime
+    (guest / "etc" / "hosts").unlink()  # also etc's mtime
+    (guest / "home" / "user" / "notes.txt").write_text("analysis notes, edited\n")
+    (guest / "home" / "user" / "run.sh").chmod(0o755)
+    return {
+        ("A", "home/user/new.txt"),
+        ("D", "etc/hosts"),
+        ("M", "home/user/notes.txt"),
+        ("T", "home/user/run.sh"),
+        ("T", "home/user"),
+        ("T", "etc"),
+    }
+
+
+def test_clean_area(repo, guest: Path):
+    entry = repo("commit", "-m", "one", "--json").json()["entry"]
+    for command in ("status", "consult"):
+        report = repo(command, "--json").json()
+        assert {k: report.get(k) for k in ("area", "kind", "location", "branch", "entry", "clean", "changes")} == {
+            "area": "wa1",
+            "kind": "dir",
+            "location": str(guest),
+            "branch": "main",
+            "entry": entry,
+            "clean": True,
+            "changes": [],
+        }
+        assert repo(command, "--short").stdout.strip() == ""
+        text = repo(command).stdout
+        assert "wa1" in text and str(guest) in text and "main" in text and entry[:7] in text, text
+        assert "detached" not in text
+    assert repo("status").stdout == repo("consult").stdout
+    assert repo("status", "-a", "wa1", "--json").json()["clean"] is True
+
+
+def test_changes_grouped(repo, guest: Path):
+    (guest / "home" / "user" / "run.sh").write_text("#!/bin/sh\n")
+    (guest / "home" / "user" / "run.sh").chmod(0o644)
+    entry = repo("commit", "-m", "one", "--json").json()["entry"]
+    expected = make_changes(guest)
+
+    report = repo("status", "--json").json()
+    assert report["clean"] is False and report["entry"] == entry and report["branch"] == "main"
+    assert {(c["status"], c["path"]) for c in report["changes"]} == expected
+    assert len(report["changes"]) == len(expected)
+    # The changes are the objects `diff --json` prints for the area's entry against its files.
+    assert report["changes"] == repo("diff", "HEAD", "--json").json()
+    assert repo("consult", "--json").json() == report
+
+    assert short_lines(repo("status", "--short")) == expected
+    assert repo("consult", "--short").stdout == repo("status", "--short").stdout
+    assert {tuple(line.split(None, 1)) for line in repo("diff", "HEAD", "--name-status").stdout.splitlines()} == expected
+
+    # Text: grouped as added / deleted / modified / metadata-only, in that order; each path's
+    # group is named on its own line or on the nearest heading above it.
+    lines = repo("status").stdout.splitlines()
+    group_of = {"A": "added", "D": "deleted", "M": "modified", "T": "metadata"}
+    seen_order = []
+    for letter, path in sorted(expected, key=lambda lp: "ADMT".index(lp[0])):
+        hits = [i for i, line in enumerate(lines) if path in line.replace(":", " ").split()]
+        assert len(hits) == 1, (path, lines)
+        group = None
+        for j in range(hits[0], -1, -1):
+            named = [g for g in GROUPS if g in lines[j].lower()]
+            if len(named) == 1:
+                group = named[0]
+                break
+        assert group == group_of[letter], (letter, path, lines)
+        seen_order.append(hits[0])
+    # Groups come in the documented order (paths are sorted by group above).
+    firsts = {}
+    for (letter, _path), i in zip(sorted(expected, key=lambda lp: "ADMT".index(lp[0])), seen_order):
+        firsts.setdefault(letter, []).append(i)
+    for earlier, later in zip("ADM", "DMT"):
+        assert max(firsts[earlier]) < min(firsts[later]), lines
+
+    # After a commit the area is clean again.
+    repo("commit", "-m", "two")
+    assert repo("status", "--json").json()["clean"] is True
+
+
+def test_status_letters_for_type_change_and_mtime(repo, guest: Path):
+    repo("commit", "-m", "one")
+    hosts = guest / "etc" / "hosts"
+    before = (guest / "etc").stat().st_mtime_ns
+    hosts.unlink()
+    hosts.symlink_to("/nowhere")
+    os.utime(guest / "home" / "user" / "notes.txt", ns=(0, 12345))
+    os.setxattr(guest / "home", "user.note", b"x")
+    os.utime(guest / "etc", ns=(before, before))
+    changes = {c["path"]: c for c in repo("status", "--json").json()["changes"]}
+    assert {p: c["status"] for p, c in changes.items()} == {"etc/hosts": "M", "home/user/notes.txt": "T", "home": "T"}
+    assert changes["etc/hosts"]["new"]["kind"] == "symlink" and changes["etc/hosts"]["old"]["kind"] == "file"
+    assert [c.split()[0] for c in changes["home/user/notes.txt"]["changes"]] == ["mtime"]
+    assert [c.split()[0] for c in changes["home"]["changes"]] == ["xattrs"]
+
+
+def test_detached_area(repo, guest: Path):
+    first = repo("commit", "-m", "one", "--json").json()["entry"]
+    (guest / "etc" / "hosts").write_text("10.0.0.1 other\n")
+    repo("commit", "-m", "two")
+    repo("checkout", first, "-a", "wa1")
+    report = repo("status", "--json").json()
+    assert report["entry"] == first and report["clean"] is True and report["changes"] == []
+    assert report["branch"] in (None, "detached"), report
+    text = repo("status").stdout
+    assert "detached" in text and first[:7] in text, text
+    # A change while detached is reported against the detached entry.
+    (guest / "etc" / "hosts").write_text("10.0.0.2 again\n")
+    assert short_lines(repo("status", "--short")) == {("M", "etc/hosts")}
+
+
+def test_two_areas_need_a_choice(repo, tmp_path: Path, guest: Path):
+    entry = repo("commit", "-m", "one", "--json").json()["entry"]
+    second = tmp_path / "second"
+    repo("area", "add", "wa2", "--dir", str(second))
+    for command in ("status", "consult"):
+        result = repo(command, check=False)
+        line = one_line_error(result, USAGE)
+        assert "wa1" in line and "wa2" in line and "-a" in line, line
+        assert result.stdout == ""
+    report = repo("status", "-a", "wa1", "--json").json()
+    assert report["area"] == "wa1" and report["entry"] == entry and report["clean"] is True
+    line = one_line_error(repo("status", "-a", "nosuch", check=False), USAGE)
+    assert "nosuch" in line
+
+
+def test_before_the_first_entry(repo, guest: Path):
+    report = repo("status", "--json").json()
+    assert report["area"] == "wa1" and report["location"] == str(guest)
+    assert report["entry"] is None and report["clean"] is False
+    everything = {"etc", "etc/hosts", "home", "home/user", "home/user/notes.txt"}
+    changes = [c for c in report["changes"] if c["path"] not in ROOT_NAMES]
+    assert {c["path"] for c in changes} == everything
+    assert all(c["status"] == "A" and c["old"] is None for c in changes)
+    assert {p for letter, p in short_lines(repo("status", "--short")) if p not in ROOT_NAMES} == everything
+    assert {letter for letter, p in short_lines(repo("status", "--short"))} == {"A"}
+    text = repo("status").stdout
+    assert "wa1" in text and "etc/hosts" in text
+
+
+def test_empty_area_directory_before_first_entry(repo, tmp_path: Path):
+    repo("area", "add", "wa2", "--dir", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    report = repo("status", "-a", "wa2", "--json").json()
+    assert report["entry"] is None and [c for c in report["changes"] if c["path"] not in ROOT_NAMES] == []
+
+
+# -- an unchanged area costs a metadata scan only: no file is read
+
+IN_ACCESS = 0x00000001
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = 0o4000
+_EVENT = struct.Struct("iIII")
+
+
+class ReadWatcher:
+    """inotify IN_ACCESS on every directory of a tree: which files had content read()."""
+
+    def __init__(self, root: Path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(IN_NONBLOCK)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        self.dirs = {}
+        for path in [root, *root.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                wd = self.libc.inotify_add_watch(self.fd, os.fsencode(path), IN_ACCESS)
+                assert wd >= 0, os.strerror(ctypes.get_errno())
+                self.dirs[wd] = path
+
+    def files_read(self) -> set[Path]:
+        found = set()
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return found
+            except OSError as error:
+                if error.errno == errno.EAGAIN:
+                    return found
+                raise
+            offset = 0
+            while offset < len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
+                offset += _EVENT.size + length
+                if name and not mask & IN_ISDIR:
+                    found.add(self.dirs[wd] / os.fsdecode(name))
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_unchanged_area_reads_no_file(repo, guest: Path):
+    user = guest / "home" / "user"
+    (user / "big.bin").write_bytes(os.urandom(1024) * 8 * 1024)  # 8 MiB
+    for i in range(30):
+        (user / f"f{i}.txt").write_text(f"file {i}\n")
+    repo("commit", "-m", "one")
+    time.sleep(2.2)  # out of the racy window: the next scan can trust the stat cache
+    repo("commit", "-m", "cache", "--allow-empty")
+
+    watcher = ReadWatcher(guest)
+    try:
+        started = time.monotonic()
+        report = repo("status", "--json").json()
+        elapsed = time.monotonic() - started
+        assert report["clean"] is True and report["changes"] == []
+        assert watcher.files_read() == set(), "status read file contents of an unchanged area"
+        assert elapsed < 10
+        assert repo("consult", "--short").stdout.strip() == ""
+        assert watcher.files_read() == set()
+        # And status left the stat cache valid: a commit now reads nothing either.
+        again = repo("commit", "-m", "again", "--json").json()
+        assert again["created"] is False and again["files_read"] == 0 and again["bytes_read"] == 0
+        assert watcher.files_read() == set()
+
+        # Control: the watcher does see reads. A changed file is read, and only that one.
+        (user / "f3.txt").write_text("FILE 3\n")
+        watcher.files_read()  # our own write is not a read, but drain anyway
+        assert short_lines(repo("status", "--short")) == {("M", "home/user/f3.txt")}
+        assert watcher.files_read() == {user / "f3.txt"}
+    finally:
+        watcher.close()
