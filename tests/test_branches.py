@@ -43,16 +43,16 @@ def ids_in(value) -> list[str]:
 
 def refs(v: Vml, command: str) -> dict[str, str]:
     """`vml branch --json` or `vml tag --json` as {name: entry id}."""
+    return refs_of(v(command, "--json").json())
+
+
+def refs_of(listed: list[dict]) -> dict[str, str]:
     found = {}
-    for item in v(command, "--json").json():
+    for item in listed:
         tips = ids_in({k: x for k, x in item.items() if k != "areas"})
         assert len(tips) == 1, item
         found[item["name"]] = tips[0]
     return found
-
-
-def branch_areas(v: Vml) -> dict[str, list[str]]:
-    return {item["name"]: item.get("areas", []) for item in v("branch", "--json").json()}
 
 
 def area(v: Vml, name: str = "wa1") -> dict:
@@ -99,38 +99,40 @@ def history(v: Vml, guest: Path, count: int) -> tuple[list[str], list[dict[str, 
 # -- branch -------------------------------------------------------------------------------
 
 
-def test_branch_create_and_list(repo: Vml, guest: Path):
+def test_branch_create_list_and_refusals(repo: Vml, guest: Path):
     (c1, c2), _ = history(repo, guest, 2)
     repo("branch", "feat")
     repo("branch", "old", c1[:8])
     repo("branch", "older", "HEAD~1")
-    assert refs(repo, "branch") == {"main": c2, "feat": c2, "old": c1, "older": c1}
-    areas = branch_areas(repo)
+    listed = repo("branch", "--json").json()
+    assert refs_of(listed) == {"main": c2, "feat": c2, "old": c1, "older": c1}
+    areas = {item["name"]: item.get("areas") for item in listed}
     assert areas["main"] == ["wa1"] and areas["feat"] == [] and areas["old"] == []
     text = repo("branch").stdout
     for name in ("main", "feat", "old", "older"):
         assert re.search(rf"(^|\s){name}(\s|$)", text, re.M), text
     assert repo("branch", "--list").stdout == text
-    # Creating a branch does not move the area.
-    assert where(repo) == ("main", c2)
-    assert shown(repo, "old") == c1
+    assert where(repo) == ("main", c2)  # creating a branch does not move the area
     # An existing name is refused and the branch stays where it was.
     line = one_line_error(repo("branch", "old", c2, check=False))
     assert "old" in line
     # An unknown START is refused and creates nothing.
     line = one_line_error(repo("branch", "x", "nosuch", check=False))
     assert "nosuch" in line
+    # The branch an area is on cannot be deleted, even with -D.
+    for flag in ("-d", "-D"):
+        line = one_line_error(repo("branch", flag, "main", check=False))
+        assert "main" in line, line
     assert refs(repo, "branch") == {"main": c2, "feat": c2, "old": c1, "older": c1}
+    assert where(repo) == ("main", c2)
 
 
 def test_branch_and_tag_bad_names(repo: Vml, tmp_path: Path):
     c1 = commit(repo, "one")
-    for name in ("../x", "a..b", "-x", "a b", "x.lock"):
+    for name in ("../x", "a..b", "-x", "x.lock"):
         line = one_line_error(repo("branch", "--", name, check=False))
         assert name in line, line
     one_line_error(repo("tag", "--", "a..b", check=False))
-    one_line_error(repo("tag", "--", "../x", check=False))
-    assert repo("branch", "-x", check=False).returncode == USAGE
     assert refs(repo, "branch") == {"main": c1}
     assert refs(repo, "tag") == {}
     assert not (tmp_path / ".vml" / "refs" / "x").exists() and not (tmp_path / ".vml" / "x").exists()
@@ -147,36 +149,27 @@ def test_branch_delete_refused_for_unique_entries_then_forced(repo: Vml, guest: 
     assert "feat" in line and "-D" in line, line
     assert refs(repo, "branch") == {"main": c1, "feat": c2}
     repo("branch", "-D", "feat")
-    assert refs(repo, "branch") == {"main": c1}
-    one_line_error(repo("branch", "-d", "feat", check=False))
+    line = one_line_error(repo("branch", "-d", "feat", check=False))
+    assert "feat" in line
     # The deleted branch's reflog still names its entry, and the entry can be brought back.
     assert c2[:12] in repo("reflog", "feat").stdout
     repo("branch", "back", c2)
+    assert refs(repo, "branch") == {"main": c1, "back": c2}
     assert checked_out(repo, "back", tmp_path / "back") == d2
 
 
 def test_branch_delete_allowed_when_reached_elsewhere(repo: Vml, guest: Path):
     (c1, c2), _ = history(repo, guest, 2)
     repo("branch", "old", "HEAD~1")  # c1 is on main
-    repo("branch", "attip")
     repo("switch", "-c", "feat")
     (guest / "etc" / "motd").write_text("feature\n")
     c3 = commit(repo, "feature")
     repo("tag", "keep")  # feat's only own entry is held by a tag
     repo("switch", "main")
-    for name in ("old", "attip", "feat"):
-        repo("branch", "-d", name)
+    repo("branch", "-d", "old")
+    repo("branch", "-d", "feat")
     assert refs(repo, "branch") == {"main": c2}
-    assert refs(repo, "tag") == {"keep": c3}
-
-
-def test_branch_an_area_is_on_cannot_be_deleted(repo: Vml, guest: Path):
-    c1 = commit(repo, "one")
-    for flag in ("-d", "-D"):
-        line = one_line_error(repo("branch", flag, "main", check=False))
-        assert "main" in line, line
-    assert refs(repo, "branch") == {"main": c1}
-    assert area(repo)["branch"] == "main"
+    assert shown(repo, "keep") == c3
 
 
 # -- switch -------------------------------------------------------------------------------
@@ -189,7 +182,6 @@ def test_switch_between_branches(repo: Vml, guest: Path):
     repo("switch", "-c", "feat")  # a new branch at the area's entry; files untouched
     assert (guest / "home" / "user" / "notes.txt").read_text() == "work in progress\n"
     assert where(repo) == ("feat", c1)
-    assert refs(repo, "branch") == {"main": c1, "feat": c1}
     (guest / "etc" / "hosts").unlink()
     (guest / "srv" / "data").mkdir(parents=True)
     (guest / "srv" / "data" / "table.csv").write_text("a,b\n1,2\n")
@@ -205,31 +197,24 @@ def test_switch_between_branches(repo: Vml, guest: Path):
     assert (status["branch"], status["entry"], status["clean"], status["changes"]) == ("feat", c2, True, [])
 
 
-def test_switch_refuses_local_changes_unless_forced(repo: Vml, guest: Path):
+def test_switch_refusals_and_force(repo: Vml, guest: Path):
     (c1, c2), (d1, d2) = history(repo, guest, 2)
     repo("branch", "old", "HEAD~1")
+    line = one_line_error(repo("switch", "nosuch", check=False))
+    assert "nosuch" in line
+    line = one_line_error(repo("switch", "-c", "old", check=False))
+    assert "old" in line
+    one_line_error(repo("switch", "-c", "a..b", check=False))
     (guest / "home" / "user" / "notes.txt").write_text("unsaved\n")
     before = tree_digest(guest)
     line = one_line_error(repo("switch", "old", check=False))
     assert "home/user/notes.txt" in line, line
     assert tree_digest(guest) == before
     assert where(repo) == ("main", c2)
+    assert refs(repo, "branch") == {"main": c2, "old": c1}
     repo("switch", "old", "-f")
     assert tree_digest(guest) == d1
     assert where(repo) == ("old", c1)
-
-
-def test_switch_errors(repo: Vml, guest: Path, tmp_path: Path):
-    c1 = commit(repo, "one")
-    before = tree_digest(guest)
-    line = one_line_error(repo("switch", "nosuch", check=False))
-    assert "nosuch" in line
-    line = one_line_error(repo("switch", "-c", "main", check=False))
-    assert "main" in line
-    one_line_error(repo("switch", "-c", "a..b", check=False))
-    assert tree_digest(guest) == before
-    assert area(repo)["branch"] == "main"
-    assert refs(repo, "branch") == {"main": c1}
 
 
 # -- tag ----------------------------------------------------------------------------------
@@ -243,17 +228,15 @@ def test_tags(repo: Vml, guest: Path):
     text = repo("tag").stdout
     assert "v1" in text and "v2" in text
     assert repo("tag", "--list").stdout == text
-    assert shown(repo, "v1") == c1
     line = one_line_error(repo("tag", "v1", check=False))
     assert "v1" in line
     line = one_line_error(repo("tag", "bad", "nosuch", check=False))
     assert "nosuch" in line
-    assert refs(repo, "tag") == {"v1": c1, "v2": c2}
     repo("tag", "-d", "v1")
     assert refs(repo, "tag") == {"v2": c2}
     line = one_line_error(repo("tag", "-d", "v1", check=False))
     assert "v1" in line
-    assert refs(repo, "branch") == {"main": c2}  # tags are not branches
+    assert shown(repo, "v2") == c2
 
 
 # -- rm -----------------------------------------------------------------------------------
@@ -262,33 +245,34 @@ def test_tags(repo: Vml, guest: Path):
 def test_rm_middle_entry(repo: Vml, guest: Path, tmp_path: Path):
     (c1, c2, c3, c4), (_, _, d3, d4) = history(repo, guest, 4)
     repo("branch", "side", c3)
-    repo("rm", c2)
+    repo("tag", "keep", c2)
+    repo("tag", "later", c3)
+    done = repo("rm", c2)
+    # Tags that reach the entry are left alone and named in the output.
+    assert "keep" in done.stdout + done.stderr and "later" in done.stdout + done.stderr, done
     log = repo("log", "--json").json()
     assert [e["message"].strip() for e in log] == ["entry 4", "entry 3", "entry 1"]
     new4, new3, old1 = log
     assert old1["id"] == c1
     assert new3["parents"] == [c1] and new4["parents"] == [new3["id"]]
     assert new3["id"] != c3 and new4["id"] != c4
-    assert c2 not in log_ids(repo, "--all")
     # Later entries keep their content exactly.
     assert checked_out(repo, new3["id"], tmp_path / "e3") == d3
     assert checked_out(repo, new4["id"], tmp_path / "e4") == d4
-    # Every branch containing it is rewritten; the area follows its branch and has no changes.
+    # Every branch containing it is rewritten (each entry once); tags are not.
     assert refs(repo, "branch") == {"main": new4["id"], "side": new3["id"]}
+    assert refs(repo, "tag") == {"keep": c2, "later": c3}
+    # The area follows its branch and has no changes.
     status = repo("status", "--json").json()
     assert (status["branch"], status["entry"], status["clean"]) == ("main", new4["id"], True)
     assert tree_digest(guest) == d4
 
 
 def test_rm_tip(repo: Vml, guest: Path):
-    (c1, c2), (d1, d2) = history(repo, guest, 2)
-    (guest / "etc" / "motd").write_text("new file\n")
-    c3 = commit(repo, "tip")
-    d3 = tree_digest(guest)
+    (c1, c2, c3), (d1, d2, d3) = history(repo, guest, 3)
     repo("rm", "HEAD")
     assert log_ids(repo) == [c2, c1]
     assert where(repo) == ("main", c2)
-    assert refs(repo, "branch") == {"main": c2}
     assert tree_digest(guest) == d3  # the area keeps its files
     status = repo("status", "--json").json()
     assert status["clean"] is False and status["entry"] == c2 and status["branch"] == "main"
@@ -307,30 +291,28 @@ def test_rm_root_entry(repo: Vml, guest: Path, tmp_path: Path):
     new3, new2 = log
     assert new2["parents"] == [] and new3["parents"] == [new2["id"]]
     assert checked_out(repo, new2["id"], tmp_path / "e2") == d2
-    assert checked_out(repo, "main", tmp_path / "e3") == d3
     status = repo("status", "--json").json()
     assert status["entry"] == new3["id"] and status["clean"] is True
 
 
 def test_rm_only_entry_of_a_branch_refused(repo: Vml, guest: Path):
     c1 = commit(repo, "one")
-    line = one_line_error(repo("rm", c1, check=False))
-    assert c1[:7] in line or "main" in line or "only" in line, line
+    one_line_error(repo("rm", c1, check=False))
     line = one_line_error(repo("rm", "nosuch", check=False))
     assert "nosuch" in line
-    assert log_ids(repo) == [c1] and area(repo)["entry"] == c1
+    assert log_ids(repo) == [c1] and where(repo) == ("main", c1)
 
 
 def test_rm_detached_area_head(repo: Vml, guest: Path, tmp_path: Path):
     (c1, c2, c3), (_, _, d3) = history(repo, guest, 3)
     repo("checkout", c1, "-a", "wa1")
-    repo("checkout", c3, "-a", "wa1")  # an id: the area is detached at the same entry as main
-    assert area(repo)["branch"] is None
+    repo("checkout", c3, "-a", "wa1")  # an id: detached, at the same entry as main
+    assert where(repo) == (None, c3)
     repo("rm", c2)
-    detached = area(repo)
-    assert detached["branch"] is None and detached["entry"] not in (c2, c3)
+    branch, entry = where(repo)
+    assert branch is None and entry not in (c2, c3)
     assert [e["message"].strip() for e in repo("log", "HEAD", "--json").json()] == ["entry 3", "entry 1"]
-    assert refs(repo, "branch")["main"] == detached["entry"]
+    assert refs(repo, "branch")["main"] == entry
     assert tree_digest(guest) == d3
     assert repo("status", "--json").json()["clean"] is True
 
@@ -341,22 +323,8 @@ def test_rm_keeps_the_dropped_entry_in_the_reflog(repo: Vml, guest: Path, tmp_pa
     assert c2 not in log_ids(repo, "--all")
     assert c2[:12] in repo("reflog").stdout
     repo("branch", "rescued", c2)
-    assert refs(repo, "branch")["rescued"] == c2
     assert log_ids(repo, "rescued") == [c2, c1]
     assert checked_out(repo, "rescued", tmp_path / "rescued") == d2
-
-
-def test_rm_names_tags_that_reach_the_entry(repo: Vml, guest: Path):
-    (c1, c2, c3), _ = history(repo, guest, 3)
-    repo("tag", "keep", c2)
-    repo("tag", "later", c3)
-    done = repo("rm", c2)
-    out = done.stdout + done.stderr
-    assert "keep" in out and "later" in out, out
-    assert refs(repo, "tag") == {"keep": c2, "later": c3}  # tags are left alone
-    main_log = log_ids(repo)
-    assert c2 not in main_log and c3 not in main_log and main_log[-1] == c1 and len(main_log) == 2
-    assert shown(repo, "keep") == c2
 
 
 # -- reflog -------------------------------------------------------------------------------

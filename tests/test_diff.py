@@ -199,6 +199,10 @@ def apply_ops(root: str, ops) -> set[str]:
         new_name = f"new{n}"
 
         def pick(candidates):
+            if isinstance(k, str):  # an explicit path, relative to root ("" for root itself)
+                chosen = os.path.join(root, k) if k else root
+                assert chosen in candidates, (op, k)
+                return chosen
             return candidates[k % len(candidates)] if candidates else None
 
         if op == "add_file":
@@ -242,7 +246,7 @@ def apply_ops(root: str, ops) -> set[str]:
     return touched_dirs
 
 
-def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> None:
+def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> dict:
     root = os.path.join(tmp, "area")
     build(root, ("dir", tree, 0o755, None))
     api.init(tmp)
@@ -286,6 +290,7 @@ def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> None:
         assert report.damaged == [] and report.problems == [], report
     finally:
         repo.close()
+    return expected
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -296,29 +301,30 @@ def test_generated_change_set_is_reported_exactly(tree, ops):
 
 
 def test_every_kind_of_change_once(tmp_path: Path):
+    file = ("file", b"text\n", 0o644, None)
     tree = {
-        "a": ("file", b"alpha\n", 0o644, None),
-        "b": ("file", b"beta\n", 0o644, b"x"),
-        "c": ("file", b"gamma\n", 0o600, None),
-        "d": ("dir", {"a": ("file", b"d/a\n", 0o644, None), "b": ("link", "../a")}, 0o755, None),
-        "e": ("dir", {"a": ("dir", {"a": ("file", b"deep\n", 0o644, None)}, 0o755, None)}, 0o755, None),
-        "l": ("link", "a"),
+        "a": file, "b": ("file", b"beta\n", 0o644, b"x"), "c": ("file", b"gamma\n", 0o600, None),
+        "f": file, "g": file, "h": file, "l": ("link", "a"),
+        "d": ("dir", {"a": file, "b": ("link", "../a")}, 0o755, None),
+        "e": ("dir", {"a": ("dir", {"a": file}, 0o755, None)}, 0o755, None),
+        "k": ("dir", {}, 0o755, None),
+        "m": ("dir", {"x": file}, 0o755, None),
+        "n": ("dir", {"y": file}, 0o755, None),
     }
-    # Indices pick from the sorted candidate lists of the tree as it is at that moment.
     ops = [
-        ("modify", 0, 0),            # a: content
-        ("chmod", 1, 0),             # b: mode only
-        ("xattr", 2, 0),             # c: xattr only
-        ("touch", 5, 7),             # touch one of the files/dirs
-        ("add_file", 1, 0),          # into d
-        ("add_symlink", 0, 0),       # at the top
-        ("add_dir", 0, 0),           # at the top
-        ("delete_dir", 3, 0),        # e/a and its file
-        ("file_to_dir", 0, 0),       # a becomes a directory
-        ("file_to_symlink", 1, 0),   # b becomes a symlink
-        ("modify_and_chmod", 1, 0),  # c: content and mode
+        ("modify", "a", 0), ("chmod", "b", 0), ("xattr", "c", 0), ("touch", "d/a", 0), ("touch", "l", 0),
+        ("touch", "k", 0), ("chmod", "m", 1), ("xattr", "m", 0), ("add_file", "d", 0), ("add_symlink", "", 0),
+        ("add_dir", "", 0), ("delete_file", "d/b", 0), ("delete_dir", "e/a", 0), ("modify_and_chmod", "f", 0),
+        ("file_to_dir", "g", 0), ("file_to_symlink", "h", 0), ("dir_to_file", "n", 0),
     ]
-    run_change_set(str(tmp_path), tree, ops)
+    expected = run_change_set(str(tmp_path), tree, ops)
+    assert expected == {
+        "a": ("M", {"content", "mtime"}), "b": ("T", {"mode"}), "c": ("T", {"xattrs"}), "d/a": ("T", {"mtime"}),
+        "l": ("T", {"mtime"}), "k": ("T", {"mtime"}), "m": ("T", {"mode", "xattrs"}), "d/new8": ("A", set()),
+        "new9": ("A", set()), "new10": ("A", set()), "new10/sub": ("A", set()), "new10/inside.txt": ("A", set()),
+        "d/b": ("D", set()), "e/a": ("D", set()), "e/a/a": ("D", set()), "f": ("M", {"content", "mode", "mtime"}),
+        "g": ("M", {"type"}), "g/child": ("A", set()), "h": ("M", {"type"}), "n": ("M", {"type"}), "n/y": ("D", set()),
+    }
 
 
 # -- output forms: one module-wide repository (read-only tests), entries A and B
@@ -450,25 +456,29 @@ def test_stat_summary_counts(hist):
 
 
 def test_path_limits(hist):
-    vml = hist.vml
-    for base in hist.forms:
-        def ns(*paths):
-            return name_status(vml("diff", *base, "--name-status", "--", *paths))
+    vml, a, b = hist.vml, hist.a, hist.b
 
-        assert ns("etc/hosts") == {("M", "etc/hosts")}
-        assert ns("/etc/hosts") == {("M", "etc/hosts")}
-        assert ns("home") == {c for c in EXPECTED_CHANGES if c[1].startswith("home/")}
-        assert ns("/home/user") == {c for c in EXPECTED_CHANGES if c[1].startswith("home/")}
-        assert ns("etc/hosts", "home/user/new.txt") == {("M", "etc/hosts"), ("A", "home/user/new.txt")}
-        assert ns("home/user/old.txt") == {("D", "home/user/old.txt")}
-        # Paths are whole components: "home/us" is not "home/user".
-        assert ns("home/us") == set()
-        # A path in neither entry: no output, no error.
-        result = vml("diff", *base, "--", "no/such/path")
-        assert result.stdout == "" and result.returncode == 0
-        assert vml("diff", *base, "--json", "--", "no/such/path").json() == []
-        got = vml("diff", *base, "--json", "--", "/home/user/notes.txt").json()
-        assert [(d["path"], d["status"]) for d in got] == [("home/user/notes.txt", "T")]
+    def ns(*paths, base=(a, b)):
+        return name_status(vml("diff", *base, "--name-status", "--", *paths))
+
+    home = {c for c in EXPECTED_CHANGES if c[1].startswith("home/")}
+    assert ns("etc/hosts") == {("M", "etc/hosts")}
+    assert ns("/etc/hosts") == {("M", "etc/hosts")}
+    assert ns("home") == home
+    assert ns("etc/hosts", "home/user/new.txt") == {("M", "etc/hosts"), ("A", "home/user/new.txt")}
+    assert ns("home/user/old.txt") == {("D", "home/user/old.txt")}
+    # Paths are whole components: "home/us" is not "home/user".
+    assert ns("home/us") == set()
+    # A path in neither entry: no output, no error.
+    result = vml("diff", a, b, "--", "no/such/path")
+    assert result.stdout == "" and result.returncode == 0
+    got = vml("diff", a, b, "--json", "--", "/home/user/notes.txt").json()
+    assert [(d["path"], d["status"]) for d in got] == [("home/user/notes.txt", "T")]
+    # The same against the area.
+    assert ns("/home/user", base=(a,)) == home
+    assert ns("home/user/new.txt", base=(a,)) == {("A", "home/user/new.txt")}
+    result = vml("diff", a, "--json", "--", "no/such/path")
+    assert result.returncode == 0 and result.json() == []
 
 
 def test_unified_diff_for_one_changed_text_file(hist):
@@ -552,12 +562,11 @@ def test_stat_summary_bytes(repo, guest: Path):
 # -- errors
 
 
-def test_unknown_entry(repo):
-    a = repo("commit", "-m", "A", "--json").json()["entry"]
-    for args in (["nosuch", a], [a, "nosuch"], ["nosuch"]):
-        line = one_line_error(repo("diff", *args, check=False), USAGE)
-        assert "no entry matches 'nosuch'" in line, line
-        assert repo("diff", *args, check=False).stdout == ""
+def test_unknown_entry(hist):
+    for args in (["nosuch", hist.a], [hist.a, "nosuch"], ["nosuch"]):
+        result = hist.vml("diff", *args, check=False)
+        line = one_line_error(result, USAGE)
+        assert "no entry matches 'nosuch'" in line and result.stdout == "", line
 
 
 def test_diff_against_the_area_with_two_areas(repo, tmp_path: Path, guest: Path):
@@ -573,10 +582,11 @@ def test_diff_against_the_area_with_two_areas(repo, tmp_path: Path, guest: Path)
     assert "nosuch" in line
 
 
-def test_bad_flags(repo):
-    a = repo("commit", "-m", "A", "--json").json()["entry"]
+def test_bad_flags(hist):
+    a = hist.a
     for args in (["diff", a, a, "--bogus"], ["diff", a, "--stat=3x"], ["diff"]):
-        result = repo(*args, check=False)
+        result = hist.vml(*args, check=False)
         assert result.returncode == USAGE, (args, result)
         assert "Traceback" not in result.stderr and result.stdout == ""
-    assert "--bogus" in repo("diff", a, a, "--bogus", check=False).stderr
+        if "--bogus" in args:
+            assert "--bogus" in result.stderr

@@ -3,21 +3,32 @@ changed against their parent, newest first, in every output form."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from conftest import Vml
 from test_cli_errors import USAGE
 
 
-@pytest.fixture
-def history(repo, guest: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def logrepo(tmp_path_factory):
     """e1 initial; e2 hosts edited; e3 file added under home; e4 hosts deleted;
-    e5 notes edited; e6 hosts added again; e7 a new top-level dir."""
+    e5 notes edited; e6 hosts added again; e7 a new top-level dir. Read-only for the tests."""
+    base = tmp_path_factory.mktemp("logpath")
+    guest = base / "guest"
+    (guest / "etc").mkdir(parents=True)
+    (guest / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (guest / "home" / "user").mkdir(parents=True)
+    (guest / "home" / "user" / "notes.txt").write_text("analysis notes\n")
+    vml = Vml(base)
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
     ids = {}
 
     def commit(name: str) -> None:
-        ids[name] = repo("commit", "-m", name, "--json").json()["entry"]
+        ids[name] = vml("commit", "-m", name, "--json").json()["entry"]
 
     commit("e1")
     (guest / "etc" / "hosts").write_text("10.0.0.1 edited\n")
@@ -33,7 +44,18 @@ def history(repo, guest: Path) -> dict[str, str]:
     (guest / "opt").mkdir()
     (guest / "opt" / "tool").write_text("tool\n")
     commit("e7")
-    return ids
+    yield vml, ids
+    vml.fsck_clean()
+
+
+@pytest.fixture
+def repo(logrepo):
+    return logrepo[0]
+
+
+@pytest.fixture
+def history(logrepo):
+    return logrepo[1]
 
 
 def log_ids(repo, *args: str) -> list[str]:
@@ -91,13 +113,18 @@ def test_default_text_output(repo, history):
     assert out.index(history["e5"][:12]) < out.index(history["e1"][:12])
 
 
-def test_metadata_only_change_counts(repo, guest: Path, history):
-    import os
-
-    os.chmod(guest / "home" / "user" / "extra.txt", 0o600)
-    e8 = repo("commit", "-m", "e8", "--json").json()["entry"]
-    assert log_ids(repo, "--", "home/user/extra.txt") == [e8, history["e3"]]
-    assert log_ids(repo, "--", "etc/hosts")[0] == history["e6"]
+def test_metadata_only_change_counts(vml, guest: Path):
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
+    e1 = vml("commit", "-m", "e1", "--json").json()["entry"]
+    os.chmod(guest / "home" / "user" / "notes.txt", 0o600)
+    e2 = vml("commit", "-m", "e2", "--json").json()["entry"]
+    os.setxattr(guest / "etc" / "hosts", "user.tag", b"1")
+    e3 = vml("commit", "-m", "e3", "--json").json()["entry"]
+    assert log_ids(vml, "--", "home/user/notes.txt") == [e2, e1]
+    assert log_ids(vml, "--", "etc/hosts") == [e3, e1]
+    assert log_ids(vml, "--", "etc") == [e3, e1]
+    vml.fsck_clean()
 
 
 def test_log_path_before_any_entry_and_bad_flag(repo):

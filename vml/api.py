@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -666,7 +667,9 @@ class RmResult:
 
 def rm(repo: Repository, spec: str, *, area: str | None = None) -> RmResult:
     """Drop one entry from every branch and detached area HEAD whose history holds it."""
-    with repo.shared_lock():
+    with repo.shared_lock(), contextlib.ExitStack() as area_locks:
+        for config in repo.areas():  # no commit may move a branch while it is rewritten
+            area_locks.enter_context(repo.area_lock(config.name))
         entry = resolve_entry(repo, spec, area)
         summary = _summary(repo.git.commit(entry).message)
         dropped = drop_entry(repo.git, entry, f"rm: dropped {entry[:12]} {summary}")

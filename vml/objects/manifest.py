@@ -177,6 +177,30 @@ def _node_from_array(item: list) -> Node:
     )
 
 
+def decode_listing_items(data: bytes) -> dict[bytes, list]:
+    """A listing's nodes as undecoded msgpack arrays by name: for comparing two listings
+    without building the nodes that are equal (node_from_item builds the others)."""
+    try:
+        version, _nodes, _files, _size, items = msgpack.unpackb(data, raw=False)
+        if version != FORMAT:
+            raise ValueError(f"unknown manifest format {version}")
+        return {item[0]: item for item in items}
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as error:
+        raise CorruptObject(f"damaged manifest: {error}") from None
+
+
+def node_from_item(item: list) -> Node:
+    """A validated node of a (non-root) listing from its msgpack array."""
+    try:
+        node = _node_from_array(item)
+    except (ValueError, TypeError) as error:
+        raise CorruptObject(f"damaged manifest: {error}") from None
+    check_name(node.name)
+    if node.kind == KIND_DIR and (not isinstance(node.tree, bytes) or len(node.tree) != ID_SIZE):
+        raise CorruptObject(f"damaged manifest: directory {node.name!r} has no listing id")
+    return node
+
+
 def decode_listing(data: bytes, *, root: bool = False) -> Listing:
     """Parse and validate a listing; a hostile or damaged one raises CorruptObject or UnsafePath."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Iterator
 
-from vml.objects.manifest import KIND_DIR, Listing, Node, decode_listing
+from vml.objects.manifest import KIND_DIR, Listing, Node, decode_listing, decode_listing_items
 from vml.objects.store import ChunkStore
 
 
@@ -13,21 +13,22 @@ def listing_loader(store: ChunkStore, overlay: dict[bytes, bytes] | None = None,
     """Load and validate listings from the store, or first from an in-memory overlay.
     With `memo`, the last that many decoded listings are kept (for walks that revisit)."""
 
-    def load(listing_id: bytes, *, root: bool = False) -> Listing:
+    def load(listing_id: bytes, *, root: bool = False, raw: bool = False) -> Listing | dict[bytes, list]:
+        """The listing; with `raw`, its undecoded nodes by name (see decode_listing_items)."""
         data = overlay.get(listing_id) if overlay else None
         if data is None:
             data = store.get(listing_id)
-        return decode_listing(data, root=root)
+        return decode_listing_items(data) if raw else decode_listing(data, root=root)
 
     if not memo:
         return load
-    remembered: OrderedDict[tuple[bytes, bool], Listing] = OrderedDict()
+    remembered: OrderedDict[tuple[bytes, bool, bool], Listing | dict[bytes, list]] = OrderedDict()
 
-    def load_remembered(listing_id: bytes, *, root: bool = False) -> Listing:
-        key = (listing_id, root)
+    def load_remembered(listing_id: bytes, *, root: bool = False, raw: bool = False) -> Listing | dict[bytes, list]:
+        key = (listing_id, root, raw)
         listing = remembered.get(key)
         if listing is None:
-            listing = remembered[key] = load(listing_id, root=root)
+            listing = remembered[key] = load(listing_id, root=root, raw=raw)
             if len(remembered) > memo:
                 remembered.popitem(last=False)
         return listing
