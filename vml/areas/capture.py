@@ -84,7 +84,9 @@ class _FileContent:
 class _Child:
     name: bytes
     st: os.stat_result
-    node: Node | None = None  # complete already (cached, or not a regular file)
+    key: tuple  # its stat cache key
+    node: Node | None = None  # complete already (not a regular file, or a hardlink's copy)
+    cached: bytes | None = None  # the stat cache's node, decoded only if the directory changed
     content: Future | None = None  # pending read of a regular file
     subdir: "_PendingDir | None" = None
     hardlink: bytes | None = None
@@ -169,7 +171,7 @@ class Capture:
             if fmt not in _KINDS:
                 self.skipped.append((child_rel, "unknown file type"))
                 continue
-            child = _Child(entry.name, st)
+            child = _Child(entry.name, st, stat_key(st))
             if st.st_mtime_ns >= self._racy_after or st.st_ctime_ns >= self._racy_after:
                 child.cacheable = False
                 pending.reusable = False
@@ -196,19 +198,28 @@ class Capture:
             self._hardlinks[key] = (rel, child)
             child.hardlink = rel
         hit = cached.children.get(child.name) if cached is not None else None
-        if hit is not None and child.cacheable and hit[0] == stat_key(st):
+        if hit is not None and child.cacheable and hit[0] == child.key:
+            if child.hardlink is None:
+                child.cached = hit[1]  # decoded in _finish, and only if the directory changed
+                return
             node = decode_node(hit[1])
-            if all(chunk in self.store for chunk in node.chunk_ids()):
+            if self._chunks_present(node):
                 node.hardlink = child.hardlink
                 child.node = node
                 return
-        if stat.S_ISREG(st.st_mode):
+        self._plan_read(child, path)
+
+    def _plan_read(self, child: _Child, path: bytes) -> None:
+        if stat.S_ISREG(child.st.st_mode):
             self._in_flight += 1
-            self._bytes_in_flight += st.st_size
+            self._bytes_in_flight += child.st.st_size
             child.reads = True
-            child.content = self._pool.submit(self._read_file, path, st)
+            child.content = self._pool.submit(self._read_file, path, child.st)
         else:
-            child.node = self._metadata_node(child.name, st, path)
+            child.node = self._metadata_node(child.name, child.st, path)
+
+    def _chunks_present(self, node: Node) -> bool:
+        return all(chunk in self.store for chunk in node.chunk_ids())
 
     @staticmethod
     def _copy_node(node: Node, child: _Child) -> Node:
@@ -251,9 +262,43 @@ class Capture:
     # -- finishing a directory (post-order, on the calling thread)
 
     def _finish(self, pending: _PendingDir) -> None:
+        if not self._finish_unchanged(pending):
+            self._finish_changed(pending)
+        pending.children = []  # release the stat results and nodes
+        self._progress(self.counts)
+
+    def _fingerprint(self, pending: _PendingDir) -> bytes:
+        """What the directory's children look like to lstat, with its subdirectories' listing
+        ids: equal to the cached one, the directory's listing is the cached one."""
+        items = [
+            (child.name, child.key, child.subdir.listing_id if child.subdir is not None else None, child.hardlink)
+            for child in pending.children
+        ]
+        return fingerprint128(msgpack.packb(items, use_bin_type=True))
+
+    def _finish_unchanged(self, pending: _PendingDir) -> bool:
+        """Reuse the cached listing of a directory in which nothing changed, decoding no node
+        (the common case of a re-commit or a status). False if anything may have changed."""
+        cached = pending.cached
+        if cached is None or cached.fingerprint is None or not pending.reusable:
+            return False
+        if any(child.cached is None and child.subdir is None for child in pending.children):
+            return False  # something is being read, or is not a plain cache hit
+        fingerprint = self._fingerprint(pending)
+        if fingerprint != cached.fingerprint or cached.listing_id not in self.store:
+            return False
+        pending.listing_id = cached.listing_id
+        pending.totals = Totals(*cached.totals)
+        self.new_cache.dirs[pending.rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
+        for child in pending.children:
+            self.counts.files += 1
+            if stat.S_ISREG(child.st.st_mode):
+                self.counts.bytes += child.st.st_size
+        return True
+
+    def _finish_changed(self, pending: _PendingDir) -> None:
         nodes = []
         totals = Totals()
-        fingerprint_items = []
         cache_children = {}
         for child in pending.children:
             node = self._complete_node(child, pending)
@@ -261,13 +306,11 @@ class Capture:
             totals.add_node(node)
             if child.subdir is not None:
                 totals.add(child.subdir.totals)
-            key = stat_key(child.st)
-            fingerprint_items.append((child.name, key, node.tree, child.hardlink))
             if child.cacheable:
-                cache_children[child.name] = (key, encode_node(node))
+                cache_children[child.name] = (child.key, child.cached or encode_node(node))
             self.counts.files += 1
             self.counts.bytes += node.size
-        fingerprint = fingerprint128(msgpack.packb(fingerprint_items, use_bin_type=True))
+        fingerprint = self._fingerprint(pending)
         cached = pending.cached
         if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
             pending.listing_id = cached.listing_id
@@ -280,14 +323,18 @@ class Capture:
             (totals.nodes, totals.files, totals.bytes),
             cache_children,
         )
-        pending.children = []  # release the stat results and nodes
-        self._progress(self.counts)
 
     def _complete_node(self, child: _Child, pending: _PendingDir) -> Node:
         if child.subdir is not None:
             node = self._metadata_node(child.name, child.st, os.path.join(self.root, pending.rel, child.name))
             node.tree = child.subdir.listing_id
             return node
+        if child.cached is not None:
+            node = decode_node(child.cached)
+            if self._chunks_present(node):
+                return node
+            child.cached = None  # its data has gone from the store (gc): read it again, now
+            self._plan_read(child, os.path.join(self.root, pending.rel, child.name))
         if child.node is not None:
             return child.node
         content: _FileContent = child.content.result()
