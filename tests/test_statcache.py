@@ -31,3 +31,27 @@ def test_unchanged_recommit_reads_nothing_and_changes_are_found(repo, guest: Pat
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
     racy = repo("commit", "-m", "racy", "--json").json()
     assert racy["created"] and racy["files_read"] >= 1
+
+
+def test_cached_file_whose_data_gc_removed_is_read_again(repo, guest: Path, tmp_path: Path):
+    from repofiles import tree_digest
+
+    repo("commit", "-m", "base")
+    data = os.urandom(3 * 1024 * 1024)
+    (guest / "home" / "user" / "big.bin").write_bytes(data)
+    time.sleep(2.2)  # old enough to be cached
+    dropped = repo("commit", "-m", "adds big.bin", "--json").json()["entry"]
+    assert repo("commit", "-m", "cached", "--allow-empty", "--json").json()["files_read"] == 0
+    # Drop both entries that hold big.bin and let gc forget them: the stat cache still
+    # vouches for the file, but its chunks are gone from the store.
+    repo("rm", "HEAD")
+    repo("rm", dropped)
+    freed = repo("gc", "--expire", "now", "--json").json()
+    assert freed["bytes_freed"] >= len(data) // 2, freed
+    status = repo("status", "--json").json()
+    # big.bin is new against the base entry (its directory's mtime changed with it).
+    assert {(c["path"], c["status"]) for c in status["changes"]} == {("home/user/big.bin", "A"), ("home/user", "T")}
+    again = repo("commit", "-m", "big.bin again", "--json").json()
+    assert again["files_read"] >= 1 and again["added_bytes"] >= len(data) // 2, again
+    repo("checkout", "HEAD", "--to", str(tmp_path / "out"))
+    assert tree_digest(tmp_path / "out") == tree_digest(guest)
