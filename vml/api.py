@@ -544,9 +544,13 @@ def diff(
             current, load = _scan_area(repo, working_area)
         new_root = current.root_id
     changes = list(diff_paths(load, old_root, new_root, wanted))
-    if patch is None:
-        patch = len(wanted) == 1 and any(c.path == wanted[0] for c in changes)
+    if patch is None:  # a single file asked for by name: show its content
+        patch = len(wanted) == 1 and any(c.path == wanted[0] and KIND_FILE in (_kind(c.old), _kind(c.new)) for c in changes)
     return [_diff_entry(c, store, working_area if patch else None, patch) for c in changes]
+
+
+def _kind(node) -> int | None:
+    return node.kind if node is not None else None
 
 
 def _diff_entry(change, store, working_area, patch: bool) -> DiffEntry:

@@ -228,9 +228,17 @@ def switched_to_new_branch(result: api.CheckoutResult) -> None:
     out.print(escape(f"area {result.area} is on a new branch {result.branch}" + (f" at {result.entry[:12]}" if result.entry else "")))
 
 
+def _raw(line: str, style: str | None = None) -> None:
+    """A line of data that must reach a pipe unchanged (rich would expand its tabs)."""
+    if out.is_terminal:
+        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line))
+    else:
+        sys.stdout.write(line + "\n")
+
+
 def diff_name_status(changes: list[api.DiffEntry]) -> None:
     for change in changes:
-        out.print(f"{change.status}\t{escape(change.path)}")
+        _raw(f"{change.status}\t{change.path}")
 
 
 def _parts(change: api.DiffEntry) -> str:
@@ -251,17 +259,17 @@ def _parts(change: api.DiffEntry) -> str:
 def diff_changes(changes: list[api.DiffEntry]) -> None:
     for change in changes:
         parts = _parts(change)
-        out.print(f"{change.status}  {escape(change.path)}" + (f"  ({escape(parts)})" if parts else ""))
+        _raw(f"{change.status}  {change.path}" + (f"  ({parts})" if parts else ""))
         if change.patch:
             patch(change.patch)
 
 
 def patch(text: str) -> None:
-    for line in text.splitlines():
+    for line in text.removesuffix("\n").split("\n"):  # not splitlines: a \r or \f belongs to its line
         style = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else None
         if line.startswith(("+++", "---")):
             style = "bold"
-        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line))
+        _raw(line, style)
 
 
 def diff_stat(changes: list[api.DiffEntry]) -> None:

@@ -11,7 +11,7 @@ from vml.objects.walk import node_at, root_node
 ADDED = "A"
 DELETED = "D"
 MODIFIED = "M"  # content or type changed, perhaps metadata too
-METADATA = "T"  # only mode, owner, mtime or xattrs changed
+METADATA = "T"  # only mode, owner, mtime, xattrs or hardlink group changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class Change:
 
     @property
     def parts(self) -> list[str]:
-        """What changed: content, type, mode, owner, mtime, xattrs (empty for A and D)."""
+        """What changed: content, type, mode, owner, mtime, xattrs, links (empty for A and D)."""
         return changed_parts(self.old, self.new) if self.old is not None and self.new is not None else []
 
 
@@ -31,8 +31,10 @@ def changed_parts(old: Node, new: Node) -> list[str]:
     parts = []
     if old.kind != new.kind:
         parts.append("type")
-    elif old.kind != KIND_DIR and (not old.same_content(new) or old.hardlink != new.hardlink):
+    elif old.kind != KIND_DIR and not old.same_content(new):
         parts.append("content")
+    if old.hardlink != new.hardlink:
+        parts.append("links")  # now (or no longer) sharing its inode with other paths
     if old.mode != new.mode:
         parts.append("mode")
     if (old.uid, old.gid) != (new.uid, new.gid):
@@ -104,7 +106,7 @@ def diff_nodes(load: Callable[..., Listing], path: bytes, old: Node | None, new:
             yield from diff_listings(load, old.tree, None, path)
         if new.kind == KIND_DIR:
             yield from diff_listings(load, None, new.tree, path)
-    elif not old.same_content(new) or old.hardlink != new.hardlink:
+    elif not old.same_content(new):
         yield Change(path, MODIFIED, old, new)
-    elif not old.same_metadata(new):
+    elif not old.same_metadata(new) or old.hardlink != new.hardlink:
         yield Change(path, METADATA, old, new)
