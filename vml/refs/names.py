@@ -39,7 +39,10 @@ def resolve(git: GitDag, spec: str, area_head: Callable[[], AreaHead | None]) ->
     if base in ("HEAD", "@") or (not base and reflog is not None):
         match = _head_match(git, area_head(), own_ref=(base == "HEAD"), want_reflog=reflog is not None)
     else:
-        match = _only_match(spec, base, _matches(git, base))
+        found = _matches(git, base)
+        if not found and reflog is not None:  # a deleted branch still has its reflog
+            found = [Match(f"deleted branch {base}", ZERO, ref) for ref in (BRANCH_PREFIX + base,) if git.reflog(ref)]
+        match = _only_match(spec, base, found)
     commit = match.commit
     if reflog is not None:
         commit = _reflog_position(git, spec, match, reflog)
