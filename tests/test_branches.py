@@ -6,8 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from conftest import Vml
 from repofiles import tree_digest
 
@@ -96,10 +94,17 @@ def history(v: Vml, guest: Path, count: int) -> tuple[list[str], list[dict[str, 
     return ids, digests
 
 
+def reflog_lines(v: Vml, *args: str) -> list[tuple[str, str, int, str]]:
+    lines = [line for line in v("reflog", *args).stdout.splitlines() if line.strip()]
+    parsed = [REFLOG_LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    return [(m[1], m[2], int(m[3]), m[4]) for m in parsed]
+
+
 # -- branch -------------------------------------------------------------------------------
 
 
-def test_branch_create_list_and_refusals(repo: Vml, guest: Path):
+def test_branch_create_list_and_refusals(repo: Vml, guest: Path, tmp_path: Path):
     (c1, c2), _ = history(repo, guest, 2)
     repo("branch", "feat")
     repo("branch", "old", c1[:8])
@@ -112,39 +117,34 @@ def test_branch_create_list_and_refusals(repo: Vml, guest: Path):
     for name in ("main", "feat", "old", "older"):
         assert re.search(rf"(^|\s){name}(\s|$)", text, re.M), text
     assert repo("branch", "--list").stdout == text
-    assert where(repo) == ("main", c2)  # creating a branch does not move the area
     # An existing name is refused and the branch stays where it was.
     line = one_line_error(repo("branch", "old", c2, check=False))
     assert "old" in line
     # An unknown START is refused and creates nothing.
     line = one_line_error(repo("branch", "x", "nosuch", check=False))
     assert "nosuch" in line
+    # Bad names.
+    for name in ("../x", "a..b", "-x", "x.lock"):
+        line = one_line_error(repo("branch", "--", name, check=False))
+        assert name in line, line
+    one_line_error(repo("tag", "--", "a..b", check=False))
+    assert not (tmp_path / ".vml" / "refs" / "x").exists() and not (tmp_path / ".vml" / "x").exists()
     # The branch an area is on cannot be deleted, even with -D.
     for flag in ("-d", "-D"):
         line = one_line_error(repo("branch", flag, "main", check=False))
         assert "main" in line, line
     assert refs(repo, "branch") == {"main": c2, "feat": c2, "old": c1, "older": c1}
-    assert where(repo) == ("main", c2)
+    assert where(repo) == ("main", c2)  # creating branches did not move the area
 
 
-def test_branch_and_tag_bad_names(repo: Vml, tmp_path: Path):
-    c1 = commit(repo, "one")
-    for name in ("../x", "a..b", "-x", "x.lock"):
-        line = one_line_error(repo("branch", "--", name, check=False))
-        assert name in line, line
-    one_line_error(repo("tag", "--", "a..b", check=False))
-    assert refs(repo, "branch") == {"main": c1}
-    assert refs(repo, "tag") == {}
-    assert not (tmp_path / ".vml" / "refs" / "x").exists() and not (tmp_path / ".vml" / "x").exists()
-
-
-def test_branch_delete_refused_for_unique_entries_then_forced(repo: Vml, guest: Path, tmp_path: Path):
+def test_branch_delete(repo: Vml, guest: Path, tmp_path: Path):
     c1 = commit(repo, "one")
     repo("switch", "-c", "feat")
     (guest / "etc" / "hosts").write_text("10.0.0.9 feature\n")
     c2 = commit(repo, "feature work")
     d2 = tree_digest(guest)
     repo("switch", "main")
+    # feat holds an entry nothing else does: -d refuses, -D deletes.
     line = one_line_error(repo("branch", "-d", "feat", check=False))
     assert "feat" in line and "-D" in line, line
     assert refs(repo, "branch") == {"main": c1, "feat": c2}
@@ -154,28 +154,20 @@ def test_branch_delete_refused_for_unique_entries_then_forced(repo: Vml, guest: 
     # The deleted branch's reflog still names its entry, and the entry can be brought back.
     assert c2[:12] in repo("reflog", "feat").stdout
     repo("branch", "back", c2)
-    assert refs(repo, "branch") == {"main": c1, "back": c2}
     assert checked_out(repo, "back", tmp_path / "back") == d2
-
-
-def test_branch_delete_allowed_when_reached_elsewhere(repo: Vml, guest: Path):
-    (c1, c2), _ = history(repo, guest, 2)
-    repo("branch", "old", "HEAD~1")  # c1 is on main
-    repo("switch", "-c", "feat")
-    (guest / "etc" / "motd").write_text("feature\n")
-    c3 = commit(repo, "feature")
-    repo("tag", "keep")  # feat's only own entry is held by a tag
-    repo("switch", "main")
+    # -d is allowed when another branch or a tag holds the entries.
+    repo("branch", "old", c1)
     repo("branch", "-d", "old")
-    repo("branch", "-d", "feat")
-    assert refs(repo, "branch") == {"main": c2}
-    assert shown(repo, "keep") == c3
+    repo("tag", "keep", "back")
+    repo("branch", "-d", "back")
+    assert refs(repo, "branch") == {"main": c1}
+    assert shown(repo, "keep") == c2
 
 
 # -- switch -------------------------------------------------------------------------------
 
 
-def test_switch_between_branches(repo: Vml, guest: Path):
+def test_switch(repo: Vml, guest: Path):
     c1 = commit(repo, "one")
     d1 = tree_digest(guest)
     (guest / "home" / "user" / "notes.txt").write_text("work in progress\n")
@@ -195,26 +187,24 @@ def test_switch_between_branches(repo: Vml, guest: Path):
     assert tree_digest(guest) == d2
     status = repo("status", "--json").json()
     assert (status["branch"], status["entry"], status["clean"], status["changes"]) == ("feat", c2, True, [])
-
-
-def test_switch_refusals_and_force(repo: Vml, guest: Path):
-    (c1, c2), (d1, d2) = history(repo, guest, 2)
-    repo("branch", "old", "HEAD~1")
+    # Refusals change nothing.
     line = one_line_error(repo("switch", "nosuch", check=False))
     assert "nosuch" in line
-    line = one_line_error(repo("switch", "-c", "old", check=False))
-    assert "old" in line
+    line = one_line_error(repo("switch", "-c", "main", check=False))
+    assert "main" in line
     one_line_error(repo("switch", "-c", "a..b", check=False))
-    (guest / "home" / "user" / "notes.txt").write_text("unsaved\n")
+    one_line_error(repo("switch", c1, check=False))  # an entry is not a branch: use checkout
+    (guest / "srv" / "data" / "table.csv").write_text("unsaved\n")
     before = tree_digest(guest)
-    line = one_line_error(repo("switch", "old", check=False))
-    assert "home/user/notes.txt" in line, line
+    line = one_line_error(repo("switch", "main", check=False))
+    assert "srv/data/table.csv" in line, line
     assert tree_digest(guest) == before
-    assert where(repo) == ("main", c2)
-    assert refs(repo, "branch") == {"main": c2, "old": c1}
-    repo("switch", "old", "-f")
+    assert where(repo) == ("feat", c2)
+    assert refs(repo, "branch") == {"main": c1, "feat": c2}
+    # -f switches anyway.
+    repo("switch", "main", "-f")
     assert tree_digest(guest) == d1
-    assert where(repo) == ("old", c1)
+    assert where(repo) == ("main", c1)
 
 
 # -- tag ----------------------------------------------------------------------------------
@@ -266,24 +256,26 @@ def test_rm_middle_entry(repo: Vml, guest: Path, tmp_path: Path):
     status = repo("status", "--json").json()
     assert (status["branch"], status["entry"], status["clean"]) == ("main", new4["id"], True)
     assert tree_digest(guest) == d4
+    # The reflog still lists the dropped entry, and HEAD@{N} by its number finds it.
+    lines = reflog_lines(repo)
+    numbers = [n for entry12, name, n, _ in lines if entry12 == c2[:12] and name == "HEAD"]
+    assert numbers, lines
+    assert shown(repo, f"HEAD@{{{numbers[0]}}}") == c2
 
 
-def test_rm_tip(repo: Vml, guest: Path):
-    (c1, c2, c3), (d1, d2, d3) = history(repo, guest, 3)
-    repo("rm", "HEAD")
-    assert log_ids(repo) == [c2, c1]
-    assert where(repo) == ("main", c2)
-    assert tree_digest(guest) == d3  # the area keeps its files
-    status = repo("status", "--json").json()
-    assert status["clean"] is False and status["entry"] == c2 and status["branch"] == "main"
-    changes = {c["path"].lstrip("/"): c["status"] for c in status["changes"]}
-    assert changes.get("etc/motd") == "A", changes
-    assert set(changes) <= {"etc/motd", "etc"}, changes
-    short = repo("status", "--short").stdout.splitlines()
-    assert any(re.fullmatch(r"A\s+/?etc/motd", line) for line in short), short
+def test_rm_dropped_entry_stays_recoverable(repo: Vml, guest: Path, tmp_path: Path):
+    (c1, c2, c3), (_, d2, _) = history(repo, guest, 3)
+    repo("rm", c2)  # no tag holds it: only the reflog does
+    assert c2 not in log_ids(repo, "--all")
+    assert c2[:12] in repo("reflog").stdout
+    repo("gc")  # the reflog line is fresh: gc keeps the entry's data
+    assert c2[:12] in repo("reflog").stdout
+    repo("branch", "rescued", c2)
+    assert log_ids(repo, "rescued") == [c2, c1]
+    assert checked_out(repo, "rescued", tmp_path / "rescued") == d2
 
 
-def test_rm_root_entry(repo: Vml, guest: Path, tmp_path: Path):
+def test_rm_root_then_tip(repo: Vml, guest: Path, tmp_path: Path):
     (c1, c2, c3), (_, d2, d3) = history(repo, guest, 3)
     repo("rm", c1)
     log = repo("log", "--json").json()
@@ -293,6 +285,18 @@ def test_rm_root_entry(repo: Vml, guest: Path, tmp_path: Path):
     assert checked_out(repo, new2["id"], tmp_path / "e2") == d2
     status = repo("status", "--json").json()
     assert status["entry"] == new3["id"] and status["clean"] is True
+    # Dropping the tip: the branch moves to its parent, the area keeps its files.
+    repo("rm", "HEAD")
+    assert log_ids(repo) == [new2["id"]]
+    assert where(repo) == ("main", new2["id"])
+    assert tree_digest(guest) == d3
+    status = repo("status", "--json").json()
+    assert status["clean"] is False and status["entry"] == new2["id"] and status["branch"] == "main"
+    changes = {c["path"].lstrip("/"): c["status"] for c in status["changes"]}
+    assert changes.get("etc/motd") == "A", changes
+    assert set(changes) <= {"etc/motd", "etc"}, changes
+    short = repo("status", "--short").stdout.splitlines()
+    assert any(re.fullmatch(r"A\s+/?etc/motd", line) for line in short), short
 
 
 def test_rm_only_entry_of_a_branch_refused(repo: Vml, guest: Path):
@@ -300,7 +304,14 @@ def test_rm_only_entry_of_a_branch_refused(repo: Vml, guest: Path):
     one_line_error(repo("rm", c1, check=False))
     line = one_line_error(repo("rm", "nosuch", check=False))
     assert "nosuch" in line
-    assert log_ids(repo) == [c1] and where(repo) == ("main", c1)
+    assert log_ids(repo) == [c1]
+    # c1 is also the only entry of branch solo once main has moved on.
+    (guest / "etc" / "hosts").write_text("10.0.0.2 second\n")
+    c2 = commit(repo, "two")
+    repo("branch", "solo", c1)
+    line = one_line_error(repo("rm", c1, check=False))
+    assert "solo" in line, line
+    assert log_ids(repo) == [c2, c1] and where(repo) == ("main", c2)
 
 
 def test_rm_detached_area_head(repo: Vml, guest: Path, tmp_path: Path):
@@ -317,24 +328,7 @@ def test_rm_detached_area_head(repo: Vml, guest: Path, tmp_path: Path):
     assert repo("status", "--json").json()["clean"] is True
 
 
-def test_rm_keeps_the_dropped_entry_in_the_reflog(repo: Vml, guest: Path, tmp_path: Path):
-    (c1, c2, c3), (_, d2, _) = history(repo, guest, 3)
-    repo("rm", c2)
-    assert c2 not in log_ids(repo, "--all")
-    assert c2[:12] in repo("reflog").stdout
-    repo("branch", "rescued", c2)
-    assert log_ids(repo, "rescued") == [c2, c1]
-    assert checked_out(repo, "rescued", tmp_path / "rescued") == d2
-
-
 # -- reflog -------------------------------------------------------------------------------
-
-
-def reflog_lines(v: Vml, *args: str) -> list[tuple[str, str, int, str]]:
-    lines = [line for line in v("reflog", *args).stdout.splitlines() if line.strip()]
-    parsed = [REFLOG_LINE.match(line) for line in lines]
-    assert all(parsed), lines
-    return [(m[1], m[2], int(m[3]), m[4]) for m in parsed]
 
 
 def test_reflog_after_commit_checkout_and_switch(repo: Vml, guest: Path):

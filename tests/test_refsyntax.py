@@ -5,8 +5,6 @@ one-line errors for ambiguous and unknown names."""
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,30 +39,31 @@ def logged(v: Vml, spec: str, *extra: str) -> str:
     return entries[0]["id"]
 
 
+def _commit_header(root: Path, like: str, parents: list[str]) -> str:
+    """The header of entry `like` (tree, author, committer) with `parents` instead of its own."""
+    header = git(root, "cat-file", "commit", like).partition("\n\n")[0]
+    lines = [line for line in header.splitlines() if not line.startswith("parent ")]
+    lines[1:1] = [f"parent {p}" for p in parents]
+    return "\n".join(lines) + "\n\n"
+
+
+def _commit_id(body: bytes) -> str:
+    return hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest()
+
+
 def craft_commit(root: Path, like: str, parents: list[str], message: str) -> str:
     """A commit with the tree and author of entry `like`, the given parents and message."""
-    raw = git(root, "cat-file", "commit", like) + "\n"
-    head, _, _ = raw.partition("\n\n")
-    lines = [line for line in head.splitlines() if not line.startswith("parent ")]
-    lines[1:1] = [f"parent {p}" for p in parents]
-    body = ("\n".join(lines) + "\n\n" + message + "\n").encode()
+    body = (_commit_header(root, like, parents) + message + "\n").encode()
     made = git(root, "hash-object", "-t", "commit", "-w", "--stdin", data=body)
-    assert made == hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest()
+    assert made == _commit_id(body)
     return made
 
 
 def commit_with_prefix(root: Path, like: str, parents: list[str], prefix: str) -> str:
     """Brute force a message so that the crafted commit's id starts with `prefix`."""
-    raw = git(root, "cat-file", "commit", like) + "\n"
-    head, _, _ = raw.partition("\n\n")
-    lines = [line for line in head.splitlines() if not line.startswith("parent ")]
-    lines[1:1] = [f"parent {p}" for p in parents]
-    start = ("\n".join(lines) + "\n\nfiller ").encode()
-    for n in range(10_000_000):
-        body = start + b"%d\n" % n
-        if hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest().startswith(prefix):
-            return craft_commit(root, like, parents, f"filler {n}")
-    raise AssertionError("no collision found")
+    start = _commit_header(root, like, parents).encode()
+    n = next(n for n in range(10_000_000) if _commit_id(start + b"filler %d\n" % n).startswith(prefix))
+    return craft_commit(root, like, parents, f"filler {n}")
 
 
 @dataclass
@@ -276,9 +275,13 @@ def test_head_follows_the_area(repo: Vml, guest: Path, tmp_path: Path):
     # Detached: @{N} is the area's own HEAD log too; main's log did not move.
     assert shown(repo, "@{1}") == c3
     assert [shown(repo, f"main@{{{n}}}") for n in range(3)] == [c3, c2, c1]
+    # Back on main: @{N} is main's log again, HEAD@{N} the area's own.
+    repo("checkout", "main", "-a", "wa1")
+    assert shown(repo, "HEAD@{1}") == c1 and shown(repo, "HEAD@{2}") == c3
+    assert shown(repo, "@{1}") == c2
     # A second area on its own branch: HEAD means the chosen area's HEAD.
     repo("area", "add", "wa2", "--dir", str(tmp_path / "second"), "--branch", "other")
     repo("checkout", c2, "-a", "wa2")
     assert shown(repo, "HEAD", "-a", "wa2") == c2
-    assert shown(repo, "HEAD", "-a", "wa1") == c1
+    assert shown(repo, "HEAD", "-a", "wa1") == c3
     assert shown(repo, "HEAD~1", "-a", "wa2") == c1
