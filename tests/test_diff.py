@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +49,8 @@ def fs_snapshot(root: str) -> dict[str, dict]:
             node = {"xattrs": {n: os.getxattr(path, n) for n in os.listxattr(path) if n.startswith("user.")}}
             if stat.S_ISDIR(st_.st_mode):
                 node["kind"] = "dir"
+            elif stat.S_ISFIFO(st_.st_mode):
+                node["kind"] = "fifo"
             else:
                 node["kind"] = "file"
                 with open(path, "rb") as f:
@@ -97,7 +101,28 @@ def parts_of(changes) -> frozenset:
     return frozenset(c.split()[0] for c in changes)
 
 
-def check_json_diff(got: list[dict], expected: dict[str, tuple[str, frozenset]]) -> None:
+def _mode(value) -> int:
+    return int(value, 8) if isinstance(value, str) else value
+
+
+def check_sides(d: dict, old: dict | None, new: dict | None) -> None:
+    """The old/new objects of one change agree with what the file system held."""
+    kinds = {"file": "file", "dir": "dir", "symlink": "symlink", "fifo": "fifo"}
+    for side, node in ((d["old"], old), (d["new"], new)):
+        if node is None:
+            assert side is None, d
+            continue
+        assert side["kind"] == kinds[node["kind"]], (d, node["kind"])
+        assert _mode(side["mode"]) == node["mode"] and side["mtime_ns"] == node["mtime"], d
+        assert (side["uid"], side["gid"]) == node["owner"], d
+        if node["kind"] == "file":
+            assert side["size"] == len(node["content"]), d
+        if node["kind"] == "symlink":
+            assert side["target"] == node["target"], d
+        assert set(side["xattrs"]) >= set(node["xattrs"]), d
+
+
+def check_json_diff(got: list[dict], expected: dict[str, tuple[str, frozenset]], before=None, after=None) -> None:
     paths = [d["path"] for d in got]
     assert len(paths) == len(set(paths)), f"a path is listed twice: {paths}"
     got_status = {d["path"]: d["status"] for d in got}
@@ -113,6 +138,8 @@ def check_json_diff(got: list[dict], expected: dict[str, tuple[str, frozenset]])
                 assert named == parts, d
         assert (d["old"] is None) == (status == "A"), d
         assert (d["new"] is None) == (status == "D"), d
+        if before is not None and after is not None:
+            check_sides(d, before.get(d["path"]), after.get(d["path"]))
 
 
 @contextmanager
@@ -126,7 +153,7 @@ def keep_dir_mtimes(root: Path):
 
 
 def name_status(result) -> set[tuple[str, str]]:
-    """(letter, path) pairs; the exact `X<TAB>path` form is checked by test_name_status."""
+    """(letter, path) pairs; the exact `X<TAB>path` form is checked by test_name_status_separates_with_a_tab."""
     lines = [line for line in result.stdout.splitlines() if line]
     pairs = [tuple(line.split(None, 1)) for line in lines]
     assert all(len(p) == 2 for p in pairs), result.stdout
@@ -152,7 +179,8 @@ trees = st.dictionaries(names, nodes, min_size=1, max_size=5)
 
 OPS = [
     "add_file", "add_dir", "add_symlink", "delete_file", "delete_dir", "modify", "chmod", "touch",
-    "xattr", "modify_and_chmod", "file_to_dir", "file_to_symlink", "dir_to_file",
+    "xattr", "modify_and_chmod", "file_to_dir", "file_to_symlink", "dir_to_file", "retarget",
+    "chown", "file_to_fifo",
 ]
 op_lists = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 10**6), st.integers(0, 10**6)), min_size=1, max_size=7)
 
@@ -187,7 +215,14 @@ def _walk(root: str) -> tuple[list[str], list[str], list[str]]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
-            (links_ if os.path.islink(p) else dirs if os.path.isdir(p) else files_).append(p)
+            if os.path.islink(p):
+                links_.append(p)
+            elif os.path.isdir(p):
+                dirs.append(p)
+            elif os.path.isfile(p):
+                files_.append(p)
+            else:
+                links_.append(p)  # a fifo: deleted, touched or chowned like a symlink, never opened
     return sorted(files_), sorted(dirs), sorted(links_)
 
 
@@ -240,6 +275,14 @@ def apply_ops(root: str, ops) -> set[str]:
                 Path(target, "child").write_bytes(b"child\n")
             else:
                 os.symlink("replaced", target)
+        elif op == "chown" and (target := pick(files_ + dirs + links_)):
+            os.chown(target, 1000 + k2 % 3, 1000 + k2 % 2, follow_symlinks=False)
+        elif op == "file_to_fifo" and (target := pick(files_)):
+            os.unlink(target)
+            os.mkfifo(target)
+        elif op == "retarget" and (target := pick(links_)):
+            os.unlink(target)
+            os.symlink(f"elsewhere-{n}", target)
         elif op == "dir_to_file" and (target := pick(dirs)):
             shutil.rmtree(target)
             Path(target).write_bytes(b"was a directory\n")
@@ -271,7 +314,7 @@ def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> dict:
 
     vml = vml_runner or Vml(Path(tmp))
     against_area = vml("diff", first, "--json").json()
-    check_json_diff(against_area, expected)
+    check_json_diff(against_area, expected, before, after)
 
     repo = Repository.discover(tmp)
     try:
@@ -279,7 +322,7 @@ def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> dict:
     finally:
         repo.close()
     between = vml("diff", first, second, "--json").json()
-    check_json_diff(between, expected)
+    check_json_diff(between, expected, before, after)
     assert sorted((d["path"], d["status"]) for d in between) == sorted((d["path"], d["status"]) for d in against_area)
     if not expected:
         assert vml("diff", first, second).stdout.strip() == ""
@@ -293,7 +336,7 @@ def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> dict:
     return expected
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tree=trees, ops=op_lists)
 def test_generated_change_set_is_reported_exactly(tree, ops):
     with tempfile.TemporaryDirectory(prefix="vml-diff-") as tmp:
@@ -304,18 +347,20 @@ def test_every_kind_of_change_once(tmp_path: Path):
     file = ("file", b"text\n", 0o644, None)
     tree = {
         "a": file, "b": ("file", b"beta\n", 0o644, b"x"), "c": ("file", b"gamma\n", 0o600, None),
-        "f": file, "g": file, "h": file, "l": ("link", "a"),
+        "f": file, "g": file, "h": file, "l": ("link", "a"), "r": ("link", "a"),
         "d": ("dir", {"a": file, "b": ("link", "../a")}, 0o755, None),
         "e": ("dir", {"a": ("dir", {"a": file}, 0o755, None)}, 0o755, None),
         "k": ("dir", {}, 0o755, None),
         "m": ("dir", {"x": file}, 0o755, None),
         "n": ("dir", {"y": file}, 0o755, None),
+        "o": file, "p": file,
     }
     ops = [
         ("modify", "a", 0), ("chmod", "b", 0), ("xattr", "c", 0), ("touch", "d/a", 0), ("touch", "l", 0),
         ("touch", "k", 0), ("chmod", "m", 1), ("xattr", "m", 0), ("add_file", "d", 0), ("add_symlink", "", 0),
         ("add_dir", "", 0), ("delete_file", "d/b", 0), ("delete_dir", "e/a", 0), ("modify_and_chmod", "f", 0),
-        ("file_to_dir", "g", 0), ("file_to_symlink", "h", 0), ("dir_to_file", "n", 0),
+        ("file_to_dir", "g", 0), ("file_to_symlink", "h", 0), ("dir_to_file", "n", 0), ("retarget", "r", 0),
+        ("chown", "o", 1), ("file_to_fifo", "p", 0),
     ]
     expected = run_change_set(str(tmp_path), tree, ops)
     assert expected == {
@@ -324,6 +369,7 @@ def test_every_kind_of_change_once(tmp_path: Path):
         "new9": ("A", set()), "new10": ("A", set()), "new10/sub": ("A", set()), "new10/inside.txt": ("A", set()),
         "d/b": ("D", set()), "e/a": ("D", set()), "e/a/a": ("D", set()), "f": ("M", {"content", "mode", "mtime"}),
         "g": ("M", {"type"}), "g/child": ("A", set()), "h": ("M", {"type"}), "n": ("M", {"type"}), "n/y": ("D", set()),
+        "r": ("M", {"content", "mtime"}), "o": ("T", {"owner"}), "p": ("M", {"type"}),
     }
 
 
@@ -353,6 +399,7 @@ def hist(tmp_path_factory):
     a = vml("commit", "-m", "A", "--json").json()["entry"]
     with keep_dir_mtimes(guest):
         (guest / "etc" / "hosts").write_text("127.0.0.1 localhost vm1\n")
+        (guest / "etc" / "hosts.bak").write_text("a name that starts like etc/hosts\n")
         os.setxattr(guest / "etc" / "hosts", "user.tag", b"v1")
         (user / "notes.txt").chmod(0o600)
         (user / "todo.txt").write_text("first line\nsecond line\n")
@@ -367,6 +414,7 @@ def hist(tmp_path_factory):
 
 EXPECTED_CHANGES = {
     ("M", "etc/hosts"),
+    ("A", "etc/hosts.bak"),
     ("T", "home/user/notes.txt"),
     ("M", "home/user/todo.txt"),
     ("A", "home/user/new.txt"),
@@ -397,12 +445,19 @@ def test_name_status(hist):
     vml, a, b = hist.vml, hist.a, hist.b
     assert name_status(vml("diff", a, b, "--name-status")) == EXPECTED_CHANGES
     assert name_status(vml("diff", a, "--name-status")) == EXPECTED_CHANGES
-    lines = vml("diff", a, b, "--name-status").stdout.splitlines()
-    assert {tuple(line.split("\t")) for line in lines} == EXPECTED_CHANGES, f"not X<TAB>path: {lines}"
+    # The other way round, added and deleted swap.
+    swap = {"A": "D", "D": "A"}
+    assert name_status(vml("diff", b, a, "--name-status")) == {(swap.get(x, x), p) for x, p in EXPECTED_CHANGES}
     # No differences: nothing at all.
     assert vml("diff", b, b, "--name-status").stdout == ""
     assert vml("diff", b, "--name-status").stdout == ""
     assert vml("diff", b, b, "--json").json() == []
+
+
+def test_name_status_separates_with_a_tab(hist):
+    for args in hist.forms:
+        lines = hist.vml("diff", *args, "--name-status").stdout.splitlines()
+        assert {tuple(line.split("\t")) for line in lines} == EXPECTED_CHANGES, f"not X<TAB>path: {lines}"
 
 
 def test_json_fields(hist):
@@ -447,12 +502,17 @@ def test_json_fields(hist):
 def test_stat_summary_counts(hist):
     for args in hist.forms:
         lines = [line for line in hist.vml("diff", *args, "--stat").stdout.splitlines() if line.strip()]
-        assert len(lines) == 8, lines
+        assert len(lines) == 9, lines
         m = SUMMARY.match(lines[-1].strip())
         assert m, lines[-1]
-        assert tuple(int(x) for x in m.groups()[:5]) == (7, 1, 1, 3, 2)
+        assert tuple(int(x) for x in m.groups()[:5]) == (8, 2, 1, 3, 2)
         for _status, path in EXPECTED_CHANGES:
-            assert sum(path in line for line in lines[:-1]) == 1, (path, lines)
+            assert sum(path in line.split() for line in lines[:-1]) == 1, (path, lines)
+        # Limited to paths, the summary counts only those.
+        limited = [line for line in hist.vml("diff", *args, "--stat", "--", "etc").stdout.splitlines() if line.strip()]
+        assert len(limited) == 3, limited
+        m = SUMMARY.match(limited[-1].strip())
+        assert m and tuple(int(x) for x in m.groups()[:5]) == (2, 1, 0, 1, 0), limited[-1]
 
 
 def test_path_limits(hist):
@@ -466,6 +526,8 @@ def test_path_limits(hist):
     assert ns("/etc/hosts") == {("M", "etc/hosts")}
     assert ns("home") == home
     assert ns("etc/hosts", "home/user/new.txt") == {("M", "etc/hosts"), ("A", "home/user/new.txt")}
+    assert ns("etc") == {("M", "etc/hosts"), ("A", "etc/hosts.bak")}
+    assert ns("etc", "etc/hosts", "/etc/hosts") == {("M", "etc/hosts"), ("A", "etc/hosts.bak")}
     assert ns("home/user/old.txt") == {("D", "home/user/old.txt")}
     # Paths are whole components: "home/us" is not "home/user".
     assert ns("home/us") == set()
@@ -490,6 +552,9 @@ def test_unified_diff_for_one_changed_text_file(hist):
         assert "-127.0.0.1 localhost" in out and "+127.0.0.1 localhost vm1" in out, out
         assert any(line.startswith("@@ ") for line in out), out
         assert out.index("-127.0.0.1 localhost") < out.index("+127.0.0.1 localhost vm1")
+        # A leading '/' names the same file; the headers stay relative.
+        slash = vml("diff", *base, "--", "/etc/hosts").stdout.splitlines()
+        assert "--- a/etc/hosts" in slash and "+++ b/etc/hosts" in slash and "+127.0.0.1 localhost vm1" in slash, slash
         # Only a limit to one changed file prints contents: two paths, or none, do not.
         two = vml("diff", *base, "--", "etc/hosts", "home/user/todo.txt").stdout
         assert "--- a/" not in two and "+++ b/" not in two and "localhost" not in two and "second line" not in two
@@ -498,6 +563,22 @@ def test_unified_diff_for_one_changed_text_file(hist):
         # A file whose content did not change prints no content difference.
         mode_only = vml("diff", *base, "--", "home/user/notes.txt").stdout
         assert "--- a/" not in mode_only and "+++ b/" not in mode_only
+
+
+def test_one_directory_path_prints_no_contents(repo, guest: Path):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    (guest / "home" / "user" / "new.txt").write_text("brand new\n")  # home/user's mtime changes too
+    (guest / "home" / "user" / "notes.txt").write_text("analysis notes, edited\n")
+    b = repo("commit", "-m", "B", "--json").json()["entry"]
+    for base, limit in (((a, b), "home/user"), ((a,), "home/user"), ((a, b), "home")):
+        assert name_status(repo("diff", *base, "--name-status", "--", limit)) == {
+            ("T", "home/user"), ("A", "home/user/new.txt"), ("M", "home/user/notes.txt")}
+        # The one PATH is a directory, not a file: no content differences without -p.
+        out = repo("diff", *base, "--", limit).stdout
+        assert "+++ b/" not in out and "brand new" not in out and "edited" not in out, (limit, out)
+    for base in ((a, b), (a,)):
+        patched = repo("diff", *base, "-p", "--", "home/user").stdout.splitlines()
+        assert "+brand new" in patched and "+analysis notes, edited" in patched
 
 
 def test_binary_file_message(hist):
@@ -523,6 +604,16 @@ def test_patch_flag(hist):
 # -- output forms that write
 
 
+def test_paths_are_relative_to_the_area_top_not_the_current_directory(repo, guest: Path):
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    with keep_dir_mtimes(guest):
+        (guest / "etc" / "hosts").write_text("10.1.1.1 changed\n")
+    deep = Vml(guest / "home" / "user")
+    assert name_status(deep("diff", a, "--name-status", "--", "etc/hosts")) == {("M", "etc/hosts")}
+    assert deep("diff", a, "--name-status", "--", "notes.txt").stdout == ""
+    assert [(c["status"], c["path"]) for c in deep("status", "--json").json()["changes"]] == [("M", "etc/hosts")]
+
+
 def test_json_symlink_and_directory(repo, guest: Path):
     a = repo("commit", "-m", "A", "--json").json()["entry"]
     (guest / "link").symlink_to("etc/hosts")
@@ -540,6 +631,85 @@ def test_json_symlink_and_directory(repo, guest: Path):
     c = repo("commit", "-m", "C", "--json").json()["entry"]
     gone = {(d["path"], d["status"]) for d in repo("diff", b, c, "--json").json() if d["path"] not in (".", "", "/")}
     assert gone == {("home", "D"), ("home/user", "D"), ("home/user/notes.txt", "D")}
+    # A limit reaches into a deleted directory, and into one that replaced a file.
+    assert name_status(repo("diff", b, c, "--name-status", "--", "home/user/notes.txt")) == {("D", "home/user/notes.txt")}
+    (guest / "link").unlink()
+    (guest / "link").mkdir()
+    (guest / "link" / "inside").write_text("x\n")
+    assert name_status(repo("diff", c, "--name-status", "--", "link/inside")) == {("A", "link/inside")}
+    assert name_status(repo("diff", c, "--name-status", "--", "link")) == {("M", "link"), ("A", "link/inside")}
+
+
+def test_unified_diff_of_a_large_file_with_an_unusual_name(repo, guest: Path):
+    name = "dir with space/café ü.txt"
+    big = guest / name
+    big.parent.mkdir()
+    lines = [f"line {i}\n" for i in range(100_000)]  # about 1 MiB: several chunks
+    big.write_text("".join(lines))
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    lines[70_000] = "line 70000 changed\n"
+    big.write_text("".join(lines))
+    for base in ((a,), (a, repo("commit", "-m", "B", "--json").json()["entry"])):
+        out = repo("diff", *base, "--", name).stdout.splitlines()
+        assert f"--- a/{name}" in out and f"+++ b/{name}" in out, out[:5]
+        assert "-line 70000" in out and "+line 70000 changed" in out
+        assert "+line 69999" not in out and "-line 69999" not in out
+        assert len(out) < 30, "only the changed region is printed"
+        assert name_status(repo("diff", *base, "--name-status", "--", "dir with space")) == {("M", name)}
+
+
+def test_unified_diff_prints_lines_exactly(repo, guest: Path):
+    """Tabs, carriage returns, trailing blanks and markup-like text come out as they are in the file."""
+    make, dos = guest / "Makefile", guest / "dos.txt"
+    make.write_text("all:\n\techo hi\n")
+    dos.write_bytes(b"one\r\ntwo\r\n")
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    make.write_text("all:\n\techo bye [red]x[/red]  \n")
+    dos.write_bytes(b"one\r\nTWO\r\n")
+    def raw_diff(path: str) -> list[str]:
+        # Bytes, not text: text mode would turn the file's \r\n into \n on our side.
+        env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}
+        env.pop("VML_REPO", None)
+        done = subprocess.run([sys.executable, "-m", "vml", "diff", a, "--", path], cwd=repo.cwd, env=env,
+                              capture_output=True, timeout=300, check=True)
+        return done.stdout.decode().split("\n")
+
+    problems = []
+    out = raw_diff("Makefile")
+    if not (" all:" in out and "-\techo hi" in out and "+\techo bye [red]x[/red]  " in out):
+        problems.append(("tabs", out))
+    out = raw_diff("dos.txt")
+    if not (" one\r" in out and "-two\r" in out and "+TWO\r" in out):
+        problems.append(("carriage returns", out))
+    assert problems == []
+
+
+def test_a_new_hard_link_does_not_modify_the_existing_file(repo, guest: Path):
+    """`ln notes.txt copy.txt`: copy.txt is added; notes.txt's content is what it was, so it is
+    not M ("content changed"); at most a metadata-only change. Against the area and between entries."""
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    with keep_dir_mtimes(guest):
+        os.link(guest / "home" / "user" / "notes.txt", guest / "home" / "user" / "copy.txt")
+    b = repo("commit", "-m", "B", "--json").json()["entry"]
+    for args in ((a,), (a, b)):
+        got = {d["path"]: d for d in repo("diff", *args, "--json").json()}
+        assert got["home/user/copy.txt"]["status"] == "A"
+        assert set(got) <= {"home/user/copy.txt", "home/user/notes.txt"}, got
+        if "home/user/notes.txt" in got:
+            notes = got["home/user/notes.txt"]
+            assert notes["status"] == "T" and "content" not in notes["changes"], notes
+
+
+def test_json_user_and_group_names_from_the_tree(repo, guest: Path):
+    (guest / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+    (guest / "etc" / "group").write_text("root:x:0:\nstaff:x:1000:\n")
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    os.chown(guest / "home" / "user" / "notes.txt", 1000, 1000)
+    [change] = repo("diff", a, "--json", "--", "home/user/notes.txt").json()
+    assert change["status"] == "T" and parts_of(change["changes"]) == {"owner"}
+    assert (change["old"]["user"], change["old"]["group"]) == ("root", "root")
+    assert (change["new"]["user"], change["new"]["group"]) == ("alice", "staff")
+    assert (change["new"]["uid"], change["new"]["gid"]) == (1000, 1000)
 
 
 def test_stat_summary_bytes(repo, guest: Path):
@@ -576,6 +746,9 @@ def test_diff_against_the_area_with_two_areas(repo, tmp_path: Path, guest: Path)
     assert "wa1" in line and "wa2" in line and "-a" in line, line
     (guest / "etc" / "hosts").write_text("changed\n")
     assert ("M", "etc/hosts") in name_status(repo("diff", a, "-a", "wa1", "--name-status"))
+    # HEAD is the chosen area's entry.
+    assert ("M", "etc/hosts") in name_status(repo("diff", "HEAD", "-a", "wa1", "--name-status"))
+    one_line_error(repo("diff", "HEAD", check=False), USAGE)
     # Two entries need no area.
     assert repo("diff", a, a, "--json").json() == []
     line = one_line_error(repo("diff", a, "-a", "nosuch", check=False), USAGE)

@@ -15,7 +15,7 @@ from test_cli_errors import USAGE
 @pytest.fixture(scope="module")
 def logrepo(tmp_path_factory):
     """e1 initial; e2 hosts edited; e3 file added under home; e4 hosts deleted;
-    e5 notes edited; e6 hosts added again; e7 a new top-level dir. Read-only for the tests."""
+    e5 notes edited; e6 hosts added again; e7 a new top-level dir; e8 hosts becomes a directory; e9 changes nothing. Read-only for the tests."""
     base = tmp_path_factory.mktemp("logpath")
     guest = base / "guest"
     (guest / "etc").mkdir(parents=True)
@@ -43,7 +43,13 @@ def logrepo(tmp_path_factory):
     commit("e6")
     (guest / "opt").mkdir()
     (guest / "opt" / "tool").write_text("tool\n")
+    (guest / "etc" / "hosts.bak").write_text("not hosts\n")  # a name that starts like etc/hosts
     commit("e7")
+    (guest / "etc" / "hosts").unlink()
+    (guest / "etc" / "hosts").mkdir()
+    (guest / "etc" / "hosts" / "x").write_text("now a directory\n")
+    commit("e8")
+    ids["e9"] = vml("commit", "-m", "e9", "--allow-empty", "--json").json()["entry"]  # changes nothing
     yield vml, ids
     vml.fsck_clean()
 
@@ -67,15 +73,17 @@ def named(history: dict[str, str], *names: str) -> list[str]:
 
 
 def test_file_path(repo, history):
-    assert log_ids(repo) == named(history, "e7", "e6", "e5", "e4", "e3", "e2", "e1")
-    assert log_ids(repo, "--", "etc/hosts") == named(history, "e6", "e4", "e2", "e1")
+    assert log_ids(repo) == named(history, "e9", "e8", "e7", "e6", "e5", "e4", "e3", "e2", "e1")
+    assert log_ids(repo, "--", "etc/hosts") == named(history, "e8", "e6", "e4", "e2", "e1")
+    assert log_ids(repo, "--", "etc/hosts/x") == named(history, "e8")
     assert log_ids(repo, "--", "home/user/notes.txt") == named(history, "e5", "e1")
     assert log_ids(repo, "--", "home/user/extra.txt") == named(history, "e3")
     assert log_ids(repo, "--", "opt/tool") == named(history, "e7")
 
 
 def test_directory_path(repo, history):
-    assert log_ids(repo, "--", "etc") == named(history, "e6", "e4", "e2", "e1")
+    assert log_ids(repo, "--", "etc") == named(history, "e8", "e7", "e6", "e4", "e2", "e1")
+    assert log_ids(repo, "--", "etc/hosts.bak") == named(history, "e7")
     assert log_ids(repo, "--", "home") == named(history, "e5", "e3", "e1")
     assert log_ids(repo, "--", "home/user") == named(history, "e5", "e3", "e1")
     assert log_ids(repo, "--", "opt") == named(history, "e7")
@@ -83,8 +91,8 @@ def test_directory_path(repo, history):
 
 def test_several_paths_and_limits(repo, history):
     assert log_ids(repo, "--", "home/user/extra.txt", "opt") == named(history, "e7", "e3")
-    assert log_ids(repo, "--", "etc/hosts", "home/user/notes.txt") == named(history, "e6", "e5", "e4", "e2", "e1")
-    assert log_ids(repo, "-n", "2", "--", "etc/hosts") == named(history, "e6", "e4")
+    assert log_ids(repo, "--", "etc/hosts", "home/user/notes.txt") == named(history, "e8", "e6", "e5", "e4", "e2", "e1")
+    assert log_ids(repo, "-n", "2", "--", "etc/hosts") == named(history, "e8", "e6")
     # Starting from an older entry.
     assert log_ids(repo, history["e3"], "--", "etc/hosts") == named(history, "e2", "e1")
     # Whole components only, and a path that never existed: nothing, not an error.
@@ -96,9 +104,9 @@ def test_several_paths_and_limits(repo, history):
 
 def test_oneline(repo, history):
     lines = [line for line in repo("log", "--oneline", "--", "etc/hosts").stdout.splitlines() if line.strip()]
-    want = named(history, "e6", "e4", "e2", "e1")
+    want = named(history, "e8", "e6", "e4", "e2", "e1")
     assert len(lines) == len(want), lines
-    for line, (entry, message) in zip(lines, zip(want, ["e6", "e4", "e2", "e1"])):
+    for line, (entry, message) in zip(lines, zip(want, ["e8", "e6", "e4", "e2", "e1"])):
         first = line.split()[0]
         assert len(first) >= 7 and entry.startswith(first), (line, entry)
         assert message in line.split(), line
@@ -108,7 +116,7 @@ def test_default_text_output(repo, history):
     out = repo("log", "--", "home/user/notes.txt").stdout
     assert history["e5"] in out or history["e5"][:12] in out
     assert history["e1"] in out or history["e1"][:12] in out
-    for other in ("e2", "e3", "e4", "e6", "e7"):
+    for other in ("e2", "e3", "e4", "e6", "e7", "e8", "e9"):
         assert history[other][:12] not in out
     assert out.index(history["e5"][:12]) < out.index(history["e1"][:12])
 
@@ -127,6 +135,32 @@ def test_metadata_only_change_counts(vml, guest: Path):
     vml.fsck_clean()
 
 
-def test_log_path_before_any_entry_and_bad_flag(repo):
-    result = repo("log", "--bogus", "--", "etc", check=False)
-    assert result.returncode == USAGE and "Traceback" not in result.stderr
+def test_log_path_before_any_entry_and_bad_flag(vml, guest: Path):
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
+    assert vml("log", "--json", "--", "etc").json() == []
+    result = vml("log", "--bogus", "--", "etc", check=False)
+    assert result.returncode == USAGE and "Traceback" not in result.stderr and "--bogus" in result.stderr
+    first = vml("commit", "-m", "one", "--json").json()["entry"]
+    assert log_ids(vml, "--", "etc") == [first]
+    assert log_ids(vml, "--", "nothing/here") == []
+    vml.fsck_clean()
+
+
+def test_path_on_other_branches_and_revisions(vml, guest: Path):
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
+    base = vml("commit", "-m", "base", "--json").json()["entry"]
+    vml("switch", "-c", "topic")
+    (guest / "etc" / "hosts").write_text("10.0.0.7 topic\n")
+    on_topic = vml("commit", "-m", "topic edit", "--json").json()["entry"]
+    vml("switch", "main")
+    (guest / "home" / "user" / "notes.txt").write_text("main edit\n")
+    on_main = vml("commit", "-m", "main edit", "--json").json()["entry"]
+    assert log_ids(vml, "--", "etc/hosts") == [base]
+    assert log_ids(vml, "topic", "--", "etc/hosts") == [on_topic, base]
+    assert log_ids(vml, "topic", "--", "home/user/notes.txt") == [base]
+    all_hosts = log_ids(vml, "--all", "--", "etc/hosts")
+    assert sorted(all_hosts) == sorted([on_topic, base]) and all_hosts[-1] == base
+    assert set(log_ids(vml, "--all", "--", "home")) == {on_main, base}
+    vml.fsck_clean()

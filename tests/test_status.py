@@ -44,23 +44,22 @@ def make_changes(guest: Path) -> set[tuple[str, str]]:
 
 def test_clean_area(repo, guest: Path):
     entry = repo("commit", "-m", "one", "--json").json()["entry"]
-    for command in ("status", "consult"):
-        report = repo(command, "--json").json()
-        assert {k: report.get(k) for k in ("area", "kind", "location", "branch", "entry", "clean", "changes")} == {
-            "area": "wa1",
-            "kind": "dir",
-            "location": str(guest),
-            "branch": "main",
-            "entry": entry,
-            "clean": True,
-            "changes": [],
-        }
-        assert repo(command, "--short").stdout.strip() == ""
-        text = repo(command).stdout
-        assert "wa1" in text and str(guest) in text and "main" in text and entry[:7] in text, text
-        assert "detached" not in text
-    assert repo("status").stdout == repo("consult").stdout
-    assert repo("status", "-a", "wa1", "--json").json()["clean"] is True
+    report = repo("status", "--json").json()
+    assert {k: report.get(k) for k in ("area", "kind", "location", "branch", "entry", "clean", "changes")} == {
+        "area": "wa1",
+        "kind": "dir",
+        "location": str(guest),
+        "branch": "main",
+        "entry": entry,
+        "clean": True,
+        "changes": [],
+    }
+    assert repo("consult", "--json").json() == report
+    assert repo("status", "--short").stdout.strip() == ""
+    text = repo("status").stdout
+    assert "wa1" in text and str(guest) in text and "main" in text and entry[:7] in text, text
+    assert "detached" not in text
+    assert text == repo("consult").stdout
 
 
 def test_changes_grouped(repo, guest: Path):
@@ -173,6 +172,7 @@ def test_empty_area_directory_before_first_entry(repo, tmp_path: Path):
     repo("area", "add", "wa2", "--dir", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     report = repo("status", "-a", "wa2", "--json").json()
+    assert report["area"] == "wa2" and report["branch"] == "wa2"  # main is taken by wa1
     assert report["entry"] is None and [c for c in report["changes"] if c["path"] not in ROOT_NAMES] == []
 
 
@@ -240,6 +240,9 @@ def test_unchanged_area_reads_no_file(repo, guest: Path):
         assert elapsed < 10
         assert repo("consult", "--short").stdout.strip() == ""
         assert watcher.files_read() == set()
+        # diff against the area uses the same scan.
+        assert repo("diff", "HEAD", "--json").json() == []
+        assert watcher.files_read() == set(), "diff HEAD read file contents of an unchanged area"
         # And status left the stat cache valid: a commit now reads nothing either.
         again = repo("commit", "-m", "again", "--json").json()
         assert again["created"] is False and again["files_read"] == 0 and again["bytes_read"] == 0
@@ -252,3 +255,107 @@ def test_unchanged_area_reads_no_file(repo, guest: Path):
         assert watcher.files_read() == {user / "f3.txt"}
     finally:
         watcher.close()
+
+
+def test_status_after_rm_of_the_current_entry(repo, guest: Path):
+    first = repo("commit", "-m", "one", "--json").json()["entry"]
+    (guest / "etc" / "hosts").write_text("10.9.9.9 second\n")
+    second = repo("commit", "-m", "two", "--json").json()["entry"]
+    repo("rm", second)
+    # The area moves to the parent and keeps its files: they show as changes.
+    report = repo("status", "--json").json()
+    assert report["entry"] == first and report["branch"] == "main" and report["clean"] is False
+    assert [(c["status"], c["path"]) for c in report["changes"]] == [("M", "etc/hosts")]
+    assert (guest / "etc" / "hosts").read_text() == "10.9.9.9 second\n"
+
+
+# -- generated change sets against a warm stat cache (the path status takes on a real area)
+
+
+def _random_tree(rng, depth: int = 0) -> dict:
+    tree = {}
+    for name in rng.sample("abcde", rng.randint(1, 4)):
+        roll = rng.random()
+        if roll < 0.25 and depth < 3:
+            tree[name] = ("dir", _random_tree(rng, depth + 1), rng.choice([0o755, 0o700]),
+                          rng.choice([None, b"d"]))
+        elif roll < 0.4:
+            tree[name] = ("link", rng.choice(["a", "../b", "/etc/hosts"]))
+        else:
+            tree[name] = ("file", rng.randbytes(rng.randint(0, 40)), rng.choice([0o644, 0o600, 0o755]),
+                          rng.choice([None, None, b"v"]))
+    return tree
+
+
+def test_generated_change_sets_with_a_warm_stat_cache(tmp_path: Path):
+    """Unchanged files come from the stat cache, changed ones are re-read: status, `diff A`
+    and `diff A B` must all report exactly the change set."""
+    import random
+
+    from conftest import Vml
+    from test_diff import OPS, apply_ops, build, check_json_diff, expected_diff, fs_snapshot
+    from vml import api
+    from vml.repo import Repository
+
+    seeds = range(5)
+    cases = []
+    for seed in seeds:
+        rng = random.Random(seed)
+        base = tmp_path / f"case{seed}"
+        base.mkdir()
+        root = str(base / "area")
+        build(root, ("dir", _random_tree(rng), 0o755, None))
+        api.init(str(base))
+        repo = Repository.discover(str(base))
+        try:
+            api.area_add(repo, "wa", directory=root)
+            first = api.commit(repo, "before", area="wa").entry
+        finally:
+            repo.close()
+        ops = [(rng.choice(OPS), rng.randrange(10**6), rng.randrange(10**6)) for _ in range(rng.randint(1, 8))]
+        cases.append((base, root, first, ops))
+    time.sleep(2.2)  # every file is now old enough to be cached by the next scan
+    for base, root, first, ops in cases:
+        repo = Repository.discover(str(base))
+        try:
+            warm = api.commit(repo, "warm", area="wa", allow_empty=True)
+        finally:
+            repo.close()
+        before = fs_snapshot(root)
+        touched = apply_ops(root, ops)
+        for dirpath, _dirnames, _files in os.walk(root, topdown=False):
+            rel = "." if dirpath == root else os.path.relpath(dirpath, root)
+            old = before.get(rel)
+            if old is not None and old["kind"] == "dir" and dirpath not in touched:
+                os.utime(dirpath, ns=(old["mtime"], old["mtime"]))
+        expected = expected_diff(before, fs_snapshot(root))
+        vml = Vml(base)
+        report = vml("status", "--json").json()
+        assert report["entry"] == warm.entry and report["clean"] is (not expected), (ops, report)
+        check_json_diff(report["changes"], expected)
+        check_json_diff(vml("diff", first, "--json").json(), expected)
+        repo = Repository.discover(str(base))
+        try:
+            second = api.commit(repo, "after", area="wa", allow_empty=True).entry
+            check_json_diff(vml("diff", first, second, "--json").json(), expected)
+            assert vml("status", "--json").json()["clean"] is True
+            report = api.fsck(repo)
+            assert report.damaged == [] and report.problems == [], report
+        finally:
+            repo.close()
+
+
+def test_area_that_contains_its_own_repository(vml, tmp_path: Path):
+    """`vml init; vml area add w --dir .`: either refused, or the repository's own files are
+    not part of the area, so status right after a commit is clean."""
+    (tmp_path / "data.txt").write_text("data\n")
+    vml("init")
+    added = vml("area", "add", "w", "--dir", str(tmp_path), check=False)
+    if added.returncode != 0:
+        one_line_error(added, USAGE)
+        return
+    vml("commit", "-m", "one")
+    report = vml("status", "--json").json()
+    assert report["clean"] is True, [(c["status"], c["path"]) for c in report["changes"]][:10]
+    assert not any(c["path"].startswith(".vml") for c in vml("diff", "HEAD", "--json").json())
+    vml.fsck_clean()

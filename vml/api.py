@@ -66,12 +66,25 @@ def area_add(repo: Repository, name: str, *, directory: str, branch: str | None 
     location = os.path.abspath(directory)
     if os.path.exists(location) and not os.path.isdir(location):
         raise AreaError(f"{location} is not a directory")
+    _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
     if branch is None:
         branch = "main" if not areas_on_branch(repo.git, "main") else name
     config = AreaConfig(name, "dir", location)
     repo.add_area(config)
     attach(repo.git, name, branch, f"area add: {name}")
     return area_info(repo, config)
+
+
+def _check_apart(location: str, repository: str) -> None:
+    """An area may not hold its repository (a checkout would delete it, a commit save it)
+    nor sit inside it."""
+    if location == repository or repository.startswith(location.rstrip("/") + "/"):
+        raise AreaError(
+            f"the area {location} would contain the repository {repository}: keep the repository "
+            f"outside the area (vml --repo PATH, or VML_REPO) or make the area a subdirectory"
+        )
+    if location.startswith(repository + "/"):
+        raise AreaError(f"the area {location} is inside the repository {repository}")
 
 
 def area_info(repo: Repository, config: AreaConfig) -> AreaInfo:
