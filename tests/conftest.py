@@ -46,6 +46,19 @@ class Vml:
         assert report["damaged"] == [] and report["problems"] == [], report
 
 
+USAGE = 2  # exit status of bad input
+
+
+def one_line_error(result: Run, code: int | None = USAGE) -> str:
+    """The one stderr line of a failed command, which must show no traceback."""
+    if code is not None:
+        assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    return lines[0]
+
+
 @pytest.fixture
 def vml(tmp_path: Path) -> Vml:
     return Vml(tmp_path)

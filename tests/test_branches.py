@@ -6,20 +6,13 @@ import json
 import re
 from pathlib import Path
 
-from conftest import Vml
+from conftest import Vml, one_line_error
 from repofiles import tree_digest
 
-USAGE = 2
 HEX40 = re.compile(r"[0-9a-f]{40}")
 REFLOG_LINE = re.compile(r"^([0-9a-f]{12}) (\S+)@\{(\d+)\}: (.*)$")
 
 
-def one_line_error(result, code: int = USAGE) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def commit(v: Vml, message: str) -> str:

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Vml
-
-USAGE = 2
+from conftest import USAGE, Vml, one_line_error
 
 
-def one_line_error(result, code: int) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    return lines[0]
+
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Vml
-from test_cli_errors import USAGE, one_line_error
+from conftest import USAGE, one_line_error
 from vml import api
 from vml.repo import Repository
 
@@ -289,6 +289,19 @@ def apply_ops(root: str, ops) -> set[str]:
     return touched_dirs
 
 
+def apply_keeping_dir_mtimes(root: str, ops, before: dict) -> tuple[dict, dict]:
+    """Apply `ops`, then put back the mtime of every directory that existed before unless an
+    operation set it; returns the snapshot after and the diff a model expects."""
+    touched = apply_ops(root, ops)
+    for dirpath, _dirnames, _files in os.walk(root, topdown=False):
+        rel = "." if dirpath == root else os.path.relpath(dirpath, root)
+        old = before.get(rel)
+        if old is not None and old["kind"] == "dir" and dirpath not in touched:
+            os.utime(dirpath, ns=(old["mtime"], old["mtime"]))
+    after = fs_snapshot(root)
+    return after, expected_diff(before, after)
+
+
 def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> dict:
     root = os.path.join(tmp, "area")
     build(root, ("dir", tree, 0o755, None))
@@ -301,15 +314,7 @@ def run_change_set(tmp: str, tree: dict, ops, vml_runner=None) -> dict:
         repo.close()
     before = fs_snapshot(root)
 
-    touched = apply_ops(root, ops)
-    # Put back the mtime of every directory that existed before, unless an operation set it.
-    for dirpath, _dirnames, _files in os.walk(root, topdown=False):
-        rel = "." if dirpath == root else os.path.relpath(dirpath, root)
-        old = before.get(rel)
-        if old is not None and old["kind"] == "dir" and dirpath not in touched:
-            os.utime(dirpath, ns=(old["mtime"], old["mtime"]))
-    after = fs_snapshot(root)
-    expected = expected_diff(before, after)
+    after, expected = apply_keeping_dir_mtimes(root, ops, before)
     assert "." not in expected  # the top directory itself is left as it was
 
     vml = vml_runner or Vml(Path(tmp))

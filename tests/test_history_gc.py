@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from repofiles import pack_files, store_dir, tree_digest
-from test_cli_errors import one_line_error
+from conftest import one_line_error
 
 KiB = 1024
 MiB = 1024 * 1024

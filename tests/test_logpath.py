@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Vml
-from test_cli_errors import USAGE
+from conftest import USAGE
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Vml
-
-USAGE = 2
+from conftest import Vml, one_line_error
 
 
-def one_line_error(result, code: int = USAGE) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
-    return lines[0]
+
 
 
 def git(root: Path, *args: str, data: bytes | None = None) -> str:

@@ -10,7 +10,7 @@ import struct
 import time
 from pathlib import Path
 
-from test_cli_errors import USAGE, one_line_error
+from conftest import USAGE, one_line_error
 
 ROOT_NAMES = (".", "", "/")
 GROUPS = ("added", "deleted", "modified", "metadata")
@@ -293,7 +293,7 @@ def test_generated_change_sets_with_a_warm_stat_cache(tmp_path: Path):
     import random
 
     from conftest import Vml
-    from test_diff import OPS, apply_ops, build, check_json_diff, expected_diff, fs_snapshot
+    from test_diff import OPS, apply_keeping_dir_mtimes, build, check_json_diff, fs_snapshot
     from vml import api
     from vml.repo import Repository
 
@@ -322,13 +322,7 @@ def test_generated_change_sets_with_a_warm_stat_cache(tmp_path: Path):
         finally:
             repo.close()
         before = fs_snapshot(root)
-        touched = apply_ops(root, ops)
-        for dirpath, _dirnames, _files in os.walk(root, topdown=False):
-            rel = "." if dirpath == root else os.path.relpath(dirpath, root)
-            old = before.get(rel)
-            if old is not None and old["kind"] == "dir" and dirpath not in touched:
-                os.utime(dirpath, ns=(old["mtime"], old["mtime"]))
-        expected = expected_diff(before, fs_snapshot(root))
+        _after, expected = apply_keeping_dir_mtimes(root, ops, before)
         vml = Vml(base)
         report = vml("status", "--json").json()
         assert report["entry"] == warm.entry and report["clean"] is (not expected), (ops, report)

@@ -222,16 +222,22 @@ def branch(ctx, name, start, area, delete, force_delete, list_only, as_json) -> 
     Deleted branches keep their reflog: 'vml reflog NAME' shows them until gc expires it.
     """
     repo = _repo(ctx)
-    if delete or force_delete:
+    deleter = (lambda: api.branch_delete(repo, name, force=force_delete)) if delete or force_delete else None
+    _named_refs(repo, "branch", name, start, area, deleter, list_only, as_json)
+
+
+def _named_refs(repo: Repository, kind: str, name, start, area, deleter, list_only: bool, as_json: bool) -> None:
+    """What `vml branch` and `vml tag` share: list, create NAME at START, or delete NAME (with `deleter`)."""
+    if deleter is not None:
         if not name or start:
-            raise click.UsageError("give exactly one branch NAME to delete")
-        result = api.branch_delete(repo, name, force=force_delete)
-        render.print_json(result) if as_json else render.ref_deleted("branch", result)
+            raise click.UsageError(f"give exactly one {kind} NAME to delete")
+        result = deleter()
+        render.print_json(result) if as_json else render.ref_deleted(kind, result)
     elif name and not list_only:
-        result = api.ref_create(repo, "branch", name, start, area=area)
-        render.print_json(result) if as_json else render.ref_created("branch", result)
+        result = api.ref_create(repo, kind, name, start, area=area)
+        render.print_json(result) if as_json else render.ref_created(kind, result)
     else:
-        refs = api.branch_list(repo)
+        refs = api.branch_list(repo) if kind == "branch" else api.tag_list(repo)
         render.print_json(refs) if as_json else render.ref_list(refs)
 
 
@@ -265,17 +271,8 @@ def switch(ctx, name: str, area: str | None, create: bool, force: bool, as_json:
 def tag(ctx, name, entry, area, delete, list_only, as_json) -> None:
     """List tags, tag ENTRY (default: the area's entry) as NAME, or delete a tag."""
     repo = _repo(ctx)
-    if delete:
-        if not name or entry:
-            raise click.UsageError("give exactly one tag NAME to delete")
-        result = api.tag_delete(repo, name)
-        render.print_json(result) if as_json else render.ref_deleted("tag", result)
-    elif name and not list_only:
-        result = api.ref_create(repo, "tag", name, entry, area=area)
-        render.print_json(result) if as_json else render.ref_created("tag", result)
-    else:
-        refs = api.tag_list(repo)
-        render.print_json(refs) if as_json else render.ref_list(refs)
+    deleter = (lambda: api.tag_delete(repo, name)) if delete else None
+    _named_refs(repo, "tag", name, entry, area, deleter, list_only, as_json)
 
 
 @main_group.command()
