@@ -706,8 +706,8 @@ def reflog(repo: Repository, ref: str | None = None, *, area: str | None = None,
         # The repository's own HEAD only mirrors its default branch: leave it out.
         names = [name for name in repo.git.reflog_names() if name != "HEAD" or not repo.areas()]
         shown = {name: name for name in names}
-    elif ref is not None:
-        full = ref if ref.startswith("refs/") or ref == "HEAD" else next(
+    elif ref is not None and ref not in ("HEAD", "@"):
+        full = ref if ref.startswith("refs/") else next(
             (p + ref for p in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX) if os.path.exists(repo.git.reflog_path(p + ref))), None
         )
         if full is None or not os.path.exists(repo.git.reflog_path(full)):
@@ -777,7 +777,7 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         problems = list(packs.problems)
         entries = reachable_entries(repo)
         for entry_id in entries:
-            message = (repo.git.commit(entry_id).message.strip().splitlines() or [""])[0]
+            message = _summary(repo.git.commit(entry_id).message)
             try:
                 root_id = _root_of(repo, entry_id)
             except (UnknownEntry, CorruptObject, UsageError) as error:
