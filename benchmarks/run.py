@@ -1,0 +1,330 @@
+"""vml beside restic, borg, bup, git, `tar | zstd -3` and `cp -a` on the same guest tree, in one run.
+
+Each operation runs as whole processes under /usr/bin/time (wall time, peak RSS); every tool
+starts from a fresh copy of the base tree and a fresh repository, and each figure is the
+median of --repeat runs. Results go to benchmarks/results/<date>.json and a table on stdout,
+with every figure also given as a ratio to restic's in the same run.
+
+Usage: benchmarks/run [--repeat N] [--tools vml,restic,...] (benchmarks/run builds the data first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VML = os.path.join(os.path.dirname(HERE), ".venv", "bin", "vml")
+OPERATIONS = ["initial", "unchanged", "incremental", "added_bytes", "repo_bytes", "checkout", "diff", "peak_rss"]
+TIMED = ["initial", "unchanged", "incremental", "checkout", "diff"]
+
+
+@dataclass
+class Measured:
+    seconds: float
+    rss_kb: int
+
+
+def timed(commands: list[list[str] | str], *, cwd: str, env: dict) -> Measured:
+    """Run commands one after another (a string runs in sh), each under /usr/bin/time."""
+    total, peak = 0.0, 0
+    for command in commands:
+        argv = ["sh", "-c", command] if isinstance(command, str) else command
+        with tempfile.NamedTemporaryFile("r") as report:
+            done = subprocess.run(
+                ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *argv],
+                cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{command} failed ({done.returncode}): {done.stderr[-2000:]}")
+            seconds, rss = report.read().split()[-2:]
+        total += float(seconds)
+        peak = max(peak, int(rss))
+    return Measured(total, peak)
+
+
+def du(path: str) -> int:
+    return int(subprocess.run(["du", "-sb", path], capture_output=True, text=True, check=True).stdout.split()[0])
+
+
+class Tool:
+    """The commands of one tool; `work` holds its repository, `area` the tree it saves."""
+
+    name = ""
+    diff_supported = True
+
+    def __init__(self, work: str, area: str):
+        self.work, self.area, self.repo = work, area, os.path.join(work, "repo")
+        self.env = {**os.environ, "LC_ALL": "C"}
+
+    def init(self) -> list:
+        return []
+
+    def save(self, label: str) -> list:
+        raise NotImplementedError
+
+    def restore(self, target: str) -> list:
+        raise NotImplementedError
+
+    def diff(self) -> list:
+        return []
+
+
+class VmlTool(Tool):
+    name = "vml"
+
+    def __init__(self, work, area):
+        super().__init__(work, area)
+        self.env.update(VML_REPO=os.path.join(self.repo, ".vml"), VML_AUTHOR_NAME="bench", VML_AUTHOR_EMAIL="bench@example.org")
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: with .pyc files
+
+    def init(self):
+        return [[VML, "init", self.repo], [VML, "area", "add", "a", "--dir", self.area]]
+
+    def save(self, label):
+        return [[VML, "commit", "-m", label, "--allow-empty"]]
+
+    def restore(self, target):
+        return [[VML, "checkout", "HEAD", "--to", target]]
+
+    def diff(self):
+        return [[VML, "diff", "HEAD~2", "HEAD", "--name-status"]]
+
+
+class ResticTool(Tool):
+    name = "restic"
+
+    def __init__(self, work, area):
+        super().__init__(work, area)
+        self.env.update(RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=self.repo, RESTIC_CACHE_DIR=os.path.join(work, "cache"))
+
+    def init(self):
+        return [["restic", "init"]]
+
+    def save(self, label):
+        return [["restic", "backup", "--host", "bench", "--tag", label, self.area]]
+
+    def restore(self, target):
+        return [["restic", "restore", "latest", "--target", target]]
+
+    def diff(self):
+        return ["restic diff $(restic snapshots --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s[0][\"short_id\"], s[-1][\"short_id\"])')"]
+
+
+class BorgTool(Tool):
+    name = "borg"
+
+    def __init__(self, work, area):
+        super().__init__(work, area)
+        self.env.update(BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_BASE_DIR=os.path.join(work, "borgbase"))
+        self.count = 0
+
+    def init(self):
+        return [["borg", "init", "-e", "none", self.repo]]
+
+    def save(self, label):
+        self.count += 1
+        return [["borg", "create", "--compression", "zstd,3", f"{self.repo}::{self.count}-{label}", self.area]]
+
+    def restore(self, target):
+        os.makedirs(target, exist_ok=True)
+        return [f"cd {target} && borg extract {self.repo}::{self.count}-incremental"]
+
+    def diff(self):
+        return [["borg", "diff", f"{self.repo}::1-initial", f"{self.count}-incremental"]]
+
+
+class BupTool(Tool):
+    name = "bup"
+    diff_supported = False  # bup has no diff verb
+
+    def __init__(self, work, area):
+        super().__init__(work, area)
+        self.env.update(BUP_DIR=self.repo)
+
+    def init(self):
+        return [["bup", "init"]]
+
+    def save(self, label):
+        return [["bup", "index", self.area], ["bup", "save", "-n", "main", self.area]]
+
+    def restore(self, target):
+        return [["bup", "restore", "-C", target, f"/main/latest{self.area}/."]]
+
+
+class GitTool(Tool):
+    name = "git"
+
+    def __init__(self, work, area):
+        super().__init__(work, area)
+        self.git = ["git", f"--git-dir={self.repo}", f"--work-tree={area}", "-c", "user.name=bench", "-c", "user.email=b@x"]
+
+    def init(self):
+        return [["git", "init", "-q", "--bare", self.repo], ["git", f"--git-dir={self.repo}", "config", "core.bare", "false"]]
+
+    def save(self, label):
+        return [[*self.git, "add", "-A"], [*self.git, "commit", "-q", "--allow-empty", "-m", label]]
+
+    def restore(self, target):
+        os.makedirs(target, exist_ok=True)
+        return [["git", f"--git-dir={self.repo}", f"--work-tree={target}", "checkout", "-f", "HEAD", "--", "."]]
+
+    def diff(self):
+        return [["git", f"--git-dir={self.repo}", "diff", "--name-status", "HEAD~2", "HEAD"]]
+
+
+class TarZstdTool(Tool):
+    name = "tar|zstd-3"
+    diff_supported = False
+
+    def init(self):
+        os.makedirs(self.repo)
+        self.count = 0
+        return []
+
+    def save(self, label):
+        self.count += 1
+        return [f"tar -C {self.area} -cf - . | zstd -3 -T0 -q -o {self.repo}/{self.count}.tar.zst"]
+
+    def restore(self, target):
+        os.makedirs(target, exist_ok=True)
+        return [f"zstd -d -q -c {self.repo}/{self.count}.tar.zst | tar -C {target} -xf -"]
+
+
+class CopyTool(Tool):
+    name = "cp -a"
+    diff_supported = False
+
+    def init(self):
+        os.makedirs(self.repo)
+        self.count = 0
+        return []
+
+    def save(self, label):
+        self.count += 1
+        return [["cp", "-a", self.area, f"{self.repo}/{self.count}"]]
+
+    def restore(self, target):
+        return [["cp", "-a", f"{self.repo}/{self.count}", target]]
+
+
+TOOLS = {t.name: t for t in (VmlTool, ResticTool, BorgTool, BupTool, GitTool, TarZstdTool, CopyTool)}
+
+
+def run_tool(tool_class, base: str, scratch: str) -> dict:
+    work = os.path.join(scratch, "work")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    area = os.path.join(work, "area")
+    subprocess.run(["cp", "-a", base, area], check=True)
+    time.sleep(2.5)  # out of every tool's racy window: the copy's ctimes are fresh
+    tool = tool_class(work, area)
+    for command in tool.init():
+        subprocess.run(command, cwd=work, env=tool.env, check=True, capture_output=True)
+    result = {}
+    initial = timed(tool.save("initial"), cwd=work, env=tool.env)
+    unchanged = timed(tool.save("unchanged"), cwd=work, env=tool.env)
+    subprocess.run([sys.executable, os.path.join(HERE, "day_of_work.py"), area], check=True)
+    time.sleep(2.5)
+    before = du(tool.repo)
+    incremental = timed(tool.save("incremental"), cwd=work, env=tool.env)
+    result["added_bytes"] = du(tool.repo) - before
+    result["repo_bytes"] = du(tool.repo)
+    subprocess.run(["sync"], check=True)
+    checkout = timed(tool.restore(os.path.join(work, "out")), cwd=work, env=tool.env)
+    diff = timed(tool.diff(), cwd=work, env=tool.env) if tool.diff_supported else None
+    for name, measured in (("initial", initial), ("unchanged", unchanged), ("incremental", incremental), ("checkout", checkout), ("diff", diff)):
+        result[name] = measured.seconds if measured else None
+    result["peak_rss"] = max(m.rss_kb * 1024 for m in (initial, unchanged, incremental, checkout, diff) if m)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {op: (statistics.median(r[op] for r in runs) if runs[0][op] is not None else None) for op in OPERATIONS}
+
+
+def table(results: dict) -> str:
+    restic = results.get("restic")
+    header = f"{'operation':<14}" + "".join(f"{name:>22}" for name in results)
+    lines = [header]
+    for op in OPERATIONS:
+        cells = []
+        for name, figures in results.items():
+            value = figures[op]
+            if value is None:
+                cells.append(f"{'n/a':>22}")
+                continue
+            raw = f"{value:.2f} s" if op in TIMED else f"{value / 1e6:.1f} MB"
+            ratio = f" ({value / restic[op]:.2f}x)" if restic and restic[op] else ""
+            cells.append(f"{raw + ratio:>22}")
+        lines.append(f"{op:<14}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+    """Grouped bars: each tool's figure as a ratio to restic's, per operation (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    restic = results["restic"]
+    operations = [op for op in OPERATIONS if restic[op]]
+    names = list(results)
+    width = 0.8 / len(names)
+    figure, axes = plt.subplots(figsize=(12, 5))
+    for index, name in enumerate(names):
+        ratios = [(results[name][op] or 0) / restic[op] for op in operations]
+        axes.bar([x + index * width for x in range(len(operations))], ratios, width, label=name)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_yscale("log")
+    axes.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(operations))], operations)
+    axes.set_ylabel("ratio to restic (lower is better)")
+    axes.set_title("vml and its peers on the same guest tree, same run (median)")
+    axes.legend(ncol=len(names), fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def tree_counts(path: str) -> dict:
+    files = sum(len(names) for _dir, _dirs, names in os.walk(path))
+    return {"paths": files, "bytes": du(path)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
+    parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
+    args = parser.parse_args()
+    base = os.path.join(args.data, "base")
+    results, raw = {}, {}
+    for name in args.tools.split(","):
+        runs = []
+        for attempt in range(args.repeat):
+            print(f"{name}: run {attempt + 1} of {args.repeat}", file=sys.stderr, flush=True)
+            runs.append(run_tool(TOOLS[name], base, args.scratch))
+        raw[name], results[name] = runs, median_of(runs)
+    print(table(results))
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    report = {"date": stamp, "repeat": args.repeat, "base": base, "tree": tree_counts(base), "median": results, "runs": raw}
+    with open(os.path.join(HERE, "results", f"{stamp}.json"), "w") as out:
+        json.dump(report, out, indent=2)
+    if "restic" in results:
+        plot(results, os.path.join(HERE, "results", f"{stamp}.png"))
+
+
+if __name__ == "__main__":
+    main()
