@@ -182,14 +182,19 @@ class GitTool(Tool):
         return [["git", f"--git-dir={self.repo}", "diff", "--name-status", "HEAD~2", "HEAD"]]
 
 
-class TarZstdTool(Tool):
-    name = "tar|zstd-3"
+class FullCopyTool(Tool):
+    """A hardware reference: every save a whole new copy, numbered; no diff."""
+
     diff_supported = False
 
     def init(self):
         os.makedirs(self.repo)
         self.count = 0
         return []
+
+
+class TarZstdTool(FullCopyTool):
+    name = "tar|zstd-3"
 
     def save(self, label):
         self.count += 1
@@ -200,14 +205,8 @@ class TarZstdTool(Tool):
         return [f"zstd -d -q -c {self.repo}/{self.count}.tar.zst | tar -C {target} -xf -"]
 
 
-class CopyTool(Tool):
+class CopyTool(FullCopyTool):
     name = "cp -a"
-    diff_supported = False
-
-    def init(self):
-        os.makedirs(self.repo)
-        self.count = 0
-        return []
 
     def save(self, label):
         self.count += 1
