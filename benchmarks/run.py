@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
     parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
+    parser.add_argument("--name", help="Name of the result files (default: today's date).")
     args = parser.parse_args()
     base = os.path.join(args.data, "base")
     results, raw = {}, {}
@@ -317,8 +318,9 @@ def main() -> None:
         raw[name], results[name] = runs, median_of(runs)
     print(table(results))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    report = {"date": stamp, "repeat": args.repeat, "base": base, "tree": tree_counts(base), "median": results, "runs": raw}
+    today = datetime.datetime.now().strftime("%Y-%m-%d")
+    stamp = args.name or today
+    report = {"date": today, "repeat": args.repeat, "base": base, "tree": tree_counts(base), "median": results, "runs": raw}
     with open(os.path.join(HERE, "results", f"{stamp}.json"), "w") as out:
         json.dump(report, out, indent=2)
     if "restic" in results:
