@@ -201,7 +201,7 @@ def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, pat
 def status(ctx, area: str | None, short: bool, as_json: bool) -> None:
     """Show the area's branch and entry, and what changed since that entry (alias: consult).
 
-    Only files whose size, times, inode or mode differ from the last scan are read.
+    Only files whose size, times, inode or mode changed since the last commit or checkout are read.
     """
     result = api.status(_repo(ctx), area=area)
     render.print_json(result) if as_json else render.status_result(result, short=short)
