@@ -707,10 +707,9 @@ def reflog(repo: Repository, ref: str | None = None, *, area: str | None = None,
         names = [name for name in repo.git.reflog_names() if name != "HEAD" or not repo.areas()]
         shown = {name: name for name in names}
     elif ref is not None and ref not in ("HEAD", "@"):
-        full = ref if ref.startswith("refs/") else next(
-            (p + ref for p in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX) if os.path.exists(repo.git.reflog_path(p + ref))), None
-        )
-        if full is None or not os.path.exists(repo.git.reflog_path(full)):
+        candidates = [ref] if ref.startswith("refs/") else [p + ref for p in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX)]
+        full = next((name for name in candidates if repo.git.has_reflog(name)), None)
+        if full is None:
             raise UsageError(f"no reflog for {ref!r}")
         names, shown = [full], {full: ref}
     else:

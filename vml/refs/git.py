@@ -284,6 +284,9 @@ class GitDag:
     def reflog_path(self, name: str) -> str:
         return os.path.join(self.path, "logs", name)
 
+    def has_reflog(self, name: str) -> bool:
+        return os.path.isfile(self.reflog_path(name))
+
     def ensure_reflog(self, name: str) -> None:
         """Create an empty reflog so libgit2 logs updates of a ref outside refs/heads."""
         path = self.reflog_path(name)
