@@ -8,6 +8,7 @@ memory stays bounded whatever the size of the tree.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import time
@@ -40,9 +41,13 @@ from vml.objects.manifest import (
 from vml.objects.pack import TYPE_DATA, TYPE_TREE
 from vml.objects.store import ChunkStore
 
-MAX_FILES_IN_FLIGHT = 256
+MAX_FILES_IN_FLIGHT = 1024
 MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
-READ_SIZE = 4 * 1024 * 1024
+MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on unchanged trees
+# Small files go to the workers in batches: one task per file made the threads spend more
+# time handing the GIL and futures back and forth than reading.
+BATCH_FILES = 64
+BATCH_BYTES = 4 * 1024 * 1024
 
 _KINDS = {
     stat.S_IFREG: KIND_FILE,
@@ -87,7 +92,7 @@ class _Child:
     key: tuple  # its stat cache key
     node: Node | None = None  # complete already (not a regular file, or a hardlink's copy)
     cached: bytes | None = None  # the stat cache's node, decoded only if the directory changed
-    content: Future | None = None  # pending read of a regular file
+    content: tuple[Future, int] | None = None  # pending read of a regular file: its batch and place in it
     subdir: "_PendingDir | None" = None
     hardlink: bytes | None = None
     cacheable: bool = True
@@ -131,11 +136,18 @@ class Capture:
         self._in_flight = 0
         self._bytes_in_flight = 0
         self._hardlinks: dict[tuple[int, int], tuple[bytes, _Child]] = {}
+        self._batch: list[tuple[bytes, os.stat_result]] = []
+        self._batch_children: list[_Child] = []
+        self._batch_bytes = 0
         self._racy_after = time.time_ns() - RACY_WINDOW_NS
 
     # -- the walk
 
     def run(self) -> CaptureResult:
+        # The capture makes millions of short-lived acyclic objects; the cyclic collector
+        # would walk them again and again for nothing.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             root_st = os.stat(self.root)
             if not stat.S_ISDIR(root_st.st_mode):
@@ -149,6 +161,8 @@ class Capture:
             root_id = self._put_listing([root_node], totals)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if collecting:
+                gc.enable()
         return CaptureResult(
             root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.listings
         )
@@ -190,6 +204,8 @@ class Capture:
             key = (st.st_dev, st.st_ino)
             first = self._hardlinks.get(key)
             if first is not None:
+                if first[1].content is None and first[1].node is None:
+                    self._submit_batch()  # the first link's read is still in the batch being filled
                 child.hardlink = first[0]
                 child.content = first[1].content
                 if child.content is None:
@@ -210,13 +226,29 @@ class Capture:
         self._plan_read(child, path)
 
     def _plan_read(self, child: _Child, path: bytes) -> None:
-        if stat.S_ISREG(child.st.st_mode):
-            self._in_flight += 1
-            self._bytes_in_flight += child.st.st_size
-            child.reads = True
-            child.content = self._pool.submit(self._read_file, path, child.st)
-        else:
-            child.node = self._metadata_node(child.name, child.st, path)
+        st = child.st
+        if not stat.S_ISREG(st.st_mode):
+            child.node = self._metadata_node(child.name, st, path)
+            return
+        self._in_flight += 1
+        self._bytes_in_flight += st.st_size
+        child.reads = True
+        if st.st_size >= MIN_SIZE:
+            child.content = (self._pool.submit(self._read_files, [(path, st)]), 0)
+            return
+        self._batch_children.append(child)
+        self._batch.append((path, st))
+        self._batch_bytes += st.st_size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        future = self._pool.submit(self._read_files, self._batch)
+        for place, child in enumerate(self._batch_children):
+            child.content = (future, place)
+        self._batch, self._batch_children, self._batch_bytes = [], [], 0
 
     def _chunks_present(self, node: Node) -> bool:
         return all(chunk in self.store for chunk in node.chunk_ids())
@@ -229,10 +261,17 @@ class Capture:
         return copy
 
     def _drain(self) -> None:
-        while self._queue and (self._in_flight > MAX_FILES_IN_FLIGHT or self._bytes_in_flight > MAX_BYTES_IN_FLIGHT):
+        while self._queue and (
+            self._in_flight > MAX_FILES_IN_FLIGHT
+            or self._bytes_in_flight > MAX_BYTES_IN_FLIGHT
+            or len(self._queue) > MAX_DIRS_WAITING
+        ):
             self._finish(self._queue.popleft())
 
     # -- file contents (on worker threads)
+
+    def _read_files(self, batch: list[tuple[bytes, os.stat_result]]) -> list[_FileContent]:
+        return [self._read_file(path, st) for path, st in batch]
 
     def _read_file(self, path: bytes, st: os.stat_result) -> _FileContent:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -240,7 +279,8 @@ class Capture:
             extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
             ids = []
             if extents is None and st.st_size < MIN_SIZE:
-                data = os.read(fd, MIN_SIZE)
+                # One read of the size lstat saw: a file that grew since is caught by the fstat below.
+                data = os.read(fd, st.st_size) if st.st_size else b""
                 if data:
                     ids.append(self._store_chunk(data))
             else:
@@ -262,6 +302,7 @@ class Capture:
     # -- finishing a directory (post-order, on the calling thread)
 
     def _finish(self, pending: _PendingDir) -> None:
+        self._submit_batch()  # its files may be the ones this directory waits for
         if not self._finish_unchanged(pending):
             self._finish_changed(pending)
         pending.children = []  # release the stat results and nodes
@@ -335,9 +376,11 @@ class Capture:
                 return node
             child.cached = None  # its data has gone from the store (gc): read it again, now
             self._plan_read(child, os.path.join(self.root, pending.rel, child.name))
+            self._submit_batch()
         if child.node is not None:
             return child.node
-        content: _FileContent = child.content.result()
+        batch, place = child.content
+        content: _FileContent = batch.result()[place]
         if child.reads:
             self._in_flight -= 1
             self._bytes_in_flight -= child.st.st_size

@@ -36,7 +36,9 @@ class GcStats:
 
 
 def _store_size(store: ChunkStore) -> int:
+    """Packs, index files and temp files (a killed commit's half-written pack counts as freed)."""
     total = sum(os.path.getsize(p) for p in store.list_pack_files().values())
+    total += sum(os.path.getsize(os.path.join(store.tmp_dir, name)) for name in os.listdir(store.tmp_dir))
     return total + sum(os.path.getsize(p) for p in list_index_files(store.index_dir))
 
 

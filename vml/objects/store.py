@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vml.errors import CorruptObject, MissingObject
@@ -43,6 +44,10 @@ class ChunkStore:
         self._unindexed: dict[ObjectId, list[PackEntry]] = {}
         self._writer: PackWriter | None = None
         self._pending: dict[bytes, PackEntry] = {}
+        # Full packs are fsynced and renamed on a thread of their own, so that the threads
+        # filling the next pack never wait for the disk. Each entry: the pack's blobs, its job.
+        self._finishing: list[tuple[dict[bytes, PackEntry], Future]] = []
+        self._finisher: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._read_fds: dict[int, int] = {}
         self.problems: list[StoreProblem] = []
@@ -103,7 +108,11 @@ class ChunkStore:
     # -- queries
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._locations or blob_id in self._pending
+        if blob_id in self._locations or blob_id in self._pending:
+            return True
+        if any(blob_id in blobs for blobs, _job in tuple(self._finishing)):
+            return True
+        return blob_id in self._locations  # a pack may have finished while we looked
 
     def __len__(self) -> int:
         return len(self._locations)
@@ -118,7 +127,10 @@ class ChunkStore:
         found = self._locations.get(blob_id)
         if found is not None:
             return found[LENGTH]
-        return self._pending[blob_id].length
+        for blobs in [self._pending] + [blobs for blobs, _job in tuple(self._finishing)]:
+            if blob_id in blobs:
+                return blobs[blob_id].length
+        return self._locations[blob_id][LENGTH]
 
     def items(self):
         return self._locations.items()
@@ -144,11 +156,10 @@ class ChunkStore:
         """The blob's raw bytes, verified against its id; never returns bad bytes."""
         location = self._locations.get(blob_id)
         if location is None:
-            if blob_id in self._pending:
-                self.flush_pack()
-                location = self._locations[blob_id]
-            else:
+            if blob_id not in self:
                 raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+            self.flush_pack()
+            location = self._locations[blob_id]
         return self.read_location(blob_id, location)
 
     def read_location(self, blob_id: bytes, location: tuple) -> bytes:
@@ -196,25 +207,49 @@ class ChunkStore:
         writer, self._writer = self._writer, None
         if writer is None:
             return
-        pack_id = writer.finish(self.packs_dir)
-        self._add_pack_entries(pack_id, writer.entries)
-        self._unindexed[pack_id] = writer.entries
-        self._pending.clear()
+        if self._finisher is None:
+            self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vml-pack")
+        # Listed as finishing before it leaves _pending, so `in` never misses it.
+        self._finishing.append((self._pending, self._finisher.submit(self._complete_pack, writer, self._pending)))
+        self._pending = {}
+
+    def _complete_pack(self, writer: PackWriter, blobs: dict[bytes, PackEntry]) -> None:
+        try:
+            pack_id = writer.finish(self.packs_dir)
+        except BaseException:
+            writer.abandon()
+            raise
+        with self._lock:
+            self._add_pack_entries(pack_id, writer.entries)  # before it stops being "finishing"
+            self._unindexed[pack_id] = writer.entries
+            self._finishing = [item for item in self._finishing if item[0] is not blobs]
+
+    def _wait_for_packs(self) -> None:
+        """Wait until every full pack is durable; raise the first error one of them met."""
+        for _blobs, job in tuple(self._finishing):
+            job.result()
 
     def flush_pack(self) -> None:
         with self._lock:
             self._finish_pack_locked()
+        self._wait_for_packs()
 
     def flush(self) -> None:
         """Make everything added durable: finish the open pack, then index the new packs."""
+        self.flush_pack()
         with self._lock:
-            self._finish_pack_locked()
             if self._unindexed:
                 write_index(self.index_dir, self.tmp_dir, self._unindexed)
                 self._indexed_packs.update(self._unindexed)
                 self._unindexed = {}
 
     def abandon(self) -> None:
+        for blobs, job in tuple(self._finishing):
+            try:
+                job.result()
+            except Exception:
+                with self._lock:  # a pack that failed leaves nothing behind (PackWriter.abandon)
+                    self._finishing = [item for item in self._finishing if item[0] is not blobs]
         with self._lock:
             if self._writer is not None:
                 self._writer.abandon()
@@ -225,6 +260,9 @@ class ChunkStore:
 
     def close(self) -> None:
         self.abandon()
+        if self._finisher is not None:
+            self._finisher.shutdown()
+            self._finisher = None
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
