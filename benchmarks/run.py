@@ -243,7 +243,9 @@ def run_tool(tool_class, base: str, scratch: str) -> dict:
     diff = timed(tool.diff(), cwd=work, env=tool.env) if tool.diff_supported else None
     for name, measured in (("initial", initial), ("unchanged", unchanged), ("incremental", incremental), ("checkout", checkout), ("diff", diff)):
         result[name] = measured.seconds if measured else None
-    result["peak_rss"] = max(m.rss_kb * 1024 for m in (initial, unchanged, incremental, checkout, diff) if m)
+    measured = {"initial": initial, "unchanged": unchanged, "incremental": incremental, "checkout": checkout, "diff": diff}
+    result["peak_rss"] = max(m.rss_kb * 1024 for m in measured.values() if m)
+    result["rss_by_operation"] = {op: m.rss_kb * 1024 for op, m in measured.items() if m}
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -309,13 +311,15 @@ def main() -> None:
     parser.add_argument("--name", help="Name of the result files (default: today's date).")
     args = parser.parse_args()
     base = os.path.join(args.data, "base")
-    results, raw = {}, {}
-    for name in args.tools.split(","):
-        runs = []
-        for attempt in range(args.repeat):
+    names = args.tools.split(",")
+    raw = {name: [] for name in names}
+    # Rounds, not one tool's runs back to back: a slow spell of the shared disk then touches
+    # every tool once instead of all the runs of one.
+    for attempt in range(args.repeat):
+        for name in names:
             print(f"{name}: run {attempt + 1} of {args.repeat}", file=sys.stderr, flush=True)
-            runs.append(run_tool(TOOLS[name], base, args.scratch))
-        raw[name], results[name] = runs, median_of(runs)
+            raw[name].append(run_tool(TOOLS[name], base, args.scratch))
+    results = {name: median_of(runs) for name, runs in raw.items()}
     print(table(results))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     today = datetime.datetime.now().strftime("%Y-%m-%d")

@@ -36,6 +36,7 @@ from vml.objects.manifest import (
     Totals,
     decode_node,
     encode_listing,
+    encode_listing_of_encoded,
     encode_node,
 )
 from vml.objects.pack import TYPE_DATA, TYPE_TREE
@@ -158,7 +159,7 @@ class Capture:
             root_node = self._metadata_node(b"", root_st, self.root)
             root_node.tree = top.listing_id
             totals = Totals(top.totals.nodes, top.totals.files, top.totals.bytes)
-            root_id = self._put_listing([root_node], totals)
+            root_id = self._put_listing(encode_listing([root_node], totals))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
@@ -338,17 +339,18 @@ class Capture:
         return True
 
     def _finish_changed(self, pending: _PendingDir) -> None:
-        nodes = []
+        encoded_nodes = []
         totals = Totals()
         cache_children = {}
         for child in pending.children:
             node = self._complete_node(child, pending)
-            nodes.append(node)
+            encoded = child.cached or encode_node(node)  # a cache hit's bytes are its node's encoding
+            encoded_nodes.append(encoded)
             totals.add_node(node)
             if child.subdir is not None:
                 totals.add(child.subdir.totals)
             if child.cacheable:
-                cache_children[child.name] = (child.key, child.cached or encode_node(node))
+                cache_children[child.name] = (child.key, encoded)
             self.counts.files += 1
             self.counts.bytes += node.size
         fingerprint = self._fingerprint(pending)
@@ -356,7 +358,7 @@ class Capture:
         if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
             pending.listing_id = cached.listing_id
         else:
-            pending.listing_id = self._put_listing(nodes, totals)
+            pending.listing_id = self._put_listing(encode_listing_of_encoded(encoded_nodes, totals))
         pending.totals = totals
         self.new_cache.dirs[pending.rel] = CachedDir(
             fingerprint if pending.reusable else None,
@@ -417,8 +419,7 @@ class Capture:
             node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         return node
 
-    def _put_listing(self, nodes: list[Node], totals: Totals) -> ObjectId:
-        data = encode_listing(nodes, totals)
+    def _put_listing(self, data: bytes) -> ObjectId:
         listing_id = object_id(data)
         if self.dry_run:
             if listing_id not in self.store:

@@ -32,8 +32,12 @@ from vml.objects.manifest import (
 )
 from vml.objects.store import ChunkStore
 
-MAX_FILES_IN_FLIGHT = 128
+MAX_FILES_IN_FLIGHT = 1024
 MAX_DIRS_PENDING = 64
+# Small files go to the workers in batches (as in capture): one task per file costs more in
+# futures and GIL hand-offs than writing the file.
+BATCH_FILES = 64
+BATCH_BYTES = 4 * 1024 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -52,7 +56,8 @@ class RestoreProgress:
 class _PendingDir:
     fd: int
     node: Node
-    jobs: list[Future] = field(default_factory=list)
+    jobs: list[Future] = field(default_factory=list)  # a batch appears once however many of its files are here
+    files: int = 0  # files of this directory in those jobs
 
 
 class Restore:
@@ -73,7 +78,10 @@ class Restore:
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-write")
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
-        self._written: dict[bytes, Future | None] = {}  # files written, by path, for hardlinks
+        self._written: dict[bytes, Future | None] = {}  # first members of hardlink groups, by path
+        self._batch: list[tuple[int, Node, bytes, bytes]] = []
+        self._batch_dirs: list[_PendingDir] = []
+        self._batch_bytes = 0
         self._root_fd = -1
         self._updating = False
 
@@ -145,7 +153,7 @@ class Restore:
             self._drain()
             return
         if current is not None and current.kind == node.kind and current.same_content(node) and current.hardlink == node.hardlink:
-            if node.kind == KIND_FILE:
+            if node.kind == KIND_FILE and node.hardlink == rel:
                 self._written[rel] = None
             if not current.same_metadata(node):
                 self._set_metadata_by_name(dir_fd, node)
@@ -168,10 +176,11 @@ class Restore:
             self._finish(self._queue.popleft())
 
     def _finish(self, pending: _PendingDir) -> None:
+        self._submit_batch()  # its files may be in the batch being filled
         try:
             for job in pending.jobs:
                 job.result()
-                self._in_flight -= 1
+            self._in_flight -= pending.files
             self._set_metadata_fd(pending.fd, pending.node, is_dir=True)
         finally:
             os.close(pending.fd)
@@ -184,9 +193,31 @@ class Restore:
             self._link(pending.fd, node, name)
             return
         self._in_flight += 1
-        job = self._pool.submit(self._write_file, pending.fd, node, name, rel)
-        pending.jobs.append(job)
-        self._written[rel] = job
+        pending.files += 1
+        if node.hardlink is not None or node.size >= BATCH_BYTES:
+            job = self._pool.submit(self._write_file, pending.fd, node, name, rel)
+            pending.jobs.append(job)
+            if node.hardlink is not None:
+                self._written[rel] = job  # the other links wait for it
+            return
+        self._batch.append((pending.fd, node, name, rel))
+        if not self._batch_dirs or self._batch_dirs[-1] is not pending:
+            self._batch_dirs.append(pending)
+        self._batch_bytes += node.size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        job = self._pool.submit(self._write_files, self._batch)
+        for pending in self._batch_dirs:
+            pending.jobs.append(job)
+        self._batch, self._batch_dirs, self._batch_bytes = [], [], 0
+
+    def _write_files(self, batch: list[tuple[int, Node, bytes, bytes]]) -> None:
+        for dir_fd, node, name, rel in batch:
+            self._write_file(dir_fd, node, name, rel)
 
     def _link(self, dir_fd: int, node: Node, name: bytes) -> None:
         """Hardlink to the group's first member, which must be an earlier regular file."""

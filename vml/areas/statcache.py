@@ -9,19 +9,25 @@ cached ("racy git"), so a change in the same clock tick is not missed.
 from __future__ import annotations
 
 import os
+import struct
+import uuid
 from dataclasses import dataclass, field
 
 import msgpack
 
-from vml.objects.pack import write_file_atomically
+from vml.objects.pack import fsync_dir
 
-FORMAT = 1
+FORMAT = 2
 # Larger than every common filesystem's timestamp granularity (FAT: 2 s).
 RACY_WINDOW_NS = 2_000_000_000
 
+# The key is packed into 64 bytes: a tuple of eight ints costs four times the memory, and a
+# guest has hundreds of thousands of files.
+_KEY = struct.Struct("<QqqqIIIQ")
 
-def stat_key(st: os.stat_result) -> tuple:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_nlink)
+
+def stat_key(st: os.stat_result) -> bytes:
+    return _KEY.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_nlink)
 
 
 @dataclass(slots=True)
@@ -29,7 +35,7 @@ class CachedDir:
     fingerprint: bytes | None  # None: something in it was racy; the listing must be rebuilt
     listing_id: bytes
     totals: tuple[int, int, int]
-    children: dict[bytes, tuple[tuple, bytes]] = field(default_factory=dict)  # name -> (stat key, node bytes)
+    children: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)  # name -> (stat key, node bytes)
 
 
 @dataclass(slots=True)
@@ -38,25 +44,39 @@ class StatCache:
 
     @classmethod
     def load(cls, path: str) -> "StatCache":
+        """The cache, one directory at a time; a lost, damaged or older cache is an empty one
+        (it only costs reading the files again)."""
+        dirs = {}
         try:
             with open(path, "rb") as cache_file:
-                raw = msgpack.unpackb(cache_file.read(), raw=True, use_list=False, strict_map_key=False)
-        except (FileNotFoundError, ValueError, msgpack.UnpackException):
-            return cls()  # a lost or damaged cache only costs re-reading files
-        try:
-            if raw[0] != FORMAT:
-                return cls()
-            dirs = {}
-            for rel, (fingerprint, listing_id, totals, children) in raw[1].items():
-                dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (tuple(key), node) for name, key, node in children})
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
-            return cls()  # not the shape we write: start from scratch
+                unpacker = msgpack.Unpacker(cache_file, raw=True, use_list=False, max_buffer_size=0)
+                if unpacker.read_array_header() != 2 or unpacker.unpack() != FORMAT:
+                    return cls()
+                for _ in range(unpacker.read_map_header()):
+                    rel = unpacker.unpack()
+                    fingerprint, listing_id, totals, children = unpacker.unpack()
+                    dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (key, node) for name, key, node in children})
+        except (FileNotFoundError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
+            return cls()
         return cls(dirs)
 
     def save(self, path: str) -> None:
-        body = {
-            rel: (d.fingerprint, d.listing_id, d.totals, [(name, key, node) for name, (key, node) in d.children.items()])
-            for rel, d in self.dirs.items()
-        }
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_file_atomically(path, msgpack.packb((FORMAT, body), use_bin_type=True), os.path.dirname(path))
+        """Written a directory at a time (no second copy of the cache in memory), then renamed."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp_path = f"{path}.{uuid.uuid4().hex}.tmp"
+        packer = msgpack.Packer(use_bin_type=True)
+        try:
+            with open(tmp_path, "xb", buffering=1024 * 1024) as out:
+                out.write(packer.pack_array_header(2) + packer.pack(FORMAT) + packer.pack_map_header(len(self.dirs)))
+                for rel, d in self.dirs.items():
+                    children = [(name, key, node) for name, (key, node) in d.children.items()]
+                    out.write(packer.pack(rel) + packer.pack((d.fingerprint, d.listing_id, d.totals, children)))
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(tmp_path, path)
+        except BaseException:
+            if os.path.exists(tmp_path):
+                os.unlink(tmp_path)
+            raise
+        fsync_dir(directory)

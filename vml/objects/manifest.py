@@ -131,6 +131,14 @@ def encode_listing(nodes: list[Node], totals: Totals) -> bytes:
     )
 
 
+def encode_listing_of_encoded(encoded_nodes: list[bytes], totals: Totals) -> bytes:
+    """The same bytes as encode_listing, from nodes encoded already by encode_node (a capture
+    encodes each node once, for both its stat cache and its listing)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_array_header(5) + b"".join(packer.pack(v) for v in (FORMAT, totals.nodes, totals.files, totals.bytes))
+    return head + packer.pack_array_header(len(encoded_nodes)) + b"".join(encoded_nodes)
+
+
 def encode_node(node: Node) -> bytes:
     return msgpack.packb(node_to_array(node), use_bin_type=True)
 
