@@ -225,14 +225,19 @@ def run_tool(tool_class, base: str, scratch: str) -> dict:
     os.makedirs(work)
     area = os.path.join(work, "area")
     subprocess.run(["cp", "-a", base, area], check=True)
+    # Every timed operation starts on a quiet disk: the writeback of what came before would
+    # otherwise land on whichever tool runs next.
+    subprocess.run(["sync"], check=True)
     time.sleep(2.5)  # out of every tool's racy window: the copy's ctimes are fresh
     tool = tool_class(work, area)
     for command in tool.init():
         subprocess.run(command, cwd=work, env=tool.env, check=True, capture_output=True)
     result = {}
     initial = timed(tool.save("initial"), cwd=work, env=tool.env)
+    subprocess.run(["sync"], check=True)
     unchanged = timed(tool.save("unchanged"), cwd=work, env=tool.env)
     subprocess.run([sys.executable, os.path.join(HERE, "day_of_work.py"), area], check=True)
+    subprocess.run(["sync"], check=True)
     time.sleep(2.5)
     before = du(tool.repo)
     incremental = timed(tool.save("incremental"), cwd=work, env=tool.env)
@@ -240,6 +245,7 @@ def run_tool(tool_class, base: str, scratch: str) -> dict:
     result["repo_bytes"] = du(tool.repo)
     subprocess.run(["sync"], check=True)
     checkout = timed(tool.restore(os.path.join(work, "out")), cwd=work, env=tool.env)
+    subprocess.run(["sync"], check=True)  # the checkout's writeback would otherwise slow the diff
     diff = timed(tool.diff(), cwd=work, env=tool.env) if tool.diff_supported else None
     for name, measured in (("initial", initial), ("unchanged", unchanged), ("incremental", incremental), ("checkout", checkout), ("diff", diff)):
         result[name] = measured.seconds if measured else None
