@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from vml import api
 
@@ -63,6 +62,10 @@ def progress(title: str, *, enabled: bool, unit: str = "files") -> Iterator[Call
     if not enabled or not err.is_terminal:
         yield None
         return
+    # Imported here: rich.progress costs every command 10 ms of start-up, and only a
+    # terminal ever sees it.
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
     columns = [
         TextColumn(f"[bold]{title}[/]"),
         TextColumn("{task.fields[files]:>9,} {task.fields[unit]}"),
@@ -90,6 +93,8 @@ def step_progress(title: str, *, enabled: bool) -> Iterator[Callable[[int, int],
     if not enabled or not err.is_terminal:
         yield None
         return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn(f"[bold]{title}[/]"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task(title, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)

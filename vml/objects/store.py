@@ -16,7 +16,7 @@ from vml.errors import CorruptObject, MissingObject
 from vml.objects import compress as compression
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
-from vml.objects.index import list_index_files, read_index, write_index
+from vml.objects.index import IndexFile, list_index_files, read_index, write_index
 from vml.objects.pack import TARGET_SIZE, TYPE_DATA, PackEntry, PackWriter, pack_path, read_table
 
 # A location is a plain tuple (pack number, offset, length, raw length, type, flag): the store
@@ -40,6 +40,10 @@ class ChunkStore:
         self.pack_ids: list[ObjectId] = []
         self._pack_numbers: dict[ObjectId, int] = {}
         self._locations: dict[bytes, tuple] = {}
+        # Index files whose data-chunk entries are not decoded yet: most commands that only
+        # read listings (diff, log, show) never need them. Decoded on the first other lookup.
+        self._deferred: list[tuple[IndexFile, list[int]]] = []
+        self._deferred_lock = threading.Lock()
         self._indexed_packs: set[ObjectId] = set()
         self._unindexed: dict[ObjectId, list[PackEntry]] = {}
         self._writer: PackWriter | None = None
@@ -61,16 +65,37 @@ class ChunkStore:
     def open(self) -> "ChunkStore":
         for path in list_index_files(self.index_dir):
             try:
-                for pack_id, entries in read_index(path):
-                    pack_no = self._register_pack(pack_id)
-                    self._indexed_packs.add(pack_id)
-                    for raw_id, blob_type, flag, offset, length, raw_length in entries:
-                        self._locations[raw_id] = (pack_no, offset, length, raw_length, blob_type, flag)
+                index = read_index(path)
+                numbers = [self._register_pack(pack_id) for pack_id in index.pack_ids]
+                self._add_index_records(index, numbers, 0, index.tree_count)
             except CorruptObject as error:
                 # The packs still describe themselves; fall back to reading their tables.
                 self.problems.append(StoreProblem(path, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
+                continue
+            self._indexed_packs.update(index.pack_ids)
+            if index.tree_count < index.count:
+                self._deferred.append((index, numbers))
         self._recover_unindexed_packs()
         return self
+
+    def _add_index_records(self, index: IndexFile, numbers: list[int], start: int, stop: int | None) -> None:
+        locations = self._locations
+        for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records(start, stop):
+            locations[raw_id] = (numbers[pack_no], offset, length, raw_length, blob_type, flag)
+
+    def _load_deferred(self) -> None:
+        with self._deferred_lock:
+            while self._deferred:
+                index, numbers = self._deferred[0]
+                try:
+                    self._add_index_records(index, numbers, index.tree_count, None)
+                except CorruptObject as error:
+                    self.problems.append(StoreProblem(index.name, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
+                    files = self.list_pack_files()
+                    for pack_id in index.pack_ids:
+                        if pack_id in files:
+                            self._add_pack_entries(pack_id, read_table(files[pack_id]))
+                del self._deferred[0]
 
     def _register_pack(self, pack_id: ObjectId) -> int:
         pack_no = self._pack_numbers.get(pack_id)
@@ -108,6 +133,8 @@ class ChunkStore:
     # -- queries
 
     def __contains__(self, blob_id: bytes) -> bool:
+        if self._deferred:
+            self._load_deferred()
         if blob_id in self._locations or blob_id in self._pending:
             return True
         if any(blob_id in blobs for blobs, _job in tuple(self._finishing)):
@@ -115,15 +142,22 @@ class ChunkStore:
         return blob_id in self._locations  # a pack may have finished while we looked
 
     def __len__(self) -> int:
+        self._load_deferred()
         return len(self._locations)
 
     def pack_number(self, pack_id: ObjectId) -> int:
         return self._register_pack(pack_id)
 
     def location(self, blob_id: bytes) -> tuple | None:
-        return self._locations.get(blob_id)
+        found = self._locations.get(blob_id)
+        if found is None and self._deferred:
+            self._load_deferred()
+            found = self._locations.get(blob_id)
+        return found
 
     def stored_size(self, blob_id: bytes) -> int:
+        if self._deferred:
+            self._load_deferred()
         found = self._locations.get(blob_id)
         if found is not None:
             return found[LENGTH]
@@ -133,6 +167,7 @@ class ChunkStore:
         return self._locations[blob_id][LENGTH]
 
     def items(self):
+        self._load_deferred()
         return self._locations.items()
 
     # -- reads
@@ -156,10 +191,12 @@ class ChunkStore:
         """The blob's raw bytes, verified against its id; never returns bad bytes."""
         location = self._locations.get(blob_id)
         if location is None:
-            if blob_id not in self:
+            if blob_id not in self:  # (decodes the deferred entries first)
                 raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
-            self.flush_pack()
-            location = self._locations[blob_id]
+            location = self._locations.get(blob_id)
+            if location is None:  # in a pack still being written
+                self.flush_pack()
+                location = self._locations[blob_id]
         return self.read_location(blob_id, location)
 
     def read_location(self, blob_id: bytes, location: tuple) -> bytes:
@@ -193,6 +230,8 @@ class ChunkStore:
 
     def add(self, blob_id: ObjectId, blob_type: int, flag: int, payload: bytes, raw_length: int) -> None:
         """Append a compressed blob; thread-safe, and a blob already stored is skipped."""
+        if self._deferred:
+            self._load_deferred()
         with self._lock:
             if blob_id in self._locations or blob_id in self._pending:
                 return
