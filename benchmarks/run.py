@@ -2,10 +2,12 @@
 
 Each operation runs as whole processes under /usr/bin/time (wall time, peak RSS); every tool
 starts from a fresh copy of the base tree and a fresh repository, and each figure is the
-median of --repeat runs. Results go to benchmarks/results/<date>.json and a table on stdout,
-with every figure also given as a ratio to restic's in the same run.
+median of --repeat runs, taken in rounds (every tool once per round). Results go to
+benchmarks/results/<date>.json, .md (a Markdown table) and .png (a plot), and a table on
+stdout, with every figure also given as a ratio to restic's in the same run.
 
 Usage: benchmarks/run [--repeat N] [--tools vml,restic,...] (benchmarks/run builds the data first)
+       benchmarks/run.py --report results/DATE.json   (tables and plot again from a saved run)
 """
 
 from __future__ import annotations
@@ -278,6 +280,39 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (for the README and issue notes): one row per
+    operation, one column per tool, each cell the median with its ratio to restic's."""
+    results = report["median"]
+    restic = results.get("restic")
+    lines = [
+        f"{report['tree']['paths']:,} paths, {report['tree']['bytes'] / 1e9:.2f} GB; median of {report['repeat']} runs, {report['date']}",
+        "",
+        "| operation | " + " | ".join(name.replace("|", "\\|") for name in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    for op in OPERATIONS:
+        cells = []
+        for figures in results.values():
+            value = figures[op]
+            if value is None:
+                cells.append("n/a")
+                continue
+            raw = f"{value:.2f} s" if op in TIMED else f"{value / 1e6:,.0f} MB"
+            cells.append(f"{raw} ({value / restic[op]:.2f}×)" if restic and restic[op] else raw)
+        lines.append(f"| {op.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict, stem: str) -> None:
+    with open(f"{stem}.json", "w") as out:
+        json.dump(report, out, indent=2)
+    with open(f"{stem}.md", "w") as out:
+        out.write(markdown_table(report))
+    if "restic" in report["median"]:
+        plot(report["median"], f"{stem}.png")
+
+
 def plot(results: dict, path: str) -> None:
     """Grouped bars: each tool's figure as a ratio to restic's, per operation (log scale)."""
     import matplotlib
@@ -304,8 +339,8 @@ def plot(results: dict, path: str) -> None:
 
 
 def tree_counts(path: str) -> dict:
-    files = sum(len(names) for _dir, _dirs, names in os.walk(path))
-    return {"paths": files, "bytes": du(path)}
+    paths = sum(len(dirs) + len(names) for _dir, dirs, names in os.walk(path))
+    return {"paths": paths, "bytes": du(path)}
 
 
 def main() -> None:
@@ -315,7 +350,14 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
     parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
     parser.add_argument("--name", help="Name of the result files (default: today's date).")
+    parser.add_argument("--report", metavar="JSON", help="Only write the table, Markdown and plot of an earlier run's JSON.")
     args = parser.parse_args()
+    if args.report:
+        with open(args.report) as saved:
+            report = json.load(saved)
+        print(table(report["median"]))
+        write_reports(report, args.report.removesuffix(".json"))
+        return
     base = os.path.join(args.data, "base")
     names = args.tools.split(",")
     raw = {name: [] for name in names}
@@ -331,10 +373,7 @@ def main() -> None:
     today = datetime.datetime.now().strftime("%Y-%m-%d")
     stamp = args.name or today
     report = {"date": today, "repeat": args.repeat, "base": base, "tree": tree_counts(base), "median": results, "runs": raw}
-    with open(os.path.join(HERE, "results", f"{stamp}.json"), "w") as out:
-        json.dump(report, out, indent=2)
-    if "restic" in results:
-        plot(results, os.path.join(HERE, "results", f"{stamp}.png"))
+    write_reports(report, os.path.join(HERE, "results", stamp))
 
 
 if __name__ == "__main__":
