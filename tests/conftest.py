@@ -81,3 +81,14 @@ def repo(vml: Vml, guest: Path) -> Vml:
     vml("area", "add", "wa1", "--dir", str(guest))
     yield vml
     vml.fsck_clean()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 (see tests/sshd.py); its client settings in `sshd.env`."""
+    from sshd import start_sshd
+
+    process, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    process.terminate()
+    process.wait(timeout=10)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import difflib
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from vml.areas.capture import CaptureResult
 from vml.areas.directory import open_area
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
+from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
+from vml.exchange.fetch import read_history, receive_blobs
+from vml.exchange.push import FAST_FORWARD, REJECTED, UP_TO_DATE, plan_updates, send
+from vml.exchange.remote import RemoteRepository
 from vml.entry import ENTRY_FILE, EntryInfo, display_path
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
@@ -34,6 +39,7 @@ from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protect
 from vml.refs.reflogs import expire as expire_reflogs
 from vml.refs.rewrite import drop_entry
 from vml.repo import Repository
+from vml.transport.base import open_transport, parse_url
 
 Progress = Callable[[object], None] | None
 
@@ -411,14 +417,19 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
     return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
 
 
-def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress) -> CheckoutResult:
+def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress,
+                   fast_forward: str | None = None) -> CheckoutResult:
     """Make the area's files those of entry `spec` and move its HEAD: onto `branch` if given
-    (spec then names that branch), else detached at the entry."""
+    (spec then names that branch), else detached at the entry. With `fast_forward` (an
+    entry id), the area's own branch moves to that entry once its files are there."""
     working_area = open_area(config)
     with repo.shared_lock(), repo.area_lock(config.name):
-        entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
-        target_root = _root_of(repo, entry_id)
         head = read_head(repo.git, config.name)
+        if fast_forward is not None:
+            entry_id = fast_forward
+        else:
+            entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
+        target_root = _root_of(repo, entry_id)
         store = repo.store
         current = None
         load = listing_loader(store)
@@ -440,7 +451,9 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
             check_branch_free(repo.git, config.name, branch)  # before the area's files change
         counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress)
         message = f"checkout: moving to {spec}"
-        if branch is not None:
+        if fast_forward is not None:
+            advance(repo.git, head, entry_id, f"pull: fast-forward to {spec}")
+        elif branch is not None:
             attach(repo.git, config.name, branch, message)
         elif head.branch is not None and head.entry == entry_id:
             pass  # restoring the area's own entry (e.g. to drop changes) keeps it on its branch
@@ -845,3 +858,360 @@ def _live_blobs(repo: Repository, entries: list[str]) -> set[bytes]:
         except CorruptObject as error:
             raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
     return live
+
+
+# -- remotes: push, fetch, pull, clone (vml/exchange, over vml/transport)
+
+REMOTE_SECTION = "remote"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteInfo:
+    name: str
+    url: str
+
+
+def _check_remote_name(repo: Repository, name: str) -> None:
+    if "/" in name or not repo.git.is_valid_ref_name(f"{REMOTE_PREFIX}{name}/main"):
+        raise UsageError(f"{name!r} is not a valid remote name (letters, digits, '-', '_', '.')")
+
+
+def remote_add(repo: Repository, name: str, url: str) -> RemoteInfo:
+    _check_remote_name(repo, name)
+    location = parse_url(url)  # a bad URL is refused now, not at the first push
+    if "://" not in url:
+        url = location.path  # absolute: the repository is found from any directory
+    if repo.git.config_get(f"{REMOTE_SECTION}.{name}.url") is not None:
+        raise UsageError(f"a remote named {name!r} exists already (vml remote remove {name})")
+    repo.git.config_set(f"{REMOTE_SECTION}.{name}.url", url)
+    return RemoteInfo(name, url)
+
+
+def remote_remove(repo: Repository, name: str) -> RemoteInfo:
+    url = _remote_url(repo, name)
+    for ref in repo.git.ref_names(f"{REMOTE_PREFIX}{name}/"):
+        repo.git.delete_ref(ref)
+        repo.git.delete_reflog(ref)
+    repo.git.config_delete(f"{REMOTE_SECTION}.{name}.url")
+    return RemoteInfo(name, url)
+
+
+def remote_list(repo: Repository) -> list[RemoteInfo]:
+    found = []
+    for key, value in repo.git.config_items(f"{REMOTE_SECTION}."):
+        if key.endswith(".url"):
+            found.append(RemoteInfo(key[len(REMOTE_SECTION) + 1 : -len(".url")], value))
+    return sorted(found, key=lambda info: info.name)
+
+
+def _remote_url(repo: Repository, name: str) -> str:
+    url = repo.git.config_get(f"{REMOTE_SECTION}.{name}.url")
+    if url is None:
+        known = ", ".join(info.name for info in remote_list(repo)) or "none"
+        raise UsageError(f"no remote named {name!r} (remotes: {known}); add one with 'vml remote add {name} URL'")
+    return url
+
+
+@contextlib.contextmanager
+def _connected(url: str, accept_new_host_key: bool):
+    remote = RemoteRepository(open_transport(url, accept_new_host_key=accept_new_host_key))
+    try:
+        yield remote
+    finally:
+        remote.close()
+
+
+def _short(ref: str) -> str:
+    for prefix in (BRANCH_PREFIX, TAG_PREFIX):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
+@dataclass(frozen=True, slots=True)
+class RefChange:
+    ref: str  # short name: main, v1
+    old: str | None
+    new: str
+    status: str  # up to date, new, fast-forward, forced, rejected
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    remote: str
+    url: str
+    refs: list[RefChange]
+    commits: int
+    blobs: int
+    packs: int
+    blob_bytes: int
+    bytes_sent: int  # everything that crossed the transport, git objects and refs included
+    seconds: float
+
+    @property
+    def rejected(self) -> bool:
+        return any(change.status == REJECTED for change in self.refs)
+
+
+def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, area: str | None) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for name in names_given:
+        for ref in ([name] if name.startswith("refs/") else [BRANCH_PREFIX + name, TAG_PREFIX + name]):
+            target = repo.git.ref_target(ref)
+            if target is not None:
+                refs[ref] = target
+                break
+        else:
+            raise UsageError(f"no branch or tag named {name!r} to push")
+    if not names_given:
+        configs = [repo.choose_area(area)] if area is not None or len(repo.areas()) == 1 else []
+        branch = read_head(repo.git, configs[0].name).branch if configs else None
+        if branch is not None and branch_exists(repo.git, branch):
+            refs[BRANCH_PREFIX + branch] = repo.git.ref_target(BRANCH_PREFIX + branch)
+        elif not tags:
+            refs.update((ref, repo.git.ref_target(ref)) for ref in repo.git.ref_names(BRANCH_PREFIX))
+    if tags:
+        refs.update((ref, repo.git.ref_target(ref)) for ref in repo.git.ref_names(TAG_PREFIX))
+    if not refs:
+        raise UsageError("nothing to push: this repository has no entries on a branch yet")
+    return refs
+
+
+def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, ...] = (), *, force: bool = False,
+         tags: bool = False, area: str | None = None, accept_new_host_key: bool = False, progress: Progress = None) -> PushResult:
+    """Send branches (default: the area's branch) and with --tags every tag to a remote:
+    only the entries and blobs it lacks; each ref moves only by fast-forward unless forced."""
+    url = _remote_url(repo, remote_name)
+    started = time.monotonic()
+    local = _refs_to_push(repo, names_given, tags, area)
+    with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
+        updates = plan_updates(repo.git, local, remote.refs(), force=force)
+        updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
+        for update in updates:
+            if update.name.startswith(BRANCH_PREFIX) and update.status != REJECTED:
+                tracking = f"{REMOTE_PREFIX}{remote_name}/{_short(update.name)}"
+                repo.git.set_direct(tracking, update.new, f"push: {update.status}")
+        bytes_sent = remote.transport.bytes_sent
+    changes = [RefChange(_short(u.name), u.old, u.new, u.status, u.reason) for u in updates]
+    return PushResult(remote_name, url, changes, stats.commits, stats.blobs, stats.packs, stats.bytes, bytes_sent,
+                      round(time.monotonic() - started, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    remote: str
+    url: str
+    refs: list[RefChange]  # remote-tracking branches (origin/main) and tags that moved
+    commits: int
+    blobs: int
+    blob_bytes: int
+    bytes_received: int
+    seconds: float
+    default_branch: str | None  # the branch the remote's HEAD names
+
+
+def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key: bool = False, progress: Progress = None) -> FetchResult:
+    """Bring the remote's branches (as remote-tracking branches NAME/BRANCH) and tags, with
+    only the entries and blobs this repository lacks."""
+    url = _remote_url(repo, remote_name)
+    started = time.monotonic()
+    with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
+        remote_refs = remote.refs()
+        objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
+        stats = receive_blobs(repo.store, remote, list(roots.values()), progress)
+        for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
+            repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
+        changes = _update_tracking(repo, remote_name, remote_refs)
+        bytes_received = remote.transport.bytes_received
+        default = remote.default_branch()
+    return FetchResult(remote_name, url, changes, len(roots), stats.blobs, stats.bytes, bytes_received,
+                       round(time.monotonic() - started, 3), default)
+
+
+def _update_tracking(repo: Repository, remote_name: str, remote_refs: dict[str, str]) -> list[RefChange]:
+    changes = []
+    for ref, target in remote_refs.items():
+        if ref.startswith(BRANCH_PREFIX):
+            local_ref = f"{REMOTE_PREFIX}{remote_name}/{ref[len(BRANCH_PREFIX):]}"
+            old = repo.git.ref_target(local_ref)
+            if old != target:
+                repo.git.ensure_reflog(local_ref)
+                repo.git.set_direct(local_ref, target, f"fetch: {'new' if old is None else 'update'} from {remote_name}")
+                changes.append(RefChange(f"{remote_name}/{ref[len(BRANCH_PREFIX):]}", old, target, "new" if old is None else "updated"))
+        elif ref.startswith(TAG_PREFIX):
+            old = repo.git.ref_target(ref)
+            if old is None:
+                repo.git.set_direct(ref, target, f"fetch: tag from {remote_name}")
+                changes.append(RefChange(_short(ref), None, target, "new tag"))
+            elif old != target:
+                changes.append(RefChange(_short(ref), old, target, REJECTED, "a local tag of that name names another entry; kept"))
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    fetched: FetchResult
+    area: str
+    branch: str
+    old: str | None
+    new: str
+    status: str  # "up to date" or "fast-forward"
+    checkout: CheckoutResult | None
+
+
+def pull(repo: Repository, remote_name: str = "origin", branch: str | None = None, *, area: str | None = None,
+         accept_new_host_key: bool = False, progress: Progress = None, transfer_progress: Progress = None) -> PullResult:
+    """Fetch, then fast-forward the area's branch to the remote's and check it out into the area."""
+    config = repo.choose_area(area)
+    head = read_head(repo.git, config.name)
+    if head.branch is None:
+        raise UsageError(f"area {config.name} is detached (not on a branch): 'vml switch BRANCH' first")
+    fetched = fetch(repo, remote_name, accept_new_host_key=accept_new_host_key, progress=transfer_progress)
+    remote_branch = branch or head.branch
+    target = repo.git.ref_target(f"{REMOTE_PREFIX}{remote_name}/{remote_branch}")
+    if target is None:
+        raise UsageError(f"the remote {remote_name} has no branch {remote_branch!r}")
+    if head.entry == target or (head.entry is not None and repo.git.is_ancestor(target, head.entry)):
+        return PullResult(fetched, config.name, head.branch, head.entry, head.entry or target, UP_TO_DATE, None)
+    if head.entry is not None and not repo.git.is_ancestor(head.entry, target):
+        raise UsageError(
+            f"{head.branch} and {remote_name}/{remote_branch} have diverged (vml pulls by fast-forward only): "
+            f"look with 'vml log --all --graph', then keep one line, e.g. 'vml branch mine' and 'vml checkout {remote_name}/{remote_branch}'"
+        )
+    result = _checkout_area(repo, config, f"{remote_name}/{remote_branch}", head.branch, force=False, progress=progress,
+                            fast_forward=target)
+    return PullResult(fetched, config.name, head.branch, head.entry, target, FAST_FORWARD, result)
+
+
+@dataclass(frozen=True, slots=True)
+class CloneResult:
+    path: str
+    url: str
+    branch: str | None
+    entry: str | None
+    fetched: FetchResult
+
+
+def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool = False, progress: Progress = None) -> CloneResult:
+    """A new repository DIR/.vml with `origin` set to URL, its entries fetched and its
+    default branch made a local branch."""
+    location = parse_url(url)
+    if directory is None:
+        name = os.path.basename(location.path.rstrip("/")) or "repository"
+        for suffix in (".vml", ".git"):
+            name = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+        directory = name
+    target = os.path.abspath(directory)
+    created = not os.path.exists(target)
+    repo = Repository.init(target)
+    try:
+        url = remote_add(repo, "origin", url).url
+        fetched = fetch(repo, "origin", accept_new_host_key=accept_new_host_key, progress=progress)
+        default = fetched.default_branch
+        branches = {change.ref.split("/", 1)[1]: change.new for change in fetched.refs if change.ref.startswith("origin/")}
+        branch = default if default in branches else next(iter(sorted(branches)), None)
+        if branch is not None:
+            repo.git.set_direct(BRANCH_PREFIX + branch, branches[branch], f"clone: from {url}")
+            repo.git.set_symbolic("HEAD", BRANCH_PREFIX + branch)
+    except BaseException:
+        repo.close()
+        shutil.rmtree(target if created else os.path.join(target, ".vml"), ignore_errors=True)
+        raise
+    repo.close()
+    return CloneResult(target, url, branch, branches.get(branch) if branch else None, fetched)
+
+
+# -- bundles: export and import
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: str
+    kind: str
+    entry: str
+    ref: str | None
+    requires: list[str]
+    commits: int
+    blobs: int
+    bytes: int
+
+
+def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since: str | None = None, area: str | None = None) -> ExportResult:
+    """Write entry `spec` to one bundle file: --full (it and its history, needing nothing),
+    --incremental (what is new since its parent), --since REF (what is new since REF)."""
+    if since is not None and kind not in (FULL, SINCE):
+        raise UsageError("--since replaces --full/--incremental/--differential: give only one")
+    with repo.shared_lock():
+        entry = resolve_entry(repo, spec, area)
+        entry_info(repo, entry)  # a vml entry, not any git commit
+        ref = next((prefix + spec for prefix in (BRANCH_PREFIX, TAG_PREFIX) if repo.git.ref_target(prefix + spec) == entry), None)
+        if since is not None:
+            kind, requires = SINCE, [resolve_entry(repo, since, area)]
+            if requires[0] == entry:
+                raise UsageError(f"{spec} and {since} are the same entry: the bundle would be empty")
+        elif kind == INCREMENTAL:
+            requires = list(repo.git.commit(entry).parents)
+            if not requires:
+                raise UsageError(f"{spec} has no parent entry: export it with --full")
+        elif kind == DIFFERENTIAL:
+            raise UsageError(
+                f"entry {entry[:12]} records no base image, so there is nothing to be differential to "
+                f"(entries on a base image come with 'vml base add'); use --full, --incremental or --since REF"
+            )
+        else:
+            requires = []
+        info = write_bundle(repo.git, repo.store, output, entry=entry, ref=ref, kind=kind, requires=requires, tmp_dir=repo.store.tmp_dir)
+    return ExportResult(os.path.abspath(output), info.kind, info.entry, info.ref, info.requires, len(info.commits), info.blobs, info.bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    path: str
+    kind: str
+    entry: str
+    ref: str | None  # the branch or tag now at the entry
+    status: str  # new, fast-forward, forced, up to date
+    requires: list[str]
+    commits: int
+    blobs: int
+
+
+def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, force: bool = False) -> ImportResult:
+    """Check a bundle whole (its requirements, every hash, that its entries are complete),
+    then store it and set the branch or tag it was exported from (or --as BRANCH)."""
+    with repo.shared_lock():
+        info, store_all = read_bundle(repo.git, repo.store, path)
+        ref = BRANCH_PREFIX + as_name if as_name else info.ref
+        if ref is None:
+            raise UsageError("this bundle was exported from an entry id, not a branch or tag: name a branch with --as BRANCH")
+        if as_name:
+            check_name(repo.git, "branch", as_name)
+        current = repo.git.ref_target(ref)
+        if current == info.entry:
+            status = UP_TO_DATE
+        elif current is None:
+            status = "new"
+        elif not ref.startswith(TAG_PREFIX) and _leads_to(repo, current, info):
+            status = FAST_FORWARD
+        elif force:
+            status = "forced"
+        else:
+            what = "tag" if ref.startswith(TAG_PREFIX) else "branch"
+            raise UsageError(
+                f"{what} {_short(ref)} is at {current[:12]}, which the bundle's entry does not descend from: "
+                f"import it under another name with --as BRANCH, or replace it with --force"
+            )
+        store_all()
+        if status != UP_TO_DATE:
+            repo.git.ensure_reflog(ref)
+            repo.git.update_ref(ref, info.entry, current, f"import: {os.path.basename(path)}")
+    return ImportResult(os.path.abspath(path), info.kind, info.entry, _short(ref), status, info.requires, len(info.commits), info.blobs)
+
+
+def _leads_to(repo: Repository, current: str, info) -> bool:
+    """Whether the bundle's entry descends from `current`, judged before anything is stored:
+    `current` is one of the bundle's commits, or a required entry or one of their ancestors."""
+    if current in info.commits:
+        return True
+    return any(current == required or repo.git.is_ancestor(current, required) for required in info.requires)

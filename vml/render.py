@@ -100,6 +100,20 @@ def step_progress(title: str, *, enabled: bool) -> Iterator[Callable[[int, int],
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+@contextlib.contextmanager
+def transfer_progress(title: str, *, enabled: bool) -> Iterator[Callable[[Any], None] | None]:
+    """A bar for pushes and fetches: bytes moved of the total, rate and time left."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = [TextColumn(f"[bold]{title}[/]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(title, total=None)
+        yield lambda moved: bar.update(task, completed=moved.done, total=moved.total)
+
+
 # -- commands
 
 
@@ -378,3 +392,74 @@ def gc_result(result: api.GcResult) -> None:
     )
     if result.reflog_lines_expired or result.git_objects_removed:
         out.print(f"expired {result.reflog_lines_expired:,} reflog lines; removed {result.git_objects_removed:,} git objects")
+
+
+# -- remotes
+
+
+def remote_info(info: api.RemoteInfo) -> None:
+    out.print(f"{escape(info.name)}\t{escape(info.url)}")
+
+
+def _ref_changes(changes: list[api.RefChange], arrow: str) -> None:
+    for change in changes:
+        old = change.old[:12] if change.old else "(none)"
+        line = f" {change.status:>12}  {change.ref}  {old} {arrow} {change.new[:12]}"
+        if change.reason:
+            line += f"  ({change.reason})"
+        out.print(escape(line), style="red" if change.status == "rejected" else None)
+
+
+def push_result(result: api.PushResult) -> None:
+    out.print(escape(f"To {result.url}"))
+    _ref_changes(result.refs, "->")
+    out.print(
+        f" sent {result.commits} entries, {result.blobs:,} objects in {result.packs} packs "
+        f"({size(result.blob_bytes)} of objects, {size(result.bytes_sent)} in all) in {result.seconds:.1f} s"
+    )
+    if result.rejected:
+        warning("some refs were rejected: nothing of theirs changed on the remote")
+
+
+def fetch_result(result: api.FetchResult) -> None:
+    out.print(escape(f"From {result.url}"))
+    _ref_changes(result.refs, "->")
+    out.print(
+        f" received {result.commits} entries, {result.blobs:,} objects "
+        f"({size(result.blob_bytes)} of objects, {size(result.bytes_received)} in all) in {result.seconds:.1f} s"
+    )
+
+
+def pull_result(result: api.PullResult) -> None:
+    fetch_result(result.fetched)
+    if result.checkout is None:
+        out.print(f"area {escape(result.area)}: {escape(result.branch)} is up to date")
+        return
+    old = result.old[:12] if result.old else "(none)"
+    out.print(escape(f"area {result.area}: {result.branch} fast-forward {old} -> {result.new[:12]}"))
+    checkout_result(result.checkout)
+
+
+def clone_result(result: api.CloneResult) -> None:
+    fetch_result(result.fetched)
+    out.print(escape(f"Cloned into {result.path}/.vml"))
+    if result.branch:
+        out.print(escape(f" branch {result.branch} at {result.entry[:12]}; put it in a working area with:"))
+        out.print(escape(f"   vml area add wa --dir PATH && vml checkout {result.branch}"))
+    else:
+        out.print(" the remote has no branches yet")
+
+
+# -- bundles
+
+
+def export_result(result: api.ExportResult) -> None:
+    needs = f"; needs {', '.join(r[:12] for r in result.requires)}" if result.requires else "; needs nothing"
+    name = f" ({result.ref.split('/', 2)[2]})" if result.ref else ""
+    out.print(escape(f"wrote {result.kind} bundle of {result.entry[:12]}{name} to {result.path}"))
+    out.print(f" {result.commits} entries, {result.blobs:,} objects, {size(result.bytes)}{escape(needs)}")
+
+
+def import_result(result: api.ImportResult) -> None:
+    out.print(escape(f"imported {result.kind} bundle {result.path}: {result.commits} entries, {result.blobs:,} objects"))
+    out.print(escape(f" {result.ref}: {result.status} at {result.entry[:12]}"))

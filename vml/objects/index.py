@@ -65,7 +65,11 @@ def read_index(path: str) -> IndexFile:
     """The index file, its checksum and shape verified (its entries are decoded on demand)."""
     with open(path, "rb") as index_file:
         data = index_file.read()
-    name = os.path.basename(path)
+    return parse_index(os.path.basename(path), data)
+
+
+def parse_index(name: str, data: bytes) -> IndexFile:
+    """An index file's bytes (read from anywhere), checked as `read_index` does."""
     if len(data) < _HEADER.size + _FOOTER.size:
         raise CorruptObject(f"index {name} is truncated")
     body, (stored_sum,) = data[: -_FOOTER.size], _FOOTER.unpack(data[-_FOOTER.size :])

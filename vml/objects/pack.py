@@ -9,6 +9,7 @@ import os
 import struct
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from vml.errors import CorruptObject
 from vml.objects.hashing import StreamingId, checksum64
@@ -126,22 +127,30 @@ def read_table(path: str) -> list[PackEntry]:
     """The table of contents of a pack, checked against its checksum."""
     with open(path, "rb") as pack_file:
         size = os.fstat(pack_file.fileno()).st_size
-        if size < len(MAGIC) + _FOOTER.size:
-            raise CorruptObject(f"pack {os.path.basename(path)} is truncated ({size} bytes)")
-        pack_file.seek(size - _FOOTER.size)
-        count, table_length, table_sum, end_magic = _FOOTER.unpack(pack_file.read(_FOOTER.size))
-        if end_magic != END_MAGIC or table_length != count * _ENTRY.size:
-            raise CorruptObject(f"pack {os.path.basename(path)} has no valid trailer (truncated or damaged)")
-        table_start = size - _FOOTER.size - table_length
-        if table_start < len(MAGIC):
-            raise CorruptObject(f"pack {os.path.basename(path)} has an impossible table size")
-        pack_file.seek(table_start)
-        table = pack_file.read(table_length)
+        return parse_table(os.path.basename(path), size, lambda offset, length: os.pread(pack_file.fileno(), length, offset))
+
+
+def trailer_size() -> int:
+    return _FOOTER.size
+
+
+def parse_table(name: str, size: int, read_at: Callable[[int, int], bytes]) -> list[PackEntry]:
+    """The checked table of contents of a pack of `size` bytes whose bytes `read_at(offset,
+    length)` gives: a local file, or one on a remote."""
+    if size < len(MAGIC) + _FOOTER.size:
+        raise CorruptObject(f"pack {name} is truncated ({size} bytes)")
+    count, table_length, table_sum, end_magic = _FOOTER.unpack(read_at(size - _FOOTER.size, _FOOTER.size))
+    if end_magic != END_MAGIC or table_length != count * _ENTRY.size:
+        raise CorruptObject(f"pack {name} has no valid trailer (truncated or damaged)")
+    table_start = size - _FOOTER.size - table_length
+    if table_start < len(MAGIC):
+        raise CorruptObject(f"pack {name} has an impossible table size")
+    table = read_at(table_start, table_length)
     if checksum64(table) != table_sum:
-        raise CorruptObject(f"pack {os.path.basename(path)} has a damaged table of contents")
+        raise CorruptObject(f"pack {name} has a damaged table of contents")
     entries = []
     for raw_id, blob_type, flag, offset, length, raw_length in _ENTRY.iter_unpack(table):
         if offset < len(MAGIC) or offset + length > table_start:
-            raise CorruptObject(f"pack {os.path.basename(path)} lists a blob outside its data")
+            raise CorruptObject(f"pack {name} lists a blob outside its data")
         entries.append(PackEntry(ObjectId(raw_id), blob_type, flag, offset, length, raw_length))
     return entries

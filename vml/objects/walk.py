@@ -83,3 +83,61 @@ def walk_nodes(load: Callable[..., Listing], root_id: bytes, *, seen: set[bytes]
             if node.kind == KIND_DIR:
                 subdirs.append((path, node.tree))
         stack.extend(reversed(subdirs))
+
+
+def missing_blobs(
+    load_raw: Callable[[list[bytes]], list[bytes]], root_ids: list[bytes], known: Callable[[bytes], bool]
+) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """What a repository holding the blobs `known` says it has must receive to hold the
+    trees of `root_ids`: (listings as (id, raw bytes), every child before its parents; data chunks).
+
+    A listing the other side has is skipped with everything below it: blobs are always
+    stored children first, so a listing is never there without its subtree. Listings are
+    loaded a level at a time (`load_raw` takes a batch), so a remote costs one round of
+    requests per level of directories, not one per directory.
+    """
+    raw: dict[bytes, bytes] = {}
+    children: dict[bytes, list[bytes]] = {}
+    chunks: list[bytes] = []
+    seen: set[bytes] = set()
+    level = [(listing_id, True) for listing_id in dict.fromkeys(root_ids) if not known(listing_id)]
+    seen.update(listing_id for listing_id, _root in level)
+    while level:
+        next_level = []
+        for (listing_id, is_root), data in zip(level, load_raw([listing_id for listing_id, _root in level])):
+            raw[listing_id] = data
+            below = children[listing_id] = []
+            for node in decode_listing(data, root=is_root).nodes:
+                if node.kind == KIND_DIR:
+                    below.append(node.tree)  # (those not sent are left out by _children_first)
+                    if node.tree not in seen and not known(node.tree):
+                        seen.add(node.tree)
+                        next_level.append((node.tree, False))
+                elif node.chunks:
+                    for chunk_id in node.chunk_ids():
+                        if chunk_id not in seen and not known(chunk_id):
+                            seen.add(chunk_id)
+                            chunks.append(chunk_id)
+        level = next_level
+    return [(listing_id, raw[listing_id]) for listing_id in _children_first(children, list(raw))], chunks
+
+
+def _children_first(children: dict[bytes, list[bytes]], listing_ids: list[bytes]) -> list[bytes]:
+    """A post-order of the listings: one shared by several parents comes before all of them."""
+    order: list[bytes] = []
+    done: set[bytes] = set()
+    for start in listing_ids:
+        stack = [(start, iter(children.get(start, ())))]
+        if start in done:
+            continue
+        done.add(start)
+        while stack:
+            listing_id, pending = stack[-1]
+            child = next((c for c in pending if c not in done and c in children), None)
+            if child is None:
+                order.append(listing_id)
+                stack.pop()
+            else:
+                done.add(child)
+                stack.append((child, iter(children[child])))
+    return order

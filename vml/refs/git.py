@@ -11,9 +11,16 @@ from typing import Iterator
 
 import pygit2
 
-from vml.errors import ConcurrentUpdate, UnknownEntry, VmlError
+from vml.errors import ConcurrentUpdate, CorruptObject, UnknownEntry, VmlError
 
 ZERO = "0" * 40
+_TYPE_NAMES = {
+    pygit2.enums.ObjectType.COMMIT: "commit",
+    pygit2.enums.ObjectType.TREE: "tree",
+    pygit2.enums.ObjectType.BLOB: "blob",
+    pygit2.enums.ObjectType.TAG: "tag",
+}
+_TYPE_CODES = {name: code for code, name in _TYPE_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +180,41 @@ class GitDag:
             if isinstance(raw, pygit2.Tree):
                 stack.extend(item.id for item in raw)
         return found
+
+    def read_raw(self, object_id: str) -> tuple[str, bytes]:
+        """(type name, content) of any git object, as git hashes it: for sending it elsewhere."""
+        object_type, data = self._repo.odb.read(object_id)
+        return _TYPE_NAMES[object_type], data
+
+    def write_raw(self, type_name: str, data: bytes, expected: str) -> None:
+        """Store an object received from elsewhere; it must hash to the id it was sent as."""
+        written = str(self._repo.odb.write(_TYPE_CODES[type_name], data))
+        if written != expected:
+            raise CorruptObject(f"git object {expected[:12]} arrived damaged (it hashes to {written[:12]})")
+
+    def tree_objects(self, commit_id: str) -> list[str]:
+        """The trees and blobs of one commit, parents before what they hold."""
+        return [oid for oid in self._objects_below(self._repo[commit_id].tree_id)]
+
+    def _objects_below(self, tree_id) -> Iterator[str]:
+        yield str(tree_id)
+        for item in self._repo[tree_id]:
+            if item.type_str == "tree":
+                yield from self._objects_below(item.id)
+            else:
+                yield str(item.id)
+
+    def commits_between(self, starts: list[str], hide: list[str]) -> list[str]:
+        """Commits reachable from `starts` but not from `hide`, parents before children."""
+        if not starts:
+            return []
+        walker = self._repo.walk(pygit2.Oid(hex=starts[0]), pygit2.GIT_SORT_TOPOLOGICAL | pygit2.GIT_SORT_REVERSE)
+        for other in starts[1:]:
+            walker.push(pygit2.Oid(hex=other))
+        for hidden in hide:
+            if self.has_object(hidden):
+                walker.hide(pygit2.Oid(hex=hidden))
+        return [str(raw.id) for raw in walker]
 
     def prune_loose_objects(self, keep: set[str]) -> tuple[int, int]:
         """Delete loose objects not in `keep` (the caller holds the repository exclusively).

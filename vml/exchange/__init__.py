@@ -1,0 +1,1 @@
+"""Exchanging entries between repositories: remotes (push, fetch) and bundle files."""

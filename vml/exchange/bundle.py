@@ -1,0 +1,343 @@
+"""Bundle files: the entries and blobs of an export in one file, checked whole before import.
+
+Layout (integers little-endian):
+
+    b"VMLBNDL\\x01"
+    u32 header length, header (JSON): format, kind, entry, ref, requires, commits
+    u32 git object count, then per object: u8 type (1 commit, 2 tree, 3 blob), 20-byte id,
+        u32 length, content
+    u32 pack count, then per pack: u64 length, a vml pack (vml/objects/pack.py)
+    32-byte BLAKE3 of everything before it
+
+`requires` names the entries the receiver must already have: the bundle holds only what
+is new since them. Import reads the file twice: first to check everything (trailer hash,
+every git object's id, every blob's id, that each entry's tree is complete given the
+required entries), then to store it. A damaged or hostile bundle is rejected before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from vml.errors import CorruptObject, UsageError
+from vml.exchange.fetch import parse_commit, parse_tree
+from vml.exchange.push import manifest_of
+from vml.entry import ENTRY_FILE, EntryInfo
+from vml.objects import compress as compression
+from vml.objects.hashing import StreamingId, object_id
+from vml.objects.ids import ObjectId
+from vml.objects.pack import TARGET_SIZE, TYPE_TREE, PackEntry, PackWriter, fsync_dir, parse_table
+from vml.objects.store import BLOB_TYPE, FLAG, RAW_LENGTH, ChunkStore
+from vml.objects.walk import missing_blobs
+from vml.refs.git import GitDag
+
+MAGIC = b"VMLBNDL\x01"
+FORMAT = 1
+FULL, INCREMENTAL, DIFFERENTIAL, SINCE = "full", "incremental", "differential", "since"
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_OBJECT = struct.Struct("<B20sI")
+_TYPES = {"commit": 1, "tree": 2, "blob": 3}
+_TYPE_NAMES = {code: name for name, code in _TYPES.items()}
+TRAILER = 32
+MAX_HEADER = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BundleInfo:
+    kind: str
+    entry: str
+    ref: str | None
+    requires: list[str]
+    commits: list[str]
+    blobs: int
+    bytes: int  # the bundle file's size
+
+
+# -- export
+
+
+def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
+    """Every listing and chunk id of the given trees."""
+    listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], roots, lambda _blob_id: False)
+    return {listing_id for listing_id, _data in listings} | set(chunks)
+
+
+def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: str | None, kind: str,
+                 requires: list[str], tmp_dir: str) -> BundleInfo:
+    """Write a bundle of `entry` holding every commit not reachable from `requires` and every
+    blob their trees need that the trees of `requires` lack. Atomic: FILE is whole or absent."""
+    commits = git.commits_between([entry], requires)
+    have = blobs_of(store, [manifest_of(git, c) for c in requires])
+    listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], [manifest_of(git, c) for c in commits], have.__contains__)
+    header = {"format": FORMAT, "kind": kind, "entry": entry, "ref": ref, "requires": requires, "commits": commits}
+    target = os.path.abspath(path)
+    temp = f"{target}.{uuid.uuid4().hex}.tmp"
+    staging = tempfile.mkdtemp(prefix="bundle-", dir=tmp_dir)
+    try:
+        with open(temp, "xb") as sink:
+            hasher = StreamingId()
+
+            def emit(data: bytes) -> None:
+                sink.write(data)
+                hasher.update(data)
+
+            encoded = json.dumps(header, sort_keys=True).encode()
+            emit(MAGIC + _U32.pack(len(encoded)) + encoded)
+            git_objects = [o for c in commits for o in git.tree_objects(c) + [c]]
+            emit(_U32.pack(len(git_objects)))
+            for object_hex in git_objects:
+                type_name, content = git.read_raw(object_hex)
+                emit(_OBJECT.pack(_TYPES[type_name], bytes.fromhex(object_hex), len(content)) + content)
+            packs = _write_packs(store, chunks + [listing_id for listing_id, _data in listings], staging)
+            emit(_U32.pack(len(packs)))
+            for pack_path in packs:
+                emit(_U64.pack(os.path.getsize(pack_path)))
+                with open(pack_path, "rb") as pack_file:
+                    for piece in iter(lambda: pack_file.read(1024 * 1024), b""):
+                        emit(piece)
+            sink.write(hasher.digest())
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.rename(temp, target)
+        fsync_dir(os.path.dirname(target))
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target))
+
+
+def _write_packs(store: ChunkStore, blob_ids: list[bytes], staging: str) -> list[str]:
+    """Blobs copied as stored (each verified), children before parents, in packs of ~16 MiB."""
+    paths: list[str] = []
+    writer = PackWriter(staging)
+
+    def finish(writer: PackWriter) -> None:
+        pack_id = writer.finish(staging)
+        paths.append(os.path.join(staging, pack_id.hex()[:2], pack_id.hex() + ".pack"))
+
+    for blob_id in blob_ids:
+        location = store.location(blob_id)
+        payload = store.read_payload(blob_id, location)
+        store.decode_payload(blob_id, location, payload)
+        writer.add(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], payload, location[RAW_LENGTH])
+        if writer.size >= TARGET_SIZE:
+            finish(writer)
+            writer = PackWriter(staging)
+    if writer.entries:
+        finish(writer)
+    else:
+        writer.abandon()
+    return paths
+
+
+# -- import
+
+
+@dataclass(frozen=True, slots=True)
+class _Contents:
+    header: dict
+    git_objects: list[tuple[str, str, bytes]]  # (id, type name, content)
+    packs: list[tuple[int, int]]  # (offset in the file, length)
+    size: int
+
+
+class _Reader:
+    def __init__(self, bundle_file, size: int):
+        self.file = bundle_file
+        self.size = size
+        self.position = 0
+
+    def take(self, length: int) -> bytes:
+        if length < 0 or self.position + length > self.size - TRAILER:
+            raise CorruptObject("the bundle is truncated or its lengths are damaged")
+        data = self.file.read(length)
+        if len(data) != length:
+            raise CorruptObject("the bundle is truncated")
+        self.position += length
+        return data
+
+    def u32(self) -> int:
+        return _U32.unpack(self.take(4))[0]
+
+
+def _check_trailer(bundle_file, size: int) -> None:
+    if size < len(MAGIC) + TRAILER:
+        raise CorruptObject("the file is too short to be a vml bundle")
+    hasher = StreamingId()
+    remaining = size - TRAILER
+    bundle_file.seek(0)
+    while remaining:
+        piece = bundle_file.read(min(remaining, 4 * 1024 * 1024))
+        if not piece:
+            raise CorruptObject("the bundle is truncated")
+        hasher.update(piece)
+        remaining -= len(piece)
+    if bundle_file.read(TRAILER) != hasher.digest():
+        raise CorruptObject("the bundle is damaged (its checksum does not match)")
+
+
+def _parse(bundle_file, size: int) -> _Contents:
+    bundle_file.seek(0)
+    reader = _Reader(bundle_file, size)
+    if reader.take(len(MAGIC)) != MAGIC:
+        raise CorruptObject("not a vml bundle (bad magic)")
+    header_length = reader.u32()
+    if header_length > MAX_HEADER:
+        raise CorruptObject("the bundle header is impossibly large")
+    try:
+        header = json.loads(reader.take(header_length))
+        if header.get("format") != FORMAT:
+            raise ValueError(f"unknown bundle format {header.get('format')!r}")
+        for key in ("requires", "commits"):
+            if not isinstance(header.get(key), list) or not all(_is_hex_id(c) for c in header[key]):
+                raise ValueError(f"bad {key!r}")
+        if not _is_hex_id(header.get("entry")) or header.get("ref") is not None and not isinstance(header["ref"], str):
+            raise ValueError("bad entry or ref")
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise CorruptObject(f"the bundle header is damaged: {error}") from None
+    git_objects = []
+    for _ in range(reader.u32()):
+        type_code, raw_id, length = _OBJECT.unpack(reader.take(_OBJECT.size))
+        if type_code not in _TYPE_NAMES:
+            raise CorruptObject("the bundle holds an unknown kind of git object")
+        content = reader.take(length)
+        type_name = _TYPE_NAMES[type_code]
+        object_hex = raw_id.hex()
+        if hashlib.sha1(f"{type_name} {length}".encode() + b"\0" + content).hexdigest() != object_hex:
+            raise CorruptObject(f"git object {object_hex[:12]} in the bundle is damaged (hash mismatch)")
+        git_objects.append((object_hex, type_name, content))
+    packs = []
+    for _ in range(reader.u32()):
+        length = _U64.unpack(reader.take(8))[0]
+        packs.append((reader.position, length))
+        if reader.position + length > size - TRAILER:
+            raise CorruptObject("the bundle is truncated (a pack runs past its end)")
+        bundle_file.seek(length, os.SEEK_CUR)
+        reader.position += length
+    if reader.position != size - TRAILER:
+        raise CorruptObject("the bundle has bytes it does not describe")
+    return _Contents(header, git_objects, packs, size)
+
+
+def _is_hex_id(value) -> bool:
+    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+
+
+def _blobs(bundle_file, contents: _Contents) -> Iterator[tuple[PackEntry, bytes, bytes]]:
+    """(table entry, stored payload, raw bytes) of every blob, each verified against its id."""
+    for start, length in contents.packs:
+        bundle_file.seek(start)
+        data = bundle_file.read(length)
+        entries = parse_table("in the bundle", length, lambda offset, size: data[offset : offset + size])
+        for e in entries:
+            payload = data[e.offset : e.offset + e.length]
+            try:
+                raw = compression.decompress(e.flag, payload, e.raw_length)
+            except CorruptObject:
+                raw = b""
+            if len(raw) != e.raw_length or object_id(raw) != e.id:
+                raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)")
+            yield e, payload, raw
+
+
+def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, Callable[[], None]]:
+    """Check a bundle whole; return what it holds and a function that stores it.
+    Nothing is written until that function is called."""
+    try:
+        bundle_file = open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"no such bundle: {path}") from None
+    with bundle_file:
+        size = os.fstat(bundle_file.fileno()).st_size
+        _check_trailer(bundle_file, size)
+        contents = _parse(bundle_file, size)
+        header = contents.header
+        missing = [c for c in header["requires"] if not git.has_object(c)]
+        if missing:
+            raise UsageError(
+                f"this bundle needs entries this repository lacks: {', '.join(c[:12] for c in missing)} "
+                f"(fetch or import them first, or export with --full)"
+            )
+        objects = {object_hex: (type_name, content) for object_hex, type_name, content in contents.git_objects}
+        roots = _check_commits(git, header, objects)
+        in_bundle: set[bytes] = set()
+        raw_listings: dict[bytes, bytes] = {}
+        for e, _payload, raw in _blobs(bundle_file, contents):
+            in_bundle.add(e.id)
+            if e.blob_type == TYPE_TREE:
+                raw_listings[e.id] = raw
+
+        def load_raw(blob_ids: list[bytes]) -> list[bytes]:
+            return [raw_listings[b] if b in raw_listings else store.get(b) for b in blob_ids]
+
+        try:
+            listings, chunks = missing_blobs(load_raw, roots, store.__contains__)
+        except CorruptObject as error:
+            raise CorruptObject(f"the bundle is incomplete or damaged: {error}") from None
+        absent = [b for b in chunks + [listing_id for listing_id, _data in listings] if b not in in_bundle]
+        if absent:
+            raise CorruptObject(f"the bundle is incomplete: it lacks {len(absent)} objects its entries need (first {absent[0].hex()[:16]})")
+        order = chunks + [listing_id for listing_id, _data in listings]
+    info = BundleInfo(header["kind"], header["entry"], header["ref"], header["requires"], header["commits"], len(in_bundle), size)
+
+    def store_all() -> None:
+        with open(path, "rb") as again:
+            if os.fstat(again.fileno()).st_size != size:
+                raise CorruptObject("the bundle changed while it was imported; nothing was recorded")
+            wanted = set(order)
+            try:
+                for e, payload, _raw in _blobs(again, contents):  # verified again: the file is read anew
+                    if e.id in wanted:
+                        store.add(e.id, e.blob_type, e.flag, payload, e.raw_length)
+                store.flush()
+            except BaseException:
+                store.abandon()
+                raise
+        for object_hex in _parents_first(contents.git_objects):
+            type_name, content = objects[object_hex]
+            git.write_raw(type_name, content, object_hex)
+
+    return info, store_all
+
+
+def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, bytes]]) -> list[ObjectId]:
+    """Every commit listed is in the bundle with its tree and entry file, and its parents are
+    in the bundle or in this repository; returns their manifest roots."""
+    roots = []
+    listed = set(header["commits"])
+    if header["entry"] not in listed and not git.has_object(header["entry"]):
+        raise CorruptObject("the bundle does not hold the entry it names")
+    for commit_id in header["commits"]:
+        if objects.get(commit_id, ("", b""))[0] != "commit":
+            raise CorruptObject(f"the bundle lists entry {commit_id[:12]} but does not hold it")
+        tree_id, parents = parse_commit(objects[commit_id][1])
+        for parent in parents:
+            if parent not in listed and not git.has_object(parent):
+                raise UsageError(f"this bundle needs entry {parent[:12]}, which this repository lacks")
+        tree = objects.get(tree_id) or (git.read_raw(tree_id) if git.has_object(tree_id) else None)
+        if tree is None or tree[0] != "tree":
+            raise CorruptObject(f"the bundle lacks the tree of entry {commit_id[:12]}")
+        entry_file = next((item for is_tree, name, item in parse_tree(tree[1]) if not is_tree and name == ENTRY_FILE), None)
+        data = objects.get(entry_file) or (git.read_raw(entry_file) if entry_file and git.has_object(entry_file) else None)
+        if data is None:
+            raise CorruptObject(f"entry {commit_id[:12]} in the bundle has no {ENTRY_FILE}")
+        roots.append(ObjectId.parse(EntryInfo.from_toml(data[1]).manifest))
+    return roots
+
+
+def _parents_first(git_objects: list[tuple[str, str, bytes]]) -> list[str]:
+    """Trees and blobs first, then commits in the order written (export lists parents first)."""
+    return [o[0] for o in git_objects if o[1] != "commit"] + [o[0] for o in git_objects if o[1] == "commit"]

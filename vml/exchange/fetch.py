@@ -1,0 +1,194 @@
+"""Receiving entries from a remote: find the commits this repository lacks, then the blobs
+it lacks, and store them in the order that keeps it valid at every step: blobs (verified),
+git objects, refs. Nothing is written before it has been checked against its id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from vml.entry import ENTRY_FILE, EntryInfo
+from vml.errors import CorruptObject
+from vml.exchange.push import TransferProgress
+from vml.exchange.remote import RemoteBlob, RemoteRepository
+from vml.objects import compress as compression
+from vml.objects.hashing import object_id
+from vml.objects.ids import ObjectId
+from vml.objects.pack import TYPE_TREE
+from vml.objects.store import ChunkStore
+from vml.objects.walk import missing_blobs
+from vml.refs.git import GitDag
+
+READ_BATCH = 8 * 1024 * 1024  # bytes of blobs asked for in one round of requests
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveStats:
+    commits: int
+    blobs: int
+    bytes: int  # stored (compressed) bytes of the blobs received
+
+
+@dataclass(frozen=True, slots=True)
+class GitObject:
+    id: str
+    type_name: str
+    content: bytes
+
+
+def parse_commit(content: bytes) -> tuple[str, list[str]]:
+    """(tree id, parent ids) from a commit's header lines."""
+    tree, parents = None, []
+    for line in content.split(b"\n\n", 1)[0].split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if key == b"tree":
+            tree = value.decode("ascii")
+        elif key == b"parent":
+            parents.append(value.decode("ascii"))
+    if tree is None:
+        raise CorruptObject("a received commit names no tree")
+    return tree, parents
+
+
+def parse_tree(content: bytes) -> list[tuple[bool, str, str]]:
+    """(is a tree, name, id) of each item of a git tree object."""
+    items, position = [], 0
+    while position < len(content):
+        space = content.index(b" ", position)
+        nul = content.index(b"\0", space)
+        mode = content[position:space]
+        raw_id = content[nul + 1 : nul + 21]
+        if len(raw_id) != 20:
+            raise CorruptObject("a received git tree is truncated")
+        items.append((mode == b"40000", content[space + 1 : nul].decode("utf-8", "replace"), raw_id.hex()))
+        position = nul + 21
+    return items
+
+
+def read_history(git: GitDag, remote: RemoteRepository, tips: list[str]) -> tuple[list[GitObject], dict[str, ObjectId]]:
+    """The git objects of every commit reachable from `tips` that this repository lacks
+    (older commits first, each after its trees), and the manifest root of each new commit."""
+    objects: list[GitObject] = []
+    roots: dict[str, ObjectId] = {}
+    order: list[str] = []
+    commits: dict[str, GitObject] = {}
+    stack = [tip for tip in tips if not git.has_object(tip)]
+    while stack:
+        commit_id = stack.pop()
+        if commit_id in commits or git.has_object(commit_id):
+            continue
+        type_name, content = remote.read_object(commit_id)
+        if type_name != "commit":
+            raise CorruptObject(f"{commit_id[:12]} on {remote.location} is a {type_name}, not an entry")
+        commits[commit_id] = GitObject(commit_id, type_name, content)
+        order.append(commit_id)
+        stack.extend(parse_commit(content)[1])
+    for commit_id in reversed(order):
+        tree_objects = _tree_objects(remote, parse_commit(commits[commit_id].content)[0])
+        top = parse_tree(tree_objects[0].content) if tree_objects[0].type_name == "tree" else []
+        entry_file = next((item_id for is_tree, name, item_id in top if not is_tree and name == ENTRY_FILE), None)
+        contents = {o.id: o.content for o in tree_objects}
+        if entry_file not in contents:
+            raise CorruptObject(f"{commit_id[:12]} on {remote.location} is not a vml entry (no {ENTRY_FILE})")
+        roots[commit_id] = ObjectId.parse(EntryInfo.from_toml(contents[entry_file]).manifest)
+        objects.extend(tree_objects)
+    # Children before parents in `order`; objects go in with parents first.
+    objects.extend(commits[c] for c in _parents_first(commits, order))
+    return objects, roots
+
+
+def _parents_first(commits: dict[str, GitObject], order: list[str]) -> list[str]:
+    placed: set[str] = set()
+    result: list[str] = []
+    for start in reversed(order):
+        stack = [start]
+        while stack:
+            commit_id = stack[-1]
+            if commit_id in placed:
+                stack.pop()
+                continue
+            waiting = [p for p in parse_commit(commits[commit_id].content)[1] if p in commits and p not in placed]
+            if waiting:
+                stack.extend(waiting)
+            else:
+                placed.add(commit_id)
+                result.append(commit_id)
+                stack.pop()
+    return result
+
+
+def _tree_objects(remote: RemoteRepository, tree_id: str) -> list[GitObject]:
+    """A tree and everything in it, the top tree first (a few small objects per entry)."""
+    found, stack, seen = [], [tree_id], set()
+    while stack:
+        object_id_hex = stack.pop()
+        if object_id_hex in seen:
+            continue
+        seen.add(object_id_hex)
+        type_name, content = remote.read_object(object_id_hex)
+        found.append(GitObject(object_id_hex, type_name, content))
+        if type_name == "tree":
+            stack.extend(item_id for _is_tree, _name, item_id in parse_tree(content))
+    return found
+
+
+def verified(blob_id: bytes, where: RemoteBlob, payload: bytes) -> bytes:
+    """The raw bytes of a received blob; CorruptObject unless they hash to its id."""
+    try:
+        data = compression.decompress(where.flag, payload, where.raw_length)
+    except CorruptObject:
+        data = b""
+    if len(data) != where.raw_length or object_id(data) != blob_id:
+        raise CorruptObject(f"object {blob_id.hex()[:16]} arrived damaged (hash mismatch); nothing was recorded")
+    return data
+
+
+def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[ObjectId],
+                  progress: Callable[[TransferProgress], None] | None = None) -> ReceiveStats:
+    """Fetch every blob of `roots` the local store lacks; data chunks first, in the remote's
+    pack order with reads grouped, then listings children first; flush once at the end."""
+    where = remote.blobs()
+
+    def locate(blob_id: bytes) -> RemoteBlob:
+        found = where.get(blob_id)
+        if found is None:
+            raise CorruptObject(f"{remote.location} lacks object {blob_id.hex()[:16]} (run 'vml fsck' there)")
+        return found
+
+    def load_raw(blob_ids: list[bytes]) -> list[bytes]:
+        wanted = [(blob_id, locate(blob_id)) for blob_id in blob_ids]
+        return [verified(blob_id, found, payload) for (blob_id, found), payload in zip(wanted, remote.read_blobs(wanted))]
+
+    listings, chunks = missing_blobs(load_raw, roots, store.__contains__)
+    located = sorted(((chunk_id, locate(chunk_id)) for chunk_id in chunks), key=lambda item: (item[1].pack, item[1].offset))
+    total = sum(found.length for _chunk_id, found in located)
+    done = 0
+    try:
+        for batch in _batches(located):
+            for (chunk_id, found), payload in zip(batch, remote.read_blobs(batch)):
+                verified(chunk_id, found, payload)
+                store.add(ObjectId(chunk_id), found.blob_type, found.flag, payload, found.raw_length)
+                done += found.length
+            if progress is not None:
+                progress(TransferProgress(done, total))
+        for listing_id, data in listings:
+            if store.put(data, TYPE_TREE) != listing_id:
+                raise CorruptObject(f"listing {listing_id.hex()[:16]} changed while being fetched")
+        store.flush()
+    except BaseException:
+        store.abandon()
+        raise
+    return ReceiveStats(0, len(chunks) + len(listings), total)
+
+
+def _batches(located: list[tuple[bytes, RemoteBlob]]) -> Iterator[list[tuple[bytes, RemoteBlob]]]:
+    batch: list[tuple[bytes, RemoteBlob]] = []
+    size = 0
+    for item in located:
+        if batch and size + item[1].length > READ_BATCH:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item[1].length
+    if batch:
+        yield batch

@@ -1,0 +1,151 @@
+"""Sending entries to a remote: plan the ref updates, then send what the remote lacks in the
+order that keeps it valid at every step: blob packs, their index, git objects, refs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from vml.entry import ENTRY_FILE, EntryInfo
+from vml.errors import ConcurrentUpdate, UnknownEntry
+from vml.exchange.remote import RemoteRepository
+from vml.objects.ids import ObjectId
+from vml.objects.pack import TARGET_SIZE, PackEntry, PackWriter
+from vml.objects.store import LENGTH, BLOB_TYPE, FLAG, RAW_LENGTH, ChunkStore
+from vml.objects.walk import missing_blobs
+from vml.refs.git import GitDag
+
+UP_TO_DATE, NEW, FAST_FORWARD, FORCED, REJECTED = "up to date", "new", "fast-forward", "forced", "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class RefUpdate:
+    name: str  # the full ref name, the same on both sides: refs/heads/main, refs/tags/v1
+    old: str | None  # where the remote has it, None if absent
+    new: str
+    status: str
+    reason: str = ""
+
+    @property
+    def moves(self) -> bool:
+        return self.status in (NEW, FAST_FORWARD, FORCED)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """What a transfer has moved so far, for progress bars."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendStats:
+    commits: int
+    blobs: int
+    packs: int
+    bytes: int  # stored (compressed) bytes of the blobs sent
+
+
+def plan_updates(git: GitDag, local: dict[str, str], remote: dict[str, str], *, force: bool) -> list[RefUpdate]:
+    """How each ref would move on the remote: fast-forward only unless forced; a tag that
+    exists there with another entry is never moved without force."""
+    updates = []
+    for name, new in sorted(local.items()):
+        old = remote.get(name)
+        if old == new:
+            updates.append(RefUpdate(name, old, new, UP_TO_DATE))
+        elif old is None:
+            updates.append(RefUpdate(name, old, new, NEW))
+        elif force:
+            updates.append(RefUpdate(name, old, new, FORCED))
+        elif name.startswith("refs/tags/"):
+            updates.append(RefUpdate(name, old, new, REJECTED, "the remote has this tag on another entry (--force replaces it)"))
+        elif git.has_object(old) and git.is_ancestor(old, new):
+            updates.append(RefUpdate(name, old, new, FAST_FORWARD))
+        else:
+            updates.append(RefUpdate(name, old, new, REJECTED, "non-fast-forward: the remote has entries you do not; fetch them first (or --force)"))
+    return updates
+
+
+def manifest_of(git: GitDag, commit_id: str) -> ObjectId:
+    data = git.read_file(commit_id, ENTRY_FILE)
+    if data is None:
+        raise UnknownEntry(f"{commit_id[:12]} is a git commit but not a vml entry (no {ENTRY_FILE})")
+    return ObjectId.parse(EntryInfo.from_toml(data).manifest)
+
+
+def send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list[RefUpdate], tmp_dir: str,
+         progress: Callable[[TransferProgress], None] | None = None) -> tuple[list[RefUpdate], SendStats]:
+    """Send the objects the moving refs need, then move the refs (compare-and-swap each).
+    Returns the updates as they ended (a ref another push moved meanwhile is rejected)."""
+    moving = [u for u in updates if u.moves]
+    remote_tips = [u.old for u in updates if u.old]
+    commits = [c for c in git.commits_between([u.new for u in moving], remote_tips) if not remote.has_object(c)]
+    known = remote.blobs()
+
+    def load_raw(blob_ids: list[bytes]) -> list[bytes]:
+        return [store.get(blob_id) for blob_id in blob_ids]
+
+    listings, chunks = missing_blobs(load_raw, [manifest_of(git, c) for c in commits], known.__contains__)
+    blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
+    packs, sent_bytes = send_blobs(store, remote, blob_ids, tmp_dir, progress)
+    for commit_id in commits:  # parents first; each commit after the trees it names
+        for object_id in git.tree_objects(commit_id) + [commit_id]:
+            if not remote.has_object(object_id):
+                remote.write_object(object_id, *git.read_raw(object_id))
+    finished = []
+    for update in updates:
+        if update.moves:
+            try:
+                remote.update_ref(update.name, update.new, update.old)
+            except ConcurrentUpdate as error:
+                update = RefUpdate(update.name, update.old, update.new, REJECTED, f"{error}; fetch and try again")
+        finished.append(update)
+    return finished, SendStats(len(commits), len(blob_ids), packs, sent_bytes)
+
+
+def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes], tmp_dir: str,
+               progress: Callable[[TransferProgress], None] | None) -> tuple[int, int]:
+    """Copy blobs as stored (no recompression, each verified) into packs of ~16 MiB, upload
+    each pack whole, then one index naming them all. In the order given, so a cut-off push
+    leaves the remote with every listing's subtree below it."""
+    if not blob_ids:
+        return 0, 0
+    locations = [store.location(blob_id) for blob_id in blob_ids]
+    total = sum(location[LENGTH] for location in locations)
+    done = 0
+    uploaded: dict[ObjectId, list[PackEntry]] = {}
+    staging = tempfile.mkdtemp(prefix="push-", dir=tmp_dir)
+    try:
+        writer = PackWriter(staging)
+
+        def upload(writer: PackWriter) -> None:
+            nonlocal done
+            pack_id = writer.finish(staging)
+            path = os.path.join(staging, pack_id.hex()[:2], pack_id.hex() + ".pack")
+            remote.put_pack(pack_id, path, writer.entries)
+            os.unlink(path)
+            uploaded[pack_id] = writer.entries
+            done += sum(e.length for e in writer.entries)
+            if progress is not None:
+                progress(TransferProgress(done, total))
+
+        for blob_id, location in zip(blob_ids, locations):
+            payload = store.read_payload(blob_id, location)
+            store.decode_payload(blob_id, location, payload)  # never send bad bytes
+            writer.add(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], payload, location[RAW_LENGTH])
+            if writer.size >= TARGET_SIZE:
+                upload(writer)
+                writer = PackWriter(staging)
+        if writer.entries:
+            upload(writer)
+        else:
+            writer.abandon()
+        remote.put_index(uploaded)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return len(uploaded), total

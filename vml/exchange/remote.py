@@ -1,0 +1,209 @@
+"""Another vml repository seen through a transport: its refs, git objects and blobs.
+
+The remote's files have the layout of any repository (vml/repo.py), so a repository that
+was pushed to is also one that vml opens directly. Git objects travel as loose objects
+(entries hold three or four small ones each); blobs travel in packs, never one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from dataclasses import dataclass
+
+from vml.errors import ConcurrentUpdate, CorruptObject, UsageError
+from vml.objects.index import encode_index, parse_index
+from vml.objects.hashing import object_id
+from vml.objects.ids import ObjectId
+from vml.objects.pack import PackEntry, parse_table
+from vml.repo import FORMAT_LINE
+from vml.transport.base import MissingFile, Transport, TransportError
+
+STORE = "vml/store"
+LOCK_WAIT = 10.0  # seconds a push waits for another push's ref lock before giving up
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteBlob:
+    pack: ObjectId
+    offset: int
+    length: int
+    raw_length: int
+    blob_type: int
+    flag: int
+
+
+def pack_file(pack_id: ObjectId) -> str:
+    hex_id = pack_id.hex()
+    return f"{STORE}/packs/{hex_id[:2]}/{hex_id}.pack"
+
+
+class RemoteRepository:
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        try:
+            format_line = transport.read("vml/format").decode("utf-8", "replace")
+        except MissingFile:
+            raise UsageError(f"{transport.location} is not a vml repository (make one with 'vml init --bare')") from None
+        if format_line != FORMAT_LINE:
+            raise UsageError(f"{transport.location} has an unsupported vml format ({format_line.strip()!r})")
+        self._blobs: dict[bytes, RemoteBlob] | None = None
+
+    @property
+    def location(self) -> str:
+        return str(self.transport.location)
+
+    # -- refs
+
+    def refs(self) -> dict[str, str]:
+        """Branches and tags: name -> commit id (loose refs win over packed-refs, as in git)."""
+        found = {}
+        try:
+            packed = self.transport.read("packed-refs").decode()
+        except MissingFile:
+            packed = ""
+        for line in packed.splitlines():
+            if line and line[0] not in "#^" and " " in line:
+                commit_id, name = line.split(" ", 1)
+                found[name] = commit_id
+        for prefix in ("refs/heads", "refs/tags"):
+            for path in self.transport.list_tree(prefix):
+                if not path.endswith(".lock"):
+                    found[path] = self._read_ref(path)
+        return {name: target for name, target in sorted(found.items()) if target}
+
+    def _read_ref(self, path: str) -> str | None:
+        try:
+            value = self.transport.read(path).decode().strip()
+        except MissingFile:
+            return None
+        if len(value) == 40 and all(c in "0123456789abcdef" for c in value):
+            return value
+        return None  # symbolic refs are not exchanged
+
+    def default_branch(self) -> str | None:
+        try:
+            head = self.transport.read("HEAD").decode().strip()
+        except MissingFile:
+            return None
+        return head[len("ref: refs/heads/") :] if head.startswith("ref: refs/heads/") else None
+
+    def update_ref(self, name: str, new: str, expected: str | None) -> None:
+        """Compare-and-swap under git's lock-file protocol: create NAME.lock exclusively,
+        check the ref still holds `expected`, rename the lock over the ref."""
+        lock = name + ".lock"
+        deadline = time.monotonic() + LOCK_WAIT
+        while not self.transport.create_exclusive(lock, (new + "\n").encode()):
+            if time.monotonic() > deadline:
+                raise ConcurrentUpdate(
+                    f"{name} on {self.location} is locked by another push (or a stale {lock} left by a crash: remove it if no push runs)"
+                )
+            time.sleep(0.1)
+        try:
+            current = self.refs().get(name)
+            if current != expected:
+                raise ConcurrentUpdate(f"{name} on {self.location} moved to {current and current[:12]} meanwhile")
+            self.transport.rename(lock, name)
+        except BaseException:
+            self.transport.remove(lock)
+            raise
+
+    # -- git objects
+
+    @staticmethod
+    def _object_path(object_id: str) -> str:
+        return f"objects/{object_id[:2]}/{object_id[2:]}"
+
+    def has_object(self, object_id: str) -> bool:
+        return self.transport.exists(self._object_path(object_id))
+
+    def read_object(self, object_id: str) -> tuple[str, bytes]:
+        """(type name, content) of a loose git object, checked against its id."""
+        try:
+            stored = self.transport.read(self._object_path(object_id))
+        except MissingFile:
+            raise TransportError(
+                f"{self.location} lacks git object {object_id[:12]} (only loose git objects are read over a transport; "
+                f"was the remote repacked by git gc?)"
+            ) from None
+        try:
+            raw = zlib.decompress(stored)
+        except zlib.error:
+            raise CorruptObject(f"git object {object_id[:12]} on {self.location} is damaged") from None
+        if hashlib.sha1(raw).hexdigest() != object_id:
+            raise CorruptObject(f"git object {object_id[:12]} on {self.location} is damaged (hash mismatch)")
+        header, _, content = raw.partition(b"\0")
+        type_name, _, length = header.decode("ascii", "replace").partition(" ")
+        if type_name not in ("commit", "tree", "blob", "tag") or length != str(len(content)):
+            raise CorruptObject(f"git object {object_id[:12]} on {self.location} has a bad header")
+        return type_name, content
+
+    def write_object(self, object_id: str, type_name: str, content: bytes) -> None:
+        raw = f"{type_name} {len(content)}".encode() + b"\0" + content
+        if hashlib.sha1(raw).hexdigest() != object_id:
+            raise CorruptObject(f"git object {object_id[:12]} does not hash to its id")
+        self.transport.write(self._object_path(object_id), zlib.compress(raw, 1))
+
+    # -- blobs
+
+    def blobs(self) -> dict[bytes, RemoteBlob]:
+        """Every blob the remote holds and where: its index files, then the tables of packs
+        that no index names yet (a push cut off before its index)."""
+        if self._blobs is not None:
+            return self._blobs
+        blobs: dict[bytes, RemoteBlob] = {}
+        indexed = set()
+        for name in self.transport.list(f"{STORE}/index"):
+            if not name.endswith(".idx"):
+                continue
+            index = parse_index(name, self.transport.read(f"{STORE}/index/{name}"))
+            indexed.update(index.pack_ids)
+            for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records():
+                blobs[raw_id] = RemoteBlob(index.pack_ids[pack_no], offset, length, raw_length, blob_type, flag)
+        for fan in self.transport.list(f"{STORE}/packs"):
+            for name in self.transport.list(f"{STORE}/packs/{fan}"):
+                if not (name.endswith(".pack") and len(name) == 69):
+                    continue
+                pack_id = ObjectId(bytes.fromhex(name[:64]))
+                if pack_id in indexed:
+                    continue
+                try:
+                    entries = self.pack_table(pack_id)
+                except CorruptObject:
+                    continue  # a damaged pack holds nothing we can count on: resend its blobs
+                for e in entries:
+                    blobs[e.id] = RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
+        self._blobs = blobs
+        return blobs
+
+    def pack_table(self, pack_id: ObjectId) -> list[PackEntry]:
+        path = pack_file(pack_id)
+        size = self.transport.size(path)
+        return parse_table(pack_id.hex(), size, lambda offset, length: self.transport.read_ranges(path, [(offset, length)])[0])
+
+    def put_pack(self, pack_id: ObjectId, local_path: str, entries: list[PackEntry], progress=None) -> None:
+        self.transport.write_from(pack_file(pack_id), local_path, progress)
+        if self._blobs is not None:
+            for e in entries:
+                self._blobs[e.id] = RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
+
+    def put_index(self, packs: dict[ObjectId, list[PackEntry]]) -> None:
+        data = encode_index(packs)
+        self.transport.write(f"{STORE}/index/{object_id(data).hex()}.idx", data)
+
+    def read_blobs(self, wanted: list[tuple[bytes, RemoteBlob]]) -> list[bytes]:
+        """The stored (compressed) payloads of blobs, one request round per pack."""
+        by_pack: dict[ObjectId, list[int]] = {}
+        for position, (_blob_id, where) in enumerate(wanted):
+            by_pack.setdefault(where.pack, []).append(position)
+        payloads: list[bytes] = [b""] * len(wanted)
+        for pack_id, positions in by_pack.items():
+            ranges = [(wanted[p][1].offset, wanted[p][1].length) for p in positions]
+            for position, payload in zip(positions, self.transport.read_ranges(pack_file(pack_id), ranges)):
+                payloads[position] = payload
+        return payloads
+
+    def close(self) -> None:
+        self.transport.close()
+

@@ -1,0 +1,1 @@
+"""Transports: how vml reaches the files of another repository (a local path, SFTP over SSH)."""

@@ -1,0 +1,121 @@
+"""The one protocol every transport implements, and the choice of transport for a URL.
+
+A transport sees a repository as files under a root, named by relative '/'-paths. push and
+fetch (vml/exchange) speak only this protocol, so an HTTP server or object storage can be
+added as one more implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+from typing import Protocol
+
+from vml.errors import UsageError, VmlError
+
+
+class TransportError(VmlError):
+    """The other side could not be reached or answered wrongly; nothing was lost."""
+
+
+class MissingFile(TransportError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A parsed remote URL: scheme 'file' (a path) or 'ssh' (user, host, port, path)."""
+
+    scheme: str
+    path: str
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return self.path
+        who = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{who}{self.host}{port}{self.path}"
+
+
+def parse_url(url: str) -> Location:
+    """A local path, file:///path, or ssh://[user@]host[:port]/path."""
+    if "://" not in url:
+        return Location("file", os.path.abspath(url))
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(f"{url}: a file:// URL names a path on this machine (file:///path)")
+        return Location("file", urllib.parse.unquote(parts.path))
+    if parts.scheme == "ssh":
+        if not parts.hostname:
+            raise UsageError(f"{url}: no host (ssh://[user@]host[:port]/path)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"{url}: the port is not a number") from None
+        path = urllib.parse.unquote(parts.path) or "."
+        user = urllib.parse.unquote(parts.username) if parts.username else None
+        return Location("ssh", path, parts.hostname, user, port)
+    raise UsageError(f"{url}: unsupported URL scheme {parts.scheme!r} (use a path, file:// or ssh://)")
+
+
+def check_relative(path: str) -> str:
+    """A path inside the transport's root: no absolute paths, no '..', no empty parts."""
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise TransportError(f"refusing a path outside the repository: {path!r}")
+    return path
+
+
+class Transport(Protocol):
+    """Files of one repository. Writes are atomic: a reader sees a whole file or none."""
+
+    location: Location
+    bytes_sent: int
+    bytes_received: int
+
+    def read(self, path: str) -> bytes:
+        """The whole file; MissingFile if it does not exist."""
+
+    def read_ranges(self, path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """(offset, length) pieces of one file, requested together; TransportError if short."""
+
+    def size(self, path: str) -> int: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def list(self, path: str) -> list[str]:
+        """Names in a directory, sorted; [] if it does not exist."""
+
+    def list_tree(self, path: str) -> list[str]:
+        """Every file below a directory, as paths from the root, sorted; [] if it does not exist."""
+
+    def write(self, path: str, data: bytes) -> None:
+        """Create or replace a file atomically (temp file, rename), making parent directories."""
+
+    def write_from(self, path: str, local_path: str, progress=None) -> None:
+        """Upload a local file atomically; `progress(n)` after each piece of n bytes."""
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create a file only if it is absent (a lock); False if it exists."""
+
+    def rename(self, source: str, target: str) -> None:
+        """Rename, replacing `target` atomically."""
+
+    def remove(self, path: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_transport(url: str, *, accept_new_host_key: bool = False) -> Transport:
+    location = parse_url(url)
+    if location.scheme == "file":
+        from vml.transport.local import LocalTransport
+
+        return LocalTransport(location)
+    from vml.transport.sftp import SftpTransport  # paramiko is loaded only for ssh:// URLs
+
+    return SftpTransport(location, accept_new_host_key=accept_new_host_key)
