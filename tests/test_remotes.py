@@ -341,3 +341,22 @@ def test_ssh_push_cut_off_then_retried(repo: Vml, guest: Path, tmp_path: Path, s
     retry = repo("push", "--json", env=sshd.env).json()
     assert retry["refs"][0]["status"] == "new" and 0 < retry["blob_bytes"] < 28 << 20
     remote_fsck(repo, remote)
+
+
+def test_gc_of_a_remote_waits_for_pushes_and_clears_what_cut_off_pushes_left(repo: Vml, shared: Path, tmp_path: Path):
+    repo("commit", "-m", "x")
+    repo("push")
+    assert not list(shared.glob("vml/locks/push-*"))  # a finished push leaves no marker
+    marker = shared / "vml" / "locks" / "push-cutoff"
+    marker.write_text("host 1 0\n")
+    stale_upload = next(shared.glob("vml/store/packs/*")) / ("0" * 64 + ".pack.dead.tmp")
+    stale_upload.write_bytes(b"half a pack")
+    remote = Vml(tmp_path)
+    line = one_line_error(remote("--repo", str(shared), "gc", check=False), code=3)
+    assert "push into this repository is in progress" in line
+    hour_ago = time.time() - 3700
+    for path in (marker, stale_upload):
+        os.utime(path, (hour_ago, hour_ago))
+    remote("--repo", str(shared), "gc")
+    assert not marker.exists() and not stale_upload.exists()
+    remote_fsck(repo, shared)

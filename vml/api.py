@@ -26,7 +26,7 @@ from vml.entry import ENTRY_FILE, EntryInfo, display_path
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
-from vml.objects.gc import collect
+from vml.objects.gc import UPLOAD_GRACE, collect
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, walk_nodes
@@ -825,8 +825,9 @@ def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, 
             unreachable_before=unreachable_before,
             all_before=now - EXPIRE_ALL,
         )
+        _check_no_push(repo)
         entries = reachable_entries(repo)
-        stats = collect(repo.store, _live_blobs(repo, entries), progress)
+        stats = collect(repo.store, _live_blobs(repo, entries), progress, before_delete=lambda: _check_no_push(repo))
         git_removed, git_freed = repo.git.prune_loose_objects(repo.git.objects_of(entries))
         repo.close()
     return GcResult(
@@ -839,6 +840,20 @@ def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, 
         reflog_lines_expired=expired,
         git_objects_removed=git_removed,
     )
+
+
+def _check_no_push(repo: Repository) -> None:
+    """gc waits for pushes into this repository (they cannot take its lock over a transport):
+    a push relies on blobs it saw here, which may be unreachable until its ref moves."""
+    locks = os.path.join(repo.vml_dir, "locks")
+    for name in os.listdir(locks):
+        if not name.startswith("push-"):
+            continue
+        path = os.path.join(locks, name)
+        if time.time() - os.path.getmtime(path) > UPLOAD_GRACE:
+            os.unlink(path)  # left by a push that was cut off long ago
+        else:
+            raise VmlError(f"a push into this repository is in progress ({path}); run gc again when it is done")
 
 
 def _live_blobs(repo: Repository, entries: list[str]) -> set[bytes]:

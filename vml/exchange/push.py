@@ -83,6 +83,17 @@ def send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list
     """Send the objects the moving refs need, then move the refs (compare-and-swap each).
     Returns the updates as they ended (a ref another push moved meanwhile is rejected)."""
     moving = [u for u in updates if u.moves]
+    if not moving:
+        return updates, SendStats(0, 0, 0, 0)
+    marker = remote.announce_push()
+    try:
+        return _send(git, store, remote, updates, moving, tmp_dir, progress)
+    finally:
+        remote.end_push(marker)
+
+
+def _send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list[RefUpdate], moving: list[RefUpdate],
+          tmp_dir: str, progress: Callable[[TransferProgress], None] | None) -> tuple[list[RefUpdate], SendStats]:
     remote_tips = [u.old for u in updates if u.old]
     commits = [c for c in git.commits_between([u.new for u in moving], remote_tips) if not remote.has_object(c)]
     known = remote.blobs()

@@ -8,7 +8,10 @@ was pushed to is also one that vml opens directly. Git objects travel as loose o
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ from vml.repo import FORMAT_LINE
 from vml.transport.base import MissingFile, Transport, TransportError
 
 STORE = "vml/store"
+PUSH_MARKERS = "vml/locks"  # push-<id> files: a push is writing (see vml gc)
 LOCK_WAIT = 10.0  # seconds a push waits for another push's ref lock before giving up
 
 
@@ -108,6 +112,21 @@ class RemoteRepository:
         except BaseException:
             self.transport.remove(lock)
             raise
+
+    # -- pushes in progress
+
+    def announce_push(self) -> str:
+        """Mark a push in progress, so that a gc of the remote, which a transport cannot
+        lock, keeps the blobs this push counts on; removed by `end_push`."""
+        marker = f"{PUSH_MARKERS}/push-{uuid.uuid4().hex}"
+        self.transport.write(marker, f"{socket.gethostname()} {os.getpid()} {int(time.time())}\n".encode())
+        return marker
+
+    def end_push(self, marker: str) -> None:
+        try:
+            self.transport.remove(marker)
+        except TransportError:
+            pass  # the connection is gone: gc ignores markers older than an hour
 
     # -- git objects
 

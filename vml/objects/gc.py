@@ -9,6 +9,7 @@ index or pack table. The caller holds the repository's exclusive lock.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,7 +43,14 @@ def _store_size(store: ChunkStore) -> int:
     return total + sum(os.path.getsize(p) for p in list_index_files(store.index_dir))
 
 
-def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], None] | None = None) -> GcStats:
+UPLOAD_GRACE = 3600  # seconds: a temp file younger than this may be a push's upload in progress
+
+
+def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], None] | None = None,
+            before_delete: Callable[[], None] | None = None) -> GcStats:
+    """Rewrite and delete packs so that only `live` blobs remain. `before_delete` runs after
+    the new packs and index are durable and before anything is removed: it may raise to
+    stop there (the repository then holds some blobs twice, which a later gc tidies)."""
     stats = GcStats(bytes_before=_store_size(store))
     pack_files = store.list_pack_files()
     stats.packs_before = len(pack_files)
@@ -71,6 +79,8 @@ def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], 
     # The new index must be durable before the old ones go.
     old_indexes = list_index_files(store.index_dir)
     new_index = write_index(store.index_dir, store.tmp_dir, kept) if kept else None
+    if before_delete is not None:
+        before_delete()
     for path in old_indexes:
         if path != new_index:
             os.unlink(path)
@@ -79,6 +89,7 @@ def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], 
     for name in os.listdir(store.tmp_dir):
         os.unlink(os.path.join(store.tmp_dir, name))
         stats.temp_files_removed += 1
+    stats.temp_files_removed += _remove_stale_uploads(store)
     stats.packs_after = len(store.list_pack_files())
     stats.bytes_after = _store_size(store)
     return stats
@@ -104,3 +115,18 @@ def _copy_blobs(
     if writer is not None:
         written[writer.finish(store.packs_dir)] = writer.entries
     return written
+
+
+def _remove_stale_uploads(store: ChunkStore) -> int:
+    """Temp files a push over a transport left beside packs and index files when cut off.
+    Young ones are left: a push (which takes no lock here) may be writing them."""
+    removed = 0
+    now = time.time()
+    directories = [store.index_dir] + [os.path.join(store.packs_dir, sub) for sub in os.listdir(store.packs_dir)]
+    for directory in directories:
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name.endswith(".tmp") and now - os.path.getmtime(path) > UPLOAD_GRACE:
+                os.unlink(path)
+                removed += 1
+    return removed
