@@ -360,3 +360,29 @@ def test_gc_of_a_remote_waits_for_pushes_and_clears_what_cut_off_pushes_left(rep
     remote("--repo", str(shared), "gc")
     assert not marker.exists() and not stale_upload.exists()
     remote_fsck(repo, shared)
+
+
+def test_push_and_fetch_through_the_memory_transport(repo: Vml, guest: Path, tmp_path: Path):
+    """The same push and fetch logic against the in-memory reference transport, in process."""
+    from vml import api
+    from vml.repo import FORMAT_LINE
+    from vml.transport.base import open_transport
+
+    write_random(guest / "data" / "run.bin", 2 << 20, 70)
+    entry = repo("commit", "-m", "to memory", "--json").json()["entry"]
+    url = "memory://test-push-and-fetch"
+    open_transport(url).write("vml/format", FORMAT_LINE.encode())
+    local = _api_repo(tmp_path)
+    api.remote_add(local, "mem", url)
+    pushed = api.push(local, "mem")
+    assert pushed.refs[0].status == "new" and pushed.blob_bytes > 2 << 20
+    assert api.push(local, "mem").blobs == 0
+    local.close()
+    fetcher_dir = tmp_path / "fetcher"
+    api.init(str(fetcher_dir))
+    fetcher = _api_repo(fetcher_dir)
+    api.remote_add(fetcher, "mem", url)
+    fetched = api.fetch(fetcher, "mem")
+    assert [(c.ref, c.new) for c in fetched.refs] == [("mem/main", entry)]
+    assert api.fsck(fetcher).ok
+    fetcher.close()

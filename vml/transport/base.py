@@ -36,6 +36,8 @@ class Location:
     def __str__(self) -> str:
         if self.scheme == "file":
             return self.path
+        if self.scheme == "memory":
+            return f"memory://{self.path}"
         who = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
         return f"ssh://{who}{self.host}{port}{self.path}"
@@ -50,6 +52,8 @@ def parse_url(url: str) -> Location:
         if parts.netloc not in ("", "localhost"):
             raise UsageError(f"{url}: a file:// URL names a path on this machine (file:///path)")
         return Location("file", urllib.parse.unquote(parts.path))
+    if parts.scheme == "memory":  # tests: a repository in this process's memory
+        return Location("memory", parts.netloc + parts.path)
     if parts.scheme == "ssh":
         if not parts.hostname:
             raise UsageError(f"{url}: no host (ssh://[user@]host[:port]/path)")
@@ -116,6 +120,10 @@ def open_transport(url: str, *, accept_new_host_key: bool = False) -> Transport:
         from vml.transport.local import LocalTransport
 
         return LocalTransport(location)
+    if location.scheme == "memory":
+        from vml.transport.memory import MemoryTransport
+
+        return MemoryTransport(location)
     from vml.transport.sftp import SftpTransport  # paramiko is loaded only for ssh:// URLs
 
     return SftpTransport(location, accept_new_host_key=accept_new_host_key)

@@ -1,0 +1,107 @@
+"""Pushing over ssh: vml push to a bare repository over a real sshd on 127.0.0.1, beside
+`restic backup` to an sftp repository through the same sshd, on the benchmark's guest tree
+(issue 6). Each tool saves the base tree, then the tree after a day of work; reported: the
+time and the bytes that reached the server for each step, as medians of --repeat runs.
+
+Usage: .venv/bin/python benchmarks/transfer.py [--repeat 3]   (after benchmarks/dataset)
+Writes benchmarks/results/<date>-transfer.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+sys.path.insert(0, HERE)
+
+from run import VML, du, timed  # noqa: E402
+from sshd import start_sshd  # noqa: E402
+
+
+def one_run(base: str, scratch: str, home_env: dict) -> dict:
+    work = os.path.join(scratch, "transfer")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    area = os.path.join(work, "area")
+    subprocess.run(["cp", "-a", base, area], check=True)
+    env = {**os.environ, **home_env, "LC_ALL": "C", "VML_AUTHOR_NAME": "bench", "VML_AUTHOR_EMAIL": "bench@example.org",
+           "VML_REPO": os.path.join(work, "local", ".vml"), "RESTIC_PASSWORD": "bench",
+           "RESTIC_CACHE_DIR": os.path.join(work, "restic-cache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    vml_remote, restic_remote = os.path.join(work, "server-vml"), os.path.join(work, "server-restic")
+    # OpenSSH reads the config of the passwd home, not $HOME: name the test one explicitly.
+    ssh_config = os.path.join(home_env["HOME"], ".ssh", "config")
+    restic = ["restic", "-o", f"sftp.command=ssh -F {ssh_config} testhost -s sftp", "-r", f"sftp:testhost:{restic_remote}"]
+
+    def run(*argv: str) -> None:
+        subprocess.run(list(argv), cwd=work, env=env, check=True, capture_output=True)
+
+    run(VML, "init", os.path.join(work, "local"))
+    run(VML, "area", "add", "a", "--dir", area)
+    run(VML, "init", "--bare", vml_remote)
+    run(VML, "remote", "add", "origin", f"ssh://testhost{vml_remote}")
+    run(*restic, "init")
+    result = {}
+    for step in ("initial", "incremental"):
+        if step == "incremental":
+            subprocess.run([sys.executable, os.path.join(HERE, "day_of_work.py"), area], check=True)
+        subprocess.run(["sync"], check=True)
+        commit = timed([[VML, "commit", "-m", step]], cwd=work, env=env)
+        before = du(vml_remote)
+        subprocess.run(["sync"], check=True)
+        push = timed([[VML, "push"]], cwd=work, env=env)
+        result[f"vml_{step}_push_s"] = push.seconds
+        result[f"vml_{step}_commit_s"] = commit.seconds
+        result[f"vml_{step}_bytes"] = du(vml_remote) - before
+        before = du(restic_remote)
+        subprocess.run(["sync"], check=True)
+        backup = timed([[*restic, "backup", "--host", "bench", area]], cwd=work, env=env)
+        result[f"restic_{step}_backup_s"] = backup.seconds
+        result[f"restic_{step}_bytes"] = du(restic_remote) - before
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
+    parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
+    args = parser.parse_args()
+    server_dir = os.path.join(args.scratch, "sshd")
+    shutil.rmtree(server_dir, ignore_errors=True)
+    os.makedirs(server_dir)
+    from pathlib import Path
+
+    process, server = start_sshd(Path(server_dir))
+    try:
+        runs = []
+        for number in range(args.repeat):
+            print(f"transfer: run {number + 1} of {args.repeat}", file=sys.stderr)
+            runs.append(one_run(os.path.join(args.data, "base"), args.scratch, server.env))
+    finally:
+        process.terminate()
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    report = {"date": datetime.date.today().isoformat(), "repeat": args.repeat, "median": median, "runs": runs}
+    path = os.path.join(HERE, "results", f"{report['date']}-transfer.json")
+    with open(path, "w") as out:
+        json.dump(report, out, indent=2)
+    for step in ("initial", "incremental"):
+        vml_total = median[f"vml_{step}_commit_s"] + median[f"vml_{step}_push_s"]
+        restic_s = median[f"restic_{step}_backup_s"]
+        print(f"{step}: vml push {median[f'vml_{step}_push_s']:.2f} s, {median[f'vml_{step}_bytes'] / 1e6:.1f} MB to the server "
+              f"(commit + push {vml_total:.2f} s, {vml_total / restic_s:.2f}x restic); "
+              f"restic backup {restic_s:.2f} s, {median[f'restic_{step}_bytes'] / 1e6:.1f} MB")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""One contract for every transport: the local path, SFTP against a real sshd, and the
+in-memory reference implementation pass the same tests."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from vml.transport.base import MissingFile, TransportError, open_transport, parse_url
+
+
+@pytest.fixture(params=["local", "memory", "sftp"])
+def transport(request, tmp_path: Path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    if request.param == "local":
+        url = str(root)
+    elif request.param == "memory":
+        url = f"memory://{uuid.uuid4().hex}"
+    else:
+        server = request.getfixturevalue("sshd")
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        url = server.url(root)
+    opened = open_transport(url)
+    yield opened
+    opened.close()
+
+
+def test_write_read_and_ranges(transport, tmp_path: Path):
+    transport.write("a/b/c.bin", b"0123456789")
+    assert transport.read("a/b/c.bin") == b"0123456789"
+    assert transport.size("a/b/c.bin") == 10
+    assert transport.read_ranges("a/b/c.bin", [(0, 2), (5, 3)]) == [b"01", b"567"]
+    with pytest.raises(TransportError, match="shorter"):
+        transport.read_ranges("a/b/c.bin", [(8, 5)])
+    local = tmp_path / "upload"
+    local.write_bytes(b"x" * (3 << 20))
+    moved = []
+    transport.write_from("packs/p.pack", str(local), moved.append)
+    assert transport.read("packs/p.pack") == b"x" * (3 << 20) and sum(moved) == 3 << 20
+    transport.write("a/b/c.bin", b"new")  # replaced whole
+    assert transport.read("a/b/c.bin") == b"new"
+    assert transport.bytes_sent >= (3 << 20) + 13 and transport.bytes_received >= (3 << 20) + 18
+
+
+def test_listing(transport):
+    for path in ("refs/heads/main", "refs/heads/topic/x", "refs/tags/v1"):
+        transport.write(path, b"id\n")
+    assert transport.list("refs") == ["heads", "tags"]
+    assert transport.list("refs/heads") == ["main", "topic"]
+    assert transport.list_tree("refs") == ["refs/heads/main", "refs/heads/topic/x", "refs/tags/v1"]
+    assert transport.list("absent") == [] and transport.list_tree("absent") == []
+    assert transport.exists("refs/tags/v1") and not transport.exists("refs/tags/v2")
+
+
+def test_exclusive_create_rename_remove(transport):
+    assert transport.create_exclusive("refs/heads/main.lock", b"one\n")
+    assert not transport.create_exclusive("refs/heads/main.lock", b"two\n")
+    assert transport.read("refs/heads/main.lock") == b"one\n"
+    transport.write("refs/heads/main", b"old\n")
+    transport.rename("refs/heads/main.lock", "refs/heads/main")
+    assert transport.read("refs/heads/main") == b"one\n" and not transport.exists("refs/heads/main.lock")
+    transport.remove("refs/heads/main")
+    transport.remove("refs/heads/main")  # removing what is gone is fine
+    assert not transport.exists("refs/heads/main")
+
+
+def test_missing_files_and_escapes(transport):
+    with pytest.raises(MissingFile):
+        transport.read("nope")
+    with pytest.raises(MissingFile):
+        transport.size("nope")
+    for bad in ("../outside", "/etc/passwd", "a/../../b", "a//b", ""):
+        with pytest.raises(TransportError, match="outside"):
+            transport.read(bad)
+        with pytest.raises(TransportError, match="outside"):
+            transport.write(bad, b"x")
+
+
+def test_url_forms():
+    assert parse_url("ssh://alice@host:2222/srv/r.vml").port == 2222
+    assert str(parse_url("ssh://alice@host:2222/srv/r.vml")) == "ssh://alice@host:2222/srv/r.vml"
+    assert parse_url("file:///srv/r.vml").path == "/srv/r.vml"
+    assert parse_url("relative/r.vml").path.endswith("/relative/r.vml")
+    for bad in ("ftp://host/x", "ssh:///nohost", "file://otherhost/x", "ssh://host:notaport/x"):
+        with pytest.raises(Exception) as raised:
+            parse_url(bad)
+        assert "URL" in str(raised.value) or "host" in str(raised.value) or "port" in str(raised.value)
