@@ -18,12 +18,12 @@ from vml.areas.capture import CaptureResult
 from vml.areas.directory import open_area
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
+from vml.entry import ENTRY_FILE, EntryInfo, display_path
+from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
 from vml.exchange.fetch import read_history, receive_blobs
 from vml.exchange.push import FAST_FORWARD, REJECTED, UP_TO_DATE, plan_updates, send
 from vml.exchange.remote import RemoteRepository
-from vml.entry import ENTRY_FILE, EntryInfo, display_path
-from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import UPLOAD_GRACE, collect

@@ -35,8 +35,8 @@ from vml.entry import ENTRY_FILE, EntryInfo
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
-from vml.objects.pack import TARGET_SIZE, TYPE_TREE, PackEntry, PackWriter, fsync_dir, parse_table
-from vml.objects.store import BLOB_TYPE, FLAG, RAW_LENGTH, ChunkStore
+from vml.objects.pack import TYPE_TREE, PackEntry, fsync_dir, parse_table
+from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.git import GitDag
 
@@ -98,7 +98,8 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
             for object_hex in git_objects:
                 type_name, content = git.read_raw(object_hex)
                 emit(_OBJECT.pack(_TYPES[type_name], bytes.fromhex(object_hex), len(content)) + content)
-            packs = _write_packs(store, chunks + [listing_id for listing_id, _data in listings], staging)
+            blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
+            packs = [path for _pack_id, path, _entries in store.copy_to_packs(blob_ids, staging)]
             emit(_U32.pack(len(packs)))
             for pack_path in packs:
                 emit(_U64.pack(os.path.getsize(pack_path)))
@@ -117,30 +118,6 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target))
-
-
-def _write_packs(store: ChunkStore, blob_ids: list[bytes], staging: str) -> list[str]:
-    """Blobs copied as stored (each verified), children before parents, in packs of ~16 MiB."""
-    paths: list[str] = []
-    writer = PackWriter(staging)
-
-    def finish(writer: PackWriter) -> None:
-        pack_id = writer.finish(staging)
-        paths.append(os.path.join(staging, pack_id.hex()[:2], pack_id.hex() + ".pack"))
-
-    for blob_id in blob_ids:
-        location = store.location(blob_id)
-        payload = store.read_payload(blob_id, location)
-        store.decode_payload(blob_id, location, payload)
-        writer.add(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], payload, location[RAW_LENGTH])
-        if writer.size >= TARGET_SIZE:
-            finish(writer)
-            writer = PackWriter(staging)
-    if writer.entries:
-        finish(writer)
-    else:
-        writer.abandon()
-    return paths
 
 
 # -- import

@@ -13,8 +13,8 @@ from vml.entry import ENTRY_FILE, EntryInfo
 from vml.errors import ConcurrentUpdate, UnknownEntry
 from vml.exchange.remote import RemoteRepository
 from vml.objects.ids import ObjectId
-from vml.objects.pack import TARGET_SIZE, PackEntry, PackWriter
-from vml.objects.store import LENGTH, BLOB_TYPE, FLAG, RAW_LENGTH, ChunkStore
+from vml.objects.pack import PackEntry
+from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.git import GitDag
 
@@ -121,41 +121,22 @@ def _send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: lis
 
 def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes], tmp_dir: str,
                progress: Callable[[TransferProgress], None] | None) -> tuple[int, int]:
-    """Copy blobs as stored (no recompression, each verified) into packs of ~16 MiB, upload
-    each pack whole, then one index naming them all. In the order given, so a cut-off push
-    leaves the remote with every listing's subtree below it."""
+    """Upload blobs in packs of ~16 MiB, each whole, then one index naming them all. In the
+    order given, so a cut-off push leaves the remote with every listing's subtree below it."""
     if not blob_ids:
         return 0, 0
-    locations = [store.location(blob_id) for blob_id in blob_ids]
-    total = sum(location[LENGTH] for location in locations)
+    total = sum(store.stored_size(blob_id) for blob_id in blob_ids)
     done = 0
     uploaded: dict[ObjectId, list[PackEntry]] = {}
     staging = tempfile.mkdtemp(prefix="push-", dir=tmp_dir)
     try:
-        writer = PackWriter(staging)
-
-        def upload(writer: PackWriter) -> None:
-            nonlocal done
-            pack_id = writer.finish(staging)
-            path = os.path.join(staging, pack_id.hex()[:2], pack_id.hex() + ".pack")
-            remote.put_pack(pack_id, path, writer.entries)
+        for pack_id, path, entries in store.copy_to_packs(blob_ids, staging):
+            remote.put_pack(pack_id, path, entries)
             os.unlink(path)
-            uploaded[pack_id] = writer.entries
-            done += sum(e.length for e in writer.entries)
+            uploaded[pack_id] = entries
+            done += sum(e.length for e in entries)
             if progress is not None:
                 progress(TransferProgress(done, total))
-
-        for blob_id, location in zip(blob_ids, locations):
-            payload = store.read_payload(blob_id, location)
-            store.decode_payload(blob_id, location, payload)  # never send bad bytes
-            writer.add(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], payload, location[RAW_LENGTH])
-            if writer.size >= TARGET_SIZE:
-                upload(writer)
-                writer = PackWriter(staging)
-        if writer.entries:
-            upload(writer)
-        else:
-            writer.abandon()
         remote.put_index(uploaded)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

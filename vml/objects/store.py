@@ -11,6 +11,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 from vml.errors import CorruptObject, MissingObject
 from vml.objects import compress as compression
@@ -217,6 +218,35 @@ class ChunkStore:
                 f"object {blob_id.hex()[:16]} in pack {self.pack_ids[location[PACK_NO]].short()} is damaged (hash mismatch)"
             )
         return data
+
+    def copy_to_packs(self, blob_ids: list[bytes], directory: str) -> Iterator[tuple[ObjectId, str, list[PackEntry]]]:
+        """Copy blobs as stored (each verified, none recompressed), in the order given, into
+        packs of ~16 MiB under `directory`; yield (pack id, path, entries) as each is finished.
+        For sending elsewhere: the packs are not part of this store."""
+        writer = PackWriter(directory)
+        try:
+            for blob_id in blob_ids:
+                location = self.location(blob_id)
+                if location is None:
+                    raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+                payload = self.read_payload(blob_id, location)
+                self.decode_payload(blob_id, location, payload)  # never pass on bad bytes
+                writer.add(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], payload, location[RAW_LENGTH])
+                if writer.size >= TARGET_SIZE:
+                    yield self._finish_copy(writer, directory)
+                    writer = PackWriter(directory)
+            if writer.entries:
+                yield self._finish_copy(writer, directory)
+            else:
+                writer.abandon()
+        except BaseException:
+            writer.abandon()
+            raise
+
+    @staticmethod
+    def _finish_copy(writer: PackWriter, directory: str) -> tuple[ObjectId, str, list[PackEntry]]:
+        pack_id = writer.finish(directory)
+        return pack_id, pack_path(directory, pack_id), writer.entries
 
     # -- writes
 

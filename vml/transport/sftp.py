@@ -104,6 +104,7 @@ class SftpTransport:
         except (OSError, EOFError) as error:
             self._client.close()
             raise TransportError(f"cannot connect to {where}: {error.strerror or error}") from None
+        self._made: set[str] = set()  # directories known to exist: one stat each, not one per write
         root = location.path
         self.root = root[3:] if root.startswith("/~/") else root  # ssh://host/~/repo: relative to home
 
@@ -179,6 +180,8 @@ class SftpTransport:
         return sorted(found)
 
     def _makedirs(self, directory: str) -> None:
+        if directory in self._made:
+            return
         missing = []
         while directory not in ("", "/", "."):
             try:
@@ -193,10 +196,11 @@ class SftpTransport:
             try:
                 self._sftp.mkdir(path)
             except OSError:
-                if not self.exists_absolute(path):  # made by another writer meanwhile is fine
+                if not self._exists_absolute(path):  # made by another writer meanwhile is fine
                     raise
+        self._made.add(directory)
 
-    def exists_absolute(self, path: str) -> bool:
+    def _exists_absolute(self, path: str) -> bool:
         try:
             self._sftp.stat(path)
         except FileNotFoundError:
