@@ -397,6 +397,10 @@ def gc_result(result: api.GcResult) -> None:
 # -- remotes
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def remote_info(info: api.RemoteInfo) -> None:
     out.print(f"{escape(info.name)}\t{escape(info.url)}")
 
@@ -414,7 +418,7 @@ def push_result(result: api.PushResult) -> None:
     out.print(escape(f"To {result.url}"))
     _ref_changes(result.refs, "->")
     out.print(
-        f" sent {result.commits} entries, {result.blobs:,} objects in {result.packs} packs "
+        f" sent {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')} in {_count(result.packs, 'pack')} "
         f"({size(result.blob_bytes)} of objects, {size(result.bytes_sent)} in all) in {result.seconds:.1f} s"
     )
     if result.rejected:
@@ -425,7 +429,7 @@ def fetch_result(result: api.FetchResult) -> None:
     out.print(escape(f"From {result.url}"))
     _ref_changes(result.refs, "->")
     out.print(
-        f" received {result.commits} entries, {result.blobs:,} objects "
+        f" received {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')} "
         f"({size(result.blob_bytes)} of objects, {size(result.bytes_received)} in all) in {result.seconds:.1f} s"
     )
 
@@ -457,9 +461,9 @@ def export_result(result: api.ExportResult) -> None:
     needs = f"; needs {', '.join(r[:12] for r in result.requires)}" if result.requires else "; needs nothing"
     name = f" ({result.ref.split('/', 2)[2]})" if result.ref else ""
     out.print(escape(f"wrote {result.kind} bundle of {result.entry[:12]}{name} to {result.path}"))
-    out.print(f" {result.commits} entries, {result.blobs:,} objects, {size(result.bytes)}{escape(needs)}")
+    out.print(f" {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')}, {size(result.bytes)}{escape(needs)}")
 
 
 def import_result(result: api.ImportResult) -> None:
-    out.print(escape(f"imported {result.kind} bundle {result.path}: {result.commits} entries, {result.blobs:,} objects"))
+    out.print(escape(f"imported {result.kind} bundle {result.path}: {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')}"))
     out.print(escape(f" {result.ref}: {result.status} at {result.entry[:12]}"))

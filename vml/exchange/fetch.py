@@ -160,6 +160,7 @@ def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[Objec
         return [verified(blob_id, found, payload) for (blob_id, found), payload in zip(wanted, remote.read_blobs(wanted))]
 
     listings, chunks = missing_blobs(load_raw, roots, store.__contains__)
+    listing_bytes = sum(locate(listing_id).length for listing_id, _data in listings)
     located = sorted(((chunk_id, locate(chunk_id)) for chunk_id in chunks), key=lambda item: (item[1].pack, item[1].offset))
     total = sum(found.length for _chunk_id, found in located)
     done = 0
@@ -178,7 +179,7 @@ def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[Objec
     except BaseException:
         store.abandon()
         raise
-    return ReceiveStats(0, len(chunks) + len(listings), total)
+    return ReceiveStats(0, len(chunks) + len(listings), total + listing_bytes)
 
 
 def _batches(located: list[tuple[bytes, RemoteBlob]]) -> Iterator[list[tuple[bytes, RemoteBlob]]]:
