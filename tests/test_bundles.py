@@ -98,6 +98,8 @@ def test_import_does_not_move_a_diverged_branch_without_force(repo: Vml, guest: 
     before = unchanged_state(other)
     assert "--as BRANCH" in one_line_error(other("import", str(tmp_path / "b.vmlb"), check=False))
     assert unchanged_state(other) == before
+    assert "checked out in area wa" in one_line_error(other("import", str(tmp_path / "b.vmlb"), "--force", check=False))
+    assert unchanged_state(other) == before
     assert other("import", str(tmp_path / "b.vmlb"), "--as", "theirs", "--json").json()["ref"] == "theirs"
     assert other("show", "main", "--json").json()["entry"]["id"] == own
     other.fsck_clean()

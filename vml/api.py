@@ -427,6 +427,8 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         head = read_head(repo.git, config.name)
         if fast_forward is not None:
             entry_id = fast_forward
+            if head.entry is not None and head.entry != entry_id and not repo.git.is_ancestor(head.entry, entry_id):
+                raise UsageError(f"{head.branch} moved to {head.entry[:12]} meanwhile and is no longer behind {spec}; pull again")
         else:
             entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
         target_root = _root_of(repo, entry_id)
@@ -972,7 +974,8 @@ class PushResult:
 def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, area: str | None) -> dict[str, str]:
     refs: dict[str, str] = {}
     for name in names_given:
-        for ref in ([name] if name.startswith("refs/") else [BRANCH_PREFIX + name, TAG_PREFIX + name]):
+        full = [name] if name.startswith((BRANCH_PREFIX, TAG_PREFIX)) else [BRANCH_PREFIX + name, TAG_PREFIX + name]
+        for ref in full:
             target = repo.git.ref_target(ref)
             if target is not None:
                 refs[ref] = target
@@ -1216,6 +1219,12 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
             raise UsageError(
                 f"{what} {_short(ref)} is at {current[:12]}, which the bundle's entry does not descend from: "
                 f"import it under another name with --as BRANCH, or replace it with --force"
+            )
+        on_it = areas_on_branch(repo.git, _short(ref)) if ref.startswith(BRANCH_PREFIX) and status != UP_TO_DATE and current else []
+        if on_it:
+            raise UsageError(
+                f"branch {_short(ref)} is checked out in area {on_it[0]}, whose files would no longer match it: "
+                f"import with --as BRANCH, then 'vml checkout BRANCH -a {on_it[0]}'"
             )
         store_all()
         if status != UP_TO_DATE:
