@@ -374,15 +374,19 @@ def test_push_and_fetch_through_the_memory_transport(repo: Vml, guest: Path, tmp
     open_transport(url).write("vml/format", FORMAT_LINE.encode())
     local = _api_repo(tmp_path)
     api.remote_add(local, "mem", url)
-    pushed = api.push(local, "mem")
+    moved = []
+    pushed = api.push(local, "mem", progress=moved.append)
     assert pushed.refs[0].status == "new" and pushed.blob_bytes > 2 << 20
+    assert moved and moved[-1].done == moved[-1].total == pushed.blob_bytes
     assert api.push(local, "mem").blobs == 0
     local.close()
     fetcher_dir = tmp_path / "fetcher"
     api.init(str(fetcher_dir))
     fetcher = _api_repo(fetcher_dir)
     api.remote_add(fetcher, "mem", url)
-    fetched = api.fetch(fetcher, "mem")
+    received = []
+    fetched = api.fetch(fetcher, "mem", progress=received.append)
+    assert received and received[-1].done == received[-1].total > 2 << 20
     assert [(c.ref, c.new) for c in fetched.refs] == [("mem/main", entry)]
     assert api.fsck(fetcher).ok
     fetcher.close()

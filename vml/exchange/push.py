@@ -130,13 +130,15 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
     uploaded: dict[ObjectId, list[PackEntry]] = {}
     staging = tempfile.mkdtemp(prefix="push-", dir=tmp_dir)
     try:
+        def advance(moved: int) -> None:  # per piece of an upload (a pack file is a little more than its blobs)
+            nonlocal done
+            done += moved
+            progress(TransferProgress(min(done, total), total))
+
         for pack_id, path, entries in store.copy_to_packs(blob_ids, staging):
-            remote.put_pack(pack_id, path, entries)
+            remote.put_pack(pack_id, path, entries, advance if progress is not None else None)
             os.unlink(path)
             uploaded[pack_id] = entries
-            done += sum(e.length for e in entries)
-            if progress is not None:
-                progress(TransferProgress(done, total))
         remote.put_index(uploaded)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
