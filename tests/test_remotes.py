@@ -390,3 +390,14 @@ def test_push_and_fetch_through_the_memory_transport(repo: Vml, guest: Path, tmp
     assert [(c.ref, c.new) for c in fetched.refs] == [("mem/main", entry)]
     assert api.fsck(fetcher).ok
     fetcher.close()
+
+
+def test_ssh_nobody_listening_is_one_line(repo: Vml, tmp_path: Path, sshd):
+    import socket
+
+    with socket.socket() as probe:  # a port with nobody behind it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo("commit", "-m", "x")
+    repo("remote", "add", "origin", f"ssh://127.0.0.1:{port}/srv/r.vml")
+    assert "cannot connect to 127.0.0.1" in one_line_error(repo("push", env=sshd.env, check=False), code=3)

@@ -27,12 +27,10 @@ class _RememberNewKey(paramiko.MissingHostKeyPolicy):
         self.known_hosts = known_hosts
 
     def missing_host_key(self, client, hostname, key) -> None:
+        # paramiko names a host on another port "[host]:port", as known_hosts does.
         os.makedirs(os.path.dirname(self.known_hosts), mode=0o700, exist_ok=True)
-        entries = paramiko.HostKeys()
-        entries.add(hostname, key.get_name(), key)
         with open(self.known_hosts, "a") as known:
-            for line in entries.keys():
-                known.write(f"{line} {key.get_name()} {key.get_base64()}\n")
+            known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
@@ -103,7 +101,7 @@ class SftpTransport:
             raise TransportError(f"ssh to {where}: {error}") from None
         except (OSError, EOFError) as error:
             self._client.close()
-            raise TransportError(f"cannot connect to {where}: {error.strerror or error}") from None
+            raise TransportError(f"cannot connect to {where}: {getattr(error, 'strerror', None) or error or 'connection closed'}") from None
         self._made: set[str] = set()  # directories known to exist: one stat each, not one per write
         root = location.path
         self.root = root[3:] if root.startswith("/~/") else root  # ssh://host/~/repo: relative to home
