@@ -124,7 +124,16 @@ def _packs_start(body: bytes) -> int:
     return position
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "hostile blob", "hostile: no packs", "not a bundle"])
+def _with_header(body: bytearray, change) -> bytearray:
+    import json
+
+    length = struct.unpack_from("<I", body, 8)[0]
+    header = change(json.loads(body[12 : 12 + length]))
+    encoded = json.dumps(header).encode()
+    return body[:8] + struct.pack("<I", len(encoded)) + encoded + body[12 + length :]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "hostile blob", "hostile: no packs", "not a bundle", "hostile ref"])
 def test_damaged_or_hostile_bundle_is_rejected_whole(repo: Vml, history: list[str], tmp_path: Path, damage: str):
     bundle = tmp_path / "b.vmlb"
     repo("export", "main", "-o", str(bundle))
@@ -141,6 +150,8 @@ def test_damaged_or_hostile_bundle_is_rejected_whole(repo: Vml, history: list[st
         _rewrite(bundle, flip_in_pack)
     elif damage == "hostile: no packs":
         _rewrite(bundle, lambda body: body[: _packs_start(body)] + struct.pack("<I", 0))
+    elif damage == "hostile ref":
+        _rewrite(bundle, lambda body: _with_header(body, lambda header: {**header, "ref": "refs/heads/../../config"}))
     else:
         bundle.write_bytes(b"just some file\n" * 10)
     other = fresh(tmp_path, "other")

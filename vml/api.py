@@ -1050,7 +1050,9 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
 def _update_tracking(repo: Repository, remote_name: str, remote_refs: dict[str, str]) -> list[RefChange]:
     changes = []
     for ref, target in remote_refs.items():
-        if ref.startswith(BRANCH_PREFIX):
+        if not repo.git.is_valid_ref_name(ref):
+            changes.append(RefChange(ref, None, target, REJECTED, "not a valid ref name; ignored"))
+        elif ref.startswith(BRANCH_PREFIX):
             local_ref = f"{REMOTE_PREFIX}{remote_name}/{ref[len(BRANCH_PREFIX):]}"
             old = repo.git.ref_target(local_ref)
             if old != target:

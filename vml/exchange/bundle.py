@@ -181,8 +181,11 @@ def _parse(bundle_file, size: int) -> _Contents:
         for key in ("requires", "commits"):
             if not isinstance(header.get(key), list) or not all(_is_hex_id(c) for c in header[key]):
                 raise ValueError(f"bad {key!r}")
-        if not _is_hex_id(header.get("entry")) or header.get("ref") is not None and not isinstance(header["ref"], str):
-            raise ValueError("bad entry or ref")
+        if not _is_hex_id(header.get("entry")) or header.get("kind") not in (FULL, INCREMENTAL, DIFFERENTIAL, SINCE):
+            raise ValueError("bad entry or kind")
+        ref = header.get("ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith(("refs/heads/", "refs/tags/")) and GitDag.is_valid_ref_name(ref)):
+            raise ValueError("bad ref name")
     except (ValueError, UnicodeDecodeError, AttributeError) as error:
         raise CorruptObject(f"the bundle header is damaged: {error}") from None
     git_objects = []
