@@ -145,10 +145,6 @@ def test_two_pushes_at_once_one_wins(repo: Vml, guest: Path, shared: Path, tmp_p
     remote_fsck(repo, shared)
 
 
-class CutOff(Exception):
-    pass
-
-
 def _faulty(budget: int, method: str):
     """open_transport, but the transport drops the connection after `budget` bytes of `method`."""
     from vml.transport import base
@@ -180,19 +176,27 @@ def _api_repo(path: Path):
     return Repository.discover(str(path))
 
 
-def test_push_cut_off_then_retried_sends_only_the_rest(repo: Vml, guest: Path, shared: Path, tmp_path: Path, monkeypatch):
+def push_cut_off(tmp_path: Path, monkeypatch, budget: int) -> None:
+    """A push from the repository at tmp_path whose real transport drops the connection
+    once `budget` bytes have gone; the patch is undone afterwards."""
     from vml import api
     from vml.transport.base import TransportError
 
+    monkeypatch.setattr(api, "open_transport", _faulty(budget, "write_from"))
+    local = _api_repo(tmp_path)
+    try:
+        with pytest.raises(TransportError):
+            api.push(local, "origin")
+    finally:
+        local.close()
+        monkeypatch.undo()
+
+
+def test_push_cut_off_then_retried_sends_only_the_rest(repo: Vml, guest: Path, shared: Path, tmp_path: Path, monkeypatch):
     for i in range(3):
         write_random(guest / "data" / f"part{i}.bin", 14 << 20, 20 + i)
     repo("commit", "-m", "three parts")
-    monkeypatch.setattr(api, "open_transport", _faulty(20 << 20, "write_from"))
-    local = _api_repo(tmp_path)
-    with pytest.raises(TransportError):
-        api.push(local, "origin")
-    local.close()
-    monkeypatch.undo()
+    push_cut_off(tmp_path, monkeypatch, 20 << 20)
     remote_fsck(repo, shared)
     assert Vml(tmp_path)("--repo", str(shared), "log", "--all", "--json").json() == []  # no ref moved
     packs_before = list(shared.glob("vml/store/packs/*/*.pack"))
@@ -320,9 +324,6 @@ def test_ssh_refused_key_and_wrong_path_are_one_line(repo: Vml, tmp_path: Path, 
 
 
 def test_ssh_push_cut_off_then_retried(repo: Vml, guest: Path, tmp_path: Path, sshd, monkeypatch):
-    from vml import api
-    from vml.transport.base import TransportError
-
     remote = tmp_path / "ssh-cut.vml"
     repo("init", "--bare", str(remote))
     repo("remote", "add", "origin", sshd.url(remote))
@@ -331,12 +332,7 @@ def test_ssh_push_cut_off_then_retried(repo: Vml, guest: Path, tmp_path: Path, s
     repo("commit", "-m", "two parts")
     for key, value in sshd.env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(api, "open_transport", _faulty(10 << 20, "write_from"))
-    local = _api_repo(tmp_path)
-    with pytest.raises(TransportError):
-        api.push(local, "origin")
-    local.close()
-    monkeypatch.undo()
+    push_cut_off(tmp_path, monkeypatch, 10 << 20)
     remote_fsck(repo, remote)
     retry = repo("push", "--json", env=sshd.env).json()
     assert retry["refs"][0]["status"] == "new" and 0 < retry["blob_bytes"] < 28 << 20
