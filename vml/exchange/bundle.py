@@ -99,7 +99,7 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
                 type_name, content = git.read_raw(object_hex)
                 emit(_OBJECT.pack(_TYPES[type_name], bytes.fromhex(object_hex), len(content)) + content)
             blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
-            packs = [path for _pack_id, path, _entries in store.copy_to_packs(blob_ids, staging)]
+            packs = [pack_file for _pack_id, pack_file, _entries in store.copy_to_packs(blob_ids, staging)]  # staged: the count comes first
             emit(_U32.pack(len(packs)))
             for pack_path in packs:
                 emit(_U64.pack(os.path.getsize(pack_path)))
