@@ -476,7 +476,7 @@ def clone(url: str, directory: str | None, accept_new_host_key: bool, as_json: b
 @click.option("-o", "--output", required=True, metavar="FILE", help="The bundle file to write.")
 @click.option("--full", "kind", flag_value="full", default=True, help="The entry and all its history: needs nothing (default).")
 @click.option("--incremental", "kind", flag_value="incremental", help="Only what is new since the entry's parent, which the receiver must have.")
-@click.option("--differential", "kind", flag_value="differential", help="Only what is new since the entry's base image.")
+@click.option("--differential", "kind", flag_value="differential", help="Only what is new since the entry's base image (base images are not available yet: refused with a message).")
 @click.option("--since", metavar="REF", help="Only what is new since entry REF, which the receiver must have.")
 @area_option
 @json_option
