@@ -24,7 +24,6 @@ READ_BATCH = 8 * 1024 * 1024  # bytes of blobs asked for in one round of request
 
 @dataclass(frozen=True, slots=True)
 class ReceiveStats:
-    commits: int
     blobs: int
     bytes: int  # stored (compressed) bytes of the blobs received
 
@@ -179,7 +178,7 @@ def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[Objec
     except BaseException:
         store.abandon()
         raise
-    return ReceiveStats(0, len(chunks) + len(listings), total + listing_bytes)
+    return ReceiveStats(len(chunks) + len(listings), total + listing_bytes)
 
 
 def _batches(located: list[tuple[bytes, RemoteBlob]]) -> Iterator[list[tuple[bytes, RemoteBlob]]]:

@@ -130,10 +130,6 @@ def read_table(path: str) -> list[PackEntry]:
         return parse_table(os.path.basename(path), size, lambda offset, length: os.pread(pack_file.fileno(), length, offset))
 
 
-def trailer_size() -> int:
-    return _FOOTER.size
-
-
 def parse_table(name: str, size: int, read_at: Callable[[int, int], bytes]) -> list[PackEntry]:
     """The checked table of contents of a pack of `size` bytes whose bytes `read_at(offset,
     length)` gives: a local file, or one on a remote."""

@@ -127,10 +127,10 @@ def _children_first(children: dict[bytes, list[bytes]], listing_ids: list[bytes]
     order: list[bytes] = []
     done: set[bytes] = set()
     for start in listing_ids:
-        stack = [(start, iter(children.get(start, ())))]
         if start in done:
             continue
         done.add(start)
+        stack = [(start, iter(children[start]))]
         while stack:
             listing_id, pending = stack[-1]
             child = next((c for c in pending if c not in done and c in children), None)

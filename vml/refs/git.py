@@ -193,16 +193,8 @@ class GitDag:
             raise CorruptObject(f"git object {expected[:12]} arrived damaged (it hashes to {written[:12]})")
 
     def tree_objects(self, commit_id: str) -> list[str]:
-        """The trees and blobs of one commit, parents before what they hold."""
-        return [oid for oid in self._objects_below(self._repo[commit_id].tree_id)]
-
-    def _objects_below(self, tree_id) -> Iterator[str]:
-        yield str(tree_id)
-        for item in self._repo[tree_id]:
-            if item.type_str == "tree":
-                yield from self._objects_below(item.id)
-            else:
-                yield str(item.id)
+        """The trees and blobs of one commit (without the commit itself)."""
+        return sorted(self.objects_of([commit_id]) - {commit_id})
 
     def commits_between(self, starts: list[str], hide: list[str]) -> list[str]:
         """Commits reachable from `starts` but not from `hide`, parents before children."""
