@@ -84,6 +84,7 @@ def test_incremental_push_sends_about_the_change(repo: Vml, guest: Path, shared:
     # The changed MiB falls in at most a few 1 MiB-average chunks; plus two listings.
     assert (1 << 20) <= result["blob_bytes"] <= (5 << 20), result
     assert result["bytes_sent"] < result["blob_bytes"] + (64 << 10), result
+    remote_fsck(repo, shared)
 
 
 def test_non_fast_forward_is_rejected_and_loses_nothing(repo: Vml, guest: Path, shared: Path, tmp_path: Path):
@@ -306,6 +307,7 @@ def test_ssh_unknown_host_key_is_refused_until_accepted(repo: Vml, tmp_path: Pat
         repo("push", "--accept-new-host-key", env=sshd.env)
         assert f"[127.0.0.1]:{sshd.port}" in sshd.known_hosts.read_text()
         repo("push", env=sshd.env)  # remembered
+        remote_fsck(repo, remote)
     finally:
         sshd.trust_host_key()
 
