@@ -1,0 +1,109 @@
+"""SSH connections (paramiko's one home): OpenSSH-like settings, host keys and clear errors.
+
+Settings follow OpenSSH's client: ~/.ssh/config (HostName, User, Port, IdentityFile,
+UserKnownHostsFile), the SSH agent, the default key files and known_hosts. An unknown host
+key is refused unless the caller explicitly accepts new keys (then it is remembered).
+Both the SFTP transport and the ssh working areas connect through here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import paramiko
+
+from vml.transport.base import TransportError
+
+CONNECT_TIMEOUT = 20
+# What a dropped or refused connection raises once connected.
+SSH_ERRORS = (OSError, EOFError, paramiko.SSHException)
+SSHClient = paramiko.SSHClient
+SSHException = paramiko.SSHException
+
+
+class _RememberNewKey(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known_hosts: str):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        # paramiko names a host on another port "[host]:port", as known_hosts does.
+        os.makedirs(os.path.dirname(self.known_hosts), mode=0o700, exist_ok=True)
+        with open(self.known_hosts, "a") as known:
+            known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _ssh_config(host: str) -> dict:
+    path = os.path.expanduser("~/.ssh/config")
+    if not os.path.exists(path):
+        return {}
+    try:
+        return paramiko.SSHConfig.from_path(path).lookup(host)
+    except (OSError, paramiko.SSHException) as error:
+        raise TransportError(f"cannot read {path}: {error}") from None
+
+
+def connect(
+    host: str,
+    *,
+    port: int | None = None,
+    user: str | None = None,
+    identity: str | None = None,
+    accept_new_host_key: bool = False,
+    timeout: float = CONNECT_TIMEOUT,
+) -> paramiko.SSHClient:
+    """A logged-in client, or a TransportError saying in one line what to do."""
+    settings = _ssh_config(host)
+    hostname = settings.get("hostname", host)
+    port = port or int(settings.get("port", 22))
+    user = user or settings.get("user") or os.environ.get("USER") or "root"
+    where = f"{hostname}:{port}"
+    known_hosts = [os.path.expanduser(p) for p in settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()]
+    client = paramiko.SSHClient()
+    for path in known_hosts:
+        if os.path.exists(path):
+            try:
+                client.load_host_keys(path)
+            except (OSError, paramiko.SSHException) as error:
+                raise TransportError(f"cannot read {path}: {error}") from None
+    client.set_missing_host_key_policy(_RememberNewKey(known_hosts[0]) if accept_new_host_key else paramiko.RejectPolicy())
+    keys = [os.path.expanduser(identity)] if identity else [os.path.expanduser(p) for p in settings.get("identityfile", [])]
+    if identity and not os.path.exists(keys[0]):
+        raise TransportError(f"identity file {identity} does not exist")
+    try:
+        client.connect(
+            hostname,
+            port=port,
+            username=user,
+            key_filename=[k for k in keys if os.path.exists(k)] or None,
+            allow_agent=identity is None,
+            look_for_keys=identity is None,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
+    except paramiko.BadHostKeyException:
+        client.close()
+        raise TransportError(
+            f"the host key of {where} differs from the one in {known_hosts[0]}: "
+            f"someone may be intercepting the connection; check it before removing the old key"
+        ) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        raise TransportError(f"{user}@{where} refused every key (agent, {', '.join(keys) or '~/.ssh/id_*'})") from None
+    except paramiko.SSHException as error:
+        client.close()
+        if "No authentication methods available" in str(error):
+            raise TransportError(
+                f"no key to log in to {user}@{where} with: no SSH agent, no ~/.ssh/id_* and no IdentityFile in ~/.ssh/config"
+            ) from None
+        if "not found in known_hosts" in str(error):
+            raise TransportError(
+                f"the host key of {where} is unknown (not in {known_hosts[0]}); if you trust it, "
+                f"run again with --accept-new-host-key or add it with ssh-keyscan"
+            ) from None
+        raise TransportError(f"ssh to {where}: {error}") from None
+    except (OSError, EOFError) as error:
+        client.close()
+        raise TransportError(f"cannot connect to {where}: {getattr(error, 'strerror', None) or error or 'connection closed'}") from None
+    return client
