@@ -92,3 +92,21 @@ def sshd(tmp_path_factory):
     yield server
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def sshd_factory(tmp_path_factory):
+    """Starts sshds with extra sshd_config lines (a guest that lacks a tool, say); stops them after the test."""
+    from sshd import start_sshd
+
+    processes = []
+
+    def start(extra_config: str):
+        process, server = start_sshd(tmp_path_factory.mktemp("sshd"), extra_config)
+        processes.append(process)
+        return server
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)

@@ -54,7 +54,7 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text()
 
 
-def start_sshd(base: Path) -> tuple[subprocess.Popen, SshServer]:
+def start_sshd(base: Path, extra_config: str = "") -> tuple[subprocess.Popen, SshServer]:
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: run ./scripts/setup (it installs openssh-server)")
     server_dir, home = base / "server", base / "home"
@@ -70,7 +70,7 @@ def start_sshd(base: Path) -> tuple[subprocess.Popen, SshServer]:
         f"AuthorizedKeysFile {server_dir / 'authorized_keys'}\nPidFile {server_dir / 'sshd.pid'}\n"
         "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
-        "MaxStartups 100\nMaxSessions 100\n"
+        "MaxStartups 100\nMaxSessions 100\n" + extra_config
     )
     user = getpass.getuser()
     (home / ".ssh" / "config").write_text(

@@ -15,7 +15,8 @@ from typing import Callable
 import vml
 from vml.areas.base import AreaConfig, check_area_name
 from vml.areas.capture import CaptureResult
-from vml.areas.directory import open_area
+from vml.areas.kinds import open_area
+from vml.areas.rules import Rules, default_rules, load_rules, save_rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import ENTRY_FILE, EntryInfo, display_path
@@ -67,18 +68,76 @@ class AreaInfo:
     entry: str | None
 
 
-def area_add(repo: Repository, name: str, *, directory: str, branch: str | None = None) -> AreaInfo:
+@dataclass(frozen=True, slots=True)
+class AreaOptions:
+    """Where an area's files are: exactly one of directory and ssh (user@host[:port])."""
+
+    directory: str | None = None
+    ssh: str | None = None
+    identity: str | None = None
+    root: str = "/"
+    include: tuple[str, ...] = ()  # replaces the kind's default includes when given
+    exclude: tuple[str, ...] = ()  # added to the kind's default excludes
+
+
+def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *, directory: str | None = None,
+             branch: str | None = None) -> AreaInfo:
     check_area_name(name)
-    location = os.path.abspath(directory)
-    if os.path.exists(location) and not os.path.isdir(location):
-        raise AreaError(f"{location} is not a directory")
-    _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
+    options = options or AreaOptions(directory=directory)
+    if (options.directory is None) == (options.ssh is None):
+        raise UsageError("say where the area's files are: --dir PATH or --ssh user@host[:port]")
+    if options.directory is not None:
+        location = os.path.abspath(options.directory)
+        if os.path.exists(location) and not os.path.isdir(location):
+            raise AreaError(f"{location} is not a directory")
+        _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
+        config = AreaConfig(name, "dir", location)
+    else:
+        from vml.areas.ssh import SshTarget
+
+        identity = os.path.abspath(options.identity) if options.identity else None
+        if identity and not os.path.isfile(identity):
+            raise AreaError(f"identity file {options.identity} does not exist")
+        target = SshTarget.parse(options.ssh, identity=identity, root=options.root)
+        settings = {"host": target.host, "root": target.root}
+        settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
+        config = AreaConfig(name, "ssh", str(target), settings)
+    defaults = default_rules(config.kind)
+    rules = Rules(options.include or defaults.include, defaults.exclude + tuple(options.exclude))
     if branch is None:
         branch = "main" if not areas_on_branch(repo.git, "main") else name
-    config = AreaConfig(name, "dir", location)
     repo.add_area(config)
+    save_rules(repo.rules_path(name), rules)
     attach(repo.git, name, branch, f"area add: {name}")
     return area_info(repo, config)
+
+
+def area_rules(repo: Repository, config: AreaConfig) -> Rules:
+    return load_rules(repo.rules_path(config.name), config.kind)
+
+
+@contextlib.contextmanager
+def _opened(repo: Repository, config: AreaConfig):
+    working_area = open_area(config, area_rules(repo, config))
+    try:
+        yield working_area
+    finally:
+        working_area.close()
+
+
+@dataclass(frozen=True, slots=True)
+class AreaShow:
+    area: AreaInfo
+    settings: dict[str, str]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    rules_file: str
+
+
+def area_show(repo: Repository, name: str | None = None) -> AreaShow:
+    config = repo.choose_area(name)
+    rules = area_rules(repo, config)
+    return AreaShow(area_info(repo, config), dict(config.settings), rules.include, rules.exclude, repo.rules_path(config.name))
 
 
 def _check_apart(location: str, repository: str) -> None:
@@ -154,8 +213,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
     if not message.strip():
         raise UsageError("an entry needs a message: give -m MESSAGE")
     config = repo.choose_area(area)
-    working_area = open_area(config)
-    with repo.shared_lock(), repo.area_lock(config.name):
+    with _opened(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)
         store = repo.store
         cache = StatCache.load(repo.stat_cache_path(config.name))
@@ -422,8 +480,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
     """Make the area's files those of entry `spec` and move its HEAD: onto `branch` if given
     (spec then names that branch), else detached at the entry. With `fast_forward` (an
     entry id), the area's own branch moves to that entry once its files are there."""
-    working_area = open_area(config)
-    with repo.shared_lock(), repo.area_lock(config.name):
+    with _opened(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)
         if fast_forward is not None:
             entry_id = fast_forward
@@ -435,7 +492,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         store = repo.store
         current = None
         load = listing_loader(store)
-        if os.path.isdir(config.location):
+        if working_area.has_files():
             current, load = _scan_area(repo, working_area)
             base_root = _root_of(repo, head.entry) if head.entry else None
             changed = list(diff_roots(load, base_root, current.root_id)) if current.root_id != base_root else []
@@ -562,15 +619,16 @@ def diff(
     store = repo.store
     wanted = parse_paths(paths) or [b""]
     old_root = _root_of(repo, resolve_entry(repo, old, area))
-    working_area = None
     if new is not None:
         new_root = _root_of(repo, resolve_entry(repo, new, area))
-        load = listing_loader(store)
-    else:
-        working_area = open_area(repo.choose_area(area))
+        return _diff_result(store, listing_loader(store), old_root, new_root, wanted, None, patch)
+    with _opened(repo, repo.choose_area(area)) as working_area:
         with repo.shared_lock():
             current, load = _scan_area(repo, working_area)
-        new_root = current.root_id
+        return _diff_result(store, load, old_root, current.root_id, wanted, working_area, patch)
+
+
+def _diff_result(store, load, old_root, new_root, wanted: list[bytes], working_area, patch: bool | None) -> list[DiffEntry]:
     changes = list(diff_paths(load, old_root, new_root, wanted))
     if patch is None:  # a single file asked for by name: show its content
         patch = len(wanted) == 1 and any(c.path == wanted[0] and KIND_FILE in (_kind(c.old), _kind(c.new)) for c in changes)
@@ -632,8 +690,7 @@ class StatusResult:
 def status(repo: Repository, *, area: str | None = None) -> StatusResult:
     """The area's HEAD and what changed since its entry (files are read only where the stat cache can't vouch)."""
     config = repo.choose_area(area)
-    working_area = open_area(config)
-    with repo.shared_lock():
+    with _opened(repo, config) as working_area, repo.shared_lock():
         head = read_head(repo.git, config.name)
         current, load = _scan_area(repo, working_area)
         base_root = _root_of(repo, head.entry) if head.entry else None

@@ -77,14 +77,36 @@ def area() -> None:
 
 @area.command("add")
 @click.argument("name")
-@click.option("--dir", "directory", required=True, metavar="PATH", help="A directory to version (created on first checkout if missing).")
+@click.option("--dir", "directory", metavar="PATH", help="A directory to version (created on first checkout if missing).")
+@click.option("--ssh", "ssh", metavar="USER@HOST[:PORT]", help="A live guest reached over SSH (it needs sshd, sh, GNU find and GNU tar).")
+@click.option("--identity", metavar="KEY", help="With --ssh: the private key to log in with (default: agent, ~/.ssh/config, ~/.ssh/id_*).")
+@click.option("--root", default="/", show_default=True, metavar="PATH", help="With --ssh: the guest directory that is the area's top.")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Save only these paths (gitignore pattern, repeatable); replaces the default includes.")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Never save these paths (gitignore pattern, repeatable); added to the defaults.")
 @click.option("--branch", help="The branch the area starts on (default: main, or NAME if main is taken).")
 @json_option
 @click.pass_context
-def area_add(ctx: click.Context, name: str, directory: str, branch: str | None, as_json: bool) -> None:
-    """Add a working area NAME."""
-    info = api.area_add(_repo(ctx), name, directory=directory, branch=branch)
+def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, branch: str | None, as_json: bool) -> None:
+    """Add a working area NAME: a directory (--dir) or a live guest (--ssh).
+
+    A guest area saves by default /home, /root, /etc, /usr/local, /opt and /var/lib, and
+    never /proc, /sys, /dev, /run, /tmp, /var/cache, /var/tmp or swap files; a directory
+    area saves everything. 'vml area show NAME' prints the rules and the file that holds them.
+    """
+    options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude)
+    info = api.area_add(_repo(ctx), name, options, branch=branch)
     render.print_json(info) if as_json else render.area_info(info)
+
+
+@area.command("show")
+@click.argument("name", required=False)
+@json_option
+@click.pass_context
+def area_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Show an area: kind, location, HEAD, settings and its effective include/exclude rules."""
+    result = api.area_show(_repo(ctx), name)
+    render.print_json(result) if as_json else render.area_show(result)
 
 
 @area.command("list")

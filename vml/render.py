@@ -128,6 +128,17 @@ def area_info(info: api.AreaInfo) -> None:
     out.print(f"{escape(info.name)}\t{info.kind}\t{escape(info.location)}\t{where}\t{entry}")
 
 
+def area_show(result: api.AreaShow) -> None:
+    area_info(result.area)
+    for key, value in sorted(result.settings.items()):
+        out.print(escape(f"  {key}: {value}"))
+    out.print(escape(f"rules ({result.rules_file}):"))
+    for pattern in result.include:
+        out.print(escape(f"  include {pattern}"))
+    for pattern in result.exclude:
+        out.print(escape(f"  exclude {pattern}"))
+
+
 def commit_result(result: api.CommitResult) -> None:
     if not result.created:
         out.print(f"nothing changed in area {escape(result.area)} since entry {result.entry}")

@@ -127,7 +127,13 @@ class Repository:
         if kind is None:
             known = ", ".join(a.name for a in self.areas()) or "none"
             raise AreaError(f"no area named {name!r} (areas: {known})")
-        return AreaConfig(name, kind, self.git.config_get(f"{AREA_SECTION}.{name}.location") or "")
+        prefix = f"{AREA_SECTION}.{name}."
+        settings = {
+            key[len(prefix) :]: value
+            for key, value in self.git.config_items(prefix)
+            if key[len(prefix) :] not in ("kind", "location")
+        }
+        return AreaConfig(name, kind, self.git.config_get(prefix + "location") or "", settings)
 
     def choose_area(self, name: str | None) -> AreaConfig:
         if name is not None:
@@ -145,6 +151,8 @@ class Repository:
             raise AreaError(f"area {config.name!r} exists already")
         self.git.config_set(f"{AREA_SECTION}.{config.name}.kind", config.kind)
         self.git.config_set(f"{AREA_SECTION}.{config.name}.location", config.location)
+        for key, value in config.settings.items():
+            self.git.config_set(f"{AREA_SECTION}.{config.name}.{key}", value)
 
     def area_ref(self, name: str) -> str:
         return AREA_REF_PREFIX + name
@@ -154,3 +162,6 @@ class Repository:
 
     def stat_cache_path(self, name: str) -> str:
         return os.path.join(self.area_state_dir(name), "statcache")
+
+    def rules_path(self, name: str) -> str:
+        return os.path.join(self.area_state_dir(name), "rules")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from vml.areas.capture import CaptureProgress, CaptureResult
@@ -25,13 +25,20 @@ def check_area_name(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class AreaConfig:
     name: str
-    kind: str
-    location: str
+    kind: str  # dir, ssh or libvirt
+    location: str  # for people: a path, or ssh://user@host:port/root
+    settings: dict[str, str] = field(default_factory=dict)  # per kind: host, port, user, identity, root, uri, domain
 
 
 class WorkingArea(Protocol):
     config: AreaConfig
     capture_method: str
+
+    def has_files(self) -> bool:
+        """False for a directory area whose directory is not there yet (a first checkout makes it)."""
+        ...
+
+    def close(self) -> None: ...
 
     def capture(
         self,

@@ -20,6 +20,7 @@ from typing import Callable
 import msgpack
 
 from vml.areas.fsmeta import OwnerNames, data_extents, read_xattrs
+from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, stat_key
 from vml.objects import compress as compression
 from vml.objects.chunker import MIN_SIZE, cut_stream
@@ -118,10 +119,12 @@ class Capture:
         old_cache: StatCache,
         *,
         dry_run: bool = False,
+        rules: Rules | None = None,
         workers: int | None = None,
         progress: Callable[[CaptureProgress], None] | None = None,
     ):
         self.root = root
+        self.rules = None if rules is None or rules.everything else rules
         self.store = store
         self.old_cache = old_cache
         self.dry_run = dry_run
@@ -153,7 +156,7 @@ class Capture:
             root_st = os.stat(self.root)
             if not stat.S_ISDIR(root_st.st_mode):
                 raise NotADirectoryError(f"{os.fsdecode(self.root)} is not a directory")
-            top = self._scan_dir(self.root, b"")
+            top = self._scan_dir(self.root, b"", self.rules.root_scope() if self.rules else Scope.IN)
             while self._queue:
                 self._finish(self._queue.popleft())
             root_node = self._metadata_node(b"", root_st, self.root)
@@ -168,7 +171,7 @@ class Capture:
             root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.listings
         )
 
-    def _scan_dir(self, path: bytes, rel: bytes) -> _PendingDir:
+    def _scan_dir(self, path: bytes, rel: bytes, scope: Scope) -> _PendingDir:
         with os.scandir(path) as scan:
             entries = sorted(scan, key=lambda e: e.name)
         cached = self.old_cache.dirs.get(rel)
@@ -180,6 +183,11 @@ class Capture:
             except FileNotFoundError:
                 continue  # deleted while we walked
             fmt = stat.S_IFMT(st.st_mode)
+            child_scope = scope
+            if self.rules is not None:
+                child_scope = self.rules.scope(child_rel, fmt == stat.S_IFDIR, scope)
+                if child_scope is Scope.OUT:
+                    continue
             if fmt == stat.S_IFSOCK:
                 self.skipped.append((child_rel, "socket"))
                 continue
@@ -191,7 +199,7 @@ class Capture:
                 child.cacheable = False
                 pending.reusable = False
             if fmt == stat.S_IFDIR:
-                child.subdir = self._scan_dir(entry.path, child_rel)
+                child.subdir = self._scan_dir(entry.path, child_rel, child_scope)
             else:
                 self._plan_child(child, entry.path, child_rel, cached)
             pending.children.append(child)

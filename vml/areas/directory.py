@@ -8,6 +8,7 @@ from typing import Callable
 from vml.areas.base import AreaConfig
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_tree
 from vml.areas.restore import Restore, RestoreProgress
+from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.errors import AreaError
 from vml.objects.manifest import Listing
@@ -17,9 +18,16 @@ from vml.objects.store import ChunkStore
 class DirectoryArea:
     capture_method = "dir-scan"
 
-    def __init__(self, config: AreaConfig):
+    def __init__(self, config: AreaConfig, rules: Rules):
         self.config = config
+        self.rules = rules
         self.root = os.fsencode(config.location)
+
+    def has_files(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def close(self) -> None:
+        pass
 
     def _check(self) -> None:
         if not os.path.isdir(self.root):
@@ -34,7 +42,7 @@ class DirectoryArea:
         progress: Callable[[CaptureProgress], None] | None = None,
     ) -> CaptureResult:
         self._check()
-        return capture_tree(self.root, store, cache, dry_run=dry_run, progress=progress)
+        return capture_tree(self.root, store, cache, dry_run=dry_run, rules=self.rules, progress=progress)
 
     def restore(
         self,
@@ -44,7 +52,7 @@ class DirectoryArea:
         current_root_id: bytes | None,
         progress: Callable[[RestoreProgress], None] | None = None,
     ) -> RestoreProgress:
-        restore = Restore(store, load_listing, progress=progress)
+        restore = Restore(store, load_listing, rules=self.rules, progress=progress)
         return restore.run(root_id, self.root, current_root_id)
 
     def read_file(self, path: bytes, limit: int) -> bytes:
@@ -52,8 +60,3 @@ class DirectoryArea:
         with os.fdopen(fd, "rb") as current:
             return current.read(limit)
 
-
-def open_area(config: AreaConfig) -> DirectoryArea:
-    if config.kind == "dir":
-        return DirectoryArea(config)
-    raise AreaError(f"area {config.name}: unknown kind {config.kind!r}")

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from vml.areas.rules import Rules, Scope
 from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -56,6 +57,7 @@ class RestoreProgress:
 class _PendingDir:
     fd: int
     node: Node
+    scope: Scope
     jobs: list[Future] = field(default_factory=list)  # a batch appears once however many of its files are here
     files: int = 0  # files of this directory in those jobs
 
@@ -66,10 +68,12 @@ class Restore:
         store: ChunkStore,
         load_listing: Callable[..., Listing],
         *,
+        rules: Rules | None = None,
         workers: int | None = None,
         progress: Callable[[RestoreProgress], None] | None = None,
     ):
         self.store = store
+        self.rules = None if rules is None or rules.everything else rules
         self._load_listing = load_listing
         self.as_root = os.geteuid() == 0
         self.counts = RestoreProgress()
@@ -96,7 +100,7 @@ class Restore:
         try:
             if current is None and os.listdir(self._root_fd):
                 raise VmlError(f"{os.fsdecode(target)} is not empty")
-            top = _PendingDir(os.dup(self._root_fd), root)
+            top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN)
             self._restore_dir(top, b"", root.tree, current.tree if current is not None else None)
             self._queue.append(top)
             while self._queue:
@@ -127,7 +131,7 @@ class Restore:
         if current_id is not None:
             for name in os.listdir(dir_fd):
                 raw = os.fsencode(name)
-                if raw not in wanted:
+                if raw not in wanted and self._in_scope(pending, rel, raw):
                     self._remove(dir_fd, raw)
         for node in target:
             child_rel = rel + b"/" + node.name if rel else node.name
@@ -141,13 +145,13 @@ class Restore:
             if current is not None and current.kind == KIND_DIR:
                 if current.tree == node.tree and current.same_metadata(node):
                     return
-                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node)
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel))
                 self._restore_dir(child, rel, node.tree, current.tree)
             else:
                 if current is not None or self._exists(dir_fd, node.name):
                     self._remove(dir_fd, node.name)
                 os.mkdir(node.name, 0o700, dir_fd=dir_fd)
-                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node)
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel))
                 self._restore_dir(child, rel, node.tree, None)
             self._queue.append(child)
             self._drain()
@@ -170,6 +174,18 @@ class Restore:
             self._restore_special(dir_fd, rel, node, name)
             if replace:
                 os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def _child_scope(self, parent: _PendingDir, rel: bytes) -> Scope:
+        if self.rules is None or parent.scope is Scope.IN:
+            return parent.scope
+        return self.rules.scope(rel, True, parent.scope)
+
+    def _in_scope(self, parent: _PendingDir, rel: bytes, name: bytes) -> bool:
+        """Whether the area's rules cover `name` in this directory: what they leave out is never deleted."""
+        if self.rules is None:
+            return True
+        child_rel = rel + b"/" + name if rel else name
+        return self.rules.scope(child_rel, self._is_dir(parent.fd, name), parent.scope) is not Scope.OUT
 
     def _drain(self) -> None:
         while len(self._queue) > MAX_DIRS_PENDING or (self._queue and self._in_flight > MAX_FILES_IN_FLIGHT):

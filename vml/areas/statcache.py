@@ -30,6 +30,11 @@ def stat_key(st: os.stat_result) -> bytes:
     return _KEY.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_nlink)
 
 
+def pack_key(inode: int, size: int, mtime_ns: int, ctime_ns: int, mode: int, uid: int, gid: int, nlink: int) -> bytes:
+    """The key of a path described by a listing rather than by lstat (a guest's find)."""
+    return _KEY.pack(inode, size, mtime_ns, ctime_ns, mode, uid, gid, nlink)
+
+
 @dataclass(slots=True)
 class CachedDir:
     fingerprint: bytes | None  # None: something in it was racy; the listing must be rebuilt

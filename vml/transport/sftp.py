@@ -6,7 +6,6 @@ Any ordinary sshd serves: vml needs nothing installed on the other side.
 from __future__ import annotations
 
 import errno
-import os
 import posixpath
 import stat
 import uuid

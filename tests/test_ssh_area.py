@@ -1,0 +1,196 @@
+"""The `ssh` working area against a real sshd on 127.0.0.1, serving a guest tree under a
+temp directory (`--root`): the same entries as a directory area, transfers only of what
+changed, checkout onto the live tree, include/exclude rules, and the errors users hit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Vml, one_line_error
+from test_fidelity import _modify_area, build_everything
+from treecompare import compare
+
+
+@pytest.fixture
+def ssh_repo(vml: Vml, tmp_path: Path, sshd) -> tuple[Vml, Path, dict]:
+    """A repository with area `g`: the whole tree under tmp_path/guest, over ssh."""
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/", env=sshd.env)
+    yield vml, guest, sshd.env
+    vml.fsck_clean()
+
+
+def _manifest(vml: Vml, entry: str, env: dict) -> str:
+    return vml("show", entry, "--json", env=env).json()["info"]["manifest"]
+
+
+def test_ssh_capture_equals_directory_capture(ssh_repo):
+    vml, guest, env = ssh_repo
+    build_everything(guest)
+    vml("area", "add", "d", "--dir", str(guest))
+    over_ssh = vml("commit", "-a", "g", "-m", "over ssh", "--json", env=env).json()
+    local = vml("commit", "-a", "d", "-m", "local", "--json").json()
+    # Node for node the same tree: xattrs, ACLs, capabilities, hardlinks, sparse maps,
+    # devices, fifos, undecodable names, ns mtimes.
+    assert _manifest(vml, over_ssh["entry"], env) == _manifest(vml, local["entry"], env)
+    assert over_ssh["skipped"] == ["special/sock (socket)"]
+    assert local["added_bytes"] == 0  # everything was stored by the ssh commit already
+
+
+def test_unchanged_recommit_transfers_only_the_listing(ssh_repo):
+    vml, guest, env = ssh_repo
+    (guest / "data").mkdir()
+    for i in range(200):
+        (guest / "data" / f"f{i}").write_bytes(os.urandom(100) * (i + 1))
+        os.utime(guest / "data" / f"f{i}", ns=(10**18, 10**18 + i))  # not racy
+    os.utime(guest / "data", ns=(10**18, 10**18))
+    os.utime(guest, ns=(10**18, 10**18))
+    time.sleep(2.1)  # past the racy window of the files' ctimes
+    first = vml("commit", "-m", "first", "--json", env=env).json()
+    assert first["files_read"] == 200
+    again = vml("commit", "-m", "again", "--json", env=env).json()
+    assert not again["created"] and again["files_read"] == 0 and again["bytes_read"] == 0
+    for i in (3, 50, 199):
+        (guest / "data" / f"f{i}").write_bytes(b"changed %d" % i)
+        os.utime(guest / "data" / f"f{i}", ns=(10**18 + 1, 10**18 + 1))
+    time.sleep(2.1)
+    changed = vml("commit", "-m", "three changed", "--json", env=env).json()
+    assert changed["created"] and changed["files_read"] == 3
+    diff = vml("diff", first["entry"], changed["entry"], "--json", env=env).json()
+    assert sorted(d["path"] for d in diff if d["path"] != "data") == ["data/f199", "data/f3", "data/f50"]
+
+
+def test_checkout_onto_the_guest_puts_it_back_exactly(ssh_repo, tmp_path: Path):
+    vml, guest, env = ssh_repo
+    build_everything(guest)
+    with open(guest / "tail-hole.img", "wb") as f:  # a sparse file that ends in a hole
+        f.write(b"head")
+        f.truncate(8 << 20)
+    saved = vml("commit", "-m", "everything", "--json", env=env).json()["entry"]
+    _modify_area(guest)
+    os.truncate(guest / "tail-hole.img", 0)
+    status = vml("status", "--json", env=env).json()
+    assert not status["clean"]
+    refused = vml("checkout", saved, env=env, check=False)
+    assert "commit them or use --force" in one_line_error(refused)
+    result = vml("checkout", saved, "--force", "--json", env=env).json()
+    assert result["not_reproduced"] == [], result
+    assert os.stat(guest / "tail-hole.img").st_blocks < 64 and os.stat(guest / "sparse.img").st_blocks < 1024
+    vml("checkout", saved, "--to", str(tmp_path / "reference"))
+    assert compare(guest, tmp_path / "reference", ignore={b"special/sock"}) == []  # a socket is never saved
+    status = vml("status", "--json", env=env).json()
+    assert status["clean"], status
+
+
+def test_checkout_sends_only_what_differs(ssh_repo, tmp_path: Path):
+    vml, guest, env = ssh_repo
+    (guest / "big").write_bytes(os.urandom(4 << 20))
+    (guest / "small").write_text("one\n")
+    first = vml("commit", "-m", "one", "--json", env=env).json()["entry"]
+    (guest / "small").write_text("two\n")
+    (guest / "new").write_text("new\n")
+    vml("commit", "-m", "two", env=env)
+    result = vml("checkout", first, "--json", env=env).json()
+    counts = result["counts"]
+    assert counts["files_written"] == 1 and counts["bytes_written"] == 4  # "one\n": big was not sent
+    assert counts["removed"] == 1 and not (guest / "new").exists()
+    assert (guest / "small").read_text() == "one\n"
+
+
+def test_guest_rules_keep_user_paths_and_leave_the_system_alone(vml: Vml, tmp_path: Path, sshd):
+    guest = tmp_path / "guest"
+    for d in ("home/user", "etc", "usr/local/bin", "usr/bin", "proc/1", "tmp", "var/lib/app", "var/cache/apt"):
+        (guest / d).mkdir(parents=True)
+    for f in ("home/user/notes", "home/user/.vimrc", "home/user/x.swp", "etc/hosts", "usr/local/bin/tool",
+              "usr/bin/ls", "proc/1/status", "tmp/scratch", "var/lib/app/db", "var/cache/apt/pkg"):
+        (guest / f).write_text(f + "\n")
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--exclude", "/home/user/private/", env=sshd.env)
+    shown = vml("area", "show", "g", "--json", env=sshd.env).json()
+    assert "/usr/local" in shown["include"] and "/proc" in shown["exclude"] and "/home/user/private/" in shown["exclude"]
+    assert "include /home" in vml("area", "show", "g", env=sshd.env).stdout
+    entry = vml("commit", "-m", "guest", "--json", env=sshd.env).json()["entry"]
+    vml("checkout", entry, "--to", str(tmp_path / "saved"))
+    saved = sorted(str(p.relative_to(tmp_path / "saved")) for p in (tmp_path / "saved").rglob("*"))
+    assert saved == sorted([
+        "etc", "etc/hosts", "home", "home/user", "home/user/.vimrc", "home/user/notes",
+        "usr", "usr/local", "usr/local/bin", "usr/local/bin/tool", "var", "var/lib", "var/lib/app", "var/lib/app/db",
+    ])
+    # A checkout deletes within the included paths only.
+    (guest / "home/user/added").write_text("added\n")
+    (guest / "usr/bin/new-system-file").write_text("not ours\n")
+    vml("checkout", entry, "--force", env=sshd.env)
+    assert not (guest / "home/user/added").exists()
+    assert (guest / "usr/bin/new-system-file").exists() and (guest / "proc/1/status").exists()
+    assert (guest / "home/user/x.swp").exists()  # excluded, so never touched
+
+
+def test_directory_area_rules_apply_too(vml: Vml, guest: Path, tmp_path: Path):
+    (guest / "build").mkdir()
+    (guest / "build" / "out.o").write_bytes(b"object")
+    (guest / "home" / "user" / "core").write_bytes(b"dump")
+    vml("init")
+    vml("area", "add", "wa", "--dir", str(guest), "--exclude", "/build/", "--exclude", "core")
+    entry = vml("commit", "-m", "rules", "--json").json()["entry"]
+    listed = vml("diff", entry, "--json").json()
+    assert listed == []  # the excluded paths are not changes either
+    vml("checkout", entry, "--to", str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "build").exists() and not (tmp_path / "out" / "home/user/core").exists()
+    vml("checkout", entry, "--force")
+    assert (guest / "build" / "out.o").exists()  # excluded: a checkout does not delete it
+
+
+def test_unreachable_guest_is_one_line(vml: Vml, tmp_path: Path, sshd):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    vml("init")
+    vml("area", "add", "g", "--ssh", f"root@127.0.0.1:{port}", "--root", "/tmp")
+    line = one_line_error(vml("commit", "-m", "x", env=sshd.env, check=False), None)
+    assert "cannot connect to 127.0.0.1" in line
+
+
+def test_refused_key_is_one_line(vml: Vml, tmp_path: Path, sshd):
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--identity", str(tmp_path / "stranger"), "--root", "/tmp")
+    line = one_line_error(vml("commit", "-m", "x", env=sshd.env, check=False), None)
+    assert "refused every key" in line
+
+
+def test_missing_root_and_bad_target(vml: Vml, tmp_path: Path, sshd):
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(tmp_path / "nowhere"))
+    line = one_line_error(vml("commit", "-m", "x", env=sshd.env, check=False))
+    assert "does not exist on the guest" in line
+    assert "invalid ssh target" in one_line_error(vml("area", "add", "h", "--ssh", "a@b@c", check=False))
+    assert "--dir PATH or --ssh" in one_line_error(vml("area", "add", "h", check=False))
+
+
+def test_guest_without_tar(vml: Vml, tmp_path: Path, sshd_factory):
+    """A guest whose PATH has sh and find but no tar: a clear message, nothing saved."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "find", "date", "xargs", "rm", "bash"):
+        found = shutil.which(tool)
+        if found:
+            os.symlink(found, bin_dir / tool)
+    server = sshd_factory(f"SetEnv PATH={bin_dir}\n")
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest))
+    line = one_line_error(vml("commit", "-m", "x", env=server.env, check=False), None)
+    assert "lacks GNU tar" in line
+    assert vml("log", "--json", env=server.env).json() == []

@@ -1,0 +1,464 @@
+"""Capture a tree that lives elsewhere (a guest) from a metadata listing and a tar stream.
+
+The guest's `find` lists every path with its metadata; the stat cache vouches for what
+did not change; only the rest is asked for as one tar stream (GNU tar, pax format, with
+xattrs and sparse maps). The result is the same Merkle tree of listings a local capture
+of the same files gives, node for node, so entries from either kind of area compare.
+"""
+
+from __future__ import annotations
+
+import stat
+import tarfile
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable, ContextManager, IO, Iterator
+
+import msgpack
+
+from vml.areas.capture import CaptureProgress, CaptureResult
+from vml.areas.rules import Rules, Scope
+from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, pack_key
+from vml.objects import compress as compression
+from vml.objects.chunker import MIN_SIZE, cut_stream
+from vml.objects.hashing import fingerprint128, object_id
+from vml.objects.ids import ObjectId
+from vml.objects.manifest import (
+    KIND_BLOCK,
+    KIND_CHAR,
+    KIND_DIR,
+    KIND_FIFO,
+    KIND_FILE,
+    KIND_SYMLINK,
+    Node,
+    Totals,
+    decode_node,
+    encode_listing,
+    encode_listing_of_encoded,
+    encode_node,
+)
+from vml.objects.pack import TYPE_DATA, TYPE_TREE
+from vml.objects.store import ChunkStore
+
+# One record per path: fixed fields, then owner names, path and symlink target, NUL-separated.
+FIND_FORMAT = r"%y %m %U %G %s %T@ %C@ %i %n %D %b\0%u\0%g\0%p\0%l\0"
+_FIELDS_PER_RECORD = 5
+_TYPES = {
+    b"f": (KIND_FILE, stat.S_IFREG),
+    b"d": (KIND_DIR, stat.S_IFDIR),
+    b"l": (KIND_SYMLINK, stat.S_IFLNK),
+    b"c": (KIND_CHAR, stat.S_IFCHR),
+    b"b": (KIND_BLOCK, stat.S_IFBLK),
+    b"p": (KIND_FIFO, stat.S_IFIFO),
+}
+_TAR_KINDS = {
+    tarfile.REGTYPE: KIND_FILE,
+    tarfile.AREGTYPE: KIND_FILE,
+    tarfile.CONTTYPE: KIND_FILE,
+    tarfile.GNUTYPE_SPARSE: KIND_FILE,
+    tarfile.DIRTYPE: KIND_DIR,
+    tarfile.SYMTYPE: KIND_SYMLINK,
+    tarfile.CHRTYPE: KIND_CHAR,
+    tarfile.BLKTYPE: KIND_BLOCK,
+    tarfile.FIFOTYPE: KIND_FIFO,
+}
+XATTR_PREFIX = "SCHILY.xattr."
+
+# Opens a tar stream of the given paths (relative, in the order given); the context's value
+# is (stream, problems), where problems() lists (path, message) the guest's tar reported.
+OpenTar = Callable[[list[bytes]], ContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
+
+
+def parse_time(text: bytes) -> int:
+    """Nanoseconds from find's or tar's 'seconds.fraction', exactly (a float would round)."""
+    return int(Decimal(text.decode()) * 1_000_000_000)
+
+
+@dataclass(slots=True)
+class GuestPath:
+    rel: bytes
+    kind: int
+    mode: int  # permission bits with setuid, setgid, sticky
+    uid: int
+    gid: int
+    user: str | None
+    group: str | None
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: tuple[int, int]  # (device, inode): hardlink identity
+    nlink: int
+    target: bytes | None
+    key: bytes  # the stat cache key, packed as a local capture packs it
+
+    @property
+    def racy_after(self) -> int:
+        return max(self.mtime_ns, self.ctime_ns)
+
+
+def _owner(name: bytes, number: int) -> str | None:
+    text = name.decode("utf-8", "replace")
+    return None if text == str(number) else text  # find prints the number when no name exists
+
+
+def parse_listing(data: bytes) -> tuple[dict[bytes, GuestPath], list[tuple[bytes, str]]]:
+    """Paths by relative name (b"" is the top) and the ones skipped, from find's output."""
+    fields = data.split(b"\0")
+    paths: dict[bytes, GuestPath] = {}
+    skipped: list[tuple[bytes, str]] = []
+    for start in range(0, len(fields) - _FIELDS_PER_RECORD + 1, _FIELDS_PER_RECORD):
+        head, user, group, path, target = fields[start : start + _FIELDS_PER_RECORD]
+        kind_code, mode, uid, gid, size, mtime, ctime, inode, nlink, device, _blocks = head.split(b" ")
+        rel = path[2:] if path.startswith(b"./") else b"" if path == b"." else path
+        if kind_code not in _TYPES:
+            skipped.append((rel, "socket" if kind_code == b"s" else "unknown file type"))
+            continue
+        kind, type_bits = _TYPES[kind_code]
+        permissions = int(mode, 8)
+        uid_number, gid_number = int(uid), int(gid)
+        mtime_ns, ctime_ns = parse_time(mtime), parse_time(ctime)
+        size_number, inode_number, nlink_number = int(size), int(inode), int(nlink)
+        key = pack_key(inode_number, size_number, mtime_ns, ctime_ns, type_bits | permissions, uid_number, gid_number, nlink_number)
+        paths[rel] = GuestPath(
+            rel, kind, permissions, uid_number, gid_number, _owner(user, uid_number), _owner(group, gid_number),
+            size_number if kind == KIND_FILE else 0, mtime_ns, ctime_ns, (int(device), inode_number), nlink_number,
+            target if kind == KIND_SYMLINK else None, key,
+        )
+    return paths, skipped
+
+
+@dataclass(slots=True)
+class _Dir:
+    rel: bytes
+    names: list[bytes]
+
+
+class GuestCapture:
+    def __init__(
+        self,
+        listing: bytes,
+        guest_now_ns: int,
+        open_tar: OpenTar,
+        store: ChunkStore,
+        old_cache: StatCache,
+        *,
+        rules: Rules,
+        dry_run: bool = False,
+        progress: Callable[[CaptureProgress], None] | None = None,
+    ):
+        self.paths, self.skipped = parse_listing(listing)
+        self.open_tar = open_tar
+        self.store = store
+        self.old_cache = old_cache
+        self.rules = rules
+        self.dry_run = dry_run
+        self.racy_after = guest_now_ns - RACY_WINDOW_NS
+        self.counts = CaptureProgress()
+        self._progress = progress or (lambda counts: None)
+        self.listings: dict[bytes, bytes] = {}
+        self.changed_while_reading: list[bytes] = []
+        self.new_cache = StatCache()
+        self._fetched: dict[bytes, Node] = {}
+        self._uncacheable: set[bytes] = set()
+
+    def run(self) -> CaptureResult:
+        if b"" not in self.paths:
+            raise FileNotFoundError("the guest's listing has no top directory")
+        dirs = self._tree()
+        hardlinks = self._hardlink_groups(dirs)
+        wanted = self._to_fetch(dirs, hardlinks)
+        while True:
+            self._fetch(wanted)
+            root_id, totals, missing = self._build(dirs, hardlinks)
+            if not missing:
+                break
+            wanted = missing  # cached nodes whose data left the store (gc): read them now
+        return CaptureResult(root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.listings)
+
+    # -- the tree the rules admit, in a local capture's order
+
+    def _tree(self) -> dict[bytes, _Dir]:
+        children: dict[bytes, list[bytes]] = {}
+        for rel in self.paths:
+            if rel:
+                parent, _, name = rel.rpartition(b"/")
+                children.setdefault(parent, []).append(name)
+        dirs: dict[bytes, _Dir] = {}
+        scopes = {b"": self.rules.root_scope()}
+        order = [b""]
+        while order:
+            rel = order.pop()
+            kept = []
+            for name in sorted(children.get(rel, ())):
+                child_rel = rel + b"/" + name if rel else name
+                path = self.paths[child_rel]
+                scope = self.rules.scope(child_rel, path.kind == KIND_DIR, scopes[rel]) if not self.rules.everything else Scope.IN
+                if scope is Scope.OUT:
+                    continue
+                kept.append(name)
+                if path.kind == KIND_DIR:
+                    scopes[child_rel] = scope
+                    order.append(child_rel)
+            dirs[rel] = _Dir(rel, kept)
+        return dirs
+
+    def _preorder(self, dirs: dict[bytes, _Dir]) -> Iterator[bytes]:
+        stack = [iter(dirs[b""].names)]
+        parents = [b""]
+        while stack:
+            name = next(stack[-1], None)
+            if name is None:
+                stack.pop()
+                parents.pop()
+                continue
+            rel = parents[-1] + b"/" + name if parents[-1] else name
+            yield rel
+            if rel in dirs:
+                stack.append(iter(dirs[rel].names))
+                parents.append(rel)
+
+    def _hardlink_groups(self, dirs: dict[bytes, _Dir]) -> dict[bytes, bytes]:
+        """Each member of a hardlink group -> the group's first member in walk order."""
+        first: dict[tuple[int, int], bytes] = {}
+        groups = {}
+        for rel in self._preorder(dirs):
+            path = self.paths[rel]
+            if path.kind == KIND_FILE and path.nlink > 1:
+                groups[rel] = first.setdefault(path.inode, rel)
+        return groups
+
+    # -- what must cross the network
+
+    def _cached_node(self, rel: bytes) -> bytes | None:
+        parent, _, name = rel.rpartition(b"/")
+        cached = self.old_cache.dirs.get(parent)
+        hit = cached.children.get(name) if cached is not None else None
+        path = self.paths.get(rel)
+        if hit is None or path is None or hit[0] != path.key or path.racy_after >= self.racy_after:
+            return None
+        return hit[1]
+
+    def _to_fetch(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, bytes]) -> list[bytes]:
+        """The top (always), and every path the stat cache cannot vouch for; a hardlink group
+        is read once, through its first member, if any of its members changed."""
+        changed_groups = {first for member, first in hardlinks.items() if self._cached_node(member) is None}
+        wanted = [b""]
+        for rel in self._preorder(dirs):
+            first = hardlinks.get(rel)
+            if first is not None:
+                if first == rel and first in changed_groups:
+                    wanted.append(rel)
+            elif self._cached_node(rel) is None:
+                wanted.append(rel)
+        return wanted
+
+    def _fetch(self, wanted: list[bytes]) -> None:
+        if not wanted:
+            return
+        pending = set(wanted)
+        with self.open_tar(wanted) as (stream, problems):
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as archive:
+                for member in archive:
+                    rel = _member_rel(member.name)
+                    if rel not in pending:
+                        continue  # a link tar added, or a name it altered
+                    pending.discard(rel)
+                    self._fetched[rel] = self._member_node(archive, member, rel)
+                    self._progress(self.counts)
+            reported = problems()
+        for rel, message in reported:
+            if "changed as we read it" in message:
+                self.changed_while_reading.append(rel)
+                self._uncacheable.add(rel)
+        for rel in pending:
+            why = next((m for r, m in reported if r == rel), "vanished while it was read")
+            if "No such file" in why or "vanished" in why:
+                self.paths.pop(rel, None)  # deleted since the listing: not part of this entry
+            else:
+                self.skipped.append((rel, why))
+                self.paths.pop(rel, None)
+
+    def _member_node(self, archive: tarfile.TarFile, member: tarfile.TarInfo, rel: bytes) -> Node:
+        path = self.paths[rel]
+        kind = _TAR_KINDS.get(member.type, path.kind)
+        headers = member.pax_headers
+        node = Node(
+            name=rel.rpartition(b"/")[2],
+            kind=kind,
+            mode=member.mode & 0o7777,
+            uid=member.uid,
+            gid=member.gid,
+            user=path.user,
+            group=path.group,
+            mtime_ns=parse_time(headers["mtime"].encode()) if "mtime" in headers else int(member.mtime) * 1_000_000_000,
+            size=member.size if kind == KIND_FILE else 0,
+            xattrs=tuple(sorted(
+                (key[len(XATTR_PREFIX):].encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+                for key, value in headers.items() if key.startswith(XATTR_PREFIX)
+            )),
+        )
+        if kind == KIND_SYMLINK:
+            node.target = member.linkname.encode("utf-8", "surrogateescape")
+        elif kind in (KIND_CHAR, KIND_BLOCK):
+            node.rdev = (member.devmajor, member.devminor)
+        elif kind == KIND_FILE:
+            self._read_content(archive, member, node)
+        if (node.kind, node.mode, node.uid, node.gid, node.mtime_ns, node.size) != (
+            path.kind, path.mode, path.uid, path.gid, path.mtime_ns, path.size
+        ):
+            self.changed_while_reading.append(rel)  # it changed between the listing and the read
+            self._uncacheable.add(rel)
+        return node
+
+    def _read_content(self, archive: tarfile.TarFile, member: tarfile.TarInfo, node: Node) -> None:
+        source = archive.extractfile(member)
+        extents = None
+        if member.sparse is not None:
+            extents = tuple((offset, length) for offset, length in member.sparse if length)
+            if extents == ((0, member.size),):
+                extents = None
+        ids = []
+        if extents is None and member.size < MIN_SIZE:
+            data = source.read()
+            if data:
+                ids.append(self._store_chunk(data))
+        else:
+            reader = _DataReader(source, extents) if extents is not None else source
+            for chunk in cut_stream(reader.readinto):
+                ids.append(self._store_chunk(chunk))
+        node.chunks = b"".join(ids)
+        node.extents = extents
+        self.counts.files_read += 1
+        self.counts.bytes_read += member.size
+
+    def _store_chunk(self, data) -> bytes:
+        chunk_id = object_id(data)
+        if not self.dry_run and chunk_id not in self.store:
+            flag, payload = compression.compress(data)
+            self.store.add(chunk_id, TYPE_DATA, flag, payload, len(data))
+        return chunk_id
+
+    # -- listings, bottom up
+
+    def _build(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, bytes]) -> tuple[ObjectId, Totals, list[bytes]]:
+        built: dict[bytes, tuple[bytes, Totals]] = {}
+        missing: list[bytes] = []
+        for rel in reversed([b"", *(r for r in self._preorder(dirs) if r in dirs)]):
+            built[rel] = self._build_dir(dirs[rel], built, hardlinks, missing)
+        listing_id, totals = built[b""]
+        root = self._fetched.get(b"")
+        if root is None:
+            raise FileNotFoundError("the guest's top directory could not be read")
+        root.name, root.tree = b"", listing_id
+        root_id = self._put_listing(encode_listing([root], Totals(totals.nodes, totals.files, totals.bytes)))
+        return ObjectId(root_id), totals, missing
+
+    def _build_dir(self, directory: _Dir, built, hardlinks, missing: list[bytes]) -> tuple[bytes, Totals]:
+        rel = directory.rel
+        items, encoded_nodes, cache_children = [], [], {}
+        totals = Totals()
+        reusable = True
+        for name in directory.names:
+            child_rel = rel + b"/" + name if rel else name
+            path = self.paths.get(child_rel)
+            if path is None:
+                continue  # vanished or unreadable: reported by the fetch
+            subdir = built.get(child_rel) if path.kind == KIND_DIR else None
+            encoded, node = self._child_node(child_rel, path, subdir, hardlinks, missing)
+            if encoded is None:
+                continue
+            cacheable = child_rel not in self._uncacheable and path.racy_after < self.racy_after
+            reusable = reusable and cacheable
+            items.append((name, path.key, subdir[0] if subdir else None, hardlinks.get(child_rel)))
+            encoded_nodes.append(encoded)
+            totals.add_node(node if node is not None else decode_node(encoded))
+            if subdir is not None:
+                totals.add(subdir[1])
+            if cacheable:
+                cache_children[name] = (path.key, encoded)
+            self.counts.files += 1
+            self.counts.bytes += path.size
+        fingerprint = fingerprint128(msgpack.packb(items, use_bin_type=True))
+        cached = self.old_cache.dirs.get(rel)
+        if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
+            listing_id = cached.listing_id
+        else:
+            listing_id = self._put_listing(encode_listing_of_encoded(encoded_nodes, totals))
+        self.new_cache.dirs[rel] = CachedDir(fingerprint if reusable else None, listing_id, (totals.nodes, totals.files, totals.bytes), cache_children)
+        return listing_id, totals
+
+    def _child_node(self, rel: bytes, path: GuestPath, subdir, hardlinks, missing) -> tuple[bytes | None, Node | None]:
+        first = hardlinks.get(rel)
+        if first is not None and first != rel:
+            source = self._fetched.get(first)
+            if source is None:
+                cached = self._cached_node(first)
+                if cached is None:
+                    return None, None  # the group's first member vanished
+                source = decode_node(cached)
+            node = decode_node(encode_node(source))
+            node.name, node.hardlink = rel.rpartition(b"/")[2], first
+            return encode_node(node), node
+        node = self._fetched.get(rel)
+        if node is None:
+            cached = self._cached_node(rel)
+            if cached is None:
+                return None, None
+            if path.kind == KIND_DIR:
+                node = decode_node(cached)
+                node.tree = subdir[0]
+                return encode_node(node), node
+            if path.kind == KIND_FILE:
+                node = decode_node(cached)
+                if not all(chunk in self.store for chunk in node.chunk_ids()):
+                    missing.append(rel)
+                return cached, node
+            return cached, None
+        node.hardlink = first
+        if path.kind == KIND_DIR:
+            node.tree = subdir[0]
+        return encode_node(node), node
+
+    def _put_listing(self, data: bytes) -> bytes:
+        listing_id = object_id(data)
+        if self.dry_run:
+            if listing_id not in self.store:
+                self.listings[listing_id] = data
+        elif listing_id not in self.store:
+            flag, payload = compression.compress(data)
+            self.store.add(listing_id, TYPE_TREE, flag, payload, len(data))
+        return listing_id
+
+
+def _member_rel(name: str) -> bytes:
+    raw = name.encode("utf-8", "surrogateescape").rstrip(b"/")
+    if raw in (b".", b""):
+        return b""
+    return raw[2:] if raw.startswith(b"./") else raw
+
+
+class _DataReader:
+    """The data extents of a sparse tar member back to back, skipping its holes."""
+
+    def __init__(self, source: IO[bytes], extents: tuple[tuple[int, int], ...]):
+        self._source = source
+        self._extents = list(extents)
+        self._position = 0
+        self._remaining = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        while self._remaining == 0:
+            if not self._extents:
+                return 0
+            offset, self._remaining = self._extents.pop(0)
+            while self._position < offset:  # holes read as zeros from tarfile, without transfer
+                skipped = len(self._source.read(min(offset - self._position, 1 << 20)))
+                if not skipped:
+                    return 0
+                self._position += skipped
+        got = self._source.readinto(buffer[: min(len(buffer), self._remaining)])
+        if not got:
+            return 0
+        self._position += got
+        self._remaining -= got
+        return got

@@ -1,0 +1,35 @@
+"""The kinds of working area, and opening the right one for an area's configuration."""
+
+from __future__ import annotations
+
+from vml.areas.base import AreaConfig, WorkingArea
+from vml.areas.directory import DirectoryArea
+from vml.areas.rules import Rules
+from vml.errors import AreaError
+
+KINDS = ("dir", "ssh", "libvirt")
+
+
+def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = False) -> WorkingArea:
+    if config.kind == "dir":
+        return DirectoryArea(config, rules)
+    if config.kind == "ssh":
+        from vml.areas.ssh import SshArea  # paramiko is loaded only for guests
+
+        return SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key)
+    raise AreaError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
+
+
+def ssh_target(config: AreaConfig):
+    from vml.areas.ssh import SshTarget
+
+    settings = config.settings
+    if "host" not in settings:
+        raise AreaError(f"area {config.name}: no ssh host configured (vml area add NAME --ssh user@host)")
+    return SshTarget(
+        settings["host"],
+        int(settings["port"]) if settings.get("port") else None,
+        settings.get("user") or None,
+        settings.get("identity") or None,
+        settings.get("root", "/"),
+    )

@@ -1,0 +1,145 @@
+"""Include and exclude rules of a working area, in gitignore syntax (pathspec's one home).
+
+A path is saved when it, or a directory above it, matches an include pattern, and no
+exclude pattern matches it (exclude patterns follow gitignore exactly: last match wins,
+`!` re-includes, a trailing `/` matches directories only). Directories on the way to an
+included path (`usr` for `/usr/local`) are kept with their own metadata but list only what
+the rules admit; a checkout deletes nothing outside the included paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import pathspec
+
+from vml.errors import UsageError
+
+EVERYTHING = "/"
+GUEST_INCLUDE = ("/home", "/root", "/etc", "/usr/local", "/opt", "/var/lib")
+GUEST_EXCLUDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/tmp", "/swapfile", "/swap.img", "*.swp", "*.swap")
+_GLOB = re.compile(r"[*?\[\\!]")
+
+
+class Scope(Enum):
+    OUT = 0  # not saved, never touched by a checkout
+    ON_THE_WAY = 1  # a directory above an included path: its metadata, and only admitted children
+    IN = 2  # inside an included path (still subject to excludes below it)
+
+
+@dataclass(frozen=True)
+class Rules:
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for pattern in self.include + self.exclude:
+            if not pattern.strip() or "\n" in pattern or pattern.startswith("#"):
+                raise UsageError(f"invalid rule {pattern!r}: one gitignore pattern per rule")
+        try:
+            object.__setattr__(self, "_included", pathspec.GitIgnoreSpec.from_lines([p for p in self.include if p != EVERYTHING]))
+            object.__setattr__(self, "_excluded", pathspec.GitIgnoreSpec.from_lines(self.exclude))
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"invalid rule: {error}") from None
+        object.__setattr__(self, "_prefixes", tuple(_literal_prefix(p) for p in self.include))
+
+    @property
+    def everything(self) -> bool:
+        """True when the rules admit every path (the fast path of a plain directory area)."""
+        return EVERYTHING in self.include and not self.exclude
+
+    def scope(self, rel: bytes, is_dir: bool, parent: Scope) -> Scope:
+        """Where `rel` (relative, '/'-separated) stands, given its parent directory's scope."""
+        text = os.fsdecode(rel)
+        if self.exclude and self._excluded.match_file(text + "/" if is_dir else text):
+            return Scope.OUT
+        if parent is Scope.IN or EVERYTHING in self.include or self._included.match_file(text):
+            return Scope.IN
+        if is_dir and self._on_the_way(text):
+            return Scope.ON_THE_WAY
+        return Scope.OUT
+
+    def root_scope(self) -> Scope:
+        return Scope.IN if EVERYTHING in self.include else Scope.ON_THE_WAY
+
+    def _on_the_way(self, text: str) -> bool:
+        for prefix in self._prefixes:
+            if prefix is None or prefix.startswith(text + "/") or text.startswith(prefix + "/") or text == prefix:
+                return True
+        return False
+
+    def walk_roots(self) -> list[str] | None:
+        """The literal paths an included tree starts from, or None if a pattern with wildcards
+        (or no leading '/') means the whole tree must be walked and filtered."""
+        if any(prefix is None for prefix in self._prefixes):
+            return None
+        roots = []
+        for pattern in self.include:
+            prefix = _literal_prefix(pattern)
+            if prefix == "" or _GLOB.search(pattern.lstrip("/").rstrip("/")):
+                return None
+            roots.append(prefix)
+        return sorted(set(roots))
+
+    # -- the rules file
+
+    def to_text(self) -> str:
+        lines = ["# vml rules: gitignore patterns, relative to the area's top ('/' is the top itself)"]
+        lines += [f"include {p}" for p in self.include]
+        lines += [f"exclude {p}" for p in self.exclude]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, source: str) -> "Rules":
+        include, exclude = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            verb, _, pattern = line.partition(" ")
+            if verb not in ("include", "exclude") or not pattern.strip():
+                raise UsageError(f"{source}:{number}: expected 'include PATTERN' or 'exclude PATTERN', got {line!r}")
+            (include if verb == "include" else exclude).append(pattern.strip())
+        return cls(tuple(include), tuple(exclude))
+
+
+def _literal_prefix(pattern: str) -> str | None:
+    """The directory part of an anchored include pattern before any wildcard ('' for the top);
+    None for a pattern that may match at any depth."""
+    if pattern == EVERYTHING:
+        return ""
+    body = pattern.rstrip("/")
+    if not body.startswith("/") and "/" not in body:
+        return None  # gitignore: a pattern without a slash matches at any depth
+    parts = []
+    for part in body.lstrip("/").split("/"):
+        if _GLOB.search(part) or part == "**":
+            break
+        parts.append(part)
+    return "/".join(parts)
+
+
+def default_rules(kind: str) -> Rules:
+    """A plain directory keeps everything; a guest keeps what a user changes, not the system."""
+    if kind == "dir":
+        return Rules((EVERYTHING,))
+    return Rules(GUEST_INCLUDE, GUEST_EXCLUDE)
+
+
+def load_rules(path: str, kind: str) -> Rules:
+    try:
+        with open(path, encoding="utf-8") as rules_file:
+            return Rules.from_text(rules_file.read(), path)
+    except FileNotFoundError:
+        return default_rules(kind)
+
+
+def save_rules(path: str, rules: Rules) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = path + ".tmp"
+    with open(temp, "w", encoding="utf-8") as rules_file:
+        rules_file.write(rules.to_text())
+    os.replace(temp, path)

@@ -1,0 +1,300 @@
+"""The `ssh` working area: a live guest (or any machine) reached over SSH.
+
+The guest needs only sshd, a POSIX shell, GNU find and GNU tar. A capture asks for a
+metadata listing (find -printf), then for one tar stream of what the stat cache cannot
+vouch for; a restore sends the paths to delete and one tar stream of what changed.
+Every command runs under `sh -c` below the area's root (`--root`, default /).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import tarfile
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from vml.areas.capture import CaptureProgress, CaptureResult
+from vml.areas.guestcapture import FIND_FORMAT, GuestCapture
+from vml.areas.guestrestore import plan_restore, write_tar
+from vml.areas.restore import RestoreProgress
+from vml.areas.rules import Rules
+from vml.areas.statcache import StatCache
+from vml.errors import AreaError
+from vml.objects.manifest import Listing
+from vml.objects.store import ChunkStore
+from vml.transport.base import TransportError
+from vml.transport.ssh import SSH_ERRORS, connect
+
+_NO_ROOT = 97
+_NO_TOOL = 98
+_TOOLS_CHECK = (
+    f'case "$(tar --version 2>/dev/null)" in *"GNU tar"*) ;; *) echo "GNU tar" >&2; exit {_NO_TOOL};; esac; '
+    f'case "$(find --version 2>/dev/null)" in *"GNU findutils"*) ;; *) echo "GNU find" >&2; exit {_NO_TOOL};; esac; '
+)
+_TAR_ARGS = "--format=posix --xattrs --xattrs-include='*'"
+_TAR_PROBLEM = re.compile(rb"^tar: (\./.*?|\.): (.*)$")
+PIECE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SshTarget:
+    host: str
+    port: int | None
+    user: str | None
+    identity: str | None
+    root: str
+
+    @classmethod
+    def parse(cls, spec: str, *, identity: str | None = None, root: str = "/") -> "SshTarget":
+        """`user@host[:port]`, as `vml area add --ssh` takes it."""
+        match = re.fullmatch(r"(?:([^@\s/]+)@)?(\[[0-9a-fA-F:]+\]|[^@:\s/]+)(?::(\d{1,5}))?", spec)
+        if not match:
+            raise AreaError(f"invalid ssh target {spec!r}: expected user@host or user@host:port")
+        user, host, port = match.groups()
+        if not root.startswith("/"):
+            raise AreaError(f"--root must be an absolute path on the guest, not {root!r}")
+        return cls(host.strip("[]"), int(port) if port else None, user, identity, root)
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        root = "" if self.root == "/" else self.root
+        return f"ssh://{user}{self.host}{port}{root or '/'}"
+
+
+class SshArea:
+    capture_method = "ssh-find-tar"
+
+    def __init__(self, config, target: SshTarget, rules: Rules, *, accept_new_host_key: bool = False):
+        self.config = config
+        self.target = target
+        self.rules = rules
+        self.accept_new_host_key = accept_new_host_key
+        self._client = None
+
+    def has_files(self) -> bool:
+        return True
+
+    # -- the connection
+
+    def _connection(self):
+        if self._client is None:
+            try:
+                self._client = connect(
+                    self.target.host,
+                    port=self.target.port,
+                    user=self.target.user,
+                    identity=self.target.identity,
+                    accept_new_host_key=self.accept_new_host_key,
+                )
+            except TransportError as error:
+                raise AreaError(f"area {self.config.name}: {error}") from None
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _script(self, body: str) -> str:
+        root = shlex.quote(self.target.root)
+        return f"sh -c {shlex.quote(f'cd -- {root} 2>/dev/null || exit {_NO_ROOT}; {_TOOLS_CHECK}{body}')}"
+
+    @contextlib.contextmanager
+    def _command(self, body: str, feed: Callable[[object], None] | None = None) -> Iterator[tuple[object, Callable[[], bytes]]]:
+        """Run `body` on the guest; yields (stdout file, stderr reader). `feed` writes stdin on
+        its own thread, so a command that writes while it reads cannot block us."""
+        try:
+            channel = self._connection().get_transport().open_session()
+            channel.exec_command(self._script(body))
+        except SSH_ERRORS as error:
+            self.close()
+            raise AreaError(f"area {self.config.name}: the connection to the guest dropped ({error or type(error).__name__})") from None
+        failure: list[BaseException] = []
+        writer = None
+        if feed is not None:
+            def run_feed():
+                try:
+                    sink = channel.makefile("wb", PIECE)
+                    feed(sink)
+                    sink.flush()
+                    channel.shutdown_write()
+                except BaseException as error:  # reported by the reader's side
+                    failure.append(error)
+                    channel.close()
+            writer = threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True)
+            writer.start()
+        else:
+            channel.shutdown_write()
+        stdout = channel.makefile("rb", PIECE)
+        stderr = channel.makefile_stderr("rb")
+        try:
+            yield stdout, stderr.read
+            if writer is not None:
+                writer.join()
+            if failure:
+                raise failure[0]
+        except SSH_ERRORS as error:
+            self.close()
+            raise AreaError(f"area {self.config.name}: the connection to the guest dropped ({error or type(error).__name__})") from None
+        finally:
+            channel.close()
+
+    def _check_status(self, channel_status: int, stderr: bytes, what: str) -> None:
+        if channel_status == _NO_ROOT:
+            raise AreaError(f"area {self.config.name}: {self.target.root} does not exist on the guest")
+        if channel_status == _NO_TOOL:
+            tool = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["a tool"]
+            raise AreaError(f"area {self.config.name}: the guest lacks {tool[0]}, which vml needs (install it in the guest)")
+        if channel_status == -1:
+            raise AreaError(f"area {self.config.name}: the connection to the guest dropped during {what}")
+
+    # -- capture
+
+    def _listing_body(self) -> str:
+        fmt = shlex.quote(FIND_FORMAT)
+        prunes = self._prunes()
+        roots = self.rules.walk_roots() if not self.rules.everything else None
+        if roots is None or "" in roots:
+            return f"date +%s; find . {prunes}-printf {fmt}"
+        roots = [r for r in roots if not any(r.startswith(o + "/") for o in roots)]
+        above = sorted({"/".join(r.split("/")[:i]) for r in roots for i in range(len(r.split("/")))})
+        def existing(paths):
+            quoted = " ".join(shlex.quote("./" + p if p else ".") for p in paths)
+            return f'set --; for p in {quoted}; do if [ -e "$p" ] || [ -h "$p" ]; then set -- "$@" "$p"; fi; done; '
+        return (
+            f"date +%s; {existing(above)}find \"$@\" -maxdepth 0 -printf {fmt}; "
+            f'{existing(roots)}if [ $# -gt 0 ]; then find "$@" {prunes}-printf {fmt}; fi'
+        )
+
+    def _prunes(self) -> str:
+        """Excluded directories the guest's find need not even enter (the rest is filtered here)."""
+        if any(p.startswith("!") for p in self.rules.exclude):
+            return ""
+        literal = [p.rstrip("/") for p in self.rules.exclude if p.startswith("/") and not re.search(r"[*?\[\\]", p)]
+        if not literal:
+            return ""
+        tests = " -o ".join(f"-path {shlex.quote('.' + p)}" for p in literal)
+        return f"\\( {tests} \\) -prune -o "
+
+    def _listing(self) -> tuple[bytes, int]:
+        with self._command(self._listing_body()) as (stdout, stderr):
+            data = stdout.read()
+            errors = stderr()
+            status = stdout.channel.recv_exit_status()
+        self._check_status(status, errors, "the listing")
+        now, _, listing = data.partition(b"\n")
+        if not now.strip().isdigit():
+            raise AreaError(f"area {self.config.name}: the guest's 'date +%s' printed {now[:40]!r}, not a time")
+        self._listing_problems = [
+            line.decode(errors="replace") for line in errors.splitlines() if line.startswith(b"find: ")
+        ]
+        return listing, (int(now) + 1) * 1_000_000_000  # the next second: its clock ticks in seconds here
+
+    @contextlib.contextmanager
+    def _open_tar(self, paths: list[bytes]):
+        names = b"".join(b"./" + p + b"\0" if p else b".\0" for p in paths)
+
+        def feed(sink):
+            for start in range(0, len(names), PIECE):
+                sink.write(names[start : start + PIECE])
+
+        body = f"tar -c -f - {_TAR_ARGS} --sparse --no-recursion --null --no-unquote -T -"
+        with self._command(body, feed) as (stdout, stderr):
+            state = {}
+
+            def problems():
+                errors = stderr()
+                status = stdout.channel.recv_exit_status()
+                self._check_status(status, errors, "the transfer")
+                found = []
+                for line in errors.splitlines():
+                    match = _TAR_PROBLEM.match(line)
+                    if match:
+                        path, message = match.groups()
+                        found.append((b"" if path == b"." else path[2:], message.decode(errors="replace")))
+                if status not in (0, 1) and not found:
+                    raise AreaError(f"area {self.config.name}: tar failed on the guest: {errors.decode(errors='replace').strip()[:300]}")
+                state["found"] = found
+                return found
+
+            yield stdout, problems
+
+    def capture(
+        self,
+        store: ChunkStore,
+        cache: StatCache,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[CaptureProgress], None] | None = None,
+    ) -> CaptureResult:
+        listing, now = self._listing()
+        capture = GuestCapture(listing, now, self._open_tar, store, cache, rules=self.rules, dry_run=dry_run, progress=progress)
+        try:
+            result = capture.run()
+        except FileNotFoundError as error:
+            raise AreaError(f"area {self.config.name}: {error}") from None
+        for line in self._listing_problems:
+            path = line.split("'")[1] if line.count("'") >= 2 else line
+            result.skipped.append((path.removeprefix("./").encode(), line.rsplit(": ", 1)[-1]))
+        return result
+
+    # -- restore
+
+    def restore(
+        self,
+        store: ChunkStore,
+        load_listing: Callable[..., Listing],
+        root_id: bytes,
+        current_root_id: bytes | None,
+        progress: Callable[[RestoreProgress], None] | None = None,
+    ) -> RestoreProgress:
+        counts = RestoreProgress()
+        plan = plan_restore(load_listing, root_id, current_root_id)
+        if plan.deletions:
+            self._delete(plan.deletions)
+            counts.removed += len(plan.deletions)
+        if plan.members:
+            body = f"tar -x -f - {_TAR_ARGS} --numeric-owner --same-permissions --delay-directory-restore"
+
+            def feed(sink):
+                write_tar(plan, store, sink, counts)
+                if progress is not None:
+                    progress(counts)
+
+            with self._command(body, feed) as (stdout, stderr):
+                stdout.read()
+                errors = stderr()
+                status = stdout.channel.recv_exit_status()
+            self._check_status(status, errors, "the checkout")
+            if status != 0:
+                first = errors.decode(errors="replace").strip().splitlines()[:1] or [f"exit status {status}"]
+                raise AreaError(f"area {self.config.name}: tar on the guest could not write the files: {first[0]}")
+        return counts
+
+    def _delete(self, paths: list[bytes]) -> None:
+        names = b"".join(b"./" + p + b"\0" for p in paths if p)
+
+        def feed(sink):
+            sink.write(names)
+
+        with self._command("xargs -0 -r rm -rf --", feed) as (stdout, stderr):
+            stdout.read()
+            errors = stderr()
+            status = stdout.channel.recv_exit_status()
+        self._check_status(status, errors, "the deletions")
+        if status != 0:
+            raise AreaError(f"area {self.config.name}: could not delete on the guest: {errors.decode(errors='replace').strip()[:300]}")
+
+    def read_file(self, path: bytes, limit: int) -> bytes:
+        with self._open_tar([path]) as (stdout, problems):
+            with tarfile.open(fileobj=stdout, mode="r|") as archive:
+                for member in archive:
+                    if member.isfile():
+                        return archive.extractfile(member).read(limit)
+            problems()
+        return b""
+
