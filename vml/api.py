@@ -14,12 +14,12 @@ from typing import Callable
 
 import vml
 from vml.areas.base import AreaConfig, check_area_name
-from vml.areas.capture import CaptureResult
+from vml.areas.capture import CaptureResult, capture_file, capture_tree
 from vml.areas.kinds import open_area
 from vml.areas.rules import Rules, default_rules, load_rules, save_rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
-from vml.entry import ENTRY_FILE, EntryInfo, display_path
+from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, display_path
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
 from vml.exchange.fetch import read_history, receive_blobs
@@ -28,6 +28,7 @@ from vml.exchange.remote import RemoteRepository
 from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import UPLOAD_GRACE, collect
+from vml.objects.hashing import file_digest
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, walk_nodes
@@ -38,6 +39,7 @@ from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry
 from vml.refs.reflogs import expire as expire_reflogs
+from vml.refs.bases import BaseName, base_name, list_bases, parse_base
 from vml.refs.rewrite import drop_entry
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
@@ -78,6 +80,7 @@ class AreaOptions:
     root: str = "/"
     include: tuple[str, ...] = ()  # replaces the kind's default includes when given
     exclude: tuple[str, ...] = ()  # added to the kind's default excludes
+    base: str | None = None  # NAME:VERSION of the base image the area's guest was made from
 
 
 def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *, directory: str | None = None,
@@ -102,6 +105,9 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
         settings = {"host": target.host, "root": target.root}
         settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
         config = AreaConfig(name, "ssh", str(target), settings)
+    if options.base is not None:
+        _base_entry(repo, parse_base(repo.git, options.base))  # it must exist
+        config = dataclasses.replace(config, settings={**config.settings, "base": options.base})
     defaults = default_rules(config.kind)
     rules = Rules(options.include or defaults.include, defaults.exclude + tuple(options.exclude))
     if branch is None:
@@ -256,6 +262,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             added_bytes=added,
             skipped=skipped,
             changed_while_reading=unstable,
+            base=_area_base(repo, config),
         )
         parents = [head.entry] if head.entry else []
         entry = repo.git.create_commit({ENTRY_FILE: info.to_toml()}, message, parents)
@@ -267,6 +274,111 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
                            f"recover it with 'vml checkout {entry[:12]}'") from None
         captured.cache.save(repo.stat_cache_path(config.name))
         return CommitResult(entry=entry, created=True, **common)
+
+
+# -- base images
+
+
+@dataclass(frozen=True, slots=True)
+class BaseInfo:
+    name: str
+    version: str
+    digest: str
+    entry: str
+    source: str  # image, dir or the kind of the area it was taken from
+    location: str
+    files: int
+    logical_bytes: int
+    added_bytes: int
+
+
+def _base_entry(repo: Repository, base: BaseName) -> tuple[str, EntryInfo]:
+    entry = repo.git.ref_target(base.ref)
+    if entry is None:
+        known = ", ".join(str(b) for b, _ in list_bases(repo.git)) or "none"
+        raise UsageError(f"no base {base} in this repository (bases: {known}); add it with 'vml base add {base.name} {base.version} --image FILE'")
+    return entry, entry_info(repo, entry)
+
+
+def _area_base(repo: Repository, config: AreaConfig) -> BaseRef | None:
+    text = config.settings.get("base")
+    if not text:
+        return None
+    _entry, info = _base_entry(repo, parse_base(repo.git, text))
+    return info.base
+
+
+def _base_info(entry: str, info: EntryInfo) -> BaseInfo:
+    return BaseInfo(info.base.name, info.base.version, info.base.digest, entry, info.area_kind, info.location,
+                    info.files, info.logical_bytes, info.added_bytes)
+
+
+def base_add(repo: Repository, name: str, version: str, *, image: str | None = None, directory: str | None = None,
+             area: str | None = None, progress: Progress = None) -> BaseInfo:
+    """Store a base image (a disk image file, a directory, or an area's current files) on its own ref."""
+    if sum(source is not None for source in (image, directory, area)) != 1:
+        raise UsageError("give exactly one of --image FILE, --dir DIR and --area AREA")
+    base = base_name(repo.git, name, version)
+    if repo.git.ref_target(base.ref) is not None:
+        raise UsageError(f"base {base} exists already (at {repo.git.ref_target(base.ref)[:12]}); bases are immutable: use a new version")
+    with repo.shared_lock():
+        store = repo.store
+        added_before = store.bytes_added
+        try:
+            if image is not None:
+                source, location, image_name = "image", os.path.abspath(image), os.path.basename(image)
+                if not os.path.isfile(location):
+                    raise UsageError(f"{image} is not a file")
+                root_id, totals = capture_file(os.fsencode(location), store)
+                digest = file_digest(location)
+            elif directory is not None:
+                source, location, image_name = "dir", os.path.abspath(directory), None
+                if not os.path.isdir(location):
+                    raise UsageError(f"{directory} is not a directory")
+                captured = capture_tree(os.fsencode(location), store, StatCache(), progress=progress)
+                root_id, totals, digest = captured.root_id, captured.totals, f"tree:{captured.root_id.hex()}"
+            else:
+                config = repo.area(area)
+                source, location, image_name = config.kind, config.location, None
+                with _opened(repo, config) as working_area:
+                    captured = working_area.capture(store, StatCache(), dry_run=False, progress=progress)
+                root_id, totals, digest = captured.root_id, captured.totals, f"tree:{captured.root_id.hex()}"
+            store.flush()
+        except BaseException:
+            store.abandon()
+            raise
+        info = EntryInfo(
+            manifest=root_id.hex(), area=area or "", area_kind=source, location=location, host=socket.gethostname(),
+            capture_method="base-" + source, vml_version=vml.__version__, nodes=totals.nodes, files=totals.files,
+            logical_bytes=totals.bytes, added_bytes=store.bytes_added - added_before, kind="base",
+            base=BaseRef(name, version, digest), image=image_name,
+        )
+        entry = repo.git.create_commit({ENTRY_FILE: info.to_toml()}, f"base {name} {version}", [])
+        repo.git.update_ref(base.ref, entry, None, f"base add: {base}")
+    return _base_info(entry, info)
+
+
+def base_list(repo: Repository) -> list[BaseInfo]:
+    return [_base_info(entry, entry_info(repo, entry)) for _base, entry in list_bases(repo.git)]
+
+
+def _check_base(repo: Repository, info: EntryInfo, config: AreaConfig | None) -> list[str]:
+    """Warnings for a checkout of an entry saved on a base; an error if the repository lacks that base."""
+    if info.base is None:
+        return []
+    entry = repo.git.ref_target(BaseName(info.base.name, info.base.version).ref)
+    if entry is None:
+        raise UsageError(
+            f"the entry sits on base {info.base} ({info.base.digest[:19]}…), which this repository lacks: "
+            f"add it with 'vml base add {info.base.name} {info.base.version} --image FILE', or fetch it from a remote that has it"
+        )
+    held = entry_info(repo, entry).base
+    if held.digest != info.base.digest:
+        raise UsageError(f"base {info.base} here has digest {held.digest[:19]}…, the entry was saved on {info.base.digest[:19]}…: not the same base")
+    area_base = _area_base(repo, config) if config is not None else None
+    if area_base is not None and (area_base.name, area_base.version) != (info.base.name, info.base.version):
+        return [f"the entry was saved on base {info.base}, the area is on base {area_base}: files from the base may differ"]
+    return []
 
 
 # -- log and show
@@ -456,6 +568,7 @@ class CheckoutResult:
     branch: str | None
     counts: RestoreProgress
     not_reproduced: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _scan_area(repo: Repository, working_area, cache: StatCache | None = None) -> tuple[CaptureResult, Callable]:
@@ -488,6 +601,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
                 raise UsageError(f"{head.branch} moved to {head.entry[:12]} meanwhile and is no longer behind {spec}; pull again")
         else:
             entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
+        warnings = _check_base(repo, entry_info(repo, entry_id), config)
         target_root = _root_of(repo, entry_id)
         store = repo.store
         current = None
@@ -525,7 +639,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         if after.root_id != target_root:
             not_reproduced = [f"{display_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)]
         head_after = read_head(repo.git, config.name)
-        return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced)
+        return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced, warnings)
 
 
 def switch(repo: Repository, branch: str, *, area: str | None = None, create: bool = False, force: bool = False, progress: Progress = None) -> CheckoutResult:
@@ -554,10 +668,11 @@ def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> Ch
         raise UsageError(f"{target} exists and is not an empty directory")
     with repo.shared_lock():
         entry_id = resolve_entry(repo, spec)
+        warnings = _check_base(repo, entry_info(repo, entry_id), None)
         root_id = _root_of(repo, entry_id)
         restore = Restore(repo.store, listing_loader(repo.store), progress=progress)
         counts = restore.run(root_id, os.fsencode(target))
-    return CheckoutResult(entry_id, target, None, None, counts, [f"{display_path(p)} ({why})" for p, why in counts.not_restored])
+    return CheckoutResult(entry_id, target, None, None, counts, [f"{display_path(p)} ({why})" for p, why in counts.not_restored], warnings)
 
 
 # -- diff and status

@@ -84,19 +84,57 @@ def area() -> None:
 @click.option("--include", multiple=True, metavar="PATTERN",
               help="Save only these paths (gitignore pattern, repeatable); replaces the default includes.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Never save these paths (gitignore pattern, repeatable); added to the defaults.")
+@click.option("--base", metavar="NAME:VERSION", help="The base image the area's guest was made from (see 'vml base'); entries record it.")
 @click.option("--branch", help="The branch the area starts on (default: main, or NAME if main is taken).")
 @json_option
 @click.pass_context
-def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, branch: str | None, as_json: bool) -> None:
+def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, base, branch: str | None, as_json: bool) -> None:
     """Add a working area NAME: a directory (--dir) or a live guest (--ssh).
 
     A guest area saves by default /home, /root, /etc, /usr/local, /opt and /var/lib, and
     never /proc, /sys, /dev, /run, /tmp, /var/cache, /var/tmp or swap files; a directory
     area saves everything. 'vml area show NAME' prints the rules and the file that holds them.
     """
-    options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude)
+    options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude, base=base)
     info = api.area_add(_repo(ctx), name, options, branch=branch)
     render.print_json(info) if as_json else render.area_info(info)
+
+
+@main_group.group()
+def base() -> None:
+    """Add and list base images: named, versioned, digest-pinned starting points of guests.
+
+    An entry saved in an area made from a base records the base's name, version and
+    digest, and costs only what differs from it (the base's data is stored once).
+    """
+
+
+@base.command("add")
+@click.argument("name")
+@click.argument("version")
+@click.option("--image", metavar="FILE", help="A disk image file (raw or qcow2), stored as it is.")
+@click.option("--dir", "directory", metavar="DIR", help="A directory tree (an unpacked guest root).")
+@click.option("--area", "from_area", metavar="AREA", help="The current files of a working area.")
+@json_option
+@click.pass_context
+def base_add(ctx: click.Context, name: str, version: str, image, directory, from_area, as_json: bool) -> None:
+    """Store base NAME VERSION from exactly one of --image, --dir and --area."""
+    with render.progress("storing base", enabled=not as_json) as progress:
+        info = api.base_add(_repo(ctx), name, version, image=image, directory=directory, area=from_area, progress=progress)
+    render.print_json(info) if as_json else render.base_info(info)
+
+
+@base.command("list")
+@json_option
+@click.pass_context
+def base_list(ctx: click.Context, as_json: bool) -> None:
+    """List the base images: name, version, digest, source, size, entry."""
+    infos = api.base_list(_repo(ctx))
+    if as_json:
+        render.print_json(infos)
+    else:
+        for info in infos:
+            render.base_info(info)
 
 
 @area.command("show")

@@ -18,6 +18,18 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+@dataclass(frozen=True, slots=True)
+class BaseRef:
+    """The base image an entry sits on (or, in a base's own entry, the base itself)."""
+
+    name: str
+    version: str
+    digest: str  # blake3:HEX of an image file, or tree:HEX (the root listing id) of a tree
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
 @dataclass(slots=True)
 class EntryInfo:
     manifest: str  # hex id of the root listing in the chunk store
@@ -33,6 +45,9 @@ class EntryInfo:
     added_bytes: int
     skipped: list[str] = field(default_factory=list)
     changed_while_reading: list[str] = field(default_factory=list)
+    kind: str = "entry"  # "base" for a base image's own entry
+    base: BaseRef | None = None
+    image: str | None = None  # a base made from an image file: the file's name in the tree
 
     def to_toml(self) -> bytes:
         document = {
@@ -52,6 +67,12 @@ class EntryInfo:
                 "added_bytes": self.added_bytes,
             },
         }
+        if self.kind != "entry":
+            document["kind"] = self.kind
+        if self.base is not None:
+            document["base"] = {"name": self.base.name, "version": self.base.version, "digest": self.base.digest}
+            if self.image is not None:
+                document["base"]["image"] = self.image
         return tomli_w.dumps(document).encode()
 
     @classmethod
@@ -61,6 +82,7 @@ class EntryInfo:
             if document.get("format") != FORMAT:
                 raise ValueError(f"unknown entry format {document.get('format')}")
             area, capture, files = document["area"], document["capture"], document["files"]
+            base = document.get("base")
             return cls(
                 manifest=files["manifest"],
                 area=area["name"],
@@ -75,6 +97,9 @@ class EntryInfo:
                 added_bytes=files["added_bytes"],
                 skipped=list(capture.get("skipped", [])),
                 changed_while_reading=list(capture.get("changed_while_reading", [])),
+                kind=document.get("kind", "entry"),
+                base=BaseRef(str(base["name"]), str(base["version"]), str(base["digest"])) if base else None,
+                image=base.get("image") if base else None,
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None

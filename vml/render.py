@@ -232,6 +232,9 @@ def show_result(result: api.ShowResult) -> None:
     out.print(f"Date:   {_date(entry)}")
     out.print(f"Parent: {', '.join(entry.parents) if entry.parents else '(none: first entry)'}")
     out.print(escape(f"Area:   {info.area} ({info.area_kind}: {info.location} on {info.host})"))
+    if info.base is not None:
+        label = "Base image" if info.kind == "base" else "Base:  "
+        out.print(escape(f"{label} {info.base} ({info.base.digest})"))
     out.print(f"Files:  {info.files:,} files, {result.directories:,} directories, {result.symlinks:,} symlinks, {result.other:,} other")
     out.print(f"Size:   {size(info.logical_bytes)} logical, {size(result.stored_bytes)} stored, {size(info.added_bytes)} added by this entry")
     if info.skipped:
@@ -252,6 +255,15 @@ def checkout_result(result: api.CheckoutResult) -> None:
         out.print(f"area {escape(result.area)} is " + (f"on branch {result.branch}" if result.branch else f"detached at {result.entry[:12]}"))
     for line in result.not_reproduced:
         warning(f"not reproduced: {line}")
+    for line in result.warnings:
+        warning(line)
+
+
+def base_info(info: api.BaseInfo) -> None:
+    out.print(escape(
+        f"{info.name}\t{info.version}\t{info.digest[:23]}…\t{info.source}\t{info.files:,} files, "
+        f"{size(info.logical_bytes)}\t{info.entry[:12]}"
+    ))
 
 
 def switched_to_new_branch(result: api.CheckoutResult) -> None:

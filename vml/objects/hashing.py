@@ -25,6 +25,15 @@ class StreamingId:
         return ObjectId(self._hasher.digest())
 
 
+def file_digest(path: str | bytes) -> str:
+    """BLAKE3-256 of a whole file, as 'blake3:HEX' (a base image's digest)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with open(path, "rb") as image:
+        if image.seek(0, 2):  # an empty file cannot be mapped
+            hasher.update_mmap(path)
+    return "blake3:" + hasher.hexdigest()
+
+
 def checksum64(data: bytes | memoryview) -> int:
     """Non-cryptographic checksum for pack and index trailers."""
     return xxhash.xxh3_64_intdigest(data)
