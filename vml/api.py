@@ -8,18 +8,19 @@ import difflib
 import os
 import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import vml
 from vml.areas.base import AreaConfig, check_area_name
-from vml.areas.capture import CaptureResult, capture_file, capture_tree
-from vml.areas.kinds import open_area
+from vml.areas.capture import CaptureResult, capture_files, capture_tree
+from vml.areas.kinds import open_area, ssh_target
 from vml.areas.rules import Rules, default_rules, load_rules, save_rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
-from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, display_path
+from vml.entry import DOMAIN_FILE, ENTRY_FILE, BaseRef, EntryInfo, display_path
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
 from vml.exchange.fetch import read_history, receive_blobs
@@ -81,30 +82,29 @@ class AreaOptions:
     include: tuple[str, ...] = ()  # replaces the kind's default includes when given
     exclude: tuple[str, ...] = ()  # added to the kind's default excludes
     base: str | None = None  # NAME:VERSION of the base image the area's guest was made from
+    libvirt: str | None = None  # a libvirt URI: the area is a domain there
+    domain: str | None = None  # with libvirt: an existing domain, or the name for one defined from --base
 
 
 def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *, directory: str | None = None,
              branch: str | None = None) -> AreaInfo:
     check_area_name(name)
     options = options or AreaOptions(directory=directory)
-    if (options.directory is None) == (options.ssh is None):
-        raise UsageError("say where the area's files are: --dir PATH or --ssh user@host[:port]")
-    if options.directory is not None:
+    if any(existing.name == name for existing in repo.areas()):
+        raise AreaError(f"area {name!r} exists already")
+    if options.libvirt is not None:
+        config = _libvirt_area(repo, name, options)
+    elif (options.directory is None) == (options.ssh is None):
+        raise UsageError("say where the area's files are: --dir PATH, --ssh user@host[:port] or --libvirt URI")
+    elif options.directory is not None:
         location = os.path.abspath(options.directory)
         if os.path.exists(location) and not os.path.isdir(location):
             raise AreaError(f"{location} is not a directory")
         _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
         config = AreaConfig(name, "dir", location)
     else:
-        from vml.areas.ssh import SshTarget
-
-        identity = os.path.abspath(options.identity) if options.identity else None
-        if identity and not os.path.isfile(identity):
-            raise AreaError(f"identity file {options.identity} does not exist")
-        target = SshTarget.parse(options.ssh, identity=identity, root=options.root)
-        settings = {"host": target.host, "root": target.root}
-        settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
-        config = AreaConfig(name, "ssh", str(target), settings)
+        config = AreaConfig(name, "ssh", "", _ssh_settings(options))
+        config = dataclasses.replace(config, location=str(ssh_target(config)))
     if options.base is not None:
         _base_entry(repo, parse_base(repo.git, options.base))  # it must exist
         config = dataclasses.replace(config, settings={**config.settings, "base": options.base})
@@ -116,6 +116,63 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     save_rules(repo.rules_path(name), rules)
     attach(repo.git, name, branch, f"area add: {name}")
     return area_info(repo, config)
+
+
+def _ssh_settings(options: AreaOptions) -> dict[str, str]:
+    from vml.areas.ssh import SshTarget
+
+    identity = os.path.abspath(options.identity) if options.identity else None
+    if identity and not os.path.isfile(identity):
+        raise AreaError(f"identity file {options.identity} does not exist")
+    target = SshTarget.parse(options.ssh, identity=identity, root=options.root)
+    settings = {"host": target.host, "root": target.root}
+    settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
+    return settings
+
+
+def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
+    """A domain that exists (--domain), or a new one defined on an overlay of a base image (--base)."""
+    from vml.areas.libvirt import Domain, make_overlay, new_domain_xml
+
+    if options.directory is not None:
+        raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
+    settings = {"uri": options.libvirt, **(_ssh_settings(options) if options.ssh else {})}
+    if options.base is None:
+        if options.domain is None:
+            raise UsageError("with --libvirt, give --domain NAME (an existing domain) or --base NAME:VERSION (a new one)")
+        Domain(options.libvirt, options.domain).info()  # it must exist
+        settings["domain"] = options.domain
+    else:
+        domain = Domain(options.libvirt, options.domain or f"vml-{name}")
+        if domain.exists():
+            raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
+        image = _base_image(repo, parse_base(repo.git, options.base))
+        state_dir = repo.area_state_dir(name)
+        os.makedirs(state_dir, exist_ok=True)
+        overlay = os.path.join(state_dir, "disk.qcow2")
+        if os.path.exists(overlay):
+            os.unlink(overlay)  # left by an area of that name that was removed
+        make_overlay(image, overlay)
+        domain.define(new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log")))
+        settings["domain"] = domain.name
+    return AreaConfig(name, "libvirt", f"{options.libvirt}#{settings['domain']}", settings)
+
+
+def _base_image(repo: Repository, base: BaseName) -> str:
+    """The path of a base's image file, written out of the store once and kept read-only."""
+    entry, info = _base_entry(repo, base)
+    if info.image is None:
+        raise UsageError(f"base {base} is a file tree, not a disk image: a domain needs a base added with --image")
+    directory = os.path.join(repo.vml_dir, "images", base.name, base.version)
+    path = os.path.join(directory, info.image)
+    if not os.path.exists(path):
+        temp = directory + ".tmp"
+        shutil.rmtree(temp, ignore_errors=True)
+        Restore(repo.store, listing_loader(repo.store)).run(_root_of(repo, entry), os.fsencode(temp))
+        os.chmod(os.path.join(temp, info.image), 0o444)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        os.rename(temp, directory)
+    return path
 
 
 def area_rules(repo: Repository, config: AreaConfig) -> Rules:
@@ -215,17 +272,26 @@ class CommitResult:
     changed_while_reading: list[str]
 
 
-def commit(repo: Repository, message: str, *, area: str | None = None, allow_empty: bool = False, progress: Progress = None) -> CommitResult:
+def commit(repo: Repository, message: str, *, area: str | None = None, allow_empty: bool = False, memory: bool = False,
+           progress: Progress = None) -> CommitResult:
+    """Save the area as a new entry. With `memory`, a running libvirt domain's memory and
+    disks are saved too (the domain is paused for the save and resumed)."""
     if not message.strip():
         raise UsageError("an entry needs a message: give -m MESSAGE")
     config = repo.choose_area(area)
+    if memory and config.kind != "libvirt":
+        raise UsageError(f"--memory saves a running domain's memory: area {config.name} is a {config.kind} area, not libvirt")
     with _opened(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)
         store = repo.store
         cache = StatCache.load(repo.stat_cache_path(config.name))
         added_before = store.bytes_added
+        saved_memory = None
         try:
             captured = working_area.capture(store, cache, dry_run=False, progress=progress)
+            extra_files = working_area.entry_files()
+            if memory:
+                saved_memory = _save_memory(repo, working_area.domain, store)
             store.flush()  # packs, then their index: durable before any commit names them
         except BaseException:
             store.abandon()
@@ -245,7 +311,8 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             skipped=skipped,
             changed_while_reading=unstable,
         )
-        if head.entry is not None and not allow_empty and _root_of(repo, head.entry) == captured.root_id:
+        if (head.entry is not None and not allow_empty and saved_memory is None and _root_of(repo, head.entry) == captured.root_id
+                and all(repo.git.read_file(head.entry, path) == data for path, data in extra_files.items())):
             captured.cache.save(repo.stat_cache_path(config.name))
             return CommitResult(entry=head.entry, created=False, **common)
         info = EntryInfo(
@@ -263,9 +330,11 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             skipped=skipped,
             changed_while_reading=unstable,
             base=_area_base(repo, config),
+            memory=saved_memory[0].hex() if saved_memory else None,
+            memory_disks=saved_memory[1] if saved_memory else [],
         )
         parents = [head.entry] if head.entry else []
-        entry = repo.git.create_commit({ENTRY_FILE: info.to_toml()}, message, parents)
+        entry = repo.git.create_commit({ENTRY_FILE: info.to_toml(), **extra_files}, message, parents)
         summary = message.strip().splitlines()[0]
         try:
             advance(repo.git, head, entry, f"commit{'' if parents else ' (initial)'}: {summary}")
@@ -274,6 +343,72 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
                            f"recover it with 'vml checkout {entry[:12]}'") from None
         captured.cache.save(repo.stat_cache_path(config.name))
         return CommitResult(entry=entry, created=True, **common)
+
+
+MEMORY_FILE = b"memory.save"
+
+
+def _save_memory(repo: Repository, domain, store) -> tuple[ObjectId, list[str]]:
+    """The domain's memory and the disks it is only valid with, as one tree in the store;
+    the domain runs again afterwards. Returns the tree's id and the disks' paths in order."""
+    temp_dir = os.path.join(repo.vml_dir, "tmp")  # beside the store: memory images are large
+    os.makedirs(temp_dir, exist_ok=True)
+    disks = domain.disk_files()
+    missing = [path for path in disks if not os.path.isfile(path)]
+    if missing:
+        raise AreaError(f"domain {domain.name} uses disks vml cannot read here ({', '.join(missing)}): its memory would be useless without them")
+    with tempfile.TemporaryDirectory(dir=temp_dir) as work:
+        image = os.path.join(work, os.fsdecode(MEMORY_FILE))
+        domain.save_memory(image)  # the domain stops here, its disks quiet
+        try:
+            files = [(MEMORY_FILE, os.fsencode(image))]
+            files += [(b"disk%d-%s" % (number, os.fsencode(os.path.basename(path))), os.fsencode(path)) for number, path in enumerate(disks)]
+            root_id, _totals = capture_files(files, store)
+        finally:
+            domain.restore_memory(image)
+    return root_id, disks
+
+
+# -- virtual machines
+
+VM_ACTIONS = ("start", "stop", "suspend", "resume")
+
+
+@dataclass(frozen=True, slots=True)
+class VmState:
+    area: str
+    vm: object  # libvirt.VmInfo
+
+
+def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
+    config = repo.choose_area(area)
+    if config.kind != "libvirt":
+        raise UsageError(f"area {config.name} is a {config.kind} area; vml vm works on libvirt areas (vml area add NAME --libvirt URI ...)")
+    return config
+
+
+def vm_action(repo: Repository, action: str, *, area: str | None = None, force: bool = False) -> VmState:
+    """Start, stop (shut down; with force: power off), suspend or resume an area's domain."""
+    if action not in VM_ACTIONS:
+        raise UsageError(f"unknown vm action {action!r}: one of {', '.join(VM_ACTIONS)}")
+    config = _libvirt_config(repo, area)
+    with _opened(repo, config) as working_area:
+        domain = working_area.domain
+        if action == "stop":
+            domain.stop(force=force)
+        else:
+            getattr(domain, action)()
+        return VmState(config.name, domain.info())
+
+
+def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
+    """The domain of one area, or of every libvirt area."""
+    configs = [_libvirt_config(repo, area)] if area is not None else [c for c in repo.areas() if c.kind == "libvirt"]
+    states = []
+    for config in configs:
+        with _opened(repo, config) as working_area:
+            states.append(VmState(config.name, working_area.domain.info()))
+    return states
 
 
 # -- base images
@@ -329,7 +464,7 @@ def base_add(repo: Repository, name: str, version: str, *, image: str | None = N
                 source, location, image_name = "image", os.path.abspath(image), os.path.basename(image)
                 if not os.path.isfile(location):
                     raise UsageError(f"{image} is not a file")
-                root_id, totals = capture_file(os.fsencode(location), store)
+                root_id, totals = capture_files([(os.fsencode(image_name), os.fsencode(location))], store)
                 digest = file_digest(location)
             elif directory is not None:
                 source, location, image_name = "dir", os.path.abspath(directory), None
@@ -579,13 +714,67 @@ def _scan_area(repo: Repository, working_area, cache: StatCache | None = None) -
     return current, listing_loader(repo.store, current.listings)
 
 
-def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False, progress: Progress = None) -> CheckoutResult:
+def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False,
+             resume: bool = False, progress: Progress = None) -> CheckoutResult:
     if to is not None:
-        if area is not None:
-            raise UsageError("give either -a AREA or --to DIR, not both")
+        if area is not None or resume:
+            raise UsageError("--to DIR restores files into a directory: it goes with neither -a AREA nor --resume")
         return _checkout_to(repo, spec, to, progress)
     branch = spec if branch_exists(repo.git, spec) else None
+    if resume:
+        return _resume(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
     return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
+
+
+def _move_head(repo: Repository, config: AreaConfig, head: AreaHead, entry_id: str, spec: str, branch: str | None) -> None:
+    message = f"checkout: moving to {spec}"
+    if branch is not None:
+        attach(repo.git, config.name, branch, message)
+    elif head.branch is not None and head.entry == entry_id:
+        pass  # restoring the area's own entry (e.g. to drop changes) keeps it on its branch
+    else:
+        detach(repo.git, config.name, entry_id, message)
+
+
+def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress) -> CheckoutResult:
+    """Put a domain back exactly as an entry saved it with --memory: its disks, its
+    definition and its memory; it runs again from where it was."""
+    if config.kind != "libvirt":
+        raise UsageError(f"--resume restores a domain's memory: area {config.name} is a {config.kind} area, not libvirt")
+    with _opened(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
+        head = read_head(repo.git, config.name)
+        entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
+        info = entry_info(repo, entry_id)
+        if info.memory is None:
+            raise UsageError(f"entry {entry_id[:12]} carries no memory (save one with 'vml commit --memory' on a running domain)")
+        domain = working_area.domain
+        if domain.exists() and domain.state() not in ("shut off", "crashed") and not force:
+            raise LocalChanges(f"domain {domain.name} is {domain.state()}: its current state would be lost; stop it (vml vm stop) or use --force", [])
+        if branch is not None:
+            check_branch_free(repo.git, config.name, branch)
+        temp_dir = os.path.join(repo.vml_dir, "tmp")
+        os.makedirs(temp_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=temp_dir) as work:
+            counts = Restore(repo.store, listing_loader(repo.store), progress=progress).run(ObjectId.parse(info.memory), os.fsencode(work + "/saved"))
+            if domain.exists() and domain.state() not in ("shut off", "crashed"):
+                domain.stop(force=True)
+            for number, path in enumerate(info.memory_disks):
+                saved = [name for name in os.listdir(work + "/saved") if name.startswith(f"disk{number}-")]
+                if len(saved) != 1:
+                    raise CorruptObject(f"entry {entry_id[:12]}: its memory tree lacks disk {number} ({path})")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                shutil.move(os.path.join(work, "saved", saved[0]), path)
+            definition = repo.git.read_file(entry_id, DOMAIN_FILE)
+            if definition is not None:
+                domain.define(definition)
+            domain.restore_memory(os.path.join(work, "saved", os.fsdecode(MEMORY_FILE)))
+        _move_head(repo, config, head, entry_id, spec, branch)
+        # The guest's files are the saved disk's now: the stat cache no longer describes them.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(repo.stat_cache_path(config.name))
+        head_after = read_head(repo.git, config.name)
+        return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, [],
+                              _check_base(repo, info, config) + [f"domain {domain.name} resumed from the entry's memory"])
 
 
 def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress,
@@ -623,15 +812,12 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)  # before the area's files change
         counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress)
-        message = f"checkout: moving to {spec}"
+        warnings += working_area.apply_entry_files({path: repo.git.read_file(entry_id, path) for path in (DOMAIN_FILE,)
+                                                     if repo.git.read_file(entry_id, path) is not None})
         if fast_forward is not None:
             advance(repo.git, head, entry_id, f"pull: fast-forward to {spec}")
-        elif branch is not None:
-            attach(repo.git, config.name, branch, message)
-        elif head.branch is not None and head.entry == entry_id:
-            pass  # restoring the area's own entry (e.g. to drop changes) keeps it on its branch
         else:
-            detach(repo.git, config.name, entry_id, message)
+            _move_head(repo, config, head, entry_id, spec, branch)
         # Capture again (hash only) to rebuild the stat cache and to see what was not reproduced.
         after, load_after = _scan_area(repo, working_area, current.cache if current else StatCache())
         after.cache.save(repo.stat_cache_path(config.name))
@@ -800,6 +986,7 @@ class StatusResult:
     summary: str | None  # first line of the entry's message
     clean: bool
     changes: list[DiffEntry]
+    vm: str | None = None  # a libvirt area's domain state: running, paused, shut off...
 
 
 def status(repo: Repository, *, area: str | None = None) -> StatusResult:
@@ -810,8 +997,13 @@ def status(repo: Repository, *, area: str | None = None) -> StatusResult:
         current, load = _scan_area(repo, working_area)
         base_root = _root_of(repo, head.entry) if head.entry else None
         changes = [_diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)]
+        vm = working_area.domain.state() if config.kind == "libvirt" else None
+        if head.entry is not None:
+            for path, data in working_area.entry_files().items():
+                if repo.git.read_file(head.entry, path) != data:
+                    changes.append(DiffEntry(path, "M", ["definition"], None, None))
     summary = _summary(repo.git.commit(head.entry).message) if head.entry else None
-    return StatusResult(config.name, config.kind, config.location, head.branch, head.entry, summary, not changes, changes)
+    return StatusResult(config.name, config.kind, config.location, head.branch, head.entry, summary, not changes, changes, vm)
 
 
 def _summary(message: str) -> str:
@@ -965,11 +1157,11 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         for entry_id in entries:
             message = _summary(repo.git.commit(entry_id).message)
             try:
-                root_id = _root_of(repo, entry_id)
+                roots = entry_info(repo, entry_id).manifests()
             except (UnknownEntry, CorruptObject, UsageError) as error:
                 damaged.append(DamagedEntry(entry_id, message, [("/", str(error))]))
                 continue
-            found = checker.check_root(root_id)
+            found = [problem for root_id in roots for problem in checker.check_root(root_id)]
             if found:
                 damaged.append(DamagedEntry(entry_id, message, [(display_path(p), why) for p, why in found]))
         return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, packs.warnings)
@@ -1035,15 +1227,15 @@ def _live_blobs(repo: Repository, entries: list[str]) -> set[bytes]:
     live: set[bytes] = set()
     seen: set[bytes] = set()
     for entry_id in entries:
-        root_id = _root_of(repo, entry_id)
-        live.add(root_id)
         try:
-            live.add(root_node(load, root_id).tree)
-            for _path, node in walk_nodes(load, root_id, seen=seen):
-                if node.kind == KIND_DIR:
-                    live.add(node.tree)
-                elif node.chunks:
-                    live.update(node.chunk_ids())
+            for root_id in entry_info(repo, entry_id).manifests():
+                live.add(root_id)
+                live.add(root_node(load, root_id).tree)
+                for _path, node in walk_nodes(load, root_id, seen=seen):
+                    if node.kind == KIND_DIR:
+                        live.add(node.tree)
+                    elif node.chunks:
+                        live.update(node.chunk_ids())
         except CorruptObject as error:
             raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
     return live
@@ -1209,7 +1401,7 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
         remote_refs = remote.refs()
         objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
-        stats = receive_blobs(repo.store, remote, list(roots.values()), progress)
+        stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
         for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
             repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
         changes = _update_tracking(repo, remote_name, remote_refs)

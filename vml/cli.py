@@ -84,20 +84,64 @@ def area() -> None:
 @click.option("--include", multiple=True, metavar="PATTERN",
               help="Save only these paths (gitignore pattern, repeatable); replaces the default includes.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Never save these paths (gitignore pattern, repeatable); added to the defaults.")
+@click.option("--libvirt", "libvirt_uri", metavar="URI", help="A libvirt domain (qemu:///system, test:///default...): with --domain, or --base to define one.")
+@click.option("--domain", metavar="NAME", help="With --libvirt: the existing domain, or the name of the one --base defines (default vml-NAME).")
 @click.option("--base", metavar="NAME:VERSION", help="The base image the area's guest was made from (see 'vml base'); entries record it.")
 @click.option("--branch", help="The branch the area starts on (default: main, or NAME if main is taken).")
 @json_option
 @click.pass_context
-def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, base, branch: str | None, as_json: bool) -> None:
-    """Add a working area NAME: a directory (--dir) or a live guest (--ssh).
+def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, libvirt_uri, domain, base,
+             branch: str | None, as_json: bool) -> None:
+    """Add a working area NAME: a directory (--dir), a live guest (--ssh), or a libvirt
+    domain (--libvirt URI with --domain NAME, or with --base NAME:VERSION to define a new
+    domain on a copy-on-write overlay of that base image; its files are reached with --ssh).
 
     A guest area saves by default /home, /root, /etc, /usr/local, /opt and /var/lib, and
     never /proc, /sys, /dev, /run, /tmp, /var/cache, /var/tmp or swap files; a directory
     area saves everything. 'vml area show NAME' prints the rules and the file that holds them.
     """
-    options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude, base=base)
+    options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude,
+                              base=base, libvirt=libvirt_uri, domain=domain)
     info = api.area_add(_repo(ctx), name, options, branch=branch)
     render.print_json(info) if as_json else render.area_info(info)
+
+
+@main_group.group()
+def vm() -> None:
+    """Start, stop, suspend, resume and inspect the domains of libvirt areas."""
+
+
+def _vm_command(action: str, help_text: str):
+    @vm.command(action, help=help_text)
+    @area_option
+    @json_option
+    @click.pass_context
+    def command(ctx: click.Context, area: str | None, as_json: bool, **options) -> None:
+        state = api.vm_action(_repo(ctx), action, area=area, force=options.get("force", False))
+        render.print_json(state) if as_json else render.vm_state(state)
+
+    return command
+
+
+_vm_command("start", "Start the area's domain.")
+click.option("--force", is_flag=True, help="Power off at once instead of asking the guest to shut down.")(
+    _vm_command("stop", "Shut the area's domain down (the guest is asked to; --force powers it off)."))
+_vm_command("suspend", "Pause the area's domain (it keeps its memory; resume continues it).")
+_vm_command("resume", "Continue a paused domain.")
+
+
+@vm.command("info")
+@area_option
+@json_option
+@click.pass_context
+def vm_info(ctx: click.Context, area: str | None, as_json: bool) -> None:
+    """The state of each libvirt area's domain (or of -a AREA's): state, driver, acceleration, memory."""
+    states = api.vm_info(_repo(ctx), area)
+    if as_json:
+        render.print_json(states)
+    else:
+        for state in states:
+            render.vm_state(state)
 
 
 @main_group.group()
@@ -164,12 +208,14 @@ def area_list(ctx: click.Context, as_json: bool) -> None:
 @area_option
 @click.option("-m", "--message", required=True, help="What this entry is (like a commit message).")
 @click.option("--allow-empty", is_flag=True, help="Record an entry even if nothing changed.")
+@click.option("--memory", is_flag=True,
+              help="Also save a running libvirt domain's memory with its exact disks (resume it with checkout --resume; never public).")
 @json_option
 @click.pass_context
-def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool, as_json: bool) -> None:
+def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool, memory: bool, as_json: bool) -> None:
     """Save the area's files as a new entry (alias: save). Prints the entry id."""
     with render.progress("saving", enabled=not as_json) as progress:
-        result = api.commit(_repo(ctx), message, area=area, allow_empty=allow_empty, progress=progress)
+        result = api.commit(_repo(ctx), message, area=area, allow_empty=allow_empty, memory=memory, progress=progress)
     render.print_json(result) if as_json else render.commit_result(result)
 
 
@@ -210,16 +256,17 @@ def show(ctx, entry: str, area: str | None, as_json: bool) -> None:
 @area_option
 @click.option("--to", "to", metavar="DIR", help="Restore into a new or empty directory instead of an area.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite changes in the area that no entry holds.")
+@click.option("--resume", is_flag=True, help="Restore a libvirt domain from an entry saved with --memory: disks, definition and memory; it runs on.")
 @json_option
 @click.pass_context
-def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, as_json: bool) -> None:
+def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, resume: bool, as_json: bool) -> None:
     """Put an entry back into an area, exactly (alias: open), or into --to DIR.
 
     ENTRY is an id (or a prefix of one), a branch or tag name, HEAD, HEAD~2, main^ ...
     Checking out a branch name puts the area on that branch; anything else detaches it.
     """
     with render.progress("restoring", enabled=not as_json) as progress:
-        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, progress=progress)
+        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, progress=progress)
     render.print_json(result) if as_json else render.checkout_result(result)
 
 

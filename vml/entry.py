@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import tomli_w
 
 from vml.errors import CorruptObject
+from vml.objects.ids import ObjectId
 
 FORMAT = 1
 ENTRY_FILE = "entry.toml"
+DOMAIN_FILE = "vm/domain.xml"  # a libvirt area's domain definition, beside entry.toml
 
 
 def display_path(path: bytes) -> str:
@@ -48,6 +50,15 @@ class EntryInfo:
     kind: str = "entry"  # "base" for a base image's own entry
     base: BaseRef | None = None
     image: str | None = None  # a base made from an image file: the file's name in the tree
+    memory: str | None = None  # hex id of the tree holding a libvirt memory image and its disks
+    memory_disks: list[str] = field(default_factory=list)  # where each saved disk lives, in the tree's order
+
+    def manifests(self) -> list[ObjectId]:
+        """Every tree of chunks the entry needs: its files, and its memory and disks if saved."""
+        roots = [ObjectId.parse(self.manifest)]
+        if self.memory is not None:
+            roots.append(ObjectId.parse(self.memory))
+        return roots
 
     def to_toml(self) -> bytes:
         document = {
@@ -67,6 +78,8 @@ class EntryInfo:
                 "added_bytes": self.added_bytes,
             },
         }
+        if self.memory is not None:
+            document["memory"] = {"manifest": self.memory, "disks": self.memory_disks, "public": False}
         if self.kind != "entry":
             document["kind"] = self.kind
         if self.base is not None:
@@ -83,6 +96,7 @@ class EntryInfo:
                 raise ValueError(f"unknown entry format {document.get('format')}")
             area, capture, files = document["area"], document["capture"], document["files"]
             base = document.get("base")
+            memory = document.get("memory")
             return cls(
                 manifest=files["manifest"],
                 area=area["name"],
@@ -100,6 +114,8 @@ class EntryInfo:
                 kind=document.get("kind", "entry"),
                 base=BaseRef(str(base["name"]), str(base["version"]), str(base["digest"])) if base else None,
                 image=base.get("image") if base else None,
+                memory=memory["manifest"] if memory else None,
+                memory_disks=list(memory.get("disks", [])) if memory else [],
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None

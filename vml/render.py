@@ -232,6 +232,8 @@ def show_result(result: api.ShowResult) -> None:
     out.print(f"Date:   {_date(entry)}")
     out.print(f"Parent: {', '.join(entry.parents) if entry.parents else '(none: first entry)'}")
     out.print(escape(f"Area:   {info.area} ({info.area_kind}: {info.location} on {info.host})"))
+    if info.memory is not None:
+        out.print(escape(f"Memory: saved with {len(info.memory_disks)} disk(s); resume with 'vml checkout --resume'; never public"))
     if info.base is not None:
         label = "Base image" if info.kind == "base" else "Base:  "
         out.print(escape(f"{label} {info.base} ({info.base.digest})"))
@@ -257,6 +259,12 @@ def checkout_result(result: api.CheckoutResult) -> None:
         warning(f"not reproduced: {line}")
     for line in result.warnings:
         warning(line)
+
+
+def vm_state(state: api.VmState) -> None:
+    vm = state.vm
+    out.print(escape(f"{state.area}\t{vm.domain}\t{vm.state}\t{vm.driver} ({vm.acceleration})\t"
+                     f"{vm.memory_kib // 1024} MiB, {vm.vcpus} vCPU\t{vm.uri}"))
 
 
 def base_info(info: api.BaseInfo) -> None:
@@ -342,6 +350,8 @@ def status_result(result: api.StatusResult, *, short: bool) -> None:
         diff_name_status(result.changes)
         return
     out.print(escape(f"area {result.area} ({result.kind}: {result.location})"))
+    if result.vm is not None:
+        out.print(escape(f"domain is {result.vm}"))
     where = f"on branch {result.branch}" if result.branch else "detached"
     if result.entry is None:
         out.print(escape(f"{where}, no entry yet"))

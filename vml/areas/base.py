@@ -40,6 +40,14 @@ class WorkingArea(Protocol):
 
     def close(self) -> None: ...
 
+    def entry_files(self) -> dict[str, bytes]:
+        """Small files the entry's git tree keeps beside entry.toml (vm/domain.xml, env/...)."""
+        ...
+
+    def apply_entry_files(self, files: dict[str, bytes]) -> list[str]:
+        """Put those files' state back (define the domain...); notes for the user."""
+        ...
+
     def capture(
         self,
         store: ChunkStore,

@@ -468,22 +468,27 @@ def capture_tree(root: bytes, store: ChunkStore, old_cache: StatCache, **options
     return Capture(root, store, old_cache, **options).run()
 
 
-def capture_file(path: bytes, store: ChunkStore) -> tuple[ObjectId, Totals]:
-    """A tree holding one regular file (a disk image, a memory image) under its own name,
-    its data chunked into the store: the root listing's id and the totals."""
-    path = os.path.realpath(path)
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
-    capture = Capture(os.path.dirname(path), store, StatCache(), workers=1)
+def capture_files(files: list[tuple[bytes, bytes]], store: ChunkStore) -> tuple[ObjectId, Totals]:
+    """A tree of regular files (a disk image; a memory image and its disks), each (name in
+    the tree, path) with its data chunked into the store: the root listing's id and totals."""
+    files = sorted(files)
+    capture = Capture(b"/", store, StatCache(), workers=1)
+    nodes = []
+    totals = Totals()
     try:
-        content = capture._read_file(path, st)
-        node = capture._metadata_node(os.path.basename(path), st, path)
+        for name, path in files:
+            path = os.path.realpath(path)
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
+            content = capture._read_file(path, st)
+            node = capture._metadata_node(name, st, path)
+            node.chunks, node.extents = content.chunks, content.extents
+            totals.add_node(node)
+            nodes.append(node)
     finally:
         capture._pool.shutdown()
-    node.chunks, node.extents = content.chunks, content.extents
-    totals = Totals()
-    totals.add_node(node)
-    listing_id = capture._put_listing(encode_listing([node], totals))
-    top = Node(name=b"", kind=KIND_DIR, mode=0o755, uid=0, gid=0, user=None, group=None, mtime_ns=st.st_mtime_ns, tree=listing_id)
+    listing_id = capture._put_listing(encode_listing(nodes, totals))
+    newest = max((node.mtime_ns for node in nodes), default=0)
+    top = Node(name=b"", kind=KIND_DIR, mode=0o755, uid=0, gid=0, user=None, group=None, mtime_ns=newest, tree=listing_id)
     return capture._put_listing(encode_listing([top], totals)), totals

@@ -23,6 +23,12 @@ class DirectoryArea:
         self.rules = rules
         self.root = os.fsencode(config.location)
 
+    def entry_files(self) -> dict[str, bytes]:
+        return {}
+
+    def apply_entry_files(self, files: dict[str, bytes]) -> list[str]:
+        return []
+
     def has_files(self) -> bool:
         return os.path.isdir(self.root)
 

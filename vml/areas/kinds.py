@@ -17,6 +17,12 @@ def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = F
         from vml.areas.ssh import SshArea  # paramiko is loaded only for guests
 
         return SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key)
+    if config.kind == "libvirt":
+        from vml.areas.libvirt import LibvirtArea  # libvirt-python is loaded only for domains
+        from vml.areas.ssh import SshArea
+
+        files = SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key) if "host" in config.settings else None
+        return LibvirtArea(config, files)
     raise AreaError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
 
 

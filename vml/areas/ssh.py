@@ -75,6 +75,12 @@ class SshArea:
         self.accept_new_host_key = accept_new_host_key
         self._client = None
 
+    def entry_files(self) -> dict[str, bytes]:
+        return {}
+
+    def apply_entry_files(self, files: dict[str, bytes]) -> list[str]:
+        return []
+
     def has_files(self) -> bool:
         return True
 

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
-from vml.exchange.push import manifest_of
+from vml.exchange.push import manifests_of
 from vml.entry import ENTRY_FILE, EntryInfo
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
@@ -77,8 +77,8 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
     """Write a bundle of `entry` holding every commit not reachable from `requires` and every
     blob their trees need that the trees of `requires` lack. Atomic: FILE is whole or absent."""
     commits = git.commits_between([entry], requires)
-    have = blobs_of(store, [manifest_of(git, c) for c in requires])
-    listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], [manifest_of(git, c) for c in commits], have.__contains__)
+    have = blobs_of(store, manifests_of(git, requires))
+    listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], manifests_of(git, commits), have.__contains__)
     header = {"format": FORMAT, "kind": kind, "entry": entry, "ref": ref, "requires": requires, "commits": commits}
     target = os.path.abspath(path)
     temp = f"{target}.{uuid.uuid4().hex}.tmp"
@@ -314,7 +314,7 @@ def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, byte
         data = objects.get(entry_file) or (git.read_raw(entry_file) if entry_file and git.has_object(entry_file) else None)
         if data is None:
             raise CorruptObject(f"entry {commit_id[:12]} in the bundle has no {ENTRY_FILE}")
-        roots.append(ObjectId.parse(EntryInfo.from_toml(data[1]).manifest))
+        roots.extend(EntryInfo.from_toml(data[1]).manifests())
     return roots
 
 

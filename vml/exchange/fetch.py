@@ -64,11 +64,11 @@ def parse_tree(content: bytes) -> list[tuple[bool, str, str]]:
     return items
 
 
-def read_history(git: GitDag, remote: RemoteRepository, tips: list[str]) -> tuple[list[GitObject], dict[str, ObjectId]]:
+def read_history(git: GitDag, remote: RemoteRepository, tips: list[str]) -> tuple[list[GitObject], dict[str, list[ObjectId]]]:
     """The git objects of every commit reachable from `tips` that this repository lacks
     (older commits first, each after its trees), and the manifest root of each new commit."""
     objects: list[GitObject] = []
-    roots: dict[str, ObjectId] = {}
+    roots: dict[str, list[ObjectId]] = {}
     order: list[str] = []
     commits: dict[str, GitObject] = {}
     stack = [tip for tip in tips if not git.has_object(tip)]
@@ -89,7 +89,7 @@ def read_history(git: GitDag, remote: RemoteRepository, tips: list[str]) -> tupl
         contents = {o.id: o.content for o in tree_objects}
         if entry_file not in contents:
             raise CorruptObject(f"{commit_id[:12]} on {remote.location} is not a vml entry (no {ENTRY_FILE})")
-        roots[commit_id] = ObjectId.parse(EntryInfo.from_toml(contents[entry_file]).manifest)
+        roots[commit_id] = EntryInfo.from_toml(contents[entry_file]).manifests()
         objects.extend(tree_objects)
     # Children before parents in `order`; objects go in with parents first.
     objects.extend(commits[c] for c in _parents_first(commits, order))

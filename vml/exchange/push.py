@@ -71,11 +71,15 @@ def plan_updates(git: GitDag, local: dict[str, str], remote: dict[str, str], *, 
     return updates
 
 
-def manifest_of(git: GitDag, commit_id: str) -> ObjectId:
-    data = git.read_file(commit_id, ENTRY_FILE)
-    if data is None:
-        raise UnknownEntry(f"{commit_id[:12]} is a git commit but not a vml entry (no {ENTRY_FILE})")
-    return ObjectId.parse(EntryInfo.from_toml(data).manifest)
+def manifests_of(git: GitDag, commits: list[str]) -> list[ObjectId]:
+    """The trees of chunks the entries need (files, and memory where saved)."""
+    roots = []
+    for commit_id in commits:
+        data = git.read_file(commit_id, ENTRY_FILE)
+        if data is None:
+            raise UnknownEntry(f"{commit_id[:12]} is a git commit but not a vml entry (no {ENTRY_FILE})")
+        roots.extend(EntryInfo.from_toml(data).manifests())
+    return roots
 
 
 def send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list[RefUpdate], tmp_dir: str,
@@ -101,7 +105,7 @@ def _send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: lis
     def load_raw(blob_ids: list[bytes]) -> list[bytes]:
         return [store.get(blob_id) for blob_id in blob_ids]
 
-    listings, chunks = missing_blobs(load_raw, [manifest_of(git, c) for c in commits], known.__contains__)
+    listings, chunks = missing_blobs(load_raw, manifests_of(git, commits), known.__contains__)
     blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
     packs, sent_bytes = send_blobs(store, remote, blob_ids, tmp_dir, progress)
     for commit_id in commits:  # parents first; each commit after the trees it names

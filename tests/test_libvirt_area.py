@@ -1,0 +1,184 @@
+"""libvirt working areas on libvirt's `test:///default` driver, whose state lives in this
+process: so the command line runs in-process here (`run`), the guest's files come from the
+loopback sshd. Lifecycle, the domain definition in entries, memory save and resume,
+domains defined from a base image, and the errors users hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by ./scripts/setup")
+
+from vml import cli  # noqa: E402
+
+TEST_URI = "test:///default"
+
+
+class InProcess:
+    """The vml command line, run in this process (the test driver's domains live here)."""
+
+    def __init__(self, capsys, repo: Path):
+        self.capsys = capsys
+        self.repo = repo
+
+    def __call__(self, *args: str, check: bool = True):
+        self.capsys.readouterr()
+        with mock.patch.object(sys, "argv", ["vml", "--repo", str(self.repo), *args]):
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as done:
+                code = done.code or 0
+        out, err = self.capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"vml {' '.join(args)} exited {code}: {out}{err}")
+        return code, out, err
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json")[1])
+
+
+@pytest.fixture
+def domain(tmp_path: Path):
+    """A running domain of its own on the test driver, with a real disk file."""
+    connection = libvirt.open(TEST_URI)
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"disk state one\n" * 1000)
+    connection.defineXML(
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        f"<os><type>hvm</type></os><devices><disk type='file' device='disk'><source file='{disk}'/>"
+        f"<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    connection.lookupByName(name).create()
+    yield name, disk
+    try:
+        found = connection.lookupByName(name)
+        if found.isActive():
+            found.destroy()
+        found.undefine()
+    except libvirt.libvirtError:
+        pass
+
+
+@pytest.fixture
+def area(capsys, tmp_path: Path, sshd, domain, monkeypatch):
+    """Area `vm1`: the domain, its guest's files under tmp_path/guest over the loopback sshd."""
+    for key, value in sshd.env.items():
+        monkeypatch.setenv(key, value)
+    guest = tmp_path / "guest"
+    (guest / "home" / "user").mkdir(parents=True)
+    (guest / "home" / "user" / "notes").write_text("first\n")
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    run("area", "add", "vm1", "--libvirt", TEST_URI, "--domain", domain[0], "--ssh", "testhost", "--root", str(guest), "--include", "/")
+    yield run, guest, domain
+    report = run.json("fsck")
+    assert report["damaged"] == [] and report["problems"] == [], report
+
+
+def test_lifecycle_commands(area):
+    run, _guest, (name, _disk) = area
+    assert run.json("vm", "info")[0]["vm"]["state"] == "running"
+    assert run.json("vm", "suspend")["vm"]["state"] == "paused"
+    assert "domain is paused" in run("status")[1]
+    assert run.json("vm", "resume")["vm"]["state"] == "running"
+    assert run.json("vm", "stop", "--force")["vm"]["state"] == "shut off"
+    started = run.json("vm", "start", "-a", "vm1")
+    assert started["vm"]["state"] == "running" and started["vm"]["domain"] == name
+    _code, out, _err = run("vm", "info")
+    assert name in out and "running" in out and "TEST" in out
+
+
+def test_entry_keeps_the_domain_definition_and_checkout_restores_it(area):
+    run, guest, (name, _disk) = area
+    first = run.json("commit", "-m", "first")["entry"]
+    repo = run.repo
+    xml = subprocess.run(["git", "--git-dir", str(repo), "show", f"{first}:vm/domain.xml"], capture_output=True, text=True, check=True).stdout
+    assert f"<name>{name}</name>" in xml and "262144" in xml  # 256 MiB, in KiB
+    connection = libvirt.open(TEST_URI)
+    changed = xml.replace("262144", "524288")
+    assert changed != xml
+    connection.defineXML(changed)
+    status = run.json("status")
+    assert not status["clean"] and [c["path"] for c in status["changes"]] == ["vm/domain.xml"]
+    second = run.json("commit", "-m", "more memory")
+    assert second["created"]
+    _code, _out, err = run("checkout", first)
+    assert "redefined" in err  # the domain runs: the old definition applies at its next start
+    assert "262144" in connection.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def test_memory_commit_and_resume(area):
+    run, guest, (name, disk) = area
+    saved = run.json("commit", "-m", "with memory", "--memory")
+    connection = libvirt.open(TEST_URI)
+    assert connection.lookupByName(name).isActive()  # saved, then resumed
+    _code, out, _err = run("show", saved["entry"])
+    assert "Memory:" in out and "never public" in out
+    disk.write_bytes(b"disk state two\n")
+    connection.lookupByName(name).destroy()
+    _code, _out, err = run("checkout", "--resume", saved["entry"])
+    assert "resumed" in err
+    assert connection.lookupByName(name).isActive()
+    assert disk.read_bytes() == b"disk state one\n" * 1000  # the disk the memory belongs with
+    refused = run("checkout", "--resume", saved["entry"], check=False)
+    assert refused[0] == 2 and "its current state would be lost" in refused[2]
+    run("gc")  # memory trees are live data: gc keeps them, fsck (at the end) checks them
+    plain = run.json("commit", "-m", "no memory", "--allow-empty")["entry"]
+    missing = run("checkout", "--resume", plain, "--force", check=False)
+    assert missing[0] == 2 and "carries no memory" in missing[2]
+
+
+def test_domain_defined_from_a_base_image(capsys, tmp_path: Path):
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    image = tmp_path / "guest.raw"
+    image.write_bytes(os.urandom(1 << 20))
+    run("base", "add", "guest", "1", "--image", str(image))
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    run("area", "add", "fresh", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name)
+    connection = libvirt.open(TEST_URI)
+    try:
+        definition = connection.lookupByName(name).XMLDesc(0)
+        overlay = tmp_path / "repo" / "vml" / "areas" / "fresh" / "disk.qcow2"
+        assert str(overlay) in definition
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)], capture_output=True, text=True, check=True).stdout)
+        backing = info["backing-filename"]
+        assert Path(backing).read_bytes() == image.read_bytes()
+        assert oct(os.stat(backing).st_mode & 0o777) == "0o444"
+        assert run.json("vm", "start", "-a", "fresh")["vm"]["state"] == "running"
+        again = run("area", "add", "other", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name, check=False)
+        assert again[0] == 2 and "exists already" in again[2]
+    finally:
+        found = connection.lookupByName(name)
+        if found.isActive():
+            found.destroy()
+        found.undefine()
+
+
+def test_libvirt_errors_are_one_line(capsys, tmp_path: Path):
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    code, _out, err = run("area", "add", "x", "--libvirt", TEST_URI, "--domain", "no-such-domain", check=False)
+    assert code == 2 and "no domain 'no-such-domain'" in err and "test" in err
+    code, _out, err = run("area", "add", "x", "--libvirt", "qemu:///system", "--domain", "d", check=False)
+    assert code != 0 and "cannot connect to libvirt at qemu:///system" in err and "libvirtd" in err
+    run("area", "add", "plain", "--dir", str(tmp_path / "plain"))
+    code, _out, err = run("vm", "start", "-a", "plain", check=False)
+    assert code == 2 and "works on libvirt areas" in err
+    code, _out, err = run("commit", "-a", "plain", "-m", "x", "--memory", check=False)
+    assert code == 2 and "not libvirt" in err
+    run("area", "add", "nofiles", "--libvirt", TEST_URI, "--domain", "test")
+    code, _out, err = run("commit", "-a", "nofiles", "-m", "x", check=False)
+    assert code == 2 and "--ssh" in err
+    for stream in (err,):
+        assert "Traceback" not in stream and len(stream.strip().splitlines()) == 1
