@@ -175,7 +175,7 @@ def test_missing_root_and_bad_target(vml: Vml, tmp_path: Path, sshd):
     line = one_line_error(vml("commit", "-m", "x", env=sshd.env, check=False))
     assert "does not exist on the guest" in line
     assert "invalid ssh target" in one_line_error(vml("area", "add", "h", "--ssh", "a@b@c", check=False))
-    assert "--dir PATH or --ssh" in one_line_error(vml("area", "add", "h", check=False))
+    assert "--dir PATH, --ssh" in one_line_error(vml("area", "add", "h", check=False))
 
 
 def test_guest_without_tar(vml: Vml, tmp_path: Path, sshd_factory):
@@ -194,3 +194,43 @@ def test_guest_without_tar(vml: Vml, tmp_path: Path, sshd_factory):
     line = one_line_error(vml("commit", "-m", "x", env=server.env, check=False), None)
     assert "lacks GNU tar" in line
     assert vml("log", "--json", env=server.env).json() == []
+
+
+def test_environment_is_saved_diffed_and_reapplied(vml: Vml, tmp_path: Path, sshd_factory):
+    """Login-shell variables (set here by sshd's SetEnv), history and dotfiles go to env/."""
+    import subprocess
+
+    guest = tmp_path / "guest"
+    (guest / "root").mkdir(parents=True)
+    (guest / "etc" / "profile.d").mkdir(parents=True)
+    (guest / "home" / "user").mkdir(parents=True)
+    (guest / "root" / ".bash_history").write_text("make analysis\n./run --events 1000\n")
+    (guest / "root" / ".bashrc").write_text("alias ll='ls -l'\n")
+    (guest / "home" / "user" / ".vimrc").write_text("set number\n")
+    first_server = sshd_factory("SetEnv ANALYSIS_RELEASE=v3 ROOTSYS=/opt/root\n")
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), env=first_server.env)
+    first = vml("commit", "-m", "v3", "--json", env=first_server.env).json()["entry"]
+    variables = vml("show", f"{first}:env/variables").stdout
+    assert "ANALYSIS_RELEASE=v3\n" in variables and "ROOTSYS=/opt/root\n" in variables
+    assert "SSH_CONNECTION" not in variables and "PWD=" not in variables
+    assert vml("show", f"{first}:env/history").stdout == "make analysis\n./run --events 1000\n"
+    assert vml("show", f"{first}:env/dotfiles/root/.bashrc").stdout == "alias ll='ls -l'\n"
+    assert vml("show", f"{first}:env/dotfiles/home/user/.vimrc").stdout == "set number\n"
+    assert vml("show", f"{first}:home/user/.vimrc").stdout == "set number\n"  # a file of the tree, too
+
+    second_server = sshd_factory("SetEnv ANALYSIS_RELEASE=v4\n")
+    status = vml("status", "--json", env=second_server.env).json()
+    assert {(c["path"], c["status"]) for c in status["changes"]} == {
+        ("env/variables:ANALYSIS_RELEASE", "M"), ("env/variables:ROOTSYS", "D")}
+    second = vml("commit", "-m", "v4", "--json", env=second_server.env).json()["entry"]
+    diff = vml("diff", first, second, env=second_server.env).stdout
+    assert "env/variables:ANALYSIS_RELEASE  ('v3' -> 'v4')" in diff
+
+    vml("checkout", first, env=second_server.env)
+    script = guest / "etc" / "profile.d" / "vml-environment.sh"
+    assert "export ANALYSIS_RELEASE=v3" in script.read_text()
+    shown = subprocess.run(["sh", "-c", f". {script}; echo $ANALYSIS_RELEASE $ROOTSYS"], capture_output=True, text=True, check=True)
+    assert shown.stdout == "v3 /opt/root\n"
+    assert vml("status", "--json", env=first_server.env).json()["clean"]  # the script itself is never saved
+    vml.fsck_clean()

@@ -21,6 +21,8 @@ from vml.areas.rules import Rules, default_rules, load_rules, save_rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import DOMAIN_FILE, ENTRY_FILE, BaseRef, EntryInfo, display_path
+from vml.environment import COMPARED as ENV_COMPARED
+from vml.environment import VARIABLES, diff_environment, dotfiles
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
 from vml.exchange.fetch import read_history, receive_blobs
@@ -293,6 +295,8 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             if memory:
                 saved_memory = _save_memory(repo, working_area.domain, store)
             store.flush()  # packs, then their index: durable before any commit names them
+            if VARIABLES in extra_files:
+                extra_files.update(dotfiles(store, listing_loader(store), captured.root_id))
         except BaseException:
             store.abandon()
             raise
@@ -346,6 +350,30 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
 
 
 MEMORY_FILE = b"memory.save"
+
+
+def _entry_files(repo: Repository, entry: str) -> dict[str, bytes]:
+    """The files beside entry.toml that a working area compares and puts back: the domain's
+    definition, the environment variables and the history."""
+    found = {}
+    for path in (DOMAIN_FILE, *ENV_COMPARED):
+        data = repo.git.read_file(entry, path)
+        if data is not None:
+            found[path] = data
+    return found
+
+
+def _env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
+    """Changes of the domain definition and the environment, as diff entries after the files'."""
+    changes = []
+    if DOMAIN_FILE in new and old.get(DOMAIN_FILE) != new[DOMAIN_FILE]:
+        changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
+    env_only = lambda files: {path: data for path, data in files.items() if path in ENV_COMPARED}  # noqa: E731
+    for change in diff_environment(env_only(old), env_only(new)):
+        changes.append(DiffEntry(change.path, change.status, ["environment"],
+                                 None if change.old is None else {"value": change.old},
+                                 None if change.new is None else {"value": change.new}))
+    return changes
 
 
 def _save_memory(repo: Repository, domain, store) -> tuple[ObjectId, list[str]]:
@@ -670,6 +698,25 @@ class ShowResult:
     other: int
 
 
+def show_file(repo: Repository, spec: str, *, area: str | None = None) -> bytes:
+    """ENTRY:PATH, as git shows it: a file of the entry's git tree (entry.toml, env/variables,
+    vm/domain.xml...) or, failing that, a regular file of its saved file tree."""
+    entry_spec, _, path = spec.partition(":")
+    entry_id = resolve_entry(repo, entry_spec or "HEAD", area)
+    path = path.strip("/")
+    if path and ".." not in path.split("/"):
+        data = repo.git.read_file(entry_id, path)
+        if data is not None:
+            return data
+    wanted = parse_paths([path])[0]
+    node = node_at(listing_loader(repo.store), _root_of(repo, entry_id), wanted) if wanted else None
+    if node is None:
+        raise UsageError(f"{path or '(nothing)'} is not in entry {entry_id[:12]}")
+    if node.kind != KIND_FILE:
+        raise UsageError(f"{path} is a {KIND_NAMES[node.kind]} in entry {entry_id[:12]}, not a file")
+    return read_content(repo.store, node)
+
+
 def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
     entry_id = resolve_entry(repo, spec, area)
     info = entry_info(repo, entry_id)
@@ -812,8 +859,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)  # before the area's files change
         counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress)
-        warnings += working_area.apply_entry_files({path: repo.git.read_file(entry_id, path) for path in (DOMAIN_FILE,)
-                                                     if repo.git.read_file(entry_id, path) is not None})
+        warnings += working_area.apply_entry_files(_entry_files(repo, entry_id))
         if fast_forward is not None:
             advance(repo.git, head, entry_id, f"pull: fast-forward to {spec}")
         else:
@@ -919,14 +965,18 @@ def diff(
     path was given and it is a file."""
     store = repo.store
     wanted = parse_paths(paths) or [b""]
-    old_root = _root_of(repo, resolve_entry(repo, old, area))
+    old_id = resolve_entry(repo, old, area)
+    old_root = _root_of(repo, old_id)
+    old_files = _entry_files(repo, old_id) if not paths else {}
     if new is not None:
-        new_root = _root_of(repo, resolve_entry(repo, new, area))
-        return _diff_result(store, listing_loader(store), old_root, new_root, wanted, None, patch)
+        new_id = resolve_entry(repo, new, area)
+        result = _diff_result(store, listing_loader(store), old_root, _root_of(repo, new_id), wanted, None, patch)
+        return result + (_env_diff(old_files, _entry_files(repo, new_id)) if not paths else [])
     with _opened(repo, repo.choose_area(area)) as working_area:
         with repo.shared_lock():
             current, load = _scan_area(repo, working_area)
-        return _diff_result(store, load, old_root, current.root_id, wanted, working_area, patch)
+        result = _diff_result(store, load, old_root, current.root_id, wanted, working_area, patch)
+        return result + (_env_diff(old_files, working_area.entry_files()) if not paths else [])
 
 
 def _diff_result(store, load, old_root, new_root, wanted: list[bytes], working_area, patch: bool | None) -> list[DiffEntry]:
@@ -999,9 +1049,7 @@ def status(repo: Repository, *, area: str | None = None) -> StatusResult:
         changes = [_diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)]
         vm = working_area.domain.state() if config.kind == "libvirt" else None
         if head.entry is not None:
-            for path, data in working_area.entry_files().items():
-                if repo.git.read_file(head.entry, path) != data:
-                    changes.append(DiffEntry(path, "M", ["definition"], None, None))
+            changes += _env_diff(_entry_files(repo, head.entry), working_area.entry_files())
     summary = _summary(repo.git.commit(head.entry).message) if head.entry else None
     return StatusResult(config.name, config.kind, config.location, head.branch, head.entry, summary, not changes, changes, vm)
 

@@ -246,7 +246,14 @@ def log(ctx, area, all_refs, oneline, graph, max_count, as_json, revisions) -> N
 @json_option
 @click.pass_context
 def show(ctx, entry: str, area: str | None, as_json: bool) -> None:
-    """Show an entry: message, area, parent, file count, logical and stored bytes."""
+    """Show an entry: message, area, parent, file count, logical and stored bytes.
+
+    ENTRY:PATH prints one file instead, as git does: entry.toml, env/variables,
+    env/history, env/dotfiles/..., vm/domain.xml, or a file of the saved tree.
+    """
+    if ":" in entry:
+        render.raw_bytes(api.show_file(_repo(ctx), entry, area=area))
+        return
     result = api.show(_repo(ctx), entry, area=area)
     render.print_json(result) if as_json else render.show_result(result)
 

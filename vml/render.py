@@ -278,6 +278,13 @@ def switched_to_new_branch(result: api.CheckoutResult) -> None:
     out.print(escape(f"area {result.area} is on a new branch {result.branch}" + (f" at {result.entry[:12]}" if result.entry else "")))
 
 
+def raw_bytes(data: bytes) -> None:
+    """A file's bytes, unchanged, on standard output."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 def _raw(line: str, style: str | None = None) -> None:
     """A line of data that must reach a pipe unchanged (rich would expand its tabs)."""
     if out.is_terminal:
@@ -301,9 +308,18 @@ def _parts(change: api.DiffEntry) -> str:
             described.append(f"owner {change.old['uid']}:{change.old['gid']} -> {change.new['uid']}:{change.new['gid']}")
         elif part == "type":
             described.append(f"type {change.old['kind']} -> {change.new['kind']}")
+        elif part == "environment" and ":" in change.path:  # a variable: its values, shortened
+            old = _short_value(change.old["value"]) if change.old else "unset"
+            new = _short_value(change.new["value"]) if change.new else "unset"
+            described.append(f"{old} -> {new}")
         else:
             described.append(part)
     return ", ".join(described)
+
+
+def _short_value(value: str, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def diff_changes(changes: list[api.DiffEntry]) -> None:
@@ -330,8 +346,8 @@ def diff_stat(changes: list[api.DiffEntry]) -> None:
     counts = {"A": 0, "D": 0, "M": 0, "T": 0}
     for change in changes:
         counts[change.status] += 1
-        old_size = change.old["size"] if change.old and change.old["kind"] == "file" else 0
-        new_size = change.new["size"] if change.new and change.new["kind"] == "file" else 0
+        old_size = change.old["size"] if change.old and change.old.get("kind") == "file" else 0
+        new_size = change.new["size"] if change.new and change.new.get("kind") == "file" else 0
         grown += max(new_size - old_size, 0)
         shrunk += max(old_size - new_size, 0)
         sizes = f"{size(old_size) if change.old else '-'} -> {size(new_size) if change.new else '-'}"

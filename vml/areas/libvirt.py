@@ -258,14 +258,19 @@ class LibvirtArea:
         return self._files().read_file(path, limit)
 
     def entry_files(self) -> dict[str, bytes]:
-        return {DOMAIN_FILE: self.domain.definition()}
+        files = {DOMAIN_FILE: self.domain.definition()}
+        if self.files is not None and self.domain.state() == "running":
+            files.update(self.files.entry_files())
+        return files
 
     def apply_entry_files(self, files: dict[str, bytes]) -> list[str]:
-        """Define the domain as the entry had it; a running domain takes it at its next start."""
+        """Define the domain as the entry had it (a running domain takes it at its next
+        start), and its guest's environment."""
+        notes = self.files.apply_entry_files(files) if self.files is not None else []
         wanted = files.get(DOMAIN_FILE)
         if wanted is None or wanted == self.domain.definition():
-            return []
+            return notes
         self.domain.define(wanted)
         if self.domain.state() != "shut off":
-            return [f"domain {self.domain.name} was redefined as the entry had it; the change applies at its next start"]
-        return []
+            notes.append(f"domain {self.domain.name} was redefined as the entry had it; the change applies at its next start")
+        return notes

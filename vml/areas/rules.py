@@ -20,7 +20,9 @@ from vml.errors import UsageError
 
 EVERYTHING = "/"
 GUEST_INCLUDE = ("/home", "/root", "/etc", "/usr/local", "/opt", "/var/lib")
-GUEST_EXCLUDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/tmp", "/swapfile", "/swap.img", "*.swp", "*.swap")
+# The profile script a checkout writes from the entry's env/variables is derived, never saved.
+GUEST_EXCLUDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/tmp", "/swapfile", "/swap.img", "*.swp", "*.swap",
+                 "/etc/profile.d/vml-environment.sh")
 _GLOB = re.compile(r"[*?\[\\!]")
 
 

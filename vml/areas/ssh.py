@@ -9,6 +9,7 @@ Every command runs under `sh -c` below the area's root (`--root`, default /).
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import shlex
 import tarfile
@@ -22,6 +23,7 @@ from vml.areas.guestrestore import plan_restore, write_tar
 from vml.areas.restore import RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
+from vml.environment import HISTORY, PROFILE_SCRIPT, VARIABLES, decode_variables, encode_variables, parse_env_output, profile_script
 from vml.errors import AreaError
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
@@ -76,9 +78,49 @@ class SshArea:
         self._client = None
 
     def entry_files(self) -> dict[str, bytes]:
-        return {}
+        """env/variables and env/history of the SSH user, from a login shell on the guest."""
+        body = "printf '%s\\n' \"$HOME\"; exec \"${SHELL:-/bin/sh}\" -l -c 'printf \"\\n--vml-env--\\n\"; env' 2>/dev/null"
+        with self._command(body) as (stdout, stderr):
+            data = stdout.read()
+            errors = stderr()
+            status = stdout.channel.recv_exit_status()
+        self._check_status(status, errors, "reading the environment")
+        home, _, rest = data.partition(b"\n")
+        _motd, marker, env_output = rest.partition(b"\n--vml-env--\n")
+        files = {VARIABLES: encode_variables(parse_env_output(env_output))} if marker else {}
+        history = self.read_file(home.strip(b"/") + b"/.bash_history", 16 << 20) if home.strip(b"/") else b""
+        if history:
+            files[HISTORY] = history
+        return files
 
     def apply_entry_files(self, files: dict[str, bytes]) -> list[str]:
+        """The entry's variables as a profile script every login shell sources. Its
+        directory keeps its metadata (mtime): the script is derived, not a change."""
+        if VARIABLES not in files:
+            return []
+        directory = None
+        with self._open_tar([PROFILE_SCRIPT.rpartition("/")[0].encode()]) as (stdout, problems):
+            with tarfile.open(fileobj=stdout, mode="r|") as archive:
+                directory = next((member for member in archive if member.isdir()), None)
+            problems()
+        if directory is None:
+            return ["the guest has no /etc/profile.d: the entry's environment variables were not re-applied (see env/variables)"]
+        script = profile_script(decode_variables(files[VARIABLES]))
+        info = tarfile.TarInfo("./" + PROFILE_SCRIPT)
+        info.size, info.mode = len(script), 0o644
+
+        def feed(sink):
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+                archive.addfile(info, io.BytesIO(script))
+                archive.addfile(directory)  # after the script: tar sets the directory's times last
+
+        with self._command(f"tar -x -f - {_TAR_ARGS} --numeric-owner", feed) as (stdout, stderr):
+            stdout.read()
+            errors = stderr()
+            status = stdout.channel.recv_exit_status()
+        self._check_status(status, errors, "writing the environment")
+        if status != 0:
+            return [f"could not write /{PROFILE_SCRIPT} on the guest: {errors.decode(errors='replace').strip()[:200]}"]
         return []
 
     def has_files(self) -> bool:
