@@ -84,3 +84,57 @@ def test_checkout_on_another_base_version_warns_and_a_missing_base_is_an_error(v
     missing = vml("checkout", entry, "--to", str(tmp_path / "elsewhere"), check=False)
     line = one_line_error(missing)
     assert "base os:1" in line and "vml base add os 1" in line
+
+
+def _on_base(vml: Vml, tmp_path: Path) -> str:
+    """A repository with base os:1 (a 5 MiB tree) and one entry on it; returns the entry."""
+    vml("init")
+    _tree(tmp_path / "base", 1)
+    vml("base", "add", "os", "1", "--dir", str(tmp_path / "base"))
+    shutil.copytree(tmp_path / "base", tmp_path / "guest")
+    (tmp_path / "guest" / "home").mkdir()
+    (tmp_path / "guest" / "home" / "results.txt").write_text("42\n")
+    vml("area", "add", "wa", "--dir", str(tmp_path / "guest"), "--base", "os:1")
+    return vml("commit", "-m", "results", "--json").json()["entry"]
+
+
+def test_differential_bundle_carries_only_what_the_base_lacks(vml: Vml, tmp_path: Path):
+    entry = _on_base(vml, tmp_path)
+    full = vml("export", "main", "-o", str(tmp_path / "full.vmlb"), "--json").json()
+    differential = vml("export", "main", "--differential", "-o", str(tmp_path / "diff.vmlb"), "--json").json()
+    assert (tmp_path / "full.vmlb").stat().st_size > 5_000_000
+    assert (tmp_path / "diff.vmlb").stat().st_size < 50_000, differential
+    receiver = Vml(tmp_path / "receiver")
+    receiver.cwd.mkdir()
+    receiver("init", "--bare", str(receiver.cwd / "repo"))
+    receiver_repo = ["--repo", str(receiver.cwd / "repo")]
+    line = one_line_error(receiver(*receiver_repo, "import", str(tmp_path / "diff.vmlb"), check=False))
+    assert "differential to base os:1" in line and "vml base add os 1" in line
+    receiver(*receiver_repo, "base", "add", "os", "1", "--dir", str(tmp_path / "base"))  # the same image, added there
+    receiver(*receiver_repo, "import", str(tmp_path / "diff.vmlb"))
+    receiver(*receiver_repo, "checkout", entry, "--to", str(tmp_path / "rebuilt"))
+    assert (tmp_path / "rebuilt" / "home" / "results.txt").read_text() == "42\n"
+    assert (tmp_path / "rebuilt" / "usr" / "lib" / "lib7.so").read_bytes() == (tmp_path / "base" / "usr" / "lib" / "lib7.so").read_bytes()
+    report = receiver(*receiver_repo, "fsck", "--json").json()
+    assert report["damaged"] == [] and report["problems"] == []
+    vml.fsck_clean()
+
+
+def test_push_sends_the_base_unless_differential(vml: Vml, tmp_path: Path):
+    _on_base(vml, tmp_path)
+    vml("init", "--bare", str(tmp_path / "empty.vml"))
+    vml("remote", "add", "empty", str(tmp_path / "empty.vml"))
+    line = one_line_error(vml("push", "empty", "--differential", check=False))
+    assert "lacks base os:1" in line and "without --differential" in line
+    vml("init", "--bare", str(tmp_path / "shared.vml"))
+    vml("remote", "add", "origin", str(tmp_path / "shared.vml"))
+    vml("push")
+    clone = Vml(tmp_path)
+    clone("clone", str(tmp_path / "shared.vml"), str(tmp_path / "clone"))
+    bases = Vml(tmp_path / "clone")("base", "list", "--json").json()
+    assert [(b["name"], b["version"]) for b in bases] == [("os", "1")]
+    (tmp_path / "guest" / "home" / "more.txt").write_text("more\n")
+    vml("commit", "-m", "more")
+    pushed = vml("push", "--differential", "--json").json()  # the remote has the base now: only the change goes
+    assert pushed["bytes_sent"] < 50_000, pushed
+    vml.fsck_clean()

@@ -25,7 +25,7 @@ from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import VARIABLES, diff_environment, dotfiles
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
-from vml.exchange.fetch import read_history, receive_blobs
+from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info
 from vml.exchange.push import FAST_FORWARD, REJECTED, UP_TO_DATE, plan_updates, send
 from vml.exchange.remote import RemoteRepository
 from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
@@ -42,7 +42,7 @@ from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry
 from vml.refs.reflogs import expire as expire_reflogs
-from vml.refs.bases import BaseName, base_name, list_bases, parse_base
+from vml.refs.bases import BASE_PREFIX, BaseName, base_name, list_bases, parse_base
 from vml.refs.rewrite import drop_entry
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
@@ -1408,15 +1408,46 @@ def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, ar
     return refs
 
 
+def _bases_to_push(repo: Repository, remote: RemoteRepository, local: dict[str, str], remote_refs: dict[str, str],
+                   differential: bool) -> dict[str, str]:
+    """The base refs the entries being pushed sit on and the remote lacks; an error if the
+    remote holds another image under the same name and version."""
+    have = [commit for commit in remote_refs.values() if repo.git.has_object(commit)]
+    wanted: dict[str, BaseRef] = {}
+    for commit in repo.git.commits_between(list(local.values()), have):
+        base = entry_info(repo, commit).base
+        if base is not None and entry_info(repo, commit).kind != "base":
+            wanted[BaseName(base.name, base.version).ref] = base
+    to_send = {}
+    for ref, base in wanted.items():
+        local_commit = repo.git.ref_target(ref)
+        if local_commit is None:
+            raise UsageError(f"the entries sit on base {base}, which this repository lacks: fetch or add it before pushing")
+        remote_commit = remote_refs.get(ref)
+        if remote_commit is None:
+            if differential:
+                raise UsageError(f"{remote.location} lacks base {base} ({base.digest[:19]}…): a differential push needs it there; "
+                                 f"push without --differential to send the base too")
+            to_send[ref] = local_commit
+        elif remote_commit != local_commit and remote_entry_info(remote, remote_commit).base.digest != base.digest:
+            raise UsageError(f"{remote.location} holds another image as base {base} (another digest): rename one of them")
+    return to_send
+
+
 def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, ...] = (), *, force: bool = False,
-         tags: bool = False, area: str | None = None, accept_new_host_key: bool = False, progress: Progress = None) -> PushResult:
+         tags: bool = False, area: str | None = None, differential: bool = False, accept_new_host_key: bool = False,
+         progress: Progress = None) -> PushResult:
     """Send branches (default: the area's branch) and with --tags every tag to a remote:
-    only the entries and blobs it lacks; each ref moves only by fast-forward unless forced."""
+    only the entries and blobs it lacks; each ref moves only by fast-forward unless forced.
+    The base images the entries sit on go too, unless `differential`: then the remote must
+    have them already (same name, version and digest)."""
     url = _remote_url(repo, remote_name)
     started = time.monotonic()
     local = _refs_to_push(repo, names_given, tags, area)
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
-        updates = plan_updates(repo.git, local, remote.refs(), force=force)
+        remote_refs = remote.refs()
+        local.update(_bases_to_push(repo, remote, local, remote_refs, differential))
+        updates = plan_updates(repo.git, local, remote_refs, force=force)
         updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
         for update in updates:
             if update.name.startswith(BRANCH_PREFIX) and update.status != REJECTED:
@@ -1471,6 +1502,14 @@ def _update_tracking(repo: Repository, remote_name: str, remote_refs: dict[str, 
                 repo.git.ensure_reflog(local_ref)
                 repo.git.set_direct(local_ref, target, f"fetch: {'new' if old is None else 'update'} from {remote_name}")
                 changes.append(RefChange(f"{remote_name}/{ref[len(BRANCH_PREFIX):]}", old, target, "new" if old is None else "updated"))
+        elif ref.startswith(BASE_PREFIX):
+            old = repo.git.ref_target(ref)
+            if old is None:
+                repo.git.set_direct(ref, target, f"fetch: base from {remote_name}")
+                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), None, target, "new base"))
+            elif old != target and entry_info(repo, old).base.digest != entry_info(repo, target).base.digest:
+                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), old, target, REJECTED,
+                                         "a local base of that name and version is another image; kept"))
         elif ref.startswith(TAG_PREFIX):
             old = repo.git.ref_target(ref)
             if old is None:
@@ -1586,14 +1625,22 @@ def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since:
             requires = list(repo.git.commit(entry).parents)
             if not requires:
                 raise UsageError(f"{spec} has no parent entry: export it with --full")
-        elif kind == DIFFERENTIAL:
-            raise UsageError(
-                f"entry {entry[:12]} records no base image, so there is nothing to be differential to "
-                f"(entries on a base image come with 'vml base add'); use --full, --incremental or --since REF"
-            )
         else:
             requires = []
-        info = write_bundle(repo.git, repo.store, output, entry=entry, ref=ref, kind=kind, requires=requires, tmp_dir=repo.store.tmp_dir)
+        base, base_roots = None, []
+        if kind == DIFFERENTIAL:
+            base = entry_info(repo, entry).base
+            if base is None:
+                raise UsageError(
+                    f"entry {entry[:12]} records no base image, so there is nothing to be differential to "
+                    f"(make the area with --base NAME:VERSION); use --full, --incremental or --since REF"
+                )
+            _base_commit, base_info = _base_entry(repo, BaseName(base.name, base.version))
+            if base_info.base.digest != base.digest:
+                raise UsageError(f"base {base} here is another image than the one entry {entry[:12]} was saved on (digests differ)")
+            base_roots = base_info.manifests()
+        info = write_bundle(repo.git, repo.store, output, entry=entry, ref=ref, kind=kind, requires=requires,
+                            tmp_dir=repo.store.tmp_dir, base=base, base_roots=base_roots)
     return ExportResult(os.path.abspath(output), info.kind, info.entry, info.ref, info.requires, len(info.commits), info.blobs, info.bytes)
 
 

@@ -508,19 +508,23 @@ def remote_list(ctx: click.Context, as_json: bool) -> None:
 @click.argument("names", metavar="[BRANCH|TAG]...", nargs=-1)
 @click.option("-f", "--force", is_flag=True, help="Move remote refs even when it is not a fast-forward (entries only the old ref reached are then dropped there by its next gc).")
 @click.option("--tags", is_flag=True, help="Push every tag as well.")
+@click.option("--differential", is_flag=True,
+              help="Do not send the base images the entries sit on: the remote must have them (checked by digest).")
 @area_option
 @accept_key_option
 @json_option
 @click.pass_context
-def push(ctx, remote_name: str, names: tuple[str, ...], force: bool, tags: bool, area: str | None, accept_new_host_key: bool, as_json: bool) -> None:
+def push(ctx, remote_name: str, names: tuple[str, ...], force: bool, tags: bool, differential: bool, area: str | None,
+         accept_new_host_key: bool, as_json: bool) -> None:
     """Send entries to REMOTE (default origin): the area's branch, or the BRANCHes and TAGs named.
 
-    Only the entries and objects the remote lacks are sent, in packs. A ref moves only if
-    the remote's entry is an ancestor of yours (a fast-forward) unless --force; a rejected
-    ref exits with status 2 and changes nothing of that ref.
+    Only the entries and objects the remote lacks are sent, in packs. The base images the
+    entries sit on are sent too if the remote lacks them (not with --differential). A ref
+    moves only if the remote's entry is an ancestor of yours (a fast-forward) unless
+    --force; a rejected ref exits with status 2 and changes nothing of that ref.
     """
     with render.transfer_progress("pushing", enabled=not as_json) as progress:
-        result = api.push(_repo(ctx), remote_name, names, force=force, tags=tags, area=area,
+        result = api.push(_repo(ctx), remote_name, names, force=force, tags=tags, area=area, differential=differential,
                           accept_new_host_key=accept_new_host_key, progress=progress)
     render.print_json(result) if as_json else render.push_result(result)
     if result.rejected:
@@ -590,7 +594,7 @@ def clone(url: str, directory: str | None, accept_new_host_key: bool, as_json: b
 @click.option("-o", "--output", required=True, metavar="FILE", help="The bundle file to write.")
 @click.option("--full", "kind", flag_value="full", default=True, help="The entry and all its history: needs nothing (default).")
 @click.option("--incremental", "kind", flag_value="incremental", help="Only what is new since the entry's parent, which the receiver must have.")
-@click.option("--differential", "kind", flag_value="differential", help="Only what is new since the entry's base image (base images are not available yet: refused with a message).")
+@click.option("--differential", "kind", flag_value="differential", help="The entry and its history, without the data of its base image: the receiver must have that base (checked by digest).")
 @click.option("--since", metavar="REF", help="Only what is new since entry REF, which the receiver must have.")
 @area_option
 @json_option

@@ -28,16 +28,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
 from vml.exchange.push import manifests_of
-from vml.entry import ENTRY_FILE, EntryInfo
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_TREE, PackEntry, fsync_dir, parse_table
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
+from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
 
 MAGIC = b"VMLBNDL\x01"
@@ -73,13 +74,16 @@ def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
 
 
 def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: str | None, kind: str,
-                 requires: list[str], tmp_dir: str) -> BundleInfo:
+                 requires: list[str], tmp_dir: str, base: BaseRef | None = None, base_roots: list[ObjectId] = ()) -> BundleInfo:
     """Write a bundle of `entry` holding every commit not reachable from `requires` and every
-    blob their trees need that the trees of `requires` lack. Atomic: FILE is whole or absent."""
+    blob their trees need that the trees of `requires` (and of the base image, for a
+    differential bundle) lack. Atomic: FILE is whole or absent."""
     commits = git.commits_between([entry], requires)
-    have = blobs_of(store, manifests_of(git, requires))
+    have = blobs_of(store, manifests_of(git, requires) + list(base_roots))
     listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], manifests_of(git, commits), have.__contains__)
     header = {"format": FORMAT, "kind": kind, "entry": entry, "ref": ref, "requires": requires, "commits": commits}
+    if base is not None:
+        header["base"] = {"name": base.name, "version": base.version, "digest": base.digest}
     target = os.path.abspath(path)
     temp = f"{target}.{uuid.uuid4().hex}.tmp"
     staging = tempfile.mkdtemp(prefix="bundle-", dir=tmp_dir)
@@ -245,6 +249,7 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
         _check_trailer(bundle_file, size)
         contents = _parse(bundle_file, size)
         header = contents.header
+        _check_base(git, header.get("base"))
         missing = [c for c in header["requires"] if not git.has_object(c)]
         if missing:
             raise UsageError(
@@ -316,6 +321,24 @@ def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, byte
             raise CorruptObject(f"entry {commit_id[:12]} in the bundle has no {ENTRY_FILE}")
         roots.extend(EntryInfo.from_toml(data[1]).manifests())
     return roots
+
+
+def _check_base(git: GitDag, base: dict | None) -> None:
+    """A differential bundle needs its base image here, the same image (by digest)."""
+    if base is None:
+        return
+    try:
+        name, version, digest = str(base["name"]), str(base["version"]), str(base["digest"])
+    except (KeyError, TypeError):
+        raise CorruptObject("damaged bundle header: its base is not a name, version and digest") from None
+    commit = git.ref_target(BaseName(name, version).ref) if "/" not in name + version else None
+    held = EntryInfo.from_toml(git.read_file(commit, ENTRY_FILE) or b"").base if commit else None
+    if held is None:
+        raise UsageError(f"this bundle is differential to base {name}:{version} ({digest[:19]}…), which this repository lacks: "
+                         f"add it with 'vml base add {name} {version} --image FILE' or fetch it first")
+    if held.digest != digest:
+        raise UsageError(f"this bundle is differential to base {name}:{version} with digest {digest[:19]}…, "
+                         f"but the base of that name here has {held.digest[:19]}…")
 
 
 def _parents_first(git_objects: list[tuple[str, str, bytes]]) -> list[str]:

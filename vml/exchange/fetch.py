@@ -64,6 +64,18 @@ def parse_tree(content: bytes) -> list[tuple[bool, str, str]]:
     return items
 
 
+def remote_entry_info(remote: RemoteRepository, commit_id: str) -> EntryInfo:
+    """The entry.toml of one commit on the remote (to check a base's digest, say)."""
+    type_name, content = remote.read_object(commit_id)
+    if type_name != "commit":
+        raise CorruptObject(f"{commit_id[:12]} on {remote.location} is a {type_name}, not an entry")
+    type_name, tree = remote.read_object(parse_commit(content)[0])
+    entry_file = next((item_id for is_tree, name, item_id in parse_tree(tree) if not is_tree and name == ENTRY_FILE), None)
+    if type_name != "tree" or entry_file is None:
+        raise CorruptObject(f"{commit_id[:12]} on {remote.location} is not a vml entry (no {ENTRY_FILE})")
+    return EntryInfo.from_toml(remote.read_object(entry_file)[1])
+
+
 def read_history(git: GitDag, remote: RemoteRepository, tips: list[str]) -> tuple[list[GitObject], dict[str, list[ObjectId]]]:
     """The git objects of every commit reachable from `tips` that this repository lacks
     (older commits first, each after its trees), and the manifest root of each new commit."""

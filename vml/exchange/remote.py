@@ -61,7 +61,7 @@ class RemoteRepository:
     # -- refs
 
     def refs(self) -> dict[str, str]:
-        """Branches and tags: name -> commit id (loose refs win over packed-refs, as in git)."""
+        """Branches, tags and base images: name -> commit id (loose refs win over packed-refs, as in git)."""
         found = {}
         try:
             packed = self.transport.read("packed-refs").decode()
@@ -70,8 +70,9 @@ class RemoteRepository:
         for line in packed.splitlines():
             if line and line[0] not in "#^" and " " in line:
                 commit_id, name = line.split(" ", 1)
-                found[name] = commit_id
-        for prefix in ("refs/heads", "refs/tags"):
+                if name.startswith(("refs/heads/", "refs/tags/", "refs/vml/bases/")):
+                    found[name] = commit_id
+        for prefix in ("refs/heads", "refs/tags", "refs/vml/bases"):
             for path in self.transport.list_tree(prefix):
                 if not path.endswith(".lock"):
                     found[path] = self._read_ref(path)
