@@ -234,3 +234,70 @@ def test_environment_is_saved_diffed_and_reapplied(vml: Vml, tmp_path: Path, ssh
     assert shown.stdout == "v3 /opt/root\n"
     assert vml("status", "--json", env=first_server.env).json()["clean"]  # the script itself is never saved
     vml.fsck_clean()
+
+
+def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml, tmp_path: Path, sshd, monkeypatch):
+    """The link to the guest dies while files stream in (injected: the client closes after
+    the first file): a one-line error, no entry, a clean fsck, and the retry saves it all."""
+    from vml import api
+    from vml.areas import guestcapture
+    from vml.errors import AreaError
+    from vml.repo import Repository
+
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    for i in range(20):
+        (guest / f"file{i}").write_bytes(os.urandom(50_000))
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/")
+    for key, value in sshd.env.items():
+        monkeypatch.setenv(key, value)
+    original = guestcapture.GuestCapture._member_node
+    calls = []
+
+    def dropping(self, archive, member, rel):
+        calls.append(rel)
+        if len(calls) == 3:
+            archive.fileobj.fileobj.channel.get_transport().close()  # the connection dies
+        return original(self, archive, member, rel)
+
+    monkeypatch.setattr(guestcapture.GuestCapture, "_member_node", dropping)
+    repo = Repository.discover(str(tmp_path / ".vml"))
+    with pytest.raises(AreaError, match="connection to the guest dropped"):
+        api.commit(repo, "cut off", area="g")
+    repo.close()
+    monkeypatch.undo()
+    assert vml("log", "--json", env=sshd.env).json() == []
+    vml.fsck_clean()
+    saved = vml("commit", "-m", "whole", "--json", env=sshd.env).json()
+    assert saved["files"] == 20
+    vml("checkout", saved["entry"], "--to", str(tmp_path / "out"))
+    assert compare(guest, tmp_path / "out") == []
+    vml.fsck_clean()
+
+
+def test_disk_full_on_the_guest_is_one_line_and_keeps_the_area(vml: Vml, tmp_path: Path, sshd):
+    import subprocess
+
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(guest)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs as the guest's disk here: {mounted.stderr.strip()}")
+    try:
+        (guest / "small").write_text("small\n")
+        big_tree = tmp_path / "big"
+        big_tree.mkdir()
+        (big_tree / "small").write_text("small\n")
+        (big_tree / "large.bin").write_bytes(os.urandom(3 << 20))  # three times the guest's disk
+        vml("init")
+        vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/")
+        vml("area", "add", "d", "--dir", str(big_tree))
+        before = vml("commit", "-a", "g", "-m", "small", "--json", env=sshd.env).json()["entry"]
+        large = vml("commit", "-a", "d", "-m", "large", "--json").json()["entry"]
+        line = one_line_error(vml("checkout", large, "-a", "g", "--force", env=sshd.env, check=False), None)
+        assert "the guest's disk is full" in line
+        assert vml("status", "-a", "g", "--json", env=sshd.env).json()["entry"] == before  # HEAD did not move
+        vml.fsck_clean()
+    finally:
+        subprocess.run(["umount", "-l", str(guest)], check=False)

@@ -188,6 +188,12 @@ class SshArea:
         except SSH_ERRORS as error:
             self.close()
             raise AreaError(f"area {self.config.name}: the connection to the guest dropped ({error or type(error).__name__})") from None
+        except tarfile.TarError as error:
+            # A stream cut short reads as a damaged archive: say which it was.
+            if not channel.get_transport().is_active() or channel.closed:
+                self.close()
+                raise AreaError(f"area {self.config.name}: the connection to the guest dropped during the transfer") from None
+            raise AreaError(f"area {self.config.name}: the guest's tar sent a damaged stream ({error})") from None
         finally:
             channel.close()
 
@@ -320,6 +326,9 @@ class SshArea:
             self._check_status(status, errors, "the checkout")
             if status != 0:
                 first = errors.decode(errors="replace").strip().splitlines()[:1] or [f"exit status {status}"]
+                if b"No space left" in errors or b"Wrote only" in errors:  # GNU tar's words for a full disk
+                    raise AreaError(f"area {self.config.name}: the guest's disk is full ({first[0]}); the checkout stopped part way: "
+                                    f"free space on the guest and check out again")
                 raise AreaError(f"area {self.config.name}: tar on the guest could not write the files: {first[0]}")
         return counts
 
