@@ -753,11 +753,11 @@ class CheckoutResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _scan_area(repo: Repository, working_area, cache: StatCache | None = None) -> tuple[CaptureResult, Callable]:
+def _scan_area(repo: Repository, working_area, cache: StatCache | None = None, expected=None) -> tuple[CaptureResult, Callable]:
     """The area's current files, hashed but not stored: the capture and a loader for its listings."""
     if cache is None:
         cache = StatCache.load(repo.stat_cache_path(working_area.config.name))
-    current = working_area.capture(repo.store, cache, dry_run=True)
+    current = working_area.capture(repo.store, cache, dry_run=True, expected=expected)
     return current, listing_loader(repo.store, current.listings)
 
 
@@ -865,7 +865,9 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         else:
             _move_head(repo, config, head, entry_id, spec, branch)
         # Capture again (hash only) to rebuild the stat cache and to see what was not reproduced.
-        after, load_after = _scan_area(repo, working_area, current.cache if current else StatCache())
+        target_load = listing_loader(store, memo=4096)
+        after, load_after = _scan_area(repo, working_area, current.cache if current else StatCache(),
+                                       expected=lambda path: node_at(target_load, target_root, path))
         after.cache.save(repo.stat_cache_path(config.name))
         not_reproduced = []
         if after.root_id != target_root:

@@ -55,7 +55,12 @@ class WorkingArea(Protocol):
         *,
         dry_run: bool,
         progress: Callable[[CaptureProgress], None] | None,
-    ) -> CaptureResult: ...
+        expected: Callable[[bytes], object] | None = None,
+    ) -> CaptureResult:
+        """The area's files into `store` (or only hashed, `dry_run`). `expected` (relative
+        path -> node) describes what a checkout just wrote: an area may trust it instead of
+        reading those files back."""
+        ...
 
     def restore(
         self,

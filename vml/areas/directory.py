@@ -46,6 +46,7 @@ class DirectoryArea:
         *,
         dry_run: bool = False,
         progress: Callable[[CaptureProgress], None] | None = None,
+        expected=None,  # local files are cheap to read back: always read
     ) -> CaptureResult:
         self._check()
         return capture_tree(self.root, store, cache, dry_run=dry_run, rules=self.rules, progress=progress)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import stat
 import tarfile
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Callable, ContextManager, IO, Iterator
 
 import msgpack
@@ -70,8 +69,12 @@ OpenTar = Callable[[list[bytes]], ContextManager[tuple[IO[bytes], Callable[[], l
 
 
 def parse_time(text: bytes) -> int:
-    """Nanoseconds from find's or tar's 'seconds.fraction', exactly (a float would round)."""
-    return int(Decimal(text.decode()) * 1_000_000_000)
+    """Nanoseconds from find's or tar's 'seconds.fraction', exactly (a float would round);
+    digits past the nanosecond are dropped, as the kernel has none."""
+    negative = text.startswith(b"-")
+    seconds, _, fraction = text.lstrip(b"-").partition(b".")
+    nanoseconds = int(seconds or b"0") * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
+    return -nanoseconds if negative else nanoseconds
 
 
 @dataclass(slots=True)
@@ -144,9 +147,12 @@ class GuestCapture:
         *,
         rules: Rules,
         dry_run: bool = False,
+        expected: Callable[[bytes], Node | None] | None = None,
         progress: Callable[[CaptureProgress], None] | None = None,
     ):
         self.paths, self.skipped = parse_listing(listing)
+        self.expected = expected
+        self._trusted: dict[bytes, bytes | None] = {}
         self.open_tar = open_tar
         self.store = store
         self.old_cache = old_cache
@@ -234,9 +240,23 @@ class GuestCapture:
         cached = self.old_cache.dirs.get(parent)
         hit = cached.children.get(name) if cached is not None else None
         path = self.paths.get(rel)
-        if hit is None or path is None or hit[0] != path.key or path.racy_after >= self.racy_after:
+        if path is None:
             return None
+        if hit is None or hit[0] != path.key or path.racy_after >= self.racy_after:
+            return self._trust(rel, path) if self.expected is not None else None
         return hit[1]
+
+    def _trust(self, rel: bytes, path: GuestPath) -> bytes | None:
+        """Right after a checkout wrote a path, the node the entry has there, if the listing
+        shows exactly its metadata (tar set its mtime to the entry's: a later write would
+        change it): what vml just sent is not read back. Hardlinks are always read."""
+        if rel not in self._trusted:
+            node = self.expected(rel) if path.nlink == 1 or path.kind == KIND_DIR else None
+            matches = node is not None and node.hardlink is None and (
+                node.kind, node.mode, node.uid, node.gid, node.mtime_ns, node.size, node.target
+            ) == (path.kind, path.mode, path.uid, path.gid, path.mtime_ns, path.size, path.target)
+            self._trusted[rel] = encode_node(node) if matches else None
+        return self._trusted[rel]
 
     def _to_fetch(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, bytes]) -> list[bytes]:
         """The top (always), and every path the stat cache cannot vouch for; a hardlink group
@@ -353,7 +373,38 @@ class GuestCapture:
         root_id = self._put_listing(encode_listing([root], Totals(totals.nodes, totals.files, totals.bytes)))
         return ObjectId(root_id), totals, missing
 
+    def _build_unchanged(self, directory: _Dir, built, hardlinks) -> tuple[bytes, Totals] | None:
+        """The cached listing of a directory in which the cache vouches for every child,
+        decoding no node (the common case of a re-commit or a status); None otherwise."""
+        rel = directory.rel
+        cached = self.old_cache.dirs.get(rel)
+        if cached is None or cached.fingerprint is None or cached.listing_id not in self.store:
+            return None
+        items = []
+        size = 0
+        for name in directory.names:
+            child_rel = rel + b"/" + name if rel else name
+            path = self.paths.get(child_rel)
+            if path is None or child_rel in self._fetched or path.racy_after >= self.racy_after:
+                return None
+            hit = cached.children.get(name)
+            if hit is None or hit[0] != path.key:
+                return None
+            subdir = built.get(child_rel) if path.kind == KIND_DIR else None
+            items.append((name, path.key, subdir[0] if subdir else None, hardlinks.get(child_rel)))
+            size += path.size
+        fingerprint = fingerprint128(msgpack.packb(items, use_bin_type=True))
+        if fingerprint != cached.fingerprint:
+            return None
+        self.new_cache.dirs[rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
+        self.counts.files += len(items)
+        self.counts.bytes += size
+        return cached.listing_id, Totals(*cached.totals)
+
     def _build_dir(self, directory: _Dir, built, hardlinks, missing: list[bytes]) -> tuple[bytes, Totals]:
+        unchanged = self._build_unchanged(directory, built, hardlinks)
+        if unchanged is not None:
+            return unchanged
         rel = directory.rel
         items, encoded_nodes, cache_children = [], [], {}
         totals = Totals()

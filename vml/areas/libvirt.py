@@ -247,8 +247,8 @@ class LibvirtArea:
             self.files.close()
 
     def capture(self, store: ChunkStore, cache: StatCache, *, dry_run: bool = False,
-                progress: Callable[[CaptureProgress], None] | None = None) -> CaptureResult:
-        return self._files().capture(store, cache, dry_run=dry_run, progress=progress)
+                progress: Callable[[CaptureProgress], None] | None = None, expected=None) -> CaptureResult:
+        return self._files().capture(store, cache, dry_run=dry_run, progress=progress, expected=expected)
 
     def restore(self, store: ChunkStore, load_listing: Callable[..., Listing], root_id: bytes, current_root_id: bytes | None,
                 progress: Callable[[RestoreProgress], None] | None = None) -> RestoreProgress:

@@ -47,6 +47,7 @@ class Rules:
         except (ValueError, TypeError) as error:
             raise UsageError(f"invalid rule: {error}") from None
         object.__setattr__(self, "_prefixes", tuple(_literal_prefix(p) for p in self.include))
+        object.__setattr__(self, "_simple_excludes", _simple_patterns(self.exclude))
 
     @property
     def everything(self) -> bool:
@@ -56,13 +57,24 @@ class Rules:
     def scope(self, rel: bytes, is_dir: bool, parent: Scope) -> Scope:
         """Where `rel` (relative, '/'-separated) stands, given its parent directory's scope."""
         text = os.fsdecode(rel)
-        if self.exclude and self._excluded.match_file(text + "/" if is_dir else text):
+        if self.exclude and self._is_excluded(text, is_dir):
             return Scope.OUT
         if parent is Scope.IN or EVERYTHING in self.include or self._included.match_file(text):
             return Scope.IN
         if is_dir and self._on_the_way(text):
             return Scope.ON_THE_WAY
         return Scope.OUT
+
+    def _is_excluded(self, text: str, is_dir: bool) -> bool:
+        """Whether an exclude pattern matches `text`, whose parent directories matched none
+        (scope() is asked top-down: nothing below an excluded directory is ever asked)."""
+        simple = self._simple_excludes
+        if simple is None:
+            return self._excluded.match_file(text + "/" if is_dir else text)
+        # The common patterns (/proc, /var/cache/, *.swp) without pathspec's regexes: the
+        # same answers (tests check it), a fraction of the time on a guest's 100,000 paths.
+        anchored, directories, suffixes = simple
+        return text in anchored or (is_dir and text in directories) or text.rpartition("/")[2].endswith(suffixes)
 
     def root_scope(self) -> Scope:
         return Scope.IN if EVERYTHING in self.include else Scope.ON_THE_WAY
@@ -122,6 +134,20 @@ def _literal_prefix(pattern: str) -> str | None:
             break
         parts.append(part)
     return "/".join(parts)
+
+
+def _simple_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]] | None:
+    """Exclude patterns as (anchored paths, anchored directories, name suffixes) when every
+    one is that simple and none negates (so their order does not matter); else None."""
+    anchored, directories, suffixes = [], [], []
+    for pattern in patterns:
+        if pattern.startswith("/") and not _GLOB.search(pattern) and pattern.strip("/"):
+            (directories if pattern.endswith("/") else anchored).append(pattern.strip("/"))
+        elif pattern.startswith("*") and "/" not in pattern and not _GLOB.search(pattern[1:]) and len(pattern) > 1:
+            suffixes.append(pattern[1:])
+        else:
+            return None
+    return frozenset(anchored), frozenset(directories), tuple(suffixes)
 
 
 def default_rules(kind: str) -> Rules:

@@ -25,7 +25,7 @@ from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.environment import HISTORY, PROFILE_SCRIPT, VARIABLES, decode_variables, encode_variables, parse_env_output, profile_script
 from vml.errors import AreaError
-from vml.objects.manifest import Listing
+from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
 from vml.transport.base import TransportError
 from vml.transport.ssh import SSH_ERRORS, connect
@@ -284,9 +284,12 @@ class SshArea:
         *,
         dry_run: bool = False,
         progress: Callable[[CaptureProgress], None] | None = None,
+        expected: Callable[[bytes], Node | None] | None = None,
     ) -> CaptureResult:
+        """The guest's files; `expected` (path -> node) names what a checkout just wrote."""
         listing, now = self._listing()
-        capture = GuestCapture(listing, now, self._open_tar, store, cache, rules=self.rules, dry_run=dry_run, progress=progress)
+        capture = GuestCapture(listing, now, self._open_tar, store, cache, rules=self.rules, dry_run=dry_run,
+                               expected=expected, progress=progress)
         try:
             result = capture.run()
         except FileNotFoundError as error:

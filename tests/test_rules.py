@@ -1,0 +1,64 @@
+"""Include/exclude rules: gitignore semantics (pathspec), and the fast path for simple
+patterns giving exactly pathspec's answers."""
+
+from __future__ import annotations
+
+import pathspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vml.areas.rules import GUEST_EXCLUDE, GUEST_INCLUDE, Rules, Scope, default_rules
+from vml.errors import UsageError
+
+NAMES = st.sampled_from(["proc", "var", "cache", "tmp", "a.swp", "x.swap", "swapfile", "home", "etc", "lib", "b", "swp",
+                         ".swp", "profile.d", "vml-environment.sh", "usr", "local", "cachex"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(NAMES, min_size=1, max_size=5), is_dir=st.booleans())
+def test_fast_exclusion_answers_as_pathspec_does(parts, is_dir):
+    """Asked top-down, as a walk asks: a path is only asked about if no directory above it
+    was excluded."""
+    rules = Rules(("/",), GUEST_EXCLUDE)
+    assert rules._simple_excludes is not None
+    spec = pathspec.GitIgnoreSpec.from_lines(GUEST_EXCLUDE)
+    for depth in range(1, len(parts) + 1):
+        text, leaf_is_dir = "/".join(parts[:depth]), depth < len(parts) or is_dir
+        expected = spec.match_file(text + "/" if leaf_is_dir else text)
+        assert rules._is_excluded(text, leaf_is_dir) == expected, text
+        if expected:
+            break
+
+
+def test_scopes_of_the_guest_defaults():
+    rules = default_rules("ssh")
+    assert rules.include == GUEST_INCLUDE
+    root = rules.root_scope()
+    assert root is Scope.ON_THE_WAY
+    assert rules.scope(b"usr", True, root) is Scope.ON_THE_WAY
+    assert rules.scope(b"usr/local", True, Scope.ON_THE_WAY) is Scope.IN
+    assert rules.scope(b"usr/bin", True, Scope.ON_THE_WAY) is Scope.OUT
+    assert rules.scope(b"proc", True, root) is Scope.OUT
+    assert rules.scope(b"home/u/x.swp", False, Scope.IN) is Scope.OUT
+    assert rules.scope(b"etc/profile.d/vml-environment.sh", False, Scope.IN) is Scope.OUT
+    assert rules.scope(b"var", True, root) is Scope.ON_THE_WAY and rules.scope(b"var/cache", True, Scope.ON_THE_WAY) is Scope.OUT
+    assert rules.walk_roots() == ["etc", "home", "opt", "root", "usr/local", "var/lib"]
+
+
+def test_negation_and_wildcards_fall_back_to_pathspec():
+    rules = Rules(("/home/*/data",), ("*.tmp", "!keep.tmp"))
+    assert rules._simple_excludes is None and rules.walk_roots() is None
+    assert rules.scope(b"home/a/data/x.tmp", False, Scope.IN) is Scope.OUT
+    assert rules.scope(b"home/a/data/keep.tmp", False, Scope.IN) is Scope.IN
+    assert rules.scope(b"home/a", True, Scope.ON_THE_WAY) is Scope.ON_THE_WAY
+    assert rules.scope(b"home/a/data", True, Scope.ON_THE_WAY) is Scope.IN
+
+
+def test_rules_file_round_trip_and_errors():
+    rules = Rules(("/home", "/opt"), ("*.o", "/build/"))
+    assert Rules.from_text(rules.to_text(), "rules") == rules
+    with pytest.raises(UsageError, match="expected 'include PATTERN'"):
+        Rules.from_text("keep /home\n", "rules")
+    with pytest.raises(UsageError, match="one gitignore pattern"):
+        Rules(("/a\n/b",))
