@@ -368,8 +368,9 @@ def _env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
     changes = []
     if DOMAIN_FILE in new and old.get(DOMAIN_FILE) != new[DOMAIN_FILE]:
         changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
-    env_only = lambda files: {path: data for path, data in files.items() if path in ENV_COMPARED}  # noqa: E731
-    for change in diff_environment(env_only(old), env_only(new)):
+    old_env = {path: data for path, data in old.items() if path in ENV_COMPARED}
+    new_env = {path: data for path, data in new.items() if path in ENV_COMPARED}
+    for change in diff_environment(old_env, new_env):
         changes.append(DiffEntry(change.path, change.status, ["environment"],
                                  None if change.old is None else {"value": change.old},
                                  None if change.new is None else {"value": change.new}))

@@ -80,6 +80,33 @@ class CaptureResult:
     listings: dict[bytes, bytes]  # listings kept in memory by a dry capture (id -> bytes)
 
 
+class BlobWriter:
+    """Puts chunks and listings into the store; in a dry run only hashes them, keeping the
+    new listings in memory (a status or diff walks them)."""
+
+    def __init__(self, store: ChunkStore, dry_run: bool):
+        self.store = store
+        self.dry_run = dry_run
+        self.listings: dict[bytes, bytes] = {}
+
+    def chunk(self, data: bytes | memoryview) -> bytes:
+        chunk_id = object_id(data)
+        if not self.dry_run and chunk_id not in self.store:
+            flag, payload = compression.compress(data)
+            self.store.add(chunk_id, TYPE_DATA, flag, payload, len(data))
+        return chunk_id
+
+    def listing(self, data: bytes) -> ObjectId:
+        listing_id = object_id(data)
+        if self.dry_run:
+            if listing_id not in self.store:
+                self.listings[listing_id] = data
+        elif listing_id not in self.store:
+            flag, payload = compression.compress(data)
+            self.store.add(listing_id, TYPE_TREE, flag, payload, len(data))
+        return listing_id
+
+
 @dataclass(slots=True)
 class _FileContent:
     chunks: bytes
@@ -127,12 +154,11 @@ class Capture:
         self.rules = None if rules is None or rules.everything else rules
         self.store = store
         self.old_cache = old_cache
-        self.dry_run = dry_run
+        self.blobs = BlobWriter(store, dry_run)
         self.new_cache = StatCache()
         self.owners = OwnerNames(root)
         self.skipped: list[tuple[bytes, str]] = []
         self.changed_while_reading: list[bytes] = []
-        self.listings: dict[bytes, bytes] = {}
         self.counts = CaptureProgress()
         self._progress = progress or (lambda counts: None)
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-read")
@@ -162,13 +188,13 @@ class Capture:
             root_node = self._metadata_node(b"", root_st, self.root)
             root_node.tree = top.listing_id
             totals = Totals(top.totals.nodes, top.totals.files, top.totals.bytes)
-            root_id = self._put_listing(encode_listing([root_node], totals))
+            root_id = self.blobs.listing(encode_listing([root_node], totals))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
                 gc.enable()
         return CaptureResult(
-            root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.listings
+            root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.blobs.listings
         )
 
     def _scan_dir(self, path: bytes, rel: bytes, scope: Scope) -> _PendingDir:
@@ -291,22 +317,15 @@ class Capture:
                 # One read of the size lstat saw: a file that grew since is caught by the fstat below.
                 data = os.read(fd, st.st_size) if st.st_size else b""
                 if data:
-                    ids.append(self._store_chunk(data))
+                    ids.append(self.blobs.chunk(data))
             else:
                 for chunk in cut_stream(_ExtentReader(fd, extents).readinto):
-                    ids.append(self._store_chunk(chunk))
+                    ids.append(self.blobs.chunk(chunk))
             after = os.fstat(fd)
         finally:
             os.close(fd)
         stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         return _FileContent(b"".join(ids), extents, stable)
-
-    def _store_chunk(self, data: bytes | memoryview) -> bytes:
-        chunk_id = object_id(data)
-        if not self.dry_run and chunk_id not in self.store:
-            flag, payload = compression.compress(data)
-            self.store.add(chunk_id, TYPE_DATA, flag, payload, len(data))
-        return chunk_id
 
     # -- finishing a directory (post-order, on the calling thread)
 
@@ -366,7 +385,7 @@ class Capture:
         if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
             pending.listing_id = cached.listing_id
         else:
-            pending.listing_id = self._put_listing(encode_listing_of_encoded(encoded_nodes, totals))
+            pending.listing_id = self.blobs.listing(encode_listing_of_encoded(encoded_nodes, totals))
         pending.totals = totals
         self.new_cache.dirs[pending.rel] = CachedDir(
             fingerprint if pending.reusable else None,
@@ -427,16 +446,6 @@ class Capture:
             node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         return node
 
-    def _put_listing(self, data: bytes) -> ObjectId:
-        listing_id = object_id(data)
-        if self.dry_run:
-            if listing_id not in self.store:
-                self.listings[listing_id] = data
-        elif listing_id not in self.store:
-            flag, payload = compression.compress(data)
-            self.store.add(listing_id, TYPE_TREE, flag, payload, len(data))
-        return listing_id
-
 
 class _ExtentReader:
     """Reads the data extents of a file back to back (the whole file if it has no holes)."""
@@ -488,7 +497,7 @@ def capture_files(files: list[tuple[bytes, bytes]], store: ChunkStore) -> tuple[
             nodes.append(node)
     finally:
         capture._pool.shutdown()
-    listing_id = capture._put_listing(encode_listing(nodes, totals))
+    listing_id = capture.blobs.listing(encode_listing(nodes, totals))
     newest = max((node.mtime_ns for node in nodes), default=0)
     top = Node(name=b"", kind=KIND_DIR, mode=0o755, uid=0, gid=0, user=None, group=None, mtime_ns=newest, tree=listing_id)
-    return capture._put_listing(encode_listing([top], totals)), totals
+    return capture.blobs.listing(encode_listing([top], totals)), totals

@@ -15,12 +15,11 @@ from typing import Callable, ContextManager, IO, Iterator
 
 import msgpack
 
-from vml.areas.capture import CaptureProgress, CaptureResult
+from vml.areas.capture import BlobWriter, CaptureProgress, CaptureResult
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, pack_key
-from vml.objects import compress as compression
 from vml.objects.chunker import MIN_SIZE, cut_stream
-from vml.objects.hashing import fingerprint128, object_id
+from vml.objects.hashing import fingerprint128
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -36,7 +35,6 @@ from vml.objects.manifest import (
     encode_listing_of_encoded,
     encode_node,
 )
-from vml.objects.pack import TYPE_DATA, TYPE_TREE
 from vml.objects.store import ChunkStore
 
 # One record per path: fixed fields, then owner names, path and symlink target, NUL-separated.
@@ -113,6 +111,9 @@ def parse_listing(data: bytes) -> tuple[dict[bytes, GuestPath], list[tuple[bytes
         head, user, group, path, target = fields[start : start + _FIELDS_PER_RECORD]
         kind_code, mode, uid, gid, size, mtime, ctime, inode, nlink, device, _blocks = head.split(b" ")
         rel = path[2:] if path.startswith(b"./") else b"" if path == b"." else path
+        if rel and any(part in (b"", b".", b"..") for part in rel.split(b"/")):
+            skipped.append((rel, "a name the guest's listing should not hold"))  # never a path outside the tree
+            continue
         if kind_code not in _TYPES:
             skipped.append((rel, "socket" if kind_code == b"s" else "unknown file type"))
             continue
@@ -157,11 +158,10 @@ class GuestCapture:
         self.store = store
         self.old_cache = old_cache
         self.rules = rules
-        self.dry_run = dry_run
+        self.blobs = BlobWriter(store, dry_run)
         self.racy_after = guest_now_ns - RACY_WINDOW_NS
         self.counts = CaptureProgress()
         self._progress = progress or (lambda counts: None)
-        self.listings: dict[bytes, bytes] = {}
         self.changed_while_reading: list[bytes] = []
         self.new_cache = StatCache()
         self._fetched: dict[bytes, Node] = {}
@@ -179,7 +179,7 @@ class GuestCapture:
             if not missing:
                 break
             wanted = missing  # cached nodes whose data left the store (gc): read them now
-        return CaptureResult(root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.listings)
+        return CaptureResult(root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.blobs.listings)
 
     # -- the tree the rules admit, in a local capture's order
 
@@ -341,22 +341,15 @@ class GuestCapture:
         if extents is None and member.size < MIN_SIZE:
             data = source.read()
             if data:
-                ids.append(self._store_chunk(data))
+                ids.append(self.blobs.chunk(data))
         else:
             reader = _DataReader(source, extents) if extents is not None else source
             for chunk in cut_stream(reader.readinto):
-                ids.append(self._store_chunk(chunk))
+                ids.append(self.blobs.chunk(chunk))
         node.chunks = b"".join(ids)
         node.extents = extents
         self.counts.files_read += 1
         self.counts.bytes_read += member.size
-
-    def _store_chunk(self, data) -> bytes:
-        chunk_id = object_id(data)
-        if not self.dry_run and chunk_id not in self.store:
-            flag, payload = compression.compress(data)
-            self.store.add(chunk_id, TYPE_DATA, flag, payload, len(data))
-        return chunk_id
 
     # -- listings, bottom up
 
@@ -370,7 +363,7 @@ class GuestCapture:
         if root is None:
             raise FileNotFoundError("the guest's top directory could not be read")
         root.name, root.tree = b"", listing_id
-        root_id = self._put_listing(encode_listing([root], Totals(totals.nodes, totals.files, totals.bytes)))
+        root_id = self.blobs.listing(encode_listing([root], Totals(totals.nodes, totals.files, totals.bytes)))
         return ObjectId(root_id), totals, missing
 
     def _build_unchanged(self, directory: _Dir, built, hardlinks) -> tuple[bytes, Totals] | None:
@@ -434,7 +427,7 @@ class GuestCapture:
         if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
             listing_id = cached.listing_id
         else:
-            listing_id = self._put_listing(encode_listing_of_encoded(encoded_nodes, totals))
+            listing_id = self.blobs.listing(encode_listing_of_encoded(encoded_nodes, totals))
         self.new_cache.dirs[rel] = CachedDir(fingerprint if reusable else None, listing_id, (totals.nodes, totals.files, totals.bytes), cache_children)
         return listing_id, totals
 
@@ -469,16 +462,6 @@ class GuestCapture:
         if path.kind == KIND_DIR:
             node.tree = subdir[0]
         return encode_node(node), node
-
-    def _put_listing(self, data: bytes) -> bytes:
-        listing_id = object_id(data)
-        if self.dry_run:
-            if listing_id not in self.store:
-                self.listings[listing_id] = data
-        elif listing_id not in self.store:
-            flag, payload = compression.compress(data)
-            self.store.add(listing_id, TYPE_TREE, flag, payload, len(data))
-        return listing_id
 
 
 def _member_rel(name: str) -> bytes:
