@@ -138,3 +138,17 @@ def test_push_sends_the_base_unless_differential(vml: Vml, tmp_path: Path):
     pushed = vml("push", "--differential", "--json").json()  # the remote has the base now: only the change goes
     assert pushed["bytes_sent"] < 50_000, pushed
     vml.fsck_clean()
+
+
+def test_a_full_bundle_of_an_entry_on_a_base_needs_nothing(vml: Vml, tmp_path: Path):
+    entry = _on_base(vml, tmp_path)
+    vml("export", "main", "-o", str(tmp_path / "full.vmlb"))
+    receiver = Vml(tmp_path / "receiver")
+    receiver.cwd.mkdir()
+    receiver("init")
+    imported = receiver("import", str(tmp_path / "full.vmlb"), "--json").json()
+    assert imported["entry"] == entry
+    assert [(b["name"], b["version"]) for b in receiver("base", "list", "--json").json()] == [("os", "1")]
+    receiver("checkout", entry, "--to", str(tmp_path / "rebuilt"))  # the base is there: no error
+    assert (tmp_path / "rebuilt" / "home" / "results.txt").read_text() == "42\n"
+    receiver.fsck_clean()

@@ -35,3 +35,38 @@ def test_times_are_exact_to_the_nanosecond():
     assert parse_time(b"0.000000001") == 1
     assert parse_time(b"12") == 12_000_000_000
     assert parse_time(b"-1.5") == -1_500_000_000
+
+
+def test_a_path_that_changes_type_during_the_read_is_left_out(tmp_path):
+    """The listing says file, the guest's tar then sends a directory (replaced meanwhile):
+    the path is left out and reported, never stored as a broken node."""
+    import contextlib
+    import io
+    import tarfile
+
+    from vml.areas.guestcapture import GuestCapture
+    from vml.areas.rules import Rules
+    from vml.areas.statcache import StatCache
+    from vml.objects.store import ChunkStore
+    from vml.objects.walk import listing_loader, walk_nodes
+
+    listing = _record(b"d", b".", mode=b"755") + _record(b"f", b"./x") + _record(b"f", b"./y")
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, data in ((".", tarfile.DIRTYPE, b""), ("./x", tarfile.DIRTYPE, b""), ("./y", tarfile.REGTYPE, b"y" * 12)):
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mode, info.mtime = kind, len(data), 0o755 if name == "." else 0o644, 1700000000
+            info.pax_headers = {"mtime": "1700000000.123456789"}
+            archive.addfile(info, io.BytesIO(data) if data else None)
+
+    @contextlib.contextmanager
+    def open_tar(paths):
+        yield io.BytesIO(stream.getvalue()), lambda: []
+
+    ChunkStore.create(str(tmp_path / "store"))
+    store = ChunkStore(str(tmp_path / "store")).open()
+    result = GuestCapture(listing, 1800000000 * 10**9, open_tar, store, StatCache(), rules=Rules(("/",))).run()
+    store.flush()
+    names = [path for path, _node in walk_nodes(listing_loader(store), result.root_id)]
+    assert names == [b"y"] and result.changed_while_reading == [b"x"]
+    store.close()

@@ -15,7 +15,7 @@ from unittest import mock
 
 import pytest
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by ./scripts/setup")
+import libvirt  # noqa: E402  (installed by ./scripts/setup: a missing one fails, never skips)
 
 from vml import cli  # noqa: E402
 
@@ -182,3 +182,28 @@ def test_libvirt_errors_are_one_line(capsys, tmp_path: Path):
     assert code == 2 and "--ssh" in err
     for stream in (err,):
         assert "Traceback" not in stream and len(stream.strip().splitlines()) == 1
+
+
+def test_an_entry_never_writes_another_domains_disks_or_definition(area, tmp_path: Path):
+    """Resuming one domain's memory entry into another area's domain is refused (it would
+    overwrite disks that are not that domain's); a definition of another domain is not applied."""
+    run, _guest, (name, _disk) = area
+    saved = run.json("commit", "-m", "with memory", "--memory")["entry"]
+    connection = libvirt.open(TEST_URI)
+    other = f"vml-test-{uuid.uuid4().hex[:8]}"
+    other_disk = tmp_path / "other.img"
+    other_disk.write_bytes(b"other domain's disk\n")
+    connection.defineXML(
+        f"<domain type='test'><name>{other}</name><memory unit='MiB'>128</memory><os><type>hvm</type></os>"
+        f"<devices><disk type='file' device='disk'><source file='{other_disk}'/><target dev='vda'/></disk></devices></domain>"
+    )
+    try:
+        run("area", "add", "vm2", "--libvirt", TEST_URI, "--domain", other, "--ssh", "testhost", "--root", str(tmp_path / "guest"), "--include", "/")
+        code, _out, err = run("checkout", "--resume", saved, "-a", "vm2", "--force", check=False)
+        assert code == 2 and "writes only the domain's own disks" in err
+        assert other_disk.read_bytes() == b"other domain's disk\n"
+        _code, _out, err = run("checkout", saved, "-a", "vm2", "--force")
+        assert f"was not redefined: the saved definition is of domain {name!r}" in err
+        assert connection.lookupByName(other).XMLDesc(0).count("<memory unit='KiB'>131072</memory>") == 1
+    finally:
+        connection.lookupByName(other).undefine()

@@ -301,3 +301,58 @@ def test_disk_full_on_the_guest_is_one_line_and_keeps_the_area(vml: Vml, tmp_pat
         vml.fsck_clean()
     finally:
         subprocess.run(["umount", "-l", str(guest)], check=False)
+
+
+def test_checkout_of_an_entry_with_narrower_rules_deletes_nothing_it_did_not_cover(vml: Vml, tmp_path: Path, sshd):
+    """A colleague's entry of /home alone says nothing about /etc: checking it out onto a
+    guest area that saves /etc too must not delete /etc."""
+    guest = tmp_path / "guest"
+    for d in ("home/user", "etc"):
+        (guest / d).mkdir(parents=True)
+    (guest / "home/user/notes").write_text("mine\n")
+    (guest / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    narrow = tmp_path / "narrow"
+    (narrow / "home/user").mkdir(parents=True)
+    (narrow / "home/user/notes").write_text("theirs\n")
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/home", "--include", "/etc")
+    vml("area", "add", "n", "--dir", str(narrow), "--include", "/home")
+    vml("commit", "-a", "g", "-m", "mine", env=sshd.env)
+    theirs = vml("commit", "-a", "n", "-m", "theirs", "--json").json()["entry"]
+    result = vml("checkout", theirs, "-a", "g", "--force", "--json", env=sshd.env).json()
+    assert (guest / "home/user/notes").read_text() == "theirs\n"
+    assert (guest / "etc/hosts").exists() and result["not_reproduced"] == []
+    vml("area", "add", "d", "--dir", str(tmp_path / "dirarea"), "--include", "/home", "--include", "/etc")
+    (tmp_path / "dirarea" / "etc").mkdir(parents=True)
+    (tmp_path / "dirarea" / "etc" / "fstab").write_text("x\n")
+    vml("checkout", theirs, "-a", "d", "--force")  # the same for a directory area
+    assert (tmp_path / "dirarea" / "etc" / "fstab").exists() and (tmp_path / "dirarea" / "home/user/notes").exists()
+    vml.fsck_clean()
+
+
+def test_unknown_host_key_then_area_remove_and_accept(vml: Vml, tmp_path: Path, sshd):
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    (guest / "f").write_text("x\n")
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/")
+    sshd.forget_host_key()
+    try:
+        line = one_line_error(vml("commit", "-m", "x", env=sshd.env, check=False), None)
+        assert "host key of 127.0.0.1" in line and "vml area remove g" in line and "--accept-new-host-key" in line
+        removed = vml("area", "remove", "g", "--json").json()
+        assert removed["name"] == "g" and vml("area", "list", "--json").json() == []
+        vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/", "--accept-new-host-key", env=sshd.env)
+        assert "127.0.0.1" in sshd.known_hosts.read_text()
+        entry = vml("commit", "-m", "x", "--json", env=sshd.env).json()["entry"]
+        vml("checkout", entry, "--to", str(tmp_path / "out"))
+        assert (tmp_path / "out" / "f").read_text() == "x\n"
+    finally:
+        sshd.trust_host_key()
+    vml("area", "add", "d", "--dir", str(tmp_path / "d"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x\n")
+    detached = vml("commit", "-a", "d", "-m", "d", "--json").json()["entry"]
+    vml("checkout", detached, "-a", "d")  # detached at an entry main holds: removable
+    vml("area", "remove", "d")
+    vml.fsck_clean()

@@ -8,7 +8,6 @@ import difflib
 import os
 import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,7 +15,7 @@ from typing import Callable
 import vml
 from vml.areas.base import AreaConfig, check_area_name
 from vml.areas.capture import CaptureResult, capture_files, capture_tree
-from vml.areas.kinds import open_area, ssh_target
+from vml.areas.kinds import libvirt_module, open_area, ssh_target
 from vml.areas.rules import Rules, default_rules, load_rules, save_rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
@@ -38,7 +37,8 @@ from vml.objects.walk import listing_loader, node_at, read_content, root_node, w
 from vml.refs import names
 from vml.refs.branches import RefInfo, check_name, create_ref, delete_branch, delete_tag, list_refs
 from vml.refs.git import ZERO, Commit
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_on_branch, attach, branch_exists, check_branch_free, detach, read_head
+from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_on_branch, attach, branch_exists, check_branch_free,
+                            detach, read_head, remove_head)
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry
 from vml.refs.reflogs import expire as expire_reflogs
@@ -84,6 +84,7 @@ class AreaOptions:
     include: tuple[str, ...] = ()  # replaces the kind's default includes when given
     exclude: tuple[str, ...] = ()  # added to the kind's default excludes
     base: str | None = None  # NAME:VERSION of the base image the area's guest was made from
+    accept_new_host_key: bool = False  # with ssh: log in now and remember an unknown host key
     libvirt: str | None = None  # a libvirt URI: the area is a domain there
     domain: str | None = None  # with libvirt: an existing domain, or the name for one defined from --base
 
@@ -114,6 +115,11 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     rules = Rules(options.include or defaults.include, defaults.exclude + tuple(options.exclude))
     if branch is None:
         branch = "main" if not areas_on_branch(repo.git, "main") else name
+    if options.accept_new_host_key:
+        if options.ssh is None:
+            raise UsageError("--accept-new-host-key goes with --ssh")
+        with contextlib.closing(open_area(config, rules, accept_new_host_key=True)) as working_area:
+            (working_area.files if config.kind == "libvirt" else working_area).check_connection()
     repo.add_area(config)
     save_rules(repo.rules_path(name), rules)
     attach(repo.git, name, branch, f"area add: {name}")
@@ -134,8 +140,8 @@ def _ssh_settings(options: AreaOptions) -> dict[str, str]:
 
 def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
     """A domain that exists (--domain), or a new one defined on an overlay of a base image (--base)."""
-    from vml.areas.libvirt import Domain, make_overlay, new_domain_xml
-
+    libvirt = libvirt_module()
+    Domain, make_overlay, new_domain_xml = libvirt.Domain, libvirt.make_overlay, libvirt.new_domain_xml
     if options.directory is not None:
         raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
     settings = {"uri": options.libvirt, **(_ssh_settings(options) if options.ssh else {})}
@@ -165,6 +171,8 @@ def _base_image(repo: Repository, base: BaseName) -> str:
     entry, info = _base_entry(repo, base)
     if info.image is None:
         raise UsageError(f"base {base} is a file tree, not a disk image: a domain needs a base added with --image")
+    if info.image in ("", ".", "..") or "/" in info.image or "\0" in info.image:
+        raise CorruptObject(f"base {base} names its image {info.image!r}, which is not a file name")
     directory = os.path.join(repo.vml_dir, "images", base.name, base.version)
     path = os.path.join(directory, info.image)
     if not os.path.exists(path):
@@ -175,6 +183,41 @@ def _base_image(repo: Repository, base: BaseName) -> str:
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         os.rename(temp, directory)
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class AreaRemoved:
+    name: str
+    kind: str
+    entry: str | None
+    kept: list[str]  # what stays on disk or in libvirt, for the user to remove if they want
+
+
+def area_remove(repo: Repository, name: str, *, force: bool = False) -> AreaRemoved:
+    """Forget an area: its settings, rules, stat cache and HEAD. Entries stay; the guest,
+    the directory and a domain are not touched."""
+    config = repo.area(name)
+    with repo.area_lock(name):
+        head = read_head(repo.git, name)
+        if head.branch is None and head.entry is not None and not force and not any(
+            repo.git.is_ancestor(head.entry, repo.git.ref_target(ref)) or repo.git.ref_target(ref) == head.entry
+            for ref in repo.git.ref_names(BRANCH_PREFIX) + repo.git.ref_names(TAG_PREFIX)
+        ):
+            raise UsageError(f"area {name} is detached at {head.entry[:12]}, which no branch or tag holds; "
+                             f"keep it with 'vml branch NAME {head.entry[:12]}' or remove anyway with --force")
+        remove_head(repo.git, name, f"area remove: {name}")
+        repo.remove_area(name)
+        state_dir = repo.area_state_dir(name)
+        for file_name in ("statcache", "rules"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state_dir, file_name))
+        kept = [os.path.join(state_dir, f) for f in sorted(os.listdir(state_dir))] if os.path.isdir(state_dir) else []
+        if config.kind == "libvirt":
+            kept.insert(0, f"domain {config.settings.get('domain')} at {config.settings.get('uri')}")
+        if not kept:
+            with contextlib.suppress(OSError):
+                os.rmdir(state_dir)
+    return AreaRemoved(name, config.kind, head.entry, kept)
 
 
 def area_rules(repo: Repository, config: AreaConfig) -> Rules:
@@ -293,7 +336,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             captured = working_area.capture(store, cache, dry_run=False, progress=progress)
             extra_files = working_area.entry_files()
             if memory:
-                saved_memory = _save_memory(repo, working_area.domain, store)
+                saved_memory = working_area.save_memory(store, _temp_dir(repo))
             store.flush()  # packs, then their index: durable before any commit names them
             if VARIABLES in extra_files:
                 extra_files.update(dotfiles(store, listing_loader(store), captured.root_id))
@@ -336,6 +379,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             base=_area_base(repo, config),
             memory=saved_memory[0].hex() if saved_memory else None,
             memory_disks=saved_memory[1] if saved_memory else [],
+            rules=(list(working_area.rules.include), list(working_area.rules.exclude)),
         )
         parents = [head.entry] if head.entry else []
         entry = repo.git.create_commit({ENTRY_FILE: info.to_toml(), **extra_files}, message, parents)
@@ -349,7 +393,6 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
         return CommitResult(entry=entry, created=True, **common)
 
 
-MEMORY_FILE = b"memory.save"
 
 
 def _entry_files(repo: Repository, entry: str) -> dict[str, bytes]:
@@ -377,25 +420,11 @@ def _env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
     return changes
 
 
-def _save_memory(repo: Repository, domain, store) -> tuple[ObjectId, list[str]]:
-    """The domain's memory and the disks it is only valid with, as one tree in the store;
-    the domain runs again afterwards. Returns the tree's id and the disks' paths in order."""
-    temp_dir = os.path.join(repo.vml_dir, "tmp")  # beside the store: memory images are large
-    os.makedirs(temp_dir, exist_ok=True)
-    disks = domain.disk_files()
-    missing = [path for path in disks if not os.path.isfile(path)]
-    if missing:
-        raise AreaError(f"domain {domain.name} uses disks vml cannot read here ({', '.join(missing)}): its memory would be useless without them")
-    with tempfile.TemporaryDirectory(dir=temp_dir) as work:
-        image = os.path.join(work, os.fsdecode(MEMORY_FILE))
-        domain.save_memory(image)  # the domain stops here, its disks quiet
-        try:
-            files = [(MEMORY_FILE, os.fsencode(image))]
-            files += [(b"disk%d-%s" % (number, os.fsencode(os.path.basename(path))), os.fsencode(path)) for number, path in enumerate(disks)]
-            root_id, _totals = capture_files(files, store)
-        finally:
-            domain.restore_memory(image)
-    return root_id, disks
+def _temp_dir(repo: Repository) -> str:
+    """Beside the store, on its filesystem: memory and disk images are large."""
+    path = os.path.join(repo.vml_dir, "tmp")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 # -- virtual machines
@@ -774,6 +803,17 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
     return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
 
 
+def _entry_rules(info: EntryInfo) -> Rules | None:
+    """The rules an entry was saved under: a checkout deletes only what they covered (an
+    entry of /home alone says nothing about /etc)."""
+    if info.rules is None:
+        return None
+    try:
+        return Rules(tuple(info.rules[0]), tuple(info.rules[1]))
+    except UsageError as error:
+        raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None
+
+
 def _move_head(repo: Repository, config: AreaConfig, head: AreaHead, entry_id: str, spec: str, branch: str | None) -> None:
     message = f"checkout: moving to {spec}"
     if branch is not None:
@@ -795,34 +835,21 @@ def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
         info = entry_info(repo, entry_id)
         if info.memory is None:
             raise UsageError(f"entry {entry_id[:12]} carries no memory (save one with 'vml commit --memory' on a running domain)")
+        warnings = _check_base(repo, info, config)
         domain = working_area.domain
         if domain.exists() and domain.state() not in ("shut off", "crashed") and not force:
             raise LocalChanges(f"domain {domain.name} is {domain.state()}: its current state would be lost; stop it (vml vm stop) or use --force", [])
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)
-        temp_dir = os.path.join(repo.vml_dir, "tmp")
-        os.makedirs(temp_dir, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=temp_dir) as work:
-            counts = Restore(repo.store, listing_loader(repo.store), progress=progress).run(ObjectId.parse(info.memory), os.fsencode(work + "/saved"))
-            if domain.exists() and domain.state() not in ("shut off", "crashed"):
-                domain.stop(force=True)
-            for number, path in enumerate(info.memory_disks):
-                saved = [name for name in os.listdir(work + "/saved") if name.startswith(f"disk{number}-")]
-                if len(saved) != 1:
-                    raise CorruptObject(f"entry {entry_id[:12]}: its memory tree lacks disk {number} ({path})")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                shutil.move(os.path.join(work, "saved", saved[0]), path)
-            definition = repo.git.read_file(entry_id, DOMAIN_FILE)
-            if definition is not None:
-                domain.define(definition)
-            domain.restore_memory(os.path.join(work, "saved", os.fsdecode(MEMORY_FILE)))
+        counts = working_area.resume(repo.store, ObjectId.parse(info.memory), info.memory_disks,
+                                     repo.git.read_file(entry_id, DOMAIN_FILE), _temp_dir(repo), progress)
         _move_head(repo, config, head, entry_id, spec, branch)
         # The guest's files are the saved disk's now: the stat cache no longer describes them.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(repo.stat_cache_path(config.name))
         head_after = read_head(repo.git, config.name)
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, [],
-                              _check_base(repo, info, config) + [f"domain {domain.name} resumed from the entry's memory"])
+                              warnings + [f"domain {domain.name} resumed from the entry's memory"])
 
 
 def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress,
@@ -838,7 +865,9 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
                 raise UsageError(f"{head.branch} moved to {head.entry[:12]} meanwhile and is no longer behind {spec}; pull again")
         else:
             entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
-        warnings = _check_base(repo, entry_info(repo, entry_id), config)
+        target_info = entry_info(repo, entry_id)
+        warnings = _check_base(repo, target_info, config)
+        entry_rules = _entry_rules(target_info)
         target_root = _root_of(repo, entry_id)
         store = repo.store
         current = None
@@ -859,7 +888,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
                 )
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)  # before the area's files change
-        counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress)
+        counts = working_area.restore(store, load, target_root, current.root_id if current else None, progress, entry_rules=entry_rules)
         warnings += working_area.apply_entry_files(_entry_files(repo, entry_id))
         if fast_forward is not None:
             advance(repo.git, head, entry_id, f"pull: fast-forward to {spec}")
@@ -872,7 +901,8 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         after.cache.save(repo.stat_cache_path(config.name))
         not_reproduced = []
         if after.root_id != target_root:
-            not_reproduced = [f"{display_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)]
+            not_reproduced = [f"{display_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)
+                              if entry_rules is None or c.status != "A" or entry_rules.admits(c.path, c.new.kind == KIND_DIR)]
         head_after = read_head(repo.git, config.name)
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced, warnings)
 
@@ -1642,8 +1672,13 @@ def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since:
             if base_info.base.digest != base.digest:
                 raise UsageError(f"base {base} here is another image than the one entry {entry[:12]} was saved on (digests differ)")
             base_roots = base_info.manifests()
+        carried = {}
+        entry_base = entry_info(repo, entry).base
+        if kind == FULL and entry_base is not None:  # a full bundle needs nothing: its base goes too
+            base_ref = BaseName(entry_base.name, entry_base.version).ref
+            carried = {base_ref: _base_entry(repo, BaseName(entry_base.name, entry_base.version))[0]}
         info = write_bundle(repo.git, repo.store, output, entry=entry, ref=ref, kind=kind, requires=requires,
-                            tmp_dir=repo.store.tmp_dir, base=base, base_roots=base_roots)
+                            tmp_dir=repo.store.tmp_dir, base=base, base_roots=base_roots, bases=carried)
     return ExportResult(os.path.abspath(output), info.kind, info.entry, info.ref, info.requires, len(info.commits), info.blobs, info.bytes)
 
 
@@ -1690,7 +1725,15 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
                 f"branch {_short(ref)} is checked out in area {on_it[0]}, whose files would no longer match it: "
                 f"import with --as BRANCH, then 'vml checkout BRANCH -a {on_it[0]}'"
             )
-        store_all()
+        store_all()  # objects first: nothing names them until the refs below move
+        for base_ref, base_commit in info.bases.items():
+            held = repo.git.ref_target(base_ref)
+            if held not in (None, base_commit) and entry_info(repo, held).base.digest != entry_info(repo, base_commit).base.digest:
+                name = base_ref[len(BASE_PREFIX):].replace("/", ":")
+                raise UsageError(f"the bundle's base {name} is another image than the base {name} here (digests differ); nothing was recorded")
+        for base_ref, base_commit in info.bases.items():
+            if repo.git.ref_target(base_ref) is None:
+                repo.git.set_direct(base_ref, base_commit, f"import: base from {os.path.basename(path)}")
         if status != UP_TO_DATE:
             repo.git.ensure_reflog(ref)
             repo.git.update_ref(ref, info.entry, current, f"import: {os.path.basename(path)}")

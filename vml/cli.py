@@ -88,10 +88,11 @@ def area() -> None:
 @click.option("--domain", metavar="NAME", help="With --libvirt: the existing domain, or the name of the one --base defines (default vml-NAME).")
 @click.option("--base", metavar="NAME:VERSION", help="The base image the area's guest was made from (see 'vml base'); entries record it.")
 @click.option("--branch", help="The branch the area starts on (default: main, or NAME if main is taken).")
+@click.option("--accept-new-host-key", is_flag=True, help="With --ssh: log in now and remember the guest's host key if it is unknown.")
 @json_option
 @click.pass_context
 def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, libvirt_uri, domain, base,
-             branch: str | None, as_json: bool) -> None:
+             accept_new_host_key: bool, branch: str | None, as_json: bool) -> None:
     """Add a working area NAME: a directory (--dir), a live guest (--ssh), or a libvirt
     domain (--libvirt URI with --domain NAME, or with --base NAME:VERSION to define a new
     domain on a copy-on-write overlay of that base image; its files are reached with --ssh).
@@ -101,7 +102,7 @@ def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, incl
     area saves everything. 'vml area show NAME' prints the rules and the file that holds them.
     """
     options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude,
-                              base=base, libvirt=libvirt_uri, domain=domain)
+                              base=base, libvirt=libvirt_uri, domain=domain, accept_new_host_key=accept_new_host_key)
     info = api.area_add(_repo(ctx), name, options, branch=branch)
     render.print_json(info) if as_json else render.area_info(info)
 
@@ -179,6 +180,18 @@ def base_list(ctx: click.Context, as_json: bool) -> None:
     else:
         for info in infos:
             render.base_info(info)
+
+
+@area.command("remove")
+@click.argument("name")
+@click.option("-f", "--force", is_flag=True, help="Remove it even if it is detached at an entry no branch or tag holds.")
+@json_option
+@click.pass_context
+def area_remove(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
+    """Forget area NAME: its settings, rules and HEAD. Its entries stay; its files, guest
+    and domain are not touched."""
+    result = api.area_remove(_repo(ctx), name, force=force)
+    render.print_json(result) if as_json else render.area_removed(result)
 
 
 @area.command("show")

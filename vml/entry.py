@@ -52,6 +52,7 @@ class EntryInfo:
     image: str | None = None  # a base made from an image file: the file's name in the tree
     memory: str | None = None  # hex id of the tree holding a libvirt memory image and its disks
     memory_disks: list[str] = field(default_factory=list)  # where each saved disk lives, in the tree's order
+    rules: tuple[list[str], list[str]] | None = None  # the area's (include, exclude) rules when it was saved
 
     def manifests(self) -> list[ObjectId]:
         """Every tree of chunks the entry needs: its files, and its memory and disks if saved."""
@@ -78,6 +79,8 @@ class EntryInfo:
                 "added_bytes": self.added_bytes,
             },
         }
+        if self.rules is not None:
+            document["rules"] = {"include": list(self.rules[0]), "exclude": list(self.rules[1])}
         if self.memory is not None:
             document["memory"] = {"manifest": self.memory, "disks": self.memory_disks, "public": False}
         if self.kind != "entry":
@@ -97,6 +100,7 @@ class EntryInfo:
             area, capture, files = document["area"], document["capture"], document["files"]
             base = document.get("base")
             memory = document.get("memory")
+            rules = document.get("rules")
             return cls(
                 manifest=files["manifest"],
                 area=area["name"],
@@ -116,6 +120,7 @@ class EntryInfo:
                 image=base.get("image") if base else None,
                 memory=memory["manifest"] if memory else None,
                 memory_disks=list(memory.get("disks", [])) if memory else [],
+                rules=([str(p) for p in rules["include"]], [str(p) for p in rules["exclude"]]) if rules else None,
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None

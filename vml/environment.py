@@ -12,6 +12,7 @@ A checkout brings variables back through a profile script every login shell sour
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +28,7 @@ DOTFILES = "env/dotfiles/"
 PROFILE_SCRIPT = "etc/profile.d/vml-environment.sh"  # relative to the area's top
 DOTFILE_LIMIT = 1024 * 1024
 # What belongs to one session or one login, not to the environment a user set up.
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SESSION_VARIABLES = frozenset({
     "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "SSH_AUTH_SOCK", "PWD", "OLDPWD", "SHLVL", "_",
     "XDG_SESSION_ID", "XDG_RUNTIME_DIR", "XDG_SESSION_TYPE", "XDG_SESSION_CLASS", "MOTD_SHOWN",
@@ -35,19 +37,15 @@ SESSION_VARIABLES = frozenset({
 
 
 def parse_env_output(text: bytes) -> dict[str, str]:
-    """`env`'s output: a line that does not start a NAME= continues the previous value."""
+    """`env -0`'s output: NAME=value records separated by NUL (values may hold newlines;
+    names may be bash's exported functions, BASH_FUNC_name%%, kept but never exported)."""
     variables: dict[str, str] = {}
-    name = None
-    for line in text.decode("utf-8", "surrogateescape").split("\n"):
-        head, equals, value = line.partition("=")
-        if equals and head and (head[0].isalpha() or head[0] == "_") and all(c.isalnum() or c == "_" for c in head):
-            name = head
+    decoded = text.decode("utf-8", "surrogateescape")
+    for record in decoded.split("\0" if "\0" in decoded else "\n"):  # a guest whose env lacks -0: lines
+        name, equals, value = record.partition("=")
+        if equals and name and "\n" not in name and name not in SESSION_VARIABLES:
             variables[name] = value
-        elif name is not None:
-            variables[name] += "\n" + line
-    if name is not None and variables[name].endswith("\n"):
-        variables[name] = variables[name][:-1]
-    return {k: v for k, v in variables.items() if k not in SESSION_VARIABLES}
+    return variables
 
 
 def encode_variables(variables: dict[str, str]) -> bytes:
@@ -58,7 +56,9 @@ def encode_variables(variables: dict[str, str]) -> bytes:
 def decode_variables(data: bytes | None) -> dict[str, str]:
     variables = {}
     for line in (data or b"").decode("utf-8", "surrogateescape").splitlines():
-        name, _, value = line.partition("=")
+        name, equals, value = line.partition("=")
+        if not equals or not name:
+            continue
         out, escaped = [], False
         for char in value:
             if escaped:
@@ -73,9 +73,10 @@ def decode_variables(data: bytes | None) -> dict[str, str]:
 
 
 def profile_script(variables: dict[str, str]) -> bytes:
-    """A script for /etc/profile.d that sets the entry's variables in every login shell."""
+    """A script for /etc/profile.d that sets the entry's variables in every login shell.
+    Only names a shell can export go in: a name is never code (entries come from others)."""
     lines = ["# Written by vml checkout: the environment variables of the entry checked out.", ""]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(variables.items())]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(variables.items()) if SHELL_NAME.fullmatch(name)]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
@@ -91,8 +92,14 @@ def dotfiles(store: ChunkStore, load: Callable[..., Listing], root_id: bytes) ->
         if node is None or node.kind != KIND_DIR:
             continue
         for child in load(node.tree).nodes:
-            if child.name.startswith(b".") and child.kind == KIND_FILE and child.size <= DOTFILE_LIMIT:
-                found[DOTFILES + (path + b"/" + child.name).decode("utf-8", "surrogateescape")] = read_content(store, child)
+            if not (child.name.startswith(b".") and child.kind == KIND_FILE and child.size <= DOTFILE_LIMIT):
+                continue
+            try:
+                name = (path + b"/" + child.name).decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # git tree names must be text here; the file is in the saved tree anyway
+            if child.name != b".git":  # git refuses a tree entry named .git
+                found[DOTFILES + name] = read_content(store, child)
     return found
 
 

@@ -128,6 +128,12 @@ def area_info(info: api.AreaInfo) -> None:
     out.print(f"{escape(info.name)}\t{info.kind}\t{escape(info.location)}\t{where}\t{entry}")
 
 
+def area_removed(result: api.AreaRemoved) -> None:
+    out.print(escape(f"removed area {result.name} ({result.kind})" + (f", which was at {result.entry[:12]}" if result.entry else "")))
+    for what in result.kept:
+        out.print(escape(f"  kept: {what}"))
+
+
 def area_show(result: api.AreaShow) -> None:
     area_info(result.area)
     for key, value in sorted(result.settings.items()):

@@ -154,6 +154,10 @@ class Repository:
         for key, value in config.settings.items():
             self.git.config_set(f"{AREA_SECTION}.{config.name}.{key}", value)
 
+    def remove_area(self, name: str) -> None:
+        for key, _value in list(self.git.config_items(f"{AREA_SECTION}.{name}.")):
+            self.git.config_delete(key)
+
     def area_ref(self, name: str) -> str:
         return AREA_REF_PREFIX + name
 

@@ -8,6 +8,7 @@ from typing import Callable, Protocol
 
 from vml.areas.capture import CaptureProgress, CaptureResult
 from vml.areas.restore import RestoreProgress
+from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.errors import UsageError
 from vml.objects.manifest import Listing
@@ -32,6 +33,7 @@ class AreaConfig:
 
 class WorkingArea(Protocol):
     config: AreaConfig
+    rules: Rules  # what the area saves
     capture_method: str
 
     def has_files(self) -> bool:
@@ -69,7 +71,12 @@ class WorkingArea(Protocol):
         root_id: bytes,
         current_root_id: bytes | None,
         progress: Callable[[RestoreProgress], None] | None,
-    ) -> RestoreProgress: ...
+        entry_rules: object | None = None,
+    ) -> RestoreProgress:
+        """Make the area hold `root_id`; `current_root_id` is what it holds now. Nothing
+        outside the area's rules, nor outside `entry_rules` (those the entry was saved
+        under), is deleted."""
+        ...
 
     def read_file(self, path: bytes, limit: int) -> bytes:
         """The current bytes of the regular file at `path` (relative), at most `limit` of them."""

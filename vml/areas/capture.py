@@ -171,6 +171,19 @@ class Capture:
         self._batch_bytes = 0
         self._racy_after = time.time_ns() - RACY_WINDOW_NS
 
+    def file_node(self, name: bytes, path: bytes) -> Node:
+        """One regular file, read on this thread, as the node named `name`."""
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
+        content = self._read_file(path, st)
+        node = self._metadata_node(name, st, path)
+        node.chunks, node.extents = content.chunks, content.extents
+        return node
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     # -- the walk
 
     def run(self) -> CaptureResult:
@@ -486,17 +499,11 @@ def capture_files(files: list[tuple[bytes, bytes]], store: ChunkStore) -> tuple[
     totals = Totals()
     try:
         for name, path in files:
-            path = os.path.realpath(path)
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
-            content = capture._read_file(path, st)
-            node = capture._metadata_node(name, st, path)
-            node.chunks, node.extents = content.chunks, content.extents
+            node = capture.file_node(name, os.path.realpath(path))
             totals.add_node(node)
             nodes.append(node)
     finally:
-        capture._pool.shutdown()
+        capture.close()
     listing_id = capture.blobs.listing(encode_listing(nodes, totals))
     newest = max((node.mtime_ns for node in nodes), default=0)
     top = Node(name=b"", kind=KIND_DIR, mode=0o755, uid=0, gid=0, user=None, group=None, mtime_ns=newest, tree=listing_id)

@@ -58,8 +58,9 @@ class DirectoryArea:
         root_id: bytes,
         current_root_id: bytes | None,
         progress: Callable[[RestoreProgress], None] | None = None,
+        entry_rules: Rules | None = None,
     ) -> RestoreProgress:
-        restore = Restore(store, load_listing, rules=self.rules, progress=progress)
+        restore = Restore(store, load_listing, rules=self.rules, entry_rules=entry_rules, progress=progress)
         return restore.run(root_id, self.root, current_root_id)
 
     def read_file(self, path: bytes, limit: int) -> bytes:

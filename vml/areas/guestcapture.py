@@ -283,6 +283,12 @@ class GuestCapture:
                     if rel not in pending:
                         continue  # a link tar added, or a name it altered
                     pending.discard(rel)
+                    if _TAR_KINDS.get(member.type) != self.paths[rel].kind:
+                        # Replaced by another type (or linked) between the listing and the read:
+                        # left out of this entry, like a file deleted meanwhile.
+                        self.changed_while_reading.append(rel)
+                        self.paths.pop(rel)
+                        continue
                     self._fetched[rel] = self._member_node(archive, member, rel)
                     self._progress(self.counts)
             reported = problems()
@@ -300,7 +306,7 @@ class GuestCapture:
 
     def _member_node(self, archive: tarfile.TarFile, member: tarfile.TarInfo, rel: bytes) -> Node:
         path = self.paths[rel]
-        kind = _TAR_KINDS.get(member.type, path.kind)
+        kind = path.kind  # the member's own type: _fetch checked they agree
         headers = member.pax_headers
         node = Node(
             name=rel.rpartition(b"/")[2],

@@ -15,6 +15,7 @@ from typing import IO, Callable
 
 from vml.areas.guestcapture import XATTR_PREFIX
 from vml.areas.restore import RestoreProgress
+from vml.areas.rules import Rules
 from vml.errors import CorruptObject
 from vml.objects.diff import DELETED, diff_roots
 from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Listing, Node, check_name
@@ -38,8 +39,10 @@ class GuestPlan:
     data_bytes: int = 0
 
 
-def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root: bytes | None) -> GuestPlan:
-    """What must change on the guest to make it hold `target_root`."""
+def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root: bytes | None,
+                 entry_rules: Rules | None = None) -> GuestPlan:
+    """What must change on the guest to make it hold `target_root`; nothing the entry's
+    own rules did not cover (`entry_rules`) is deleted."""
     plan = GuestPlan()
     chosen: dict[bytes, Node] = {}
     if current_root is None:
@@ -51,6 +54,8 @@ def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root:
         path = b"" if change.path == b"." else change.path
         for part in path.split(b"/") if path else ():
             check_name(part)
+        if change.status == DELETED and entry_rules is not None and not entry_rules.admits(path, change.old.kind == KIND_DIR):
+            continue  # outside what the entry was saved from: not the entry's to delete
         if change.status == DELETED or (change.old is not None and change.new is not None and change.old.kind != change.new.kind):
             if not any(path.startswith(gone + b"/") for gone in plan.deletions[-1:]):
                 plan.deletions.append(path)

@@ -18,12 +18,21 @@ def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = F
 
         return SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key)
     if config.kind == "libvirt":
-        from vml.areas.libvirt import LibvirtArea  # libvirt-python is loaded only for domains
         from vml.areas.ssh import SshArea
 
         files = SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key) if "host" in config.settings else None
-        return LibvirtArea(config, files)
+        return libvirt_module().LibvirtArea(config, rules, files)
     raise AreaError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
+
+
+def libvirt_module():
+    """vml.areas.libvirt, loaded only for domains: libvirt-python is an optional extra."""
+    try:
+        from vml.areas import libvirt
+    except ImportError as error:
+        raise AreaError(f"libvirt areas need libvirt-python ({error}): pip install 'vml[libvirt]' "
+                        f"(./scripts/setup installs it with libvirt-dev)") from None
+    return libvirt
 
 
 def ssh_target(config: AreaConfig):

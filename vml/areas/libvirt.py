@@ -8,21 +8,27 @@ and saves and restores its memory together with its disk.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
 import subprocess
+import tempfile
+import uuid
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Callable
 
 import libvirt
 
-from vml.areas.capture import CaptureProgress, CaptureResult
-from vml.areas.restore import RestoreProgress
+from vml.areas.capture import CaptureProgress, CaptureResult, capture_files
+from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import DOMAIN_FILE
-from vml.errors import AreaError
+from vml.errors import AreaError, CorruptObject
+from vml.objects.ids import ObjectId
+from vml.objects.walk import listing_loader
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
 
@@ -39,6 +45,7 @@ STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended by the guest",
 }
+MEMORY_FILE = b"memory.save"  # in an entry's memory tree, beside disk0-NAME, disk1-NAME...
 _UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
 _CONNECTIONS: dict[str, libvirt.virConnect] = {}
 
@@ -78,6 +85,20 @@ def connect(uri: str) -> libvirt.virConnect:
     return connection
 
 
+def _one_line(method):
+    """A libvirt failure inside `method` (the daemon gone, the domain undefined meanwhile)
+    becomes an AreaError: one line, no traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except libvirt.libvirtError as error:
+            raise _fail(f"domain {self.name} at {self.uri}", error, self.uri) from None
+
+    return wrapper
+
+
 class Domain:
     """One libvirt domain, by name, with errors a user can act on."""
 
@@ -103,9 +124,11 @@ class Domain:
         except libvirt.libvirtError:
             return False
 
+    @_one_line
     def state(self) -> str:
         return STATES.get(self._lookup().state()[0], "unknown")
 
+    @_one_line
     def info(self) -> VmInfo:
         domain = self._lookup()
         state, _max_memory, memory, vcpus, _cpu_time = domain.info()
@@ -134,9 +157,26 @@ class Domain:
     def resume(self) -> None:
         self._act("resume", lambda d: d.resume())
 
+    @_one_line
     def definition(self) -> bytes:
         """The persistent definition (not the live one: no ids, no runtime paths)."""
         return self._lookup().XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()
+
+    @_one_line
+    def foreign(self, xml: bytes) -> str | None:
+        """Why `xml` (from an entry, perhaps a colleague's) must not redefine this domain:
+        it names another domain, or another one of the same name (uuid). None if it is ours."""
+        try:
+            wanted = ElementTree.fromstring(xml)
+        except ElementTree.ParseError as error:
+            return f"the saved definition is not XML ({error})"
+        if (wanted.findtext("name") or "").strip() != self.name:
+            return f"the saved definition is of domain {wanted.findtext('name')!r}, not {self.name!r}"
+        if self.exists():
+            current = ElementTree.fromstring(self.definition()).findtext("uuid")
+            if wanted.findtext("uuid") not in (None, current):
+                return f"the saved definition is of another domain named {self.name} (another uuid)"
+        return None
 
     def define(self, xml: bytes) -> None:
         try:
@@ -162,9 +202,18 @@ class Domain:
         except libvirt.libvirtError as error:
             raise _fail(f"cannot restore the memory of domain {self.name}", error, self.uri) from None
 
+    @_one_line
     def disk_files(self) -> list[str]:
+        """The files of the domain's disks; an error if a disk is not a file (a block device,
+        a network volume): a memory image is only valid with every disk it was taken with."""
         definition = ElementTree.fromstring(self.definition())
-        return [s.get("file") for s in definition.findall("./devices/disk[@device='disk']/source") if s.get("file")]
+        files = []
+        for disk in definition.findall("./devices/disk[@device='disk']"):
+            source = disk.find("source")
+            if disk.get("type") != "file" or source is None or not source.get("file"):
+                raise AreaError(f"domain {self.name} has a disk that is not a file ({disk.get('type')}): vml cannot save it with the memory")
+            files.append(source.get("file"))
+        return files
 
 
 def domain_type(connection: libvirt.virConnect) -> str:
@@ -226,8 +275,9 @@ class LibvirtArea:
 
     capture_method = "libvirt+ssh-find-tar"
 
-    def __init__(self, config, files):
+    def __init__(self, config, rules, files):
         self.config = config
+        self.rules = rules
         self.domain = Domain(config.settings["uri"], config.settings["domain"])
         self.files = files
 
@@ -238,7 +288,7 @@ class LibvirtArea:
         if self.files is None:
             raise AreaError(
                 f"area {self.config.name}: vml reaches a guest's files over SSH and this area has no SSH settings; "
-                f"remove it and add it again with --ssh user@host[:port]"
+                f"'vml area remove {self.config.name}' and add it again with --ssh user@host[:port]"
             )
         return self.files
 
@@ -251,8 +301,8 @@ class LibvirtArea:
         return self._files().capture(store, cache, dry_run=dry_run, progress=progress, expected=expected)
 
     def restore(self, store: ChunkStore, load_listing: Callable[..., Listing], root_id: bytes, current_root_id: bytes | None,
-                progress: Callable[[RestoreProgress], None] | None = None) -> RestoreProgress:
-        return self._files().restore(store, load_listing, root_id, current_root_id, progress)
+                progress: Callable[[RestoreProgress], None] | None = None, entry_rules=None) -> RestoreProgress:
+        return self._files().restore(store, load_listing, root_id, current_root_id, progress, entry_rules=entry_rules)
 
     def read_file(self, path: bytes, limit: int) -> bytes:
         return self._files().read_file(path, limit)
@@ -270,7 +320,78 @@ class LibvirtArea:
         wanted = files.get(DOMAIN_FILE)
         if wanted is None or wanted == self.domain.definition():
             return notes
+        refused = self.domain.foreign(wanted)
+        if refused is not None:
+            return notes + [f"domain {self.domain.name} was not redefined: {refused}"]
         self.domain.define(wanted)
         if self.domain.state() != "shut off":
             notes.append(f"domain {self.domain.name} was redefined as the entry had it; the change applies at its next start")
         return notes
+
+    # -- memory
+
+    def save_memory(self, store: ChunkStore, temp_dir: str) -> tuple[ObjectId, list[str]]:
+        """The domain's memory and the disks it is only valid with, as one tree in the store;
+        the domain runs again afterwards. Returns the tree's id and the disks' paths in order."""
+        disks = self.domain.disk_files()
+        missing = [path for path in disks if not os.path.isfile(path)]
+        if missing:
+            raise AreaError(f"domain {self.domain.name} uses disks vml cannot read here ({', '.join(missing)}): its memory would be useless without them")
+        with tempfile.TemporaryDirectory(dir=temp_dir) as work:
+            image = os.path.join(work, os.fsdecode(MEMORY_FILE))
+            self.domain.save_memory(image)  # the domain stops here, its disks quiet
+            try:
+                files = [(MEMORY_FILE, os.fsencode(image))]
+                files += [(b"disk%d-%s" % (n, os.fsencode(os.path.basename(path))), os.fsencode(path)) for n, path in enumerate(disks)]
+                root_id, _totals = capture_files(files, store)
+            finally:
+                self._run_again(image, temp_dir)
+        return root_id, disks
+
+    def _run_again(self, image: str, temp_dir: str) -> None:
+        try:
+            self.domain.restore_memory(image)
+        except AreaError as error:
+            kept = os.path.join(temp_dir, f"memory-{self.domain.name}-{uuid.uuid4().hex[:8]}.save")
+            os.rename(image, kept)  # the only copy of the guest's running state: never deleted
+            raise AreaError(f"{error}; its saved memory is kept in {kept} (virsh restore it)") from None
+
+    def resume(self, store: ChunkStore, memory_root: bytes, disks: list[str], definition: bytes | None, temp_dir: str,
+               progress=None) -> RestoreProgress:
+        """Put back the disks, the definition and the memory an entry saved: the domain runs on
+        from where it was. Only this domain's own disks are ever written."""
+        if not self.domain.exists():
+            raise AreaError(f"domain {self.domain.name} does not exist: --resume restores into the area's own domain")
+        own = self.domain.disk_files()
+        if sorted(disks) != sorted(own):
+            raise AreaError(f"the entry's memory belongs with disks {', '.join(disks)}, domain {self.domain.name} has "
+                            f"{', '.join(own) or 'none'}: vml writes only the domain's own disks")
+        if definition is not None:
+            refused = self.domain.foreign(definition)
+            if refused is not None:
+                raise AreaError(f"cannot resume into domain {self.domain.name}: {refused}")
+        with tempfile.TemporaryDirectory(dir=temp_dir) as work:
+            saved = os.path.join(work, "saved")
+            counts = Restore(store, listing_loader(store), progress=progress).run(memory_root, os.fsencode(saved))
+            names = os.listdir(saved)
+            staged = []
+            for number, path in enumerate(disks):  # beside each disk first, so the swap is renames only
+                found = [name for name in names if name.startswith(f"disk{number}-")]
+                if len(found) != 1:
+                    raise CorruptObject(f"the entry's memory tree lacks disk {number} ({path})")
+                staging = f"{path}.vml-resume-{uuid.uuid4().hex[:8]}"
+                shutil.move(os.path.join(saved, found[0]), staging)
+                staged.append((staging, path))
+            try:
+                if self.domain.state() not in ("shut off", "crashed"):
+                    self.domain.stop(force=True)
+                for staging, path in staged:
+                    os.replace(staging, path)
+            finally:
+                for staging, _path in staged:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(staging)
+            if definition is not None:
+                self.domain.define(definition)
+            self.domain.restore_memory(os.path.join(saved, os.fsdecode(MEMORY_FILE)))
+        return counts

@@ -69,11 +69,13 @@ class Restore:
         load_listing: Callable[..., Listing],
         *,
         rules: Rules | None = None,
+        entry_rules: Rules | None = None,
         workers: int | None = None,
         progress: Callable[[RestoreProgress], None] | None = None,
     ):
         self.store = store
         self.rules = None if rules is None or rules.everything else rules
+        self.entry_rules = None if entry_rules is None or entry_rules.everything else entry_rules
         self._load_listing = load_listing
         self.as_root = os.geteuid() == 0
         self.counts = RestoreProgress()
@@ -181,11 +183,15 @@ class Restore:
         return self.rules.scope(rel, True, parent.scope)
 
     def _in_scope(self, parent: _PendingDir, rel: bytes, name: bytes) -> bool:
-        """Whether the area's rules cover `name` in this directory: what they leave out is never deleted."""
-        if self.rules is None:
+        """Whether both the area's rules and those the entry was saved under cover `name` in
+        this directory: what either leaves out is never deleted."""
+        if self.rules is None and self.entry_rules is None:
             return True
         child_rel = rel + b"/" + name if rel else name
-        return self.rules.scope(child_rel, self._is_dir(parent.fd, name), parent.scope) is not Scope.OUT
+        is_dir = self._is_dir(parent.fd, name)
+        if self.rules is not None and self.rules.scope(child_rel, is_dir, parent.scope) is Scope.OUT:
+            return False
+        return self.entry_rules is None or self.entry_rules.admits(child_rel, is_dir)
 
     def _drain(self) -> None:
         while len(self._queue) > MAX_DIRS_PENDING or (self._queue and self._in_flight > MAX_FILES_IN_FLIGHT):

@@ -76,6 +76,16 @@ class Rules:
         anchored, directories, suffixes = simple
         return text in anchored or (is_dir and text in directories) or text.rpartition("/")[2].endswith(suffixes)
 
+    def admits(self, rel: bytes, is_dir: bool) -> bool:
+        """Whether a path (relative, '/'-separated) is within these rules, asked from the top."""
+        scope = self.root_scope()
+        parts = rel.split(b"/")
+        for depth in range(1, len(parts) + 1):
+            scope = self.scope(b"/".join(parts[:depth]), is_dir or depth < len(parts), scope)
+            if scope is Scope.OUT:
+                return False
+        return True
+
     def root_scope(self) -> Scope:
         return Scope.IN if EVERYTHING in self.include else Scope.ON_THE_WAY
 

@@ -28,7 +28,7 @@ from vml.errors import AreaError
 from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
 from vml.transport.base import TransportError
-from vml.transport.ssh import SSH_ERRORS, connect
+from vml.transport.ssh import SSH_ERRORS, UnknownHostKey, connect
 
 _NO_ROOT = 97
 _NO_TOOL = 98
@@ -39,6 +39,7 @@ _TOOLS_CHECK = (
 _TAR_ARGS = "--format=posix --xattrs --xattrs-include='*'"
 _TAR_PROBLEM = re.compile(rb"^tar: (\./.*?|\.): (.*)$")
 PIECE = 1024 * 1024
+KEEPALIVE_SECONDS = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +80,9 @@ class SshArea:
 
     def entry_files(self) -> dict[str, bytes]:
         """env/variables and env/history of the SSH user, from a login shell on the guest."""
-        body = "printf '%s\\n' \"$HOME\"; exec \"${SHELL:-/bin/sh}\" -l -c 'printf \"\\n--vml-env--\\n\"; env' 2>/dev/null"
-        with self._command(body) as (stdout, stderr):
-            data = stdout.read()
-            errors = stderr()
-            status = stdout.channel.recv_exit_status()
-        self._check_status(status, errors, "reading the environment")
+        body = ("printf '%s\\n' \"$HOME\"; unset LC_ALL; "
+                "exec \"${SHELL:-/bin/sh}\" -l -c 'printf \"\\n--vml-env--\\n\"; env -0 2>/dev/null || env' 2>/dev/null")
+        data, _errors, _status = self._run(body, "reading the environment")
         home, _, rest = data.partition(b"\n")
         _motd, marker, env_output = rest.partition(b"\n--vml-env--\n")
         files = {VARIABLES: encode_variables(parse_env_output(env_output))} if marker else {}
@@ -114,17 +112,18 @@ class SshArea:
                 archive.addfile(info, io.BytesIO(script))
                 archive.addfile(directory)  # after the script: tar sets the directory's times last
 
-        with self._command(f"tar -x -f - {_TAR_ARGS} --numeric-owner", feed) as (stdout, stderr):
-            stdout.read()
-            errors = stderr()
-            status = stdout.channel.recv_exit_status()
-        self._check_status(status, errors, "writing the environment")
+        _output, errors, status = self._run(f"tar -x -f - {_TAR_ARGS} --numeric-owner", "writing the environment", feed)
         if status != 0:
             return [f"could not write /{PROFILE_SCRIPT} on the guest: {errors.decode(errors='replace').strip()[:200]}"]
         return []
 
     def has_files(self) -> bool:
         return True
+
+    def check_connection(self) -> None:
+        """Log in once (with accept_new_host_key, the guest's key is remembered)."""
+        self._connection()
+        self.close()
 
     # -- the connection
 
@@ -138,8 +137,15 @@ class SshArea:
                     identity=self.target.identity,
                     accept_new_host_key=self.accept_new_host_key,
                 )
+            except UnknownHostKey as error:
+                raise AreaError(
+                    f"area {self.config.name}: the host key of {error.where} is unknown (not in {error.known_hosts}); if you "
+                    f"trust it, add it with ssh-keyscan, or 'vml area remove {self.config.name}' and add it again with --accept-new-host-key"
+                ) from None
             except TransportError as error:
                 raise AreaError(f"area {self.config.name}: {error}") from None
+            # A guest that vanishes (paused, network gone) is noticed, not waited for forever.
+            self._client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
         return self._client
 
     def close(self) -> None:
@@ -149,12 +155,14 @@ class SshArea:
 
     def _script(self, body: str) -> str:
         root = shlex.quote(self.target.root)
-        return f"sh -c {shlex.quote(f'cd -- {root} 2>/dev/null || exit {_NO_ROOT}; {_TOOLS_CHECK}{body}')}"
+        # LC_ALL=C: vml reads the guest tools' messages (a full disk, a vanished file).
+        return f"sh -c {shlex.quote(f'export LC_ALL=C; cd -- {root} 2>/dev/null || exit {_NO_ROOT}; {_TOOLS_CHECK}{body}')}"
 
     @contextlib.contextmanager
     def _command(self, body: str, feed: Callable[[object], None] | None = None) -> Iterator[tuple[object, Callable[[], bytes]]]:
-        """Run `body` on the guest; yields (stdout file, stderr reader). `feed` writes stdin on
-        its own thread, so a command that writes while it reads cannot block us."""
+        """Run `body` on the guest; yields (stdout file, stderr reader). `feed` writes stdin
+        and stderr is drained on threads of their own: the channel's window is shared, so a
+        guest that writes much to one stream must never wait for us to read the other."""
         try:
             channel = self._connection().get_transport().open_session()
             channel.exec_command(self._script(body))
@@ -162,7 +170,7 @@ class SshArea:
             self.close()
             raise AreaError(f"area {self.config.name}: the connection to the guest dropped ({error or type(error).__name__})") from None
         failure: list[BaseException] = []
-        writer = None
+        threads = []
         if feed is not None:
             def run_feed():
                 try:
@@ -173,16 +181,24 @@ class SshArea:
                 except BaseException as error:  # reported by the reader's side
                     failure.append(error)
                     channel.close()
-            writer = threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True)
-            writer.start()
+            threads.append(threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True))
         else:
             channel.shutdown_write()
-        stdout = channel.makefile("rb", PIECE)
+        errors = []
         stderr = channel.makefile_stderr("rb")
+        threads.append(threading.Thread(target=lambda: errors.append(stderr.read()), name="vml-ssh-stderr", daemon=True))
+        for thread in threads:
+            thread.start()
+
+        def read_stderr() -> bytes:
+            threads[-1].join()
+            return errors[0] if errors else b""
+
+        stdout = channel.makefile("rb", PIECE)
         try:
-            yield stdout, stderr.read
-            if writer is not None:
-                writer.join()
+            yield stdout, read_stderr
+            for thread in threads:
+                thread.join()
             if failure:
                 raise failure[0]
         except SSH_ERRORS as error:
@@ -196,6 +212,16 @@ class SshArea:
             raise AreaError(f"area {self.config.name}: the guest's tar sent a damaged stream ({error})") from None
         finally:
             channel.close()
+
+    def _run(self, body: str, what: str, feed: Callable[[object], None] | None = None) -> tuple[bytes, bytes, int]:
+        """Run `body` to its end: (stdout, stderr, exit status), the status checked for
+        vml's own failures (no root, a missing tool, a dropped connection)."""
+        with self._command(body, feed) as (stdout, stderr):
+            output = stdout.read()
+            errors = stderr()
+            status = stdout.channel.recv_exit_status()
+        self._check_status(status, errors, what)
+        return output, errors, status
 
     def _check_status(self, channel_status: int, stderr: bytes, what: str) -> None:
         if channel_status == _NO_ROOT:
@@ -235,11 +261,7 @@ class SshArea:
         return f"\\( {tests} \\) -prune -o "
 
     def _listing(self) -> tuple[bytes, int]:
-        with self._command(self._listing_body()) as (stdout, stderr):
-            data = stdout.read()
-            errors = stderr()
-            status = stdout.channel.recv_exit_status()
-        self._check_status(status, errors, "the listing")
+        data, errors, _status = self._run(self._listing_body(), "the listing")
         now, _, listing = data.partition(b"\n")
         if not now.strip().isdigit():
             raise AreaError(f"area {self.config.name}: the guest's 'date +%s' printed {now[:40]!r}, not a time")
@@ -258,7 +280,6 @@ class SshArea:
 
         body = f"tar -c -f - {_TAR_ARGS} --sparse --no-recursion --null --no-unquote -T -"
         with self._command(body, feed) as (stdout, stderr):
-            state = {}
 
             def problems():
                 errors = stderr()
@@ -272,7 +293,6 @@ class SshArea:
                         found.append((b"" if path == b"." else path[2:], message.decode(errors="replace")))
                 if status not in (0, 1) and not found:
                     raise AreaError(f"area {self.config.name}: tar failed on the guest: {errors.decode(errors='replace').strip()[:300]}")
-                state["found"] = found
                 return found
 
             yield stdout, problems
@@ -308,9 +328,10 @@ class SshArea:
         root_id: bytes,
         current_root_id: bytes | None,
         progress: Callable[[RestoreProgress], None] | None = None,
+        entry_rules: Rules | None = None,
     ) -> RestoreProgress:
         counts = RestoreProgress()
-        plan = plan_restore(load_listing, root_id, current_root_id)
+        plan = plan_restore(load_listing, root_id, current_root_id, entry_rules)
         if plan.deletions:
             self._delete(plan.deletions)
             counts.removed += len(plan.deletions)
@@ -322,11 +343,7 @@ class SshArea:
                 if progress is not None:
                     progress(counts)
 
-            with self._command(body, feed) as (stdout, stderr):
-                stdout.read()
-                errors = stderr()
-                status = stdout.channel.recv_exit_status()
-            self._check_status(status, errors, "the checkout")
+            _output, errors, status = self._run(body, "the checkout", feed)
             if status != 0:
                 first = errors.decode(errors="replace").strip().splitlines()[:1] or [f"exit status {status}"]
                 if b"No space left" in errors or b"Wrote only" in errors:  # GNU tar's words for a full disk
@@ -341,11 +358,7 @@ class SshArea:
         def feed(sink):
             sink.write(names)
 
-        with self._command("xargs -0 -r rm -rf --", feed) as (stdout, stderr):
-            stdout.read()
-            errors = stderr()
-            status = stdout.channel.recv_exit_status()
-        self._check_status(status, errors, "the deletions")
+        _output, errors, status = self._run("xargs -0 -r rm -rf --", "the deletions", feed)
         if status != 0:
             raise AreaError(f"area {self.config.name}: could not delete on the guest: {errors.decode(errors='replace').strip()[:300]}")
 

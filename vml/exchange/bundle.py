@@ -25,7 +25,7 @@ import shutil
 import struct
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
@@ -38,7 +38,7 @@ from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_TREE, PackEntry, fsync_dir, parse_table
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
-from vml.refs.bases import BaseName
+from vml.refs.bases import BASE_PREFIX, BaseName
 from vml.refs.git import GitDag
 
 MAGIC = b"VMLBNDL\x01"
@@ -62,6 +62,7 @@ class BundleInfo:
     commits: list[str]
     blobs: int
     bytes: int  # the bundle file's size
+    bases: dict[str, str] = field(default_factory=dict)  # base refs the bundle carries -> their commits
 
 
 # -- export
@@ -74,16 +75,21 @@ def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
 
 
 def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: str | None, kind: str,
-                 requires: list[str], tmp_dir: str, base: BaseRef | None = None, base_roots: list[ObjectId] = ()) -> BundleInfo:
+                 requires: list[str], tmp_dir: str, base: BaseRef | None = None, base_roots: list[ObjectId] = (),
+                 bases: dict[str, str] | None = None) -> BundleInfo:
     """Write a bundle of `entry` holding every commit not reachable from `requires` and every
     blob their trees need that the trees of `requires` (and of the base image, for a
-    differential bundle) lack. Atomic: FILE is whole or absent."""
-    commits = git.commits_between([entry], requires)
+    differential bundle) lack; `bases` (ref -> commit) go along whole, for a receiver
+    that must need nothing. Atomic: FILE is whole or absent."""
+    bases = bases or {}
+    commits = git.commits_between([entry, *bases.values()], requires)
     have = blobs_of(store, manifests_of(git, requires) + list(base_roots))
     listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], manifests_of(git, commits), have.__contains__)
     header = {"format": FORMAT, "kind": kind, "entry": entry, "ref": ref, "requires": requires, "commits": commits}
     if base is not None:
         header["base"] = {"name": base.name, "version": base.version, "digest": base.digest}
+    if bases:
+        header["bases"] = bases
     target = os.path.abspath(path)
     temp = f"{target}.{uuid.uuid4().hex}.tmp"
     staging = tempfile.mkdtemp(prefix="bundle-", dir=tmp_dir)
@@ -121,7 +127,7 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target))
+    return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target), bases)
 
 
 # -- import
@@ -190,6 +196,12 @@ def _parse(bundle_file, size: int) -> _Contents:
         ref = header.get("ref")
         if ref is not None and not (isinstance(ref, str) and ref.startswith(("refs/heads/", "refs/tags/")) and GitDag.is_valid_ref_name(ref)):
             raise ValueError("bad ref name")
+        bases = header.get("bases", {})
+        if not isinstance(bases, dict) or not all(
+            isinstance(name, str) and name.startswith(BASE_PREFIX) and GitDag.is_valid_ref_name(name) and name.count("/") == 4
+            and _is_hex_id(commit) and commit in header["commits"] for name, commit in bases.items()
+        ):
+            raise ValueError("bad base refs")
     except (ValueError, UnicodeDecodeError, AttributeError) as error:
         raise CorruptObject(f"the bundle header is damaged: {error}") from None
     git_objects = []
@@ -276,7 +288,8 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
         if absent:
             raise CorruptObject(f"the bundle is incomplete: it lacks {len(absent)} objects its entries need (first {absent[0].hex()[:16]})")
         order = chunks + [listing_id for listing_id, _data in listings]
-    info = BundleInfo(header["kind"], header["entry"], header["ref"], header["requires"], header["commits"], len(in_bundle), size)
+    info = BundleInfo(header["kind"], header["entry"], header["ref"], header["requires"], header["commits"], len(in_bundle), size,
+                      dict(header.get("bases", {})))
 
     def store_all() -> None:
         with open(path, "rb") as again:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vml.errors import UsageError
-from vml.refs.git import GitDag
+from vml.refs.git import ZERO, GitDag
 
 AREA_PREFIX = "refs/vml/areas/"
 BRANCH_PREFIX = "refs/heads/"
@@ -78,3 +78,15 @@ def advance(git: GitDag, head: AreaHead, new_entry: str, message: str) -> None:
 
 def branch_exists(git: GitDag, branch: str) -> bool:
     return git.ref_target(BRANCH_PREFIX + branch) is not None
+
+
+def remove_head(git: GitDag, area: str, message: str) -> None:
+    """Drop an area's HEAD; its reflog stays, so gc keeps what it reached for a while."""
+    ref = AREA_PREFIX + area
+    kept = git.reflog(ref)
+    entry = read_head(git, area).entry
+    git.delete_ref(ref)  # libgit2 drops the reflog with the ref: write it back
+    if kept or entry:
+        git.write_reflog(ref, kept)
+        if entry:
+            git.append_reflog(ref, entry, ZERO, message)

@@ -21,6 +21,15 @@ SSHClient = paramiko.SSHClient
 SSHException = paramiko.SSHException
 
 
+class UnknownHostKey(TransportError):
+    """The host's key is in no known_hosts file; the caller says how to trust it."""
+
+    def __init__(self, where: str, known_hosts: str, hint: str):
+        super().__init__(f"the host key of {where} is unknown (not in {known_hosts}); if you trust it, {hint}")
+        self.where = where
+        self.known_hosts = known_hosts
+
+
 class _RememberNewKey(paramiko.MissingHostKeyPolicy):
     def __init__(self, known_hosts: str):
         self.known_hosts = known_hosts
@@ -98,10 +107,7 @@ def connect(
                 f"no key to log in to {user}@{where} with: no SSH agent, no ~/.ssh/id_* and no IdentityFile in ~/.ssh/config"
             ) from None
         if "not found in known_hosts" in str(error):
-            raise TransportError(
-                f"the host key of {where} is unknown (not in {known_hosts[0]}); if you trust it, "
-                f"run again with --accept-new-host-key or add it with ssh-keyscan"
-            ) from None
+            raise UnknownHostKey(where, known_hosts[0], "run again with --accept-new-host-key or add it with ssh-keyscan") from None
         raise TransportError(f"ssh to {where}: {error}") from None
     except (OSError, EOFError) as error:
         client.close()
