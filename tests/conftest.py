@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# vml runs here as users run it: its modules compiled once, not again at each of the
+# thousands of `vml` processes the suite starts (a shell may set this variable).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 @dataclass
 class Run:
