@@ -297,12 +297,12 @@ class GuestCapture:
                 self.changed_while_reading.append(rel)
                 self._uncacheable.add(rel)
         for rel in pending:
-            why = next((m for r, m in reported if r == rel), "vanished while it was read")
-            if "No such file" in why or "vanished" in why:
-                self.paths.pop(rel, None)  # deleted since the listing: not part of this entry
-            else:
-                self.skipped.append((rel, why))
-                self.paths.pop(rel, None)
+            why = next((m for r, m in reported if r == rel), None)
+            if why is None or "No such file" not in why:
+                # Unreadable, or unexplained (tar quotes odd names in its messages): never
+                # left out in silence.
+                self.skipped.append((rel, why or "the guest's tar did not send it"))
+            self.paths.pop(rel, None)  # deleted since the listing, or skipped: not part of this entry
 
     def _member_node(self, archive: tarfile.TarFile, member: tarfile.TarInfo, rel: bytes) -> Node:
         path = self.paths[rel]
