@@ -393,8 +393,6 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
         return CommitResult(entry=entry, created=True, **common)
 
 
-
-
 def _entry_files(repo: Repository, entry: str) -> dict[str, bytes]:
     """The files beside entry.toml that a working area compares and puts back: the domain's
     definition, the environment variables and the history."""
