@@ -207,3 +207,26 @@ def test_an_entry_never_writes_another_domains_disks_or_definition(area, tmp_pat
         assert connection.lookupByName(other).XMLDesc(0).count("<memory unit='KiB'>131072</memory>") == 1
     finally:
         connection.lookupByName(other).undefine()
+
+
+def test_a_domain_from_a_bootable_base_boots_its_kernel_directly(capsys, tmp_path: Path):
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    for name, size in (("disk.raw", 1 << 20), ("vmlinuz", 4096), ("initrd.img", 8192)):
+        (tmp_path / name).write_bytes(os.urandom(size))
+    code, _out, err = run("base", "add", "x", "1", "--dir", str(tmp_path), "--kernel", str(tmp_path / "vmlinuz"), check=False)
+    assert code == 2 and "boot an --image" in err
+    run("base", "add", "guest", "1", "--image", str(tmp_path / "disk.raw"), "--kernel", str(tmp_path / "vmlinuz"),
+        "--initrd", str(tmp_path / "initrd.img"), "--cmdline", "root=/dev/vda rw console=ttyS0")
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    run("area", "add", "fresh", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name)
+    connection = libvirt.open(TEST_URI)
+    try:
+        definition = connection.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        images = tmp_path / "repo" / "vml" / "images" / "guest" / "1"
+        assert f"<kernel>{images / 'vmlinuz'}</kernel>" in definition
+        assert f"<initrd>{images / 'initrd.img'}</initrd>" in definition
+        assert "<cmdline>root=/dev/vda rw console=ttyS0</cmdline>" in definition
+        assert (images / "vmlinuz").read_bytes() == (tmp_path / "vmlinuz").read_bytes()
+    finally:
+        connection.lookupByName(name).undefine()

@@ -154,35 +154,42 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
         domain = Domain(options.libvirt, options.domain or f"vml-{name}")
         if domain.exists():
             raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
-        image = _base_image(repo, parse_base(repo.git, options.base))
+        image, boot = _base_image(repo, parse_base(repo.git, options.base))
         state_dir = repo.area_state_dir(name)
         os.makedirs(state_dir, exist_ok=True)
         overlay = os.path.join(state_dir, "disk.qcow2")
         if os.path.exists(overlay):
             os.unlink(overlay)  # left by an area of that name that was removed
         make_overlay(image, overlay)
-        domain.define(new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log")))
+        domain.define(new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"), **boot))
         settings["domain"] = domain.name
     return AreaConfig(name, "libvirt", f"{options.libvirt}#{settings['domain']}", settings)
 
 
-def _base_image(repo: Repository, base: BaseName) -> str:
-    """The path of a base's image file, written out of the store once and kept read-only."""
+def _base_image(repo: Repository, base: BaseName) -> tuple[str, dict[str, str]]:
+    """The path of a base's image file, written out of the store once and kept read-only,
+    and its boot settings (kernel and initrd paths beside it, cmdline), if it has them."""
     entry, info = _base_entry(repo, base)
     if info.image is None:
         raise UsageError(f"base {base} is a file tree, not a disk image: a domain needs a base added with --image")
-    if info.image in ("", ".", "..") or "/" in info.image or "\0" in info.image:
-        raise CorruptObject(f"base {base} names its image {info.image!r}, which is not a file name")
+    names = [info.image] + [info.boot[k] for k in ("kernel", "initrd") if info.boot and info.boot.get(k)]
+    for file_name in names:
+        if file_name in ("", ".", "..") or "/" in file_name or "\0" in file_name:
+            raise CorruptObject(f"base {base} names a file {file_name!r}, which is not a file name")
     directory = os.path.join(repo.vml_dir, "images", base.name, base.version)
     path = os.path.join(directory, info.image)
     if not os.path.exists(path):
         temp = directory + ".tmp"
         shutil.rmtree(temp, ignore_errors=True)
         Restore(repo.store, listing_loader(repo.store)).run(_root_of(repo, entry), os.fsencode(temp))
-        os.chmod(os.path.join(temp, info.image), 0o444)
+        for file_name in names:
+            os.chmod(os.path.join(temp, file_name), 0o444)
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         os.rename(temp, directory)
-    return path
+    boot = {k: os.path.join(directory, v) for k, v in (info.boot or {}).items() if k in ("kernel", "initrd") and v}
+    if info.boot and info.boot.get("cmdline"):
+        boot["cmdline"] = info.boot["cmdline"]
+    return path, boot
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,11 +511,24 @@ def _base_info(entry: str, info: EntryInfo) -> BaseInfo:
                     info.files, info.logical_bytes, info.added_bytes)
 
 
+@dataclass(frozen=True, slots=True)
+class BootFiles:
+    """What boots a disk image directly (no bootloader): kernel and initrd files, command line."""
+
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+
+
 def base_add(repo: Repository, name: str, version: str, *, image: str | None = None, directory: str | None = None,
-             area: str | None = None, progress: Progress = None) -> BaseInfo:
+             area: str | None = None, boot: BootFiles = BootFiles(), progress: Progress = None) -> BaseInfo:
     """Store a base image (a disk image file, a directory, or an area's current files) on its own ref."""
     if sum(source is not None for source in (image, directory, area)) != 1:
         raise UsageError("give exactly one of --image FILE, --dir DIR and --area AREA")
+    if image is None and boot != BootFiles():
+        raise UsageError("--kernel, --initrd and --cmdline boot an --image")
+    if boot.initrd and not boot.kernel:
+        raise UsageError("--initrd goes with --kernel")
     base = base_name(repo.git, name, version)
     if repo.git.ref_target(base.ref) is not None:
         raise UsageError(f"base {base} exists already (at {repo.git.ref_target(base.ref)[:12]}); bases are immutable: use a new version")
@@ -520,7 +540,15 @@ def base_add(repo: Repository, name: str, version: str, *, image: str | None = N
                 source, location, image_name = "image", os.path.abspath(image), os.path.basename(image)
                 if not os.path.isfile(location):
                     raise UsageError(f"{image} is not a file")
-                root_id, totals = capture_files([(os.fsencode(image_name), os.fsencode(location))], store)
+                files = [(image_name, location)]
+                for path in (boot.kernel, boot.initrd):
+                    if path is not None:
+                        if not os.path.isfile(path):
+                            raise UsageError(f"{path} is not a file")
+                        files.append((os.path.basename(path), os.path.abspath(path)))
+                if len({file_name for file_name, _path in files}) != len(files):
+                    raise UsageError("the image, kernel and initrd need different file names")
+                root_id, totals = capture_files([(os.fsencode(n), os.fsencode(p)) for n, p in files], store)
                 digest = file_digest(location)
             elif directory is not None:
                 source, location, image_name = "dir", os.path.abspath(directory), None
@@ -543,6 +571,8 @@ def base_add(repo: Repository, name: str, version: str, *, image: str | None = N
             capture_method="base-" + source, vml_version=vml.__version__, nodes=totals.nodes, files=totals.files,
             logical_bytes=totals.bytes, added_bytes=store.bytes_added - added_before, kind="base",
             base=BaseRef(name, version, digest), image=image_name,
+            boot={k: v for k, v in (("kernel", boot.kernel and os.path.basename(boot.kernel)),
+                                    ("initrd", boot.initrd and os.path.basename(boot.initrd)), ("cmdline", boot.cmdline)) if v} or None,
         )
         entry = repo.git.create_commit({ENTRY_FILE: info.to_toml()}, f"base {name} {version}", [])
         repo.git.update_ref(base.ref, entry, None, f"base add: {base}")

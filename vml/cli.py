@@ -160,12 +160,20 @@ def base() -> None:
 @click.option("--image", metavar="FILE", help="A disk image file (raw or qcow2), stored as it is.")
 @click.option("--dir", "directory", metavar="DIR", help="A directory tree (an unpacked guest root).")
 @click.option("--area", "from_area", metavar="AREA", help="The current files of a working area.")
+@click.option("--kernel", metavar="FILE", help="With --image: a kernel to boot it with directly (no bootloader in the image).")
+@click.option("--initrd", metavar="FILE", help="With --kernel: its initrd.")
+@click.option("--cmdline", metavar="TEXT", help="With --kernel: its command line (e.g. 'root=/dev/vda rw console=ttyS0').")
 @json_option
 @click.pass_context
-def base_add(ctx: click.Context, name: str, version: str, image, directory, from_area, as_json: bool) -> None:
-    """Store base NAME VERSION from exactly one of --image, --dir and --area."""
+def base_add(ctx: click.Context, name: str, version: str, image, directory, from_area, kernel, initrd, cmdline, as_json: bool) -> None:
+    """Store base NAME VERSION from exactly one of --image, --dir and --area.
+
+    Domains defined from an image base (vml area add --libvirt URI --base NAME:VERSION)
+    boot its kernel directly when it was given --kernel.
+    """
+    boot = api.BootFiles(kernel, initrd, cmdline)
     with render.progress("storing base", enabled=not as_json) as progress:
-        info = api.base_add(_repo(ctx), name, version, image=image, directory=directory, area=from_area, progress=progress)
+        info = api.base_add(_repo(ctx), name, version, image=image, directory=directory, area=from_area, boot=boot, progress=progress)
     render.print_json(info) if as_json else render.base_info(info)
 
 

@@ -50,6 +50,7 @@ class EntryInfo:
     kind: str = "entry"  # "base" for a base image's own entry
     base: BaseRef | None = None
     image: str | None = None  # a base made from an image file: the file's name in the tree
+    boot: dict[str, str] | None = None  # a bootable image's kernel and initrd (names in the tree) and cmdline
     memory: str | None = None  # hex id of the tree holding a libvirt memory image and its disks
     memory_disks: list[str] = field(default_factory=list)  # where each saved disk lives, in the tree's order
     rules: tuple[list[str], list[str]] | None = None  # the area's (include, exclude) rules when it was saved
@@ -89,6 +90,8 @@ class EntryInfo:
             document["base"] = {"name": self.base.name, "version": self.base.version, "digest": self.base.digest}
             if self.image is not None:
                 document["base"]["image"] = self.image
+            if self.boot:
+                document["base"]["boot"] = dict(self.boot)
         return tomli_w.dumps(document).encode()
 
     @classmethod
@@ -118,6 +121,7 @@ class EntryInfo:
                 kind=document.get("kind", "entry"),
                 base=BaseRef(str(base["name"]), str(base["version"]), str(base["digest"])) if base else None,
                 image=base.get("image") if base else None,
+                boot={str(k): str(v) for k, v in base["boot"].items()} if base and base.get("boot") else None,
                 memory=memory["manifest"] if memory else None,
                 memory_disks=list(memory.get("disks", [])) if memory else [],
                 rules=([str(p) for p in rules["include"]], [str(p) for p in rules["exclude"]]) if rules else None,

@@ -249,15 +249,24 @@ def make_overlay(backing: str, overlay: str) -> None:
 
 
 def new_domain_xml(connection: libvirt.virConnect, name: str, disk: str, *, memory_mib: int = 1024, vcpus: int = 1,
-                   console: str | None = None) -> bytes:
-    """A minimal definition booting `disk` (a qcow2 overlay)."""
+                   console: str | None = None, kernel: str | None = None, initrd: str | None = None,
+                   cmdline: str | None = None) -> bytes:
+    """A minimal definition booting `disk` (a qcow2 overlay), through its own bootloader or,
+    given a kernel, directly (the base image's kernel, initrd and command line)."""
     domain = ElementTree.Element("domain", type=domain_type(connection))
     ElementTree.SubElement(domain, "name").text = name
     ElementTree.SubElement(domain, "memory", unit="MiB").text = str(memory_mib)
     ElementTree.SubElement(domain, "vcpu").text = str(vcpus)
     os_element = ElementTree.SubElement(domain, "os")
     ElementTree.SubElement(os_element, "type").text = "hvm"
-    ElementTree.SubElement(os_element, "boot", dev="hd")
+    if kernel is not None:
+        ElementTree.SubElement(os_element, "kernel").text = kernel
+        if initrd is not None:
+            ElementTree.SubElement(os_element, "initrd").text = initrd
+        if cmdline is not None:
+            ElementTree.SubElement(os_element, "cmdline").text = cmdline
+    else:
+        ElementTree.SubElement(os_element, "boot", dev="hd")
     devices = ElementTree.SubElement(domain, "devices")
     disk_element = ElementTree.SubElement(devices, "disk", type="file", device="disk")
     ElementTree.SubElement(disk_element, "driver", name="qemu", type="qcow2")
