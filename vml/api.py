@@ -141,17 +141,16 @@ def _ssh_settings(options: AreaOptions) -> dict[str, str]:
 def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
     """A domain that exists (--domain), or a new one defined on an overlay of a base image (--base)."""
     libvirt = libvirt_module()
-    Domain, make_overlay, new_domain_xml = libvirt.Domain, libvirt.make_overlay, libvirt.new_domain_xml
     if options.directory is not None:
         raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
     settings = {"uri": options.libvirt, **(_ssh_settings(options) if options.ssh else {})}
     if options.base is None:
         if options.domain is None:
             raise UsageError("with --libvirt, give --domain NAME (an existing domain) or --base NAME:VERSION (a new one)")
-        Domain(options.libvirt, options.domain).info()  # it must exist
+        libvirt.Domain(options.libvirt, options.domain).info()  # it must exist
         settings["domain"] = options.domain
     else:
-        domain = Domain(options.libvirt, options.domain or f"vml-{name}")
+        domain = libvirt.Domain(options.libvirt, options.domain or f"vml-{name}")
         if domain.exists():
             raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
         image, boot = _base_image(repo, parse_base(repo.git, options.base))
@@ -160,8 +159,8 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
         overlay = os.path.join(state_dir, "disk.qcow2")
         if os.path.exists(overlay):
             os.unlink(overlay)  # left by an area of that name that was removed
-        make_overlay(image, overlay)
-        domain.define(new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"), **boot))
+        libvirt.make_overlay(image, overlay)
+        domain.define(libvirt.new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"), **boot))
         settings["domain"] = domain.name
     return AreaConfig(name, "libvirt", f"{options.libvirt}#{settings['domain']}", settings)
 
@@ -1476,9 +1475,9 @@ def _bases_to_push(repo: Repository, remote: RemoteRepository, local: dict[str, 
     have = [commit for commit in remote_refs.values() if repo.git.has_object(commit)]
     wanted: dict[str, BaseRef] = {}
     for commit in repo.git.commits_between(list(local.values()), have):
-        base = entry_info(repo, commit).base
-        if base is not None and entry_info(repo, commit).kind != "base":
-            wanted[BaseName(base.name, base.version).ref] = base
+        info = entry_info(repo, commit)
+        if info.base is not None and info.kind != "base":
+            wanted[BaseName(info.base.name, info.base.version).ref] = info.base
     to_send = {}
     for ref, base in wanted.items():
         local_commit = repo.git.ref_target(ref)

@@ -17,14 +17,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-import msgpack
 
 from vml.areas.fsmeta import OwnerNames, data_extents, read_xattrs
 from vml.areas.rules import Rules, Scope
-from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, stat_key
+from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, stat_key
 from vml.objects import compress as compression
 from vml.objects.chunker import MIN_SIZE, cut_stream
-from vml.objects.hashing import fingerprint128, object_id
+from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -350,13 +349,10 @@ class Capture:
         self._progress(self.counts)
 
     def _fingerprint(self, pending: _PendingDir) -> bytes:
-        """What the directory's children look like to lstat, with its subdirectories' listing
-        ids: equal to the cached one, the directory's listing is the cached one."""
-        items = [
+        return dir_fingerprint([
             (child.name, child.key, child.subdir.listing_id if child.subdir is not None else None, child.hardlink)
             for child in pending.children
-        ]
-        return fingerprint128(msgpack.packb(items, use_bin_type=True))
+        ])
 
     def _finish_unchanged(self, pending: _PendingDir) -> bool:
         """Reuse the cached listing of a directory in which nothing changed, decoding no node

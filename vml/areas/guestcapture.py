@@ -16,13 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, ContextManager, IO, Iterator
 
-import msgpack
-
 from vml.areas.capture import BlobWriter, CaptureProgress, CaptureResult
 from vml.areas.rules import Rules, Scope
-from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, pack_key
+from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, pack_key
 from vml.objects.chunker import MIN_SIZE, cut_stream
-from vml.objects.hashing import fingerprint128
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -418,7 +415,7 @@ class GuestCapture:
             subdir = built.get(child_rel) if path.kind == KIND_DIR else None
             items.append((name, path.key, subdir[0] if subdir else None, hardlinks.get(child_rel)))
             size += path.size
-        fingerprint = fingerprint128(msgpack.packb(items, use_bin_type=True))
+        fingerprint = dir_fingerprint(items)
         if fingerprint != cached.fingerprint:
             return None
         self.new_cache.dirs[rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
@@ -454,7 +451,7 @@ class GuestCapture:
                 cache_children[name] = (path.key, encoded)
             self.counts.files += 1
             self.counts.bytes += path.size
-        fingerprint = fingerprint128(msgpack.packb(items, use_bin_type=True))
+        fingerprint = dir_fingerprint(items)
         cached = self.old_cache.dirs.get(rel)
         if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
             listing_id = cached.listing_id

@@ -85,18 +85,23 @@ def connect(uri: str) -> libvirt.virConnect:
     return connection
 
 
-def _one_line(method):
-    """A libvirt failure inside `method` (the daemon gone, the domain undefined meanwhile)
-    becomes an AreaError: one line, no traceback."""
+def _one_line(what: str | None = None):
+    """A libvirt failure inside the method (the daemon gone, the domain undefined meanwhile,
+    an operation the driver lacks) becomes an AreaError: one line, no traceback, saying
+    what could not be done (`what`: "start", "save the memory of"...)."""
 
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except libvirt.libvirtError as error:
-            raise _fail(f"domain {self.name} at {self.uri}", error, self.uri) from None
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except libvirt.libvirtError as error:
+                doing = f"cannot {what} domain {self.name}" if what else f"domain {self.name} at {self.uri}"
+                raise _fail(doing, error, self.uri) from None
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 class Domain:
@@ -124,11 +129,11 @@ class Domain:
         except libvirt.libvirtError:
             return False
 
-    @_one_line
+    @_one_line()
     def state(self) -> str:
         return STATES.get(self._lookup().state()[0], "unknown")
 
-    @_one_line
+    @_one_line()
     def info(self) -> VmInfo:
         domain = self._lookup()
         state, _max_memory, memory, vcpus, _cpu_time = domain.info()
@@ -138,31 +143,29 @@ class Domain:
         disks = [s.get("file") or s.get("dev") or "" for s in definition.findall("./devices/disk/source")]
         return VmInfo(self.name, self.uri, self.connection.getType(), STATES.get(state, "unknown"), acceleration, memory, vcpus, disks)
 
-    def _act(self, what: str, action) -> None:
-        domain = self._lookup()
-        try:
-            action(domain)
-        except libvirt.libvirtError as error:
-            raise _fail(f"cannot {what} domain {self.name}", error, self.uri) from None
-
+    @_one_line("start")
     def start(self) -> None:
-        self._act("start", lambda d: d.create())
+        self._lookup().create()
 
+    @_one_line("stop")
     def stop(self, force: bool = False) -> None:
-        self._act("stop", lambda d: d.destroy() if force else d.shutdown())
+        domain = self._lookup()
+        domain.destroy() if force else domain.shutdown()
 
+    @_one_line("suspend")
     def suspend(self) -> None:
-        self._act("suspend", lambda d: d.suspend())
+        self._lookup().suspend()
 
+    @_one_line("resume")
     def resume(self) -> None:
-        self._act("resume", lambda d: d.resume())
+        self._lookup().resume()
 
-    @_one_line
+    @_one_line()
     def definition(self) -> bytes:
         """The persistent definition (not the live one: no ids, no runtime paths)."""
         return self._lookup().XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()
 
-    @_one_line
+    @_one_line()
     def foreign(self, xml: bytes) -> str | None:
         """Why `xml` (from an entry, perhaps a colleague's) must not redefine this domain:
         it names another domain, or another one of the same name (uuid). None if it is ours."""
@@ -178,31 +181,28 @@ class Domain:
                 return f"the saved definition is of another domain named {self.name} (another uuid)"
         return None
 
+    @_one_line("define")
     def define(self, xml: bytes) -> None:
-        try:
-            self.connection.defineXML(xml.decode())
-        except libvirt.libvirtError as error:
-            raise _fail(f"cannot define domain {self.name}", error, self.uri) from None
+        self.connection.defineXML(xml.decode())
 
+    @_one_line("save the memory of")
     def save_memory(self, path: str) -> None:
         """Save the running domain's memory to `path`; the domain stops (see `restore_memory`)."""
         domain = self._lookup()
         if not domain.isActive():
             raise AreaError(f"domain {self.name} is not running: there is no memory to save (vml vm start)")
-        try:
-            domain.save(path)
-        except libvirt.libvirtError as error:
-            raise _fail(f"cannot save the memory of domain {self.name}", error, self.uri) from None
+        domain.save(path)
 
     def restore_memory(self, path: str) -> None:
         if self.exists() and self._lookup().isActive():
-            self._act("stop", lambda d: d.destroy())
-        try:
-            self.connection.restore(path)
-        except libvirt.libvirtError as error:
-            raise _fail(f"cannot restore the memory of domain {self.name}", error, self.uri) from None
+            self.stop(force=True)
+        self._restore(path)
 
-    @_one_line
+    @_one_line("restore the memory of")
+    def _restore(self, path: str) -> None:
+        self.connection.restore(path)
+
+    @_one_line()
     def disk_files(self) -> list[str]:
         """The files of the domain's disks; an error if a disk is not a file (a block device,
         a network volume): a memory image is only valid with every disk it was taken with."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from vml.objects.hashing import fingerprint128
 from vml.objects.pack import fsync_dir
 
 FORMAT = 2
@@ -28,6 +29,13 @@ _KEY = struct.Struct("<QqqqIIIQ")
 
 def stat_key(st: os.stat_result) -> bytes:
     return _KEY.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_nlink)
+
+
+def dir_fingerprint(items: list[tuple]) -> bytes:
+    """A directory as its children look to lstat or to a listing: (name, stat key, child
+    listing id or None, hardlink group or None) each. Equal to the cached one, the
+    directory's listing is the cached one."""
+    return fingerprint128(msgpack.packb(items, use_bin_type=True))
 
 
 def pack_key(inode: int, size: int, mtime_ns: int, ctime_ns: int, mode: int, uid: int, gid: int, nlink: int) -> bytes:
