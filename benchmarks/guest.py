@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, HERE)
 
 from run import VML, timed  # noqa: E402
-from sshd import start_sshd  # noqa: E402
+from sshd import running_sshd  # noqa: E402
 
 STEPS = ("initial", "unchanged", "changed_100", "checkout_back")
 
@@ -90,18 +90,12 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
     parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
     args = parser.parse_args()
-    server_dir = os.path.join(args.scratch, "sshd-guest")
-    shutil.rmtree(server_dir, ignore_errors=True)
-    os.makedirs(server_dir)
-    process, server = start_sshd(Path(server_dir))
-    try:
+    with running_sshd(Path(args.scratch) / "sshd-guest") as server:
         runs = {"ssh": [], "dir": []}
         for number in range(args.repeat):
             for kind in runs:  # interleaved, so drift of the machine hits both alike
                 print(f"guest: run {number + 1} of {args.repeat}, {kind} area", file=sys.stderr)
                 runs[kind].append(one_run(os.path.join(args.data, "base"), args.scratch, server.env, kind))
-    finally:
-        process.terminate()
     median = {kind: {key: statistics.median(r[key] for r in kind_runs) for key in kind_runs[0]} for kind, kind_runs in runs.items()}
     report = {"date": datetime.date.today().isoformat(), "repeat": args.repeat, "median": median, "runs": runs}
     path = os.path.join(HERE, "results", f"{report['date']}-guest.json")

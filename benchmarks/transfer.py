@@ -17,13 +17,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, HERE)
 
 from run import VML, du, timed  # noqa: E402
-from sshd import start_sshd  # noqa: E402
+from sshd import running_sshd  # noqa: E402
 
 
 def one_run(base: str, scratch: str, home_env: dict) -> dict:
@@ -76,19 +77,11 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
     parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
     args = parser.parse_args()
-    server_dir = os.path.join(args.scratch, "sshd")
-    shutil.rmtree(server_dir, ignore_errors=True)
-    os.makedirs(server_dir)
-    from pathlib import Path
-
-    process, server = start_sshd(Path(server_dir))
-    try:
+    with running_sshd(Path(args.scratch) / "sshd") as server:
         runs = []
         for number in range(args.repeat):
             print(f"transfer: run {number + 1} of {args.repeat}", file=sys.stderr)
             runs.append(one_run(os.path.join(args.data, "base"), args.scratch, server.env))
-    finally:
-        process.terminate()
     median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     report = {"date": datetime.date.today().isoformat(), "repeat": args.repeat, "median": median, "runs": runs}
     path = os.path.join(HERE, "results", f"{report['date']}-transfer.json")

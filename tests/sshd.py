@@ -6,6 +6,7 @@ sshd runs under `timeout`, so it stops by itself even if the test run is killed.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -95,3 +96,16 @@ def start_sshd(base: Path, extra_config: str = "") -> tuple[subprocess.Popen, Ss
                 raise RuntimeError(f"sshd did not start: {(server_dir / 'sshd.log').read_text()}")
             time.sleep(0.05)
     return process, SshServer(port, home, host_key_line)
+
+
+@contextlib.contextmanager
+def running_sshd(base: Path, extra_config: str = ""):
+    """A fresh sshd in `base` (emptied first) for the length of a `with` block."""
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    process, server = start_sshd(base, extra_config)
+    try:
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
