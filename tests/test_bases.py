@@ -84,6 +84,7 @@ def test_checkout_on_another_base_version_warns_and_a_missing_base_is_an_error(v
     missing = vml("checkout", entry, "--to", str(tmp_path / "elsewhere"), check=False)
     line = one_line_error(missing)
     assert "base os:1" in line and "vml base add os 1" in line
+    vml.fsck_clean()
 
 
 def _on_base(vml: Vml, tmp_path: Path) -> str:
@@ -152,3 +153,4 @@ def test_a_full_bundle_of_an_entry_on_a_base_needs_nothing(vml: Vml, tmp_path: P
     receiver("checkout", entry, "--to", str(tmp_path / "rebuilt"))  # the base is there: no error
     assert (tmp_path / "rebuilt" / "home" / "results.txt").read_text() == "42\n"
     receiver.fsck_clean()
+    vml.fsck_clean()

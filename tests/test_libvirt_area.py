@@ -81,6 +81,10 @@ def area(capsys, tmp_path: Path, sshd, domain, monkeypatch):
     run("init", str(tmp_path / "repo"), "--bare")
     run("area", "add", "vm1", "--libvirt", TEST_URI, "--domain", domain[0], "--ssh", "testhost", "--root", str(guest), "--include", "/")
     yield run, guest, domain
+    _assert_fsck_clean(run)
+
+
+def _assert_fsck_clean(run: InProcess) -> None:
     report = run.json("fsck")
     assert report["damaged"] == [] and report["problems"] == [], report
 
@@ -158,6 +162,7 @@ def test_domain_defined_from_a_base_image(capsys, tmp_path: Path):
         assert run.json("vm", "start", "-a", "fresh")["vm"]["state"] == "running"
         again = run("area", "add", "other", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name, check=False)
         assert again[0] == 2 and "exists already" in again[2]
+        _assert_fsck_clean(run)
     finally:
         found = connection.lookupByName(name)
         if found.isActive():
@@ -182,6 +187,7 @@ def test_libvirt_errors_are_one_line(capsys, tmp_path: Path):
     assert code == 2 and "--ssh" in err
     for stream in (err,):
         assert "Traceback" not in stream and len(stream.strip().splitlines()) == 1
+    _assert_fsck_clean(run)
 
 
 def test_an_entry_never_writes_another_domains_disks_or_definition(area, tmp_path: Path):
@@ -228,5 +234,6 @@ def test_a_domain_from_a_bootable_base_boots_its_kernel_directly(capsys, tmp_pat
         assert f"<initrd>{images / 'initrd.img'}</initrd>" in definition
         assert "<cmdline>root=/dev/vda rw console=ttyS0</cmdline>" in definition
         assert (images / "vmlinuz").read_bytes() == (tmp_path / "vmlinuz").read_bytes()
+        _assert_fsck_clean(run)
     finally:
         connection.lookupByName(name).undefine()

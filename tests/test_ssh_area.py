@@ -130,6 +130,7 @@ def test_guest_rules_keep_user_paths_and_leave_the_system_alone(vml: Vml, tmp_pa
     assert not (guest / "home/user/added").exists()
     assert (guest / "usr/bin/new-system-file").exists() and (guest / "proc/1/status").exists()
     assert (guest / "home/user/x.swp").exists()  # excluded, so never touched
+    vml.fsck_clean()
 
 
 def test_directory_area_rules_apply_too(vml: Vml, guest: Path, tmp_path: Path):
@@ -145,6 +146,7 @@ def test_directory_area_rules_apply_too(vml: Vml, guest: Path, tmp_path: Path):
     assert not (tmp_path / "out" / "build").exists() and not (tmp_path / "out" / "home/user/core").exists()
     vml("checkout", entry, "--force")
     assert (guest / "build" / "out.o").exists()  # excluded: a checkout does not delete it
+    vml.fsck_clean()
 
 
 def test_unreachable_guest_is_one_line(vml: Vml, tmp_path: Path, sshd):
@@ -194,6 +196,7 @@ def test_guest_without_tar(vml: Vml, tmp_path: Path, sshd_factory):
     line = one_line_error(vml("commit", "-m", "x", env=server.env, check=False), None)
     assert "lacks GNU tar" in line
     assert vml("log", "--json", env=server.env).json() == []
+    vml.fsck_clean()
 
 
 def test_environment_is_saved_diffed_and_reapplied(vml: Vml, tmp_path: Path, sshd_factory):
