@@ -16,6 +16,11 @@ import pytest
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The real-VM test first: it takes minutes on one worker while the rest run beside it."""
+    items.sort(key=lambda item: item.get_closest_marker("vm") is None)
+
+
 @dataclass
 class Run:
     returncode: int

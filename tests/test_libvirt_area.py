@@ -5,6 +5,7 @@ domains defined from a base image, and the errors users hit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -237,3 +238,94 @@ def test_a_domain_from_a_bootable_base_boots_its_kernel_directly(capsys, tmp_pat
         _assert_fsck_clean(run)
     finally:
         connection.lookupByName(name).undefine()
+
+
+def test_checkout_new_vm_makes_the_domain_again_from_the_entry(capsys, tmp_path: Path, sshd, monkeypatch):
+    """vm delete removes the domain and the overlay vml made; checkout --new-vm defines it
+    again on a fresh overlay of the entry's base, sized as the entry's definition, with the
+    entry's uuid, starts it and puts the entry's files back."""
+    for key, value in sshd.env.items():
+        monkeypatch.setenv(key, value)
+    guest = tmp_path / "guest"
+    (guest / "home" / "user").mkdir(parents=True)
+    (guest / "home" / "user" / "notes").write_text("first\n")
+    (tmp_path / "disk.raw").write_bytes(os.urandom(1 << 20))
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    run("base", "add", "guest", "1", "--image", str(tmp_path / "disk.raw"))
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    run("area", "add", "lab", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name, "--ssh", "testhost",
+        "--root", str(guest), "--include", "/")
+    connection = libvirt.open(TEST_URI)
+    overlay = tmp_path / "repo" / "vml" / "areas" / "lab" / "disk.qcow2"
+    try:
+        definition = connection.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        connection.defineXML(definition.replace("<memory unit='KiB'>1048576</memory>", "<memory unit='KiB'>524288</memory>"))
+        saved_uuid = connection.lookupByName(name).UUIDString()
+        run("vm", "start")
+        entry = run.json("commit", "-m", "sized")["entry"]
+        plain = run.json("vm", "info")[0]
+        assert plain["vm"]["memory_kib"] == 524288 and plain["ssh"] is not None
+
+        deleted = run.json("vm", "delete")["deleted"]
+        assert str(overlay) in deleted and not overlay.exists()
+        assert run.json("vm", "info")[0]["vm"]["state"] == "not defined"
+        code, _out, err = run("status", check=False)
+        assert code == 2 and "does not exist" in err and "--new-vm" in err
+
+        (guest / "home" / "user" / "notes").write_text("changed while the VM was gone\n")
+        _code, _out, err = run("checkout", entry, "--new-vm")
+        assert "was made from base guest:1" in err
+        made = connection.lookupByName(name)
+        assert made.isActive() and made.UUIDString() == saved_uuid and made.info()[1] == 524288
+        assert overlay.exists() and str(overlay) in made.XMLDesc(0)
+        assert (guest / "home" / "user" / "notes").read_text() == "first\n"
+        assert run.json("status")["clean"]
+
+        code, _out, err = run("checkout", entry, "--new-vm", check=False)
+        assert code == 2 and "exists" in err and "vml vm delete" in err
+        run("area", "add", "plain", "--dir", str(tmp_path / "plain"))
+        code, _out, err = run("checkout", entry, "--new-vm", "-a", "plain", check=False)
+        assert code == 2 and "libvirt" in err
+        _assert_fsck_clean(run)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            found = connection.lookupByName(name)
+            if found.isActive():
+                found.destroy()
+            found.undefine()
+
+
+def test_definitions_travel_by_size_not_by_host_paths():
+    from vml.areas import libvirt as area_libvirt
+
+    connection = libvirt.open(TEST_URI)
+    xml = area_libvirt.new_domain_xml(connection, "d", "/a/disk.qcow2", memory_mib=2048, vcpus=2, ssh_port=40022)
+    assert area_libvirt.forwarded_port(xml) == 40022
+    assert b"hostfwd=tcp:127.0.0.1:40022-:22" in xml and b"virtio-net-pci,netdev=net0,addr=0x10" in xml
+    moved = xml.replace(b"/a/disk.qcow2", b"/b/disk.qcow2").replace(b"40022", b"41000")
+    assert not area_libvirt.definitions_differ(xml, moved)
+    sizing = area_libvirt.Sizing.of(xml)
+    assert sizing == area_libvirt.Sizing(2048 * 1024, 2)
+    smaller = area_libvirt.Sizing(512 * 1024, 1).apply(moved)
+    assert area_libvirt.definitions_differ(xml, smaller) and b"/b/disk.qcow2" in smaller
+    assert area_libvirt.Sizing.of(b"<domain><memory unit='GiB'>4</memory><vcpu>8</vcpu></domain>") == area_libvirt.Sizing(4 << 20, 8)
+    assert area_libvirt.definitions_differ(b"not xml", xml)
+
+
+def test_kvm_only_where_usable_and_embed_roots(monkeypatch):
+    from vml.areas import libvirt as area_libvirt
+    from vml.errors import AreaError
+
+    monkeypatch.setenv("VML_KVM", "0")
+    assert not area_libvirt.kvm_usable()
+    monkeypatch.setenv("VML_KVM", "1")
+    assert area_libvirt.kvm_usable()
+    monkeypatch.delenv("VML_KVM")
+    with open("/proc/cpuinfo") as cpuinfo:
+        extensions = any(flag in line.split() for line in cpuinfo if line.startswith("flags") for flag in ("vmx", "svm"))
+    assert area_libvirt.kvm_usable() == (extensions and os.access("/dev/kvm", os.R_OK | os.W_OK))
+    assert area_libvirt.embedded_root("qemu:///embed?root=/srv/vms") == "/srv/vms"
+    assert area_libvirt.embedded_root("qemu:///system") is None
+    with pytest.raises(AreaError, match="root=DIR"):
+        area_libvirt.embedded_root("qemu:///embed?root=relative")

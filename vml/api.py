@@ -108,6 +108,17 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     else:
         config = AreaConfig(name, "ssh", "", _ssh_settings(options))
         config = dataclasses.replace(config, location=str(ssh_target(config)))
+    try:
+        return _add_area(repo, config, options, branch)
+    except BaseException:
+        if config.kind == "libvirt" and options.base is not None:  # the domain defined for it goes too
+            with contextlib.suppress(VmlError):
+                _delete_vm(repo, config, libvirt_module().Domain(config.settings["uri"], config.settings["domain"]))
+        raise
+
+
+def _add_area(repo: Repository, config: AreaConfig, options: AreaOptions, branch: str | None) -> AreaInfo:
+    name = config.name
     if options.base is not None:
         _base_entry(repo, parse_base(repo.git, options.base))  # it must exist
         config = dataclasses.replace(config, settings={**config.settings, "base": options.base})
@@ -139,30 +150,77 @@ def _ssh_settings(options: AreaOptions) -> dict[str, str]:
 
 
 def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
-    """A domain that exists (--domain), or a new one defined on an overlay of a base image (--base)."""
+    """A domain that exists (--domain), a new one defined on an overlay of a base image
+    (--base), or none yet: 'vml checkout ENTRY --new-vm' makes it from an entry."""
     libvirt = libvirt_module()
     if options.directory is not None:
         raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
-    settings = {"uri": options.libvirt, **(_ssh_settings(options) if options.ssh else {})}
-    if options.base is None:
-        if options.domain is None:
-            raise UsageError("with --libvirt, give --domain NAME (an existing domain) or --base NAME:VERSION (a new one)")
-        libvirt.Domain(options.libvirt, options.domain).info()  # it must exist
-        settings["domain"] = options.domain
-    else:
-        domain = libvirt.Domain(options.libvirt, options.domain or f"vml-{name}")
-        if domain.exists():
-            raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
-        image, boot = _base_image(repo, parse_base(repo.git, options.base))
-        state_dir = repo.area_state_dir(name)
-        os.makedirs(state_dir, exist_ok=True)
-        overlay = os.path.join(state_dir, "disk.qcow2")
-        if os.path.exists(overlay):
-            os.unlink(overlay)  # left by an area of that name that was removed
-        libvirt.make_overlay(image, overlay)
-        domain.define(libvirt.new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"), **boot))
-        settings["domain"] = domain.name
-    return AreaConfig(name, "libvirt", f"{options.libvirt}#{settings['domain']}", settings)
+    domain = libvirt.Domain(options.libvirt, options.domain or f"vml-{name}")
+    settings = {"uri": options.libvirt, "domain": domain.name}
+    if options.ssh:
+        settings.update(_ssh_settings(options))
+    if options.base is None and options.domain is not None:
+        domain.info()  # it must exist
+        if not options.ssh:
+            settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=True))
+        return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
+    if domain.exists():
+        raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
+    if not options.ssh:
+        settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=False))
+    if options.base is not None:
+        _define_vm(repo, name, domain, parse_base(repo.git, options.base), settings)
+    return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
+
+
+def _forwarded_ssh_settings(repo: Repository, name: str, options: AreaOptions, domain, *, existing: bool) -> dict[str, str]:
+    """How vml reaches the guest of a VM it defines: root@127.0.0.1 on a forwarded port
+    (chosen when the VM is defined), with the area's own known_hosts."""
+    if domain.connection.getType() != "QEMU":
+        return {}
+    if existing:
+        port = libvirt_module().forwarded_port(domain.definition())
+        if port is None:
+            return {}  # someone else's domain: its files need --ssh
+    identity = os.path.abspath(options.identity) if options.identity else None
+    if identity and not os.path.isfile(identity):
+        raise AreaError(f"identity file {options.identity} does not exist")
+    settings = {"host": "127.0.0.1", "user": "root", "root": options.root,
+                "knownhosts": os.path.join(repo.area_state_dir(name), "known_hosts"),
+                "console": os.path.join(repo.area_state_dir(name), "console.log")}
+    if existing:
+        settings["port"] = str(port)
+    if identity:
+        settings["identity"] = identity
+    return settings
+
+
+def _define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dict[str, str], *,
+               saved_definition: bytes | None = None) -> dict[str, str]:
+    """Define the area's domain on a new overlay of `base`'s image, sized as
+    `saved_definition` (an entry's) if given, with a newly forwarded SSH port when vml
+    reaches the guest that way. Returns the settings that changed (the port)."""
+    libvirt = libvirt_module()
+    image, boot = _base_image(repo, base)
+    state_dir = repo.area_state_dir(name)
+    os.makedirs(state_dir, exist_ok=True)
+    overlay = os.path.join(state_dir, "disk.qcow2")
+    if os.path.exists(overlay):
+        os.unlink(overlay)  # no domain uses it: vml vm delete, or an area of that name that was removed
+    libvirt.make_overlay(image, overlay)
+    changed = {}
+    port = None
+    if settings.get("knownhosts"):
+        port = libvirt.free_port()
+        changed["port"] = str(port)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings["knownhosts"])  # a new guest: its key is learnt at the first login
+    sizing = libvirt.Sizing.of(saved_definition) if saved_definition else libvirt.Sizing(None, None)
+    xml = libvirt.new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"),
+                                 ssh_port=port, uuid_text=libvirt.unused_uuid(domain.connection, saved_definition), **boot)
+    domain.define(sizing.apply(xml))
+    settings.update(changed)
+    return changed
 
 
 def _base_image(repo: Repository, base: BaseName) -> tuple[str, dict[str, str]]:
@@ -214,7 +272,7 @@ def area_remove(repo: Repository, name: str, *, force: bool = False) -> AreaRemo
         remove_head(repo.git, name, f"area remove: {name}")
         repo.remove_area(name)
         state_dir = repo.area_state_dir(name)
-        for file_name in ("statcache", "rules"):
+        for file_name in ("statcache", "rules", "known_hosts"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(state_dir, file_name))
         kept = [os.path.join(state_dir, f) for f in sorted(os.listdir(state_dir))] if os.path.isdir(state_dir) else []
@@ -413,7 +471,7 @@ def _entry_files(repo: Repository, entry: str) -> dict[str, bytes]:
 def _env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
     """Changes of the domain definition and the environment, as diff entries after the files'."""
     changes = []
-    if DOMAIN_FILE in new and old.get(DOMAIN_FILE) != new[DOMAIN_FILE]:
+    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or _definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
         changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
     old_env = {path: data for path, data in old.items() if path in ENV_COMPARED}
     new_env = {path: data for path, data in new.items() if path in ENV_COMPARED}
@@ -422,6 +480,15 @@ def _env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
                                  None if change.old is None else {"value": change.old},
                                  None if change.new is None else {"value": change.new}))
     return changes
+
+
+def _definitions_differ(old: bytes, new: bytes) -> bool:
+    """Domain definitions compare by what travels between hosts (memory, vCPUs), not by
+    the paths and ports each host gives its own copy."""
+    try:
+        return libvirt_module().definitions_differ(old, new)
+    except AreaError:  # no libvirt-python here: any difference counts
+        return old != new
 
 
 def _temp_dir(repo: Repository) -> str:
@@ -433,13 +500,15 @@ def _temp_dir(repo: Repository) -> str:
 
 # -- virtual machines
 
-VM_ACTIONS = ("start", "stop", "suspend", "resume")
+VM_ACTIONS = ("start", "stop", "suspend", "resume", "delete")
 
 
 @dataclass(frozen=True, slots=True)
 class VmState:
     area: str
-    vm: object  # libvirt.VmInfo
+    vm: object  # libvirt.VmInfo; None once deleted
+    deleted: list[str] = dataclasses.field(default_factory=list)  # with delete: the domain and the files removed
+    ssh: str | None = None  # where vml reaches the guest: user@host:port
 
 
 def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
@@ -449,18 +518,49 @@ def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
     return config
 
 
-def vm_action(repo: Repository, action: str, *, area: str | None = None, force: bool = False) -> VmState:
-    """Start, stop (shut down; with force: power off), suspend or resume an area's domain."""
+def vm_action(repo: Repository, action: str, *, area: str | None = None, force: bool = False, wait: bool = False) -> VmState:
+    """Start (with `wait`: until the guest answers on SSH), stop (shut down; with force:
+    power off), suspend, resume or delete (power off, undefine, and remove the disk overlay
+    vml made for it) an area's domain."""
     if action not in VM_ACTIONS:
         raise UsageError(f"unknown vm action {action!r}: one of {', '.join(VM_ACTIONS)}")
     config = _libvirt_config(repo, area)
     with _opened(repo, config) as working_area:
         domain = working_area.domain
+        if action == "delete":
+            return VmState(config.name, None, _delete_vm(repo, config, domain))
         if action == "stop":
             domain.stop(force=force)
-        else:
+        elif not (action == "start" and wait and domain.state() == "running"):  # --wait on a running one just waits
             getattr(domain, action)()
-        return VmState(config.name, domain.info())
+        if wait:
+            if working_area.files is None:
+                raise UsageError(f"area {config.name} has no SSH settings: there is no sshd to wait for")
+            working_area.wait_for_guest()
+        return _vm_state(config, domain)
+
+
+def _vm_state(config: AreaConfig, domain) -> VmState:
+    settings = config.settings
+    ssh = None
+    if settings.get("host"):
+        ssh = f"{settings.get('user', '')}@{settings['host']}" + (f":{settings['port']}" if settings.get("port") else "")
+    return VmState(config.name, domain.info() if domain.exists() else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
+
+
+def _delete_vm(repo: Repository, config: AreaConfig, domain) -> list[str]:
+    with repo.area_lock(config.name):
+        disks = domain.delete()
+        state_dir = os.path.realpath(repo.area_state_dir(config.name))
+        deleted = [f"domain {domain.name} at {domain.uri}"]
+        for disk in disks:  # only the overlays vml made; a domain's own disks elsewhere stay
+            if os.path.dirname(os.path.realpath(disk)) == state_dir and os.path.exists(disk):
+                os.unlink(disk)
+                deleted.append(disk)
+        for file_name in ("statcache", "known_hosts"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state_dir, file_name))
+    return deleted
 
 
 def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
@@ -469,7 +569,7 @@ def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
     states = []
     for config in configs:
         with _opened(repo, config) as working_area:
-            states.append(VmState(config.name, working_area.domain.info()))
+            states.append(_vm_state(config, working_area.domain))
     return states
 
 
@@ -819,15 +919,50 @@ def _scan_area(repo: Repository, working_area, cache: StatCache | None = None, e
 
 
 def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False,
-             resume: bool = False, progress: Progress = None) -> CheckoutResult:
+             resume: bool = False, new_vm: bool = False, progress: Progress = None) -> CheckoutResult:
     if to is not None:
-        if area is not None or resume:
-            raise UsageError("--to DIR restores files into a directory: it goes with neither -a AREA nor --resume")
+        if area is not None or resume or new_vm:
+            raise UsageError("--to DIR restores files into a directory: it goes with none of -a AREA, --resume and --new-vm")
         return _checkout_to(repo, spec, to, progress)
+    if resume and new_vm:
+        raise UsageError("--resume puts a saved domain back, --new-vm makes a new one: give one of them")
     branch = spec if branch_exists(repo.git, spec) else None
     if resume:
         return _resume(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
+    if new_vm:
+        return _new_vm(repo, repo.choose_area(area), spec, branch, progress=progress)
     return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
+
+
+def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress) -> CheckoutResult:
+    """Make the area's domain anew from an entry: a fresh overlay of the entry's base image,
+    the entry's memory size and vCPU count, started; then the entry's files and
+    environment put into the guest as any checkout does."""
+    if config.kind != "libvirt":
+        raise UsageError(f"--new-vm makes a libvirt domain: area {config.name} is a {config.kind} area "
+                         f"(vml area add NAME --libvirt URI [--identity KEY])")
+    with repo.shared_lock(), repo.area_lock(config.name):
+        entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
+        info = entry_info(repo, entry_id)
+        if info.base is None:
+            raise UsageError(f"entry {entry_id[:12]} sits on no base image: --new-vm builds a VM from the entry's base "
+                             f"(an area made with --base records it)")
+        _check_base(repo, info, None)
+        domain = libvirt_module().Domain(config.settings["uri"], config.settings["domain"])
+        if domain.exists():
+            raise UsageError(f"domain {domain.name} exists at {domain.uri}: --new-vm makes a new one; delete the old one and its "
+                             f"disk first with 'vml vm delete -a {config.name}' (entries stay)")
+        base = BaseName(info.base.name, info.base.version)
+        settings = dict(config.settings)
+        changed = _define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
+        for key, value in {**changed, "base": str(base)}.items():
+            config = repo.set_area_setting(config.name, key, value)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds
+        domain.start()
+    result = _checkout_area(repo, config, spec, branch, force=True, progress=progress)
+    made = f"domain {domain.name} was made from base {base} and the entry, and started"
+    return dataclasses.replace(result, warnings=[made] + result.warnings)
 
 
 def _entry_rules(info: EntryInfo) -> Rules | None:

@@ -118,17 +118,21 @@ def _vm_command(action: str, help_text: str):
     @json_option
     @click.pass_context
     def command(ctx: click.Context, area: str | None, as_json: bool, **options) -> None:
-        state = api.vm_action(_repo(ctx), action, area=area, force=options.get("force", False))
+        state = api.vm_action(_repo(ctx), action, area=area, force=options.get("force", False), wait=options.get("wait", False))
         render.print_json(state) if as_json else render.vm_state(state)
 
     return command
 
 
-_vm_command("start", "Start the area's domain.")
+click.option("--wait", is_flag=True, help="Return once the guest answers on SSH (up to VML_SSH_WAIT seconds, 300 by default).")(
+    _vm_command("start", "Start the area's domain."))
 click.option("--force", is_flag=True, help="Power off at once instead of asking the guest to shut down.")(
     _vm_command("stop", "Shut the area's domain down (the guest is asked to; --force powers it off)."))
 _vm_command("suspend", "Pause the area's domain (it keeps its memory; resume continues it).")
 _vm_command("resume", "Continue a paused domain.")
+_vm_command("delete", "Power the area's domain off, undefine it and delete the disk overlay vml made for it. "
+                      "Whatever the guest holds that no entry saved is lost; entries stay, and "
+                      "'vml checkout ENTRY --new-vm' makes the VM again.")
 
 
 @vm.command("info")
@@ -285,16 +289,18 @@ def show(ctx, entry: str, area: str | None, as_json: bool) -> None:
 @click.option("--to", "to", metavar="DIR", help="Restore into a new or empty directory instead of an area.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite changes in the area that no entry holds.")
 @click.option("--resume", is_flag=True, help="Restore a libvirt domain from an entry saved with --memory: disks, definition and memory; it runs on.")
+@click.option("--new-vm", is_flag=True,
+              help="Make the area's libvirt domain anew from the entry's base image and definition, start it and put the entry's files in it.")
 @json_option
 @click.pass_context
-def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, resume: bool, as_json: bool) -> None:
+def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, resume: bool, new_vm: bool, as_json: bool) -> None:
     """Put an entry back into an area, exactly (alias: open), or into --to DIR.
 
     ENTRY is an id (or a prefix of one), a branch or tag name, HEAD, HEAD~2, main^ ...
     Checking out a branch name puts the area on that branch; anything else detaches it.
     """
     with render.progress("restoring", enabled=not as_json) as progress:
-        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, progress=progress)
+        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress)
     render.print_json(result) if as_json else render.checkout_result(result)
 
 

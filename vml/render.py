@@ -268,9 +268,16 @@ def checkout_result(result: api.CheckoutResult) -> None:
 
 
 def vm_state(state: api.VmState) -> None:
+    if state.deleted:
+        out.print(escape(f"area {state.area}: deleted " + ", ".join(state.deleted)))
+        return
     vm = state.vm
+    if vm.state == "not defined":
+        out.print(escape(f"{state.area}\t{vm.domain}\tnot defined (vml checkout ENTRY --new-vm -a {state.area})\t{vm.uri}"))
+        return
+    ssh = f"\tssh {state.ssh}" if state.ssh else ""
     out.print(escape(f"{state.area}\t{vm.domain}\t{vm.state}\t{vm.driver} ({vm.acceleration})\t"
-                     f"{vm.memory_kib // 1024} MiB, {vm.vcpus} vCPU\t{vm.uri}"))
+                     f"{vm.memory_kib // 1024} MiB, {vm.vcpus} vCPU\t{vm.uri}{ssh}"))
 
 
 def base_info(info: api.BaseInfo) -> None:

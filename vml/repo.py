@@ -154,6 +154,12 @@ class Repository:
         for key, value in config.settings.items():
             self.git.config_set(f"{AREA_SECTION}.{config.name}.{key}", value)
 
+    def set_area_setting(self, name: str, key: str, value: str) -> AreaConfig:
+        """Change one setting of an existing area (a new VM's forwarded port); returns the area."""
+        self.area(name)  # it must exist
+        self.git.config_set(f"{AREA_SECTION}.{name}.{key}", value)
+        return self.area(name)
+
     def remove_area(self, name: str) -> None:
         for key, _value in list(self.git.config_items(f"{AREA_SECTION}.{name}.")):
             self.git.config_delete(key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from vml.areas.base import AreaConfig, WorkingArea
 from vml.areas.directory import DirectoryArea
 from vml.areas.rules import Rules
@@ -20,7 +22,13 @@ def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = F
     if config.kind == "libvirt":
         from vml.areas.ssh import SshArea
 
-        files = SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key) if "host" in config.settings else None
+        files = None
+        if "host" in config.settings:
+            # A VM vml defined keeps its guest's host key in the area's own known_hosts file,
+            # learnt at the first login after the VM was made (its port is new each time).
+            own_keys = config.settings.get("knownhosts")
+            first_login = own_keys is not None and not os.path.exists(own_keys)
+            files = SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key or first_login)
         return libvirt_module().LibvirtArea(config, rules, files)
     raise AreaError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
 
@@ -47,4 +55,5 @@ def ssh_target(config: AreaConfig):
         settings.get("user") or None,
         settings.get("identity") or None,
         settings.get("root", "/"),
+        settings.get("knownhosts") or None,
     )

@@ -12,15 +12,34 @@ import contextlib
 import functools
 import json
 import os
+import pwd
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import urllib.parse
 import uuid
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Callable
 
-import libvirt
+
+def _log_to_a_file() -> None:
+    """libvirt's own log (warnings such as the taint notes on every domain with custom QEMU
+    arguments) goes to ~/.cache/vml/libvirt.log, not the user's terminal: vml reports the
+    errors itself. libvirt reads this once, when first used, hence before the import."""
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vml")
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError:
+        return
+    os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{os.path.join(cache, 'libvirt.log')}")
+
+
+_log_to_a_file()
+import libvirt  # noqa: E402  (after its log is set up)
 
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_files
 from vml.areas.restore import Restore, RestoreProgress
@@ -48,6 +67,14 @@ STATES = {
 MEMORY_FILE = b"memory.save"  # in an entry's memory tree, beside disk0-NAME, disk1-NAME...
 _UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
 _CONNECTIONS: dict[str, libvirt.virConnect] = {}
+_EVENT_LOOP: list[threading.Thread] = []
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+GUEST_SSH_PORT = 22
+# qemu:///embed runs QEMU as this process's user when its qemu.conf says so (as root, the
+# driver would otherwise switch to a libvirt-qemu user, who cannot read a repository's files).
+# remember_owner and dynamic_ownership off: libvirt neither chowns vml's images and kernels
+# nor writes its trusted.libvirt.security xattrs onto them.
+EMBED_QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\nremember_owner = 0\ndynamic_ownership = 0\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +87,10 @@ class VmInfo:
     memory_kib: int
     vcpus: int
     disks: list[str] = field(default_factory=list)
+
+    @classmethod
+    def undefined(cls, domain: "Domain") -> "VmInfo":
+        return cls(domain.name, domain.uri, domain.connection.getType(), "not defined", "", 0, 0)
 
 
 def _fail(what: str, error: libvirt.libvirtError, uri: str) -> AreaError:
@@ -74,15 +105,63 @@ def connect(uri: str) -> libvirt.virConnect:
     connection = _CONNECTIONS.get(uri)
     if connection is not None and connection.isAlive():
         return connection
+    embed_root = embedded_root(uri)
+    if embed_root is not None:
+        _prepare_embedded(embed_root)
     try:
         connection = libvirt.open(uri)
     except libvirt.libvirtError as error:
-        hint = ""
-        if uri.startswith("qemu:///system"):
-            hint = " (is libvirtd running? start it with 'libvirtd -d', or use qemu:///embed?root=DIR, which needs no daemon)"
-        raise AreaError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}{hint}") from None
+        raise AreaError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}{_connect_hint(uri)}") from None
     _CONNECTIONS[uri] = connection
     return connection
+
+
+def embedded_root(uri: str) -> str | None:
+    """The directory of a qemu:///embed?root=DIR URI (libvirt's QEMU driver inside this
+    process: no daemon; its domains and their QEMU processes outlive the process)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "qemu" or parsed.path != "/embed":
+        return None
+    roots = urllib.parse.parse_qs(parsed.query).get("root")
+    if not roots or not os.path.isabs(roots[0]):
+        raise AreaError(f"{uri}: qemu:///embed needs root=DIR, an absolute path (qemu:///embed?root=/var/lib/vml-vms)")
+    return roots[0]
+
+
+def _prepare_embedded(root: str) -> None:
+    """What the embedded driver needs and a daemon would give: an event loop running in
+    this process and a qemu.conf."""
+    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+    conf = os.path.join(root, "etc", "qemu.conf")
+    if not os.path.exists(conf) and os.geteuid() == 0:
+        with open(conf, "w") as out:
+            out.write(EMBED_QEMU_CONF)
+    if not _EVENT_LOOP:
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run_events() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        _EVENT_LOOP.append(threading.Thread(target=run_events, name="libvirt-events", daemon=True))
+        _EVENT_LOOP[0].start()
+
+
+def _connect_hint(uri: str) -> str:
+    if uri.startswith("qemu:///system"):
+        return " (is libvirtd running? start it with 'libvirtd -d', or use qemu:///embed?root=DIR, which needs no daemon)"
+    if not uri.startswith("qemu:"):
+        return ""
+    missing = []
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so"):
+        missing.append("libvirt's QEMU driver (apt-get install libvirt-daemon-driver-qemu)")
+    if shutil.which("qemu-system-x86_64") is None:
+        missing.append("QEMU (apt-get install qemu-system-x86)")
+    try:
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        missing.append("a libvirt-qemu user and group (./scripts/setup creates them)")
+    return f" (missing: {'; '.join(missing)})" if missing else ""
 
 
 def _one_line(what: str | None = None):
@@ -143,14 +222,42 @@ class Domain:
         disks = [s.get("file") or s.get("dev") or "" for s in definition.findall("./devices/disk/source")]
         return VmInfo(self.name, self.uri, self.connection.getType(), STATES.get(state, "unknown"), acceleration, memory, vcpus, disks)
 
-    @_one_line("start")
     def start(self) -> None:
-        self._lookup().create()
+        domain = self._lookup()
+        try:
+            domain.create()
+        except libvirt.libvirtError as error:
+            kind = ElementTree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type")
+            if kind == "kvm" and not kvm_usable():
+                raise AreaError(f"cannot start domain {self.name}: it asks for KVM, which this host cannot give "
+                                f"({error.get_error_message()}); 'virsh edit' it to <domain type='qemu'> for software emulation") from None
+            failure = _fail(f"cannot start domain {self.name}", error, self.uri)
+            if "too long" in str(failure) and embedded_root(self.uri) is not None:
+                failure = AreaError(f"{failure} (QEMU's sockets live under qemu:///embed's root=DIR: give a shorter DIR)")
+            raise failure from None
+
+    def delete(self) -> list[str]:
+        """Power the domain off and undefine it; returns the files of its disks (not deleted here)."""
+        disks = self.disk_files() if self.exists() else []
+        self._undefine()
+        return disks
+
+    @_one_line("delete")
+    def _undefine(self) -> None:
+        domain = self._lookup()
+        if domain.isActive():
+            _power_off(domain)
+        try:
+            domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() not in _UNSUPPORTED:
+                raise
+            domain.undefine()
 
     @_one_line("stop")
     def stop(self, force: bool = False) -> None:
         domain = self._lookup()
-        domain.destroy() if force else domain.shutdown()
+        _power_off(domain) if force else domain.shutdown()
 
     @_one_line("suspend")
     def suspend(self) -> None:
@@ -216,6 +323,16 @@ class Domain:
         return files
 
 
+def _power_off(domain: libvirt.virDomain) -> None:
+    try:
+        domain.destroy()
+    except libvirt.libvirtError as error:
+        # qemu:///embed, just opened, may still be reconnecting to the domain's QEMU: then it
+        # sees the process end first and destroy() reports "not running" once it is off.
+        if error.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or domain.isActive():
+            raise
+
+
 def domain_type(connection: libvirt.virConnect) -> str:
     """The domain type to ask for: kvm where /dev/kvm works, else software emulation."""
     driver = connection.getType().lower()
@@ -225,12 +342,27 @@ def domain_type(connection: libvirt.virConnect) -> str:
 
 
 def kvm_usable() -> bool:
-    # Nested /dev/kvm on some hosts opens but cannot run a guest at useful speed (see
-    # docs); VML_KVM=0 forces software emulation, VML_KVM=1 insists on kvm.
+    """Hardware acceleration a guest can use: /dev/kvm opens and the CPU has its extensions.
+    A nested /dev/kvm without them (a PVM host) opens but runs a guest far slower than
+    software emulation, or not at all. VML_KVM=0 forces software emulation, VML_KVM=1 kvm."""
     forced = os.environ.get("VML_KVM")
     if forced is not None:
         return forced == "1"
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "vmx" in flags or "svm" in flags
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (QEMU binds it when the domain starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def make_overlay(backing: str, overlay: str) -> None:
@@ -250,12 +382,17 @@ def make_overlay(backing: str, overlay: str) -> None:
 
 def new_domain_xml(connection: libvirt.virConnect, name: str, disk: str, *, memory_mib: int = 1024, vcpus: int = 1,
                    console: str | None = None, kernel: str | None = None, initrd: str | None = None,
-                   cmdline: str | None = None) -> bytes:
+                   cmdline: str | None = None, ssh_port: int | None = None, uuid_text: str | None = None) -> bytes:
     """A minimal definition booting `disk` (a qcow2 overlay), through its own bootloader or,
-    given a kernel, directly (the base image's kernel, initrd and command line)."""
+    given a kernel, directly (the base image's kernel, initrd and command line). With
+    `ssh_port` (QEMU only), the guest has a user-mode network whose port 22 is forwarded
+    to 127.0.0.1:ssh_port: no bridge, no root network set-up, reachable from this host only."""
+    ElementTree.register_namespace("qemu", QEMU_NAMESPACE)
     domain = ElementTree.Element("domain", type=domain_type(connection))
     ElementTree.SubElement(domain, "name").text = name
-    ElementTree.SubElement(domain, "memory", unit="MiB").text = str(memory_mib)
+    if uuid_text is not None:
+        ElementTree.SubElement(domain, "uuid").text = uuid_text
+    ElementTree.SubElement(domain, "memory", unit="KiB").text = str(memory_mib * 1024)
     ElementTree.SubElement(domain, "vcpu").text = str(vcpus)
     os_element = ElementTree.SubElement(domain, "os")
     ElementTree.SubElement(os_element, "type").text = "hvm"
@@ -275,8 +412,91 @@ def new_domain_xml(connection: libvirt.virConnect, name: str, disk: str, *, memo
     if console is not None:
         serial = ElementTree.SubElement(devices, "serial", type="file")
         ElementTree.SubElement(serial, "source", path=console)
+    if ssh_port is not None:
+        # libvirt 9.0 has no user-mode network with port forwards (passt is refused), so
+        # QEMU gets it directly; the explicit PCI slot keeps it clear of libvirt's devices.
+        arguments = ElementTree.SubElement(domain, f"{{{QEMU_NAMESPACE}}}commandline")
+        for value in ("-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH_PORT}",
+                      "-device", "virtio-net-pci,netdev=net0,addr=0x10"):
+            ElementTree.SubElement(arguments, f"{{{QEMU_NAMESPACE}}}arg", value=value)
     return ElementTree.tostring(domain)
 
+
+def unused_uuid(connection: libvirt.virConnect, saved: bytes | None) -> str | None:
+    """The uuid of a saved definition, for a domain recreated from it (so that entries of
+    that domain still apply to it), unless it is no uuid or a domain at `connection` has it."""
+    try:
+        wanted = str(uuid.UUID((ElementTree.fromstring(saved).findtext("uuid") or "").strip())) if saved else None
+    except (ElementTree.ParseError, ValueError):
+        return None
+    if wanted is None:
+        return None
+    try:
+        connection.lookupByUUIDString(wanted)
+        return None
+    except libvirt.libvirtError:
+        return wanted
+
+
+def forwarded_port(xml: bytes) -> int | None:
+    """The loopback port a definition from `new_domain_xml` forwards to the guest's sshd."""
+    for argument in ElementTree.fromstring(xml).iter(f"{{{QEMU_NAMESPACE}}}arg"):
+        match = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:", argument.get("value", ""))
+        if match:
+            return int(match.group(1))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """The parts of a definition that travel with an entry: a checkout, or a new VM on
+    another host, takes these; paths, ports, uuid and devices stay the host's own."""
+
+    memory_kib: int | None
+    vcpus: int | None
+
+    @classmethod
+    def of(cls, xml: bytes) -> "Sizing":
+        definition = ElementTree.fromstring(xml)
+        return cls(_kib(definition.find("memory")), _int(definition.findtext("vcpu")))
+
+    def apply(self, xml: bytes) -> bytes:
+        """`xml` with this memory size and vCPU count."""
+        definition = ElementTree.fromstring(xml)
+        if self.memory_kib is not None:
+            for tag in ("memory", "currentMemory"):
+                element = definition.find(tag)
+                if element is not None:
+                    element.text, element.attrib = str(self.memory_kib), {"unit": "KiB"}
+        vcpu = definition.find("vcpu")
+        if self.vcpus is not None and vcpu is not None:
+            vcpu.text = str(self.vcpus)
+        return ElementTree.tostring(definition)
+
+
+def definitions_differ(saved: bytes, current: bytes) -> bool:
+    """Whether a saved definition asks for another memory size or vCPU count than `current`."""
+    try:
+        return Sizing.of(saved) != Sizing.of(current)
+    except ElementTree.ParseError:
+        return True
+
+
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+          "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
+
+
+def _kib(element) -> int | None:
+    if element is None or _int(element.text) is None:
+        return None
+    return _int(element.text) * _UNITS.get(element.get("unit", "KiB").lower(), 1024) // 1024
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return None
 
 
 class LibvirtArea:
@@ -289,17 +509,56 @@ class LibvirtArea:
         self.rules = rules
         self.domain = Domain(config.settings["uri"], config.settings["domain"])
         self.files = files
+        self._reached = False
 
     def has_files(self) -> bool:
         return True
 
     def _files(self):
+        """The guest's files over SSH, once its sshd answers (a guest that just started
+        is waited for, up to VML_SSH_WAIT seconds, 300 by default)."""
         if self.files is None:
             raise AreaError(
                 f"area {self.config.name}: vml reaches a guest's files over SSH and this area has no SSH settings; "
                 f"'vml area remove {self.config.name}' and add it again with --ssh user@host[:port]"
             )
+        if not self._reached:
+            self._check_defined()
+            if self.config.settings.get("knownhosts"):
+                # The guest's sshd is behind the domain's own forwarded port: it answers only
+                # while the domain runs, and some time after it starts.
+                self.wait_for_guest()
+            self._reached = True
         return self.files
+
+    def _check_defined(self) -> None:
+        if not self.domain.exists():
+            raise AreaError(f"area {self.config.name}: domain {self.domain.name} does not exist at {self.domain.uri}; "
+                            f"make it from an entry with 'vml checkout ENTRY --new-vm -a {self.config.name}'")
+
+    def wait_for_guest(self, seconds: float | None = None) -> None:
+        self._check_defined()
+        state = self.domain.state()
+        if state != "running":
+            raise AreaError(f"area {self.config.name}: domain {self.domain.name} is {state}; vml reaches the guest's "
+                            f"files over SSH: start it with 'vml vm start -a {self.config.name}'")
+        if seconds is None:
+            seconds = float(os.environ.get("VML_SSH_WAIT", "300"))
+        self.files.wait_until_reachable(seconds, self._not_booting)
+        self._reached = True
+
+    def _not_booting(self) -> str | None:
+        state = self.domain.state()
+        if state == "running":
+            return None
+        console = self.config.settings.get("console")
+        tail = ""
+        if console and os.path.exists(console):
+            with open(console, "rb") as log:
+                log.seek(max(0, os.path.getsize(console) - 400))
+                lines = log.read().decode(errors="replace").strip().splitlines()
+            tail = f"; its console ({console}) ends: {lines[-1].strip()!r}" if lines else ""
+        return f"domain {self.domain.name} is {state}, its guest will not answer on SSH{tail}"
 
     def close(self) -> None:
         if self.files is not None:
@@ -319,20 +578,22 @@ class LibvirtArea:
     def entry_files(self) -> dict[str, bytes]:
         files = {DOMAIN_FILE: self.domain.definition()}
         if self.files is not None and self.domain.state() == "running":
-            files.update(self.files.entry_files())
+            files.update(self._files().entry_files())
         return files
 
     def apply_entry_files(self, files: dict[str, bytes]) -> list[str]:
-        """Define the domain as the entry had it (a running domain takes it at its next
-        start), and its guest's environment."""
-        notes = self.files.apply_entry_files(files) if self.files is not None else []
+        """Give the domain the memory size and vCPU count the entry had (a running domain
+        takes them at its next start), and its guest its environment. The rest of a saved
+        definition (disk paths, forwarded port, uuid) belongs to the host it was saved on."""
+        notes = self._files().apply_entry_files(files) if self.files is not None else []
         wanted = files.get(DOMAIN_FILE)
-        if wanted is None or wanted == self.domain.definition():
+        current = self.domain.definition()
+        if wanted is None or not definitions_differ(wanted, current):
             return notes
         refused = self.domain.foreign(wanted)
         if refused is not None:
             return notes + [f"domain {self.domain.name} was not redefined: {refused}"]
-        self.domain.define(wanted)
+        self.domain.define(Sizing.of(wanted).apply(current))
         if self.domain.state() != "shut off":
             notes.append(f"domain {self.domain.name} was redefined as the entry had it; the change applies at its next start")
         return notes

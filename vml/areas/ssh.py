@@ -14,6 +14,7 @@ import re
 import shlex
 import tarfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -28,7 +29,7 @@ from vml.errors import AreaError
 from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
 from vml.transport.base import TransportError
-from vml.transport.ssh import SSH_ERRORS, UnknownHostKey, connect
+from vml.transport.ssh import CONNECT_TIMEOUT, SSH_ERRORS, UnknownHostKey, Unreachable, connect
 
 _NO_ROOT = 97
 _NO_TOOL = 98
@@ -40,6 +41,15 @@ _TAR_ARGS = "--format=posix --xattrs --xattrs-include='*'"
 _TAR_PROBLEM = re.compile(rb"^tar: (\./.*?|\.): (.*)$")
 PIECE = 1024 * 1024
 KEEPALIVE_SECONDS = 15
+WAIT_TRY_SECONDS = 10
+
+
+class GuestUnreachable(AreaError):
+    """Nothing answers on the guest's SSH port (yet)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,7 @@ class SshTarget:
     user: str | None
     identity: str | None
     root: str
+    known_hosts: str | None = None  # the area's own known_hosts file instead of ~/.ssh/known_hosts
 
     @classmethod
     def parse(cls, spec: str, *, identity: str | None = None, root: str = "/") -> "SshTarget":
@@ -127,7 +138,26 @@ class SshArea:
 
     # -- the connection
 
-    def _connection(self):
+    def wait_until_reachable(self, seconds: float, still_booting: Callable[[], str | None]) -> None:
+        """Log in, retrying while nothing answers (a guest that is booting), for up to
+        `seconds`; `still_booting` says why waiting is pointless (the domain stopped)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                # Short tries: a forwarded port accepts while the guest is still booting, and
+                # then the banner never comes on that connection.
+                self._connection(timeout=min(WAIT_TRY_SECONDS, max(1.0, deadline - time.monotonic())))
+                return
+            except GuestUnreachable as error:
+                stopped = still_booting()
+                if stopped is not None:
+                    raise AreaError(f"area {self.config.name}: {stopped}") from None
+                if time.monotonic() >= deadline:
+                    raise AreaError(f"area {self.config.name}: the guest never answered on SSH within {seconds:.0f} s "
+                                    f"({error.reason}); set VML_SSH_WAIT=SECONDS to wait longer") from None
+                time.sleep(1.0)
+
+    def _connection(self, timeout: float = CONNECT_TIMEOUT):
         if self._client is None:
             try:
                 self._client = connect(
@@ -136,7 +166,11 @@ class SshArea:
                     user=self.target.user,
                     identity=self.target.identity,
                     accept_new_host_key=self.accept_new_host_key,
+                    timeout=timeout,
+                    known_hosts_file=self.target.known_hosts,
                 )
+            except Unreachable as error:
+                raise GuestUnreachable(f"area {self.config.name}: {error}", str(error)) from None
             except UnknownHostKey as error:
                 raise AreaError(
                     f"area {self.config.name}: the host key of {error.where} is unknown (not in {error.known_hosts}); if you "

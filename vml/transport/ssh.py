@@ -8,11 +8,16 @@ Both the SFTP transport and the ssh working areas connect through here.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import paramiko
 
 from vml.transport.base import TransportError
+
+# paramiko logs a failed handshake (a guest still booting) with a traceback from its own
+# thread; vml reports the failure itself, once, as one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 20
 # What a dropped or refused connection raises once connected.
@@ -28,6 +33,10 @@ class UnknownHostKey(TransportError):
         super().__init__(f"the host key of {where} is unknown (not in {known_hosts}); if you trust it, {hint}")
         self.where = where
         self.known_hosts = known_hosts
+
+
+class Unreachable(TransportError):
+    """Nothing answers as an SSH server yet (refused, reset, no banner): worth retrying while a guest boots."""
 
 
 class _RememberNewKey(paramiko.MissingHostKeyPolicy):
@@ -60,9 +69,13 @@ def connect(
     identity: str | None = None,
     accept_new_host_key: bool = False,
     timeout: float = CONNECT_TIMEOUT,
+    known_hosts_file: str | None = None,
 ) -> paramiko.SSHClient:
-    """A logged-in client, or a TransportError saying in one line what to do."""
+    """A logged-in client, or a TransportError saying in one line what to do.
+    `known_hosts_file` replaces ~/.ssh/known_hosts (a VM vml defined keeps its own)."""
     settings = _ssh_config(host)
+    if known_hosts_file is not None:
+        settings["userknownhostsfile"] = known_hosts_file
     hostname = settings.get("hostname", host)
     port = port or int(settings.get("port", 22))
     user = user or settings.get("user") or os.environ.get("USER") or "root"
@@ -108,8 +121,10 @@ def connect(
             ) from None
         if "not found in known_hosts" in str(error):
             raise UnknownHostKey(where, known_hosts[0], "run again with --accept-new-host-key or add it with ssh-keyscan") from None
+        if "protocol banner" in str(error) or "No existing session" in str(error):
+            raise Unreachable(f"ssh to {where}: no SSH server answered ({error})") from None
         raise TransportError(f"ssh to {where}: {error}") from None
     except (OSError, EOFError) as error:
         client.close()
-        raise TransportError(f"cannot connect to {where}: {getattr(error, 'strerror', None) or error or 'connection closed'}") from None
+        raise Unreachable(f"cannot connect to {where}: {getattr(error, 'strerror', None) or error or 'connection closed'}") from None
     return client

@@ -1,0 +1,271 @@
+"""A real virtual machine, end to end: a Debian 12 guest built from Debian's packages
+(scripts/build-guest, cached), booted by libvirt's embedded QEMU driver under software
+emulation, worked in over SSH as a user would, saved, destroyed, made again from the
+entry, resumed from saved memory, pushed over SSH, cloned and made again from the clone.
+
+It fails, never skips, when QEMU or libvirt cannot run here: `.ci/run` runs it. A quick
+local run may leave it out with `./scripts/test -m 'not vm'`. VML_VM_TIMINGS=FILE writes
+the time of each step there (JSON), for the numbers in notes and docs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Vml, one_line_error
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST_DIR = Path(os.environ.get("VML_GUEST_DIR", "/var/cache/vml-guest"))
+
+
+def _missing_parts() -> list[str]:
+    missing = [what for what, present in (
+        ("qemu-system-x86_64 (apt-get install qemu-system-x86)", shutil.which("qemu-system-x86_64")),
+        ("libvirt's QEMU driver (apt-get install libvirt-daemon-driver-qemu)",
+         os.path.exists("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")),
+        ("qemu-img (apt-get install qemu-utils)", shutil.which("qemu-img")),
+        ("dpkg-deb", shutil.which("dpkg-deb")),
+    ) if not present]
+    if os.geteuid() != 0:
+        missing.append("root (the embedded QEMU driver and scripts/build-guest run as root here)")
+    return missing
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The built guest: disk.qcow2, vmlinuz, initrd.img, cmdline, id_ed25519 (built once, then cached)."""
+    missing = _missing_parts()
+    if missing:
+        pytest.fail("a real VM cannot run here; missing: " + "; ".join(missing) + " (./scripts/setup installs them)")
+    GUEST_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{GUEST_DIR}.lock", "w") as lock:  # one build at a time, whoever asks
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = subprocess.run([str(ROOT / "scripts" / "build-guest"), str(GUEST_DIR)], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.fail(f"scripts/build-guest failed:\n{built.stdout}\n{built.stderr}")
+    return GUEST_DIR
+
+
+class Guest:
+    """Commands run in the guest over SSH with the `ssh` client, as a user at a terminal."""
+
+    def __init__(self, key: Path, port: int):
+        self.key, self.port = key, port
+
+    def __call__(self, command: str, check: bool = True) -> str:
+        done = subprocess.run(
+            ["ssh", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "ConnectTimeout=20", "-i", str(self.key), "-p", str(self.port), "root@127.0.0.1", command],
+            capture_output=True, text=True, timeout=300,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"in the guest, {command!r} exited {done.returncode}: {done.stderr}")
+        return done.stdout
+
+    def send(self, local: Path, remote: str) -> None:
+        subprocess.run(["scp", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-i", str(self.key), "-P", str(self.port), str(local), f"root@127.0.0.1:{remote}"], check=True, timeout=120)
+
+
+def guest_of(vml: Vml, area: str, key: Path) -> Guest:
+    settings = vml("area", "show", area, "--json").json()["settings"]
+    assert settings["host"] == "127.0.0.1" and settings["user"] == "root"
+    return Guest(key, int(settings["port"]))
+
+
+def build_deb(directory: Path) -> Path:
+    """A tiny package a user might install: a script and a config file."""
+    package = directory / "pkg"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "usr" / "local" / "bin").mkdir(parents=True)
+    (package / "DEBIAN" / "control").write_text(
+        "Package: vml-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: vml <vml@example.org>\nDescription: a test package\n")
+    tool = package / "usr" / "local" / "bin" / "vml-hello"
+    tool.write_text('#!/bin/sh\necho "hello from vml-hello: $(cat /etc/vml-hello.conf)"\n')
+    tool.chmod(0o755)
+    deb = directory / "vml-hello_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(package), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+class Steps:
+    """Times each step of the walk-through."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        steps = self
+
+        class Timed:
+            def __enter__(self):
+                self.start = time.monotonic()
+
+            def __exit__(self, *exc):
+                steps.times[name] = round(time.monotonic() - self.start, 2)
+
+        return Timed()
+
+
+@pytest.fixture
+def embed_roots():
+    """Directories of qemu:///embed drivers (short: QEMU's socket paths under them must fit
+    in 108 bytes); every QEMU started under them is stopped afterwards."""
+    roots: list[Path] = []
+
+    def make(_name: str) -> Path:
+        roots.append(Path(tempfile.mkdtemp(prefix="vml-vm-", dir="/tmp")))
+        return roots[-1]
+
+    yield make
+    for root in roots:
+        for pidfile in glob.glob(str(root / "run" / "qemu" / "*.pid")):
+            try:
+                os.kill(int(Path(pidfile).read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+EXPECTED_FILES = {
+    "/home/alice/results.txt": "alice alice 640",
+    "/home/alice/analysis": "alice alice 750",
+    "/usr/local/bin/vml-hello": "root root 755",
+    "/etc/vml-hello.conf": "root root 644",
+}
+
+
+def check_the_guest(guest: Guest) -> None:
+    """Everything the user did before the first commit is there."""
+    for path, owner_mode in EXPECTED_FILES.items():
+        assert guest(f"stat -c '%U %G %a' {path}").strip() == owner_mode, path
+    assert guest("cat /home/alice/results.txt") == "mass 125.1 GeV\n"
+    assert guest("getfattr --only-values -n user.origin /home/alice/results.txt") == "cern"
+    assert guest("dpkg-query -W -f '${Status} ${Version}' vml-hello") == "install ok installed 1.0"
+    assert guest("vml-hello").strip() == "hello from vml-hello: greeting=bonjour"
+    assert guest("grep -c ^alice: /etc/passwd").strip() == "1"
+    assert guest("bash -lc 'echo $ANALYSIS $CALIBRATION'").strip() == "v3 2026-run2"
+    assert guest("su - alice -c 'echo $ANALYSIS'").strip() == "v3"
+
+
+def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots, sshd):
+    steps = Steps()
+    key = guest_image / "id_ed25519"
+    vml = Vml(tmp_path / "lab")
+    (tmp_path / "lab").mkdir()
+    vml("init")
+    uri = f"qemu:///embed?root={embed_roots('vms')}"
+
+    # 2. The base image, with its kernel for a direct boot.
+    with steps("base add"):
+        vml("base", "add", "debian-guest", "12", "--image", str(guest_image / "disk.qcow2"), "--kernel", str(guest_image / "vmlinuz"),
+            "--initrd", str(guest_image / "initrd.img"), "--cmdline", (guest_image / "cmdline").read_text().strip())
+
+    # 3. An area from that base on libvirt's QEMU driver; boot; the guest's sshd on a loopback port.
+    with steps("area add"):
+        vml("area", "add", "lab", "--libvirt", uri, "--base", "debian-guest:12", "--identity", str(key))
+    with steps("vm start"):
+        vml("vm", "start")
+    # A guest that is still booting does not answer yet: a short wait ends in one clear line.
+    early = vml("status", check=False, env={"VML_SSH_WAIT": "2"})
+    assert "never answered on SSH within 2 s" in one_line_error(early)
+    with steps("boot to ssh"):
+        vml("vm", "start", "--wait")  # already running: it waits for the sshd
+        info = vml("vm", "info", "--json").json()[0]
+    assert info["vm"]["state"] == "running" and info["vm"]["acceleration"].startswith("tcg")
+    guest = guest_of(vml, "lab", key)
+    guest("true")
+    with steps("first commit (fresh guest)"):
+        vml("commit", "-m", "fresh guest")
+
+    # 4. As a user would: a package from a .deb, files in a home, /etc settings, variables.
+    deb = build_deb(tmp_path)
+    guest.send(deb, "/root/")
+    with steps("user work in the guest"):
+        guest("echo greeting=bonjour > /etc/vml-hello.conf && dpkg -i /root/vml-hello_1.0_all.deb >/dev/null")
+        guest("useradd -m -s /bin/bash alice && install -d -o alice -g alice -m 750 /home/alice/analysis"
+              " && printf 'mass 125.1 GeV\\n' > /home/alice/results.txt && chown alice:alice /home/alice/results.txt"
+              " && chmod 640 /home/alice/results.txt && setfattr -n user.origin -v cern /home/alice/results.txt")
+        guest("echo 'export ANALYSIS=v3' >> /etc/profile && echo 'export CALIBRATION=2026-run2' >> /root/.profile")
+    check_the_guest(guest)
+    status = vml("status", "--json").json()
+    changed = {c["path"] for c in status["changes"]}
+    assert {"home/alice/results.txt", "usr/local/bin/vml-hello", "etc/vml-hello.conf", "env/variables:ANALYSIS"} <= changed
+    assert status["vm"] == "running"
+    with steps("commit"):
+        entry = vml("commit", "-m", "analysis environment", "--json").json()["entry"]
+    shown = vml("show", entry, "--json").json()
+    assert vml("status", "--json").json()["clean"]
+
+    # 5. Destroy the VM and its disk; make it again from the entry.
+    with steps("vm delete"):
+        deleted = vml("vm", "delete", "--json").json()["deleted"]
+    assert any(path.endswith("disk.qcow2") for path in deleted)
+    assert not (tmp_path / "lab" / ".vml" / "vml" / "areas" / "lab" / "disk.qcow2").exists()
+    assert vml("vm", "info", "--json").json()[0]["vm"]["state"] == "not defined"
+    gone = vml("status", check=False)
+    assert "--new-vm" in one_line_error(gone)
+    with steps("checkout --new-vm"):
+        remade = vml("checkout", entry, "--new-vm", "--json").json()
+    assert remade["not_reproduced"] == []
+    guest = guest_of(vml, "lab", key)
+    check_the_guest(guest)
+    assert vml("status", "--json").json()["clean"]
+
+    # 6. Memory: a process keeps counting across commit --memory, a power-off and --resume.
+    guest("nohup sh -c 'n=0; while :; do n=$((n+1)); echo $n > /run/counter; sleep 1; done' >/dev/null 2>&1 & echo $! > /run/counter.pid")
+    time.sleep(3)
+    pid = guest("cat /run/counter.pid").strip()
+    with steps("commit --memory"):
+        saved = vml("commit", "--memory", "-m", "with a running job", "--json").json()["entry"]
+    counted = int(guest("cat /run/counter"))
+    assert counted >= 2
+    vml("vm", "stop", "--force")
+    assert vml("vm", "info", "--json").json()[0]["vm"]["state"] == "shut off"
+    with steps("checkout --resume"):
+        vml("checkout", "--resume", saved)
+    assert guest(f"cat /proc/{pid}/cmdline | tr '\\0' ' '").startswith("sh -c n=0;")
+    resumed = int(guest("cat /run/counter"))
+    assert counted <= resumed < counted + 30  # it counts on from where it was, not from 0
+    check_the_guest(guest)
+
+    # 7. Push over SSH, clone elsewhere, make the VM again from the clone.
+    remote = tmp_path / "shared.vml"
+    vml("init", "--bare", str(remote))
+    vml("remote", "add", "origin", sshd.url(remote))
+    with steps("push (with the base)"):
+        vml("push", env=sshd.env)
+    vml("vm", "delete")  # one guest at a time on this machine
+    with steps("clone"):
+        Vml(tmp_path)("clone", sshd.url(remote), "elsewhere", env=sshd.env)
+    other = Vml(tmp_path / "elsewhere")
+    other("area", "add", "lab", "--libvirt", f"qemu:///embed?root={embed_roots('vms-elsewhere')}", "--identity", str(key), env=sshd.env)
+    with steps("clone: checkout --new-vm"):
+        other("checkout", "main", "--new-vm", env=sshd.env)
+    check_the_guest(guest_of(other, "lab", key))
+    assert other("status", "--json", env=sshd.env).json()["clean"]
+    other("vm", "delete", env=sshd.env)
+    other.fsck_clean()
+    vml.fsck_clean()
+
+    image_bytes = os.path.getsize(guest_image / "disk.qcow2")
+    memory = vml("show", saved, "--json").json()["info"]
+    report = {"steps_seconds": steps.times, "guest_image_bytes": image_bytes,
+              "entry": {key: shown["info"][key] for key in ("files", "logical_bytes", "added_bytes")} | {"stored_bytes": shown["stored_bytes"]},
+              "memory_entry_added_bytes": memory["added_bytes"]}
+    print(json.dumps(report, indent=2))
+    if os.environ.get("VML_VM_TIMINGS"):
+        Path(os.environ["VML_VM_TIMINGS"]).write_text(json.dumps(report, indent=2) + "\n")
+    assert shown["info"]["added_bytes"] < image_bytes / 20  # the entry costs what changed, not the disk
