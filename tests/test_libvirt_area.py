@@ -329,3 +329,41 @@ def test_kvm_only_where_usable_and_embed_roots(monkeypatch):
     assert area_libvirt.embedded_root("qemu:///system") is None
     with pytest.raises(AreaError, match="root=DIR"):
         area_libvirt.embedded_root("qemu:///embed?root=relative")
+
+
+def test_a_taken_forwarded_port_is_replaced(tmp_path: Path):
+    import socket
+
+    from vml.areas import libvirt as area_libvirt
+
+    connection = libvirt.open(TEST_URI)
+    xml = area_libvirt.new_domain_xml(connection, "d", "/a/disk.qcow2", ssh_port=40022)
+    moved = area_libvirt.with_forwarded_port(xml, 41234)
+    assert area_libvirt.forwarded_port(moved) == 41234 and b"xmlns:qemu=" in moved and b"ns0" not in moved
+    assert area_libvirt.Sizing.of(moved) == area_libvirt.Sizing.of(xml)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert area_libvirt.port_taken(listener.getsockname()[1])
+    assert not area_libvirt.port_taken(area_libvirt.free_port())
+
+
+def test_a_kvm_domain_where_kvm_is_not_usable_is_one_clear_line(capsys, tmp_path: Path, monkeypatch):
+    """The fault (QEMU refusing KVM) is injected; what is tested is what the user reads."""
+    connection = libvirt.open(TEST_URI)
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    connection.defineXML(f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>")
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    try:
+        run("area", "add", "k", "--libvirt", TEST_URI, "--domain", name)
+        monkeypatch.setenv("VML_KVM", "0")
+
+        def refuse(_domain):
+            raise libvirt.libvirtError("unsupported configuration: Domain requires KVM, but it is not available")
+
+        monkeypatch.setattr(libvirt.virDomain, "create", refuse)
+        code, _out, err = run("vm", "start", check=False)
+        assert code == 2 and "asks for KVM, which this host cannot give" in err and len(err.strip().splitlines()) == 1
+    finally:
+        connection.lookupByName(name).undefine()

@@ -529,6 +529,10 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
         domain = working_area.domain
         if action == "delete":
             return VmState(config.name, None, _delete_vm(repo, config, domain))
+        if action == "start":
+            moved = working_area.free_forwarded_port()
+            if moved is not None:
+                config = repo.set_area_setting(config.name, "port", str(moved))
         if action == "stop":
             domain.stop(force=force)
         elif not (action == "start" and wait and domain.state() == "running"):  # --wait on a running one just waits

@@ -9,6 +9,7 @@ and saves and restores its memory together with its disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -69,6 +70,7 @@ _UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED
 _CONNECTIONS: dict[str, libvirt.virConnect] = {}
 _EVENT_LOOP: list[threading.Thread] = []
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+ElementTree.register_namespace("qemu", QEMU_NAMESPACE)  # definitions written back keep libvirt's prefix
 GUEST_SSH_PORT = 22
 # qemu:///embed runs QEMU as this process's user when its qemu.conf says so (as root, the
 # driver would otherwise switch to a libvirt-qemu user, who cannot read a repository's files).
@@ -387,7 +389,6 @@ def new_domain_xml(connection: libvirt.virConnect, name: str, disk: str, *, memo
     given a kernel, directly (the base image's kernel, initrd and command line). With
     `ssh_port` (QEMU only), the guest has a user-mode network whose port 22 is forwarded
     to 127.0.0.1:ssh_port: no bridge, no root network set-up, reachable from this host only."""
-    ElementTree.register_namespace("qemu", QEMU_NAMESPACE)
     domain = ElementTree.Element("domain", type=domain_type(connection))
     ElementTree.SubElement(domain, "name").text = name
     if uuid_text is not None:
@@ -445,6 +446,24 @@ def forwarded_port(xml: bytes) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+def with_forwarded_port(xml: bytes, port: int) -> bytes:
+    """`xml` forwarding `port` to the guest's sshd instead (see `new_domain_xml`)."""
+    definition = ElementTree.fromstring(xml)
+    for argument in definition.iter(f"{{{QEMU_NAMESPACE}}}arg"):
+        value = argument.get("value", "")
+        argument.set("value", re.sub(r"(hostfwd=tcp:127\.0\.0\.1:)\d+(-:)", rf"\g<1>{port}\g<2>", value))
+    return ElementTree.tostring(definition)
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +549,27 @@ class LibvirtArea:
                 self.wait_for_guest()
             self._reached = True
         return self.files
+
+    def free_forwarded_port(self) -> int | None:
+        """Before a start: if another program took the domain's forwarded SSH port since it
+        was chosen, forward a free one instead (QEMU would fail to start). Returns the new
+        port, None if it did not change. The guest's known host key moves with it."""
+        if not self.config.settings.get("knownhosts") or not self.domain.exists() or self.domain.state() != "shut off":
+            return None
+        definition = self.domain.definition()
+        port = forwarded_port(definition)
+        if port is None or not port_taken(port):
+            return None
+        new_port = free_port()
+        self.domain.define(with_forwarded_port(definition, new_port))
+        self.files.target = dataclasses.replace(self.files.target, port=new_port)
+        known_hosts = self.config.settings["knownhosts"]
+        if os.path.exists(known_hosts):
+            with open(known_hosts) as old:
+                lines = old.read().replace(f"[127.0.0.1]:{port} ", f"[127.0.0.1]:{new_port} ")
+            with open(known_hosts, "w") as new:
+                new.write(lines)
+        return new_port
 
     def _check_defined(self) -> None:
         if not self.domain.exists():
