@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 from unittest import mock
@@ -367,3 +370,25 @@ def test_a_kvm_domain_where_kvm_is_not_usable_is_one_clear_line(capsys, tmp_path
         assert code == 2 and "asks for KVM, which this host cannot give" in err and len(err.strip().splitlines()) == 1
     finally:
         connection.lookupByName(name).undefine()
+
+
+def test_one_process_at_a_time_on_an_embedded_driver(tmp_path: Path):
+    """qemu:///embed serves one process until it ends: a second vml waits for it, up to
+    VML_LIBVIRT_WAIT seconds, then says so in one line (QEMU's driver, no guest booted)."""
+    root = Path(tempfile.mkdtemp(prefix="vml-embed-", dir="/tmp"))
+    uri = f"qemu:///embed?root={root}"
+    hold = ("import sys, time; from vml.areas import libvirt as l; l.connect(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(float(sys.argv[2]))")
+    try:
+        subprocess.run([sys.executable, "-c", hold, uri, "0"], check=True, capture_output=True)  # makes the driver's files
+        holder = subprocess.Popen([sys.executable, "-c", hold, uri, "3"], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "open\n"
+        waited = subprocess.run([sys.executable, "-c", hold, uri, "0"], capture_output=True, text=True,
+                                env={**os.environ, "VML_LIBVIRT_WAIT": "0.5"})
+        assert waited.returncode != 0 and "serves one process at a time" in waited.stderr
+        started = time.monotonic()
+        patient = subprocess.run([sys.executable, "-c", hold, uri, "0"], capture_output=True, text=True)
+        assert patient.returncode == 0 and patient.stdout == "open\n", patient.stderr
+        assert holder.wait(timeout=30) == 0 and time.monotonic() - started > 0.5
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

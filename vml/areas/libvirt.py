@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ElementTree
@@ -69,6 +71,7 @@ MEMORY_FILE = b"memory.save"  # in an entry's memory tree, beside disk0-NAME, di
 _UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
 _CONNECTIONS: dict[str, libvirt.virConnect] = {}
 _EVENT_LOOP: list[threading.Thread] = []
+_EMBEDDED_ROOTS: set[str] = set()
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 ElementTree.register_namespace("qemu", QEMU_NAMESPACE)  # definitions written back keep libvirt's prefix
 GUEST_SSH_PORT = 22
@@ -110,12 +113,41 @@ def connect(uri: str) -> libvirt.virConnect:
     embed_root = embedded_root(uri)
     if embed_root is not None:
         _prepare_embedded(embed_root)
+        _wait_for_embedded_driver(uri, embed_root)
     try:
         connection = libvirt.open(uri)
     except libvirt.libvirtError as error:
         raise AreaError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}{_connect_hint(uri)}") from None
     _CONNECTIONS[uri] = connection
     return connection
+
+
+def _wait_for_embedded_driver(uri: str, root: str) -> None:
+    """The embedded driver serves one process at a time, from its first use to the end of
+    that process, and a process that once failed to get it cannot try again: so wait here,
+    up to VML_LIBVIRT_WAIT seconds (60), until the driver's pid file is free."""
+    if root in _EMBEDDED_ROOTS:
+        return  # this process has the driver already (and closing a descriptor of the pid file would drop its lock)
+    _EMBEDDED_ROOTS.add(root)
+    path = os.path.join(root, "run", "qemu", "driver.pid")
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    deadline = time.monotonic() + float(os.environ.get("VML_LIBVIRT_WAIT", "60"))
+    try:
+        while True:
+            try:
+                fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # the byte libvirt locks
+                fcntl.lockf(descriptor, fcntl.LOCK_UN, 1, 0)
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise AreaError(f"another process has used {uri} for longer than VML_LIBVIRT_WAIT seconds (libvirt's "
+                                    f"embedded driver serves one process at a time): wait for it, or use qemu:///system") from None
+                time.sleep(0.25)
+    finally:
+        os.close(descriptor)
 
 
 def embedded_root(uri: str) -> str | None:
