@@ -392,3 +392,13 @@ def test_one_process_at_a_time_on_an_embedded_driver(tmp_path: Path):
         assert holder.wait(timeout=30) == 0 and time.monotonic() - started > 0.5
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_vm_delete_leaves_a_domain_vml_did_not_make_unless_forced(area):
+    run, _guest, (name, disk) = area
+    code, _out, err = run("vm", "delete", check=False)
+    assert code == 2 and "was not made by vml" in err and "--force" in err
+    assert libvirt.open(TEST_URI).lookupByName(name).isActive()
+    deleted = run.json("vm", "delete", "--force")["deleted"]
+    assert deleted == [f"domain {name} at {TEST_URI}"] and disk.exists()  # its own disk stays
+    assert run.json("vm", "info")[0]["vm"]["state"] == "not defined"

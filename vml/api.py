@@ -166,6 +166,7 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
         return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
     if domain.exists():
         raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
+    settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
     if not options.ssh:
         settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=False))
     if options.base is not None:
@@ -528,6 +529,9 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
     with _opened(repo, config) as working_area:
         domain = working_area.domain
         if action == "delete":
+            if config.settings.get("owned") != "true" and not force:
+                raise UsageError(f"domain {domain.name} was not made by vml (area {config.name} took it with --domain); "
+                                 f"'vml vm delete --force' undefines it anyway (its disks stay)")
             return VmState(config.name, None, _delete_vm(repo, config, domain))
         if action == "start":
             moved = working_area.free_forwarded_port()
@@ -959,7 +963,7 @@ def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
         base = BaseName(info.base.name, info.base.version)
         settings = dict(config.settings)
         changed = _define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
-        for key, value in {**changed, "base": str(base)}.items():
+        for key, value in {**changed, "base": str(base), "owned": "true"}.items():
             config = repo.set_area_setting(config.name, key, value)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds

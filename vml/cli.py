@@ -130,9 +130,10 @@ click.option("--force", is_flag=True, help="Power off at once instead of asking 
     _vm_command("stop", "Shut the area's domain down (the guest is asked to; --force powers it off)."))
 _vm_command("suspend", "Pause the area's domain (it keeps its memory; resume continues it).")
 _vm_command("resume", "Continue a paused domain.")
-_vm_command("delete", "Power the area's domain off, undefine it and delete the disk overlay vml made for it. "
-                      "Whatever the guest holds that no entry saved is lost; entries stay, and "
-                      "'vml checkout ENTRY --new-vm' makes the VM again.")
+click.option("--force", is_flag=True, help="Also undefine a domain vml did not make (an area added with --domain); its disks stay.")(
+    _vm_command("delete", "Power the area's domain off, undefine it and delete the disk overlay vml made for it. "
+                          "Whatever the guest holds that no entry saved is lost; entries stay, and "
+                          "'vml checkout ENTRY --new-vm' makes the VM again."))
 
 
 @vm.command("info")

@@ -272,7 +272,8 @@ class Domain:
 
     def delete(self) -> list[str]:
         """Power the domain off and undefine it; returns the files of its disks (not deleted here)."""
-        disks = self.disk_files() if self.exists() else []
+        definition = ElementTree.fromstring(self.definition())
+        disks = [source.get("file") for source in definition.findall("./devices/disk[@type='file']/source") if source.get("file")]
         self._undefine()
         return disks
 
