@@ -577,8 +577,12 @@ class LibvirtArea:
         if not self._reached:
             self._check_defined()
             if self.config.settings.get("knownhosts"):
-                # The guest's sshd is behind the domain's own forwarded port: it answers only
-                # while the domain runs, and some time after it starts.
+                # The guest's sshd is behind the domain's own forwarded port (the definition
+                # says which, whatever a command cut short left in the settings): it answers
+                # only while the domain runs, and some time after it starts.
+                port = forwarded_port(self.domain.definition())
+                if port is not None and port != self.files.target.port:
+                    self.files.target = dataclasses.replace(self.files.target, port=port)
                 self.wait_for_guest()
             self._reached = True
         return self.files
@@ -613,8 +617,9 @@ class LibvirtArea:
         self._check_defined()
         state = self.domain.state()
         if state != "running":
+            action = "resume" if state == "paused" else "start"
             raise AreaError(f"area {self.config.name}: domain {self.domain.name} is {state}; vml reaches the guest's "
-                            f"files over SSH: start it with 'vml vm start -a {self.config.name}'")
+                            f"files over SSH: {action} it with 'vml vm {action} -a {self.config.name}'")
         if seconds is None:
             seconds = float(os.environ.get("VML_SSH_WAIT", "300"))
         self.files.wait_until_reachable(seconds, self._not_booting)
