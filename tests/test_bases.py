@@ -154,3 +154,29 @@ def test_a_full_bundle_of_an_entry_on_a_base_needs_nothing(vml: Vml, tmp_path: P
     assert (tmp_path / "rebuilt" / "home" / "results.txt").read_text() == "42\n"
     receiver.fsck_clean()
     vml.fsck_clean()
+
+
+def test_a_base_of_the_same_name_but_another_digest_is_never_taken_for_it(vml: Vml, tmp_path: Path):
+    """A colleague's os:1 and mine are different images: fetch keeps mine and says so,
+    import refuses, and a checkout of their entry names both digests."""
+    entry = _on_base(vml, tmp_path)
+    vml("export", "main", "-o", str(tmp_path / "full.vmlb"))
+    vml("init", "--bare", str(tmp_path / "shared.vml"))
+    vml("remote", "add", "origin", str(tmp_path / "shared.vml"))
+    vml("push")
+    mine = Vml(tmp_path / "mine")
+    (tmp_path / "mine").mkdir()
+    mine("init")
+    _tree(tmp_path / "other-base", 2)
+    mine("base", "add", "os", "1", "--dir", str(tmp_path / "other-base"))
+    line = one_line_error(mine("import", str(tmp_path / "full.vmlb"), check=False))
+    assert "another image than the base os:1 here" in line and "nothing was recorded" in line
+    mine("remote", "add", "origin", str(tmp_path / "shared.vml"))
+    fetched = mine("fetch", "--json").json()
+    assert any("os:1" in change["ref"] and change["status"] == "rejected" for change in fetched["refs"]), fetched
+    mine("area", "add", "wa", "--dir", str(tmp_path / "mine-area"))
+    line = one_line_error(mine("checkout", entry, check=False))
+    assert "base os:1 here has digest" in line and "not the same base" in line
+    assert not (tmp_path / "mine-area" / "home").exists()
+    mine.fsck_clean()
+    vml.fsck_clean()
