@@ -186,6 +186,8 @@ def test_libvirt_errors_are_one_line(capsys, tmp_path: Path):
     assert code == 2 and "works on libvirt areas" in err
     code, _out, err = run("commit", "-a", "plain", "-m", "x", "--memory", check=False)
     assert code == 2 and "not libvirt" in err
+    code, _out, err = run("area", "add", "later", "--libvirt", TEST_URI, check=False)
+    assert code == 2 and "--ssh" in err and "not QEMU" in err
     run("area", "add", "nofiles", "--libvirt", TEST_URI, "--domain", "test")
     code, _out, err = run("commit", "-a", "nofiles", "-m", "x", check=False)
     assert code == 2 and "--ssh" in err
@@ -276,9 +278,13 @@ def test_checkout_new_vm_makes_the_domain_again_from_the_entry(capsys, tmp_path:
         code, _out, err = run("status", check=False)
         assert code == 2 and "does not exist" in err and "--new-vm" in err
 
+        # This guest is reached with --ssh: whatever answers there may hold unsaved work,
+        # so --new-vm checks it as any checkout does (a forwarded VM's is new and empty).
         (guest / "home" / "user" / "notes").write_text("changed while the VM was gone\n")
-        _code, _out, err = run("checkout", entry, "--new-vm")
-        assert "was made from base guest:1" in err
+        code, _out, err = run("checkout", entry, "--new-vm", check=False)
+        assert code == 2 and "home/user/notes" in err and f"'vml checkout {entry} -a lab --force'" in err
+        assert (guest / "home" / "user" / "notes").read_text() == "changed while the VM was gone\n"
+        run("checkout", entry, "--force")
         made = connection.lookupByName(name)
         assert made.isActive() and made.UUIDString() == saved_uuid and made.info()[1] == 524288
         assert overlay.exists() and str(overlay) in made.XMLDesc(0)
@@ -402,3 +408,97 @@ def test_vm_delete_leaves_a_domain_vml_did_not_make_unless_forced(area):
     deleted = run.json("vm", "delete", "--force")["deleted"]
     assert deleted == [f"domain {name} at {TEST_URI}"] and disk.exists()  # its own disk stays
     assert run.json("vm", "info")[0]["vm"]["state"] == "not defined"
+
+
+def test_a_memory_image_never_brings_its_own_host_set_up(tmp_path: Path):
+    """Resuming runs the domain with its current definition; where the driver cannot take
+    one (the test driver), an image whose definition reaches other host files is refused."""
+    from vml.areas import libvirt as area_libvirt
+    from vml.errors import AreaError
+
+    connection = libvirt.open(TEST_URI)
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    first, second = tmp_path / "first.img", tmp_path / "second.img"
+    first.write_bytes(b"1")
+    second.write_bytes(b"2")
+
+    def define(disk: Path) -> None:
+        connection.defineXML(
+            f"<domain type='test'><name>{name}</name><uuid>{uuid_text}</uuid><memory unit='MiB'>64</memory><os><type>hvm</type></os>"
+            f"<devices><disk type='file' device='disk'><source file='{disk}'/><target dev='vda'/></disk></devices></domain>")
+
+    uuid_text = str(uuid.uuid4())
+    define(first)
+    domain = area_libvirt.Domain(TEST_URI, name)
+    try:
+        domain.start()
+        image = str(tmp_path / "memory.save")
+        domain.save_memory(image)
+        define(second)  # the domain now uses another disk than the one inside the image
+        with pytest.raises(AreaError, match="reaches other host files"):
+            domain.restore_memory(image)
+        define(first)
+        domain.restore_memory(image)
+        assert domain.state() == "running"
+        assert domain.foreign(domain.definition()) is None
+        assert "no uuid" in domain.foreign(f"<domain><name>{name}</name><emulator>/tmp/x</emulator></domain>".encode())
+        assert "another uuid" in domain.foreign(f"<domain><name>{name}</name><uuid>{uuid.uuid4()}</uuid></domain>".encode())
+    finally:
+        found = connection.lookupByName(name)
+        if found.isActive():
+            found.destroy()
+        found.undefine()
+
+
+def test_vm_delete_finishes_a_cut_short_delete_and_an_old_overlay_is_never_lost(capsys, tmp_path: Path):
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    (tmp_path / "disk.raw").write_bytes(os.urandom(1 << 20))
+    run("base", "add", "guest", "1", "--image", str(tmp_path / "disk.raw"))
+    name, other = (f"vml-test-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    run("area", "add", "lab", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name)
+    connection = libvirt.open(TEST_URI)
+    state = tmp_path / "repo" / "vml" / "areas" / "lab"
+    try:
+        connection.lookupByName(name).undefine()  # a delete cut short after the undefine
+        assert run.json("vm", "delete")["deleted"] == [str(state / "disk.qcow2")]
+        code, _out, err = run("vm", "delete", check=False)
+        assert code == 2 and "nothing to delete" in err and len(err.strip().splitlines()) == 1
+
+        run("area", "remove", "lab")  # no domain: an area of that name can come back
+        run("area", "add", "lab", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name)
+        (state / "disk.qcow2").write_bytes(b"the old guest's disk\n")  # as if the user had kept it
+        run("area", "remove", "lab", "--force")  # the domain and its overlay stay
+        code, _out, err = run("area", "add", "lab", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", other, check=False)
+        assert code == 2 and f"is the disk of domain {name}" in err
+        assert (state / "disk.qcow2").read_bytes() == b"the old guest's disk\n"
+        assert [a["name"] for a in run.json("area", "list")] == []  # nothing half-added
+        connection.lookupByName(name).undefine()
+        run("area", "add", "lab", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", other)
+        kept = [p for p in state.iterdir() if p.name.startswith("disk-before-")]
+        assert len(kept) == 1 and kept[0].read_bytes() == b"the old guest's disk\n"
+        connection.lookupByName(other).undefine()
+        _assert_fsck_clean(run)
+    finally:
+        for leftover in (name, other):
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.lookupByName(leftover).undefine()
+
+
+def test_waiting_for_a_guest_ends_in_one_line(tmp_path: Path):
+    from vml.areas.base import AreaConfig
+    from vml.areas.libvirt import Sizing, free_port
+    from vml.areas.rules import Rules
+    from vml.areas.ssh import SshArea, SshTarget
+    from vml.errors import AreaError, CorruptObject
+
+    target = SshTarget("127.0.0.1", free_port(), "root", None, "/", str(tmp_path / "known_hosts"))
+    guest = SshArea(AreaConfig("lab", "libvirt", "x"), target, Rules(("/",)))
+    started = time.monotonic()
+    with pytest.raises(AreaError, match="never answered on SSH within 1 s"):
+        guest.wait_until_reachable(1.0, lambda: None)
+    assert time.monotonic() - started < 10
+    with pytest.raises(AreaError, match="domain vml-lab is shut off"):
+        guest.wait_until_reachable(60.0, lambda: "domain vml-lab is shut off")
+    with pytest.raises(CorruptObject, match="not XML"):
+        Sizing.of(b"<domain")

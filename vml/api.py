@@ -111,6 +111,8 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     try:
         return _add_area(repo, config, options, branch)
     except BaseException:
+        if any(existing.name == config.name for existing in repo.areas()):
+            repo.remove_area(config.name)
         if config.kind == "libvirt" and options.base is not None:  # the domain defined for it goes too
             with contextlib.suppress(VmlError):
                 _delete_vm(repo, config, libvirt_module().Domain(config.settings["uri"], config.settings["domain"]))
@@ -169,6 +171,9 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
     settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
     if not options.ssh:
         settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=False))
+        if options.base is None and "host" not in settings:
+            raise UsageError(f"an area whose domain 'checkout --new-vm' makes later needs a way to its guest: --ssh, "
+                             f"or a QEMU driver, whose domains vml reaches through a forwarded port ({options.libvirt} is not QEMU)")
     if options.base is not None:
         _define_vm(repo, name, domain, parse_base(repo.git, options.base), settings)
     return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
@@ -202,12 +207,17 @@ def _define_vm(repo: Repository, name: str, domain, base: BaseName, settings: di
     `saved_definition` (an entry's) if given, with a newly forwarded SSH port when vml
     reaches the guest that way. Returns the settings that changed (the port)."""
     libvirt = libvirt_module()
+    sizing = libvirt.Sizing.of(saved_definition) if saved_definition else libvirt.Sizing(None, None)
     image, boot = _base_image(repo, base)
     state_dir = repo.area_state_dir(name)
     os.makedirs(state_dir, exist_ok=True)
     overlay = os.path.join(state_dir, "disk.qcow2")
-    if os.path.exists(overlay):
-        os.unlink(overlay)  # no domain uses it: vml vm delete, or an area of that name that was removed
+    if os.path.exists(overlay):  # left by an area of this name that was removed: never lost
+        using = libvirt.domains_using(domain.connection, overlay)
+        if using:
+            raise AreaError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
+                            f"delete that domain, or use another area name")
+        os.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
     libvirt.make_overlay(image, overlay)
     changed = {}
     port = None
@@ -216,7 +226,6 @@ def _define_vm(repo: Repository, name: str, domain, base: BaseName, settings: di
         changed["port"] = str(port)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(settings["knownhosts"])  # a new guest: its key is learnt at the first login
-    sizing = libvirt.Sizing.of(saved_definition) if saved_definition else libvirt.Sizing(None, None)
     xml = libvirt.new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"),
                                  ssh_port=port, uuid_text=libvirt.unused_uuid(domain.connection, saved_definition), **boot)
     domain.define(sizing.apply(xml))
@@ -533,38 +542,48 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
                 raise UsageError(f"domain {domain.name} was not made by vml (area {config.name} took it with --domain); "
                                  f"'vml vm delete --force' undefines it anyway (its disks stay)")
             return VmState(config.name, None, _delete_vm(repo, config, domain))
+        if wait and working_area.files is None:
+            raise UsageError(f"area {config.name} has no SSH settings: there is no sshd to wait for")
         if action == "start":
-            moved = working_area.free_forwarded_port()
-            if moved is not None:
-                config = repo.set_area_setting(config.name, "port", str(moved))
+            with repo.area_lock(config.name):
+                moved = working_area.free_forwarded_port()
+                if moved is not None:
+                    config = repo.set_area_setting(config.name, "port", str(moved))
         if action == "stop":
             domain.stop(force=force)
         elif not (action == "start" and wait and domain.state() == "running"):  # --wait on a running one just waits
             getattr(domain, action)()
         if wait:
-            if working_area.files is None:
-                raise UsageError(f"area {config.name} has no SSH settings: there is no sshd to wait for")
             working_area.wait_for_guest()
         return _vm_state(config, domain)
 
 
 def _vm_state(config: AreaConfig, domain) -> VmState:
     settings = config.settings
+    exists = domain.exists()
     ssh = None
     if settings.get("host"):
-        ssh = f"{settings.get('user', '')}@{settings['host']}" + (f":{settings['port']}" if settings.get("port") else "")
-    return VmState(config.name, domain.info() if domain.exists() else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
+        port = settings.get("port")
+        if settings.get("knownhosts") and exists:  # the definition says which port, whatever the settings say
+            port = libvirt_module().forwarded_port(domain.definition()) or port
+        ssh = f"{settings.get('user', '')}@{settings['host']}" + (f":{port}" if port else "")
+    return VmState(config.name, domain.info() if exists else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
 
 
 def _delete_vm(repo: Repository, config: AreaConfig, domain) -> list[str]:
     with repo.area_lock(config.name):
-        disks = domain.delete()
         state_dir = os.path.realpath(repo.area_state_dir(config.name))
-        deleted = [f"domain {domain.name} at {domain.uri}"]
+        if domain.exists():
+            disks = domain.delete()
+            deleted = [f"domain {domain.name} at {domain.uri}"]
+        else:  # a delete cut short after the undefine: finish it
+            disks, deleted = [os.path.join(state_dir, "disk.qcow2")], []
         for disk in disks:  # only the overlays vml made; a domain's own disks elsewhere stay
             if os.path.dirname(os.path.realpath(disk)) == state_dir and os.path.exists(disk):
                 os.unlink(disk)
                 deleted.append(disk)
+        if not deleted:
+            raise AreaError(f"domain {domain.name} does not exist at {domain.uri}: there is nothing to delete")
         for file_name in ("statcache", "known_hosts"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(state_dir, file_name))
@@ -956,6 +975,11 @@ def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
             raise UsageError(f"entry {entry_id[:12]} sits on no base image: --new-vm builds a VM from the entry's base "
                              f"(an area made with --base records it)")
         _check_base(repo, info, None)
+        if "host" not in config.settings:
+            raise UsageError(f"area {config.name} has no way to reach its guest's files (a QEMU domain vml makes is reached "
+                             f"through a forwarded port; others need --ssh): 'vml area remove {config.name}' and add it again")
+        if branch is not None:
+            check_branch_free(repo.git, config.name, branch)
         domain = libvirt_module().Domain(config.settings["uri"], config.settings["domain"])
         if domain.exists():
             raise UsageError(f"domain {domain.name} exists at {domain.uri}: --new-vm makes a new one; delete the old one and its "
@@ -968,7 +992,14 @@ def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds
         domain.start()
-    result = _checkout_area(repo, config, spec, branch, force=True, progress=progress)
+    # Through its own forwarded port vml reaches the new guest and nothing else: it holds
+    # nothing unsaved. A guest reached with --ssh is whatever answers there: the usual check.
+    fresh = bool(config.settings.get("knownhosts"))
+    try:
+        result = _checkout_area(repo, config, spec, branch, force=fresh, progress=progress)
+    except VmlError as error:
+        raise AreaError(f"{error} (domain {domain.name} was made and started; once that is mended, put the entry's "
+                        f"files in with 'vml checkout {spec} -a {config.name}{'' if fresh else ' --force'}')") from None
     made = f"domain {domain.name} was made from base {base} and the entry, and started"
     return dataclasses.replace(result, warnings=[made] + result.warnings)
 

@@ -48,7 +48,7 @@ from vml.areas.capture import CaptureProgress, CaptureResult, capture_files
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import DOMAIN_FILE
-from vml.errors import AreaError, CorruptObject
+from vml.errors import AreaError, CorruptObject, UsageError
 from vml.objects.ids import ObjectId
 from vml.objects.walk import listing_loader
 from vml.objects.manifest import Listing
@@ -71,7 +71,7 @@ MEMORY_FILE = b"memory.save"  # in an entry's memory tree, beside disk0-NAME, di
 _UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
 _CONNECTIONS: dict[str, libvirt.virConnect] = {}
 _EVENT_LOOP: list[threading.Thread] = []
-_EMBEDDED_ROOTS: set[str] = set()
+_EMBEDDED_LOCKS: dict[str, int] = {}  # root -> descriptor of its vml.lock, held for the process's life
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 ElementTree.register_namespace("qemu", QEMU_NAMESPACE)  # definitions written back keep libvirt's prefix
 GUEST_SSH_PORT = 22
@@ -117,37 +117,44 @@ def connect(uri: str) -> libvirt.virConnect:
     try:
         connection = libvirt.open(uri)
     except libvirt.libvirtError as error:
-        raise AreaError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}{_connect_hint(uri)}") from None
+        message = error.get_error_message() or str(error)
+        if embed_root is not None and "pid file" in message:
+            raise AreaError(f"cannot connect to libvirt at {uri}: another program (not vml) uses its embedded driver ({message})") from None
+        raise AreaError(f"cannot connect to libvirt at {uri}: {message}{_connect_hint(uri)}") from None
     _CONNECTIONS[uri] = connection
     return connection
 
 
 def _wait_for_embedded_driver(uri: str, root: str) -> None:
     """The embedded driver serves one process at a time, from its first use to the end of
-    that process, and a process that once failed to get it cannot try again: so wait here,
-    up to VML_LIBVIRT_WAIT seconds (60), until the driver's pid file is free."""
-    if root in _EMBEDDED_ROOTS:
-        return  # this process has the driver already (and closing a descriptor of the pid file would drop its lock)
-    _EMBEDDED_ROOTS.add(root)
-    path = os.path.join(root, "run", "qemu", "driver.pid")
-    try:
-        descriptor = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    that process, and a process that once failed to get it cannot try again. So vml
+    processes queue on a lock of their own in DIR, held until they end, for up to
+    VML_LIBVIRT_WAIT seconds (60)."""
+    if root in _EMBEDDED_LOCKS:
         return
-    deadline = time.monotonic() + float(os.environ.get("VML_LIBVIRT_WAIT", "60"))
+    descriptor = os.open(os.path.join(root, "vml.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + seconds_from_environment("VML_LIBVIRT_WAIT", 60)
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(descriptor)
+                raise AreaError(f"another vml process has used {uri} for longer than VML_LIBVIRT_WAIT seconds (libvirt's "
+                                f"embedded driver serves one process at a time): wait for it, or use qemu:///system") from None
+            time.sleep(0.25)
+    _EMBEDDED_LOCKS[root] = descriptor  # never closed: the lock goes with the process, as the driver does
+
+
+def seconds_from_environment(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
     try:
-        while True:
-            try:
-                fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # the byte libvirt locks
-                fcntl.lockf(descriptor, fcntl.LOCK_UN, 1, 0)
-                return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise AreaError(f"another process has used {uri} for longer than VML_LIBVIRT_WAIT seconds (libvirt's "
-                                    f"embedded driver serves one process at a time): wait for it, or use qemu:///system") from None
-                time.sleep(0.25)
-    finally:
-        os.close(descriptor)
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a number of seconds, not {text!r}") from None
 
 
 def embedded_root(uri: str) -> str | None:
@@ -317,9 +324,11 @@ class Domain:
             return f"the saved definition is not XML ({error})"
         if (wanted.findtext("name") or "").strip() != self.name:
             return f"the saved definition is of domain {wanted.findtext('name')!r}, not {self.name!r}"
+        if not (wanted.findtext("uuid") or "").strip():
+            return "the saved definition names no uuid (libvirt always writes one)"
         if self.exists():
             current = ElementTree.fromstring(self.definition()).findtext("uuid")
-            if wanted.findtext("uuid") not in (None, current):
+            if wanted.findtext("uuid").strip() != (current or "").strip():
                 return f"the saved definition is of another domain named {self.name} (another uuid)"
         return None
 
@@ -336,13 +345,28 @@ class Domain:
         domain.save(path)
 
     def restore_memory(self, path: str) -> None:
-        if self.exists() and self._lookup().isActive():
+        """Run the domain again from a memory image, with its current definition, never the
+        one inside the image: an image from an entry may come from anyone, and its
+        definition could name any emulator, QEMU argument or host file."""
+        definition = self.definition()
+        if self._lookup().isActive():
             self.stop(force=True)
-        self._restore(path)
+        self._restore(path, definition)
 
     @_one_line("restore the memory of")
-    def _restore(self, path: str) -> None:
-        self.connection.restore(path)
+    def _restore(self, path: str, definition: bytes) -> None:
+        try:
+            self.connection.restoreFlags(path, definition.decode(), 0)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() not in _UNSUPPORTED:
+                raise
+            # A driver that cannot take another definition (the test driver) restores the
+            # image's own, but only if it reaches nothing on the host the current one does not.
+            image = self.connection.saveImageGetXMLDesc(path, 0).encode()
+            if host_facing(image) != host_facing(definition):
+                raise AreaError(f"cannot restore the memory of domain {self.name}: its image's definition reaches other "
+                                f"host files or programs than the domain's ({self.uri} cannot restore with the domain's own)") from None
+            self.connection.restore(path)
 
     @_one_line()
     def disk_files(self) -> list[str]:
@@ -456,6 +480,17 @@ def new_domain_xml(connection: libvirt.virConnect, name: str, disk: str, *, memo
     return ElementTree.tostring(domain)
 
 
+def domains_using(connection: libvirt.virConnect, path: str) -> list[str]:
+    """The domains at `connection` with `path` among their disks."""
+    real = os.path.realpath(path)
+    using = []
+    for domain in connection.listAllDomains():
+        definition = ElementTree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if any(os.path.realpath(source.get("file")) == real for source in definition.findall("./devices/disk/source") if source.get("file")):
+            using.append(domain.name())
+    return using
+
+
 def unused_uuid(connection: libvirt.virConnect, saved: bytes | None) -> str | None:
     """The uuid of a saved definition, for a domain recreated from it (so that entries of
     that domain still apply to it), unless it is no uuid or a domain at `connection` has it."""
@@ -509,7 +544,10 @@ class Sizing:
 
     @classmethod
     def of(cls, xml: bytes) -> "Sizing":
-        definition = ElementTree.fromstring(xml)
+        try:
+            definition = ElementTree.fromstring(xml)
+        except ElementTree.ParseError as error:
+            raise CorruptObject(f"a saved domain definition ({DOMAIN_FILE}) is not XML: {error}") from None
         return cls(_kib(definition.find("memory")), _int(definition.findtext("vcpu")))
 
     def apply(self, xml: bytes) -> bytes:
@@ -523,14 +561,27 @@ class Sizing:
         vcpu = definition.find("vcpu")
         if self.vcpus is not None and vcpu is not None:
             vcpu.text = str(self.vcpus)
+            vcpu.attrib.pop("current", None)  # how many of them run at boot: all of the new count
         return ElementTree.tostring(definition)
+
+
+def host_facing(xml: bytes) -> tuple:
+    """What of a definition reaches the host: emulator, boot files, QEMU arguments, and the
+    files, devices and sockets its devices use."""
+    definition = ElementTree.fromstring(xml)
+    reached = [(element.tag, tuple(sorted((k, v) for k, v in element.attrib.items() if k in ("file", "dev", "dir", "path", "socket"))))
+               for element in definition.iter() if element.tag in ("source", "emulator", "kernel", "initrd", "loader", "nvram")]
+    reached += [(element.tag, (element.text or "").strip()) for element in definition.iter()
+                if element.tag in ("emulator", "kernel", "initrd", "loader", "nvram")]
+    arguments = [argument.get("value") for argument in definition.iter(f"{{{QEMU_NAMESPACE}}}arg")]
+    return sorted(reached), arguments, definition.find("./devices/hostdev") is not None
 
 
 def definitions_differ(saved: bytes, current: bytes) -> bool:
     """Whether a saved definition asks for another memory size or vCPU count than `current`."""
     try:
         return Sizing.of(saved) != Sizing.of(current)
-    except ElementTree.ParseError:
+    except CorruptObject:
         return True
 
 
@@ -604,8 +655,9 @@ class LibvirtArea:
         if os.path.exists(known_hosts):
             with open(known_hosts) as old:
                 lines = old.read().replace(f"[127.0.0.1]:{port} ", f"[127.0.0.1]:{new_port} ")
-            with open(known_hosts, "w") as new:
+            with open(known_hosts + ".tmp", "w") as new:
                 new.write(lines)
+            os.replace(known_hosts + ".tmp", known_hosts)
         return new_port
 
     def _check_defined(self) -> None:
@@ -621,7 +673,7 @@ class LibvirtArea:
             raise AreaError(f"area {self.config.name}: domain {self.domain.name} is {state}; vml reaches the guest's "
                             f"files over SSH: {action} it with 'vml vm {action} -a {self.config.name}'")
         if seconds is None:
-            seconds = float(os.environ.get("VML_SSH_WAIT", "300"))
+            seconds = seconds_from_environment("VML_SSH_WAIT", 300)
         self.files.wait_until_reachable(seconds, self._not_booting)
         self._reached = True
 
@@ -631,7 +683,7 @@ class LibvirtArea:
             return None
         console = self.config.settings.get("console")
         tail = ""
-        if console and os.path.exists(console):
+        with contextlib.suppress(OSError, TypeError):
             with open(console, "rb") as log:
                 log.seek(max(0, os.path.getsize(console) - 400))
                 lines = log.read().decode(errors="replace").strip().splitlines()
@@ -671,7 +723,10 @@ class LibvirtArea:
         refused = self.domain.foreign(wanted)
         if refused is not None:
             return notes + [f"domain {self.domain.name} was not redefined: {refused}"]
-        self.domain.define(Sizing.of(wanted).apply(current))
+        try:
+            self.domain.define(Sizing.of(wanted).apply(current))
+        except AreaError as error:  # the files are back already: say so, leave the domain as it is
+            return notes + [f"domain {self.domain.name} keeps its memory size and vCPUs: {error}"]
         if self.domain.state() != "shut off":
             notes.append(f"domain {self.domain.name} was redefined as the entry had it; the change applies at its next start")
         return notes
@@ -739,7 +794,10 @@ class LibvirtArea:
                 for staging, _path in staged:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(staging)
-            if definition is not None:
-                self.domain.define(definition)
+            if definition is not None:  # the entry's memory size and vCPUs, which the image needs
+                current = self.domain.definition()
+                sized = Sizing.of(definition).apply(current)
+                if sized != current:
+                    self.domain.define(sized)
             self.domain.restore_memory(os.path.join(saved, os.fsdecode(MEMORY_FILE)))
         return counts
