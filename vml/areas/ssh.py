@@ -172,6 +172,9 @@ class SshArea:
             except Unreachable as error:
                 raise GuestUnreachable(f"area {self.config.name}: {error}", str(error)) from None
             except UnknownHostKey as error:
+                if self.target.known_hosts is not None:  # the area's own file, for a VM vml made
+                    raise AreaError(f"area {self.config.name}: the host key of {error.where} is not in {error.known_hosts}; "
+                                    f"if this is the area's VM, delete that file and vml learns the key at the next login") from None
                 raise AreaError(
                     f"area {self.config.name}: the host key of {error.where} is unknown (not in {error.known_hosts}); if you "
                     f"trust it, add it with ssh-keyscan, or 'vml area remove {self.config.name}' and add it again with --accept-new-host-key"
