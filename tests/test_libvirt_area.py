@@ -26,6 +26,15 @@ from vml import cli  # noqa: E402
 TEST_URI = "test:///default"
 
 
+def _remove_domain(connection, name: str) -> None:
+    """Power off and undefine a test domain, if it is still there."""
+    with contextlib.suppress(libvirt.libvirtError):
+        found = connection.lookupByName(name)
+        if found.isActive():
+            found.destroy()
+        found.undefine()
+
+
 class InProcess:
     """The vml command line, run in this process (the test driver's domains live here)."""
 
@@ -64,13 +73,7 @@ def domain(tmp_path: Path):
     )
     connection.lookupByName(name).create()
     yield name, disk
-    try:
-        found = connection.lookupByName(name)
-        if found.isActive():
-            found.destroy()
-        found.undefine()
-    except libvirt.libvirtError:
-        pass
+    _remove_domain(connection, name)
 
 
 @pytest.fixture
@@ -168,10 +171,7 @@ def test_domain_defined_from_a_base_image(capsys, tmp_path: Path):
         assert again[0] == 2 and "exists already" in again[2]
         _assert_fsck_clean(run)
     finally:
-        found = connection.lookupByName(name)
-        if found.isActive():
-            found.destroy()
-        found.undefine()
+        _remove_domain(connection, name)
 
 
 def test_libvirt_errors_are_one_line(capsys, tmp_path: Path):
@@ -298,11 +298,7 @@ def test_checkout_new_vm_makes_the_domain_again_from_the_entry(capsys, tmp_path:
         assert code == 2 and "libvirt" in err
         _assert_fsck_clean(run)
     finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            found = connection.lookupByName(name)
-            if found.isActive():
-                found.destroy()
-            found.undefine()
+        _remove_domain(connection, name)
 
 
 def test_definitions_travel_by_size_not_by_host_paths():
@@ -444,10 +440,7 @@ def test_a_memory_image_never_brings_its_own_host_set_up(tmp_path: Path):
         assert "no uuid" in domain.foreign(f"<domain><name>{name}</name><emulator>/tmp/x</emulator></domain>".encode())
         assert "another uuid" in domain.foreign(f"<domain><name>{name}</name><uuid>{uuid.uuid4()}</uuid></domain>".encode())
     finally:
-        found = connection.lookupByName(name)
-        if found.isActive():
-            found.destroy()
-        found.undefine()
+        _remove_domain(connection, name)
 
 
 def test_vm_delete_finishes_a_cut_short_delete_and_an_old_overlay_is_never_lost(capsys, tmp_path: Path):
