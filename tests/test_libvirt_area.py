@@ -488,9 +488,11 @@ def test_waiting_for_a_guest_ends_in_one_line(tmp_path: Path):
     target = SshTarget("127.0.0.1", free_port(), "root", None, "/", str(tmp_path / "known_hosts"))
     guest = SshArea(AreaConfig("lab", "libvirt", "x"), target, Rules(("/",)))
     started = time.monotonic()
-    with pytest.raises(AreaError, match="never answered on SSH within 1 s"):
-        guest.wait_until_reachable(1.0, lambda: None)
+    heard: list[str] = []
+    with pytest.raises(AreaError, match="never answered on SSH within 2 s"):
+        guest.wait_until_reachable(2.0, lambda: None, heard.append)
     assert time.monotonic() - started < 10
+    assert heard == [f"waiting for the guest's sshd at 127.0.0.1:{target.port} (up to 2 s)"]
     with pytest.raises(AreaError, match="domain vml-lab is shut off"):
         guest.wait_until_reachable(60.0, lambda: "domain vml-lab is shut off")
     with pytest.raises(CorruptObject, match="not XML"):

@@ -298,9 +298,14 @@ def area_rules(repo: Repository, config: AreaConfig) -> Rules:
     return load_rules(repo.rules_path(config.name), config.kind)
 
 
+Notice = Callable[[str], None] | None  # hears what a long wait (a guest booting) waits for
+
+
 @contextlib.contextmanager
-def _opened(repo: Repository, config: AreaConfig):
+def _opened(repo: Repository, config: AreaConfig, notice: Notice = None):
     working_area = open_area(config, area_rules(repo, config))
+    if hasattr(working_area, "notice"):
+        working_area.notice = notice
     try:
         yield working_area
     finally:
@@ -392,7 +397,7 @@ class CommitResult:
 
 
 def commit(repo: Repository, message: str, *, area: str | None = None, allow_empty: bool = False, memory: bool = False,
-           progress: Progress = None) -> CommitResult:
+           progress: Progress = None, notice: Notice = None) -> CommitResult:
     """Save the area as a new entry. With `memory`, a running libvirt domain's memory and
     disks are saved too (the domain is paused for the save and resumed)."""
     if not message.strip():
@@ -400,7 +405,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
     config = repo.choose_area(area)
     if memory and config.kind != "libvirt":
         raise UsageError(f"--memory saves a running domain's memory: area {config.name} is a {config.kind} area, not libvirt")
-    with _opened(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
+    with _opened(repo, config, notice) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)
         store = repo.store
         cache = StatCache.load(repo.stat_cache_path(config.name))
@@ -528,14 +533,15 @@ def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
     return config
 
 
-def vm_action(repo: Repository, action: str, *, area: str | None = None, force: bool = False, wait: bool = False) -> VmState:
+def vm_action(repo: Repository, action: str, *, area: str | None = None, force: bool = False, wait: bool = False,
+              notice: Notice = None) -> VmState:
     """Start (with `wait`: until the guest answers on SSH), stop (shut down; with force:
     power off), suspend, resume or delete (power off, undefine, and remove the disk overlay
     vml made for it) an area's domain."""
     if action not in VM_ACTIONS:
         raise UsageError(f"unknown vm action {action!r}: one of {', '.join(VM_ACTIONS)}")
     config = _libvirt_config(repo, area)
-    with _opened(repo, config) as working_area:
+    with _opened(repo, config, notice) as working_area:
         domain = working_area.domain
         if action == "delete":
             if config.settings.get("owned") != "true" and not force:
@@ -946,7 +952,7 @@ def _scan_area(repo: Repository, working_area, cache: StatCache | None = None, e
 
 
 def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False,
-             resume: bool = False, new_vm: bool = False, progress: Progress = None) -> CheckoutResult:
+             resume: bool = False, new_vm: bool = False, progress: Progress = None, notice: Notice = None) -> CheckoutResult:
     if to is not None:
         if area is not None or resume or new_vm:
             raise UsageError("--to DIR restores files into a directory: it goes with none of -a AREA, --resume and --new-vm")
@@ -957,11 +963,12 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
     if resume:
         return _resume(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
     if new_vm:
-        return _new_vm(repo, repo.choose_area(area), spec, branch, progress=progress)
-    return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
+        return _new_vm(repo, repo.choose_area(area), spec, branch, progress=progress, notice=notice)
+    return _checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress, notice=notice)
 
 
-def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress) -> CheckoutResult:
+def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress,
+            notice: Notice = None) -> CheckoutResult:
     """Make the area's domain anew from an entry: a fresh overlay of the entry's base image,
     the entry's memory size and vCPU count, started; then the entry's files and
     environment put into the guest as any checkout does."""
@@ -996,7 +1003,7 @@ def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
     # nothing unsaved. A guest reached with --ssh is whatever answers there: the usual check.
     fresh = bool(config.settings.get("knownhosts"))
     try:
-        result = _checkout_area(repo, config, spec, branch, force=fresh, progress=progress)
+        result = _checkout_area(repo, config, spec, branch, force=fresh, progress=progress, notice=notice)
     except VmlError as error:
         raise AreaError(f"{error} (domain {domain.name} was made and started; once that is mended, put the entry's "
                         f"files in with 'vml checkout {spec} -a {config.name}{'' if fresh else ' --force'}')") from None
@@ -1054,11 +1061,11 @@ def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
 
 
 def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress,
-                   fast_forward: str | None = None) -> CheckoutResult:
+                   fast_forward: str | None = None, notice: Notice = None) -> CheckoutResult:
     """Make the area's files those of entry `spec` and move its HEAD: onto `branch` if given
     (spec then names that branch), else detached at the entry. With `fast_forward` (an
     entry id), the area's own branch moves to that entry once its files are there."""
-    with _opened(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
+    with _opened(repo, config, notice) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)
         if fast_forward is not None:
             entry_id = fast_forward
@@ -1273,10 +1280,10 @@ class StatusResult:
     vm: str | None = None  # a libvirt area's domain state: running, paused, shut off...
 
 
-def status(repo: Repository, *, area: str | None = None) -> StatusResult:
+def status(repo: Repository, *, area: str | None = None, notice: Notice = None) -> StatusResult:
     """The area's HEAD and what changed since its entry (files are read only where the stat cache can't vouch)."""
     config = repo.choose_area(area)
-    with _opened(repo, config) as working_area, repo.shared_lock():
+    with _opened(repo, config, notice) as working_area, repo.shared_lock():
         head = read_head(repo.git, config.name)
         current, load = _scan_area(repo, working_area)
         base_root = _root_of(repo, head.entry) if head.entry else None

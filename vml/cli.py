@@ -118,7 +118,8 @@ def _vm_command(action: str, help_text: str):
     @json_option
     @click.pass_context
     def command(ctx: click.Context, area: str | None, as_json: bool, **options) -> None:
-        state = api.vm_action(_repo(ctx), action, area=area, force=options.get("force", False), wait=options.get("wait", False))
+        state = api.vm_action(_repo(ctx), action, area=area, force=options.get("force", False), wait=options.get("wait", False),
+                              notice=render.notice)
         render.print_json(state) if as_json else render.vm_state(state)
 
     return command
@@ -241,7 +242,8 @@ def area_list(ctx: click.Context, as_json: bool) -> None:
 def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool, memory: bool, as_json: bool) -> None:
     """Save the area's files as a new entry (alias: save). Prints the entry id."""
     with render.progress("saving", enabled=not as_json) as progress:
-        result = api.commit(_repo(ctx), message, area=area, allow_empty=allow_empty, memory=memory, progress=progress)
+        result = api.commit(_repo(ctx), message, area=area, allow_empty=allow_empty, memory=memory, progress=progress,
+                            notice=render.notice)
     render.print_json(result) if as_json else render.commit_result(result)
 
 
@@ -301,7 +303,8 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, res
     Checking out a branch name puts the area on that branch; anything else detaches it.
     """
     with render.progress("restoring", enabled=not as_json) as progress:
-        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress)
+        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress,
+                              notice=render.notice)
     render.print_json(result) if as_json else render.checkout_result(result)
 
 
@@ -345,7 +348,7 @@ def status(ctx, area: str | None, short: bool, as_json: bool) -> None:
 
     Only files whose size, times, inode or mode changed since the last commit or checkout are read.
     """
-    result = api.status(_repo(ctx), area=area)
+    result = api.status(_repo(ctx), area=area, notice=render.notice)
     render.print_json(result) if as_json else render.status_result(result, short=short)
 
 

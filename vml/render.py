@@ -53,6 +53,12 @@ def warning(message: str) -> None:
     err.print(f"[yellow]vml: warning:[/] {escape(message)}")
 
 
+def notice(message: str) -> None:
+    """What a long wait is waiting for, on a terminal only (like the progress lines)."""
+    if err.is_terminal:
+        err.print(f"[dim]vml: {escape(message)}[/]")
+
+
 # -- progress
 
 

@@ -613,6 +613,7 @@ class LibvirtArea:
         self.domain = Domain(config.settings["uri"], config.settings["domain"])
         self.files = files
         self._reached = False
+        self.notice: Callable[[str], None] | None = None  # hears what a long wait waits for
 
     def has_files(self) -> bool:
         return True
@@ -674,7 +675,7 @@ class LibvirtArea:
                             f"files over SSH: {action} it with 'vml vm {action} -a {self.config.name}'")
         if seconds is None:
             seconds = seconds_from_environment("VML_SSH_WAIT", 300)
-        self.files.wait_until_reachable(seconds, self._not_booting)
+        self.files.wait_until_reachable(seconds, self._not_booting, self.notice)
         self._reached = True
 
     def _not_booting(self) -> str | None:

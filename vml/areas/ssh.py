@@ -138,10 +138,13 @@ class SshArea:
 
     # -- the connection
 
-    def wait_until_reachable(self, seconds: float, still_booting: Callable[[], str | None]) -> None:
+    def wait_until_reachable(self, seconds: float, still_booting: Callable[[], str | None],
+                             waiting: Callable[[str], None] | None = None) -> None:
         """Log in, retrying while nothing answers (a guest that is booting), for up to
-        `seconds`; `still_booting` says why waiting is pointless (the domain stopped)."""
+        `seconds`; `still_booting` says why waiting is pointless (the domain stopped);
+        `waiting` hears once that the first try found nobody."""
         deadline = time.monotonic() + seconds
+        told = waiting is None
         while True:
             try:
                 # Short tries: a forwarded port accepts while the guest is still booting, and
@@ -155,6 +158,9 @@ class SshArea:
                 if time.monotonic() >= deadline:
                     raise AreaError(f"area {self.config.name}: the guest never answered on SSH within {seconds:.0f} s "
                                     f"({error.reason}); set VML_SSH_WAIT=SECONDS to wait longer") from None
+                if not told:
+                    waiting(f"waiting for the guest's sshd at {self.target.host}:{self.target.port} (up to {seconds:.0f} s)")
+                    told = True
                 time.sleep(1.0)
 
     def _connection(self, timeout: float = CONNECT_TIMEOUT):
