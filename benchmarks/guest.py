@@ -10,7 +10,6 @@ Writes benchmarks/results/<date>-guest.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -26,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, HERE)
 
-from run import VML, timed  # noqa: E402
+from run import VML, bench_arguments, timed  # noqa: E402
 from sshd import running_sshd  # noqa: E402
 
 STEPS = ("initial", "unchanged", "changed_100", "checkout_back")
@@ -85,11 +84,7 @@ def one_run(base: str, scratch: str, home_env: dict, kind: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
-    parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
-    args = parser.parse_args()
+    args = bench_arguments(__doc__.splitlines()[0]).parse_args()
     with running_sshd(Path(args.scratch) / "sshd-guest") as server:
         runs = {"ssh": [], "dir": []}
         for number in range(args.repeat):

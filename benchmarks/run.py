@@ -54,6 +54,15 @@ def timed(commands: list[list[str] | str], *, cwd: str, env: dict) -> Measured:
     return Measured(total, peak)
 
 
+def bench_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --repeat, --data and --scratch."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
+    parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
+    return parser
+
+
 def du(path: str) -> int:
     return int(subprocess.run(["du", "-sb", path], capture_output=True, text=True, check=True).stdout.split()[0])
 
@@ -344,11 +353,8 @@ def tree_counts(path: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = bench_arguments(__doc__.splitlines()[0])
     parser.add_argument("--tools", default=",".join(TOOLS))
-    parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
-    parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
     parser.add_argument("--name", help="Name of the result files (default: today's date).")
     parser.add_argument("--report", metavar="JSON", help="Only write the table, Markdown and plot of an earlier run's JSON.")
     args = parser.parse_args()

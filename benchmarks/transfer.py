@@ -9,7 +9,6 @@ Writes benchmarks/results/<date>-transfer.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -23,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, HERE)
 
-from run import VML, du, timed  # noqa: E402
+from run import VML, bench_arguments, du, timed  # noqa: E402
 from sshd import running_sshd  # noqa: E402
 
 
@@ -72,11 +71,7 @@ def one_run(base: str, scratch: str, home_env: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--data", default=os.environ.get("VML_BENCH_DATA", "/work/bench-data"))
-    parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
-    args = parser.parse_args()
+    args = bench_arguments(__doc__.splitlines()[0]).parse_args()
     with running_sshd(Path(args.scratch) / "sshd") as server:
         runs = []
         for number in range(args.repeat):
