@@ -142,13 +142,19 @@ def _add_area(repo: Repository, config: AreaConfig, options: AreaOptions, branch
 def _ssh_settings(options: AreaOptions) -> dict[str, str]:
     from vml.areas.ssh import SshTarget
 
-    identity = os.path.abspath(options.identity) if options.identity else None
-    if identity and not os.path.isfile(identity):
-        raise AreaError(f"identity file {options.identity} does not exist")
+    identity = _identity_file(options)
     target = SshTarget.parse(options.ssh, identity=identity, root=options.root)
     settings = {"host": target.host, "root": target.root}
     settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
     return settings
+
+
+def _identity_file(options: AreaOptions) -> str | None:
+    """--identity KEY as an absolute path, which must exist."""
+    identity = os.path.abspath(options.identity) if options.identity else None
+    if identity and not os.path.isfile(identity):
+        raise AreaError(f"identity file {options.identity} does not exist")
+    return identity
 
 
 def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
@@ -188,9 +194,7 @@ def _forwarded_ssh_settings(repo: Repository, name: str, options: AreaOptions, d
         port = libvirt_module().forwarded_port(domain.definition())
         if port is None:
             return {}  # someone else's domain: its files need --ssh
-    identity = os.path.abspath(options.identity) if options.identity else None
-    if identity and not os.path.isfile(identity):
-        raise AreaError(f"identity file {options.identity} does not exist")
+    identity = _identity_file(options)
     settings = {"host": "127.0.0.1", "user": "root", "root": options.root,
                 "knownhosts": os.path.join(repo.area_state_dir(name), "known_hosts"),
                 "console": os.path.join(repo.area_state_dir(name), "console.log")}
@@ -561,19 +565,16 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
             getattr(domain, action)()
         if wait:
             working_area.wait_for_guest()
-        return _vm_state(config, domain)
+        return _vm_state(config, working_area)
 
 
-def _vm_state(config: AreaConfig, domain) -> VmState:
-    settings = config.settings
-    exists = domain.exists()
+def _vm_state(config: AreaConfig, working_area) -> VmState:
+    settings, domain = config.settings, working_area.domain
     ssh = None
     if settings.get("host"):
-        port = settings.get("port")
-        if settings.get("knownhosts") and exists:  # the definition says which port, whatever the settings say
-            port = libvirt_module().forwarded_port(domain.definition()) or port
+        port = working_area.forwarded_port() or settings.get("port")  # the definition's, whatever the settings say
         ssh = f"{settings.get('user', '')}@{settings['host']}" + (f":{port}" if port else "")
-    return VmState(config.name, domain.info() if exists else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
+    return VmState(config.name, domain.info() if domain.exists() else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
 
 
 def _delete_vm(repo: Repository, config: AreaConfig, domain) -> list[str]:
@@ -602,7 +603,7 @@ def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
     states = []
     for config in configs:
         with _opened(repo, config) as working_area:
-            states.append(_vm_state(config, working_area.domain))
+            states.append(_vm_state(config, working_area))
     return states
 
 

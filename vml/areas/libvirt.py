@@ -279,8 +279,7 @@ class Domain:
 
     def delete(self) -> list[str]:
         """Power the domain off and undefine it; returns the files of its disks (not deleted here)."""
-        definition = ElementTree.fromstring(self.definition())
-        disks = [source.get("file") for source in definition.findall("./devices/disk[@type='file']/source") if source.get("file")]
+        disks = _disk_files(self.definition())
         self._undefine()
         return disks
 
@@ -483,12 +482,14 @@ def new_domain_xml(connection: libvirt.virConnect, name: str, disk: str, *, memo
 def domains_using(connection: libvirt.virConnect, path: str) -> list[str]:
     """The domains at `connection` with `path` among their disks."""
     real = os.path.realpath(path)
-    using = []
-    for domain in connection.listAllDomains():
-        definition = ElementTree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        if any(os.path.realpath(source.get("file")) == real for source in definition.findall("./devices/disk/source") if source.get("file")):
-            using.append(domain.name())
-    return using
+    return [domain.name() for domain in connection.listAllDomains()
+            if real in map(os.path.realpath, _disk_files(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()))]
+
+
+def _disk_files(xml: bytes) -> list[str]:
+    """The files a definition's disks are (disks that are block devices or volumes left out)."""
+    sources = ElementTree.fromstring(xml).findall("./devices/disk/source")
+    return [source.get("file") for source in sources if source.get("file")]
 
 
 def unused_uuid(connection: libvirt.virConnect, saved: bytes | None) -> str | None:
@@ -507,12 +508,15 @@ def unused_uuid(connection: libvirt.virConnect, saved: bytes | None) -> str | No
         return wanted
 
 
+_FORWARD = re.compile(r"(hostfwd=tcp:127\.0\.0\.1:)(\d+)(-:)")  # the loopback port in new_domain_xml's -netdev
+
+
 def forwarded_port(xml: bytes) -> int | None:
     """The loopback port a definition from `new_domain_xml` forwards to the guest's sshd."""
     for argument in ElementTree.fromstring(xml).iter(f"{{{QEMU_NAMESPACE}}}arg"):
-        match = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:", argument.get("value", ""))
+        match = _FORWARD.search(argument.get("value", ""))
         if match:
-            return int(match.group(1))
+            return int(match.group(2))
     return None
 
 
@@ -521,7 +525,7 @@ def with_forwarded_port(xml: bytes, port: int) -> bytes:
     definition = ElementTree.fromstring(xml)
     for argument in definition.iter(f"{{{QEMU_NAMESPACE}}}arg"):
         value = argument.get("value", "")
-        argument.set("value", re.sub(r"(hostfwd=tcp:127\.0\.0\.1:)\d+(-:)", rf"\g<1>{port}\g<2>", value))
+        argument.set("value", _FORWARD.sub(rf"\g<1>{port}\g<3>", value))
     return ElementTree.tostring(definition)
 
 
@@ -627,17 +631,24 @@ class LibvirtArea:
                 f"'vml area remove {self.config.name}' and add it again with --ssh user@host[:port]"
             )
         if not self._reached:
-            self._check_defined()
             if self.config.settings.get("knownhosts"):
                 # The guest's sshd is behind the domain's own forwarded port (the definition
                 # says which, whatever a command cut short left in the settings): it answers
                 # only while the domain runs, and some time after it starts.
-                port = forwarded_port(self.domain.definition())
+                port = self.forwarded_port()
                 if port is not None and port != self.files.target.port:
                     self.files.target = dataclasses.replace(self.files.target, port=port)
                 self.wait_for_guest()
+            else:
+                self._check_defined()
             self._reached = True
         return self.files
+
+    def forwarded_port(self) -> int | None:
+        """The loopback port of the guest's sshd, for a VM vml made, as its definition says."""
+        if not self.config.settings.get("knownhosts") or not self.domain.exists():
+            return None
+        return forwarded_port(self.domain.definition())
 
     def free_forwarded_port(self) -> int | None:
         """Before a start: if another program took the domain's forwarded SSH port since it
