@@ -316,6 +316,11 @@ def test_definitions_travel_by_size_not_by_host_paths():
     assert area_libvirt.definitions_differ(xml, smaller) and b"/b/disk.qcow2" in smaller
     assert area_libvirt.Sizing.of(b"<domain><memory unit='GiB'>4</memory><vcpu>8</vcpu></domain>") == area_libvirt.Sizing(4 << 20, 8)
     assert area_libvirt.definitions_differ(b"not xml", xml)
+    booted = (b"<domain><os><kernel>/boot/k</kernel></os><devices><emulator>/usr/bin/qemu</emulator>"
+              b"<disk><source file='/d'/></disk></devices></domain>")
+    assert area_libvirt.host_facing(booted) == area_libvirt.host_facing(booted)
+    assert area_libvirt.host_facing(booted) != area_libvirt.host_facing(booted.replace(b"/usr/bin/qemu", b"/tmp/evil"))
+    assert area_libvirt.host_facing(booted) != area_libvirt.host_facing(booted.replace(b"file='/d'", b"file='/etc/shadow'"))
 
 
 def test_kvm_only_where_usable_and_embed_roots(monkeypatch):

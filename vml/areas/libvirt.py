@@ -573,8 +573,8 @@ def host_facing(xml: bytes) -> tuple:
     """What of a definition reaches the host: emulator, boot files, QEMU arguments, and the
     files, devices and sockets its devices use."""
     definition = ElementTree.fromstring(xml)
-    reached = [(element.tag, tuple(sorted((k, v) for k, v in element.attrib.items() if k in ("file", "dev", "dir", "path", "socket"))))
-               for element in definition.iter() if element.tag in ("source", "emulator", "kernel", "initrd", "loader", "nvram")]
+    reached = [(element.tag, repr(sorted((k, v) for k, v in element.attrib.items() if k in ("file", "dev", "dir", "path", "socket"))))
+               for element in definition.iter("source")]
     reached += [(element.tag, (element.text or "").strip()) for element in definition.iter()
                 if element.tag in ("emulator", "kernel", "initrd", "loader", "nvram")]
     arguments = [argument.get("value") for argument in definition.iter(f"{{{QEMU_NAMESPACE}}}arg")]
