@@ -375,6 +375,7 @@ def test_a_kvm_domain_where_kvm_is_not_usable_is_one_clear_line(capsys, tmp_path
         monkeypatch.setattr(libvirt.virDomain, "create", refuse)
         code, _out, err = run("vm", "start", check=False)
         assert code == 2 and "asks for KVM, which this host cannot give" in err and len(err.strip().splitlines()) == 1
+        _assert_fsck_clean(run)
     finally:
         connection.lookupByName(name).undefine()
 
