@@ -49,10 +49,29 @@ class Vml:
             raise AssertionError(f"vml {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return result
 
-    def fsck_clean(self) -> None:
-        result = self("fsck", "--json")
+    def fsck_clean(self, *repo_args: str) -> None:
+        """vml fsck finds no damage, and git's own fsck finds none either (a repository
+        must stay a valid git repository after every vml command). `repo_args`: --repo PATH."""
+        result = self(*repo_args, "fsck", "--json")
         report = result.json()
         assert report["damaged"] == [] and report["problems"] == [], report
+        git_fsck_clean(Path(repo_args[1]) if repo_args else find_repository(self.cwd))
+
+
+def find_repository(start: Path) -> Path:
+    """The repository vml finds from `start`: .vml upward, as vml looks for it."""
+    for directory in (start, *start.parents):
+        if (directory / ".vml").is_dir():
+            return directory / ".vml"
+    raise AssertionError(f"no .vml at or above {start}")
+
+
+def git_fsck_clean(git_dir: Path) -> None:
+    """Plain `git fsck --full --strict`, an oracle vml did not write, finds nothing wrong."""
+    done = subprocess.run(["git", f"--git-dir={git_dir}", "fsck", "--full", "--strict", "--no-progress"],
+                          capture_output=True, text=True)
+    problems = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("dangling ")]
+    assert done.returncode == 0 and not problems, (done.returncode, done.stdout, done.stderr)
 
 
 USAGE = 2  # exit status of bad input

@@ -7,8 +7,11 @@ from __future__ import annotations
 import datetime
 import random
 import re
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from repofiles import pack_files, store_dir, tree_digest
 from conftest import one_line_error
@@ -516,3 +519,59 @@ def test_second_project_branches_from_the_first_and_shares_its_chunks(repo, gues
     assert stats["blobs_removed"] == 0, stats
     for entry, files in ((fork, fork_files), (one, one_files), (two, two_files), (two_more, two_more_files)):
         checks_out(repo, tmp_path, entry, files)
+
+
+# -- git's own fsck agrees (issue 16, point 1)
+
+
+def git_fsck(tmp_path: Path) -> tuple[int, str]:
+    done = subprocess.run(["git", f"--git-dir={tmp_path / '.vml'}", "fsck", "--full", "--strict", "--no-dangling"],
+                          capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("drop", ["branch", "rm"])
+def test_plain_git_fsck_is_clean_after_gc_frees_a_dropped_history(repo, guest: Path, tmp_path: Path, drop: str):
+    """gc deletes commits that kept reflog lines name as their previous value (the area
+    HEAD moved off the dropped branch; rm moved main): those lines are rewritten as git's
+    `reflog expire --rewrite` does, so git fsck finds no invalid reflog entry."""
+    base, base_files = base_entry(repo, guest)
+    if drop == "branch":
+        side, _files, _unique = side_entry(repo, guest, "side", seed=31, size=256 * KiB)
+        repo("branch", "-D", "side")
+    else:
+        (guest / "data" / "doomed.bin").write_bytes(randbytes(32, 256 * KiB))
+        side = commit(repo, "doomed")
+        (guest / "etc" / "hosts").write_text("127.0.0.1 after\n")
+        commit(repo, "after")
+        repo("rm", side)
+    named = "\n".join(path.read_text() for path in (tmp_path / ".vml" / "logs").rglob("*") if path.is_file())
+    assert side in named  # kept lines name it before gc
+    gc(repo, "now")
+    is_gone(repo, tmp_path, side)
+    code, output = git_fsck(tmp_path)
+    assert code == 0 and "invalid reflog entry" not in output, output
+    named = "\n".join(path.read_text() for path in (tmp_path / ".vml" / "logs").rglob("*") if path.is_file())
+    assert side not in named
+    checks_out(repo, tmp_path, base, base_files)
+    assert repo("reflog").stdout.strip()  # the lines that reached kept entries stay
+
+
+def test_vml_fsck_reports_what_git_fsck_finds(repo, guest: Path, tmp_path: Path):
+    """A reflog line naming a commit that does not exist (as gc left them before) is
+    damage for git; vml fsck runs git's check and says so, with exit status 1."""
+    entry, _files = base_entry(repo, guest)
+    log = tmp_path / ".vml" / "logs" / "refs" / "heads" / "main"
+    missing = "1234567890" * 4
+    log.write_text(log.read_text() + f"{missing} {entry} Test User <t@example.org> 1700000000 +0000\tby hand\n")
+    assert git_fsck(tmp_path)[0] != 0
+    result = repo("fsck", "--json", check=False)
+    assert result.returncode == 1, result
+    problems = result.json()["problems"]
+    assert any("git fsck" in p and missing in p for p in problems), problems
+    text = repo("fsck", check=False)
+    assert "invalid reflog entry" in text.stdout and text.returncode == 1
+    # gc repairs it (the line's previous value becomes the line before it), and both agree again.
+    gc(repo)
+    assert git_fsck(tmp_path)[0] == 0
+    assert repo("fsck", "--json").json()["problems"] == []

@@ -22,6 +22,7 @@ import pytest
 import libvirt  # noqa: E402  (installed by ./scripts/setup: a missing one fails, never skips)
 
 from vml import cli  # noqa: E402
+from conftest import git_fsck_clean  # noqa: E402
 
 TEST_URI = "test:///default"
 
@@ -94,6 +95,7 @@ def area(capsys, tmp_path: Path, sshd, domain, monkeypatch):
 def _assert_fsck_clean(run: InProcess) -> None:
     report = run.json("fsck")
     assert report["damaged"] == [] and report["problems"] == [], report
+    git_fsck_clean(run.repo)
 
 
 def test_lifecycle_commands(area):

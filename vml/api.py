@@ -40,7 +40,7 @@ from vml.refs.git import ZERO, Commit
 from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX, AreaHead, advance, areas_on_branch, attach, branch_exists, check_branch_free,
                             detach, read_head, remove_head)
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
-from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry
+from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry, rewrite_lost_predecessors
 from vml.refs.reflogs import expire as expire_reflogs
 from vml.refs.bases import BASE_PREFIX, BaseName, base_name, list_bases, parse_base
 from vml.refs.rewrite import drop_entry
@@ -1443,6 +1443,9 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         checker = TreeChecker(store, listing_loader(store), packs.damaged_blobs)
         damaged = []
         problems = list(packs.problems)
+        git_problems, git_skipped = repo.git.git_fsck()
+        problems += git_problems
+        warnings = list(packs.warnings) + ([git_skipped] if git_skipped else [])
         entries = reachable_entries(repo)
         for entry_id in entries:
             message = _summary(repo.git.commit(entry_id).message)
@@ -1454,7 +1457,7 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
             found = [problem for root_id in roots for problem in checker.check_root(root_id)]
             if found:
                 damaged.append(DamagedEntry(entry_id, message, [(display_path(p), why) for p, why in found]))
-        return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, packs.warnings)
+        return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, warnings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1483,6 +1486,8 @@ def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, 
         )
         _check_no_push(repo)
         entries = reachable_entries(repo)
+        # Before anything is deleted: no kept reflog line may name a commit that goes.
+        rewrite_lost_predecessors(repo.git, set(entries))
         stats = collect(repo.store, _live_blobs(repo, entries), progress, before_delete=lambda: _check_no_push(repo))
         git_removed, git_freed = repo.git.prune_loose_objects(repo.git.objects_of(entries))
         repo.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -41,6 +43,10 @@ class ReflogLine:
     message: str
     time: int
     raw: str  # the line as stored, for rewriting the log when lines expire
+
+    def with_old(self, old: str) -> "ReflogLine":
+        """The same line recording another previous value (git's `reflog expire --rewrite`)."""
+        return ReflogLine(old, self.new, self.message, self.time, old + self.raw[len(self.old) :])
 
 
 class GitDag:
@@ -253,6 +259,20 @@ class GitDag:
             walker.simplify_first_parent()
         for raw in walker:
             yield str(raw.id)
+
+    def git_fsck(self) -> tuple[list[str], str | None]:
+        """What git's own `fsck --full --strict` finds wrong (objects, connectivity, refs and
+        reflogs): (problems, None), or ([], why it could not run)."""
+        if shutil.which("git") is None:
+            return [], "git is not installed, so git's own check of the repository did not run"
+        done = subprocess.run(
+            ["git", f"--git-dir={self.path}", "fsck", "--full", "--strict", "--no-dangling", "--no-progress"],
+            capture_output=True, text=True, errors="replace", env={**os.environ, "LC_ALL": "C"},
+        )
+        found = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        if done.returncode != 0 and not found:
+            found = [f"git fsck exited with status {done.returncode}"]
+        return [f"git fsck: {line}" for line in found], None
 
     # -- references
 

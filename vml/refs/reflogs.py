@@ -62,6 +62,27 @@ def expire(git: GitDag, reachable: set[str], *, unreachable_before: float | None
     return dropped
 
 
+def rewrite_lost_predecessors(git: GitDag, kept: set[str]) -> int:
+    """Make every line's previous value an entry that stays: a line whose old id gc is about
+    to delete (the lines that led there expired) names instead the new id of the line
+    before it, or none — as git's `reflog expire --rewrite` does, so `git fsck` finds no
+    reflog entry naming a missing commit. `kept` holds every entry gc keeps; returns how
+    many lines changed."""
+    rewritten = 0
+    for name in git.reflog_names():
+        lines = git.reflog(name)  # newest first
+        repaired = []
+        for position, line in enumerate(lines):
+            if line.old != ZERO and line.old not in kept:
+                earlier = lines[position + 1].new if position + 1 < len(lines) else ZERO
+                line = line.with_old(earlier if earlier in kept else ZERO)
+                rewritten += 1
+            repaired.append(line)
+        if repaired != lines:
+            git.write_reflog(name, repaired)
+    return rewritten
+
+
 def _expired(line: ReflogLine, reachable: set[str], unreachable_before: float | None, all_before: float | None) -> bool:
     if all_before is not None and line.time < all_before:
         return True
