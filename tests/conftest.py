@@ -70,7 +70,7 @@ def git_fsck_clean(git_dir: Path) -> None:
     """Plain `git fsck --full --strict`, an oracle vml did not write, finds nothing wrong."""
     done = subprocess.run(["git", f"--git-dir={git_dir}", "fsck", "--full", "--strict", "--no-progress"],
                           capture_output=True, text=True)
-    problems = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("dangling ")]
+    problems = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith(("dangling ", "notice: "))]
     assert done.returncode == 0 and not problems, (done.returncode, done.stdout, done.stderr)
 
 

@@ -29,9 +29,10 @@ os.environ.setdefault("VML_AUTHOR_EMAIL", "test@example.org")
 OLD_MTIME = 1_650_000_000_123_456_789
 JSON_NODE_KEYS = {"kind", "mode", "uid", "gid", "user", "group", "size", "mtime_ns", "xattrs", "target"}
 SUMMARY = re.compile(
-    r"^(\d+) paths? changed: (\d+) added, (\d+) deleted, (\d+) modified, (\d+) metadata-only; \+(\d+) bytes?, -(\d+) bytes?$"
+    r"^(\d+) paths? changed: (\d+) added, (\d+) deleted, (\d+) modified, (\d+) type changed, (\d+) properties only; "
+    r"\+(\d+) bytes?, -(\d+) bytes?$"
 )
-DEFAULT_LINE = re.compile(r"^([ADMT])  (.+?)(?:  \((.*)\))?$")
+DEFAULT_LINE = re.compile(r"^([ADMTP])  (.+?)(?:  \((.*)\))?$")
 
 
 # -- helpers: an independent model of the tree, read from the file system
@@ -68,7 +69,8 @@ def fs_snapshot(root: str) -> dict[str, dict]:
 
 
 def expected_diff(old: dict[str, dict], new: dict[str, dict]) -> dict[str, tuple[str, frozenset]]:
-    """path -> (status, parts). For a type change, parts is just {"type"} (the minimum required)."""
+    """path -> (status, parts). For a type change, parts is just {"type"} (the minimum required).
+    As in git, a directory replaced by another type, or the reverse, is "DA": the path deleted, then added."""
     result = {}
     for path in old.keys() | new.keys():
         o, n = old.get(path), new.get(path)
@@ -77,7 +79,7 @@ def expected_diff(old: dict[str, dict], new: dict[str, dict]) -> dict[str, tuple
         elif o is None:
             result[path] = ("A", frozenset())
         elif o["kind"] != n["kind"]:
-            result[path] = ("M", frozenset({"type"}))
+            result[path] = ("DA", frozenset()) if "dir" in (o["kind"], n["kind"]) else ("T", frozenset({"type"}))
         else:
             parts = set()
             if o.get("content") != n.get("content") or o.get("target") != n.get("target"):
@@ -91,7 +93,7 @@ def expected_diff(old: dict[str, dict], new: dict[str, dict]) -> dict[str, tuple
             if o["xattrs"] != n["xattrs"]:
                 parts.add("xattrs")
             if parts:
-                result[path] = ("M" if "content" in parts else "T", frozenset(parts))
+                result[path] = ("M" if "content" in parts else "P", frozenset(parts))
     return result
 
 
@@ -123,14 +125,17 @@ def check_sides(d: dict, old: dict | None, new: dict | None) -> None:
 
 
 def check_json_diff(got: list[dict], expected: dict[str, tuple[str, frozenset]], before=None, after=None) -> None:
-    paths = [d["path"] for d in got]
-    assert len(paths) == len(set(paths)), f"a path is listed twice: {paths}"
-    got_status = {d["path"]: d["status"] for d in got}
+    got_status: dict[str, str] = {}
+    for d in got:
+        got_status[d["path"]] = got_status.get(d["path"], "") + d["status"]  # "DA" for a path listed twice
     want_status = {p: s for p, (s, _) in expected.items()}
     assert got_status == want_status
+    assert [d["path"] for d in got] == sorted((d["path"] for d in got), key=lambda p: p.split("/")), "not in walk order"
     for d in got:
         status, parts = expected[d["path"]]
-        if status in "MT":
+        if status == "DA":
+            status = d["status"]  # one of the two lines of a directory replaced, or replacing
+        if status in "MTP":
             named = parts_of(d["changes"])
             if "type" in parts:
                 assert "type" in named, d
@@ -139,7 +144,7 @@ def check_json_diff(got: list[dict], expected: dict[str, tuple[str, frozenset]],
         assert (d["old"] is None) == (status == "A"), d
         assert (d["new"] is None) == (status == "D"), d
         if before is not None and after is not None:
-            check_sides(d, before.get(d["path"]), after.get(d["path"]))
+            check_sides(d, before.get(d["path"]) if status != "A" else None, after.get(d["path"]) if status != "D" else None)
 
 
 @contextmanager
@@ -369,12 +374,12 @@ def test_every_kind_of_change_once(tmp_path: Path):
     ]
     expected = run_change_set(str(tmp_path), tree, ops)
     assert expected == {
-        "a": ("M", {"content", "mtime"}), "b": ("T", {"mode"}), "c": ("T", {"xattrs"}), "d/a": ("T", {"mtime"}),
-        "l": ("T", {"mtime"}), "k": ("T", {"mtime"}), "m": ("T", {"mode", "xattrs"}), "d/new8": ("A", set()),
+        "a": ("M", {"content", "mtime"}), "b": ("P", {"mode"}), "c": ("P", {"xattrs"}), "d/a": ("P", {"mtime"}),
+        "l": ("P", {"mtime"}), "k": ("P", {"mtime"}), "m": ("P", {"mode", "xattrs"}), "d/new8": ("A", set()),
         "new9": ("A", set()), "new10": ("A", set()), "new10/sub": ("A", set()), "new10/inside.txt": ("A", set()),
         "d/b": ("D", set()), "e/a": ("D", set()), "e/a/a": ("D", set()), "f": ("M", {"content", "mode", "mtime"}),
-        "g": ("M", {"type"}), "g/child": ("A", set()), "h": ("M", {"type"}), "n": ("M", {"type"}), "n/y": ("D", set()),
-        "r": ("M", {"content", "mtime"}), "o": ("T", {"owner"}), "p": ("M", {"type"}),
+        "g": ("DA", set()), "g/child": ("A", set()), "h": ("T", {"type"}), "n": ("DA", set()), "n/y": ("D", set()),
+        "r": ("M", {"content", "mtime"}), "o": ("P", {"owner"}), "p": ("T", {"type"}),
     }
 
 
@@ -420,12 +425,12 @@ def hist(tmp_path_factory):
 EXPECTED_CHANGES = {
     ("M", "etc/hosts"),
     ("A", "etc/hosts.bak"),
-    ("T", "home/user/notes.txt"),
+    ("P", "home/user/notes.txt"),
     ("M", "home/user/todo.txt"),
     ("A", "home/user/new.txt"),
     ("M", "home/user/data.bin"),
     ("D", "home/user/old.txt"),
-    ("T", "home/user/run.sh"),
+    ("P", "home/user/run.sh"),
 }
 
 
@@ -510,14 +515,14 @@ def test_stat_summary_counts(hist):
         assert len(lines) == 9, lines
         m = SUMMARY.match(lines[-1].strip())
         assert m, lines[-1]
-        assert tuple(int(x) for x in m.groups()[:5]) == (8, 2, 1, 3, 2)
+        assert tuple(int(x) for x in m.groups()[:6]) == (8, 2, 1, 3, 0, 2)
         for _status, path in EXPECTED_CHANGES:
             assert sum(path in line.split() for line in lines[:-1]) == 1, (path, lines)
         # Limited to paths, the summary counts only those.
         limited = [line for line in hist.vml("diff", *args, "--stat", "--", "etc").stdout.splitlines() if line.strip()]
         assert len(limited) == 3, limited
         m = SUMMARY.match(limited[-1].strip())
-        assert m and tuple(int(x) for x in m.groups()[:5]) == (2, 1, 0, 1, 0), limited[-1]
+        assert m and tuple(int(x) for x in m.groups()[:6]) == (2, 1, 0, 1, 0, 0), limited[-1]
 
 
 def test_path_limits(hist):
@@ -540,7 +545,7 @@ def test_path_limits(hist):
     result = vml("diff", a, b, "--", "no/such/path")
     assert result.stdout == "" and result.returncode == 0
     got = vml("diff", a, b, "--json", "--", "/home/user/notes.txt").json()
-    assert [(d["path"], d["status"]) for d in got] == [("home/user/notes.txt", "T")]
+    assert [(d["path"], d["status"]) for d in got] == [("home/user/notes.txt", "P")]
     # The same against the area.
     assert ns("/home/user", base=(a,)) == home
     assert ns("home/user/new.txt", base=(a,)) == {("A", "home/user/new.txt")}
@@ -577,7 +582,7 @@ def test_one_directory_path_prints_no_contents(repo, guest: Path):
     b = repo("commit", "-m", "B", "--json").json()["entry"]
     for base, limit in (((a, b), "home/user"), ((a,), "home/user"), ((a, b), "home")):
         assert name_status(repo("diff", *base, "--name-status", "--", limit)) == {
-            ("T", "home/user"), ("A", "home/user/new.txt"), ("M", "home/user/notes.txt")}
+            ("P", "home/user"), ("A", "home/user/new.txt"), ("M", "home/user/notes.txt")}
         # The one PATH is a directory, not a file: no content differences without -p.
         out = repo("diff", *base, "--", limit).stdout
         assert "+++ b/" not in out and "brand new" not in out and "edited" not in out, (limit, out)
@@ -642,7 +647,9 @@ def test_json_symlink_and_directory(repo, guest: Path):
     (guest / "link").mkdir()
     (guest / "link" / "inside").write_text("x\n")
     assert name_status(repo("diff", c, "--name-status", "--", "link/inside")) == {("A", "link/inside")}
-    assert name_status(repo("diff", c, "--name-status", "--", "link")) == {("M", "link"), ("A", "link/inside")}
+    # A symlink replaced by a directory: as in git, the old path is deleted and the new one added.
+    assert name_status(repo("diff", c, "--name-status", "--", "link")) == {("D", "link"), ("A", "link"), ("A", "link/inside")}
+    assert repo("diff", c, "--name-status", "--", "link").stdout.splitlines() == ["D\tlink", "A\tlink", "A\tlink/inside"]
 
 
 def test_unified_diff_of_a_large_file_with_an_unusual_name(repo, guest: Path):
@@ -702,7 +709,7 @@ def test_a_new_hard_link_does_not_modify_the_existing_file(repo, guest: Path):
         assert set(got) <= {"home/user/copy.txt", "home/user/notes.txt"}, got
         if "home/user/notes.txt" in got:
             notes = got["home/user/notes.txt"]
-            assert notes["status"] == "T" and "content" not in notes["changes"], notes
+            assert notes["status"] == "P" and notes["changes"] == ["links"], notes
 
 
 def test_json_user_and_group_names_from_the_tree(repo, guest: Path):
@@ -711,7 +718,7 @@ def test_json_user_and_group_names_from_the_tree(repo, guest: Path):
     a = repo("commit", "-m", "A", "--json").json()["entry"]
     os.chown(guest / "home" / "user" / "notes.txt", 1000, 1000)
     [change] = repo("diff", a, "--json", "--", "home/user/notes.txt").json()
-    assert change["status"] == "T" and parts_of(change["changes"]) == {"owner"}
+    assert change["status"] == "P" and parts_of(change["changes"]) == {"owner"}
     assert (change["old"]["user"], change["old"]["group"]) == ("root", "root")
     assert (change["new"]["user"], change["new"]["group"]) == ("alice", "staff")
     assert (change["new"]["uid"], change["new"]["gid"]) == (1000, 1000)
@@ -727,7 +734,7 @@ def test_stat_summary_bytes(repo, guest: Path):
     for args in ((a, b), (a,)):
         lines = [line for line in repo("diff", *args, "--stat").stdout.splitlines() if line.strip()]
         assert len(lines) == 4, lines
-        assert lines[-1].strip() == "3 paths changed: 1 added, 1 deleted, 0 modified, 1 metadata-only; +100 bytes, -20 bytes"
+        assert lines[-1].strip() == "3 paths changed: 1 added, 1 deleted, 0 modified, 0 type changed, 1 properties only; +100 bytes, -20 bytes"
         body = lines[:-1]
         for path, size in (("home/user/new.txt", "100"), ("etc/hosts", "20"), ("home/user/notes.txt", "15")):
             [line] = [line for line in body if path in line]
@@ -768,3 +775,66 @@ def test_bad_flags(hist):
         assert "Traceback" not in result.stderr and result.stdout == ""
         if "--bogus" in args:
             assert "--bogus" in result.stderr
+
+
+# -- hardlinks: `links` follows the group's membership (issue 16, point 6)
+
+
+def _group_of_three(guest: Path) -> list[Path]:
+    """a (the group's first member in walk order), b and c: one inode; d a plain file."""
+    (guest / "g").mkdir()
+    first = guest / "g" / "a"
+    first.write_text("one inode, three names\n")
+    others = [guest / "g" / "b", guest / "h" / "c"]
+    (guest / "h").mkdir()
+    for other in others:
+        os.link(first, other)
+    (guest / "g" / "d").write_text("alone\n")
+    return [first, *others]
+
+
+@pytest.mark.parametrize("gone", [0, 1, 2], ids=["first-member", "second-member", "last-member"])
+def test_links_is_set_by_the_group_membership_whichever_member_goes(repo, guest: Path, gone: int):
+    """Deleting any one name of three: it is D, the two that stay are P with `links` alone
+    (their content is the same and they still share an inode), between entries and against
+    the area; nothing else is listed."""
+    members = _group_of_three(guest)
+    a = repo("commit", "-m", "three names", "--json").json()["entry"]
+    with keep_dir_mtimes(guest):
+        members[gone].unlink()
+    rel = [str(p.relative_to(guest)) for p in members]
+    expected = {rel[gone]: ("D", [])} | {rel[i]: ("P", ["links"]) for i in range(3) if i != gone}
+    b = repo("commit", "-m", "two names", "--json").json()["entry"]
+    for args in ((a, b), (a,)):
+        got = {d["path"]: (d["status"], d["changes"]) for d in repo("diff", *args, "--json").json()}
+        assert got == expected, (args, got)
+    assert {(c["status"], c["path"]) for c in repo("status", "--json").json()["changes"]} == set()
+    # The other way round: the name comes back, the same two gain a member.
+    back = {path: ("A" if status == "D" else status, parts) for path, (status, parts) in expected.items()}
+    assert {d["path"]: (d["status"], d["changes"]) for d in repo("diff", b, a, "--json").json()} == back
+
+
+def test_links_when_a_name_joins_or_leaves_and_a_file_with_outside_names(repo, guest: Path, tmp_path: Path):
+    members = _group_of_three(guest)
+    outside = tmp_path / "outside-name"
+    os.link(guest / "g" / "d", outside)  # d has a second name, outside the area: no group in the tree
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    with keep_dir_mtimes(guest):
+        os.link(guest / "g" / "d", guest / "h" / "d2")  # d joins a group of two
+        before = os.lstat(members[2])
+        members[2].unlink()
+        members[2].write_text("one inode, three names\n")  # c leaves: the same bytes, its own inode now
+        os.utime(members[2], ns=(before.st_atime_ns, before.st_mtime_ns))
+    got = {d["path"]: (d["status"], d["changes"]) for d in repo("diff", a, "--json").json()}
+    assert got == {"g/a": ("P", ["links"]), "g/b": ("P", ["links"]), "h/c": ("P", ["links"]),
+                   "g/d": ("P", ["links"]), "h/d2": ("A", [])}, got
+    # A name whose other names are all outside the tree is no group: it comes back as a
+    # file of one name, and saving the restored tree gives the same tree.
+    out = tmp_path / "out"
+    repo("checkout", a, "--to", str(out))
+    assert os.lstat(out / "g" / "d").st_nlink == 1
+    assert os.lstat(out / "g" / "a").st_nlink == 3
+    repo("area", "add", "copy", "--dir", str(out))
+    copy = repo("commit", "-a", "copy", "-m", "copy", "--json").json()
+    assert repo("diff", a, copy["entry"], "--json").json() == []
+    assert repo("show", a, "--json").json()["info"]["manifest"] == repo("show", copy["entry"], "--json").json()["info"]["manifest"]

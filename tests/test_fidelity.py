@@ -112,6 +112,11 @@ def build_everything(root: Path) -> None:
     os.mknod(path(b"special/null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.mknod(path(b"special/loop"), stat.S_IFBLK | 0o660, os.makedev(7, 0))
     os.mknod(path(b"special/bigdev"), stat.S_IFBLK | 0o600, os.makedev(259, 65537))
+    # hardlinks of every other kind Linux allows: a FIFO, devices and a symlink, each two names of one inode
+    os.link(path(b"special/fifo"), path(b"special/fifo-2"))
+    os.link(path(b"special/null"), path(b"links/null-2"))
+    os.link(path(b"special/loop"), path(b"special/loop-2"))
+    os.link(path(b"rel-link"), path(b"links/rel-link-2"), follow_symlinks=False)
     # sparse file: 64 MiB with a few bytes at 0, 10 MiB and the end
     fd = os.open(path(b"sparse.img"), os.O_WRONLY | os.O_CREAT, 0o644)
     try:
@@ -269,6 +274,9 @@ def test_specific_attributes_after_checkout(repo, full_guest: Path, tmp_path: Pa
     two = [st(b"links/two-1"), st(b"links/two-2")]
     assert len({s.st_ino for s in two}) == 1 and all(s.st_nlink == 2 for s in two)
     assert three[0].st_ino != two[0].st_ino
+    for first, second in ((b"special/fifo", b"special/fifo-2"), (b"special/null", b"links/null-2"),
+                          (b"special/loop", b"special/loop-2"), (b"rel-link", b"links/rel-link-2")):
+        assert st(first).st_ino == st(second).st_ino and st(first).st_nlink == 2, (first, second)
     # special files
     assert stat.S_ISFIFO(st(b"special/fifo").st_mode) and stat.S_IMODE(st(b"special/fifo").st_mode) == 0o640
     null = st(b"special/null")

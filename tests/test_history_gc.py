@@ -245,7 +245,7 @@ def test_rm_of_the_current_entry_keeps_the_area_files(repo, guest: Path, tmp_pat
     status = repo("status", "--json").json()
     assert status["entry"] == e1 and status["branch"] == "main" and status["clean"] is False, status
     changed = {c["path"].lstrip("/"): c["status"] for c in status["changes"]}
-    assert changed.get("data/extra.bin") == "A" and all(s == "T" for p, s in changed.items() if p != "data/extra.bin"), changed
+    assert changed.get("data/extra.bin") == "A" and all(s == "P" for p, s in changed.items() if p != "data/extra.bin"), changed
     # The only entry of a branch cannot be dropped.
     refused = repo("rm", e1, check=False)
     assert refused.returncode == USAGE, refused

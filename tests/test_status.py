@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import USAGE, one_line_error
 
 ROOT_NAMES = (".", "", "/")
-GROUPS = ("added", "deleted", "modified", "metadata")
+GROUPS = ("added", "deleted", "modified", "type changed", "properties only")
 
 
 def short_lines(result) -> set[tuple[str, str]]:
@@ -36,9 +36,9 @@ def make_changes(guest: Path) -> set[tuple[str, str]]:
         ("A", "home/user/new.txt"),
         ("D", "etc/hosts"),
         ("M", "home/user/notes.txt"),
-        ("T", "home/user/run.sh"),
-        ("T", "home/user"),
-        ("T", "etc"),
+        ("P", "home/user/run.sh"),
+        ("P", "home/user"),
+        ("P", "etc"),
     }
 
 
@@ -80,12 +80,12 @@ def test_changes_grouped(repo, guest: Path):
     assert repo("consult", "--short").stdout == repo("status", "--short").stdout
     assert {tuple(line.split(None, 1)) for line in repo("diff", "HEAD", "--name-status").stdout.splitlines()} == expected
 
-    # Text: grouped as added / deleted / modified / metadata-only, in that order; each path's
+    # Text: grouped as added / deleted / modified / properties only, in that order; each path's
     # group is named on its own line or on the nearest heading above it.
     lines = repo("status").stdout.splitlines()
-    group_of = {"A": "added", "D": "deleted", "M": "modified", "T": "metadata"}
+    group_of = {"A": "added", "D": "deleted", "M": "modified", "T": "type changed", "P": "properties only"}
     seen_order = []
-    for letter, path in sorted(expected, key=lambda lp: "ADMT".index(lp[0])):
+    for letter, path in sorted(expected, key=lambda lp: "ADMTP".index(lp[0])):
         hits = [i for i, line in enumerate(lines) if path in line.replace(":", " ").split()]
         assert len(hits) == 1, (path, lines)
         group = None
@@ -98,9 +98,9 @@ def test_changes_grouped(repo, guest: Path):
         seen_order.append(hits[0])
     # Groups come in the documented order (paths are sorted by group above).
     firsts = {}
-    for (letter, _path), i in zip(sorted(expected, key=lambda lp: "ADMT".index(lp[0])), seen_order):
+    for (letter, _path), i in zip(sorted(expected, key=lambda lp: "ADMTP".index(lp[0])), seen_order):
         firsts.setdefault(letter, []).append(i)
-    for earlier, later in zip("ADM", "DMT"):
+    for earlier, later in zip("ADM", "DMP"):
         assert max(firsts[earlier]) < min(firsts[later]), lines
 
     # After a commit the area is clean again.
@@ -118,7 +118,9 @@ def test_status_letters_for_type_change_and_mtime(repo, guest: Path):
     os.setxattr(guest / "home", "user.note", b"x")
     os.utime(guest / "etc", ns=(before, before))
     changes = {c["path"]: c for c in repo("status", "--json").json()["changes"]}
-    assert {p: c["status"] for p, c in changes.items()} == {"etc/hosts": "M", "home/user/notes.txt": "T", "home": "T"}
+    # git's letters: T for a file that became a symlink; vml's P for properties alone.
+    assert {p: c["status"] for p, c in changes.items()} == {"etc/hosts": "T", "home/user/notes.txt": "P", "home": "P"}
+    assert changes["etc/hosts"]["changes"][0] == "type"
     assert changes["etc/hosts"]["new"]["kind"] == "symlink" and changes["etc/hosts"]["old"]["kind"] == "file"
     assert [c.split()[0] for c in changes["home/user/notes.txt"]["changes"]] == ["mtime"]
     assert [c.split()[0] for c in changes["home"]["changes"]] == ["xattrs"]

@@ -27,7 +27,7 @@ from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bun
 from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info
 from vml.exchange.push import FAST_FORWARD, REJECTED, UP_TO_DATE, plan_updates, send
 from vml.exchange.remote import RemoteRepository
-from vml.objects.diff import DELETED, METADATA, diff_paths, diff_roots
+from vml.objects.diff import DELETED, PROPERTIES, diff_paths, diff_roots
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import UPLOAD_GRACE, collect
 from vml.objects.hashing import file_digest
@@ -1157,8 +1157,8 @@ PATCH_LIMIT = 8 * 1024 * 1024  # bytes per side beyond which no text diff is att
 @dataclass(frozen=True, slots=True)
 class DiffEntry:
     path: str
-    status: str  # A added, D deleted, M content or type changed, T metadata only
-    changes: list[str]  # what changed: content, type, mode, owner, mtime, xattrs
+    status: str  # git's A added, D deleted, M content changed, T type changed; P properties only (vml's own)
+    changes: list[str]  # what changed: content, type, links, mode, owner, mtime, xattrs, flags
     old: dict | None
     new: dict | None
     patch: str | None = None  # a unified diff of the content, when asked for
@@ -1234,14 +1234,14 @@ def _kind(node) -> int | None:
 
 def _diff_entry(change, store, working_area, patch: bool) -> DiffEntry:
     text = _patch(change, store, working_area) if patch else None
-    return DiffEntry(display_path(change.path), change.status, change.parts, _node_summary(change.old), _node_summary(change.new), text)
+    return DiffEntry(display_path(change.path), change.status, list(change.parts), _node_summary(change.old), _node_summary(change.new), text)
 
 
 def _patch(change, store, working_area) -> str | None:
     """A unified diff of a regular file's content, as git prints it; None if no file content changed."""
     old_file = change.old if change.old is not None and change.old.kind == KIND_FILE else None
     new_file = change.new if change.new is not None and change.new.kind == KIND_FILE else None
-    if change.status == METADATA or (old_file is None and new_file is None):
+    if change.status == PROPERTIES or (old_file is None and new_file is None):
         return None
     path = display_path(change.path)
     if max(old_file.size if old_file else 0, new_file.size if new_file else 0) > PATCH_LIMIT:

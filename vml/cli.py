@@ -320,8 +320,11 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, res
 def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, patch: bool, as_json: bool) -> None:
     """Compare entry OLD with entry NEW, or with the area's current files.
 
-    Status letters: A added, D deleted, M content or type changed, T metadata only
-    (mode, owner, mtime, xattrs). Subtrees equal on both sides are skipped unread.
+    Status letters, as git's: A added, D deleted, M content changed, T type changed (a
+    file that became a symlink...; a directory replaced by a file, or the reverse, is the
+    old path deleted and the new one added); and vml's own P: properties only (mode, owner,
+    mtime, xattrs, inode flags, hardlinks), which git does not use. Subtrees equal on both
+    sides are skipped unread.
     With `-- PATH...` only those paths are compared; with a single file PATH whose
     content changed, its unified diff is printed too.
     """

@@ -362,7 +362,7 @@ def diff_stat(changes: list[api.DiffEntry]) -> None:
         return
     width = min(max(len(c.path) for c in changes), 60)
     grown = shrunk = 0
-    counts = {"A": 0, "D": 0, "M": 0, "T": 0}
+    counts = {"A": 0, "D": 0, "M": 0, "T": 0, "P": 0}
     for change in changes:
         counts[change.status] += 1
         old_size = change.old["size"] if change.old and change.old.get("kind") == "file" else 0
@@ -373,11 +373,11 @@ def diff_stat(changes: list[api.DiffEntry]) -> None:
         out.print(f" {change.status} {escape(change.path):<{width}} | {sizes}")
     out.print(
         f" {len(changes)} paths changed: {counts['A']} added, {counts['D']} deleted, {counts['M']} modified, "
-        f"{counts['T']} metadata-only; +{grown} bytes, -{shrunk} bytes"
+        f"{counts['T']} type changed, {counts['P']} properties only; +{grown} bytes, -{shrunk} bytes"
     )
 
 
-STATUS_GROUPS = (("A", "added"), ("D", "deleted"), ("M", "modified"), ("T", "metadata only"))
+STATUS_GROUPS = (("A", "added"), ("D", "deleted"), ("M", "modified"), ("T", "type changed"), ("P", "properties only"))
 
 
 def status_result(result: api.StatusResult, *, short: bool) -> None:
@@ -401,7 +401,7 @@ def status_result(result: api.StatusResult, *, short: bool) -> None:
         if group:
             out.print(f"  {title} ({len(group):,}):")
         for change in group:
-            parts = _parts(change) if status in "MT" else ""
+            parts = _parts(change) if status in "MTP" else ""
             out.print(f"    {escape(change.path)}" + (f"  ({escape(parts)})" if parts else ""))
 
 

@@ -38,6 +38,7 @@ from vml.objects.manifest import (
     encode_listing,
     encode_listing_of_encoded,
     encode_node,
+    encode_root,
 )
 from vml.objects.pack import TYPE_DATA, TYPE_TREE
 from vml.objects.store import ChunkStore
@@ -128,6 +129,12 @@ class _Child:
 
 
 @dataclass(slots=True)
+class _LinkGroup:
+    first: _Child  # the name met first in walk order, whose node the others copy
+    paths: list[bytes]  # every name, in walk order
+
+
+@dataclass(slots=True)
 class _PendingDir:
     rel: bytes
     children: list[_Child]
@@ -164,7 +171,7 @@ class Capture:
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
         self._bytes_in_flight = 0
-        self._hardlinks: dict[tuple[int, int], tuple[bytes, _Child]] = {}
+        self._hardlinks: dict[tuple[int, int], _LinkGroup] = {}  # by (device, inode)
         self._batch: list[tuple[bytes, os.stat_result]] = []
         self._batch_children: list[_Child] = []
         self._batch_bytes = 0
@@ -200,7 +207,8 @@ class Capture:
             root_node = self._metadata_node(b"", root_st, self.root)
             root_node.tree = top.listing_id
             totals = Totals(top.totals.nodes, top.totals.files, top.totals.bytes)
-            root_id = self.blobs.listing(encode_listing([root_node], totals))
+            links = [group.paths for group in self._hardlinks.values() if len(group.paths) > 1]
+            root_id = self.blobs.listing(encode_root(root_node, totals, links))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
@@ -247,29 +255,30 @@ class Capture:
 
     def _plan_child(self, child: _Child, path: bytes, rel: bytes, cached: CachedDir | None) -> None:
         st = child.st
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = self._hardlinks.get(key)
-            if first is not None:
-                if first[1].content is None and first[1].node is None:
-                    self._submit_batch()  # the first link's read is still in the batch being filled
-                child.hardlink = first[0]
-                child.content = first[1].content
-                if child.content is None:
-                    child.node = self._copy_node(first[1].node, child)
-                return
-            self._hardlinks[key] = (rel, child)
-            child.hardlink = rel
         hit = cached.children.get(child.name) if cached is not None else None
-        if hit is not None and child.cacheable and hit[0] == child.key:
-            if child.hardlink is None:
-                child.cached = hit[1]  # decoded in _finish, and only if the directory changed
+        cache_hit = hit is not None and child.cacheable and hit[0] == child.key
+        if st.st_nlink > 1:  # any kind but a directory may have several names
+            key = (st.st_dev, st.st_ino)
+            group = self._hardlinks.get(key)
+            if group is not None:  # another name of an inode met already: its node, named here
+                group.paths.append(rel)
+                first = group.first
+                if first.content is None and first.node is None:
+                    self._submit_batch()  # the first name's read is still in the batch being filled
+                child.hardlink = group.paths[0]
+                child.content = first.content
+                if child.content is None:
+                    child.node = self._copy_node(first.node, child)
                 return
-            node = decode_node(hit[1])
-            if self._chunks_present(node):
-                node.hardlink = child.hardlink
-                child.node = node
-                return
+            self._hardlinks[key] = _LinkGroup(child, [rel])
+            if cache_hit:  # complete now: the other names copy it
+                node = decode_node(hit[1])
+                if self._chunks_present(node):
+                    child.node = node
+                    return
+        elif cache_hit:
+            child.cached = hit[1]  # decoded in _finish, and only if the directory changed
+            return
         self._plan_read(child, path)
 
     def _plan_read(self, child: _Child, path: bytes) -> None:
@@ -503,4 +512,4 @@ def capture_files(files: list[tuple[bytes, bytes]], store: ChunkStore) -> tuple[
     listing_id = capture.blobs.listing(encode_listing(nodes, totals))
     newest = max((node.mtime_ns for node in nodes), default=0)
     top = Node(name=b"", kind=KIND_DIR, mode=0o755, uid=0, gid=0, user=None, group=None, mtime_ns=newest, tree=listing_id)
-    return capture.blobs.listing(encode_listing([top], totals)), totals
+    return capture.blobs.listing(encode_root(top, totals, [])), totals

@@ -34,6 +34,7 @@ from vml.objects.manifest import (
     encode_listing,
     encode_listing_of_encoded,
     encode_node,
+    encode_root,
 )
 from vml.objects.store import ChunkStore
 
@@ -170,6 +171,7 @@ class GuestCapture:
         self._in_flight: deque[Future] = deque()
         self._unfinished: list[tuple[Node, list[Future]]] = []
         self._uncacheable: set[bytes] = set()
+        self._present: set[bytes] = set()  # the paths of the tree being built (for its hardlink groups)
 
     def run(self) -> CaptureResult:
         if b"" not in self.paths:
@@ -231,15 +233,15 @@ class GuestCapture:
                 stack.append(iter(dirs[rel].names))
                 parents.append(rel)
 
-    def _hardlink_groups(self, dirs: dict[bytes, _Dir]) -> dict[bytes, bytes]:
-        """Each member of a hardlink group -> the group's first member in walk order."""
-        first: dict[tuple[int, int], bytes] = {}
-        groups = {}
+    def _hardlink_groups(self, dirs: dict[bytes, _Dir]) -> dict[bytes, list[bytes]]:
+        """Each path that shares its inode with another path of the tree -> its group, the
+        paths of that inode in walk order (the first is the one the others name)."""
+        groups: dict[tuple[int, int], list[bytes]] = {}
         for rel in self._preorder(dirs):
             path = self.paths[rel]
-            if path.kind == KIND_FILE and path.nlink > 1:
-                groups[rel] = first.setdefault(path.inode, rel)
-        return groups
+            if path.kind != KIND_DIR and path.nlink > 1:  # any kind but a directory may have several names
+                groups.setdefault(path.inode, []).append(rel)
+        return {rel: members for members in groups.values() if len(members) > 1 for rel in members}
 
     # -- what must cross the network
 
@@ -266,15 +268,15 @@ class GuestCapture:
             self._trusted[rel] = encode_node(node) if matches else None
         return self._trusted[rel]
 
-    def _to_fetch(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, bytes]) -> list[bytes]:
+    def _to_fetch(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, list[bytes]]) -> list[bytes]:
         """The top (always), and every path the stat cache cannot vouch for; a hardlink group
         is read once, through its first member, if any of its members changed."""
-        changed_groups = {first for member, first in hardlinks.items() if self._cached_node(member) is None}
+        changed_groups = {group[0] for member, group in hardlinks.items() if self._cached_node(member) is None}
         wanted = [b""]
         for rel in self._preorder(dirs):
-            first = hardlinks.get(rel)
-            if first is not None:
-                if first == rel and first in changed_groups:
+            group = hardlinks.get(rel)
+            if group is not None:
+                if group[0] == rel and rel in changed_groups:
                     wanted.append(rel)
             elif self._cached_node(rel) is None:
                 wanted.append(rel)
@@ -382,9 +384,10 @@ class GuestCapture:
 
     # -- listings, bottom up
 
-    def _build(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, bytes]) -> tuple[ObjectId, Totals, list[bytes]]:
+    def _build(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, list[bytes]]) -> tuple[ObjectId, Totals, list[bytes]]:
         built: dict[bytes, tuple[bytes, Totals]] = {}
         missing: list[bytes] = []
+        self._present.clear()
         for rel in reversed([b"", *(r for r in self._preorder(dirs) if r in dirs)]):
             built[rel] = self._build_dir(dirs[rel], built, hardlinks, missing)
         listing_id, totals = built[b""]
@@ -392,7 +395,9 @@ class GuestCapture:
         if root is None:
             raise FileNotFoundError("the guest's top directory could not be read")
         root.name, root.tree = b"", listing_id
-        root_id = self.blobs.listing(encode_listing([root], Totals(totals.nodes, totals.files, totals.bytes)))
+        groups = {group[0]: [member for member in group if member in self._present] for group in hardlinks.values()}
+        links = [members for members in groups.values() if len(members) > 1]
+        root_id = self.blobs.listing(encode_root(root, Totals(totals.nodes, totals.files, totals.bytes), links))
         return ObjectId(root_id), totals, missing
 
     def _build_unchanged(self, directory: _Dir, built, hardlinks) -> tuple[bytes, Totals] | None:
@@ -404,8 +409,10 @@ class GuestCapture:
             return None
         items = []
         size = 0
+        child_rels = []
         for name in directory.names:
             child_rel = rel + b"/" + name if rel else name
+            child_rels.append(child_rel)
             path = self.paths.get(child_rel)
             if path is None or child_rel in self._fetched or path.racy_after >= self.racy_after:
                 return None
@@ -413,11 +420,12 @@ class GuestCapture:
             if hit is None or hit[0] != path.key:
                 return None
             subdir = built.get(child_rel) if path.kind == KIND_DIR else None
-            items.append((name, path.key, subdir[0] if subdir else None, hardlinks.get(child_rel)))
+            items.append((name, path.key, subdir[0] if subdir else None, _named_first(child_rel, hardlinks)))
             size += path.size
         fingerprint = dir_fingerprint(items)
         if fingerprint != cached.fingerprint:
             return None
+        self._present.update(child_rels)
         self.new_cache.dirs[rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
         self.counts.files += len(items)
         self.counts.bytes += size
@@ -440,9 +448,10 @@ class GuestCapture:
             encoded, node = self._child_node(child_rel, path, subdir, hardlinks, missing)
             if encoded is None:
                 continue
+            self._present.add(child_rel)
             cacheable = child_rel not in self._uncacheable and path.racy_after < self.racy_after
             reusable = reusable and cacheable
-            items.append((name, path.key, subdir[0] if subdir else None, hardlinks.get(child_rel)))
+            items.append((name, path.key, subdir[0] if subdir else None, _named_first(child_rel, hardlinks)))
             encoded_nodes.append(encoded)
             totals.add_node(node if node is not None else decode_node(encoded))
             if subdir is not None:
@@ -461,8 +470,8 @@ class GuestCapture:
         return listing_id, totals
 
     def _child_node(self, rel: bytes, path: GuestPath, subdir, hardlinks, missing) -> tuple[bytes | None, Node | None]:
-        first = hardlinks.get(rel)
-        if first is not None and first != rel:
+        first = _named_first(rel, hardlinks)
+        if first is not None:
             source = self._fetched.get(first)
             if source is None:
                 cached = self._cached_node(first)
@@ -487,10 +496,15 @@ class GuestCapture:
                     missing.append(rel)
                 return cached, node
             return cached, None
-        node.hardlink = first
         if path.kind == KIND_DIR:
             node.tree = subdir[0]
         return encode_node(node), node
+
+
+def _named_first(rel: bytes, hardlinks: dict[bytes, list[bytes]]) -> bytes | None:
+    """The path a node names as its hardlink group's first member: None for the first itself."""
+    group = hardlinks.get(rel)
+    return group[0] if group is not None and group[0] != rel else None
 
 
 def _member_rel(name: str) -> bytes:

@@ -71,7 +71,7 @@ def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root:
     for path in sorted(chosen, key=lambda p: p.split(b"/") if p else []):
         node = chosen[path]
         plan.members.append((path, node))
-        if node.kind == KIND_FILE and not (node.hardlink is not None and node.hardlink != path):
+        if node.kind == KIND_FILE and not _names_another(path, node):
             plan.data_bytes += node.size
     return plan
 
@@ -113,17 +113,20 @@ def _member_info(path: bytes, node: Node) -> tarfile.TarInfo:
     for name, value in node.xattrs:
         headers[XATTR_PREFIX + name.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
     info.pax_headers = headers
-    if node.kind == KIND_FILE:
-        if node.hardlink is not None and node.hardlink != path:
-            info.type = tarfile.LNKTYPE
-            info.linkname = "./" + node.hardlink.decode("utf-8", "surrogateescape")
-        else:
-            info.size = node.size
+    if _names_another(path, node):  # another name of an inode the stream (or the guest) holds already
+        info.type = tarfile.LNKTYPE
+        info.linkname = "./" + node.hardlink.decode("utf-8", "surrogateescape")
+    elif node.kind == KIND_FILE:
+        info.size = node.size
     elif node.kind == KIND_SYMLINK:
         info.linkname = node.target.decode("utf-8", "surrogateescape")
     elif node.kind in (KIND_CHAR, KIND_BLOCK):
         info.devmajor, info.devminor = node.rdev
     return info
+
+
+def _names_another(path: bytes, node: Node) -> bool:
+    return node.hardlink is not None and node.hardlink != path
 
 
 def _exact_time(ns: int) -> str:

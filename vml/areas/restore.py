@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,7 @@ from vml.objects.manifest import (
     KIND_FIFO,
     KIND_FILE,
     KIND_SYMLINK,
+    KIND_NAMES,
     Listing,
     Node,
     check_name,
@@ -41,6 +43,14 @@ BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_KIND_BITS = {
+    KIND_FILE: stat.S_IFREG,
+    KIND_DIR: stat.S_IFDIR,
+    KIND_SYMLINK: stat.S_IFLNK,
+    KIND_CHAR: stat.S_IFCHR,
+    KIND_BLOCK: stat.S_IFBLK,
+    KIND_FIFO: stat.S_IFIFO,
+}
 
 
 @dataclass(slots=True)
@@ -85,6 +95,9 @@ class Restore:
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
         self._written: dict[bytes, Future | None] = {}  # first members of hardlink groups, by path
+        self._firsts: set[bytes] = set()  # the paths other names of the same inode link to
+        self._not_made: set[bytes] = set()  # first members that could not be made (device nodes, not root)
+        self._counting = threading.Lock()  # workers add to the counts
         self._batch: list[tuple[int, Node, bytes, bytes]] = []
         self._batch_dirs: list[_PendingDir] = []
         self._batch_bytes = 0
@@ -94,8 +107,9 @@ class Restore:
     def run(self, root_id: bytes, target: bytes, current_root_id: bytes | None = None) -> RestoreProgress:
         """Make `target` hold the tree `root_id`. With `current_root_id` (what the target holds
         now), unchanged subtrees and files are left alone; without it, `target` must be empty."""
-        root = self._root_node(root_id)
         current = self._root_node(current_root_id) if current_root_id is not None else None
+        self._firsts.clear()  # the target's groups, not the current tree's
+        root = self._root_node(root_id)
         self._updating = current is not None
         os.makedirs(target, mode=0o700, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -118,6 +132,8 @@ class Restore:
         listing = self._load_listing(root_id, root=True)
         if len(listing.nodes) != 1 or listing.nodes[0].kind != KIND_DIR:
             raise CorruptObject("damaged manifest: an entry's root must describe one directory")
+        if listing.links:
+            self._firsts.update(group[0] for group in listing.links)
         return listing.nodes[0]
 
     # -- directories
@@ -159,7 +175,7 @@ class Restore:
             self._drain()
             return
         if current is not None and current.kind == node.kind and current.same_content(node) and current.hardlink == node.hardlink:
-            if node.kind == KIND_FILE and node.hardlink == rel:
+            if self._is_first(rel, node):
                 self._written[rel] = None
             if not current.same_metadata(node):
                 self._set_metadata_by_name(dir_fd, node)
@@ -170,12 +186,19 @@ class Restore:
             self._remove(dir_fd, node.name)
             replace = False
         name = b".vml-restore-" + uuid.uuid4().hex.encode() if replace else node.name
-        if node.kind == KIND_FILE:
+        if node.hardlink is not None and node.hardlink != rel:
+            self._link(pending.fd, rel, node, name)
+        elif node.kind == KIND_FILE:
             self._restore_file(pending, rel, node, name)
         else:
             self._restore_special(dir_fd, rel, node, name)
-            if replace:
+            if replace and rel not in self._not_made:
                 os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def _is_first(self, rel: bytes, node: Node) -> bool:
+        """Whether other names of this node's inode link to `rel` (a path naming itself: an
+        entry written before roots listed their hardlink groups)."""
+        return rel in self._firsts or node.hardlink == rel
 
     def _child_scope(self, parent: _PendingDir, rel: bytes) -> Scope:
         if self.rules is None or parent.scope is Scope.IN:
@@ -211,16 +234,14 @@ class Restore:
     # -- regular files
 
     def _restore_file(self, pending: _PendingDir, rel: bytes, node: Node, name: bytes) -> None:
-        if node.hardlink is not None and node.hardlink != rel:
-            self._link(pending.fd, node, name)
-            return
         self._in_flight += 1
         pending.files += 1
-        if node.hardlink is not None or node.size >= BATCH_BYTES:
+        first = self._is_first(rel, node)
+        if first or node.size >= BATCH_BYTES:
             job = self._pool.submit(self._write_file, pending.fd, node, name, rel)
             pending.jobs.append(job)
-            if node.hardlink is not None:
-                self._written[rel] = job  # the other links wait for it
+            if first:
+                self._written[rel] = job  # the other names wait for it
             return
         self._batch.append((pending.fd, node, name, rel))
         if not self._batch_dirs or self._batch_dirs[-1] is not pending:
@@ -241,22 +262,25 @@ class Restore:
         for dir_fd, node, name, rel in batch:
             self._write_file(dir_fd, node, name, rel)
 
-    def _link(self, dir_fd: int, node: Node, name: bytes) -> None:
-        """Hardlink to the group's first member, which must be an earlier regular file."""
+    def _link(self, dir_fd: int, rel: bytes, node: Node, name: bytes) -> None:
+        """Another name for the inode of the group's first member, an earlier node of the same kind."""
         first = node.hardlink
         job = self._written.get(first)
         if job is not None:
             job.result()
         elif first not in self._written and not self._updating:
-            raise CorruptObject(f"damaged manifest: {node.name!r} is a hardlink to {first!r}, which is not an earlier file")
+            raise CorruptObject(f"damaged manifest: {node.name!r} is a hardlink to {first!r}, which is not an earlier node")
+        if first in self._not_made:
+            self.not_restored.append((rel, f"another name of {first.decode('utf-8', 'backslashreplace')}, which could not be made"))
+            return
         try:
             parent_fd, first_name = self._open_parent(first)
         except OSError:
-            raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not a file in the tree") from None
+            raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not in the tree") from None
         try:
             first_st = os.stat(first_name, dir_fd=parent_fd, follow_symlinks=False)
-            if not stat.S_ISREG(first_st.st_mode) or first_st.st_size != node.size:
-                raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not a matching file")
+            if _KIND_BITS[node.kind] != stat.S_IFMT(first_st.st_mode) or (node.kind == KIND_FILE and first_st.st_size != node.size):
+                raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not a matching {KIND_NAMES[node.kind]}")
             os.link(first_name, name, src_dir_fd=parent_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise CorruptObject(f"damaged manifest: hardlink target {first!r} does not exist") from None
@@ -264,7 +288,8 @@ class Restore:
             os.close(parent_fd)
         if name != node.name:
             os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        self.counts.files_written += 1
+        if node.kind == KIND_FILE:
+            self._count(files=1)
 
     def _open_parent(self, rel: bytes) -> tuple[int, bytes]:
         parts = rel.split(b"/")
@@ -285,7 +310,7 @@ class Restore:
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             try:
-                self.counts.bytes_written += self._write_content(fd, node)
+                self._write_content(fd, node)
                 self._set_metadata_fd(fd, node, is_dir=False)
             finally:
                 os.close(fd)
@@ -296,7 +321,14 @@ class Restore:
             raise
         if name != node.name:
             os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        self.counts.files_written += 1
+        self._count(files=1, size=node.size)
+
+    def _count(self, *, files: int, size: int = 0) -> None:
+        """Counts what was written; workers call it, so it adds under a lock (a `+=` on the
+        counts from several threads loses updates)."""
+        with self._counting:
+            self.counts.files_written += files
+            self.counts.bytes_written += size
 
     def _write_content(self, fd: int, node: Node) -> int:
         extents = deque(node.extents) if node.extents is not None else deque([(0, node.size)])
@@ -325,6 +357,8 @@ class Restore:
     # -- everything else
 
     def _restore_special(self, dir_fd: int, rel: bytes, node: Node, name: bytes) -> None:
+        if self._is_first(rel, node):
+            self._written[rel] = None  # made here, now: the other names link to it at once
         if node.kind == KIND_SYMLINK:
             os.symlink(node.target, name, dir_fd=dir_fd)
         elif node.kind == KIND_FIFO:
@@ -332,6 +366,7 @@ class Restore:
         elif node.kind in (KIND_CHAR, KIND_BLOCK):
             if not self.as_root:
                 self.not_restored.append((rel, "device node (needs root)"))
+                self._not_made.add(rel)
                 return
             kind_bits = stat.S_IFCHR if node.kind == KIND_CHAR else stat.S_IFBLK
             os.mknod(name, kind_bits | 0o600, os.makedev(*node.rdev), dir_fd=dir_fd)

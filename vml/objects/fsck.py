@@ -73,14 +73,16 @@ def check_packs(store: ChunkStore, progress: Callable[[int, int], None] | None =
 
 
 class TreeChecker:
-    """Finds, for an entry's tree, every path whose data or listing is damaged or missing.
-    Results are remembered per listing id, so entries sharing subtrees cost little more."""
+    """Finds, for an entry's tree, every path whose data or listing is damaged or missing,
+    and a root whose list of hardlink groups disagrees with its nodes. Results are
+    remembered per listing id, so entries sharing subtrees cost little more."""
 
     def __init__(self, store: ChunkStore, load: Callable[..., Listing], damaged: set[bytes]):
         self.store = store
         self.load = load
         self.damaged = damaged
         self._memo: dict[bytes, list[tuple[bytes, str]]] = {}
+        self._links: dict[bytes, list[tuple[bytes, bytes]]] = {}  # listing id -> (path below it, first member named)
 
     def _blob_problem(self, blob_id: bytes) -> str | None:
         if blob_id in self.damaged:
@@ -94,10 +96,26 @@ class TreeChecker:
         if problem:
             return [(b"/", f"root listing {problem}")]
         try:
-            root = self.load(root_id, root=True).nodes[0]
+            listing = self.load(root_id, root=True)
         except (CorruptObject, UnsafePath) as error:
             return [(b"/", str(error))]
-        return self.check_listing(root.tree)
+        found = self.check_listing(listing.nodes[0].tree)
+        if listing.links is not None and not found:
+            found = self._check_groups(listing.links, self._links.get(listing.nodes[0].tree, []))
+        return found
+
+    @staticmethod
+    def _check_groups(table: tuple[tuple[bytes, ...], ...], named: list[tuple[bytes, bytes]]) -> list[tuple[bytes, str]]:
+        """The root's groups must be exactly those its nodes name: each later member names
+        the first, and each group is two or more names."""
+        from_nodes: dict[bytes, set[bytes]] = {}
+        for path, first in named:
+            from_nodes.setdefault(first, {first}).add(path)
+        listed = {group[0]: set(group) for group in table}
+        if listed == from_nodes:
+            return []
+        wrong = sorted(set(listed) ^ set(from_nodes) | {f for f in listed.keys() & from_nodes.keys() if listed[f] != from_nodes[f]})
+        return [(first, "hardlink group listed in the root does not match the tree's nodes") for first in wrong]
 
     def check_listing(self, listing_id: bytes) -> list[tuple[bytes, str]]:
         """(path relative to this listing, reason) for everything wrong below it."""
@@ -105,6 +123,7 @@ class TreeChecker:
         if found is not None:
             return found
         problem = self._blob_problem(listing_id)
+        links: list[tuple[bytes, bytes]] = []
         if problem:
             found = [(b".", f"directory listing {problem}")]
         else:
@@ -115,9 +134,12 @@ class TreeChecker:
                 nodes = []
                 found.append((b".", str(error)))
             for node in nodes:
+                if node.hardlink is not None:
+                    links.append((node.name, node.hardlink))
                 if node.kind == KIND_DIR:
                     for path, reason in self.check_listing(node.tree):
                         found.append((node.name if path == b"." else node.name + b"/" + path, reason))
+                    links.extend((node.name + b"/" + path, first) for path, first in self._links.get(node.tree, ()))
                 elif node.kind == KIND_FILE:
                     for chunk_id in node.chunk_ids():
                         problem = self._blob_problem(chunk_id)
@@ -125,4 +147,6 @@ class TreeChecker:
                             found.append((node.name, f"data {problem}"))
                             break
         self._memo[listing_id] = found
+        if links:
+            self._links[listing_id] = links
         return found

@@ -4,7 +4,7 @@ One listing per directory, its nodes sorted by raw name bytes, each with full me
 either chunk ids (regular files) or the id of the child listing (directories). Encoding
 uses msgpack arrays of a fixed shape, so the same tree always gives the same bytes.
 The root of an entry is a listing with a single node named b"" that describes the
-top directory itself.
+top directory itself, followed by the tree's hardlink groups (see `encode_root`).
 """
 
 from __future__ import annotations
@@ -48,10 +48,14 @@ class Node:
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
     target: bytes | None = None  # symlink target, stored as is
     rdev: tuple[int, int] | None = None  # (major, minor) of a device
-    hardlink: bytes | None = None  # path of the first member of the hardlink group, from the root
+    # On every member of a hardlink group but the first (in walk order): the path of the
+    # first, from the root. Entries written before groups were listed in the root also
+    # gave it to the first member itself; readers treat a path naming itself as None.
+    hardlink: bytes | None = None
     chunks: bytes = b""  # concatenated 32-byte chunk ids of the file's data
     extents: tuple[tuple[int, int], ...] | None = None  # (offset, length) data extents of a sparse file
     tree: bytes | None = None  # id of a directory's listing
+    flags: int = 0  # the inode flags chattr sets (FS_IOC_GETFLAGS), those vml keeps (see fsmeta)
 
     def chunk_ids(self) -> list[bytes]:
         data = self.chunks
@@ -64,6 +68,7 @@ class Node:
             and self.gid == other.gid
             and self.mtime_ns == other.mtime_ns
             and self.xattrs == other.xattrs
+            and self.flags == other.flags
         )
 
     def same_content(self, other: "Node") -> bool:
@@ -100,10 +105,19 @@ class Totals:
 class Listing:
     nodes: list[Node]
     totals: Totals = field(default_factory=Totals)
+    # A root listing's hardlink groups: each the paths of one inode's names in walk order
+    # (two or more). None: a root written before groups were listed (see `hardlink_groups`).
+    links: tuple[tuple[bytes, ...], ...] | None = None
+
+
+def walk_key(path: bytes) -> tuple[bytes, ...]:
+    """The place of a path in walk order: depth first, names sorted by their bytes (the
+    order in which captures, restores and diffs visit a tree)."""
+    return tuple(path.split(b"/"))
 
 
 def node_to_array(node: Node) -> list:
-    return [
+    fields = [
         node.name,
         node.kind,
         node.mode,
@@ -121,12 +135,25 @@ def node_to_array(node: Node) -> list:
         [value for extent in node.extents for value in extent] if node.extents is not None else None,
         node.tree,
     ]
+    if node.flags:
+        fields.append(node.flags)  # only when set: nodes without flags keep the bytes they always had
+    return fields
 
 
 def encode_listing(nodes: list[Node], totals: Totals) -> bytes:
     """Canonical bytes of a directory listing; `nodes` must be sorted by name."""
     return msgpack.packb(
         [FORMAT, totals.nodes, totals.files, totals.bytes, [node_to_array(n) for n in nodes]],
+        use_bin_type=True,
+    )
+
+
+def encode_root(top: Node, totals: Totals, links: list[list[bytes]]) -> bytes:
+    """Canonical bytes of an entry's root: the top directory's node, the totals of the whole
+    tree, and its hardlink groups (each two or more paths; any order: sorted here)."""
+    groups = sorted((sorted(group, key=walk_key) for group in links), key=lambda group: walk_key(group[0]))
+    return msgpack.packb(
+        [FORMAT, totals.nodes, totals.files, totals.bytes, [node_to_array(top)], groups],
         use_bin_type=True,
     )
 
@@ -157,8 +184,11 @@ def check_name(name: bytes) -> None:
 
 
 def _node_from_array(item: list) -> Node:
-    (name, kind, mode, uid, gid, user, group, mtime_ns, size, xattrs, target, rdev, hardlink, chunks, extents, tree) = item
+    (name, kind, mode, uid, gid, user, group, mtime_ns, size, xattrs, target, rdev, hardlink, chunks, extents, tree, *rest) = item
+    flags = rest[0] if len(rest) == 1 else 0
     if not isinstance(name, bytes) or kind not in KIND_NAMES or not isinstance(chunks, bytes) or len(chunks) % ID_SIZE:
+        raise ValueError("malformed node")
+    if len(rest) > 1 or (rest and (not isinstance(flags, int) or flags <= 0)):
         raise ValueError("malformed node")
     for value in (mode, uid, gid, mtime_ns, size):
         if not isinstance(value, int):
@@ -182,6 +212,7 @@ def _node_from_array(item: list) -> Node:
         chunks=chunks,
         extents=extents,
         tree=tree,
+        flags=flags,
     )
 
 
@@ -189,7 +220,7 @@ def decode_listing_items(data: bytes) -> dict[bytes, list]:
     """A listing's nodes as undecoded msgpack arrays by name: for comparing two listings
     without building the nodes that are equal (node_from_item builds the others)."""
     try:
-        version, _nodes, _files, _size, items = msgpack.unpackb(data, raw=False)
+        version, _nodes, _files, _size, items, *_links = msgpack.unpackb(data, raw=False)
         if version != FORMAT:
             raise ValueError(f"unknown manifest format {version}")
         return {item[0]: item for item in items}
@@ -211,11 +242,16 @@ def node_from_item(item: list) -> Node:
 
 def decode_listing(data: bytes, *, root: bool = False) -> Listing:
     """Parse and validate a listing; a hostile or damaged one raises CorruptObject or UnsafePath."""
+    links = None
     try:
-        version, nodes, files, size, items = msgpack.unpackb(data, raw=False)
+        version, nodes, files, size, items, *rest = msgpack.unpackb(data, raw=False)
         if version != FORMAT:
             raise ValueError(f"unknown manifest format {version}")
         decoded = [_node_from_array(item) for item in items]
+        if rest:
+            if not root or len(rest) != 1:
+                raise ValueError("a directory listing has five fields")
+            links = _decode_links(rest[0])
     except UnsafePath:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as error:
@@ -233,4 +269,23 @@ def decode_listing(data: bytes, *, root: bool = False) -> Listing:
     for node in decoded:
         if node.kind == KIND_DIR and (not isinstance(node.tree, bytes) or len(node.tree) != ID_SIZE):
             raise CorruptObject(f"damaged manifest: directory {node.name!r} has no listing id")
-    return Listing(decoded, Totals(nodes, files, size))
+    return Listing(decoded, Totals(nodes, files, size), links)
+
+
+def _decode_links(groups: list) -> tuple[tuple[bytes, ...], ...]:
+    """A root's hardlink groups, checked to be in their one canonical form."""
+    seen: set[bytes] = set()
+    decoded = []
+    for group in groups:
+        if not isinstance(group, list) or len(group) < 2 or not all(isinstance(path, bytes) for path in group):
+            raise ValueError("a hardlink group is two or more paths")
+        for path in group:
+            for name in path.split(b"/"):
+                check_name(name)
+            if path in seen:
+                raise ValueError("a path is in two hardlink groups")
+            seen.add(path)
+        decoded.append(tuple(group))
+    if decoded != sorted((tuple(sorted(g, key=walk_key)) for g in decoded), key=lambda g: walk_key(g[0])):
+        raise ValueError("hardlink groups are not in walk order")
+    return tuple(decoded)

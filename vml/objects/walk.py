@@ -40,6 +40,19 @@ def root_node(load: Callable[..., Listing], root_id: bytes) -> Node:
     return load(root_id, root=True).nodes[0]
 
 
+def hardlink_groups(load: Callable[..., Listing], root_id: bytes) -> tuple[tuple[bytes, ...], ...]:
+    """The tree's hardlink groups, each its paths in walk order (the first is the one the
+    others name). A root written before roots listed them is walked to find them."""
+    listing = load(root_id, root=True)
+    if listing.links is not None:
+        return listing.links
+    groups: dict[bytes, list[bytes]] = {}
+    for path, node in walk_nodes(load, root_id):
+        if node.hardlink is not None and node.hardlink != path:
+            groups.setdefault(node.hardlink, [node.hardlink]).append(path)
+    return tuple(tuple(members) for members in groups.values())
+
+
 def node_at(load: Callable[..., Listing], root_id: bytes, path: bytes) -> Node | None:
     """The node at a relative '/'-separated path (b"" for the top), or None if absent."""
     node = root_node(load, root_id)

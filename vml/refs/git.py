@@ -269,7 +269,8 @@ class GitDag:
             ["git", f"--git-dir={self.path}", "fsck", "--full", "--strict", "--no-dangling", "--no-progress"],
             capture_output=True, text=True, errors="replace", env={**os.environ, "LC_ALL": "C"},
         )
-        found = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        # Notices ("HEAD points to an unborn branch" in a new repository) are no damage.
+        found = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip() and not line.startswith("notice:")]
         if done.returncode != 0 and not found:
             found = [f"git fsck exited with status {done.returncode}"]
         return [f"git fsck: {line}" for line in found], None
