@@ -27,7 +27,7 @@ os.environ.setdefault("VML_AUTHOR_NAME", "Test User")
 os.environ.setdefault("VML_AUTHOR_EMAIL", "test@example.org")
 
 OLD_MTIME = 1_650_000_000_123_456_789
-JSON_NODE_KEYS = {"kind", "mode", "uid", "gid", "user", "group", "size", "mtime_ns", "xattrs", "target"}
+JSON_NODE_KEYS = {"kind", "mode", "uid", "gid", "user", "group", "size", "mtime_ns", "xattrs", "target", "flags"}
 SUMMARY = re.compile(
     r"^(\d+) paths? changed: (\d+) added, (\d+) deleted, (\d+) modified, (\d+) type changed, (\d+) properties only; "
     r"\+(\d+) bytes?, -(\d+) bytes?$"
@@ -838,3 +838,59 @@ def test_links_when_a_name_joins_or_leaves_and_a_file_with_outside_names(repo, g
     copy = repo("commit", "-a", "copy", "-m", "copy", "--json").json()
     assert repo("diff", a, copy["entry"], "--json").json() == []
     assert repo("show", a, "--json").json()["info"]["manifest"] == repo("show", copy["entry"], "--json").json()["info"]["manifest"]
+
+
+# -- paths are quoted as git quotes them, and exact in JSON (issue 16, point 3)
+
+ODD_NAMES = [b"new\nline", b"raw\xffbyte", b"raw\\xffbyte", b'q"uote', b"tab\there", b"caf\xc3\xa9", b"plain"]
+
+
+def test_odd_names_are_one_unambiguous_token_in_text_and_exact_in_json(repo, guest: Path):
+    import base64
+
+    from vml.pathnames import unquote_path
+
+    a = repo("commit", "-m", "A", "--json").json()["entry"]
+    odd = os.fsencode(guest / "odd")
+    os.mkdir(odd)
+    for name in ODD_NAMES:
+        with open(os.path.join(odd, name), "wb") as f:
+            f.write(name)
+    b = repo("commit", "-m", "B", "--json").json()["entry"]
+    wanted = {b"odd/" + name for name in ODD_NAMES}
+    expected_text = {b"odd/new\nline": '"odd/new\\nline"', b"odd/raw\xffbyte": '"odd/raw\\377byte"',
+                     b"odd/raw\\xffbyte": '"odd/raw\\\\xffbyte"', b'odd/q"uote': '"odd/q\\"uote"',
+                     b"odd/tab\there": '"odd/tab\\there"', b"odd/caf\xc3\xa9": "odd/café", b"odd/plain": "odd/plain"}
+    for args in ((a, b), (a,)):
+        lines = repo("diff", *args, "--name-status").stdout.splitlines()
+        found = {}
+        for line in lines:
+            status, text = line.split("\t")
+            found[unquote_path(text)] = text
+        assert {path: text for path, text in found.items() if path.startswith(b"odd/")} == expected_text, lines
+        default = repo("diff", *args).stdout.splitlines()
+        assert len(default) == len(lines), "every change is one line"
+        changes = repo("diff", *args, "--json").json()
+        exact = {}
+        for change in changes:
+            path = os.fsencode(change["path"])  # lossless: undecodable bytes are \udcXX
+            if change["path_bytes"] is not None:
+                assert base64.b64decode(change["path_bytes"]) == path
+            exact[path] = change["path_bytes"]
+        assert wanted <= set(exact)
+        assert exact[b"odd/raw\xffbyte"] is not None and exact[b"odd/raw\\xffbyte"] is None  # never the same string
+        assert len({c["path"] for c in changes}) == len(changes)
+        raw = subprocess.run([sys.executable, "-m", "vml", "diff", *args, "--name-status", "-z"], cwd=repo.cwd,
+                             capture_output=True, check=True).stdout
+        fields = raw.split(b"\0")[:-1]
+        assert {path for path in fields[1::2] if path.startswith(b"odd/")} == wanted
+    with open(os.path.join(odd, b"late\nline\xfe"), "wb") as f:
+        f.write(b"x")
+    short = [line.split("\t") for line in repo("status", "--short").stdout.splitlines()]
+    assert ["A", '"odd/late\\nline\\376"'] in short, short
+    long_form = repo("status").stdout.splitlines()
+    assert '    "odd/late\\nline\\376"' in long_form, long_form
+    os.unlink(os.path.join(odd, b"late\nline\xfe"))
+    # Patch headers quote the whole a/PATH, as git does.
+    patch = repo("diff", a, b, "--", "odd/new\nline").stdout.splitlines()
+    assert '+++ "b/odd/new\\nline"' in patch and "--- /dev/null" in patch, patch

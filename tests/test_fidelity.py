@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -437,3 +438,70 @@ def test_checkout_without_force_refuses_and_names_the_changes(repo, full_guest: 
     os.unlink(full_guest / "empty")
     repo("checkout", entry, "-a", "wa1")
     assert (full_guest / "empty").exists()
+
+
+# -- inode flags (chattr): kept, compared and put back, checked with e2fsprogs' own lsattr
+
+
+def lsattr(path: Path) -> str:
+    """The flags lsattr shows for one file or directory, as a sorted string of letters."""
+    done = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True)
+    return "".join(sorted(done.stdout.split()[0].replace("-", "").replace("e", "")))  # e: ext4's extents, never kept
+
+
+def chattr(flags: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flags, *map(str, paths)], check=True)
+
+
+@pytest.fixture
+def flagged_guest(guest: Path):
+    """Files and directories with the flags chattr sets; every flag is cleared afterwards,
+    so the test's directories can be removed."""
+    (guest / "flags" / "dir-immutable").mkdir(parents=True)
+    (guest / "flags" / "dir-noatime").mkdir()
+    (guest / "flags" / "dir-immutable" / "inside").write_text("in an immutable directory\n")
+    for name in ("immutable", "append-only", "nodump", "several"):
+        (guest / "flags" / name).write_text(f"{name}\n")
+    chattr("+i", guest / "flags" / "immutable", guest / "flags" / "dir-immutable")
+    chattr("+a", guest / "flags" / "append-only")
+    chattr("+d", guest / "flags" / "nodump")
+    chattr("+A", guest / "flags" / "dir-noatime")
+    chattr("+dAS", guest / "flags" / "several")
+    yield guest
+    subprocess.run(["chattr", "-R", "-i", "-a", str(guest.parent)], capture_output=True)
+
+
+def test_inode_flags_are_kept_and_put_back(repo, flagged_guest: Path, tmp_path: Path):
+    guest = flagged_guest
+    paths = ["flags/immutable", "flags/append-only", "flags/nodump", "flags/several", "flags/dir-immutable", "flags/dir-noatime"]
+    wanted = {p: lsattr(guest / p) for p in paths}
+    assert wanted == {"flags/immutable": "i", "flags/append-only": "a", "flags/nodump": "d", "flags/several": "ASd",
+                      "flags/dir-immutable": "i", "flags/dir-noatime": "A"}, wanted
+    entry = repo("commit", "-m", "flags", "--json").json()["entry"]
+    out = tmp_path / "out"
+    done = repo("checkout", entry, "--to", str(out), "--json").json()
+    assert done["not_reproduced"] == []
+    assert {p: lsattr(out / p) for p in paths} == wanted
+    assert (out / "flags" / "dir-immutable" / "inside").read_text() == "in an immutable directory\n"
+    assert compare(guest, out) == []
+
+    # A change of flags alone is a change of properties, named with lsattr's letters.
+    chattr("-d", guest / "flags" / "nodump")
+    [change] = [c for c in repo("diff", entry, "--json").json() if c["path"] == "flags/nodump"]
+    assert (change["status"], change["changes"]) == ("P", ["flags"])
+    assert (change["old"]["flags"], change["new"]["flags"]) == ("d", "")
+    assert "flags d -> -" in repo("diff", entry, "--", "flags/nodump").stdout
+
+    # Immutable and append-only files and directories do not stop a checkout putting the
+    # area back: changed content, a new file in an immutable directory, a new immutable file.
+    chattr("-i", guest / "flags" / "immutable", guest / "flags" / "dir-immutable")
+    (guest / "flags" / "immutable").write_text("changed\n")
+    (guest / "flags" / "dir-immutable" / "added").write_text("new\n")
+    (guest / "flags" / "new-immutable").write_text("not in the entry\n")
+    chattr("+i", guest / "flags" / "immutable", guest / "flags" / "dir-immutable", guest / "flags" / "new-immutable")
+    with open(guest / "flags" / "append-only", "a") as appended:
+        appended.write("more\n")
+    repo("checkout", entry, "--force")
+    assert {p: lsattr(guest / p) for p in paths} == wanted
+    assert compare(guest, out) == []
+    assert repo("status", "--json").json()["clean"] is True

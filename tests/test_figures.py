@@ -100,3 +100,26 @@ def test_checkout_into_a_changed_area_counts_what_it_did(repo, guest: Path):
     assert measure(guest) == tree
     text = repo("checkout", "HEAD", "--force").stdout
     assert re.search(r": 0 files written \(0 B\), 0 metadata updates, 0 removed", text), text
+
+
+def test_one_of_a_thing_is_singular_and_show_names_the_host(vml, tmp_path: Path):
+    import socket
+
+    guest = tmp_path / "one"
+    (guest / "d").mkdir(parents=True)
+    (guest / "d" / "f").write_text("x")
+    vml("init")
+    vml("area", "add", "wa", "--dir", str(guest))
+    committed = vml("commit", "-m", "one").stdout
+    assert " 1 file, 1 B; read 1 file (1 B);" in committed, committed
+    shown = vml("show", "HEAD").stdout
+    assert "Files:  1 file, 1 directory, 0 symlinks, 0 other" in shown, shown
+    assert f"Area:   wa (dir: {guest}), saved on host {socket.gethostname()}" in shown, shown
+    assert "1 entry, 1 pack," in vml("fsck").stdout
+    (guest / "d" / "g").write_text("y")
+    vml("commit", "-m", "two")
+    stat_line = vml("diff", "HEAD~1", "HEAD", "--stat", "--", "d/g").stdout.splitlines()[-1]
+    assert stat_line.strip() == "1 path changed: 1 added, 0 deleted, 0 modified, 0 type changed, 0 properties only; +1 byte, -0 bytes"
+    checked_out = vml("checkout", "HEAD~1", "--to", str(tmp_path / "out")).stdout
+    assert ": 1 file written (1 B), 0 metadata updates, 0 removed" in checked_out, checked_out
+    vml.fsck_clean()

@@ -1,3 +1,3 @@
 """vml: version control for virtual-machine environments."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,11 +15,12 @@ from typing import Callable
 import vml
 from vml.areas.base import AreaConfig, check_area_name
 from vml.areas.capture import CaptureResult, capture_files, capture_tree
+from vml.areas.fsmeta import flag_letters
 from vml.areas.kinds import libvirt_module, open_area, ssh_target
 from vml.areas.rules import Rules, default_rules, load_rules, save_rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
-from vml.entry import DOMAIN_FILE, ENTRY_FILE, BaseRef, EntryInfo, display_path
+from vml.entry import DOMAIN_FILE, ENTRY_FILE, BaseRef, EntryInfo
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import VARIABLES, diff_environment, dotfiles
 from vml.errors import AreaError, ConcurrentUpdate, CorruptObject, LocalChanges, UnknownEntry, UsageError, VmlError
@@ -44,6 +45,7 @@ from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protect
 from vml.refs.reflogs import expire as expire_reflogs
 from vml.refs.bases import BASE_PREFIX, BaseName, base_name, list_bases, parse_base
 from vml.refs.rewrite import drop_entry
+from vml.pathnames import lossless_text, path_bytes, quote_path
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
 
@@ -427,8 +429,8 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             store.abandon()
             raise
         added = store.bytes_added - added_before
-        skipped = [f"{display_path(path)} ({reason})" for path, reason in captured.skipped]
-        unstable = [display_path(path) for path in captured.changed_while_reading]
+        skipped = [f"{quote_path(path)} ({reason})" for path, reason in captured.skipped]
+        unstable = [quote_path(path) for path in captured.changed_while_reading]
         common = dict(
             parent=head.entry,
             area=config.name,
@@ -1089,7 +1091,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
             # neither loses anything, so only additions and changes stop a checkout.
             at_risk = [c for c in changed if c.status != DELETED and c.path != b"."]
             if at_risk and not force:
-                paths = [display_path(c.path) for c in at_risk]
+                paths = [quote_path(c.path) for c in at_risk]
                 raise LocalChanges(
                     f"area {config.name} has changes not saved in an entry ({len(paths)}: {', '.join(paths[:5])}"
                     f"{', …' if len(paths) > 5 else ''}); commit them or use --force",
@@ -1110,7 +1112,7 @@ def _checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str 
         after.cache.save(repo.stat_cache_path(config.name))
         not_reproduced = []
         if after.root_id != target_root:
-            not_reproduced = [f"{display_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)
+            not_reproduced = [f"{quote_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)
                               if entry_rules is None or c.status != "A" or entry_rules.admits(c.path, c.new.kind == KIND_DIR)]
         head_after = read_head(repo.git, config.name)
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced, warnings)
@@ -1146,7 +1148,7 @@ def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> Ch
         root_id = _root_of(repo, entry_id)
         restore = Restore(repo.store, listing_loader(repo.store), progress=progress)
         counts = restore.run(root_id, os.fsencode(target))
-    return CheckoutResult(entry_id, target, None, None, counts, [f"{display_path(p)} ({why})" for p, why in counts.not_restored], warnings)
+    return CheckoutResult(entry_id, target, None, None, counts, [f"{quote_path(p)} ({why})" for p, why in counts.not_restored], warnings)
 
 
 # -- diff and status
@@ -1156,12 +1158,13 @@ PATCH_LIMIT = 8 * 1024 * 1024  # bytes per side beyond which no text diff is att
 
 @dataclass(frozen=True, slots=True)
 class DiffEntry:
-    path: str
+    path: str  # the path's bytes as text, losslessly: bytes that are not UTF-8 are lone surrogates (os.fsencode undoes it)
     status: str  # git's A added, D deleted, M content changed, T type changed; P properties only (vml's own)
     changes: list[str]  # what changed: content, type, links, mode, owner, mtime, xattrs, flags
     old: dict | None
     new: dict | None
     patch: str | None = None  # a unified diff of the content, when asked for
+    path_bytes: str | None = None  # base64 of the path when it is not valid UTF-8 (then `path` alone is not portable)
 
 
 def _node_summary(node) -> dict | None:
@@ -1176,8 +1179,9 @@ def _node_summary(node) -> dict | None:
         "group": node.group,
         "size": node.size,
         "mtime_ns": node.mtime_ns,
-        "xattrs": sorted(name.decode("utf-8", "backslashreplace") for name, _value in node.xattrs),
-        "target": node.target.decode("utf-8", "backslashreplace") if node.target is not None else None,
+        "xattrs": sorted(lossless_text(name) for name, _value in node.xattrs),
+        "target": lossless_text(node.target) if node.target is not None else None,
+        "flags": flag_letters(node.flags),
     }
 
 
@@ -1234,7 +1238,8 @@ def _kind(node) -> int | None:
 
 def _diff_entry(change, store, working_area, patch: bool) -> DiffEntry:
     text = _patch(change, store, working_area) if patch else None
-    return DiffEntry(display_path(change.path), change.status, list(change.parts), _node_summary(change.old), _node_summary(change.new), text)
+    return DiffEntry(lossless_text(change.path), change.status, list(change.parts), _node_summary(change.old),
+                     _node_summary(change.new), text, path_bytes(change.path))
 
 
 def _patch(change, store, working_area) -> str | None:
@@ -1243,9 +1248,8 @@ def _patch(change, store, working_area) -> str | None:
     new_file = change.new if change.new is not None and change.new.kind == KIND_FILE else None
     if change.status == PROPERTIES or (old_file is None and new_file is None):
         return None
-    path = display_path(change.path)
     if max(old_file.size if old_file else 0, new_file.size if new_file else 0) > PATCH_LIMIT:
-        return f"{path}: larger than {PATCH_LIMIT // (1024 * 1024)} MiB, no text diff\n"
+        return f"{quote_path(change.path)}: larger than {PATCH_LIMIT // (1024 * 1024)} MiB, no text diff\n"
     old_data = read_content(store, old_file) if old_file else b""
     if new_file is None:
         new_data = b""
@@ -1259,10 +1263,10 @@ def _patch(change, store, working_area) -> str | None:
         old_lines = old_data.decode().splitlines(keepends=True)
         new_lines = new_data.decode().splitlines(keepends=True)
     except UnicodeDecodeError:
-        return f"Binary files a/{path} and b/{path} differ\n"
+        return f"Binary files {quote_path(b'a/' + change.path)} and {quote_path(b'b/' + change.path)} differ\n"
     lines = []
-    from_name = f"a/{path}" if old_file else "/dev/null"
-    to_name = f"b/{path}" if new_file else "/dev/null"
+    from_name = quote_path(b"a/" + change.path) if old_file else "/dev/null"  # as git names them, quoted as a whole
+    to_name = quote_path(b"b/" + change.path) if new_file else "/dev/null"
     for line in difflib.unified_diff(old_lines, new_lines, from_name, to_name):
         lines.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     return "".join(lines)
@@ -1456,7 +1460,7 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
                 continue
             found = [problem for root_id in roots for problem in checker.check_root(root_id)]
             if found:
-                damaged.append(DamagedEntry(entry_id, message, [(display_path(p), why) for p, why in found]))
+                damaged.append(DamagedEntry(entry_id, message, [(quote_path(p), why) for p, why in found]))
         return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, warnings)
 
 

@@ -315,9 +315,10 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, res
 @click.option("--name-status", "form", flag_value="name-status", help="One line per changed path: status letter and path.")
 @click.option("--stat", "form", flag_value="stat", help="One line per changed path with old and new size, then totals.")
 @click.option("-p", "--patch", is_flag=True, help="A unified diff of every changed regular file's content.")
+@click.option("-z", "nul", is_flag=True, help="With --name-status: 'X NUL path NUL' records, paths as their exact bytes.")
 @json_option
 @click.pass_context
-def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, patch: bool, as_json: bool) -> None:
+def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, patch: bool, nul: bool, as_json: bool) -> None:
     """Compare entry OLD with entry NEW, or with the area's current files.
 
     Status letters, as git's: A added, D deleted, M content changed, T type changed (a
@@ -327,14 +328,21 @@ def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, pat
     sides are skipped unread.
     With `-- PATH...` only those paths are compared; with a single file PATH whose
     content changed, its unified diff is printed too.
+
+    A path holding a control character, a quote, a backslash or bytes that are not UTF-8
+    is printed as git prints it: between double quotes, with C escapes ("new\\nline",
+    "raw\\377byte"). --json gives each path losslessly, and its bytes in base64 as
+    `path_bytes` when they are not UTF-8; -z gives raw bytes.
     """
     paths = ctx.meta["paths"]
+    if nul and form != "name-status":
+        raise click.UsageError("-z goes with --name-status")
     auto = None if form is None and not as_json else False
     changes = api.diff(_repo(ctx), old, new, area=area, paths=paths, patch=True if patch else auto)
     if as_json:
         render.print_json(changes)
     elif form == "name-status":
-        render.diff_name_status(changes)
+        render.diff_name_status(changes, nul=nul)
     elif form == "stat":
         render.diff_stat(changes)
     else:
@@ -344,15 +352,18 @@ def diff(ctx, old: str, new: str | None, area: str | None, form: str | None, pat
 @main_group.command()
 @area_option
 @click.option("-s", "--short", "short", is_flag=True, help="One 'X path' line per change (letters as in diff --name-status).")
+@click.option("-z", "nul", is_flag=True, help="With --short: 'X NUL path NUL' records, paths as their exact bytes.")
 @json_option
 @click.pass_context
-def status(ctx, area: str | None, short: bool, as_json: bool) -> None:
+def status(ctx, area: str | None, short: bool, nul: bool, as_json: bool) -> None:
     """Show the area's branch and entry, and what changed since that entry (alias: consult).
 
     Only files whose size, times, inode or mode changed since the last commit or checkout are read.
     """
+    if nul and not short:
+        raise click.UsageError("-z goes with --short")
     result = api.status(_repo(ctx), area=area, notice=render.notice)
-    render.print_json(result) if as_json else render.status_result(result, short=short)
+    render.print_json(result) if as_json else render.status_result(result, short=short, nul=nul)
 
 
 @main_group.command()

@@ -15,11 +15,6 @@ ENTRY_FILE = "entry.toml"
 DOMAIN_FILE = "vm/domain.xml"  # a libvirt area's domain definition, beside entry.toml
 
 
-def display_path(path: bytes) -> str:
-    """A path for people and TOML: undecodable bytes become \\xNN escapes."""
-    return path.decode("utf-8", "backslashreplace")
-
-
 @dataclass(frozen=True, slots=True)
 class BaseRef:
     """The base image an entry sits on (or, in a base's own entry, the base itself)."""

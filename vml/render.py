@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 import sys
 from typing import Any, Callable, Iterator
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from vml import api
+from vml.pathnames import lossless_text, quote_path
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -29,6 +31,11 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """A number and its noun, singular for exactly one: "1 file", "2 files", "0 files"."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -37,12 +44,23 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
+        return lossless_text(value)
     return value
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(value), indent=2, ensure_ascii=False) + "\n")
+    """JSON on stdout, UTF-8. A path's bytes that are not UTF-8 are lone surrogates in its
+    text (see pathnames.lossless_text): they come out as \\udcXX escapes, which JSON allows
+    and Python's json reads back to the same surrogates."""
+    text = json.dumps(_jsonable(value), indent=2, ensure_ascii=False) + "\n"
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
+    sys.stdout.buffer.flush()
+
+
+def _path(text: str) -> str:
+    """A path of a result, quoted as git quotes it (see pathnames.quote_path)."""
+    return quote_path(os.fsencode(text))
 
 
 def error(message: str) -> None:
@@ -158,7 +176,7 @@ def commit_result(result: api.CommitResult) -> None:
     where = result.branch or "detached"
     out.print(escape(f"[{where} {result.entry}] saved area {result.area}"))
     out.print(
-        f" {result.files:,} files, {size(result.logical_bytes)}; read {result.files_read:,} files "
+        f" {_count(result.files, 'file')}, {size(result.logical_bytes)}; read {_count(result.files_read, 'file')} "
         f"({size(result.bytes_read)}); {size(result.added_bytes)} new in the store"
     )
     for path in result.skipped:
@@ -193,7 +211,7 @@ def log_entries(entries: list[api.LogEntry], *, oneline: bool, graph: bool) -> N
             f"Date:   {_date(entry)}",
         ]
         if entry.area is not None:
-            lines.append(escape(f"Area:   {entry.area} · {entry.files:,} files · {size(entry.logical_bytes)}"))
+            lines.append(escape(f"Area:   {entry.area} · {_count(entry.files, 'file')} · {size(entry.logical_bytes)}"))
         lines.append("")
         lines.extend("    " + escape(line) for line in entry.message.rstrip().splitlines())
         lines.append("")
@@ -243,13 +261,14 @@ def show_result(result: api.ShowResult) -> None:
     out.print(escape(f"Author: {entry.author} <{entry.email}>"))
     out.print(f"Date:   {_date(entry)}")
     out.print(f"Parent: {', '.join(entry.parents) if entry.parents else '(none: first entry)'}")
-    out.print(escape(f"Area:   {info.area} ({info.area_kind}: {info.location} on {info.host})"))
+    out.print(escape(f"Area:   {info.area} ({info.area_kind}: {info.location}), saved on host {info.host}"))
     if info.memory is not None:
         out.print(escape(f"Memory: saved with {len(info.memory_disks)} disk(s); resume with 'vml checkout --resume'; never public"))
     if info.base is not None:
         label = "Base image" if info.kind == "base" else "Base:  "
         out.print(escape(f"{label} {info.base} ({info.base.digest})"))
-    out.print(f"Files:  {info.files:,} files, {result.directories:,} directories, {result.symlinks:,} symlinks, {result.other:,} other")
+    out.print(f"Files:  {_count(info.files, 'file')}, {_count(result.directories, 'directory', 'directories')}, "
+              f"{_count(result.symlinks, 'symlink')}, {result.other:,} other")
     out.print(f"Size:   {size(info.logical_bytes)} logical, {size(result.stored_bytes)} stored, {size(info.added_bytes)} added by this entry")
     if info.skipped:
         out.print(escape(f"Skipped: {', '.join(info.skipped)}"))
@@ -262,8 +281,8 @@ def checkout_result(result: api.CheckoutResult) -> None:
     counts = result.counts
     where = f"area {result.area}" if result.area else result.target
     out.print(
-        f"checked out {result.entry[:12]} into {escape(where)}: {counts.files_written:,} files written "
-        f"({size(counts.bytes_written)}), {counts.metadata_only:,} metadata updates, {counts.removed:,} removed"
+        f"checked out {result.entry[:12]} into {escape(where)}: {_count(counts.files_written, 'file')} written "
+        f"({size(counts.bytes_written)}), {_count(counts.metadata_only, 'metadata update')}, {counts.removed:,} removed"
     )
     if result.area:
         out.print(f"area {escape(result.area)} is " + (f"on branch {result.branch}" if result.branch else f"detached at {result.entry[:12]}"))
@@ -288,7 +307,7 @@ def vm_state(state: api.VmState) -> None:
 
 def base_info(info: api.BaseInfo) -> None:
     out.print(escape(
-        f"{info.name}\t{info.version}\t{info.digest[:23]}…\t{info.source}\t{info.files:,} files, "
+        f"{info.name}\t{info.version}\t{info.digest[:23]}…\t{info.source}\t{_count(info.files, 'file')}, "
         f"{size(info.logical_bytes)}\t{info.entry[:12]}"
     ))
 
@@ -312,9 +331,14 @@ def _raw(line: str, style: str | None = None) -> None:
         sys.stdout.write(line + "\n")
 
 
-def diff_name_status(changes: list[api.DiffEntry]) -> None:
+def diff_name_status(changes: list[api.DiffEntry], *, nul: bool = False) -> None:
+    if nul:  # -z: `X NUL path NUL`, the path's exact bytes, as git prints them
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(change.status.encode() + b"\0" + os.fsencode(change.path) + b"\0" for change in changes))
+        sys.stdout.buffer.flush()
+        return
     for change in changes:
-        _raw(f"{change.status}\t{change.path}")
+        _raw(f"{change.status}\t{_path(change.path)}")
 
 
 def _parts(change: api.DiffEntry) -> str:
@@ -327,6 +351,8 @@ def _parts(change: api.DiffEntry) -> str:
             described.append(f"owner {change.old['uid']}:{change.old['gid']} -> {change.new['uid']}:{change.new['gid']}")
         elif part == "type":
             described.append(f"type {change.old['kind']} -> {change.new['kind']}")
+        elif part == "flags":
+            described.append(f"flags {change.old['flags'] or '-'} -> {change.new['flags'] or '-'}")
         elif part == "environment" and ":" in change.path:  # a variable: its values, shortened
             old = _short_value(change.old["value"]) if change.old else "unset"
             new = _short_value(change.new["value"]) if change.new else "unset"
@@ -344,7 +370,7 @@ def _short_value(value: str, limit: int = 60) -> str:
 def diff_changes(changes: list[api.DiffEntry]) -> None:
     for change in changes:
         parts = _parts(change)
-        _raw(f"{change.status}  {change.path}" + (f"  ({parts})" if parts else ""))
+        _raw(f"{change.status}  {_path(change.path)}" + (f"  ({parts})" if parts else ""))
         if change.patch:
             patch(change.patch)
 
@@ -360,7 +386,7 @@ def patch(text: str) -> None:
 def diff_stat(changes: list[api.DiffEntry]) -> None:
     if not changes:
         return
-    width = min(max(len(c.path) for c in changes), 60)
+    width = min(max(len(_path(c.path)) for c in changes), 60)
     grown = shrunk = 0
     counts = {"A": 0, "D": 0, "M": 0, "T": 0, "P": 0}
     for change in changes:
@@ -370,19 +396,19 @@ def diff_stat(changes: list[api.DiffEntry]) -> None:
         grown += max(new_size - old_size, 0)
         shrunk += max(old_size - new_size, 0)
         sizes = f"{size(old_size) if change.old else '-'} -> {size(new_size) if change.new else '-'}"
-        out.print(f" {change.status} {escape(change.path):<{width}} | {sizes}")
+        out.print(f" {change.status} {escape(_path(change.path)):<{width}} | {sizes}")
     out.print(
-        f" {len(changes)} paths changed: {counts['A']} added, {counts['D']} deleted, {counts['M']} modified, "
-        f"{counts['T']} type changed, {counts['P']} properties only; +{grown} bytes, -{shrunk} bytes"
+        f" {_count(len(changes), 'path')} changed: {counts['A']} added, {counts['D']} deleted, {counts['M']} modified, "
+        f"{counts['T']} type changed, {counts['P']} properties only; +{_count(grown, 'byte')}, -{_count(shrunk, 'byte')}"
     )
 
 
 STATUS_GROUPS = (("A", "added"), ("D", "deleted"), ("M", "modified"), ("T", "type changed"), ("P", "properties only"))
 
 
-def status_result(result: api.StatusResult, *, short: bool) -> None:
+def status_result(result: api.StatusResult, *, short: bool, nul: bool = False) -> None:
     if short:
-        diff_name_status(result.changes)
+        diff_name_status(result.changes, nul=nul)
         return
     out.print(escape(f"area {result.area} ({result.kind}: {result.location})"))
     if result.vm is not None:
@@ -402,7 +428,7 @@ def status_result(result: api.StatusResult, *, short: bool) -> None:
             out.print(f"  {title} ({len(group):,}):")
         for change in group:
             parts = _parts(change) if status in "MTP" else ""
-            out.print(f"    {escape(change.path)}" + (f"  ({escape(parts)})" if parts else ""))
+            out.print(f"    {escape(_path(change.path))}" + (f"  ({escape(parts)})" if parts else ""))
 
 
 def ref_list(refs: list[api.RefResult]) -> None:
@@ -422,7 +448,7 @@ def ref_deleted(kind: str, result: api.RefResult) -> None:
 
 
 def rm_result(result: api.RmResult) -> None:
-    out.print(escape(f"dropped entry {result.entry[:12]} ({result.summary}); {result.rewritten} later entries recorded again"))
+    out.print(escape(f"dropped entry {result.entry[:12]} ({result.summary}); {_count(result.rewritten, 'later entry', 'later entries')} recorded again"))
     for ref, (old, new) in result.moved.items():
         out.print(escape(f"  {ref}: {old[:12]} -> {new[:12]}"))
     for area in result.areas_moved:
@@ -440,7 +466,8 @@ def reflog_lines(lines: list[api.ReflogEntry]) -> None:
 
 
 def fsck_report(report: api.FsckReport) -> None:
-    out.print(f"checked {report.entries:,} entries, {report.packs:,} packs, {report.blobs:,} objects ({size(report.bytes)})")
+    out.print(f"checked {_count(report.entries, 'entry', 'entries')}, {_count(report.packs, 'pack')}, "
+              f"{_count(report.blobs, 'object')} ({size(report.bytes)})")
     for problem in report.problems:
         out.print(f"[red]damage:[/] {escape(problem)}")
     for note in report.warnings:
@@ -454,19 +481,15 @@ def fsck_report(report: api.FsckReport) -> None:
 
 def gc_result(result: api.GcResult) -> None:
     out.print(
-        f"freed {size(result.bytes_freed)} ({result.bytes_freed:,} bytes): {result.blobs_removed:,} unreachable objects removed, "
-        f"{result.packs_deleted} packs deleted, {result.packs_rewritten} rewritten; {result.packs_after} packs, "
-        f"{size(result.bytes_after)} remain"
+        f"freed {size(result.bytes_freed)} ({_count(result.bytes_freed, 'byte')}): {_count(result.blobs_removed, 'unreachable object')} "
+        f"removed, {_count(result.packs_deleted, 'pack')} deleted, {result.packs_rewritten:,} rewritten; "
+        f"{_count(result.packs_after, 'pack')}, {size(result.bytes_after)} remain"
     )
     if result.reflog_lines_expired or result.git_objects_removed:
-        out.print(f"expired {result.reflog_lines_expired:,} reflog lines; removed {result.git_objects_removed:,} git objects")
+        out.print(f"expired {_count(result.reflog_lines_expired, 'reflog line')}; removed {_count(result.git_objects_removed, 'git object')}")
 
 
 # -- remotes
-
-
-def _count(n: int, one: str, many: str | None = None) -> str:
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def remote_info(info: api.RemoteInfo) -> None:

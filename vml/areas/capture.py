@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-from vml.areas.fsmeta import OwnerNames, data_extents, read_xattrs
+from vml.areas.fsmeta import OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, stat_key
 from vml.objects import compress as compression
@@ -112,6 +112,7 @@ class _FileContent:
     chunks: bytes
     extents: tuple | None
     stable: bool  # the file did not change while it was read
+    flags: int  # its inode flags (chattr), read from the same descriptor
 
 
 @dataclass(slots=True)
@@ -184,7 +185,7 @@ class Capture:
             raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
         content = self._read_file(path, st)
         node = self._metadata_node(name, st, path)
-        node.chunks, node.extents = content.chunks, content.extents
+        node.chunks, node.extents, node.flags = content.chunks, content.extents, content.flags
         return node
 
     def close(self) -> None:
@@ -332,6 +333,7 @@ class Capture:
     def _read_file(self, path: bytes, st: os.stat_result) -> _FileContent:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
+            flags = read_flags(fd)
             extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
             ids = []
             if extents is None and st.st_size < MIN_SIZE:
@@ -346,7 +348,7 @@ class Capture:
         finally:
             os.close(fd)
         stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return _FileContent(b"".join(ids), extents, stable)
+        return _FileContent(b"".join(ids), extents, stable, flags)
 
     # -- finishing a directory (post-order, on the calling thread)
 
@@ -441,6 +443,7 @@ class Capture:
         node = self._metadata_node(child.name, child.st, path)
         node.chunks = content.chunks
         node.extents = content.extents
+        node.flags = content.flags
         node.hardlink = child.hardlink
         return node
 
@@ -462,6 +465,10 @@ class Capture:
             node.target = os.readlink(path)
         elif kind in (KIND_CHAR, KIND_BLOCK):
             node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        elif kind == KIND_DIR:
+            node.flags = dir_flags(path)
+        # (Regular files' flags are read with their content; devices and FIFOs are never
+        # opened, and Linux keeps no flags on symlinks.)
         return node
 
 

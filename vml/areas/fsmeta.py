@@ -1,13 +1,69 @@
-"""Reading and writing the metadata of local files: xattrs, owner names, sparse extents."""
+"""Reading and writing the metadata of local files: xattrs, inode flags, owner names,
+sparse extents."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import pwd
 import grp
+import struct
 
 _NO_XATTRS = {errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES}
+
+# Inode flags (chattr/lsattr), read and set with the ioctls of linux/fs.h (a long argument).
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+# The flags a user sets with chattr and a restore can set again, by lsattr's letters. The
+# others (extents, inline data, encryption, verity, casefold, DAX...) are the filesystem's
+# way of storing a file, not a property of it: never saved, never set.
+FLAG_LETTERS = {
+    "s": 0x1, "u": 0x2, "c": 0x4, "S": 0x8, "i": 0x10, "a": 0x20, "d": 0x40, "A": 0x80,
+    "j": 0x4000, "t": 0x8000, "D": 0x10000, "T": 0x20000, "C": 0x800000, "P": 0x20000000,
+}
+KEPT_FLAGS = sum(FLAG_LETTERS.values())
+# Flags under which a file cannot be replaced, renamed over, removed or given other metadata.
+PROTECTING_FLAGS = FLAG_LETTERS["i"] | FLAG_LETTERS["a"]
+_NO_FLAGS = {errno.ENOTTY, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
+def read_flags(fd: int) -> int:
+    """The kept inode flags of an open regular file or directory; 0 where the filesystem has none."""
+    try:
+        raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))
+    except OSError as error:
+        if error.errno in _NO_FLAGS:
+            return 0
+        raise
+    return struct.unpack_from("<i", raw)[0] & KEPT_FLAGS
+
+
+def dir_flags(path: bytes) -> int:
+    """The kept inode flags of a directory, by path (it is never followed if a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0  # gone or unreadable: its other metadata came from lstat already
+    try:
+        return read_flags(fd)
+    finally:
+        os.close(fd)
+
+
+def write_flags(fd: int, flags: int) -> None:
+    """Set the kept inode flags of an open file or directory to `flags`, leaving the
+    filesystem's own flags as they are; raises OSError where that cannot be done."""
+    raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))
+    current = struct.unpack_from("<i", raw)[0]
+    wanted = (current & ~KEPT_FLAGS) | (flags & KEPT_FLAGS)
+    if wanted != current:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<q", wanted))
+
+
+def flag_letters(flags: int) -> str:
+    """lsattr's letters of the kept flags, in lsattr's order of this table ('' for none)."""
+    return "".join(letter for letter, bit in FLAG_LETTERS.items() if flags & bit)
 
 
 def read_xattrs(path: bytes | int) -> tuple[tuple[bytes, bytes], ...]:

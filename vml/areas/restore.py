@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from vml.areas.fsmeta import PROTECTING_FLAGS, flag_letters, write_flags
 from vml.areas.rules import Rules, Scope
 from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import (
@@ -98,6 +99,7 @@ class Restore:
         self._firsts: set[bytes] = set()  # the paths other names of the same inode link to
         self._not_made: set[bytes] = set()  # first members that could not be made (device nodes, not root)
         self._counting = threading.Lock()  # workers add to the counts
+        self._flagged: list[tuple[bytes, Node]] = []  # inode flags to set once everything is written
         self._batch: list[tuple[int, Node, bytes, bytes]] = []
         self._batch_dirs: list[_PendingDir] = []
         self._batch_bytes = 0
@@ -117,10 +119,12 @@ class Restore:
             if current is None and os.listdir(self._root_fd):
                 raise VmlError(f"{os.fsdecode(target)} is not empty")
             top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN)
+            self._unprotect(top.fd, current, root, b"")
             self._restore_dir(top, b"", root.tree, current.tree if current is not None else None)
             self._queue.append(top)
             while self._queue:
                 self._finish(self._queue.popleft())
+            self._set_flags()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             while self._queue:
@@ -164,12 +168,14 @@ class Restore:
                 if current.tree == node.tree and current.same_metadata(node):
                     return
                 child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel))
+                self._unprotect(child.fd, current, node, rel)
                 self._restore_dir(child, rel, node.tree, current.tree)
             else:
                 if current is not None or self._exists(dir_fd, node.name):
                     self._remove(dir_fd, node.name)
                 os.mkdir(node.name, 0o700, dir_fd=dir_fd)
                 child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel))
+                self._unprotect(child.fd, None, node, rel)
                 self._restore_dir(child, rel, node.tree, None)
             self._queue.append(child)
             self._drain()
@@ -178,9 +184,14 @@ class Restore:
             if self._is_first(rel, node):
                 self._written[rel] = None
             if not current.same_metadata(node):
+                self._unprotect_by_name(dir_fd, current, node, rel)
                 self._set_metadata_by_name(dir_fd, node)
                 self.counts.metadata_only += 1
             return
+        if current is not None:
+            self._unprotect_by_name(dir_fd, current, None, rel)  # it is replaced: nothing may stop that
+        if node.flags:
+            self._flagged.append((rel, node))
         replace = current is not None or self._exists(dir_fd, node.name)
         if replace and self._is_dir(dir_fd, node.name):
             self._remove(dir_fd, node.name)
@@ -416,6 +427,42 @@ class Restore:
                     raise
                 self.not_restored.append((node.name, f"xattr {name.decode(errors='replace')}: {error.strerror}"))
 
+    # -- inode flags: cleared before anything they forbid, set once everything is written
+    # (an immutable file cannot be renamed into place, linked to, or have its times set)
+
+    def _unprotect(self, fd: int, current: Node | None, node: Node, rel: bytes) -> None:
+        """A directory about to be filled: its current flags go, the entry's come at the end."""
+        if current is not None and current.flags:
+            write_flags(fd, 0)
+        if node.flags:
+            self._flagged.append((rel, node))
+
+    def _unprotect_by_name(self, dir_fd: int, current: Node, node: Node | None, rel: bytes) -> None:
+        """A file whose metadata changes (`node`, whose flags come at the end) or which is
+        replaced (None): flags that forbid it are cleared first."""
+        if current.kind == KIND_FILE and current.flags & PROTECTING_FLAGS:
+            _clear_flags(dir_fd, current.name)
+        if node is not None and node.flags != current.flags:
+            self._flagged.append((rel, node))
+
+    def _set_flags(self) -> None:
+        for rel, node in self._flagged:
+            try:
+                if rel:
+                    parent_fd, name = self._open_parent(rel)
+                    try:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent_fd)
+                    finally:
+                        os.close(parent_fd)
+                else:
+                    fd = os.dup(self._root_fd)
+                try:
+                    write_flags(fd, node.flags)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                self.not_restored.append((rel or b".", f"inode flags {flag_letters(node.flags) or '(none)'}: {error.strerror}"))
+
     # -- helpers
 
     @staticmethod
@@ -434,6 +481,14 @@ class Restore:
             return False
 
     def _remove(self, dir_fd: int, name: bytes) -> None:
+        try:
+            self._remove_now(dir_fd, name)
+        except PermissionError:
+            _clear_flags_below(dir_fd, name)  # an immutable or append-only file or directory in the way
+            self._remove_now(dir_fd, name)
+        self.counts.removed += 1
+
+    def _remove_now(self, dir_fd: int, name: bytes) -> None:
         if self._is_dir(dir_fd, name):
             shutil.rmtree(name, dir_fd=dir_fd)  # fd-based: never follows symlinks inside
         else:
@@ -441,4 +496,28 @@ class Restore:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
-        self.counts.removed += 1
+
+
+def _clear_flags(dir_fd: int, name: bytes) -> None:
+    """Clear the inode flags of a regular file or directory (never a device or FIFO: opening
+    one could act on it)."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        write_flags(fd, 0)
+    except OSError:
+        pass  # a filesystem without flags: the removal's own error will say what is wrong
+    finally:
+        os.close(fd)
+
+
+def _clear_flags_below(dir_fd: int, name: bytes) -> None:
+    """Clear the flags of `name`, and of everything below it if it is a directory."""
+    _clear_flags(dir_fd, name)
+    if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+        return
+    for _path, dirnames, filenames, fd in os.fwalk(name, dir_fd=dir_fd):
+        for child in dirnames + filenames:
+            _clear_flags(fd, os.fsencode(child))
