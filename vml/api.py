@@ -34,7 +34,7 @@ from vml.objects.gc import UPLOAD_GRACE, collect
 from vml.objects.hashing import file_digest
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
-from vml.objects.walk import listing_loader, node_at, read_content, root_node, walk_nodes
+from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
 from vml.refs import names
 from vml.refs.branches import RefInfo, check_name, create_ref, delete_branch, delete_tag, list_refs
 from vml.refs.git import ZERO, Commit
@@ -916,20 +916,15 @@ def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
     store = repo.store
     load = listing_loader(store)
     root_id = ObjectId.parse(info.manifest)
-    blobs = {root_id}
-    counts = {KIND_DIR: 0, KIND_SYMLINK: 0, KIND_FILE: 0}
-    other = 0
-    for _path, node in walk_nodes(load, root_id):
-        if node.kind in counts:
-            counts[node.kind] += 1
-        else:
-            other += 1
+    _files, directories, symlinks, other = tree_counts(load, root_id)
+    blobs = {root_id, root_node(load, root_id).tree}
+    for _path, node in walk_nodes(load, root_id, seen=set()):  # each distinct listing once
         if node.kind == KIND_DIR:
             blobs.add(node.tree)
         blobs.update(node.chunk_ids())
     stored = sum(store.stored_size(blob) for blob in blobs if blob in store)
     raw = repo.git.commit(entry_id)
-    return ShowResult(_log_entry(repo, raw, _decorations(repo).get(entry_id, [])), info, stored, counts[KIND_DIR], counts[KIND_SYMLINK], other)
+    return ShowResult(_log_entry(repo, raw, _decorations(repo).get(entry_id, [])), info, stored, directories, symlinks, other)
 
 
 # -- checkout

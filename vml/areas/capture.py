@@ -21,6 +21,7 @@ from typing import Callable
 from vml.areas.fsmeta import OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, stat_key
+from vml.errors import UnsafePath, VmlError
 from vml.objects import compress as compression
 from vml.objects.chunker import MIN_SIZE, cut_stream
 from vml.objects.hashing import object_id
@@ -39,6 +40,7 @@ from vml.objects.manifest import (
     encode_listing_of_encoded,
     encode_node,
     encode_root,
+    check_depth,
 )
 from vml.objects.pack import TYPE_DATA, TYPE_TREE
 from vml.objects.store import ChunkStore
@@ -219,6 +221,10 @@ class Capture:
         )
 
     def _scan_dir(self, path: bytes, rel: bytes, scope: Scope) -> _PendingDir:
+        try:
+            check_depth(rel)
+        except UnsafePath as error:
+            raise VmlError(f"{os.fsdecode(path)}: {error} (vml cannot save it)") from None
         with os.scandir(path) as scan:
             entries = sorted(scan, key=lambda e: e.name)
         cached = self.old_cache.dirs.get(rel)

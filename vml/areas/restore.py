@@ -32,9 +32,11 @@ from vml.objects.manifest import (
     KIND_NAMES,
     Listing,
     Node,
+    check_depth,
     check_name,
 )
 from vml.objects.store import ChunkStore
+from vml.objects.walk import PathBudget
 
 MAX_FILES_IN_FLIGHT = 1024
 MAX_DIRS_PENDING = 64
@@ -100,6 +102,7 @@ class Restore:
         self._not_made: set[bytes] = set()  # first members that could not be made (device nodes, not root)
         self._counting = threading.Lock()  # workers add to the counts
         self._flagged: list[tuple[bytes, Node]] = []  # inode flags to set once everything is written
+        self._budget = PathBudget(0)  # the paths the tree being restored declares (see run)
         self._batch: list[tuple[int, Node, bytes, bytes]] = []
         self._batch_dirs: list[_PendingDir] = []
         self._batch_bytes = 0
@@ -112,12 +115,15 @@ class Restore:
         current = self._root_node(current_root_id) if current_root_id is not None else None
         self._firsts.clear()  # the target's groups, not the current tree's
         root = self._root_node(root_id)
+        self._budget = PathBudget.of(self._load_listing, root_id)
         self._updating = current is not None
         os.makedirs(target, mode=0o700, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if current is None and os.listdir(self._root_fd):
                 raise VmlError(f"{os.fsdecode(target)} is not empty")
+            if current is None:
+                _check_inodes(self._root_fd, target, self._budget.left)
             top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN)
             self._unprotect(top.fd, current, root, b"")
             self._restore_dir(top, b"", root.tree, current.tree if current is not None else None)
@@ -143,6 +149,7 @@ class Restore:
     # -- directories
 
     def _restore_dir(self, pending: _PendingDir, rel: bytes, listing_id: bytes, current_id: bytes | None) -> None:
+        check_depth(rel)
         dir_fd = pending.fd
         target = self._load_listing(listing_id).nodes
         current = {n.name: n for n in self._load_listing(current_id).nodes} if current_id is not None else {}
@@ -157,6 +164,7 @@ class Restore:
                     self._remove(dir_fd, raw)
         for node in target:
             child_rel = rel + b"/" + node.name if rel else node.name
+            self._budget.spend()
             self.counts.nodes += 1
             self._restore_node(pending, child_rel, node, current.get(node.name))
         self._progress(self.counts)
@@ -496,6 +504,14 @@ class Restore:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
+
+
+def _check_inodes(fd: int, target: bytes, paths: int) -> None:
+    """Refuse at once a tree the target's filesystem has no room for, by inodes (a tree
+    whose listings repeat can name billions of paths in a few KB)."""
+    fs = os.fstatvfs(fd)
+    if fs.f_files and fs.f_favail < paths:  # (f_files 0: a filesystem that makes inodes as needed)
+        raise VmlError(f"{os.fsdecode(target)} has room for {fs.f_favail:,} more files; the entry holds {paths:,} paths")
 
 
 def _clear_flags(dir_fd: int, name: bytes) -> None:

@@ -11,6 +11,9 @@ from vml.errors import CorruptObject
 LEVEL = 3
 FLAG_RAW = 0
 FLAG_ZSTD = 1
+# No blob vml writes comes near this (chunks are at most 4 MiB; a listing this large would
+# describe one directory of about two million names): a larger size is a lie, not a blob.
+MAX_BLOB = 256 << 20
 
 _local = threading.local()
 
@@ -39,11 +42,19 @@ def compress(data: bytes | memoryview) -> tuple[int, bytes]:
 
 
 def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
+    """A blob's raw bytes, never more than its recorded `raw_length`: a frame that says it
+    holds more (zstd sizes its output by the frame's own header, whatever the caller's
+    limit) is refused before anything is decompressed."""
     if flag == FLAG_RAW:
         return payload
     if flag != FLAG_ZSTD:
         raise CorruptObject(f"unknown compression flag {flag}")
+    if not 0 <= raw_length <= MAX_BLOB:
+        raise CorruptObject(f"a stored blob claims {raw_length:,} bytes, more than any blob vml writes")
     try:
+        declared = zstandard.frame_content_size(payload)
+        if declared != -1 and declared != raw_length:  # -1: the frame does not say
+            raise CorruptObject(f"a stored blob's zstd frame holds {declared:,} bytes, its record says {raw_length:,}")
         return _decompressor().decompress(payload, max_output_size=raw_length)
     except zstandard.ZstdError as error:
         raise CorruptObject(f"cannot decompress a stored blob: {error}") from None

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
-from vml.objects.manifest import KIND_DIR, Listing, Node, node_from_item, walk_key
-from vml.objects.walk import hardlink_groups, node_at, root_node
+from vml.objects.manifest import KIND_DIR, Listing, Node, check_depth, node_from_item, walk_key
+from vml.objects.walk import PathBudget, hardlink_groups, node_at, root_node
 
 ADDED = "A"
 DELETED = "D"
@@ -74,6 +74,8 @@ class TreeDiff:
     def __init__(self, load: Callable[..., Listing], old_root: bytes | None, new_root: bytes | None):
         self.load = load
         self.old_root, self.new_root = old_root, new_root
+        # Each path of either tree gives at most two changes (deleted, then added).
+        self._budget = PathBudget(2 + sum(2 * PathBudget.of(load, root).left for root in (old_root, new_root) if root is not None))
 
     def changes(self, paths: Iterable[bytes] = (b"",)) -> list[Change]:
         """Changes at and under each of `paths` (relative, '/'-separated; b"" is the whole
@@ -84,12 +86,12 @@ class TreeDiff:
         found: list[Change] = []
         if b"" in wanted:
             found.extend(self._top())
-            found.extend(self._listings(self._tree(self.old_root), self._tree(self.new_root), b""))
+            self._walk([("listings", b"", self._tree(self.old_root), self._tree(self.new_root))], found)
         else:
             for path in wanted:
                 old = node_at(self.load, self.old_root, path) if self.old_root is not None else None
                 new = node_at(self.load, self.new_root, path) if self.new_root is not None else None
-                found.extend(self._nodes(path, old, new))
+                self._walk([("nodes", path, old, new)], found)
         return self._with_links(found, wanted)
 
     def _tree(self, root: bytes | None) -> bytes | None:
@@ -100,45 +102,62 @@ class TreeDiff:
             old, new = root_node(self.load, self.old_root), root_node(self.load, self.new_root)
             yield Change(b".", PROPERTIES, old, new, tuple(_property_parts(old, new)))
 
-    def _listings(self, old_id: bytes | None, new_id: bytes | None, prefix: bytes) -> Iterator[Change]:
+    def _walk(self, tasks: list[tuple], found: list[Change]) -> None:
+        """Runs the tasks, last first, appending changes in walk order: ("listings", prefix,
+        old id, new id) compares two listings, ("nodes", path, old, new) two nodes. A stack,
+        not recursion: a tree may be as deep as its paths allow."""
+        while tasks:
+            task, path, old, new = tasks.pop()
+            if task == "listings":
+                check_depth(path)
+                tasks.extend(reversed(self._differing(path, old, new)))
+            else:
+                tasks.extend(reversed(self._node_changes(path, old, new, found)))
+
+    def _differing(self, prefix: bytes, old_id: bytes | None, new_id: bytes | None) -> list[tuple]:
+        """The names whose nodes differ between two listings, as node tasks in name order."""
         if old_id == new_id:
-            return
+            return []
         # Nodes stay undecoded msgpack arrays until they differ: a large directory with one
         # changed file costs one comparison per unchanged file, not one decoded node.
         old_items = self.load(old_id, raw=True) if old_id is not None else {}
         new_items = self.load(new_id, raw=True) if new_id is not None else {}
+        tasks = []
         for name in sorted(old_items.keys() | new_items.keys()):
             old, new = old_items.get(name), new_items.get(name)
             if old == new:
                 continue
+            self._budget.spend()
             path = prefix + b"/" + name if prefix else name
-            yield from self._nodes(path, node_from_item(old) if old else None, node_from_item(new) if new else None)
+            tasks.append(("nodes", path, node_from_item(old) if old else None, node_from_item(new) if new else None))
+        return tasks
 
-    def _nodes(self, path: bytes, old: Node | None, new: Node | None) -> Iterator[Change]:
-        """The changes from node `old` to node `new` at `path` (either may be None), and
-        below; a change of properties alone comes without its `links` part (see _with_links)."""
+    def _node_changes(self, path: bytes, old: Node | None, new: Node | None, found: list[Change]) -> list[tuple]:
+        """Appends the changes from node `old` to node `new` at `path` (either may be None);
+        returns the listings to compare below it. A change of properties comes without its
+        `links` part here (see _with_links)."""
         if old is None and new is None:
-            return
+            return []
         if old is not None and new is not None and (old.kind == KIND_DIR) == (new.kind == KIND_DIR):
             if old.kind != new.kind:
-                yield Change(path, TYPE_CHANGED, old, new, ("type", *_property_parts(old, new)))
+                found.append(Change(path, TYPE_CHANGED, old, new, ("type", *_property_parts(old, new))))
             elif old.kind != KIND_DIR and not old.same_content(new):
-                yield Change(path, MODIFIED, old, new, ("content", *_property_parts(old, new)))
+                found.append(Change(path, MODIFIED, old, new, ("content", *_property_parts(old, new))))
             else:
-                yield Change(path, PROPERTIES, old, new, tuple(_property_parts(old, new)))
-            if old.kind == KIND_DIR:
-                yield from self._listings(old.tree, new.tree, path)
-            return
+                found.append(Change(path, PROPERTIES, old, new, tuple(_property_parts(old, new))))
+            return [("listings", path, old.tree, new.tree)] if old.kind == KIND_DIR else []
         # Added, deleted, or a directory on one side only: as git shows it, the old path goes
         # (with everything below it) and the new one comes.
+        below = []
         if old is not None:
-            yield Change(path, DELETED, old, None)
+            found.append(Change(path, DELETED, old, None))
+            if old.kind == KIND_DIR:
+                below.append(("listings", path, old.tree, None))
         if new is not None:
-            yield Change(path, ADDED, None, new)
-        if old is not None and old.kind == KIND_DIR:
-            yield from self._listings(old.tree, None, path)
-        if new is not None and new.kind == KIND_DIR:
-            yield from self._listings(None, new.tree, path)
+            found.append(Change(path, ADDED, None, new))
+            if new.kind == KIND_DIR:
+                below.append(("listings", path, None, new.tree))
+        return below
 
     def _with_links(self, found: list[Change], wanted: list[bytes]) -> list[Change]:
         """Adds `links` where a path's hardlink group changed, and the paths whose nodes are

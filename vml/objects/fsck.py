@@ -9,9 +9,12 @@ from typing import Callable
 
 from vml.errors import CorruptObject, UnsafePath
 from vml.objects.ids import ObjectId
-from vml.objects.manifest import KIND_DIR, KIND_FILE, Listing
+from vml.objects.manifest import KIND_DIR, KIND_FILE, MAX_DEPTH, Listing
+
+MAX_REPORTED = 100  # damaged paths named below one directory (a listing named 2^40 times must not list them all)
 from vml.objects.pack import read_table
 from vml.objects.store import ChunkStore
+from vml.objects.walk import node_at
 
 
 @dataclass(slots=True)
@@ -82,7 +85,8 @@ class TreeChecker:
         self.load = load
         self.damaged = damaged
         self._memo: dict[bytes, list[tuple[bytes, str]]] = {}
-        self._links: dict[bytes, list[tuple[bytes, bytes]]] = {}  # listing id -> (path below it, first member named)
+        self._totals: dict[bytes, tuple[int, int, int]] = {}  # listing id -> what it declares (checked)
+        self._linked: dict[bytes, int] = {}  # listing id -> nodes below it that name a hardlink group's first member
 
     def _blob_problem(self, blob_id: bytes) -> str | None:
         if blob_id in self.damaged:
@@ -99,54 +103,67 @@ class TreeChecker:
             listing = self.load(root_id, root=True)
         except (CorruptObject, UnsafePath) as error:
             return [(b"/", str(error))]
-        found = self.check_listing(listing.nodes[0].tree)
+        top = listing.nodes[0].tree
+        found = self.check_listing(top)
+        if not found and (listing.totals.nodes, listing.totals.files, listing.totals.bytes) != self._totals.get(top):
+            found = [(b"/", "damaged manifest: the root's totals are not its top directory's")]
         if listing.links is not None and not found:
-            found = self._check_groups(listing.links, self._links.get(listing.nodes[0].tree, []))
+            found = self._check_groups(root_id, listing.links, self._linked.get(top, 0))
         return found
 
-    @staticmethod
-    def _check_groups(table: tuple[tuple[bytes, ...], ...], named: list[tuple[bytes, bytes]]) -> list[tuple[bytes, str]]:
+    def _check_groups(self, root_id: bytes, table: tuple[tuple[bytes, ...], ...], linked: int) -> list[tuple[bytes, str]]:
         """The root's groups must be exactly those its nodes name: each later member names
-        the first, and each group is two or more names."""
-        from_nodes: dict[bytes, set[bytes]] = {}
-        for path, first in named:
-            from_nodes.setdefault(first, {first}).add(path)
-        listed = {group[0]: set(group) for group in table}
-        if listed == from_nodes:
-            return []
-        wrong = sorted(set(listed) ^ set(from_nodes) | {f for f in listed.keys() & from_nodes.keys() if listed[f] != from_nodes[f]})
-        return [(first, "hardlink group listed in the root does not match the tree's nodes") for first in wrong]
+        the first, which names none, and no other node names one (checked by lookups and a
+        count, never by expanding the tree)."""
+        wrong = []
+        for group in table:
+            first = node_at(self.load, root_id, group[0])
+            members = [node_at(self.load, root_id, path) for path in group[1:]]
+            if first is None or first.hardlink is not None or any(m is None or m.hardlink != group[0] for m in members):
+                wrong.append((group[0], "hardlink group listed in the root does not match the tree's nodes"))
+        if not wrong and linked != sum(len(group) - 1 for group in table):
+            wrong.append((b"/", "the tree has hardlinks its root does not list"))
+        return wrong
 
-    def check_listing(self, listing_id: bytes) -> list[tuple[bytes, str]]:
+    def check_listing(self, listing_id: bytes, depth: int = 0) -> list[tuple[bytes, str]]:
         """(path relative to this listing, reason) for everything wrong below it."""
         found = self._memo.get(listing_id)
         if found is not None:
             return found
+        if depth >= MAX_DEPTH:
+            return [(b".", f"directories nested deeper than {MAX_DEPTH} levels")]
         problem = self._blob_problem(listing_id)
-        links: list[tuple[bytes, bytes]] = []
+        linked = 0
         if problem:
             found = [(b".", f"directory listing {problem}")]
         else:
             found = []
             try:
-                nodes = self.load(listing_id).nodes
+                listing = self.load(listing_id)
             except (CorruptObject, UnsafePath) as error:
-                nodes = []
+                listing = Listing([])
                 found.append((b".", str(error)))
-            for node in nodes:
+            totals = [len(listing.nodes), 0, 0]
+            for node in listing.nodes:
                 if node.hardlink is not None:
-                    links.append((node.name, node.hardlink))
+                    linked += 1
                 if node.kind == KIND_DIR:
-                    for path, reason in self.check_listing(node.tree):
+                    for path, reason in self.check_listing(node.tree, depth + 1)[:MAX_REPORTED]:
                         found.append((node.name if path == b"." else node.name + b"/" + path, reason))
-                    links.extend((node.name + b"/" + path, first) for path, first in self._links.get(node.tree, ()))
+                    linked += self._linked.get(node.tree, 0)
+                    below = self._totals.get(node.tree, (0, 0, 0))
+                    totals = [totals[0] + below[0], totals[1] + below[1], totals[2] + below[2]]
                 elif node.kind == KIND_FILE:
+                    totals[1] += 1
+                    totals[2] += node.size
                     for chunk_id in node.chunk_ids():
                         problem = self._blob_problem(chunk_id)
                         if problem:
                             found.append((node.name, f"data {problem}"))
                             break
+            if not found and (listing.totals.nodes, listing.totals.files, listing.totals.bytes) != tuple(totals):
+                found.append((b".", "damaged manifest: its totals are not those of what it lists"))
+            self._totals[listing_id] = (listing.totals.nodes, listing.totals.files, listing.totals.bytes)
         self._memo[listing_id] = found
-        if links:
-            self._links[listing_id] = links
+        self._linked[listing_id] = linked
         return found

@@ -9,6 +9,7 @@ top directory itself, followed by the tree's hardlink groups (see `encode_root`)
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import msgpack
@@ -17,6 +18,14 @@ from vml.errors import CorruptObject, UnsafePath
 from vml.objects.ids import ID_SIZE
 
 FORMAT = 1
+# More paths than any filesystem holds (ext4 counts inodes in 32 bits): a root declaring
+# more is a hostile DAG that names one listing again and again, not a tree.
+MAX_PATHS = 1 << 32
+# Directories nested deeper than this are refused, by captures and by readers: a path of
+# one-letter names under Linux's PATH_MAX (4096 bytes) is at most 2048 levels deep.
+MAX_DEPTH = 2048
+# The walks that recurse (one Python call per level, no C stack in CPython 3.11+) need room.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH + 1000))
 
 KIND_FILE = 1
 KIND_DIR = 2
@@ -177,6 +186,12 @@ def decode_node(data: bytes) -> Node:
         raise CorruptObject(f"damaged cached node: {error}") from None
 
 
+def check_depth(path: bytes) -> None:
+    """Refuse a directory nested deeper than MAX_DEPTH (a hostile tree may nest millions)."""
+    if path.count(b"/") >= MAX_DEPTH:
+        raise UnsafePath(f"refusing a directory nested deeper than {MAX_DEPTH} levels: {path[:60]!r}…")
+
+
 def check_name(name: bytes) -> None:
     """Refuse names that would step out of, or around, the directory being restored."""
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
@@ -259,6 +274,8 @@ def decode_listing(data: bytes, *, root: bool = False) -> Listing:
     if root:
         if len(decoded) != 1 or decoded[0].name != b"" or decoded[0].kind != KIND_DIR:
             raise CorruptObject("damaged manifest: an entry's root must describe one directory")
+        if not 0 <= nodes <= MAX_PATHS:
+            raise CorruptObject(f"damaged manifest: the root declares {nodes:,} paths, more than a filesystem holds")
     else:
         previous = None
         for node in decoded:

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
-from vml.errors import CorruptObject, MissingObject
+from vml.errors import CorruptObject, MissingObject, VmlError
 from vml.objects import compress as compression
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
@@ -157,15 +157,26 @@ class ChunkStore:
         return found
 
     def stored_size(self, blob_id: bytes) -> int:
+        """The blob's size as stored (compressed)."""
+        return self._recorded(blob_id, LENGTH, "length")
+
+    def raw_size(self, blob_id: bytes) -> int:
+        """The blob's size as recorded for its raw bytes (a read checks that it is true)."""
+        return self._recorded(blob_id, RAW_LENGTH, "raw_length")
+
+    def _recorded(self, blob_id: bytes, field: int, name: str) -> int:
         if self._deferred:
             self._load_deferred()
         found = self._locations.get(blob_id)
         if found is not None:
-            return found[LENGTH]
+            return found[field]
         for blobs in [self._pending] + [blobs for blobs, _job in tuple(self._finishing)]:
             if blob_id in blobs:
-                return blobs[blob_id].length
-        return self._locations[blob_id][LENGTH]
+                return getattr(blobs[blob_id], name)
+        found = self._locations.get(blob_id)
+        if found is None:
+            raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+        return found[field]
 
     def items(self):
         self._load_deferred()
@@ -260,6 +271,9 @@ class ChunkStore:
 
     def add(self, blob_id: ObjectId, blob_type: int, flag: int, payload: bytes, raw_length: int) -> None:
         """Append a compressed blob; thread-safe, and a blob already stored is skipped."""
+        if raw_length > compression.MAX_BLOB:  # readers would refuse it as a lie
+            raise VmlError(f"an object of {raw_length:,} bytes is larger than vml stores ({compression.MAX_BLOB >> 20} MiB): "
+                           f"a directory of millions of names? split it")
         if self._deferred:
             self._load_deferred()
         with self._lock:

@@ -5,8 +5,28 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Iterator
 
-from vml.objects.manifest import KIND_DIR, Listing, Node, decode_listing, decode_listing_items
+from vml.errors import CorruptObject
+from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK, Listing, Node, decode_listing, decode_listing_items
 from vml.objects.store import ChunkStore
+
+
+class PathBudget:
+    """The paths an expansion of a tree may yield: what its root declares. Listings may name
+    one listing many times (identical directories share it), so a few KB can name 2^40
+    paths; the root's totals (at most MAX_PATHS) bound every walk, and a tree whose listings
+    name more than they declare is damaged, found after at most that many paths."""
+
+    def __init__(self, declared: int):
+        self.left = declared
+
+    @classmethod
+    def of(cls, load: Callable[..., Listing], root_id: bytes, *, times: int = 1) -> "PathBudget":
+        return cls(load(root_id, root=True).totals.nodes * times)
+
+    def spend(self, paths: int = 1) -> None:
+        self.left -= paths
+        if self.left < 0:
+            raise CorruptObject("damaged manifest: its listings name more paths than its root declares")
 
 
 def listing_loader(store: ChunkStore, overlay: dict[bytes, bytes] | None = None, *, memo: int = 0) -> Callable[[bytes], Listing]:
@@ -53,6 +73,39 @@ def hardlink_groups(load: Callable[..., Listing], root_id: bytes) -> tuple[tuple
     return tuple(tuple(members) for members in groups.values())
 
 
+def tree_counts(load: Callable[..., Listing], root_id: bytes) -> tuple[int, int, int, int]:
+    """(regular files, directories, symlinks, other nodes) below the top, counted once per
+    distinct listing and multiplied out: exact, and as fast for a tree whose listings
+    repeat (2^40 paths in a few KB) as for any other."""
+    counted: dict[bytes, tuple[int, int, int, int]] = {}
+    top = root_node(load, root_id).tree
+    stack = [top]
+    while stack:
+        listing_id = stack[-1]
+        if listing_id in counted:
+            stack.pop()
+            continue
+        nodes = load(listing_id).nodes
+        waiting = [n.tree for n in nodes if n.kind == KIND_DIR and n.tree not in counted]
+        if waiting:
+            stack.extend(waiting)
+            continue
+        files = dirs = links = other = 0
+        for node in nodes:
+            if node.kind == KIND_DIR:
+                below = counted[node.tree]
+                files, dirs, links, other = files + below[0], dirs + below[1] + 1, links + below[2], other + below[3]
+            elif node.kind == KIND_FILE:
+                files += 1
+            elif node.kind == KIND_SYMLINK:
+                links += 1
+            else:
+                other += 1
+        counted[listing_id] = (files, dirs, links, other)
+        stack.pop()
+    return counted[top]
+
+
 def node_at(load: Callable[..., Listing], root_id: bytes, path: bytes) -> Node | None:
     """The node at a relative '/'-separated path (b"" for the top), or None if absent."""
     node = root_node(load, root_id)
@@ -66,7 +119,11 @@ def node_at(load: Callable[..., Listing], root_id: bytes, path: bytes) -> Node |
 
 
 def read_content(store: ChunkStore, node: Node) -> bytes:
-    """A regular file's bytes, holes of a sparse file as zeros."""
+    """A regular file's bytes, holes of a sparse file as zeros. The chunks' recorded sizes
+    must add up to the node's before any is read: a lying node costs no memory."""
+    expected = sum(length for _offset, length in node.extents) if node.extents is not None else node.size
+    if sum(store.raw_size(chunk) for chunk in node.chunk_ids()) != expected or not 0 <= expected <= node.size:
+        raise CorruptObject(f"damaged manifest: {node.name!r} does not have the {node.size:,} bytes it says")
     data = b"".join(store.get(chunk) for chunk in node.chunk_ids())
     if node.extents is None:
         return data
@@ -82,6 +139,7 @@ def walk_nodes(load: Callable[..., Listing], root_id: bytes, *, seen: set[bytes]
     """(path, node) for every node under the root, depth first. With `seen`, subtrees whose
     listing id is in it are skipped (and new ones added): each listing is visited once."""
     root = root_node(load, root_id)
+    budget = PathBudget.of(load, root_id) if seen is None else None
     stack = [(b"", root.tree)]
     while stack:
         prefix, listing_id = stack.pop()
@@ -92,6 +150,8 @@ def walk_nodes(load: Callable[..., Listing], root_id: bytes, *, seen: set[bytes]
         subdirs = []
         for node in load(listing_id).nodes:
             path = prefix + b"/" + node.name if prefix else node.name
+            if budget is not None:
+                budget.spend()
             yield path, node
             if node.kind == KIND_DIR:
                 subdirs.append((path, node.tree))
