@@ -1142,8 +1142,29 @@ def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> Ch
         warnings = _check_base(repo, entry_info(repo, entry_id), None)
         root_id = _root_of(repo, entry_id)
         restore = Restore(repo.store, listing_loader(repo.store), progress=progress)
-        counts = restore.run(root_id, os.fsencode(target))
+        existed = os.path.lexists(target)
+        try:
+            counts = restore.run(root_id, os.fsencode(target))
+        except BaseException:
+            # The directory was empty or absent: what a failed restore left there is no one's.
+            _remove_partial(target, keep_top=existed)
+            raise
     return CheckoutResult(entry_id, target, None, None, counts, [f"{quote_path(p)} ({why})" for p, why in counts.not_restored], warnings)
+
+
+def _remove_partial(target: str, *, keep_top: bool) -> None:
+    if not os.path.isdir(target) or os.path.islink(target):
+        return
+    for name in os.listdir(target):
+        path = os.path.join(target, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    if not keep_top:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
 
 
 # -- diff and status
@@ -1905,6 +1926,8 @@ class ImportResult:
     requires: list[str]
     commits: int
     blobs: int
+    privileged: int = 0  # setuid/setgid-root files and device nodes among what it brought
+    privileged_paths: list[str] = field(default_factory=list)  # the first of them, "path (why)"
 
 
 def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, force: bool = False) -> ImportResult:
@@ -1950,7 +1973,9 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         if status != UP_TO_DATE:
             repo.git.ensure_reflog(ref)
             repo.git.update_ref(ref, info.entry, current, f"import: {os.path.basename(path)}")
-    return ImportResult(os.path.abspath(path), info.kind, info.entry, _short(ref), status, info.requires, len(info.commits), info.blobs)
+    count, shown = info.privileged
+    return ImportResult(os.path.abspath(path), info.kind, info.entry, _short(ref), status, info.requires, len(info.commits), info.blobs,
+                        count, [f"{quote_path(p)} ({why})" for p, why in shown])
 
 
 def _leads_to(repo: Repository, current: str, info) -> bool:

@@ -558,3 +558,7 @@ def export_result(result: api.ExportResult) -> None:
 def import_result(result: api.ImportResult) -> None:
     out.print(escape(f"imported {result.kind} bundle {result.path}: {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')}"))
     out.print(escape(f" {result.ref}: {result.status} at {result.entry[:12]}"))
+    if result.privileged:
+        more = f" (the first {len(result.privileged_paths)})" if result.privileged > len(result.privileged_paths) else ""
+        warning(f"the bundle brings {_count(result.privileged, 'file')} that run with root's rights or are devices{more}: "
+                f"{', '.join(result.privileged_paths)}; a checkout by root restores them as they are, like tar -p")

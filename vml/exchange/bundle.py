@@ -37,7 +37,8 @@ from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_TREE, PackEntry, fsync_dir, parse_table
 from vml.objects.store import ChunkStore
-from vml.objects.walk import missing_blobs
+from vml.objects.manifest import decode_listing
+from vml.objects.walk import missing_blobs, privileged_nodes
 from vml.refs.bases import BASE_PREFIX, BaseName
 from vml.refs.git import GitDag
 
@@ -63,6 +64,7 @@ class BundleInfo:
     blobs: int
     bytes: int  # the bundle file's size
     bases: dict[str, str] = field(default_factory=dict)  # base refs the bundle carries -> their commits
+    privileged: tuple[int, list[tuple[bytes, str]]] = (0, [])  # setuid/setgid-root files and devices it brings
 
 
 # -- export
@@ -288,8 +290,11 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
         if absent:
             raise CorruptObject(f"the bundle is incomplete: it lacks {len(absent)} objects its entries need (first {absent[0].hex()[:16]})")
         order = chunks + [listing_id for listing_id, _data in listings]
+        new_listings = {listing_id: data for listing_id, data in listings}
+        privileged = privileged_nodes(lambda blob_id, root=False: decode_listing(new_listings[blob_id], root=root),
+                                      roots, set(new_listings))
     info = BundleInfo(header["kind"], header["entry"], header["ref"], header["requires"], header["commits"], len(in_bundle), size,
-                      dict(header.get("bases", {})))
+                      dict(header.get("bases", {})), privileged)
 
     def store_all() -> None:
         with open(path, "rb") as again:

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Callable, Iterator
 
 from vml.errors import CorruptObject
-from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK, Listing, Node, decode_listing, decode_listing_items
+from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Listing, Node, decode_listing, decode_listing_items
 from vml.objects.store import ChunkStore
 
 
@@ -71,6 +71,44 @@ def hardlink_groups(load: Callable[..., Listing], root_id: bytes) -> tuple[tuple
         if node.hardlink is not None and node.hardlink != path:
             groups.setdefault(node.hardlink, [node.hardlink]).append(path)
     return tuple(tuple(members) for members in groups.values())
+
+
+PRIVILEGED_SHOWN = 20
+
+
+def privileged_nodes(load: Callable[..., Listing], roots: list[bytes], within: set[bytes]) -> tuple[int, list[tuple[bytes, str]]]:
+    """What a checkout by root would give power to, among the nodes of `roots` reached through
+    the listings in `within` (those just received from elsewhere): files that run as root
+    (setuid or setgid root) and device nodes. Returns how many, and the first ones with why."""
+    found: list[tuple[bytes, str]] = []
+    count = 0
+    seen: set[bytes] = set()
+    stack = [(b"", root_node(load, root).tree) for root in roots if root in within]
+    while stack:
+        prefix, listing_id = stack.pop()
+        if listing_id in seen or listing_id not in within:
+            continue
+        seen.add(listing_id)
+        for node in load(listing_id).nodes:
+            path = prefix + b"/" + node.name if prefix else node.name
+            why = _privilege(node)
+            if why:
+                count += 1
+                if len(found) < PRIVILEGED_SHOWN:
+                    found.append((path, why))
+            if node.kind == KIND_DIR:
+                stack.append((path, node.tree))
+    return count, sorted(found)
+
+
+def _privilege(node: Node) -> str | None:
+    if node.kind in (KIND_CHAR, KIND_BLOCK):
+        return "device"
+    if node.kind == KIND_FILE and node.mode & 0o4000 and node.uid == 0:
+        return "setuid root"
+    if node.kind == KIND_FILE and node.mode & 0o2000 and node.gid == 0:
+        return "setgid root"
+    return None
 
 
 def tree_counts(load: Callable[..., Listing], root_id: bytes) -> tuple[int, int, int, int]:
