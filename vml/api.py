@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import errno
 import os
 import shutil
 import socket
@@ -425,6 +426,14 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             store.flush()  # packs, then their index: durable before any commit names them
             if VARIABLES in extra_files:
                 extra_files.update(dotfiles(store, listing_loader(store), captured.root_id))
+        except OSError as error:
+            store.abandon()
+            if error.errno != errno.ENOSPC:
+                raise
+            kept = store.bytes_added - added_before
+            raise VmlError(f"the disk of the repository is full: nothing was recorded"
+                           + (f"; the {kept:,} bytes this commit stored already are reused by the next one, or freed by "
+                              f"'vml gc'" if kept else "")) from None
         except BaseException:
             store.abandon()
             raise
@@ -951,6 +960,19 @@ def _scan_area(repo: Repository, working_area, cache: StatCache | None = None, e
 
 def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False,
              resume: bool = False, new_vm: bool = False, progress: Progress = None, notice: Notice = None) -> CheckoutResult:
+    try:
+        return _checkout(repo, spec, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress, notice=notice)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        if to is not None:
+            raise VmlError(f"the disk of {os.path.abspath(to)} is full: nothing of the entry was left there") from None
+        raise VmlError(f"the disk of area {repo.choose_area(area).name} is full: it holds part of entry {spec} and its HEAD "
+                       f"has not moved; free some space and check out again") from None
+
+
+def _checkout(repo: Repository, spec: str, *, area: str | None, to: str | None, force: bool, resume: bool, new_vm: bool,
+              progress: Progress, notice: Notice) -> CheckoutResult:
     if to is not None:
         if area is not None or resume or new_vm:
             raise UsageError("--to DIR restores files into a directory: it goes with none of -a AREA, --resume and --new-vm")

@@ -116,7 +116,10 @@ class PackWriter:
         return pack_id
 
     def abandon(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # its buffer could not be written (a full disk): the file goes anyway
         try:
             os.unlink(self._tmp_path)
         except FileNotFoundError:

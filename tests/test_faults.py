@@ -1,0 +1,258 @@
+"""Faults: kill -9 of push, gc and export at random moments (commit's is in test_crash.py),
+a full disk under commit and checkout, and gc running beside a commit and beside a push.
+
+After every fault the repository must be one `vml fsck` and plain `git fsck` find clean,
+every entry recorded before must check out exactly, and the next commit and checkout work.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Vml, git_fsck_clean, one_line_error
+from repofiles import tree_digest
+
+MiB = 1024 * 1024
+ATTEMPTS = 5
+
+
+def _env() -> dict:
+    env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}
+    env.pop("VML_REPO", None)
+    return env
+
+
+def write_random(path: Path, size: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(random.Random(seed).randbytes(size))
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vml", *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def timed(cwd: Path, *args: str) -> float:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "vml", *args], cwd=cwd, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return time.monotonic() - started
+
+
+def kill_at(proc: subprocess.Popen, delay: float) -> bool:
+    """SIGKILL the process (and its group) after `delay` seconds; True if it was still running."""
+    time.sleep(delay)
+    running = proc.poll() is None
+    if running:
+        os.killpg(proc.pid, signal.SIGKILL)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err)
+    return running
+
+
+def fsck_clean(vml: Vml, repo: Path) -> None:
+    report = vml("--repo", str(repo), "fsck", "--json", check=False)
+    assert report.returncode == 0, report.stdout + report.stderr
+    git_fsck_clean(repo)
+
+
+@pytest.fixture
+def history(repo, guest: Path, tmp_path: Path):
+    """main: two entries over 24 MiB of random data; side: an entry with 8 MiB of its own
+    (deleted, so gc has something to free). Returns {entry: tree digest} of main's entries."""
+    for i in range(3):
+        write_random(guest / "data" / f"part{i}.bin", 8 * MiB, i)
+    first = repo("commit", "-m", "first", "--json").json()["entry"]
+    expected = {first: tree_digest(guest)}
+    write_random(guest / "data" / "part0.bin", 8 * MiB, 10)
+    (guest / "etc" / "hosts").write_text("10.0.0.1 changed\n")
+    second = repo("commit", "-m", "second", "--json").json()["entry"]
+    expected[second] = tree_digest(guest)
+    repo("switch", "-c", "side")
+    write_random(guest / "data" / "side.bin", 8 * MiB, 20)
+    repo("commit", "-m", "side")
+    repo("switch", "main")
+    repo("branch", "-D", "side")
+    return expected
+
+
+def entries_intact(vml: Vml, expected: dict[str, str], tmp_path: Path, repo_args: tuple[str, ...] = ()) -> None:
+    for entry, digest in expected.items():
+        target = tmp_path / f"check-{entry[:12]}-{time.monotonic_ns()}"
+        vml(*repo_args, "checkout", entry, "--to", str(target))
+        assert tree_digest(target) == digest, f"entry {entry[:12]} no longer checks out as it was recorded"
+        shutil.rmtree(target)
+
+
+def still_works(vml: Vml, guest: Path, tmp_path: Path) -> None:
+    """After a fault: a commit and a checkout of it."""
+    (guest / "etc" / "after-fault").write_text(f"{time.monotonic_ns()}\n")
+    entry = vml("commit", "-m", "after the fault", "--json").json()["entry"]
+    target = tmp_path / f"after-{time.monotonic_ns()}"
+    vml("checkout", entry, "--to", str(target))
+    assert tree_digest(target) == tree_digest(guest)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["push", "gc", "export"])
+def test_kill_9_at_random_moments(repo, guest: Path, tmp_path: Path, history: dict[str, str], command: str):
+    rng = random.Random(f"faults-{command}")
+    remote = tmp_path / "shared.vml"
+    bundle = tmp_path / "out" / "main.vmlb"
+    bundle.parent.mkdir()
+    if command == "push":
+        repo("init", "--bare", str(remote))
+        repo("remote", "add", "origin", str(remote))
+        args = ("push", "origin", "main")
+        repo("init", "--bare", str(tmp_path / "measure.vml"))  # a push of the same work, to time
+        repo("remote", "add", "measure", str(tmp_path / "measure.vml"))
+        duration = timed(tmp_path, "push", "measure", "main")
+    elif command == "gc":
+        args = ("gc", "--expire", "now")
+        copy = tmp_path / "copy"
+        shutil.copytree(tmp_path / ".vml", copy / ".vml", symlinks=True)
+        duration = timed(copy, *args)
+        shutil.rmtree(copy)
+    else:
+        args = ("export", "main", "-o", str(bundle), "--full")
+        duration = timed(tmp_path, *args)
+        bundle.unlink()
+
+    kills = 0
+    for attempt in range(ATTEMPTS):
+        kills += kill_at(start(tmp_path, *args), rng.uniform(0.05, 0.95) * duration)
+        fsck_clean(repo, tmp_path / ".vml")
+        entries_intact(repo, history, tmp_path)
+        if command == "push":
+            fsck_clean(repo, remote)
+        if command == "export" and bundle.exists():  # whole, or not there at all
+            other = Vml(tmp_path / f"importer{attempt}")
+            other.cwd.mkdir()
+            other("init")
+            other("import", str(bundle))
+            entries_intact(other, history, tmp_path)
+            bundle.unlink()
+    assert kills >= 2, f"only {kills} of {ATTEMPTS} runs were still running when killed: the test tested little"
+
+    # The command itself completes afterwards, and nothing earlier was lost.
+    repo(*args)
+    fsck_clean(repo, tmp_path / ".vml")
+    entries_intact(repo, history, tmp_path)
+    if command == "push":
+        fsck_clean(repo, remote)
+        entries_intact(repo, history, tmp_path, ("--repo", str(remote)))
+    if command == "export":
+        other = Vml(tmp_path / "importer-final")
+        other.cwd.mkdir()
+        other("init")
+        other("import", str(bundle))
+        entries_intact(other, history, tmp_path)
+    still_works(repo, guest, tmp_path)
+
+
+# -- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 20 MB tmpfs, unmounted afterwards (the tests run as root: a failure to mount fails)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_during_commit(tmp_path: Path, small_disk: Path):
+    """The repository on a 20 MB disk, an area of 40 MB that does not compress: one line,
+    nothing recorded, nothing half-written left, and once there is room the commit works."""
+    guest = tmp_path / "guest"
+    (guest / "etc").mkdir(parents=True)
+    (guest / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    vml = Vml(small_disk)
+    vml("init")
+    vml("area", "add", "wa", "--dir", str(guest))
+    first = vml("commit", "-m", "small", "--json").json()["entry"]
+    first_tree = tree_digest(guest)
+    for i in range(5):
+        write_random(guest / "data" / f"part{i}.bin", 8 * MiB, 100 + i)
+    line = one_line_error(vml("commit", "-m", "too big", check=False), code=3)
+    assert "disk of the repository is full: nothing was recorded" in line and "vml gc" in line, line
+    assert vml("log", "--json").json()[0]["id"] == first  # nothing recorded
+    assert not [p for p in (small_disk / ".vml" / "vml" / "store" / "tmp").iterdir()], "half-written packs left behind"
+    fsck_clean(vml, small_disk / ".vml")
+    entries_intact(vml, {first: first_tree}, tmp_path)
+    for i in range(4):
+        (guest / "data" / f"part{i}.bin").unlink()
+    vml("gc")  # as the message says: what the failed commit stored goes
+    second = vml("commit", "-m", "fits", "--json").json()
+    assert second["created"]
+    entries_intact(vml, {first: first_tree, second["entry"]: tree_digest(guest)}, tmp_path)
+    fsck_clean(vml, small_disk / ".vml")
+
+
+def test_full_disk_during_checkout(repo, guest: Path, tmp_path: Path, small_disk: Path):
+    for i in range(5):
+        write_random(guest / "data" / f"part{i}.bin", 8 * MiB, 200 + i)
+    entry = repo("commit", "-m", "40 MB", "--json").json()["entry"]
+    tree = tree_digest(guest)
+    # Into a new directory: one line, and the directory is gone again.
+    line = one_line_error(repo("checkout", entry, "--to", str(small_disk / "out"), check=False), code=3)
+    assert "is full: nothing of the entry was left there" in line, line
+    assert not (small_disk / "out").exists()
+    # Into an area: one line; the area's HEAD has not moved; a checkout elsewhere still works.
+    repo("area", "add", "small", "--dir", str(small_disk / "area"))
+    line = one_line_error(repo("checkout", entry, "-a", "small", check=False), code=3)
+    assert "disk of area small is full" in line and "HEAD has not moved" in line, line
+    assert repo("status", "-a", "small", "--json").json()["entry"] is None
+    repo.fsck_clean()
+    entries_intact(repo, {entry: tree}, tmp_path)
+
+
+# -- gc beside a commit and beside a push
+
+
+def test_gc_beside_a_commit(repo, guest: Path, tmp_path: Path, history: dict[str, str]):
+    """gc needs the repository alone, a commit shares it: whichever starts first, the other
+    waits, and both finish with everything the commit saved kept."""
+    for round_ in range(3):
+        write_random(guest / "data" / "part1.bin", 8 * MiB, 300 + round_)
+        commit = start(tmp_path, "commit", "-m", f"beside gc {round_}", "--json")
+        time.sleep(0.05 * round_)
+        gc = start(tmp_path, "gc", "--expire", "now")
+        assert gc.wait(timeout=300) == 0, gc.stderr.read()
+        assert commit.wait(timeout=300) == 0, commit.stderr.read()
+        history[repo("log", "-n", "1", "--json").json()[0]["id"]] = tree_digest(guest)
+        fsck_clean(repo, tmp_path / ".vml")
+        entries_intact(repo, history, tmp_path)
+
+
+def test_gc_of_a_remote_beside_a_push(repo, guest: Path, tmp_path: Path, history: dict[str, str]):
+    """gc of the shared repository while a push into it runs: gc refuses (one line) while
+    the push is in progress, or runs before or after it; the pushed entries are all there."""
+    remote = tmp_path / "shared.vml"
+    repo("init", "--bare", str(remote))
+    repo("remote", "add", "origin", str(remote))
+    other = Vml(tmp_path)
+    for round_ in range(3):
+        write_random(guest / "data" / "part2.bin", 8 * MiB, 400 + round_)
+        history[repo("commit", "-m", f"to push {round_}", "--json").json()["entry"]] = tree_digest(guest)
+        push = start(tmp_path, "push", "origin", "main")
+        time.sleep(0.1 * round_)
+        gc = other("--repo", str(remote), "gc", "--expire", "now", check=False)
+        if gc.returncode != 0:
+            assert "push into this repository is in progress" in one_line_error(gc, code=3)
+        assert push.wait(timeout=300) == 0, push.stderr.read()
+        fsck_clean(repo, remote)
+        entries_intact(repo, history, tmp_path, ("--repo", str(remote)))
+        other("--repo", str(remote), "gc", "--expire", "now")  # and once it is done, gc runs
+        entries_intact(repo, history, tmp_path, ("--repo", str(remote)))
