@@ -6,25 +6,18 @@ entries that completed must still be in the log, and the first entry must check 
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from processes import kill_at, start, vml_env
 from repofiles import pack_files, tree_digest
 from vml.objects.pack import read_table
 
 BIG_FILES = 3
 BIG_SIZE = 8 * 1024 * 1024
-
-
-def _env() -> dict:
-    env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}
-    env.pop("VML_REPO", None)
-    return env
 
 
 def make_tree(root: Path, rng: random.Random, dirs: int = 40, files: int = 75) -> None:
@@ -87,18 +80,7 @@ def test_kill_9_during_commit_never_damages_the_repository(repo, guest: Path, tm
     recorded: list[str] = []  # entries a run recorded (it finished, or was killed just after)
 
     def start_commit(attempt: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "vml", "commit", "-m", f"attempt {attempt}", "--json"],
-            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
-
-    def kill(proc: subprocess.Popen) -> bool:
-        killed = proc.poll() is None
-        if killed:
-            os.killpg(proc.pid, signal.SIGKILL)
-        _out, err = proc.communicate(timeout=60)
-        assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err)
-        return killed
+        return start(tmp_path, "commit", "-m", f"attempt {attempt}", "--json")
 
     def check_repository(attempt: int) -> None:
         fsck = repo("fsck", "--json", check=False)
@@ -121,9 +103,7 @@ def test_kill_9_during_commit_never_damages_the_repository(repo, guest: Path, tm
 
     kills = 0
     for attempt in range(6):
-        proc = start_commit(attempt)
-        time.sleep(rng.uniform(0.1, 0.95) * duration)
-        kills += kill(proc)
+        kills += kill_at(start_commit(attempt), rng.uniform(0.1, 0.95) * duration)
         check_repository(attempt)
 
     if not recorded and not pack_files(tmp_path) - packs_before_kills:
@@ -132,7 +112,7 @@ def test_kill_9_during_commit_never_damages_the_repository(repo, guest: Path, tm
         deadline = time.monotonic() + 60
         while proc.poll() is None and not pack_files(tmp_path) - packs_before_kills and time.monotonic() < deadline:
             time.sleep(0.002)
-        kills += kill(proc)
+        kills += kill_at(proc)
         check_repository(6)
 
     assert kills > 0, "every commit finished before its kill: the test did not test anything"
@@ -167,7 +147,7 @@ def test_kill_9_during_commit_never_damages_the_repository(repo, guest: Path, tm
 def _popen_commit(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vml", "commit", *args, "--json"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=vml_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

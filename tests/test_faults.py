@@ -7,10 +7,8 @@ every entry recorded before must check out exactly, and the next commit and chec
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,16 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Vml, git_fsck_clean, one_line_error
+from processes import kill_at, start, vml_env
 from repofiles import tree_digest
 
 MiB = 1024 * 1024
 ATTEMPTS = 5
-
-
-def _env() -> dict:
-    env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}
-    env.pop("VML_REPO", None)
-    return env
 
 
 def write_random(path: Path, size: int, seed: int) -> None:
@@ -36,27 +29,11 @@ def write_random(path: Path, size: int, seed: int) -> None:
     path.write_bytes(random.Random(seed).randbytes(size))
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vml", *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-
-
 def timed(cwd: Path, *args: str) -> float:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "vml", *args], cwd=cwd, env=_env(), capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "vml", *args], cwd=cwd, env=vml_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return time.monotonic() - started
-
-
-def kill_at(proc: subprocess.Popen, delay: float) -> bool:
-    """SIGKILL the process (and its group) after `delay` seconds; True if it was still running."""
-    time.sleep(delay)
-    running = proc.poll() is None
-    if running:
-        os.killpg(proc.pid, signal.SIGKILL)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err)
-    return running
 
 
 def fsck_clean(vml: Vml, repo: Path) -> None:

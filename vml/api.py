@@ -34,7 +34,7 @@ from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import UPLOAD_GRACE, collect
 from vml.objects.hashing import file_digest
 from vml.objects.ids import ObjectId
-from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, KIND_SYMLINK
+from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
 from vml.refs import names
 from vml.refs.branches import RefInfo, check_name, create_ref, delete_branch, delete_tag, list_refs
@@ -431,7 +431,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             if error.errno != errno.ENOSPC:
                 raise
             kept = store.bytes_added - added_before
-            raise VmlError(f"the disk of the repository is full: nothing was recorded"
+            raise VmlError("the disk of the repository is full: nothing was recorded"
                            + (f"; the {kept:,} bytes this commit stored already are reused by the next one, or freed by "
                               f"'vml gc'" if kept else "")) from None
         except BaseException:

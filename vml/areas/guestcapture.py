@@ -31,7 +31,6 @@ from vml.objects.manifest import (
     Node,
     Totals,
     decode_node,
-    encode_listing,
     encode_listing_of_encoded,
     encode_node,
     encode_root,
