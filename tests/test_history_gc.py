@@ -575,3 +575,20 @@ def test_vml_fsck_reports_what_git_fsck_finds(repo, guest: Path, tmp_path: Path)
     gc(repo)
     assert git_fsck(tmp_path)[0] == 0
     assert repo("fsck", "--json").json()["problems"] == []
+
+
+def test_a_temporary_object_file_a_killed_commit_left_is_no_damage(repo, guest: Path, tmp_path: Path):
+    """kill -9 during libgit2's write of a git object leaves objects/XX/tmp_object_git2_*:
+    git fsck mentions it and exits 0; vml fsck agrees (a warning, exit 0) and gc removes it.
+    (vml fsck once called this damage: the random kills of test_crash.py found it.)"""
+    base_entry(repo, guest)
+    leftover = tmp_path / ".vml" / "objects" / "ab" / "tmp_object_git2_a1B2c3"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"x\x9c half an object")
+    code, output = git_fsck(tmp_path)
+    assert code == 0 and "tmp_object_git2" in output
+    report = repo("fsck", "--json").json()
+    assert report["problems"] == [] and any("tmp_object_git2" in w for w in report["warnings"]), report
+    gc(repo)
+    assert not leftover.exists()
+    assert "tmp_object_git2" not in git_fsck(tmp_path)[1]

@@ -1485,9 +1485,9 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         checker = TreeChecker(store, listing_loader(store), packs.damaged_blobs)
         damaged = []
         problems = list(packs.problems)
-        git_problems, git_skipped = repo.git.git_fsck()
+        git_problems, git_warnings = repo.git.git_fsck()
         problems += git_problems
-        warnings = list(packs.warnings) + ([git_skipped] if git_skipped else [])
+        warnings = list(packs.warnings) + git_warnings
         entries = reachable_entries(repo)
         for entry_id in entries:
             message = _summary(repo.git.commit(entry_id).message)

@@ -260,20 +260,22 @@ class GitDag:
         for raw in walker:
             yield str(raw.id)
 
-    def git_fsck(self) -> tuple[list[str], str | None]:
-        """What git's own `fsck --full --strict` finds wrong (objects, connectivity, refs and
-        reflogs): (problems, None), or ([], why it could not run)."""
+    def git_fsck(self) -> tuple[list[str], list[str]]:
+        """What git's own `fsck --full --strict` finds (objects, connectivity, refs and
+        reflogs): (damage, warnings). Damage is what makes git fail; warnings are what it
+        only mentions, such as a temporary object file a killed write left (gc removes it)."""
         if shutil.which("git") is None:
-            return [], "git is not installed, so git's own check of the repository did not run"
+            return [], ["git is not installed, so git's own check of the repository did not run"]
         done = subprocess.run(
             ["git", f"--git-dir={self.path}", "fsck", "--full", "--strict", "--no-dangling", "--no-progress"],
             capture_output=True, text=True, errors="replace", env={**os.environ, "LC_ALL": "C"},
         )
         # Notices ("HEAD points to an unborn branch" in a new repository) are no damage.
-        found = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip() and not line.startswith("notice:")]
-        if done.returncode != 0 and not found:
-            found = [f"git fsck exited with status {done.returncode}"]
-        return [f"git fsck: {line}" for line in found], None
+        found = [f"git fsck: {line.strip()}" for line in (done.stdout + done.stderr).splitlines()
+                 if line.strip() and not line.startswith("notice:")]
+        if done.returncode == 0:
+            return [], found
+        return found or [f"git fsck exited with status {done.returncode}"], []
 
     # -- references
 
