@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-from vml.areas.fsmeta import OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
+from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, stat_key
 from vml.errors import UnsafePath, VmlError
@@ -30,7 +30,6 @@ from vml.objects.manifest import (
     KIND_BLOCK,
     KIND_CHAR,
     KIND_DIR,
-    KIND_FIFO,
     KIND_FILE,
     KIND_SYMLINK,
     Node,
@@ -53,14 +52,6 @@ MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
 
-_KINDS = {
-    stat.S_IFREG: KIND_FILE,
-    stat.S_IFDIR: KIND_DIR,
-    stat.S_IFLNK: KIND_SYMLINK,
-    stat.S_IFCHR: KIND_CHAR,
-    stat.S_IFBLK: KIND_BLOCK,
-    stat.S_IFIFO: KIND_FIFO,
-}
 
 
 @dataclass(slots=True)
@@ -244,7 +235,7 @@ class Capture:
             if fmt == stat.S_IFSOCK:
                 self.skipped.append((child_rel, "socket"))
                 continue
-            if fmt not in _KINDS:
+            if fmt not in KIND_OF_TYPE:
                 self.skipped.append((child_rel, "unknown file type"))
                 continue
             child = _Child(entry.name, st, stat_key(st))
@@ -454,7 +445,7 @@ class Capture:
         return node
 
     def _metadata_node(self, name: bytes, st: os.stat_result, path: bytes) -> Node:
-        kind = _KINDS[stat.S_IFMT(st.st_mode)]
+        kind = KIND_OF_TYPE[stat.S_IFMT(st.st_mode)]
         node = Node(
             name=name,
             kind=kind,

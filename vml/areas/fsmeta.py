@@ -8,7 +8,21 @@ import fcntl
 import os
 import pwd
 import grp
+import stat
 import struct
+
+from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK
+
+# A file's type as st_mode says it -> the kind of its node, and back (sockets have none).
+KIND_OF_TYPE = {
+    stat.S_IFREG: KIND_FILE,
+    stat.S_IFDIR: KIND_DIR,
+    stat.S_IFLNK: KIND_SYMLINK,
+    stat.S_IFCHR: KIND_CHAR,
+    stat.S_IFBLK: KIND_BLOCK,
+    stat.S_IFIFO: KIND_FIFO,
+}
+TYPE_OF_KIND = {kind: file_type for file_type, kind in KIND_OF_TYPE.items()}
 
 _NO_XATTRS = {errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES}
 

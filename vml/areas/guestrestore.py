@@ -21,6 +21,7 @@ from vml.objects.diff import DELETED, diff_roots
 from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Listing, Node, check_name
 from vml.objects.store import ChunkStore
 from vml.objects.walk import node_at, root_node
+from vml.pathnames import quote_path
 
 _TAR_TYPES = {
     KIND_FILE: tarfile.REGTYPE,
@@ -150,7 +151,7 @@ class _NodeReader:
             if not self._buffer:
                 chunk = next(self._chunks, None)
                 if chunk is None:
-                    raise CorruptObject(f"{self._path.decode('utf-8', 'backslashreplace')}: stored data is shorter than the file's size")
+                    raise CorruptObject(f"{quote_path(self._path)}: stored data is shorter than the file's size")
                 self._buffer = memoryview(self._store.get(chunk))
             take = self._buffer[: size - len(out)]
             out += take

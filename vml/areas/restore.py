@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vml.areas.fsmeta import PROTECTING_FLAGS, flag_letters, write_flags
+from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, flag_letters, write_flags
 from vml.areas.rules import Rules, Scope
 from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import (
@@ -37,6 +37,7 @@ from vml.objects.manifest import (
 )
 from vml.objects.store import ChunkStore
 from vml.objects.walk import PathBudget
+from vml.pathnames import quote_path
 
 MAX_FILES_IN_FLIGHT = 1024
 MAX_DIRS_PENDING = 64
@@ -46,14 +47,6 @@ BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_KIND_BITS = {
-    KIND_FILE: stat.S_IFREG,
-    KIND_DIR: stat.S_IFDIR,
-    KIND_SYMLINK: stat.S_IFLNK,
-    KIND_CHAR: stat.S_IFCHR,
-    KIND_BLOCK: stat.S_IFBLK,
-    KIND_FIFO: stat.S_IFIFO,
-}
 
 
 @dataclass(slots=True)
@@ -71,6 +64,7 @@ class _PendingDir:
     fd: int
     node: Node
     scope: Scope
+    rel: bytes  # its path from the top (b"" for the top)
     jobs: list[Future] = field(default_factory=list)  # a batch appears once however many of its files are here
     files: int = 0  # files of this directory in those jobs
 
@@ -124,7 +118,7 @@ class Restore:
                 raise VmlError(f"{os.fsdecode(target)} is not empty")
             if current is None:
                 _check_inodes(self._root_fd, target, self._budget.left)
-            top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN)
+            top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN, b"")
             self._unprotect(top.fd, current, root, b"")
             self._restore_dir(top, b"", root.tree, current.tree if current is not None else None)
             self._queue.append(top)
@@ -175,14 +169,14 @@ class Restore:
             if current is not None and current.kind == KIND_DIR:
                 if current.tree == node.tree and current.same_metadata(node):
                     return
-                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel))
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel), rel)
                 self._unprotect(child.fd, current, node, rel)
                 self._restore_dir(child, rel, node.tree, current.tree)
             else:
                 if current is not None or self._exists(dir_fd, node.name):
                     self._remove(dir_fd, node.name)
                 os.mkdir(node.name, 0o700, dir_fd=dir_fd)
-                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel))
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel), rel)
                 self._unprotect(child.fd, None, node, rel)
                 self._restore_dir(child, rel, node.tree, None)
             self._queue.append(child)
@@ -193,7 +187,7 @@ class Restore:
                 self._written[rel] = None
             if not current.same_metadata(node):
                 self._unprotect_by_name(dir_fd, current, node, rel)
-                self._set_metadata_by_name(dir_fd, node)
+                self._set_metadata_by_name(dir_fd, node, rel)
                 self.counts.metadata_only += 1
             return
         if current is not None:
@@ -245,7 +239,7 @@ class Restore:
             for job in pending.jobs:
                 job.result()
             self._in_flight -= pending.files
-            self._set_metadata_fd(pending.fd, pending.node, is_dir=True)
+            self._set_metadata_fd(pending.fd, pending.node, pending.rel)
         finally:
             os.close(pending.fd)
         self._progress(self.counts)
@@ -290,7 +284,7 @@ class Restore:
         elif first not in self._written and not self._updating:
             raise CorruptObject(f"damaged manifest: {node.name!r} is a hardlink to {first!r}, which is not an earlier node")
         if first in self._not_made:
-            self.not_restored.append((rel, f"another name of {first.decode('utf-8', 'backslashreplace')}, which could not be made"))
+            self.not_restored.append((rel, f"another name of {quote_path(first)}, which could not be made"))
             return
         try:
             parent_fd, first_name = self._open_parent(first)
@@ -298,7 +292,7 @@ class Restore:
             raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not in the tree") from None
         try:
             first_st = os.stat(first_name, dir_fd=parent_fd, follow_symlinks=False)
-            if _KIND_BITS[node.kind] != stat.S_IFMT(first_st.st_mode) or (node.kind == KIND_FILE and first_st.st_size != node.size):
+            if TYPE_OF_KIND[node.kind] != stat.S_IFMT(first_st.st_mode) or (node.kind == KIND_FILE and first_st.st_size != node.size):
                 raise CorruptObject(f"damaged manifest: hardlink target {first!r} is not a matching {KIND_NAMES[node.kind]}")
             os.link(first_name, name, src_dir_fd=parent_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -330,13 +324,13 @@ class Restore:
         try:
             try:
                 self._write_content(fd, node)
-                self._set_metadata_fd(fd, node, is_dir=False)
+                self._set_metadata_fd(fd, node, rel)
             finally:
                 os.close(fd)
         except BaseException as error:
             os.unlink(name, dir_fd=dir_fd)  # never leave a file with partial or wrong content
             if isinstance(error, CorruptObject):
-                raise type(error)(f"{rel.decode('utf-8', 'backslashreplace')}: {error}") from None
+                raise type(error)(f"{quote_path(rel)}: {error}") from None
             raise
         if name != node.name:
             os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -391,23 +385,23 @@ class Restore:
             os.mknod(name, kind_bits | 0o600, os.makedev(*node.rdev), dir_fd=dir_fd)
         else:
             raise CorruptObject(f"damaged manifest: unknown kind {node.kind}")
-        self._set_metadata_by_name(dir_fd, node, name)
+        self._set_metadata_by_name(dir_fd, node, rel, name)
 
     # -- metadata: owner, then xattrs (chown clears capabilities), then mode, then times
 
-    def _set_metadata_fd(self, fd: int, node: Node, *, is_dir: bool) -> None:
+    def _set_metadata_fd(self, fd: int, node: Node, rel: bytes) -> None:
         if self.as_root:
             os.fchown(fd, node.uid, node.gid)
-        self._set_xattrs(fd, node, follow=True)
+        self._set_xattrs(fd, node, rel, follow=True)
         os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
-    def _set_metadata_by_name(self, dir_fd: int, node: Node, name: bytes | None = None) -> None:
+    def _set_metadata_by_name(self, dir_fd: int, node: Node, rel: bytes, name: bytes | None = None) -> None:
         name = name or node.name
         path = b"/proc/self/fd/%d/%s" % (dir_fd, name)
         if self.as_root:
             os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-        self._set_xattrs(path, node, follow=False)
+        self._set_xattrs(path, node, rel, follow=False)
         if node.kind != KIND_SYMLINK:  # Linux symlinks have no mode of their own
             path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
@@ -416,7 +410,7 @@ class Restore:
                 os.close(path_fd)
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
-    def _set_xattrs(self, target: int | bytes, node: Node, *, follow: bool) -> None:
+    def _set_xattrs(self, target: int | bytes, node: Node, rel: bytes, *, follow: bool) -> None:
         try:
             present = {os.fsencode(n) for n in os.listxattr(target, follow_symlinks=follow)}
         except OSError:
@@ -433,7 +427,7 @@ class Restore:
             except OSError as error:
                 if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
-                self.not_restored.append((node.name, f"xattr {name.decode(errors='replace')}: {error.strerror}"))
+                self.not_restored.append((rel or b".", f"xattr {name.decode(errors='replace')}: {error.strerror}"))
 
     # -- inode flags: cleared before anything they forbid, set once everything is written
     # (an immutable file cannot be renamed into place, linked to, or have its times set)
