@@ -454,9 +454,24 @@ def chattr(flags: str, *paths: Path) -> None:
 
 
 @pytest.fixture
-def flagged_guest(guest: Path):
-    """Files and directories with the flags chattr sets; every flag is cleared afterwards,
-    so the test's directories can be removed."""
+def ext4(tmp_path: Path):
+    """A small ext4 filesystem of the test's own (a loop-mounted image): inode flags need
+    one, and /tmp may be a tmpfs, which has none."""
+    image, mount = tmp_path / "ext4.img", tmp_path / "ext4"
+    mount.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    yield mount
+    subprocess.run(["chattr", "-R", "-i", "-a", str(mount)], capture_output=True)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def flagged_guest(ext4: Path):
+    """Files and directories with the flags chattr sets, on ext4."""
+    guest = ext4 / "guest"
     (guest / "flags" / "dir-immutable").mkdir(parents=True)
     (guest / "flags" / "dir-noatime").mkdir()
     (guest / "flags" / "dir-immutable" / "inside").write_text("in an immutable directory\n")
@@ -467,18 +482,19 @@ def flagged_guest(guest: Path):
     chattr("+d", guest / "flags" / "nodump")
     chattr("+A", guest / "flags" / "dir-noatime")
     chattr("+dAS", guest / "flags" / "several")
-    yield guest
-    subprocess.run(["chattr", "-R", "-i", "-a", str(guest.parent)], capture_output=True)
+    return guest
 
 
-def test_inode_flags_are_kept_and_put_back(repo, flagged_guest: Path, tmp_path: Path):
-    guest = flagged_guest
+def test_inode_flags_are_kept_and_put_back(vml, flagged_guest: Path, ext4: Path):
+    guest, repo = flagged_guest, vml
+    vml("init")
+    vml("area", "add", "wa1", "--dir", str(guest))
     paths = ["flags/immutable", "flags/append-only", "flags/nodump", "flags/several", "flags/dir-immutable", "flags/dir-noatime"]
     wanted = {p: lsattr(guest / p) for p in paths}
     assert wanted == {"flags/immutable": "i", "flags/append-only": "a", "flags/nodump": "d", "flags/several": "ASd",
                       "flags/dir-immutable": "i", "flags/dir-noatime": "A"}, wanted
     entry = repo("commit", "-m", "flags", "--json").json()["entry"]
-    out = tmp_path / "out"
+    out = ext4 / "out"
     done = repo("checkout", entry, "--to", str(out), "--json").json()
     assert done["not_reproduced"] == []
     assert {p: lsattr(out / p) for p in paths} == wanted
@@ -505,6 +521,7 @@ def test_inode_flags_are_kept_and_put_back(repo, flagged_guest: Path, tmp_path: 
     assert {p: lsattr(guest / p) for p in paths} == wanted
     assert compare(guest, out) == []
     assert repo("status", "--json").json()["clean"] is True
+    repo.fsck_clean()
 
 
 def test_a_tree_as_deep_as_paths_allow(repo, guest: Path, tmp_path: Path):
