@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -33,21 +34,28 @@ class Run:
 
 
 class Vml:
-    """Runs the real `vml` command line in a directory, as a user would."""
+    """Runs the real `vml` command line in a directory, as a user would: in this process by
+    default (vml's own entry point, its output captured; a new process costs 0.3 s of
+    imports), or as a process of its own with `separate=True` where that is the point
+    (signals, resource limits, concurrency, what the process leaves behind)."""
 
-    def __init__(self, cwd: Path):
+    def __init__(self, cwd: Path, *, separate: bool = False):
         self.cwd = cwd
+        self.separate = separate or bool(os.environ.get("VML_TEST_SUBPROCESS"))
 
     def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300) -> Run:
         full_env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}
         full_env.pop("VML_REPO", None)
         full_env.update(env or {})
-        done = subprocess.run(
-            [sys.executable, "-m", "vml", *args], cwd=self.cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-        )
-        result = Run(done.returncode, done.stdout, done.stderr)
-        if check and done.returncode != 0:
-            raise AssertionError(f"vml {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        if self.separate:
+            done = subprocess.run(
+                [sys.executable, "-m", "vml", *args], cwd=self.cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+            )
+            result = Run(done.returncode, done.stdout, done.stderr)
+        else:
+            result = run_in_process(self.cwd, list(args), full_env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"vml {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
     def fsck_clean(self, *repo_args: str) -> None:
@@ -79,6 +87,35 @@ def git_fsck_clean(git_dir: Path) -> None:
                           capture_output=True, text=True)
     problems = [line for line in (done.stdout + done.stderr).splitlines() if not _GIT_FSCK_HARMLESS.match(line)]
     assert done.returncode == 0 and not problems, (done.returncode, done.stdout, done.stderr)
+
+
+def run_in_process(cwd: Path, args: list[str], env: dict) -> Run:
+    """`vml ARGS` through vml.cli.main in this process, with its own working directory,
+    environment, argv, stdout and stderr (bytes, as a pipe would carry them)."""
+    from vml import cli
+
+    saved = (os.getcwd(), dict(os.environ), sys.argv, sys.stdout, sys.stderr)
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout = sys.stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    stderr = sys.stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", write_through=True)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = ["vml", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        for stream in (stdout, stderr):
+            stream.flush()
+            stream.detach()  # (closing the wrapper would close the buffer it wraps)
+        os.chdir(saved[0])
+        os.environ.clear()
+        os.environ.update(saved[1])
+        sys.argv, sys.stdout, sys.stderr = saved[2], saved[3], saved[4]
+    return Run(code, out.getvalue().decode("utf-8"), err.getvalue().decode("utf-8"))
 
 
 USAGE = 2  # exit status of bad input

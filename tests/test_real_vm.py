@@ -163,7 +163,7 @@ def check_the_guest(guest: Guest) -> None:
 def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots, sshd):
     steps = Steps()
     key = guest_image / "id_ed25519"
-    vml = Vml(tmp_path / "lab")
+    vml = Vml(tmp_path / "lab", separate=True)  # qemu://embed serves one process until it ends: a process per command
     (tmp_path / "lab").mkdir()
     vml("init")
     uri = f"qemu:///embed?root={embed_roots('vms')}"
@@ -249,8 +249,8 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
         vml("push", env=sshd.env)
     vml("vm", "delete")  # one guest at a time on this machine
     with steps("clone"):
-        Vml(tmp_path)("clone", sshd.url(remote), "elsewhere", env=sshd.env)
-    other = Vml(tmp_path / "elsewhere")
+        Vml(tmp_path, separate=True)("clone", sshd.url(remote), "elsewhere", env=sshd.env)
+    other = Vml(tmp_path / "elsewhere", separate=True)
     other("area", "add", "lab", "--libvirt", f"qemu:///embed?root={embed_roots('vms-elsewhere')}", "--identity", str(key), env=sshd.env)
     with steps("clone: checkout --new-vm"):
         other("checkout", "main", "--new-vm", env=sshd.env)

@@ -40,7 +40,9 @@ class PathsCommand(click.Command):
 
 
 def _repo(ctx: click.Context) -> Repository:
-    return Repository.discover(ctx.obj.get("repo"))
+    repo = Repository.discover(ctx.obj.get("repo"))
+    ctx.call_on_close(repo.close)  # its store's files, when the command is done
+    return repo
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
