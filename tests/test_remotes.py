@@ -183,7 +183,7 @@ def push_cut_off(tmp_path: Path, monkeypatch, budget: int) -> None:
     from vml import api
     from vml.transport.base import TransportError
 
-    monkeypatch.setattr(api, "open_transport", _faulty(budget, "write_from"))
+    monkeypatch.setattr(api.remotes, "open_transport", _faulty(budget, "write_from"))
     local = _api_repo(tmp_path)
     try:
         with pytest.raises(TransportError):
@@ -221,7 +221,7 @@ def test_fetch_cut_off_then_retried(repo: Vml, guest: Path, shared: Path, tmp_pa
     fetcher = Vml(tmp_path / "fetcher")
     fetcher("init")
     fetcher("remote", "add", "origin", str(shared))
-    monkeypatch.setattr(api, "open_transport", _faulty(20 << 20, "read_ranges"))
+    monkeypatch.setattr(api.remotes, "open_transport", _faulty(20 << 20, "read_ranges"))
     local = _api_repo(tmp_path / "fetcher")
     with pytest.raises(TransportError):
         api.fetch(local, "origin")

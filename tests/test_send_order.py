@@ -17,11 +17,12 @@ def test_children_always_come_before_their_parents(repo, guest: Path, tmp_path: 
         (guest / copy / "same.txt").write_text("the same file in two places\n")
         (guest / copy / "deeper").mkdir()
     repo("commit", "-m", "shared subtrees")
-    from vml.api import _root_of, resolve_entry
+    from vml.api import resolve_entry
+    from vml.entry import entry_root
     from vml.repo import Repository
 
     local = Repository.discover(str(tmp_path))
-    root = _root_of(local, resolve_entry(local, "HEAD", "wa1"))
+    root = entry_root(local.git, resolve_entry(local, "HEAD", "wa1"))
     store = local.store
     listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], [root], lambda _blob: False)
     position = {listing_id: index for index, (listing_id, _data) in enumerate(listings)}

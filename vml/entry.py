@@ -1,4 +1,5 @@
-"""entry.toml: the human-readable description of an entry, kept in its git commit's tree."""
+"""entry.toml: the human-readable description of an entry, kept in its git commit's tree,
+and reading it (and the files beside it) from an entry's commit."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from dataclasses import dataclass, field
 
 import tomli_w
 
-from vml.errors import CorruptObject
+from vml.environment import COMPARED as ENV_COMPARED
+from vml.errors import CorruptObject, UnknownEntry, UsageError
 from vml.objects.ids import ObjectId
+from vml.refs.bases import BaseName, list_bases
+from vml.refs.git import GitDag
 
 FORMAT = 1
 ENTRY_FILE = "entry.toml"
@@ -123,3 +127,36 @@ class EntryInfo:
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None
+
+
+def read_entry(git: GitDag, entry_id: str) -> EntryInfo:
+    """The entry.toml of commit `entry_id`; UnknownEntry if the commit is not a vml entry."""
+    data = git.read_file(entry_id, ENTRY_FILE)
+    if data is None:
+        raise UnknownEntry(f"{entry_id[:12]} is a git commit but not a vml entry (no {ENTRY_FILE})")
+    return EntryInfo.from_toml(data)
+
+
+def entry_root(git: GitDag, entry_id: str) -> ObjectId:
+    """The id of the root listing of the entry's files."""
+    return ObjectId.parse(read_entry(git, entry_id).manifest)
+
+
+def entry_files(git: GitDag, entry_id: str) -> dict[str, bytes]:
+    """The files beside entry.toml that a working area compares and puts back: the domain's
+    definition, the environment variables and the history."""
+    found = {}
+    for path in (DOMAIN_FILE, *ENV_COMPARED):
+        data = git.read_file(entry_id, path)
+        if data is not None:
+            found[path] = data
+    return found
+
+
+def base_entry(git: GitDag, base: BaseName) -> tuple[str, EntryInfo]:
+    """The entry a base's ref names, and its entry.toml; a UsageError if there is no such base."""
+    entry_id = git.ref_target(base.ref)
+    if entry_id is None:
+        known = ", ".join(str(b) for b, _ in list_bases(git)) or "none"
+        raise UsageError(f"no base {base} in this repository (bases: {known}); add it with 'vml base add {base.name} {base.version} --image FILE'")
+    return entry_id, read_entry(git, entry_id)

@@ -1,0 +1,232 @@
+"""TODO areas"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from vml.areas.base import AreaConfig, check_area_name
+from vml.areas.kinds import libvirt_module, open_area, ssh_target
+from vml.areas.rules import Rules, default_rules, save_rules
+from vml.entry import base_entry
+from vml.errors import AreaError, UsageError, VmlError
+from vml.refs.heads import (BRANCH_PREFIX, areas_on_branch, attach, read_head, remove_head)
+from vml.refs.names import TAG_PREFIX
+from vml.refs.bases import parse_base
+from vml.repo import Repository
+from vml.api._common import area_rules
+from vml.areas.provision import define_vm, delete_vm
+
+
+@dataclass(frozen=True, slots=True)
+class AreaInfo:
+    name: str
+    kind: str
+    location: str
+    branch: str | None
+    entry: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AreaOptions:
+    """Where an area's files are: exactly one of directory and ssh (user@host[:port])."""
+
+    directory: str | None = None
+    ssh: str | None = None
+    identity: str | None = None
+    root: str = "/"
+    include: tuple[str, ...] = ()  # replaces the kind's default includes when given
+    exclude: tuple[str, ...] = ()  # added to the kind's default excludes
+    base: str | None = None  # NAME:VERSION of the base image the area's guest was made from
+    accept_new_host_key: bool = False  # with ssh: log in now and remember an unknown host key
+    libvirt: str | None = None  # a libvirt URI: the area is a domain there
+    domain: str | None = None  # with libvirt: an existing domain, or the name for one defined from --base
+
+
+def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *, directory: str | None = None,
+             branch: str | None = None) -> AreaInfo:
+    check_area_name(name)
+    options = options or AreaOptions(directory=directory)
+    if any(existing.name == name for existing in repo.areas()):
+        raise AreaError(f"area {name!r} exists already")
+    if options.libvirt is not None:
+        config = _libvirt_area(repo, name, options)
+    elif (options.directory is None) == (options.ssh is None):
+        raise UsageError("say where the area's files are: --dir PATH, --ssh user@host[:port] or --libvirt URI")
+    elif options.directory is not None:
+        location = os.path.abspath(options.directory)
+        if os.path.exists(location) and not os.path.isdir(location):
+            raise AreaError(f"{location} is not a directory")
+        _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
+        config = AreaConfig(name, "dir", location)
+    else:
+        config = AreaConfig(name, "ssh", "", _ssh_settings(options))
+        config = dataclasses.replace(config, location=str(ssh_target(config)))
+    try:
+        return _add_area(repo, config, options, branch)
+    except BaseException:
+        if any(existing.name == config.name for existing in repo.areas()):
+            repo.remove_area(config.name)
+        if config.kind == "libvirt" and options.base is not None:  # the domain defined for it goes too
+            with contextlib.suppress(VmlError):
+                delete_vm(repo, config, libvirt_module().Domain(config.settings["uri"], config.settings["domain"]))
+        raise
+
+
+def _add_area(repo: Repository, config: AreaConfig, options: AreaOptions, branch: str | None) -> AreaInfo:
+    name = config.name
+    if options.base is not None:
+        base_entry(repo.git, parse_base(repo.git, options.base))  # it must exist
+        config = dataclasses.replace(config, settings={**config.settings, "base": options.base})
+    defaults = default_rules(config.kind)
+    rules = Rules(options.include or defaults.include, defaults.exclude + tuple(options.exclude))
+    if branch is None:
+        branch = "main" if not areas_on_branch(repo.git, "main") else name
+    if options.accept_new_host_key:
+        if options.ssh is None:
+            raise UsageError("--accept-new-host-key goes with --ssh")
+        with contextlib.closing(open_area(config, rules, accept_new_host_key=True)) as working_area:
+            (working_area.files if config.kind == "libvirt" else working_area).check_connection()
+    repo.add_area(config)
+    save_rules(repo.rules_path(name), rules)
+    attach(repo.git, name, branch, f"area add: {name}")
+    return area_info(repo, config)
+
+
+def _ssh_settings(options: AreaOptions) -> dict[str, str]:
+    from vml.areas.ssh import SshTarget
+
+    identity = _identity_file(options)
+    target = SshTarget.parse(options.ssh, identity=identity, root=options.root)
+    settings = {"host": target.host, "root": target.root}
+    settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
+    return settings
+
+
+def _identity_file(options: AreaOptions) -> str | None:
+    """--identity KEY as an absolute path, which must exist."""
+    identity = os.path.abspath(options.identity) if options.identity else None
+    if identity and not os.path.isfile(identity):
+        raise AreaError(f"identity file {options.identity} does not exist")
+    return identity
+
+
+def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
+    """A domain that exists (--domain), a new one defined on an overlay of a base image
+    (--base), or none yet: 'vml checkout ENTRY --new-vm' makes it from an entry."""
+    libvirt = libvirt_module()
+    if options.directory is not None:
+        raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
+    domain = libvirt.Domain(options.libvirt, options.domain or f"vml-{name}")
+    settings = {"uri": options.libvirt, "domain": domain.name}
+    if options.ssh:
+        settings.update(_ssh_settings(options))
+    if options.base is None and options.domain is not None:
+        domain.info()  # it must exist
+        if not options.ssh:
+            settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=True))
+        return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
+    if domain.exists():
+        raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
+    settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
+    if not options.ssh:
+        settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=False))
+        if options.base is None and "host" not in settings:
+            raise UsageError(f"an area whose domain 'checkout --new-vm' makes later needs a way to its guest: --ssh, "
+                             f"or a QEMU driver, whose domains vml reaches through a forwarded port ({options.libvirt} is not QEMU)")
+    if options.base is not None:
+        define_vm(repo, name, domain, parse_base(repo.git, options.base), settings)
+    return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
+
+
+def _forwarded_ssh_settings(repo: Repository, name: str, options: AreaOptions, domain, *, existing: bool) -> dict[str, str]:
+    """How vml reaches the guest of a VM it defines: root@127.0.0.1 on a forwarded port
+    (chosen when the VM is defined), with the area's own known_hosts."""
+    if domain.connection.getType() != "QEMU":
+        return {}
+    if existing:
+        port = libvirt_module().forwarded_port(domain.definition())
+        if port is None:
+            return {}  # someone else's domain: its files need --ssh
+    identity = _identity_file(options)
+    settings = {"host": "127.0.0.1", "user": "root", "root": options.root,
+                "knownhosts": os.path.join(repo.area_state_dir(name), "known_hosts"),
+                "console": os.path.join(repo.area_state_dir(name), "console.log")}
+    if existing:
+        settings["port"] = str(port)
+    if identity:
+        settings["identity"] = identity
+    return settings
+
+
+@dataclass(frozen=True, slots=True)
+class AreaRemoved:
+    name: str
+    kind: str
+    entry: str | None
+    kept: list[str]  # what stays on disk or in libvirt, for the user to remove if they want
+
+
+def area_remove(repo: Repository, name: str, *, force: bool = False) -> AreaRemoved:
+    """Forget an area: its settings, rules, stat cache and HEAD. Entries stay; the guest,
+    the directory and a domain are not touched."""
+    config = repo.area(name)
+    with repo.area_lock(name):
+        head = read_head(repo.git, name)
+        if head.branch is None and head.entry is not None and not force and not any(
+            repo.git.is_ancestor(head.entry, repo.git.ref_target(ref)) or repo.git.ref_target(ref) == head.entry
+            for ref in repo.git.ref_names(BRANCH_PREFIX) + repo.git.ref_names(TAG_PREFIX)
+        ):
+            raise UsageError(f"area {name} is detached at {head.entry[:12]}, which no branch or tag holds; "
+                             f"keep it with 'vml branch NAME {head.entry[:12]}' or remove anyway with --force")
+        remove_head(repo.git, name, f"area remove: {name}")
+        repo.remove_area(name)
+        state_dir = repo.area_state_dir(name)
+        for file_name in ("statcache", "rules", "known_hosts"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state_dir, file_name))
+        kept = [os.path.join(state_dir, f) for f in sorted(os.listdir(state_dir))] if os.path.isdir(state_dir) else []
+        if config.kind == "libvirt":
+            kept.insert(0, f"domain {config.settings.get('domain')} at {config.settings.get('uri')}")
+        if not kept:
+            with contextlib.suppress(OSError):
+                os.rmdir(state_dir)
+    return AreaRemoved(name, config.kind, head.entry, kept)
+
+
+@dataclass(frozen=True, slots=True)
+class AreaShow:
+    area: AreaInfo
+    settings: dict[str, str]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    rules_file: str
+
+
+def area_show(repo: Repository, name: str | None = None) -> AreaShow:
+    config = repo.choose_area(name)
+    rules = area_rules(repo, config)
+    return AreaShow(area_info(repo, config), dict(config.settings), rules.include, rules.exclude, repo.rules_path(config.name))
+
+
+def _check_apart(location: str, repository: str) -> None:
+    """An area may not hold its repository (a checkout would delete it, a commit save it)
+    nor sit inside it."""
+    if location == repository or repository.startswith(location.rstrip("/") + "/"):
+        raise AreaError(
+            f"the area {location} would contain the repository {repository}: keep the repository "
+            f"outside the area (vml --repo PATH, or VML_REPO) or make the area a subdirectory"
+        )
+    if location.startswith(repository + "/"):
+        raise AreaError(f"the area {location} is inside the repository {repository}")
+
+
+def area_info(repo: Repository, config: AreaConfig) -> AreaInfo:
+    head = read_head(repo.git, config.name)
+    return AreaInfo(config.name, config.kind, config.location, head.branch, head.entry)
+
+
+def area_list(repo: Repository) -> list[AreaInfo]:
+    return [area_info(repo, config) for config in repo.areas()]

@@ -1,0 +1,142 @@
+"""TODO bundles"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from vml.entry import base_entry
+from vml.errors import UsageError
+from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
+from vml.exchange.push import FAST_FORWARD, UP_TO_DATE
+from vml.refs.branches import check_name
+from vml.refs.heads import (BRANCH_PREFIX, areas_on_branch)
+from vml.refs.names import TAG_PREFIX
+from vml.refs.bases import BASE_PREFIX, BaseName
+from vml.pathnames import quote_path
+from vml.repo import Repository
+from vml.api._common import entry_info, resolve_entry
+from vml.api.remotes import short_name
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: str
+    kind: str
+    entry: str
+    ref: str | None
+    requires: list[str]
+    commits: int
+    blobs: int
+    bytes: int
+
+
+def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since: str | None = None, area: str | None = None) -> ExportResult:
+    """Write entry `spec` to one bundle file: --full (it and its history, needing nothing),
+    --incremental (what is new since its parent), --since REF (what is new since REF)."""
+    if since is not None and kind not in (FULL, SINCE):
+        raise UsageError("--since replaces --full/--incremental/--differential: give only one")
+    with repo.shared_lock():
+        entry = resolve_entry(repo, spec, area)
+        entry_info(repo, entry)  # a vml entry, not any git commit
+        ref = next((prefix + spec for prefix in (BRANCH_PREFIX, TAG_PREFIX) if repo.git.ref_target(prefix + spec) == entry), None)
+        if since is not None:
+            kind, requires = SINCE, [resolve_entry(repo, since, area)]
+            if requires[0] == entry:
+                raise UsageError(f"{spec} and {since} are the same entry: the bundle would be empty")
+        elif kind == INCREMENTAL:
+            requires = list(repo.git.commit(entry).parents)
+            if not requires:
+                raise UsageError(f"{spec} has no parent entry: export it with --full")
+        else:
+            requires = []
+        base, base_roots = None, []
+        if kind == DIFFERENTIAL:
+            base = entry_info(repo, entry).base
+            if base is None:
+                raise UsageError(
+                    f"entry {entry[:12]} records no base image, so there is nothing to be differential to "
+                    f"(make the area with --base NAME:VERSION); use --full, --incremental or --since REF"
+                )
+            _base_commit, base_info = base_entry(repo.git, BaseName(base.name, base.version))
+            if base_info.base.digest != base.digest:
+                raise UsageError(f"base {base} here is another image than the one entry {entry[:12]} was saved on (digests differ)")
+            base_roots = base_info.manifests()
+        carried = {}
+        entry_base = entry_info(repo, entry).base
+        if kind == FULL and entry_base is not None:  # a full bundle needs nothing: its base goes too
+            base_ref = BaseName(entry_base.name, entry_base.version).ref
+            carried = {base_ref: base_entry(repo.git, BaseName(entry_base.name, entry_base.version))[0]}
+        info = write_bundle(repo.git, repo.store, output, entry=entry, ref=ref, kind=kind, requires=requires,
+                            tmp_dir=repo.store.tmp_dir, base=base, base_roots=base_roots, bases=carried)
+    return ExportResult(os.path.abspath(output), info.kind, info.entry, info.ref, info.requires, len(info.commits), info.blobs, info.bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    path: str
+    kind: str
+    entry: str
+    ref: str | None  # the branch or tag now at the entry
+    status: str  # new, fast-forward, forced, up to date
+    requires: list[str]
+    commits: int
+    blobs: int
+    privileged: int = 0  # setuid/setgid-root files and device nodes among what it brought
+    privileged_paths: list[str] = field(default_factory=list)  # the first of them, "path (why)"
+
+
+def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, force: bool = False) -> ImportResult:
+    """Check a bundle whole (its requirements, every hash, that its entries are complete),
+    then store it and set the branch or tag it was exported from (or --as BRANCH)."""
+    with repo.shared_lock():
+        info, store_all = read_bundle(repo.git, repo.store, path)
+        ref = BRANCH_PREFIX + as_name if as_name else info.ref
+        if ref is None:
+            raise UsageError("this bundle was exported from an entry id, not a branch or tag: name a branch with --as BRANCH")
+        if as_name:
+            check_name(repo.git, "branch", as_name)
+        current = repo.git.ref_target(ref)
+        if current == info.entry:
+            status = UP_TO_DATE
+        elif current is None:
+            status = "new"
+        elif not ref.startswith(TAG_PREFIX) and _leads_to(repo, current, info):
+            status = FAST_FORWARD
+        elif force:
+            status = "forced"
+        else:
+            what = "tag" if ref.startswith(TAG_PREFIX) else "branch"
+            raise UsageError(
+                f"{what} {short_name(ref)} is at {current[:12]}, which the bundle's entry does not descend from: "
+                f"import it under another name with --as BRANCH, or replace it with --force"
+            )
+        on_it = areas_on_branch(repo.git, short_name(ref)) if ref.startswith(BRANCH_PREFIX) and status != UP_TO_DATE and current else []
+        if on_it:
+            raise UsageError(
+                f"branch {short_name(ref)} is checked out in area {on_it[0]}, whose files would no longer match it: "
+                f"import with --as BRANCH, then 'vml checkout BRANCH -a {on_it[0]}'"
+            )
+        store_all()  # objects first: nothing names them until the refs below move
+        for base_ref, base_commit in info.bases.items():
+            held = repo.git.ref_target(base_ref)
+            if held not in (None, base_commit) and entry_info(repo, held).base.digest != entry_info(repo, base_commit).base.digest:
+                name = base_ref[len(BASE_PREFIX):].replace("/", ":")
+                raise UsageError(f"the bundle's base {name} is another image than the base {name} here (digests differ); nothing was recorded")
+        for base_ref, base_commit in info.bases.items():
+            if repo.git.ref_target(base_ref) is None:
+                repo.git.set_direct(base_ref, base_commit, f"import: base from {os.path.basename(path)}")
+        if status != UP_TO_DATE:
+            repo.git.ensure_reflog(ref)
+            repo.git.update_ref(ref, info.entry, current, f"import: {os.path.basename(path)}")
+    count, shown = info.privileged
+    return ImportResult(os.path.abspath(path), info.kind, info.entry, short_name(ref), status, info.requires, len(info.commits), info.blobs,
+                        count, [f"{quote_path(p)} ({why})" for p, why in shown])
+
+
+def _leads_to(repo: Repository, current: str, info) -> bool:
+    """Whether the bundle's entry descends from `current`, judged before anything is stored:
+    `current` is one of the bundle's commits, or a required entry or one of their ancestors."""
+    if current in info.commits:
+        return True
+    return any(current == required or repo.git.is_ancestor(current, required) for required in info.requires)

@@ -1,0 +1,203 @@
+"""TODO log"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vml.entry import entry_root, EntryInfo
+from vml.errors import AreaError, CorruptObject, UnknownEntry, UsageError
+from vml.objects.ids import ObjectId
+from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
+from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
+from vml.refs.git import Commit
+from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX, areas_on_branch, read_head)
+from vml.repo import Repository
+from vml.api._common import entry_info, parse_paths, resolve_entry
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    id: str
+    parents: tuple[str, ...]
+    message: str
+    author: str
+    email: str
+    time: int
+    offset: int
+    decorations: list[str]
+    area: str | None
+    files: int | None
+    logical_bytes: int | None
+    added_bytes: int | None
+
+
+def decorations(repo: Repository) -> dict[str, list[str]]:
+    labels: dict[str, list[str]] = {}
+    for ref in repo.git.ref_names():
+        target = repo.git.ref_target(ref)
+        if target is None:
+            continue
+        if ref.startswith(AREA_PREFIX):
+            area = ref[len(AREA_PREFIX) :]
+            symbolic = repo.git.symbolic_target(ref)
+            label = f"{area} -> {symbolic[len(BRANCH_PREFIX):]}" if symbolic else f"{area} (detached)"
+            labels.setdefault(target, []).insert(0, label)
+        elif ref.startswith(BRANCH_PREFIX):
+            branch = ref[len(BRANCH_PREFIX) :]
+            if not areas_on_branch(repo.git, branch):  # else "area -> branch" says it
+                labels.setdefault(target, []).append(branch)
+        elif ref.startswith("refs/tags/"):
+            labels.setdefault(target, []).append("tag: " + ref[len("refs/tags/") :])
+    return labels
+
+
+def all_starts(repo: Repository) -> list[str]:
+    starts = []
+    for ref in repo.git.ref_names():
+        target = repo.git.ref_target(ref)
+        if target is not None and target not in starts:
+            starts.append(target)
+    return starts
+
+
+def log(
+    repo: Repository,
+    *,
+    area: str | None = None,
+    all_refs: bool = False,
+    starts: list[str] | None = None,
+    limit: int | None = None,
+    paths: tuple[str, ...] | list[str] = (),
+) -> list[LogEntry]:
+    """Entries newest first, from the area's HEAD (or `starts`, or every ref). With `paths`,
+    only entries in which one of them changed against every parent, with parents rewritten
+    to the nearest such entries (git's history simplification)."""
+    if starts is None:
+        config = None
+        if not all_refs:
+            try:
+                config = repo.choose_area(area)
+            except AreaError:
+                if area is not None:
+                    raise
+        if config is not None:
+            entry = read_head(repo.git, config.name).entry
+            starts = [entry] if entry else []
+        else:
+            starts = all_starts(repo)
+    labels = decorations(repo)
+    commits = repo.git.walk(starts)
+    parents_of: dict[str, tuple[str, ...]] = {}
+    if paths:
+        commits, parents_of = touching(repo, list(commits), parse_paths(paths))
+    entries = []
+    for commit_id in commits:
+        if limit is not None and len(entries) >= limit:
+            break
+        entry = log_entry(repo, repo.git.commit(commit_id), labels.get(commit_id, []))
+        if commit_id in parents_of:
+            entry = dataclasses.replace(entry, parents=parents_of[commit_id])
+        entries.append(entry)
+    return entries
+
+
+def touching(repo: Repository, commits: list[str], paths: list[bytes]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The commits in which a path changed, and for each its nearest such ancestors."""
+    load = listing_loader(repo.store, memo=4096)
+    states: dict[str, tuple] = {}
+
+    def state(commit_id: str) -> tuple:
+        if commit_id not in states:
+            root_id = entry_root(repo.git, commit_id)
+            states[commit_id] = tuple(node_at(load, root_id, path) for path in paths)
+        return states[commit_id]
+
+    shown: set[str] = set()
+    nearest: dict[str, tuple[str, ...]] = {}  # for every commit: its nearest shown ancestors
+    parents_of: dict[str, tuple[str, ...]] = {}
+    for commit_id in reversed(commits):  # parents first
+        parents = [p for p in repo.git.commit(commit_id).parents if repo.git.has_object(p)]
+        mine = state(commit_id)
+        if parents:
+            touched = all(state(p) != mine for p in parents)
+        else:
+            touched = any(node is not None for node in mine)
+        stand_ins: list[str] = []
+        for parent in parents:
+            for ancestor in ((parent,) if parent in shown else nearest.get(parent, ())):
+                if ancestor not in stand_ins:
+                    stand_ins.append(ancestor)
+        if touched:
+            shown.add(commit_id)
+            parents_of[commit_id] = tuple(stand_ins)
+        else:
+            nearest[commit_id] = tuple(stand_ins)
+    return [c for c in commits if c in shown], parents_of
+
+
+def log_entry(repo: Repository, raw: Commit, decorations: list[str]) -> LogEntry:
+    try:
+        info = entry_info(repo, raw.id)
+    except (UnknownEntry, CorruptObject):
+        info = None
+    return LogEntry(
+        id=raw.id,
+        parents=raw.parents,
+        message=raw.message,
+        author=raw.author,
+        email=raw.email,
+        time=raw.time,
+        offset=raw.offset,
+        decorations=decorations,
+        area=info.area if info else None,
+        files=info.files if info else None,
+        logical_bytes=info.logical_bytes if info else None,
+        added_bytes=info.added_bytes if info else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShowResult:
+    entry: LogEntry
+    info: EntryInfo
+    stored_bytes: int  # compressed size of every distinct blob the entry needs
+    directories: int
+    symlinks: int
+    other: int
+
+
+def show_file(repo: Repository, spec: str, *, area: str | None = None) -> bytes:
+    """ENTRY:PATH, as git shows it: a file of the entry's git tree (entry.toml, env/variables,
+    vm/domain.xml...) or, failing that, a regular file of its saved file tree."""
+    entry_spec, _, path = spec.partition(":")
+    entry_id = resolve_entry(repo, entry_spec or "HEAD", area)
+    path = path.strip("/")
+    if path and ".." not in path.split("/"):
+        data = repo.git.read_file(entry_id, path)
+        if data is not None:
+            return data
+    wanted = parse_paths([path])[0]
+    node = node_at(listing_loader(repo.store), entry_root(repo.git, entry_id), wanted) if wanted else None
+    if node is None:
+        raise UsageError(f"{path or '(nothing)'} is not in entry {entry_id[:12]}")
+    if node.kind != KIND_FILE:
+        raise UsageError(f"{path} is a {KIND_NAMES[node.kind]} in entry {entry_id[:12]}, not a file")
+    return read_content(repo.store, node)
+
+
+def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
+    entry_id = resolve_entry(repo, spec, area)
+    info = entry_info(repo, entry_id)
+    store = repo.store
+    load = listing_loader(store)
+    root_id = ObjectId.parse(info.manifest)
+    _files, directories, symlinks, other = tree_counts(load, root_id)
+    blobs = {root_id, root_node(load, root_id).tree}
+    for _path, node in walk_nodes(load, root_id, seen=set()):  # each distinct listing once
+        if node.kind == KIND_DIR:
+            blobs.add(node.tree)
+        blobs.update(node.chunk_ids())
+    stored = sum(store.stored_size(blob) for blob in blobs if blob in store)
+    raw = repo.git.commit(entry_id)
+    return ShowResult(log_entry(repo, raw, decorations(repo).get(entry_id, [])), info, stored, directories, symlinks, other)

@@ -1,0 +1,164 @@
+"""TODO maintenance"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from vml.errors import CorruptObject, UnknownEntry, UsageError, VmlError
+from vml.objects.fsck import TreeChecker, check_packs
+from vml.objects.gc import UPLOAD_GRACE, collect
+from vml.objects.manifest import KIND_DIR
+from vml.objects.walk import listing_loader, root_node, walk_nodes
+from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry, rewrite_lost_predecessors
+from vml.refs.reflogs import expire as expire_reflogs
+from vml.pathnames import quote_path
+from vml.repo import Repository
+from vml.api._common import entry_info, first_line
+from vml.api.log import all_starts
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    path: str
+    bare: bool
+
+
+def init(path: str = ".", *, bare: bool = False) -> InitResult:
+    repo = Repository.init(path, bare=bare)
+    return InitResult(repo.path, bare)
+
+
+def reachable_entries(repo: Repository, *, reflogs: bool = True) -> list[str]:
+    """Every entry reachable from a ref, and (with `reflogs`) from the entry each reflog line protects."""
+    starts = all_starts(repo)
+    for name in repo.git.reflog_names() if reflogs else ():
+        for line in repo.git.reflog(name):
+            commit_id = protected_entry(line)
+            if commit_id is not None and commit_id not in starts and repo.git.has_object(commit_id):
+                starts.append(commit_id)
+    return list(repo.git.walk(starts))
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedEntry:
+    entry: str
+    message: str
+    paths: list[tuple[str, str]]  # (path, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class FsckReport:
+    entries: int
+    packs: int
+    blobs: int
+    bytes: int
+    damaged: list[DamagedEntry]
+    problems: list[str]
+    warnings: list[str]  # defects that lost nothing (a damaged index whose packs were read directly)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.problems
+
+
+def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None) -> FsckReport:
+    with repo.shared_lock():
+        store = repo.store
+        packs = check_packs(store, progress)
+        checker = TreeChecker(store, listing_loader(store), packs.damaged_blobs)
+        damaged = []
+        problems = list(packs.problems)
+        git_problems, git_warnings = repo.git.git_fsck()
+        problems += git_problems
+        warnings = list(packs.warnings) + git_warnings
+        entries = reachable_entries(repo)
+        for entry_id in entries:
+            message = first_line(repo.git.commit(entry_id).message)
+            try:
+                roots = entry_info(repo, entry_id).manifests()
+            except (UnknownEntry, CorruptObject, UsageError) as error:
+                damaged.append(DamagedEntry(entry_id, message, [("/", str(error))]))
+                continue
+            found = [problem for root_id in roots for problem in checker.check_root(root_id)]
+            if found:
+                damaged.append(DamagedEntry(entry_id, message, [(quote_path(p), why) for p, why in found]))
+        return FsckReport(len(entries), packs.packs, packs.blobs, packs.bytes, damaged, problems, warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    bytes_freed: int  # chunk store and git objects together
+    bytes_after: int
+    blobs_removed: int
+    packs_deleted: int
+    packs_rewritten: int
+    packs_after: int
+    reflog_lines_expired: int
+    git_objects_removed: int
+
+
+def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, int], None] | None = None) -> GcResult:
+    """Expire old reflog lines, then remove every chunk, listing and git object no ref or
+    remaining reflog line reaches. `expire`: when lines of unreachable entries go (default 30 days)."""
+    now = time.time()
+    unreachable_before = parse_when(expire, now) if expire is not None else now - EXPIRE_UNREACHABLE
+    with repo.exclusive_lock():
+        expired = expire_reflogs(
+            repo.git,
+            set(reachable_entries(repo, reflogs=False)),
+            unreachable_before=unreachable_before,
+            all_before=now - EXPIRE_ALL,
+        )
+        check_no_push(repo)
+        entries = reachable_entries(repo)
+        # Before anything is deleted: no kept reflog line may name a commit that goes.
+        rewrite_lost_predecessors(repo.git, set(entries))
+        stats = collect(repo.store, live_blobs(repo, entries), progress, before_delete=lambda: check_no_push(repo))
+        git_removed, git_freed = repo.git.prune_loose_objects(repo.git.objects_of(entries))
+        repo.close()
+    return GcResult(
+        bytes_freed=stats.bytes_freed + git_freed,
+        bytes_after=stats.bytes_after,
+        blobs_removed=stats.blobs_removed,
+        packs_deleted=stats.packs_deleted,
+        packs_rewritten=stats.packs_rewritten,
+        packs_after=stats.packs_after,
+        reflog_lines_expired=expired,
+        git_objects_removed=git_removed,
+    )
+
+
+def check_no_push(repo: Repository) -> None:
+    """gc waits for pushes into this repository (they cannot take its lock over a transport):
+    a push relies on blobs it saw here, which may be unreachable until its ref moves."""
+    locks = os.path.join(repo.vml_dir, "locks")
+    for name in os.listdir(locks):
+        if not name.startswith("push-"):
+            continue
+        path = os.path.join(locks, name)
+        if time.time() - os.path.getmtime(path) > UPLOAD_GRACE:
+            os.unlink(path)  # left by a push that was cut off long ago
+        else:
+            raise VmlError(f"a push into this repository is in progress ({path}); run gc again when it is done")
+
+
+def live_blobs(repo: Repository, entries: list[str]) -> set[bytes]:
+    load = listing_loader(repo.store)
+    live: set[bytes] = set()
+    seen: set[bytes] = set()
+    for entry_id in entries:
+        try:
+            for root_id in entry_info(repo, entry_id).manifests():
+                live.add(root_id)
+                live.add(root_node(load, root_id).tree)
+                for _path, node in walk_nodes(load, root_id, seen=seen):
+                    if node.kind == KIND_DIR:
+                        live.add(node.tree)
+                    elif node.chunks:
+                        live.update(node.chunk_ids())
+        except CorruptObject as error:
+            raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
+    return live

@@ -1,0 +1,324 @@
+"""TODO remotes"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from vml.entry import BaseRef
+from vml.errors import UsageError
+from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info
+from vml.exchange.push import FAST_FORWARD, REJECTED, UP_TO_DATE, plan_updates, send
+from vml.exchange.remote import RemoteRepository
+from vml.refs.heads import (BRANCH_PREFIX, branch_exists, read_head)
+from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
+from vml.refs.bases import BASE_PREFIX, BaseName
+from vml.repo import Repository
+from vml.transport.base import open_transport, parse_url
+from vml.api._common import Progress, entry_info
+from vml.api.checkout import CheckoutResult, checkout_area
+
+
+REMOTE_SECTION = "remote"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteInfo:
+    name: str
+    url: str
+
+
+def _check_remote_name(repo: Repository, name: str) -> None:
+    if "/" in name or not repo.git.is_valid_ref_name(f"{REMOTE_PREFIX}{name}/main"):
+        raise UsageError(f"{name!r} is not a valid remote name (letters, digits, '-', '_', '.')")
+
+
+def remote_add(repo: Repository, name: str, url: str) -> RemoteInfo:
+    _check_remote_name(repo, name)
+    location = parse_url(url)  # a bad URL is refused now, not at the first push
+    if "://" not in url:
+        url = location.path  # absolute: the repository is found from any directory
+    if repo.git.config_get(f"{REMOTE_SECTION}.{name}.url") is not None:
+        raise UsageError(f"a remote named {name!r} exists already (vml remote remove {name})")
+    repo.git.config_set(f"{REMOTE_SECTION}.{name}.url", url)
+    return RemoteInfo(name, url)
+
+
+def remote_remove(repo: Repository, name: str) -> RemoteInfo:
+    url = remote_url(repo, name)
+    for ref in repo.git.ref_names(f"{REMOTE_PREFIX}{name}/"):
+        repo.git.delete_ref(ref)
+        repo.git.delete_reflog(ref)
+    repo.git.config_delete(f"{REMOTE_SECTION}.{name}.url")
+    return RemoteInfo(name, url)
+
+
+def remote_list(repo: Repository) -> list[RemoteInfo]:
+    found = []
+    for key, value in repo.git.config_items(f"{REMOTE_SECTION}."):
+        if key.endswith(".url"):
+            found.append(RemoteInfo(key[len(REMOTE_SECTION) + 1 : -len(".url")], value))
+    return sorted(found, key=lambda info: info.name)
+
+
+def remote_url(repo: Repository, name: str) -> str:
+    url = repo.git.config_get(f"{REMOTE_SECTION}.{name}.url")
+    if url is None:
+        known = ", ".join(info.name for info in remote_list(repo)) or "none"
+        raise UsageError(f"no remote named {name!r} (remotes: {known}); add one with 'vml remote add {name} URL'")
+    return url
+
+
+@contextlib.contextmanager
+def _connected(url: str, accept_new_host_key: bool):
+    remote = RemoteRepository(open_transport(url, accept_new_host_key=accept_new_host_key))
+    try:
+        yield remote
+    finally:
+        remote.close()
+
+
+def short_name(ref: str) -> str:
+    for prefix in (BRANCH_PREFIX, TAG_PREFIX):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
+@dataclass(frozen=True, slots=True)
+class RefChange:
+    ref: str  # short name: main, v1
+    old: str | None
+    new: str
+    status: str  # up to date, new, fast-forward, forced, rejected
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    remote: str
+    url: str
+    refs: list[RefChange]
+    commits: int
+    blobs: int
+    packs: int
+    blob_bytes: int
+    bytes_sent: int  # everything that crossed the transport, git objects and refs included
+    seconds: float
+
+    @property
+    def rejected(self) -> bool:
+        return any(change.status == REJECTED for change in self.refs)
+
+
+def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, area: str | None) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for name in names_given:
+        full = [name] if name.startswith((BRANCH_PREFIX, TAG_PREFIX)) else [BRANCH_PREFIX + name, TAG_PREFIX + name]
+        for ref in full:
+            target = repo.git.ref_target(ref)
+            if target is not None:
+                refs[ref] = target
+                break
+        else:
+            raise UsageError(f"no branch or tag named {name!r} to push")
+    if not names_given:
+        configs = [repo.choose_area(area)] if area is not None or len(repo.areas()) == 1 else []
+        branch = read_head(repo.git, configs[0].name).branch if configs else None
+        if branch is not None and branch_exists(repo.git, branch):
+            refs[BRANCH_PREFIX + branch] = repo.git.ref_target(BRANCH_PREFIX + branch)
+        elif not tags:
+            refs.update((ref, repo.git.ref_target(ref)) for ref in repo.git.ref_names(BRANCH_PREFIX))
+    if tags:
+        refs.update((ref, repo.git.ref_target(ref)) for ref in repo.git.ref_names(TAG_PREFIX))
+    if not refs:
+        raise UsageError("nothing to push: this repository has no entries on a branch yet")
+    return refs
+
+
+def _bases_to_push(repo: Repository, remote: RemoteRepository, local: dict[str, str], remote_refs: dict[str, str],
+                   differential: bool) -> dict[str, str]:
+    """The base refs the entries being pushed sit on and the remote lacks; an error if the
+    remote holds another image under the same name and version."""
+    have = [commit for commit in remote_refs.values() if repo.git.has_object(commit)]
+    wanted: dict[str, BaseRef] = {}
+    for commit in repo.git.commits_between(list(local.values()), have):
+        info = entry_info(repo, commit)
+        if info.base is not None and info.kind != "base":
+            wanted[BaseName(info.base.name, info.base.version).ref] = info.base
+    to_send = {}
+    for ref, base in wanted.items():
+        local_commit = repo.git.ref_target(ref)
+        if local_commit is None:
+            raise UsageError(f"the entries sit on base {base}, which this repository lacks: fetch or add it before pushing")
+        remote_commit = remote_refs.get(ref)
+        if remote_commit is None:
+            if differential:
+                raise UsageError(f"{remote.location} lacks base {base} ({base.digest[:19]}…): a differential push needs it there; "
+                                 f"push without --differential to send the base too")
+            to_send[ref] = local_commit
+        elif remote_commit != local_commit and remote_entry_info(remote, remote_commit).base.digest != base.digest:
+            raise UsageError(f"{remote.location} holds another image as base {base} (another digest): rename one of them")
+    return to_send
+
+
+def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, ...] = (), *, force: bool = False,
+         tags: bool = False, area: str | None = None, differential: bool = False, accept_new_host_key: bool = False,
+         progress: Progress = None) -> PushResult:
+    """Send branches (default: the area's branch) and with --tags every tag to a remote:
+    only the entries and blobs it lacks; each ref moves only by fast-forward unless forced.
+    The base images the entries sit on go too, unless `differential`: then the remote must
+    have them already (same name, version and digest)."""
+    url = remote_url(repo, remote_name)
+    started = time.monotonic()
+    local = _refs_to_push(repo, names_given, tags, area)
+    with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
+        remote_refs = remote.refs()
+        local.update(_bases_to_push(repo, remote, local, remote_refs, differential))
+        updates = plan_updates(repo.git, local, remote_refs, force=force)
+        updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
+        for update in updates:
+            if update.name.startswith(BRANCH_PREFIX) and update.status != REJECTED:
+                tracking = f"{REMOTE_PREFIX}{remote_name}/{short_name(update.name)}"
+                repo.git.set_direct(tracking, update.new, f"push: {update.status}")
+        bytes_sent = remote.transport.bytes_sent
+    changes = [RefChange(short_name(u.name), u.old, u.new, u.status, u.reason) for u in updates]
+    return PushResult(remote_name, url, changes, stats.commits, stats.blobs, stats.packs, stats.bytes, bytes_sent,
+                      round(time.monotonic() - started, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    remote: str
+    url: str
+    refs: list[RefChange]  # remote-tracking branches (origin/main) and tags that moved
+    commits: int
+    blobs: int
+    blob_bytes: int
+    bytes_received: int
+    seconds: float
+    default_branch: str | None  # the branch the remote's HEAD names
+
+
+def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key: bool = False, progress: Progress = None) -> FetchResult:
+    """Bring the remote's branches (as remote-tracking branches NAME/BRANCH) and tags, with
+    only the entries and blobs this repository lacks."""
+    url = remote_url(repo, remote_name)
+    started = time.monotonic()
+    with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
+        remote_refs = remote.refs()
+        objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
+        stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
+        for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
+            repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
+        changes = _update_tracking(repo, remote_name, remote_refs)
+        bytes_received = remote.transport.bytes_received
+        default = remote.default_branch()
+    return FetchResult(remote_name, url, changes, len(roots), stats.blobs, stats.bytes, bytes_received,
+                       round(time.monotonic() - started, 3), default)
+
+
+def _update_tracking(repo: Repository, remote_name: str, remote_refs: dict[str, str]) -> list[RefChange]:
+    changes = []
+    for ref, target in remote_refs.items():
+        if not repo.git.is_valid_ref_name(ref):
+            changes.append(RefChange(ref, None, target, REJECTED, "not a valid ref name; ignored"))
+        elif ref.startswith(BRANCH_PREFIX):
+            local_ref = f"{REMOTE_PREFIX}{remote_name}/{ref[len(BRANCH_PREFIX):]}"
+            old = repo.git.ref_target(local_ref)
+            if old != target:
+                repo.git.ensure_reflog(local_ref)
+                repo.git.set_direct(local_ref, target, f"fetch: {'new' if old is None else 'update'} from {remote_name}")
+                changes.append(RefChange(f"{remote_name}/{ref[len(BRANCH_PREFIX):]}", old, target, "new" if old is None else "updated"))
+        elif ref.startswith(BASE_PREFIX):
+            old = repo.git.ref_target(ref)
+            if old is None:
+                repo.git.set_direct(ref, target, f"fetch: base from {remote_name}")
+                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), None, target, "new base"))
+            elif old != target and entry_info(repo, old).base.digest != entry_info(repo, target).base.digest:
+                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), old, target, REJECTED,
+                                         "a local base of that name and version is another image; kept"))
+        elif ref.startswith(TAG_PREFIX):
+            old = repo.git.ref_target(ref)
+            if old is None:
+                repo.git.set_direct(ref, target, f"fetch: tag from {remote_name}")
+                changes.append(RefChange(short_name(ref), None, target, "new tag"))
+            elif old != target:
+                changes.append(RefChange(short_name(ref), old, target, REJECTED, "a local tag of that name names another entry; kept"))
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    fetched: FetchResult
+    area: str
+    branch: str
+    old: str | None
+    new: str
+    status: str  # "up to date" or "fast-forward"
+    checkout: CheckoutResult | None
+
+
+def pull(repo: Repository, remote_name: str = "origin", branch: str | None = None, *, area: str | None = None,
+         accept_new_host_key: bool = False, progress: Progress = None, transfer_progress: Progress = None) -> PullResult:
+    """Fetch, then fast-forward the area's branch to the remote's and check it out into the area."""
+    config = repo.choose_area(area)
+    head = read_head(repo.git, config.name)
+    if head.branch is None:
+        raise UsageError(f"area {config.name} is detached (not on a branch): 'vml switch BRANCH' first")
+    fetched = fetch(repo, remote_name, accept_new_host_key=accept_new_host_key, progress=transfer_progress)
+    remote_branch = branch or head.branch
+    target = repo.git.ref_target(f"{REMOTE_PREFIX}{remote_name}/{remote_branch}")
+    if target is None:
+        raise UsageError(f"the remote {remote_name} has no branch {remote_branch!r}")
+    if head.entry == target or (head.entry is not None and repo.git.is_ancestor(target, head.entry)):
+        return PullResult(fetched, config.name, head.branch, head.entry, head.entry or target, UP_TO_DATE, None)
+    if head.entry is not None and not repo.git.is_ancestor(head.entry, target):
+        raise UsageError(
+            f"{head.branch} and {remote_name}/{remote_branch} have diverged (vml pulls by fast-forward only): "
+            f"look with 'vml log --all --graph', then keep one line, e.g. 'vml branch mine' and 'vml checkout {remote_name}/{remote_branch}'"
+        )
+    result = checkout_area(repo, config, f"{remote_name}/{remote_branch}", head.branch, force=False, progress=progress,
+                            fast_forward=target)
+    return PullResult(fetched, config.name, head.branch, head.entry, target, FAST_FORWARD, result)
+
+
+@dataclass(frozen=True, slots=True)
+class CloneResult:
+    path: str
+    url: str
+    branch: str | None
+    entry: str | None
+    fetched: FetchResult
+
+
+def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool = False, progress: Progress = None) -> CloneResult:
+    """A new repository DIR/.vml with `origin` set to URL, its entries fetched and its
+    default branch made a local branch."""
+    location = parse_url(url)
+    if directory is None:
+        name = os.path.basename(location.path.rstrip("/")) or "repository"
+        for suffix in (".vml", ".git"):
+            name = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+        directory = name
+    target = os.path.abspath(directory)
+    created = not os.path.exists(target)
+    repo = Repository.init(target)
+    try:
+        url = remote_add(repo, "origin", url).url
+        fetched = fetch(repo, "origin", accept_new_host_key=accept_new_host_key, progress=progress)
+        default = fetched.default_branch
+        branches = {change.ref.split("/", 1)[1]: change.new for change in fetched.refs if change.ref.startswith("origin/")}
+        branch = default if default in branches else next(iter(sorted(branches)), None)
+        if branch is not None:
+            repo.git.set_direct(BRANCH_PREFIX + branch, branches[branch], f"clone: from {url}")
+            repo.git.set_symbolic("HEAD", BRANCH_PREFIX + branch)
+    except BaseException:
+        repo.close()
+        shutil.rmtree(target if created else os.path.join(target, ".vml"), ignore_errors=True)
+        raise
+    repo.close()
+    return CloneResult(target, url, branch, branches.get(branch) if branch else None, fetched)

@@ -1,0 +1,81 @@
+"""TODO vm"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vml.areas.base import AreaConfig
+from vml.areas.kinds import libvirt_module
+from vml.errors import UsageError
+from vml.repo import Repository
+from vml.api._common import Notice, opened_area
+from vml.areas.provision import delete_vm
+
+
+VM_ACTIONS = ("start", "stop", "suspend", "resume", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class VmState:
+    area: str
+    vm: object  # libvirt.VmInfo; None once deleted
+    deleted: list[str] = dataclasses.field(default_factory=list)  # with delete: the domain and the files removed
+    ssh: str | None = None  # where vml reaches the guest: user@host:port
+
+
+def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
+    config = repo.choose_area(area)
+    if config.kind != "libvirt":
+        raise UsageError(f"area {config.name} is a {config.kind} area; vml vm works on libvirt areas (vml area add NAME --libvirt URI ...)")
+    return config
+
+
+def vm_action(repo: Repository, action: str, *, area: str | None = None, force: bool = False, wait: bool = False,
+              notice: Notice = None) -> VmState:
+    """Start (with `wait`: until the guest answers on SSH), stop (shut down; with force:
+    power off), suspend, resume or delete (power off, undefine, and remove the disk overlay
+    vml made for it) an area's domain."""
+    if action not in VM_ACTIONS:
+        raise UsageError(f"unknown vm action {action!r}: one of {', '.join(VM_ACTIONS)}")
+    config = _libvirt_config(repo, area)
+    with opened_area(repo, config, notice) as working_area:
+        domain = working_area.domain
+        if action == "delete":
+            if config.settings.get("owned") != "true" and not force:
+                raise UsageError(f"domain {domain.name} was not made by vml (area {config.name} took it with --domain); "
+                                 f"'vml vm delete --force' undefines it anyway (its disks stay)")
+            return VmState(config.name, None, delete_vm(repo, config, domain))
+        if wait and working_area.files is None:
+            raise UsageError(f"area {config.name} has no SSH settings: there is no sshd to wait for")
+        if action == "start":
+            with repo.area_lock(config.name):
+                moved = working_area.free_forwarded_port()
+                if moved is not None:
+                    config = repo.set_area_setting(config.name, "port", str(moved))
+        if action == "stop":
+            domain.stop(force=force)
+        elif not (action == "start" and wait and domain.state() == "running"):  # --wait on a running one just waits
+            getattr(domain, action)()
+        if wait:
+            working_area.wait_for_guest()
+        return _vm_state(config, working_area)
+
+
+def _vm_state(config: AreaConfig, working_area) -> VmState:
+    settings, domain = config.settings, working_area.domain
+    ssh = None
+    if settings.get("host"):
+        port = working_area.forwarded_port() or settings.get("port")  # the definition's, whatever the settings say
+        ssh = f"{settings.get('user', '')}@{settings['host']}" + (f":{port}" if port else "")
+    return VmState(config.name, domain.info() if domain.exists() else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
+
+
+def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
+    """The domain of one area, or of every libvirt area."""
+    configs = [_libvirt_config(repo, area)] if area is not None else [c for c in repo.areas() if c.kind == "libvirt"]
+    states = []
+    for config in configs:
+        with opened_area(repo, config) as working_area:
+            states.append(_vm_state(config, working_area))
+    return states

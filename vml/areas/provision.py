@@ -1,0 +1,95 @@
+"""TODO provision"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+
+from vml.areas.base import AreaConfig
+from vml.areas.kinds import libvirt_module
+from vml.areas.restore import Restore
+from vml.entry import base_entry, entry_root
+from vml.errors import AreaError, CorruptObject, UsageError
+from vml.objects.walk import listing_loader
+from vml.refs.bases import BaseName
+from vml.repo import Repository
+
+
+def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dict[str, str], *,
+               saved_definition: bytes | None = None) -> dict[str, str]:
+    """Define the area's domain on a new overlay of `base`'s image, sized as
+    `saved_definition` (an entry's) if given, with a newly forwarded SSH port when vml
+    reaches the guest that way. Returns the settings that changed (the port)."""
+    libvirt = libvirt_module()
+    sizing = libvirt.Sizing.of(saved_definition) if saved_definition else libvirt.Sizing(None, None)
+    image, boot = base_image(repo, base)
+    state_dir = repo.area_state_dir(name)
+    os.makedirs(state_dir, exist_ok=True)
+    overlay = os.path.join(state_dir, "disk.qcow2")
+    if os.path.exists(overlay):  # left by an area of this name that was removed: never lost
+        using = libvirt.domains_using(domain.connection, overlay)
+        if using:
+            raise AreaError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
+                            f"delete that domain, or use another area name")
+        os.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
+    libvirt.make_overlay(image, overlay)
+    changed = {}
+    port = None
+    if settings.get("knownhosts"):
+        port = libvirt.free_port()
+        changed["port"] = str(port)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings["knownhosts"])  # a new guest: its key is learnt at the first login
+    xml = libvirt.new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"),
+                                 ssh_port=port, uuid_text=libvirt.unused_uuid(domain.connection, saved_definition), **boot)
+    domain.define(sizing.apply(xml))
+    settings.update(changed)
+    return changed
+
+
+def base_image(repo: Repository, base: BaseName) -> tuple[str, dict[str, str]]:
+    """The path of a base's image file, written out of the store once and kept read-only,
+    and its boot settings (kernel and initrd paths beside it, cmdline), if it has them."""
+    entry, info = base_entry(repo.git, base)
+    if info.image is None:
+        raise UsageError(f"base {base} is a file tree, not a disk image: a domain needs a base added with --image")
+    names = [info.image] + [info.boot[k] for k in ("kernel", "initrd") if info.boot and info.boot.get(k)]
+    for file_name in names:
+        if file_name in ("", ".", "..") or "/" in file_name or "\0" in file_name:
+            raise CorruptObject(f"base {base} names a file {file_name!r}, which is not a file name")
+    directory = os.path.join(repo.vml_dir, "images", base.name, base.version)
+    path = os.path.join(directory, info.image)
+    if not os.path.exists(path):
+        temp = directory + ".tmp"
+        shutil.rmtree(temp, ignore_errors=True)
+        Restore(repo.store, listing_loader(repo.store)).run(entry_root(repo.git, entry), os.fsencode(temp))
+        for file_name in names:
+            os.chmod(os.path.join(temp, file_name), 0o444)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        os.rename(temp, directory)
+    boot = {k: os.path.join(directory, v) for k, v in (info.boot or {}).items() if k in ("kernel", "initrd") and v}
+    if info.boot and info.boot.get("cmdline"):
+        boot["cmdline"] = info.boot["cmdline"]
+    return path, boot
+
+
+def delete_vm(repo: Repository, config: AreaConfig, domain) -> list[str]:
+    with repo.area_lock(config.name):
+        state_dir = os.path.realpath(repo.area_state_dir(config.name))
+        if domain.exists():
+            disks = domain.delete()
+            deleted = [f"domain {domain.name} at {domain.uri}"]
+        else:  # a delete cut short after the undefine: finish it
+            disks, deleted = [os.path.join(state_dir, "disk.qcow2")], []
+        for disk in disks:  # only the overlays vml made; a domain's own disks elsewhere stay
+            if os.path.dirname(os.path.realpath(disk)) == state_dir and os.path.exists(disk):
+                os.unlink(disk)
+                deleted.append(disk)
+        if not deleted:
+            raise AreaError(f"domain {domain.name} does not exist at {domain.uri}: there is nothing to delete")
+        for file_name in ("statcache", "known_hosts"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state_dir, file_name))
+    return deleted
