@@ -11,14 +11,13 @@ import fcntl
 import os
 from typing import Iterator
 
-from vml.areas.base import AreaConfig, check_area_name
+from vml.config import AreaConfig, area_names, delete_area, read_area, set_area_setting, write_area, write_repository_settings
 from vml.errors import AreaError, NotARepository, UsageError, VmlError
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
 
 FORMAT_LINE = "vml repository format 1\n"
 DEFAULT_DIR = ".vml"
-AREA_SECTION = "vml-area"
 AREA_REF_PREFIX = "refs/vml/areas/"
 
 
@@ -46,8 +45,7 @@ class Repository:
         with open(os.path.join(vml_dir, "format"), "w") as format_file:
             format_file.write(FORMAT_LINE)
         repo = cls(target)
-        repo.git.config_set("vml.format", "1")
-        repo.git.config_set("vml.bare", "true" if bare else "false")
+        write_repository_settings(repo.git, bare=bare)
         return repo
 
     @classmethod
@@ -114,26 +112,13 @@ class Repository:
     def area_lock(self, name: str):
         return self._flock(f"area-{name}.lock", fcntl.LOCK_EX)
 
-    # -- areas (kept in the git config file, in vml's own section)
+    # -- areas (kept in the git config file: vml/config.py)
 
     def areas(self) -> list[AreaConfig]:
-        names = set()
-        for key, _value in self.git.config_items(AREA_SECTION + "."):
-            names.add(key[len(AREA_SECTION) + 1 :].rsplit(".", 1)[0])
-        return [self.area(name) for name in sorted(names)]
+        return [read_area(self.git, name) for name in area_names(self.git)]
 
     def area(self, name: str) -> AreaConfig:
-        kind = self.git.config_get(f"{AREA_SECTION}.{name}.kind")
-        if kind is None:
-            known = ", ".join(a.name for a in self.areas()) or "none"
-            raise AreaError(f"no area named {name!r} (areas: {known})")
-        prefix = f"{AREA_SECTION}.{name}."
-        settings = {
-            key[len(prefix) :]: value
-            for key, value in self.git.config_items(prefix)
-            if key[len(prefix) :] not in ("kind", "location")
-        }
-        return AreaConfig(name, kind, self.git.config_get(prefix + "location") or "", settings)
+        return read_area(self.git, name)
 
     def choose_area(self, name: str | None) -> AreaConfig:
         if name is not None:
@@ -146,23 +131,14 @@ class Repository:
         raise AreaError(f"several areas ({', '.join(a.name for a in areas)}): choose one with -a")
 
     def add_area(self, config: AreaConfig) -> None:
-        check_area_name(config.name)
-        if self.git.config_get(f"{AREA_SECTION}.{config.name}.kind") is not None:
-            raise AreaError(f"area {config.name!r} exists already")
-        self.git.config_set(f"{AREA_SECTION}.{config.name}.kind", config.kind)
-        self.git.config_set(f"{AREA_SECTION}.{config.name}.location", config.location)
-        for key, value in config.settings.items():
-            self.git.config_set(f"{AREA_SECTION}.{config.name}.{key}", value)
+        write_area(self.git, config)
 
     def set_area_setting(self, name: str, key: str, value: str) -> AreaConfig:
         """Change one setting of an existing area (a new VM's forwarded port); returns the area."""
-        self.area(name)  # it must exist
-        self.git.config_set(f"{AREA_SECTION}.{name}.{key}", value)
-        return self.area(name)
+        return set_area_setting(self.git, name, key, value)
 
     def remove_area(self, name: str) -> None:
-        for key, _value in list(self.git.config_items(f"{AREA_SECTION}.{name}.")):
-            self.git.config_delete(key)
+        delete_area(self.git, name)
 
     def area_ref(self, name: str) -> str:
         return AREA_REF_PREFIX + name

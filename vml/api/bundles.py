@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from vml.entry import base_entry
 from vml.errors import UsageError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
-from vml.exchange.push import FAST_FORWARD, UP_TO_DATE
 from vml.refs.branches import check_name
 from vml.refs.heads import (BRANCH_PREFIX, areas_on_branch)
 from vml.refs.names import TAG_PREFIX
 from vml.refs.bases import BASE_PREFIX, BaseName
 from vml.pathnames import quote_path
+from vml.refs.updates import REJECTED, UP_TO_DATE, classify
 from vml.repo import Repository
 from vml.api._common import entry_info, resolve_entry
 from vml.api.remotes import short_name
@@ -97,18 +97,11 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         if as_name:
             check_name(repo.git, "branch", as_name)
         current = repo.git.ref_target(ref)
-        if current == info.entry:
-            status = UP_TO_DATE
-        elif current is None:
-            status = "new"
-        elif not ref.startswith(TAG_PREFIX) and _leads_to(repo, current, info):
-            status = FAST_FORWARD
-        elif force:
-            status = "forced"
-        else:
-            what = "tag" if ref.startswith(TAG_PREFIX) else "branch"
+        tag = ref.startswith(TAG_PREFIX)
+        status = classify(repo.git, current, info.entry, tag=tag, force=force, descends=lambda old: _leads_to(repo, old, info))
+        if status == REJECTED:
             raise UsageError(
-                f"{what} {short_name(ref)} is at {current[:12]}, which the bundle's entry does not descend from: "
+                f"{'tag' if tag else 'branch'} {short_name(ref)} is at {current[:12]}, which the bundle's entry does not descend from: "
                 f"import it under another name with --as BRANCH, or replace it with --force"
             )
         on_it = areas_on_branch(repo.git, short_name(ref)) if ref.startswith(BRANCH_PREFIX) and status != UP_TO_DATE and current else []

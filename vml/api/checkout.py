@@ -10,7 +10,6 @@ import shutil
 from dataclasses import dataclass, field
 
 from vml.areas.base import AreaConfig
-from vml.areas.kinds import libvirt_module
 from vml.areas.rules import Rules
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
@@ -23,12 +22,11 @@ from vml.objects.walk import listing_loader, node_at
 from vml.refs.branches import check_name, create_ref
 from vml.refs.heads import (BRANCH_PREFIX, AreaHead, advance, attach, branch_exists, check_branch_free,
                             detach, read_head)
-from vml.refs.bases import BaseName
 from vml.pathnames import quote_path
+from vml.api.vm import make_vm
 from vml.repo import Repository
 from vml.api._common import Notice, Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
 from vml.api.bases import check_base
-from vml.areas.provision import define_vm
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,47 +70,21 @@ def _checkout(repo: Repository, spec: str, *, area: str | None, to: str | None, 
 
 
 def new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress,
-            notice: Notice = None) -> CheckoutResult:
-    """Make the area's domain anew from an entry: a fresh overlay of the entry's base image,
-    the entry's memory size and vCPU count, started; then the entry's files and
-    environment put into the guest as any checkout does."""
-    if config.kind != "libvirt":
-        raise UsageError(f"--new-vm makes a libvirt domain: area {config.name} is a {config.kind} area "
-                         f"(vml area add NAME --libvirt URI [--identity KEY])")
-    with repo.shared_lock(), repo.area_lock(config.name):
-        entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
-        info = entry_info(repo, entry_id)
-        if info.base is None:
-            raise UsageError(f"entry {entry_id[:12]} sits on no base image: --new-vm builds a VM from the entry's base "
-                             f"(an area made with --base records it)")
-        check_base(repo, info, None)
-        if "host" not in config.settings:
-            raise UsageError(f"area {config.name} has no way to reach its guest's files (a QEMU domain vml makes is reached "
-                             f"through a forwarded port; others need --ssh): 'vml area remove {config.name}' and add it again")
-        if branch is not None:
-            check_branch_free(repo.git, config.name, branch)
-        domain = libvirt_module().Domain(config.settings["uri"], config.settings["domain"])
-        if domain.exists():
-            raise UsageError(f"domain {domain.name} exists at {domain.uri}: --new-vm makes a new one; delete the old one and its "
-                             f"disk first with 'vml vm delete -a {config.name}' (entries stay)")
-        base = BaseName(info.base.name, info.base.version)
-        settings = dict(config.settings)
-        changed = define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
-        for key, value in {**changed, "base": str(base), "owned": "true"}.items():
-            config = repo.set_area_setting(config.name, key, value)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds
-        domain.start()
+           notice: Notice = None) -> CheckoutResult:
+    """Make the area's domain anew from an entry (see vm.make_vm), then put the entry's
+    files and environment into its guest as any checkout does."""
+    made = make_vm(repo, config, spec, branch)
+    config = made.config
     # Through its own forwarded port vml reaches the new guest and nothing else: it holds
     # nothing unsaved. A guest reached with --ssh is whatever answers there: the usual check.
     fresh = bool(config.settings.get("knownhosts"))
     try:
         result = checkout_area(repo, config, spec, branch, force=fresh, progress=progress, notice=notice)
     except VmlError as error:
-        raise AreaError(f"{error} (domain {domain.name} was made and started; once that is mended, put the entry's "
+        raise AreaError(f"{error} (domain {made.domain} was made and started; once that is mended, put the entry's "
                         f"files in with 'vml checkout {spec} -a {config.name}{'' if fresh else ' --force'}')") from None
-    made = f"domain {domain.name} was made from base {base} and the entry, and started"
-    return dataclasses.replace(result, warnings=[made] + result.warnings)
+    return dataclasses.replace(result, warnings=[f"domain {made.domain} was made from base {made.base} and the entry, and started"]
+                               + result.warnings)
 
 
 def _entry_rules(info: EntryInfo) -> Rules | None:

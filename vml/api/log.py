@@ -12,6 +12,7 @@ from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
 from vml.refs.git import Commit
 from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX, areas_on_branch, read_head)
+from vml.history import ref_tips, touching
 from vml.repo import Repository
 from vml.api._common import entry_info, parse_paths, resolve_entry
 
@@ -52,15 +53,6 @@ def decorations(repo: Repository) -> dict[str, list[str]]:
     return labels
 
 
-def all_starts(repo: Repository) -> list[str]:
-    starts = []
-    for ref in repo.git.ref_names():
-        target = repo.git.ref_target(ref)
-        if target is not None and target not in starts:
-            starts.append(target)
-    return starts
-
-
 def log(
     repo: Repository,
     *,
@@ -85,12 +77,12 @@ def log(
             entry = read_head(repo.git, config.name).entry
             starts = [entry] if entry else []
         else:
-            starts = all_starts(repo)
+            starts = ref_tips(repo.git)
     labels = decorations(repo)
     commits = repo.git.walk(starts)
     parents_of: dict[str, tuple[str, ...]] = {}
     if paths:
-        commits, parents_of = touching(repo, list(commits), parse_paths(paths))
+        commits, parents_of = touching(repo.git, repo.store, list(commits), parse_paths(paths))
     entries = []
     for commit_id in commits:
         if limit is not None and len(entries) >= limit:
@@ -100,40 +92,6 @@ def log(
             entry = dataclasses.replace(entry, parents=parents_of[commit_id])
         entries.append(entry)
     return entries
-
-
-def touching(repo: Repository, commits: list[str], paths: list[bytes]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
-    """The commits in which a path changed, and for each its nearest such ancestors."""
-    load = listing_loader(repo.store, memo=4096)
-    states: dict[str, tuple] = {}
-
-    def state(commit_id: str) -> tuple:
-        if commit_id not in states:
-            root_id = entry_root(repo.git, commit_id)
-            states[commit_id] = tuple(node_at(load, root_id, path) for path in paths)
-        return states[commit_id]
-
-    shown: set[str] = set()
-    nearest: dict[str, tuple[str, ...]] = {}  # for every commit: its nearest shown ancestors
-    parents_of: dict[str, tuple[str, ...]] = {}
-    for commit_id in reversed(commits):  # parents first
-        parents = [p for p in repo.git.commit(commit_id).parents if repo.git.has_object(p)]
-        mine = state(commit_id)
-        if parents:
-            touched = all(state(p) != mine for p in parents)
-        else:
-            touched = any(node is not None for node in mine)
-        stand_ins: list[str] = []
-        for parent in parents:
-            for ancestor in ((parent,) if parent in shown else nearest.get(parent, ())):
-                if ancestor not in stand_ins:
-                    stand_ins.append(ancestor)
-        if touched:
-            shown.add(commit_id)
-            parents_of[commit_id] = tuple(stand_ins)
-        else:
-            nearest[commit_id] = tuple(stand_ins)
-    return [c for c in commits if c in shown], parents_of
 
 
 def log_entry(repo: Repository, raw: Commit, decorations: list[str]) -> LogEntry:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from vml.errors import CorruptObject, UnknownEntry, UsageError, VmlError
+from vml.errors import CorruptObject, UnknownEntry, UsageError
 from vml.objects.fsck import TreeChecker, check_packs
-from vml.objects.gc import UPLOAD_GRACE, collect
-from vml.objects.manifest import KIND_DIR
-from vml.objects.walk import listing_loader, root_node, walk_nodes
-from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, protected_entry, rewrite_lost_predecessors
+from vml.objects.gc import collect
+from vml.objects.walk import listing_loader
+from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, rewrite_lost_predecessors
 from vml.refs.reflogs import expire as expire_reflogs
 from vml.pathnames import quote_path
+from vml.exchange.remote import check_no_push
+from vml.history import live_blobs, reachable_entries
 from vml.repo import Repository
 from vml.api._common import entry_info, first_line
-from vml.api.log import all_starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +28,6 @@ class InitResult:
 def init(path: str = ".", *, bare: bool = False) -> InitResult:
     repo = Repository.init(path, bare=bare)
     return InitResult(repo.path, bare)
-
-
-def reachable_entries(repo: Repository, *, reflogs: bool = True) -> list[str]:
-    """Every entry reachable from a ref, and (with `reflogs`) from the entry each reflog line protects."""
-    starts = all_starts(repo)
-    for name in repo.git.reflog_names() if reflogs else ():
-        for line in repo.git.reflog(name):
-            commit_id = protected_entry(line)
-            if commit_id is not None and commit_id not in starts and repo.git.has_object(commit_id):
-                starts.append(commit_id)
-    return list(repo.git.walk(starts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +62,7 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         git_problems, git_warnings = repo.git.git_fsck()
         problems += git_problems
         warnings = list(packs.warnings) + git_warnings
-        entries = reachable_entries(repo)
+        entries = reachable_entries(repo.git)
         for entry_id in entries:
             message = first_line(repo.git.commit(entry_id).message)
             try:
@@ -108,15 +96,15 @@ def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, 
     with repo.exclusive_lock():
         expired = expire_reflogs(
             repo.git,
-            set(reachable_entries(repo, reflogs=False)),
+            set(reachable_entries(repo.git, reflogs=False)),
             unreachable_before=unreachable_before,
             all_before=now - EXPIRE_ALL,
         )
-        check_no_push(repo)
-        entries = reachable_entries(repo)
+        check_no_push(repo.path)
+        entries = reachable_entries(repo.git)
         # Before anything is deleted: no kept reflog line may name a commit that goes.
         rewrite_lost_predecessors(repo.git, set(entries))
-        stats = collect(repo.store, live_blobs(repo, entries), progress, before_delete=lambda: check_no_push(repo))
+        stats = collect(repo.store, live_blobs(repo.git, repo.store, entries), progress, before_delete=lambda: check_no_push(repo.path))
         git_removed, git_freed = repo.git.prune_loose_objects(repo.git.objects_of(entries))
         repo.close()
     return GcResult(
@@ -131,34 +119,3 @@ def gc(repo: Repository, *, expire: str | None = None, progress: Callable[[int, 
     )
 
 
-def check_no_push(repo: Repository) -> None:
-    """gc waits for pushes into this repository (they cannot take its lock over a transport):
-    a push relies on blobs it saw here, which may be unreachable until its ref moves."""
-    locks = os.path.join(repo.vml_dir, "locks")
-    for name in os.listdir(locks):
-        if not name.startswith("push-"):
-            continue
-        path = os.path.join(locks, name)
-        if time.time() - os.path.getmtime(path) > UPLOAD_GRACE:
-            os.unlink(path)  # left by a push that was cut off long ago
-        else:
-            raise VmlError(f"a push into this repository is in progress ({path}); run gc again when it is done")
-
-
-def live_blobs(repo: Repository, entries: list[str]) -> set[bytes]:
-    load = listing_loader(repo.store)
-    live: set[bytes] = set()
-    seen: set[bytes] = set()
-    for entry_id in entries:
-        try:
-            for root_id in entry_info(repo, entry_id).manifests():
-                live.add(root_id)
-                live.add(root_node(load, root_id).tree)
-                for _path, node in walk_nodes(load, root_id, seen=seen):
-                    if node.kind == KIND_DIR:
-                        live.add(node.tree)
-                    elif node.chunks:
-                        live.update(node.chunk_ids())
-        except CorruptObject as error:
-            raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
-    return live

@@ -8,21 +8,19 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from vml.entry import BaseRef
 from vml.errors import UsageError
-from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info
-from vml.exchange.push import FAST_FORWARD, REJECTED, UP_TO_DATE, plan_updates, send
+from vml.exchange.fetch import read_history, receive_blobs
+from vml.exchange.push import bases_to_push, plan_updates, send
 from vml.exchange.remote import RemoteRepository
 from vml.refs.heads import (BRANCH_PREFIX, branch_exists, read_head)
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
-from vml.refs.bases import BASE_PREFIX, BaseName
+from vml.refs.bases import BASE_PREFIX
+from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, classify
+from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
 from vml.api._common import Progress, entry_info
 from vml.api.checkout import CheckoutResult, checkout_area
-
-
-REMOTE_SECTION = "remote"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,35 +39,21 @@ def remote_add(repo: Repository, name: str, url: str) -> RemoteInfo:
     location = parse_url(url)  # a bad URL is refused now, not at the first push
     if "://" not in url:
         url = location.path  # absolute: the repository is found from any directory
-    if repo.git.config_get(f"{REMOTE_SECTION}.{name}.url") is not None:
-        raise UsageError(f"a remote named {name!r} exists already (vml remote remove {name})")
-    repo.git.config_set(f"{REMOTE_SECTION}.{name}.url", url)
+    write_remote(repo.git, name, url)
     return RemoteInfo(name, url)
 
 
 def remote_remove(repo: Repository, name: str) -> RemoteInfo:
-    url = remote_url(repo, name)
+    url = remote_url(repo.git, name)
     for ref in repo.git.ref_names(f"{REMOTE_PREFIX}{name}/"):
         repo.git.delete_ref(ref)
         repo.git.delete_reflog(ref)
-    repo.git.config_delete(f"{REMOTE_SECTION}.{name}.url")
+    delete_remote(repo.git, name)
     return RemoteInfo(name, url)
 
 
 def remote_list(repo: Repository) -> list[RemoteInfo]:
-    found = []
-    for key, value in repo.git.config_items(f"{REMOTE_SECTION}."):
-        if key.endswith(".url"):
-            found.append(RemoteInfo(key[len(REMOTE_SECTION) + 1 : -len(".url")], value))
-    return sorted(found, key=lambda info: info.name)
-
-
-def remote_url(repo: Repository, name: str) -> str:
-    url = repo.git.config_get(f"{REMOTE_SECTION}.{name}.url")
-    if url is None:
-        known = ", ".join(info.name for info in remote_list(repo)) or "none"
-        raise UsageError(f"no remote named {name!r} (remotes: {known}); add one with 'vml remote add {name} URL'")
-    return url
+    return [RemoteInfo(name, url) for name, url in remote_urls(repo.git).items()]
 
 
 @contextlib.contextmanager
@@ -139,32 +123,6 @@ def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, ar
     return refs
 
 
-def _bases_to_push(repo: Repository, remote: RemoteRepository, local: dict[str, str], remote_refs: dict[str, str],
-                   differential: bool) -> dict[str, str]:
-    """The base refs the entries being pushed sit on and the remote lacks; an error if the
-    remote holds another image under the same name and version."""
-    have = [commit for commit in remote_refs.values() if repo.git.has_object(commit)]
-    wanted: dict[str, BaseRef] = {}
-    for commit in repo.git.commits_between(list(local.values()), have):
-        info = entry_info(repo, commit)
-        if info.base is not None and info.kind != "base":
-            wanted[BaseName(info.base.name, info.base.version).ref] = info.base
-    to_send = {}
-    for ref, base in wanted.items():
-        local_commit = repo.git.ref_target(ref)
-        if local_commit is None:
-            raise UsageError(f"the entries sit on base {base}, which this repository lacks: fetch or add it before pushing")
-        remote_commit = remote_refs.get(ref)
-        if remote_commit is None:
-            if differential:
-                raise UsageError(f"{remote.location} lacks base {base} ({base.digest[:19]}…): a differential push needs it there; "
-                                 f"push without --differential to send the base too")
-            to_send[ref] = local_commit
-        elif remote_commit != local_commit and remote_entry_info(remote, remote_commit).base.digest != base.digest:
-            raise UsageError(f"{remote.location} holds another image as base {base} (another digest): rename one of them")
-    return to_send
-
-
 def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, ...] = (), *, force: bool = False,
          tags: bool = False, area: str | None = None, differential: bool = False, accept_new_host_key: bool = False,
          progress: Progress = None) -> PushResult:
@@ -172,12 +130,12 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
     only the entries and blobs it lacks; each ref moves only by fast-forward unless forced.
     The base images the entries sit on go too, unless `differential`: then the remote must
     have them already (same name, version and digest)."""
-    url = remote_url(repo, remote_name)
+    url = remote_url(repo.git, remote_name)
     started = time.monotonic()
     local = _refs_to_push(repo, names_given, tags, area)
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
         remote_refs = remote.refs()
-        local.update(_bases_to_push(repo, remote, local, remote_refs, differential))
+        local.update(bases_to_push(repo.git, remote, local, remote_refs, differential))
         updates = plan_updates(repo.git, local, remote_refs, force=force)
         updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
         for update in updates:
@@ -206,7 +164,7 @@ class FetchResult:
 def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key: bool = False, progress: Progress = None) -> FetchResult:
     """Bring the remote's branches (as remote-tracking branches NAME/BRANCH) and tags, with
     only the entries and blobs this repository lacks."""
-    url = remote_url(repo, remote_name)
+    url = remote_url(repo.git, remote_name)
     started = time.monotonic()
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
         remote_refs = remote.refs()
@@ -274,9 +232,11 @@ def pull(repo: Repository, remote_name: str = "origin", branch: str | None = Non
     target = repo.git.ref_target(f"{REMOTE_PREFIX}{remote_name}/{remote_branch}")
     if target is None:
         raise UsageError(f"the remote {remote_name} has no branch {remote_branch!r}")
-    if head.entry == target or (head.entry is not None and repo.git.is_ancestor(target, head.entry)):
-        return PullResult(fetched, config.name, head.branch, head.entry, head.entry or target, UP_TO_DATE, None)
-    if head.entry is not None and not repo.git.is_ancestor(head.entry, target):
+    # The area's branch moves forward only; an unborn one takes the remote's as a fast-forward.
+    status = classify(repo.git, head.entry, target, held_is_up_to_date=True) if head.entry else FAST_FORWARD
+    if status == UP_TO_DATE:
+        return PullResult(fetched, config.name, head.branch, head.entry, head.entry, UP_TO_DATE, None)
+    if status == REJECTED:
         raise UsageError(
             f"{head.branch} and {remote_name}/{remote_branch} have diverged (vml pulls by fast-forward only): "
             f"look with 'vml log --all --graph', then keep one line, e.g. 'vml branch mine' and 'vml checkout {remote_name}/{remote_branch}'"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from vml.areas.base import AreaConfig
 from vml.areas.kinds import libvirt_module
 from vml.errors import UsageError
+from vml.api._common import entry_info, resolve_entry
+from vml.api.bases import check_base
+from vml.areas.provision import define_vm
+from vml.entry import DOMAIN_FILE
+from vml.refs.bases import BaseName
+from vml.refs.heads import BRANCH_PREFIX, check_branch_free
 from vml.repo import Repository
 from vml.api._common import Notice, opened_area
 from vml.areas.provision import delete_vm
@@ -79,3 +87,44 @@ def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
         with opened_area(repo, config) as working_area:
             states.append(_vm_state(config, working_area))
     return states
+
+
+@dataclass(frozen=True, slots=True)
+class MadeVm:
+    config: AreaConfig  # the area's settings after: the new port, the base, owned
+    domain: str
+    base: BaseName
+
+
+def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None) -> MadeVm:
+    """checkout --new-vm's first half: define the area's domain anew from entry `spec`, on a
+    fresh overlay of the entry's base image with the entry's memory size and vCPU count,
+    and start it."""
+    if config.kind != "libvirt":
+        raise UsageError(f"--new-vm makes a libvirt domain: area {config.name} is a {config.kind} area "
+                         f"(vml area add NAME --libvirt URI [--identity KEY])")
+    with repo.shared_lock(), repo.area_lock(config.name):
+        entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
+        info = entry_info(repo, entry_id)
+        if info.base is None:
+            raise UsageError(f"entry {entry_id[:12]} sits on no base image: --new-vm builds a VM from the entry's base "
+                             f"(an area made with --base records it)")
+        check_base(repo, info, None)
+        if "host" not in config.settings:
+            raise UsageError(f"area {config.name} has no way to reach its guest's files (a QEMU domain vml makes is reached "
+                             f"through a forwarded port; others need --ssh): 'vml area remove {config.name}' and add it again")
+        if branch is not None:
+            check_branch_free(repo.git, config.name, branch)
+        domain = libvirt_module().Domain(config.settings["uri"], config.settings["domain"])
+        if domain.exists():
+            raise UsageError(f"domain {domain.name} exists at {domain.uri}: --new-vm makes a new one; delete the old one and its "
+                             f"disk first with 'vml vm delete -a {config.name}' (entries stay)")
+        base = BaseName(info.base.name, info.base.version)
+        settings = dict(config.settings)
+        changed = define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
+        for key, value in {**changed, "base": str(base), "owned": "true"}.items():
+            config = repo.set_area_setting(config.name, key, value)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds
+        domain.start()
+    return MadeVm(config, domain.name, base)

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from vml.areas.capture import CaptureProgress, CaptureResult
 from vml.areas.restore import RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
-from vml.errors import UsageError
+from vml.config import AreaConfig, check_area_name  # noqa: F401  (re-exported: the areas' own name for them)
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def check_area_name(name: str) -> str:
-    if not _NAME.match(name) or ".." in name or name.endswith(".lock"):
-        raise UsageError(f"invalid area name {name!r}: use letters, digits, '.', '_' and '-'")
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class AreaConfig:
-    name: str
-    kind: str  # dir, ssh or libvirt
-    location: str  # for people: a path, or ssh://user@host:port/root
-    settings: dict[str, str] = field(default_factory=dict)  # per kind: host, port, user, identity, root, uri, domain
-
 
 class WorkingArea(Protocol):
     config: AreaConfig

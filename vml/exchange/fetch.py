@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 from vml.entry import ENTRY_FILE, EntryInfo
 from vml.errors import CorruptObject
-from vml.exchange.push import TransferProgress
+from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteBlob, RemoteRepository
 from vml.objects import compress as compression
 from vml.objects.hashing import object_id

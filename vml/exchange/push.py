@@ -9,16 +9,20 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
-from vml.entry import ENTRY_FILE, EntryInfo
-from vml.errors import ConcurrentUpdate, UnknownEntry
+from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, read_entry
+from vml.errors import ConcurrentUpdate, UnknownEntry, UsageError
+from vml.exchange import TransferProgress
+from vml.exchange.fetch import remote_entry_info
 from vml.exchange.remote import RemoteRepository
 from vml.objects.ids import ObjectId
 from vml.objects.pack import PackEntry
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
+from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
+from vml.refs.names import TAG_PREFIX
+from vml.refs.updates import MOVES, REJECTED, classify
 
-UP_TO_DATE, NEW, FAST_FORWARD, FORCED, REJECTED = "up to date", "new", "fast-forward", "forced", "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +35,7 @@ class RefUpdate:
 
     @property
     def moves(self) -> bool:
-        return self.status in (NEW, FAST_FORWARD, FORCED)
-
-
-@dataclass(frozen=True, slots=True)
-class TransferProgress:
-    """What a transfer has moved so far, for progress bars."""
-
-    done: int
-    total: int
+        return self.status in MOVES
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +47,17 @@ class SendStats:
 
 
 def plan_updates(git: GitDag, local: dict[str, str], remote: dict[str, str], *, force: bool) -> list[RefUpdate]:
-    """How each ref would move on the remote: fast-forward only unless forced; a tag that
-    exists there with another entry is never moved without force."""
+    """How each ref would move on the remote (vml/refs/updates.py says how a ref may move)."""
     updates = []
     for name, new in sorted(local.items()):
         old = remote.get(name)
-        if old == new:
-            updates.append(RefUpdate(name, old, new, UP_TO_DATE))
-        elif old is None:
-            updates.append(RefUpdate(name, old, new, NEW))
-        elif force:
-            updates.append(RefUpdate(name, old, new, FORCED))
-        elif name.startswith("refs/tags/"):
-            updates.append(RefUpdate(name, old, new, REJECTED, "the remote has this tag on another entry (--force replaces it)"))
-        elif git.has_object(old) and git.is_ancestor(old, new):
-            updates.append(RefUpdate(name, old, new, FAST_FORWARD))
-        else:
-            updates.append(RefUpdate(name, old, new, REJECTED, "non-fast-forward: the remote has entries you do not; fetch them first (or --force)"))
+        tag = name.startswith(TAG_PREFIX)
+        status = classify(git, old, new, tag=tag, force=force)
+        reason = ""
+        if status == REJECTED:
+            reason = ("the remote has this tag on another entry (--force replaces it)" if tag else
+                      "non-fast-forward: the remote has entries you do not; fetch them first (or --force)")
+        updates.append(RefUpdate(name, old, new, status, reason))
     return updates
 
 
@@ -147,3 +137,29 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return len(uploaded), total
+
+
+def bases_to_push(git: GitDag, remote: RemoteRepository, local: dict[str, str], remote_refs: dict[str, str],
+                   differential: bool) -> dict[str, str]:
+    """The base refs the entries being pushed sit on and the remote lacks; an error if the
+    remote holds another image under the same name and version."""
+    have = [commit for commit in remote_refs.values() if git.has_object(commit)]
+    wanted: dict[str, BaseRef] = {}
+    for commit in git.commits_between(list(local.values()), have):
+        info = read_entry(git, commit)
+        if info.base is not None and info.kind != "base":
+            wanted[BaseName(info.base.name, info.base.version).ref] = info.base
+    to_send = {}
+    for ref, base in wanted.items():
+        local_commit = git.ref_target(ref)
+        if local_commit is None:
+            raise UsageError(f"the entries sit on base {base}, which this repository lacks: fetch or add it before pushing")
+        remote_commit = remote_refs.get(ref)
+        if remote_commit is None:
+            if differential:
+                raise UsageError(f"{remote.location} lacks base {base} ({base.digest[:19]}…): a differential push needs it there; "
+                                 f"push without --differential to send the base too")
+            to_send[ref] = local_commit
+        elif remote_commit != local_commit and remote_entry_info(remote, remote_commit).base.digest != base.digest:
+            raise UsageError(f"{remote.location} holds another image as base {base} (another digest): rename one of them")
+    return to_send

@@ -15,8 +15,9 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
-from vml.errors import ConcurrentUpdate, CorruptObject, UsageError
+from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
 from vml.objects.index import encode_index, parse_index
+from vml.objects.gc import UPLOAD_GRACE
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
 from vml.objects.pack import PackEntry, parse_table
@@ -24,7 +25,8 @@ from vml.repo import FORMAT_LINE
 from vml.transport.base import MissingFile, Transport, TransportError
 
 STORE = "vml/store"
-PUSH_MARKERS = "vml/locks"  # push-<id> files: a push is writing (see vml gc)
+PUSH_MARKERS = "vml/locks"  # push-<id> files: a push is writing (see check_no_push)
+PUSH_PREFIX = "push-"
 LOCK_WAIT = 10.0  # seconds a push waits for another push's ref lock before giving up
 
 
@@ -119,7 +121,7 @@ class RemoteRepository:
     def announce_push(self) -> str:
         """Mark a push in progress, so that a gc of the remote, which a transport cannot
         lock, keeps the blobs this push counts on; removed by `end_push`."""
-        marker = f"{PUSH_MARKERS}/push-{uuid.uuid4().hex}"
+        marker = f"{PUSH_MARKERS}/{PUSH_PREFIX}{uuid.uuid4().hex}"
         self.transport.write(marker, f"{socket.gethostname()} {os.getpid()} {int(time.time())}\n".encode())
         return marker
 
@@ -227,3 +229,16 @@ class RemoteRepository:
     def close(self) -> None:
         self.transport.close()
 
+
+def check_no_push(repository_path: str) -> None:
+    """gc waits for pushes into this repository (they cannot take its lock over a transport):
+    a push relies on blobs it saw here, which may be unreachable until its ref moves."""
+    locks = os.path.join(repository_path, PUSH_MARKERS)
+    for name in os.listdir(locks):
+        if not name.startswith(PUSH_PREFIX):
+            continue
+        path = os.path.join(locks, name)
+        if time.time() - os.path.getmtime(path) > UPLOAD_GRACE:
+            os.unlink(path)  # left by a push that was cut off long ago
+        else:
+            raise VmlError(f"a push into this repository is in progress ({path}); run gc again when it is done")
