@@ -195,3 +195,34 @@ def test_help(vml, command: list[str]):
         result = vml(*command, flag, check=False)
         assert result.returncode == 0, result.stderr
         assert "Usage:" in result.stdout and result.stderr == ""
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_guest_and_an_unreachable_remote_both_exit_3(repo, vml, guest: Path, tmp_path: Path):
+    """Both are the environment failing, not bad input (vml/errors.py: exit 3), whatever
+    reaches them: an ssh area's guest, an ssh:// remote."""
+    port = _closed_port()
+    repo("commit", "-m", "one")
+    repo("area", "add", "far", "--ssh", f"root@127.0.0.1:{port}", "--root", "/srv")
+    guest_line = one_line_error(repo("status", "-a", "far", check=False), code=3)
+    assert "area far" in guest_line and "127.0.0.1" in guest_line
+    repo("remote", "add", "far", f"ssh://root@127.0.0.1:{port}/srv/repo")
+    for args in (("push", "far"), ("fetch", "far")):
+        remote_line = one_line_error(repo(*args, check=False), code=3)
+        assert "127.0.0.1" in remote_line
+    repo("area", "add", "gone", "--dir", str(tmp_path / "gone"))
+    (tmp_path / "gone").mkdir()
+    repo("commit", "-m", "in gone", "-a", "gone")
+    (tmp_path / "gone").rmdir()
+    assert "does not exist" in one_line_error(repo("status", "-a", "gone", check=False), code=3)
+    # Naming something that does not exist stays bad input.
+    assert "no area named" in one_line_error(repo("status", "-a", "nowhere", check=False), code=USAGE)
+    assert "no remote named" in one_line_error(repo("push", "nowhere", check=False), code=USAGE)

@@ -278,7 +278,7 @@ def test_checkout_new_vm_makes_the_domain_again_from_the_entry(capsys, tmp_path:
         assert str(overlay) in deleted and not overlay.exists()
         assert run.json("vm", "info")[0]["vm"]["state"] == "not defined"
         code, _out, err = run("status", check=False)
-        assert code == 2 and "does not exist" in err and "--new-vm" in err
+        assert code == 3 and "does not exist" in err and "--new-vm" in err  # the domain is gone: an environment problem
 
         # This guest is reached with --ssh: whatever answers there may hold unsaved work,
         # so --new-vm checks it as any checkout does (a forwarded VM's is new and empty).
@@ -376,7 +376,7 @@ def test_a_kvm_domain_where_kvm_is_not_usable_is_one_clear_line(capsys, tmp_path
 
         monkeypatch.setattr(libvirt.virDomain, "create", refuse)
         code, _out, err = run("vm", "start", check=False)
-        assert code == 2 and "asks for KVM, which this host cannot give" in err and len(err.strip().splitlines()) == 1
+        assert code == 3 and "asks for KVM, which this host cannot give" in err and len(err.strip().splitlines()) == 1
         _assert_fsck_clean(run)
     finally:
         connection.lookupByName(name).undefine()

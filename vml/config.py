@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vml.errors import AreaError, UsageError
+from vml.errors import UnknownArea, UsageError
 from vml.refs.git import GitDag
 
 REPOSITORY_SECTION = "vml"
@@ -52,7 +52,7 @@ def read_area(git: GitDag, name: str) -> AreaConfig:
     kind = git.config_get(f"{AREA_SECTION}.{name}.kind")
     if kind is None:
         known = ", ".join(area_names(git)) or "none"
-        raise AreaError(f"no area named {name!r} (areas: {known})")
+        raise UnknownArea(f"no area named {name!r} (areas: {known})")
     prefix = f"{AREA_SECTION}.{name}."
     settings = {
         key[len(prefix) :]: value
@@ -65,7 +65,7 @@ def read_area(git: GitDag, name: str) -> AreaConfig:
 def write_area(git: GitDag, config: AreaConfig) -> None:
     check_area_name(config.name)
     if git.config_get(f"{AREA_SECTION}.{config.name}.kind") is not None:
-        raise AreaError(f"area {config.name!r} exists already")
+        raise UsageError(f"area {config.name!r} exists already")
     git.config_set(f"{AREA_SECTION}.{config.name}.kind", config.kind)
     git.config_set(f"{AREA_SECTION}.{config.name}.location", config.location)
     for key, value in config.settings.items():

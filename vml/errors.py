@@ -26,8 +26,13 @@ class UnknownEntry(UsageError):
     pass
 
 
-class AreaError(UsageError):
-    pass
+class UnknownArea(UsageError):
+    """No area of that name, or none chosen where several exist."""
+
+
+class AreaError(VmlError):
+    """A working area's files cannot be reached or written: its guest does not answer, its
+    connection dropped, its directory or domain is gone (an environment problem, exit 3)."""
 
 
 class LocalChanges(UsageError):

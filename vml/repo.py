@@ -12,7 +12,7 @@ import os
 from typing import Iterator
 
 from vml.config import AreaConfig, area_names, delete_area, read_area, set_area_setting, write_area, write_repository_settings
-from vml.errors import AreaError, NotARepository, UsageError, VmlError
+from vml.errors import UnknownArea, NotARepository, UsageError, VmlError
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
 
@@ -127,8 +127,8 @@ class Repository:
         if len(areas) == 1:
             return areas[0]
         if not areas:
-            raise AreaError("this repository has no working area: add one with 'vml area add NAME --dir PATH'")
-        raise AreaError(f"several areas ({', '.join(a.name for a in areas)}): choose one with -a")
+            raise UnknownArea("this repository has no working area: add one with 'vml area add NAME --dir PATH'")
+        raise UnknownArea(f"several areas ({', '.join(a.name for a in areas)}): choose one with -a")
 
     def add_area(self, config: AreaConfig) -> None:
         write_area(self.git, config)

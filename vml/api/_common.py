@@ -12,7 +12,7 @@ from vml.areas.kinds import open_area
 from vml.areas.rules import Rules, load_rules
 from vml.areas.statcache import StatCache
 from vml.entry import read_entry, EntryInfo
-from vml.errors import AreaError, UsageError
+from vml.errors import UnknownArea, UsageError
 from vml.objects.walk import listing_loader
 from vml.refs import names
 from vml.refs.heads import (AreaHead, read_head)
@@ -46,7 +46,7 @@ def resolve_entry(repo: Repository, spec: str, area: str | None = None) -> str:
     def area_head() -> AreaHead | None:
         try:
             config = repo.choose_area(area)
-        except AreaError:
+        except UnknownArea:
             if area is None and not repo.areas():
                 return None  # a repository without areas: its own HEAD
             raise

@@ -50,7 +50,7 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     check_area_name(name)
     options = options or AreaOptions(directory=directory)
     if any(existing.name == name for existing in repo.areas()):
-        raise AreaError(f"area {name!r} exists already")
+        raise UsageError(f"area {name!r} exists already")
     if options.libvirt is not None:
         config = _libvirt_area(repo, name, options)
     elif (options.directory is None) == (options.ssh is None):
@@ -58,7 +58,7 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     elif options.directory is not None:
         location = os.path.abspath(options.directory)
         if os.path.exists(location) and not os.path.isdir(location):
-            raise AreaError(f"{location} is not a directory")
+            raise UsageError(f"{location} is not a directory")
         _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
         config = AreaConfig(name, "dir", location)
     else:
@@ -109,7 +109,7 @@ def _identity_file(options: AreaOptions) -> str | None:
     """--identity KEY as an absolute path, which must exist."""
     identity = os.path.abspath(options.identity) if options.identity else None
     if identity and not os.path.isfile(identity):
-        raise AreaError(f"identity file {options.identity} does not exist")
+        raise UsageError(f"identity file {options.identity} does not exist")
     return identity
 
 
@@ -124,12 +124,15 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
     if options.ssh:
         settings.update(_ssh_settings(options))
     if options.base is None and options.domain is not None:
-        domain.info()  # it must exist
+        try:
+            domain.info()  # it must exist
+        except AreaError as error:
+            raise UsageError(str(error)) from None  # a name given now, not a guest that went away
         if not options.ssh:
             settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=True))
         return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
     if domain.exists():
-        raise AreaError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
+        raise UsageError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
     settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
     if not options.ssh:
         settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=False))
@@ -215,12 +218,12 @@ def _check_apart(location: str, repository: str) -> None:
     """An area may not hold its repository (a checkout would delete it, a commit save it)
     nor sit inside it."""
     if location == repository or repository.startswith(location.rstrip("/") + "/"):
-        raise AreaError(
+        raise UsageError(
             f"the area {location} would contain the repository {repository}: keep the repository "
             f"outside the area (vml --repo PATH, or VML_REPO) or make the area a subdirectory"
         )
     if location.startswith(repository + "/"):
-        raise AreaError(f"the area {location} is inside the repository {repository}")
+        raise UsageError(f"the area {location} is inside the repository {repository}")
 
 
 def area_info(repo: Repository, config: AreaConfig) -> AreaInfo:

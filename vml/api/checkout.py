@@ -63,13 +63,13 @@ def _checkout(repo: Repository, spec: str, *, area: str | None, to: str | None, 
         raise UsageError("--resume puts a saved domain back, --new-vm makes a new one: give one of them")
     branch = spec if branch_exists(repo.git, spec) else None
     if resume:
-        return resume(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
+        return _resume(repo, repo.choose_area(area), spec, branch, force=force, progress=progress)
     if new_vm:
-        return new_vm(repo, repo.choose_area(area), spec, branch, progress=progress, notice=notice)
+        return _new_vm(repo, repo.choose_area(area), spec, branch, progress=progress, notice=notice)
     return checkout_area(repo, repo.choose_area(area), spec, branch, force=force, progress=progress, notice=notice)
 
 
-def new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress,
+def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress,
            notice: Notice = None) -> CheckoutResult:
     """Make the area's domain anew from an entry (see vm.make_vm), then put the entry's
     files and environment into its guest as any checkout does."""
@@ -81,8 +81,10 @@ def new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, 
     try:
         result = checkout_area(repo, config, spec, branch, force=fresh, progress=progress, notice=notice)
     except VmlError as error:
-        raise AreaError(f"{error} (domain {made.domain} was made and started; once that is mended, put the entry's "
-                        f"files in with 'vml checkout {spec} -a {config.name}{'' if fresh else ' --force'}')") from None
+        failure = AreaError(f"{error} (domain {made.domain} was made and started; once that is mended, put the entry's "
+                            f"files in with 'vml checkout {spec} -a {config.name}{'' if fresh else ' --force'}')")
+        failure.exit_code = error.exit_code  # what went wrong decides, not that a domain was made first
+        raise failure from None
     return dataclasses.replace(result, warnings=[f"domain {made.domain} was made from base {made.base} and the entry, and started"]
                                + result.warnings)
 
@@ -108,7 +110,7 @@ def move_head(repo: Repository, config: AreaConfig, head: AreaHead, entry_id: st
         detach(repo.git, config.name, entry_id, message)
 
 
-def resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress) -> CheckoutResult:
+def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress) -> CheckoutResult:
     """Put a domain back exactly as an entry saved it with --memory: its disks, its
     definition and its memory; it runs again from where it was."""
     if config.kind != "libvirt":

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vml.entry import entry_root, EntryInfo
-from vml.errors import AreaError, CorruptObject, UnknownEntry, UsageError
+from vml.errors import UnknownArea, CorruptObject, UnknownEntry, UsageError
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
@@ -70,7 +70,7 @@ def log(
         if not all_refs:
             try:
                 config = repo.choose_area(area)
-            except AreaError:
+            except UnknownArea:
                 if area is not None:
                     raise
         if config is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from vml.errors import AreaError, UsageError
+from vml.errors import UnknownArea, UsageError
 from vml.refs.branches import RefInfo, create_ref, delete_branch, delete_tag, list_refs
 from vml.refs.git import ZERO
 from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX)
@@ -96,7 +96,7 @@ def reflog(repo: Repository, ref: str | None = None, *, area: str | None = None,
     else:
         try:
             config = repo.choose_area(area)
-        except AreaError:
+        except UnknownArea:
             if area is not None or repo.areas():
                 raise
             config = None

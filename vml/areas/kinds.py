@@ -7,7 +7,7 @@ import os
 from vml.areas.base import AreaConfig, WorkingArea
 from vml.areas.directory import DirectoryArea
 from vml.areas.rules import Rules
-from vml.errors import AreaError
+from vml.errors import AreaError, UsageError
 
 KINDS = ("dir", "ssh", "libvirt")
 
@@ -30,7 +30,7 @@ def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = F
             first_login = own_keys is not None and not os.path.exists(own_keys)
             files = SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key or first_login)
         return libvirt_module().LibvirtArea(config, rules, files)
-    raise AreaError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
+    raise UsageError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
 
 
 def libvirt_module():
@@ -48,7 +48,7 @@ def ssh_target(config: AreaConfig):
 
     settings = config.settings
     if "host" not in settings:
-        raise AreaError(f"area {config.name}: no ssh host configured (vml area add NAME --ssh user@host)")
+        raise UsageError(f"area {config.name}: no ssh host configured (vml area add NAME --ssh user@host)")
     return SshTarget(
         settings["host"],
         int(settings["port"]) if settings.get("port") else None,

@@ -11,7 +11,7 @@ from vml.areas.base import AreaConfig
 from vml.areas.kinds import libvirt_module
 from vml.areas.restore import Restore
 from vml.entry import base_entry, entry_root
-from vml.errors import AreaError, CorruptObject, UsageError
+from vml.errors import CorruptObject, UsageError
 from vml.objects.walk import listing_loader
 from vml.refs.bases import BaseName
 from vml.repo import Repository
@@ -31,7 +31,7 @@ def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dic
     if os.path.exists(overlay):  # left by an area of this name that was removed: never lost
         using = libvirt.domains_using(domain.connection, overlay)
         if using:
-            raise AreaError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
+            raise UsageError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
                             f"delete that domain, or use another area name")
         os.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
     libvirt.make_overlay(image, overlay)
@@ -88,7 +88,7 @@ def delete_vm(repo: Repository, config: AreaConfig, domain) -> list[str]:
                 os.unlink(disk)
                 deleted.append(disk)
         if not deleted:
-            raise AreaError(f"domain {domain.name} does not exist at {domain.uri}: there is nothing to delete")
+            raise UsageError(f"domain {domain.name} does not exist at {domain.uri}: there is nothing to delete")
         for file_name in ("statcache", "known_hosts"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(state_dir, file_name))

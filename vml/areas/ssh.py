@@ -25,7 +25,7 @@ from vml.areas.restore import RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.environment import HISTORY, PROFILE_SCRIPT, VARIABLES, decode_variables, encode_variables, parse_env_output, profile_script
-from vml.errors import AreaError
+from vml.errors import AreaError, UsageError
 from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
 from vml.transport.base import TransportError
@@ -66,10 +66,10 @@ class SshTarget:
         """`user@host[:port]`, as `vml area add --ssh` takes it."""
         match = re.fullmatch(r"(?:([^@\s/]+)@)?(\[[0-9a-fA-F:]+\]|[^@:\s/]+)(?::(\d{1,5}))?", spec)
         if not match:
-            raise AreaError(f"invalid ssh target {spec!r}: expected user@host or user@host:port")
+            raise UsageError(f"invalid ssh target {spec!r}: expected user@host or user@host:port")
         user, host, port = match.groups()
         if not root.startswith("/"):
-            raise AreaError(f"--root must be an absolute path on the guest, not {root!r}")
+            raise UsageError(f"--root must be an absolute path on the guest, not {root!r}")
         return cls(host.strip("[]"), int(port) if port else None, user, identity, root)
 
     def __str__(self) -> str:
