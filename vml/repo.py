@@ -103,13 +103,13 @@ class Repository:
         finally:
             os.close(fd)
 
-    def shared_lock(self):
+    def shared_lock(self) -> contextlib.AbstractContextManager[None]:
         return self._flock("repository.lock", fcntl.LOCK_SH)
 
-    def exclusive_lock(self):
+    def exclusive_lock(self) -> contextlib.AbstractContextManager[None]:
         return self._flock("repository.lock", fcntl.LOCK_EX)
 
-    def area_lock(self, name: str):
+    def area_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(f"area-{name}.lock", fcntl.LOCK_EX)
 
     # -- areas (kept in the git config file: vml/config.py)

@@ -6,7 +6,7 @@ import contextlib
 import os
 from typing import Callable
 
-from vml.areas.base import AreaConfig
+from vml.areas.base import AreaConfig, Notice
 from vml.areas.capture import CaptureResult
 from vml.areas.kinds import open_area
 from vml.areas.rules import Rules, load_rules
@@ -26,14 +26,10 @@ def area_rules(repo: Repository, config: AreaConfig) -> Rules:
     return load_rules(repo.rules_path(config.name), config.kind)
 
 
-Notice = Callable[[str], None] | None  # hears what a long wait (a guest booting) waits for
-
-
 @contextlib.contextmanager
 def opened_area(repo: Repository, config: AreaConfig, notice: Notice = None):
     working_area = open_area(config, area_rules(repo, config))
-    if hasattr(working_area, "notice"):
-        working_area.notice = notice
+    working_area.notice = notice
     try:
         yield working_area
     finally:

@@ -8,16 +8,16 @@ import os
 from dataclasses import dataclass
 
 from vml.areas.base import AreaConfig, check_area_name
-from vml.areas.kinds import libvirt_module, open_area, ssh_target
+from vml.areas.kinds import is_vm, open_area, open_domain, ssh_target
 from vml.areas.rules import Rules, default_rules, save_rules
 from vml.entry import base_entry
-from vml.errors import AreaError, UsageError, VmlError
+from vml.errors import UsageError, VmlError
 from vml.refs.heads import (BRANCH_PREFIX, areas_on_branch, attach, read_head, remove_head)
 from vml.refs.names import TAG_PREFIX
 from vml.refs.bases import parse_base
 from vml.repo import Repository
 from vml.api._common import area_rules
-from vml.areas.provision import define_vm, delete_vm
+from vml.areas.provision import delete_vm, vm_area_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +69,9 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
     except BaseException:
         if any(existing.name == config.name for existing in repo.areas()):
             repo.remove_area(config.name)
-        if config.kind == "libvirt" and options.base is not None:  # the domain defined for it goes too
+        if is_vm(config) and options.base is not None:  # the domain defined for it goes too
             with contextlib.suppress(VmlError):
-                delete_vm(repo, config, libvirt_module().Domain(config.settings["uri"], config.settings["domain"]))
+                delete_vm(repo, config, open_domain(config))
         raise
 
 
@@ -88,7 +88,7 @@ def _add_area(repo: Repository, config: AreaConfig, options: AreaOptions, branch
         if options.ssh is None:
             raise UsageError("--accept-new-host-key goes with --ssh")
         with contextlib.closing(open_area(config, rules, accept_new_host_key=True)) as working_area:
-            (working_area.files if config.kind == "libvirt" else working_area).check_connection()
+            working_area.check_connection()
     repo.add_area(config)
     save_rules(repo.rules_path(name), rules)
     attach(repo.git, name, branch, f"area add: {name}")
@@ -114,54 +114,12 @@ def _identity_file(options: AreaOptions) -> str | None:
 
 
 def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConfig:
-    """A domain that exists (--domain), a new one defined on an overlay of a base image
-    (--base), or none yet: 'vml checkout ENTRY --new-vm' makes it from an entry."""
-    libvirt = libvirt_module()
     if options.directory is not None:
         raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
-    domain = libvirt.Domain(options.libvirt, options.domain or f"vml-{name}")
-    settings = {"uri": options.libvirt, "domain": domain.name}
-    if options.ssh:
-        settings.update(_ssh_settings(options))
-    if options.base is None and options.domain is not None:
-        try:
-            domain.info()  # it must exist
-        except AreaError as error:
-            raise UsageError(str(error)) from None  # a name given now, not a guest that went away
-        if not options.ssh:
-            settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=True))
-        return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
-    if domain.exists():
-        raise UsageError(f"a domain named {domain.name!r} exists already at {options.libvirt}: give another --domain NAME")
-    settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
-    if not options.ssh:
-        settings.update(_forwarded_ssh_settings(repo, name, options, domain, existing=False))
-        if options.base is None and "host" not in settings:
-            raise UsageError(f"an area whose domain 'checkout --new-vm' makes later needs a way to its guest: --ssh, "
-                             f"or a QEMU driver, whose domains vml reaches through a forwarded port ({options.libvirt} is not QEMU)")
-    if options.base is not None:
-        define_vm(repo, name, domain, parse_base(repo.git, options.base), settings)
-    return AreaConfig(name, "libvirt", f"{options.libvirt}#{domain.name}", settings)
-
-
-def _forwarded_ssh_settings(repo: Repository, name: str, options: AreaOptions, domain, *, existing: bool) -> dict[str, str]:
-    """How vml reaches the guest of a VM it defines: root@127.0.0.1 on a forwarded port
-    (chosen when the VM is defined), with the area's own known_hosts."""
-    if domain.connection.getType() != "QEMU":
-        return {}
-    if existing:
-        port = libvirt_module().forwarded_port(domain.definition())
-        if port is None:
-            return {}  # someone else's domain: its files need --ssh
-    identity = _identity_file(options)
-    settings = {"host": "127.0.0.1", "user": "root", "root": options.root,
-                "knownhosts": os.path.join(repo.area_state_dir(name), "known_hosts"),
-                "console": os.path.join(repo.area_state_dir(name), "console.log")}
-    if existing:
-        settings["port"] = str(port)
-    if identity:
-        settings["identity"] = identity
-    return settings
+    assert options.libvirt is not None
+    return vm_area_config(repo, name, options.libvirt, options.domain, ssh=_ssh_settings(options) if options.ssh else None,
+                          base=parse_base(repo.git, options.base) if options.base is not None else None,
+                          root=options.root, identity=_identity_file(options))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +149,7 @@ def area_remove(repo: Repository, name: str, *, force: bool = False) -> AreaRemo
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(state_dir, file_name))
         kept = [os.path.join(state_dir, f) for f in sorted(os.listdir(state_dir))] if os.path.isdir(state_dir) else []
-        if config.kind == "libvirt":
+        if is_vm(config):
             kept.insert(0, f"domain {config.settings.get('domain')} at {config.settings.get('uri')}")
         if not kept:
             with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from vml.refs.heads import (BRANCH_PREFIX, AreaHead, advance, attach, branch_exi
                             detach, read_head)
 from vml.pathnames import quote_path
 from vml.api.vm import make_vm
+from vml.areas.kinds import is_vm
 from vml.repo import Repository
 from vml.api._common import Notice, Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
 from vml.api.bases import check_base
@@ -113,7 +114,7 @@ def move_head(repo: Repository, config: AreaConfig, head: AreaHead, entry_id: st
 def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress) -> CheckoutResult:
     """Put a domain back exactly as an entry saved it with --memory: its disks, its
     definition and its memory; it runs again from where it was."""
-    if config.kind != "libvirt":
+    if not is_vm(config):
         raise UsageError(f"--resume restores a domain's memory: area {config.name} is a {config.kind} area, not libvirt")
     with opened_area(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)

@@ -14,6 +14,7 @@ from vml.errors import ConcurrentUpdate, UsageError, VmlError
 from vml.objects.walk import listing_loader
 from vml.refs.heads import (advance, read_head)
 from vml.pathnames import quote_path
+from vml.areas.kinds import is_vm
 from vml.repo import Repository
 from vml.api._common import Notice, Progress, opened_area, temp_dir
 from vml.api.bases import area_base
@@ -42,7 +43,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
     if not message.strip():
         raise UsageError("an entry needs a message: give -m MESSAGE")
     config = repo.choose_area(area)
-    if memory and config.kind != "libvirt":
+    if memory and not is_vm(config):
         raise UsageError(f"--memory saves a running domain's memory: area {config.name} is a {config.kind} area, not libvirt")
     with opened_area(repo, config, notice) as working_area, repo.shared_lock(), repo.area_lock(config.name):
         head = read_head(repo.git, config.name)

@@ -6,11 +6,10 @@ import difflib
 from dataclasses import dataclass
 
 from vml.areas.fsmeta import flag_letters
-from vml.areas.kinds import libvirt_module
+from vml.areas.kinds import definitions_differ, is_vm
 from vml.entry import entry_files, entry_root, DOMAIN_FILE
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import diff_environment
-from vml.errors import AreaError
 from vml.objects.diff import PROPERTIES, diff_paths, diff_roots
 from vml.objects.manifest import KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, read_content
@@ -23,7 +22,7 @@ from vml.api._common import Notice, first_line, opened_area, parse_paths, resolv
 def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
     """Changes of the domain definition and the environment, as diff entries after the files'."""
     changes = []
-    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or _definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
+    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
         changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
     old_env = {path: data for path, data in old.items() if path in ENV_COMPARED}
     new_env = {path: data for path, data in new.items() if path in ENV_COMPARED}
@@ -32,15 +31,6 @@ def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
                                  None if change.old is None else {"value": change.old},
                                  None if change.new is None else {"value": change.new}))
     return changes
-
-
-def _definitions_differ(old: bytes, new: bytes) -> bool:
-    """Domain definitions compare by what travels between hosts (memory, vCPUs), not by
-    the paths and ports each host gives its own copy."""
-    try:
-        return libvirt_module().definitions_differ(old, new)
-    except AreaError:  # no libvirt-python here: any difference counts
-        return old != new
 
 
 PATCH_LIMIT = 8 * 1024 * 1024  # bytes per side beyond which no text diff is attempted
@@ -171,7 +161,7 @@ def status(repo: Repository, *, area: str | None = None, notice: Notice = None) 
         current, load = scan_area(repo, working_area)
         base_root = entry_root(repo.git, head.entry) if head.entry else None
         changes = [diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)]
-        vm = working_area.domain.state() if config.kind == "libvirt" else None
+        vm = working_area.domain.state() if is_vm(config) else None
         if head.entry is not None:
             changes += env_diff(entry_files(repo.git, head.entry), working_area.entry_files())
     summary = first_line(repo.git.commit(head.entry).message) if head.entry else None

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from vml.areas.base import AreaConfig
-from vml.areas.kinds import libvirt_module
+from vml.areas.kinds import is_vm, open_domain, undefined_vm_info
 from vml.errors import UsageError
 from vml.api._common import entry_info, resolve_entry
 from vml.api.bases import check_base
@@ -34,7 +34,7 @@ class VmState:
 
 def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
     config = repo.choose_area(area)
-    if config.kind != "libvirt":
+    if not is_vm(config):
         raise UsageError(f"area {config.name} is a {config.kind} area; vml vm works on libvirt areas (vml area add NAME --libvirt URI ...)")
     return config
 
@@ -76,12 +76,12 @@ def _vm_state(config: AreaConfig, working_area) -> VmState:
     if settings.get("host"):
         port = working_area.forwarded_port() or settings.get("port")  # the definition's, whatever the settings say
         ssh = f"{settings.get('user', '')}@{settings['host']}" + (f":{port}" if port else "")
-    return VmState(config.name, domain.info() if domain.exists() else libvirt_module().VmInfo.undefined(domain), ssh=ssh)
+    return VmState(config.name, domain.info() if domain.exists() else undefined_vm_info(domain), ssh=ssh)
 
 
 def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
     """The domain of one area, or of every libvirt area."""
-    configs = [_libvirt_config(repo, area)] if area is not None else [c for c in repo.areas() if c.kind == "libvirt"]
+    configs = [_libvirt_config(repo, area)] if area is not None else [c for c in repo.areas() if is_vm(c)]
     states = []
     for config in configs:
         with opened_area(repo, config) as working_area:
@@ -100,7 +100,7 @@ def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None)
     """checkout --new-vm's first half: define the area's domain anew from entry `spec`, on a
     fresh overlay of the entry's base image with the entry's memory size and vCPU count,
     and start it."""
-    if config.kind != "libvirt":
+    if not is_vm(config):
         raise UsageError(f"--new-vm makes a libvirt domain: area {config.name} is a {config.kind} area "
                          f"(vml area add NAME --libvirt URI [--identity KEY])")
     with repo.shared_lock(), repo.area_lock(config.name):
@@ -115,7 +115,7 @@ def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None)
                              f"through a forwarded port; others need --ssh): 'vml area remove {config.name}' and add it again")
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)
-        domain = libvirt_module().Domain(config.settings["uri"], config.settings["domain"])
+        domain = open_domain(config)
         if domain.exists():
             raise UsageError(f"domain {domain.name} exists at {domain.uri}: --new-vm makes a new one; delete the old one and its "
                              f"disk first with 'vml vm delete -a {config.name}' (entries stay)")

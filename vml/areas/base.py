@@ -1,4 +1,6 @@
-"""The protocol every working area implements, whatever reaches its files."""
+"""The protocols the porcelain is written against: WorkingArea, which every area implements
+whatever reaches its files, and VmArea with the Domain it drives, for areas that are virtual
+machines. vml/areas/kinds.py says which an area is."""
 
 from __future__ import annotations
 
@@ -12,10 +14,18 @@ from vml.config import AreaConfig, check_area_name  # noqa: F401  (re-exported: 
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
 
+Notice = Callable[[str], None] | None  # hears what a long wait (a guest booting) waits for
+
+
 class WorkingArea(Protocol):
     config: AreaConfig
     rules: Rules  # what the area saves
     capture_method: str
+    notice: Notice  # set by the porcelain before a call that may wait
+
+    def check_connection(self) -> None:
+        """Reach the area's files once (an ssh login), so that a bad setting fails now."""
+        ...
 
     def has_files(self) -> bool:
         """False for a directory area whose directory is not there yet (a first checkout makes it)."""
@@ -61,4 +71,61 @@ class WorkingArea(Protocol):
 
     def read_file(self, path: bytes, limit: int) -> bytes:
         """The current bytes of the regular file at `path` (relative), at most `limit` of them."""
+        ...
+
+
+class Domain(Protocol):
+    """A libvirt domain as the porcelain drives it (vml/areas/libvirt)."""
+
+    name: str
+    uri: str
+
+    def exists(self) -> bool: ...
+
+    def state(self) -> str: ...
+
+    def info(self) -> object: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, force: bool = False) -> None: ...
+
+    def suspend(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def delete(self) -> list[str]: ...
+
+    def definition(self) -> bytes: ...
+
+    def define(self, xml: bytes) -> None: ...
+
+
+class VmArea(WorkingArea, Protocol):
+    """A working area that is a virtual machine: its files are reached through `files` (an
+    ssh area into its guest, None without SSH settings); the machine itself through `domain`."""
+
+    domain: Domain
+    files: WorkingArea | None
+
+    def forwarded_port(self) -> int | None:
+        """The host port the domain's definition forwards to the guest's sshd, if any."""
+        ...
+
+    def free_forwarded_port(self) -> int | None:
+        """Move the forwarded port if another program took it; the new port, or None."""
+        ...
+
+    def wait_for_guest(self, seconds: float | None = None) -> None:
+        """Until the guest answers on SSH."""
+        ...
+
+    def save_memory(self, store: ChunkStore, temp_dir: str) -> tuple[bytes, list[str]]:
+        """Pause the running domain, store its memory and disks, resume it: the tree's root
+        id and where each saved disk lives."""
+        ...
+
+    def resume(self, store: ChunkStore, memory_root: bytes, disks: list[str], definition: bytes | None, temp_dir: str,
+               progress: Callable[[RestoreProgress], None] | None = None) -> RestoreProgress:
+        """Put back the disks, the definition and the memory an entry saved."""
         ...

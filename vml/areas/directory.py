@@ -17,11 +17,15 @@ from vml.objects.store import ChunkStore
 
 class DirectoryArea:
     capture_method = "dir-scan"
+    notice = None  # a directory never waits
 
     def __init__(self, config: AreaConfig, rules: Rules):
         self.config = config
         self.rules = rules
         self.root = os.fsencode(config.location)
+
+    def check_connection(self) -> None:
+        """Nothing to log in to: the directory is read where it is."""
 
     def entry_files(self) -> dict[str, bytes]:
         return {}

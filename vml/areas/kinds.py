@@ -1,25 +1,58 @@
-"""The kinds of working area, and opening the right one for an area's configuration."""
+"""The kinds of working area, and opening the right one for an area's configuration: the
+one place that switches on an area's kind (the porcelain asks `is_vm`, never the kind)."""
 
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
-from vml.areas.base import AreaConfig, WorkingArea
+from vml.areas.base import AreaConfig, Domain, WorkingArea
 from vml.areas.directory import DirectoryArea
 from vml.areas.rules import Rules
+from typing import TYPE_CHECKING
+
 from vml.errors import AreaError, UsageError
 
-KINDS = ("dir", "ssh", "libvirt")
+DIR, SSH, LIBVIRT = "dir", "ssh", "libvirt"
+KINDS = (DIR, SSH, LIBVIRT)
+
+
+def is_vm(config: AreaConfig) -> bool:
+    """Whether the area is a virtual machine vml can start, stop, save and resume (libvirt)."""
+    return config.kind == LIBVIRT
+
+
+def open_domain(config: AreaConfig) -> Domain:
+    """The libvirt domain of a VM area, without opening its files."""
+    return libvirt_module().Domain(config.settings["uri"], config.settings["domain"])  # type: ignore[no-any-return]
+
+
+def undefined_vm_info(domain: Domain) -> object:
+    """What `vm info` says of a domain that is not (or no longer) defined."""
+    return libvirt_module().VmInfo.undefined(domain)
+
+
+def definitions_differ(old: bytes, new: bytes) -> bool:
+    """Domain definitions compare by what travels between hosts (memory, vCPUs), not by
+    the paths and ports each host gives its own copy; without libvirt-python, any
+    difference counts."""
+    try:
+        return bool(libvirt_module().definitions_differ(old, new))
+    except AreaError:
+        return old != new
+
+if TYPE_CHECKING:
+    from vml.areas.ssh import SshTarget
 
 
 def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = False) -> WorkingArea:
-    if config.kind == "dir":
+    if config.kind == DIR:
         return DirectoryArea(config, rules)
-    if config.kind == "ssh":
+    if config.kind == SSH:
         from vml.areas.ssh import SshArea  # paramiko is loaded only for guests
 
         return SshArea(config, ssh_target(config), rules, accept_new_host_key=accept_new_host_key)
-    if config.kind == "libvirt":
+    if config.kind == LIBVIRT:
         from vml.areas.ssh import SshArea
 
         files = None
@@ -33,7 +66,7 @@ def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = F
     raise UsageError(f"area {config.name}: unknown kind {config.kind!r} (this vml knows {', '.join(KINDS)})")
 
 
-def libvirt_module():
+def libvirt_module() -> ModuleType:
     """vml.areas.libvirt, loaded only for domains: libvirt-python is an optional extra."""
     try:
         from vml.areas import libvirt
@@ -43,7 +76,7 @@ def libvirt_module():
     return libvirt
 
 
-def ssh_target(config: AreaConfig):
+def ssh_target(config: AreaConfig) -> SshTarget:
     from vml.areas.ssh import SshTarget
 
     settings = config.settings

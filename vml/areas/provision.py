@@ -1,4 +1,4 @@
-"""TODO provision"""
+"""Making and deleting the libvirt domain of an area: its settings, a domain defined on an\noverlay of a base image (written out of the store once), and its removal."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import contextlib
 import os
 import shutil
 import time
+from typing import Any
 
-from vml.areas.base import AreaConfig
+from vml.config import AreaConfig
 from vml.areas.kinds import libvirt_module
 from vml.areas.restore import Restore
 from vml.entry import base_entry, entry_root
-from vml.errors import CorruptObject, UsageError
+from vml.errors import AreaError, CorruptObject, UsageError
 from vml.objects.walk import listing_loader
 from vml.refs.bases import BaseName
 from vml.repo import Repository
@@ -93,3 +94,54 @@ def delete_vm(repo: Repository, config: AreaConfig, domain) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(state_dir, file_name))
     return deleted
+
+
+def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | None, *, ssh: dict[str, str] | None,
+                   base: BaseName | None, root: str, identity: str | None) -> AreaConfig:
+    """The settings of a libvirt area: a domain that exists (`domain_name`), a new one
+    defined now on an overlay of `base`'s image, or none yet ('vml checkout ENTRY --new-vm'
+    makes it from an entry). `ssh`: how its guest's files are reached, if given."""
+    libvirt = libvirt_module()
+    domain = libvirt.Domain(uri, domain_name or f"vml-{name}")
+    settings = {"uri": uri, "domain": domain.name}
+    if ssh:
+        settings.update(ssh)
+    if base is None and domain_name is not None:
+        try:
+            domain.info()  # it must exist
+        except AreaError as error:
+            raise UsageError(str(error)) from None  # a name given now, not a guest that went away
+        if not ssh:
+            settings.update(_forwarded_ssh_settings(repo, name, domain, root=root, identity=identity, existing=True))
+        return AreaConfig(name, "libvirt", f"{uri}#{domain.name}", settings)
+    if domain.exists():
+        raise UsageError(f"a domain named {domain.name!r} exists already at {uri}: give another --domain NAME")
+    settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
+    if not ssh:
+        settings.update(_forwarded_ssh_settings(repo, name, domain, root=root, identity=identity, existing=False))
+        if base is None and "host" not in settings:
+            raise UsageError(f"an area whose domain 'checkout --new-vm' makes later needs a way to its guest: --ssh, "
+                             f"or a QEMU driver, whose domains vml reaches through a forwarded port ({uri} is not QEMU)")
+    if base is not None:
+        define_vm(repo, name, domain, base, settings)
+    return AreaConfig(name, "libvirt", f"{uri}#{domain.name}", settings)
+
+
+def _forwarded_ssh_settings(repo: Repository, name: str, domain: Any, *, root: str, identity: str | None, existing: bool) -> dict[str, str]:
+    """How vml reaches the guest of a VM it defines: root@127.0.0.1 on a forwarded port
+    (chosen when the VM is defined), with the area's own known_hosts."""
+    libvirt = libvirt_module()
+    if domain.connection.getType() != "QEMU":
+        return {}
+    if existing:
+        port = libvirt.forwarded_port(domain.definition())
+        if port is None:
+            return {}  # someone else's domain: its files need --ssh
+    settings = {"host": "127.0.0.1", "user": "root", "root": root,
+                "knownhosts": os.path.join(repo.area_state_dir(name), "known_hosts"),
+                "console": os.path.join(repo.area_state_dir(name), "console.log")}
+    if existing:
+        settings["port"] = str(port)
+    if identity:
+        settings["identity"] = identity
+    return settings
