@@ -54,6 +54,12 @@ class EntryInfo:
     memory_disks: list[str] = field(default_factory=list)  # where each saved disk lives, in the tree's order
     rules: tuple[list[str], list[str]] | None = None  # the area's (include, exclude) rules when it was saved
 
+    def required_base(self) -> BaseRef:
+        """The base of an entry that must have one (a base's own entry, or one found by its base)."""
+        if self.base is None:
+            raise CorruptObject(f"damaged {ENTRY_FILE}: it names no base image where one is needed")
+        return self.base
+
     def manifests(self) -> list[ObjectId]:
         """Every tree of chunks the entry needs: its files, and its memory and disks if saved."""
         roots = [ObjectId.parse(self.manifest)]

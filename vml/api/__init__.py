@@ -1,7 +1,7 @@
 """vml's porcelain: one function per command, each returning a frozen dataclass; none prints
 (render.py does). One module per command family; this file only re-exports their names."""
 
-from vml.api._common import Notice, Progress, entry_info, parse_paths, resolve_entry
+from vml.api._common import Progress, entry_info, parse_paths, resolve_entry
 from vml.api.areas import AreaInfo, AreaOptions, AreaRemoved, AreaShow, area_add, area_info, area_list, area_remove, area_show
 from vml.api.bases import BaseInfo, BootFiles, base_add, base_list
 from vml.api.bundles import ExportResult, ImportResult, export, import_bundle
@@ -11,8 +11,21 @@ from vml.api.diff import PATCH_LIMIT, DiffEntry, StatusResult, diff, status
 from vml.api.log import LogEntry, ShowResult, log, show, show_file
 from vml.api.maintenance import DamagedEntry, FsckReport, GcResult, InitResult, fsck, gc, init
 from vml.api.refs import ReflogEntry, RefResult, RmResult, branch_delete, branch_list, ref_create, reflog, rm, tag_delete, tag_list
-from vml.api.remotes import (CloneResult, FetchResult, PullResult, PushResult, RefChange, RemoteInfo, clone, fetch, pull, push,
-                             remote_add, remote_list, remote_remove)
+from vml.api.remotes import (
+                             CloneResult,
+                             FetchResult,
+                             PullResult,
+                             PushResult,
+                             RefChange,
+                             RemoteInfo,
+                             clone,
+                             fetch,
+                             pull,
+                             push,
+                             remote_add,
+                             remote_list,
+                             remote_remove,
+)
 from vml.api.vm import VM_ACTIONS, VmState, vm_action, vm_info
 
 __all__ = [

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable
+from collections.abc import Callable, Iterator
 
-from vml.areas.base import AreaConfig, Notice
+from vml.areas.base import AreaConfig, Notice, WorkingArea
 from vml.areas.capture import CaptureResult
 from vml.areas.kinds import open_area
 from vml.areas.rules import Rules, load_rules
 from vml.areas.statcache import StatCache
-from vml.entry import read_entry, EntryInfo
+from vml.entry import EntryInfo, read_entry
 from vml.errors import UnknownArea, UsageError
+from vml.objects.manifest import Listing
 from vml.objects.walk import listing_loader
 from vml.refs import names
-from vml.refs.heads import (AreaHead, read_head)
+from vml.refs.heads import AreaHead, read_head
 from vml.repo import Repository
-
 
 Progress = Callable[[object], None] | None
 
@@ -27,7 +27,7 @@ def area_rules(repo: Repository, config: AreaConfig) -> Rules:
 
 
 @contextlib.contextmanager
-def opened_area(repo: Repository, config: AreaConfig, notice: Notice = None):
+def opened_area(repo: Repository, config: AreaConfig, notice: Notice = None) -> Iterator[WorkingArea]:
     working_area = open_area(config, area_rules(repo, config))
     working_area.notice = notice
     try:
@@ -62,7 +62,8 @@ def temp_dir(repo: Repository) -> str:
     return path
 
 
-def scan_area(repo: Repository, working_area, cache: StatCache | None = None, expected=None) -> tuple[CaptureResult, Callable]:
+def scan_area(repo: Repository, working_area: WorkingArea, cache: StatCache | None = None,
+              expected: Callable[[bytes], object] | None = None) -> tuple[CaptureResult, Callable[..., Listing]]:
     """The area's current files, hashed but not stored: the capture and a loader for its listings."""
     if cache is None:
         cache = StatCache.load(repo.stat_cache_path(working_area.config.name))

@@ -7,17 +7,17 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from vml.api._common import area_rules
 from vml.areas.base import AreaConfig, check_area_name
 from vml.areas.kinds import is_vm, open_area, open_domain, ssh_target
+from vml.areas.provision import delete_vm, vm_area_config
 from vml.areas.rules import Rules, default_rules, save_rules
 from vml.entry import base_entry
 from vml.errors import UsageError, VmlError
-from vml.refs.heads import (BRANCH_PREFIX, areas_on_branch, attach, read_head, remove_head)
-from vml.refs.names import TAG_PREFIX
 from vml.refs.bases import parse_base
+from vml.refs.heads import BRANCH_PREFIX, areas_on_branch, attach, read_head, remove_head
+from vml.refs.names import TAG_PREFIX
 from vml.repo import Repository
-from vml.api._common import area_rules
-from vml.areas.provision import delete_vm, vm_area_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,7 @@ def _ssh_settings(options: AreaOptions) -> dict[str, str]:
     from vml.areas.ssh import SshTarget
 
     identity = _identity_file(options)
+    assert options.ssh is not None
     target = SshTarget.parse(options.ssh, identity=identity, root=options.root)
     settings = {"host": target.host, "root": target.root}
     settings.update({k: str(v) for k, v in (("port", target.port), ("user", target.user), ("identity", identity)) if v})
@@ -136,9 +137,9 @@ def area_remove(repo: Repository, name: str, *, force: bool = False) -> AreaRemo
     config = repo.area(name)
     with repo.area_lock(name):
         head = read_head(repo.git, name)
+        tips = [repo.git.ref_target(ref) for ref in repo.git.ref_names(BRANCH_PREFIX) + repo.git.ref_names(TAG_PREFIX)]
         if head.branch is None and head.entry is not None and not force and not any(
-            repo.git.is_ancestor(head.entry, repo.git.ref_target(ref)) or repo.git.ref_target(ref) == head.entry
-            for ref in repo.git.ref_names(BRANCH_PREFIX) + repo.git.ref_names(TAG_PREFIX)
+            tip == head.entry or repo.git.is_ancestor(head.entry, tip) for tip in tips if tip is not None
         ):
             raise UsageError(f"area {name} is detached at {head.entry[:12]}, which no branch or tag holds; "
                              f"keep it with 'vml branch NAME {head.entry[:12]}' or remove anyway with --force")

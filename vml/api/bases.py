@@ -7,15 +7,15 @@ import socket
 from dataclasses import dataclass
 
 import vml
-from vml.areas.base import AreaConfig
+from vml.api._common import Progress, entry_info, opened_area
 from vml.areas.capture import capture_files, capture_tree
 from vml.areas.statcache import StatCache
-from vml.entry import base_entry, ENTRY_FILE, BaseRef, EntryInfo
+from vml.config import AreaConfig
+from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, base_entry
 from vml.errors import UsageError
 from vml.objects.hashing import file_digest
 from vml.refs.bases import BaseName, base_name, list_bases, parse_base
 from vml.repo import Repository
-from vml.api._common import Progress, entry_info, opened_area
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,8 @@ def area_base(repo: Repository, config: AreaConfig) -> BaseRef | None:
 
 
 def _base_info(entry: str, info: EntryInfo) -> BaseInfo:
-    return BaseInfo(info.base.name, info.base.version, info.base.digest, entry, info.area_kind, info.location,
+    base = info.required_base()
+    return BaseInfo(base.name, base.version, base.digest, entry, info.area_kind, info.location,
                     info.files, info.logical_bytes, info.added_bytes)
 
 
@@ -63,8 +64,9 @@ def base_add(repo: Repository, name: str, version: str, *, image: str | None = N
     if boot.initrd and not boot.kernel:
         raise UsageError("--initrd goes with --kernel")
     base = base_name(repo.git, name, version)
-    if repo.git.ref_target(base.ref) is not None:
-        raise UsageError(f"base {base} exists already (at {repo.git.ref_target(base.ref)[:12]}); bases are immutable: use a new version")
+    existing = repo.git.ref_target(base.ref)
+    if existing is not None:
+        raise UsageError(f"base {base} exists already (at {existing[:12]}); bases are immutable: use a new version")
     with repo.shared_lock():
         store = repo.store
         added_before = store.bytes_added
@@ -90,6 +92,7 @@ def base_add(repo: Repository, name: str, version: str, *, image: str | None = N
                 captured = capture_tree(os.fsencode(location), store, StatCache(), progress=progress)
                 root_id, totals, digest = captured.root_id, captured.totals, f"tree:{captured.root_id.hex()}"
             else:
+                assert area is not None  # exactly one source was given
                 config = repo.area(area)
                 source, location, image_name = config.kind, config.location, None
                 with opened_area(repo, config) as working_area:
@@ -126,7 +129,7 @@ def check_base(repo: Repository, info: EntryInfo, config: AreaConfig | None) -> 
             f"the entry sits on base {info.base} ({info.base.digest[:19]}…), which this repository lacks: "
             f"add it with 'vml base add {info.base.name} {info.base.version} --image FILE', or fetch it from a remote that has it"
         )
-    held = entry_info(repo, entry).base
+    held = entry_info(repo, entry).required_base()
     if held.digest != info.base.digest:
         raise UsageError(f"base {info.base} here has digest {held.digest[:19]}…, the entry was saved on {info.base.digest[:19]}…: not the same base")
     on_base = area_base(repo, config) if config is not None else None

@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from vml.entry import base_entry
-from vml.errors import UsageError
-from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, read_bundle, write_bundle
-from vml.refs.branches import check_name
-from vml.refs.heads import (BRANCH_PREFIX, areas_on_branch)
-from vml.refs.names import TAG_PREFIX
-from vml.refs.bases import BASE_PREFIX, BaseName
-from vml.pathnames import quote_path
-from vml.refs.updates import REJECTED, UP_TO_DATE, classify
-from vml.repo import Repository
 from vml.api._common import entry_info, resolve_entry
 from vml.api.remotes import short_name
+from vml.entry import base_entry
+from vml.errors import UsageError
+from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, BundleInfo, read_bundle, write_bundle
+from vml.pathnames import quote_path
+from vml.refs.bases import BASE_PREFIX, BaseName
+from vml.refs.branches import check_name
+from vml.refs.heads import BRANCH_PREFIX, areas_on_branch
+from vml.refs.names import TAG_PREFIX
+from vml.refs.updates import REJECTED, UP_TO_DATE, classify
+from vml.repo import Repository
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since:
                     f"(make the area with --base NAME:VERSION); use --full, --incremental or --since REF"
                 )
             _base_commit, base_info = base_entry(repo.git, BaseName(base.name, base.version))
-            if base_info.base.digest != base.digest:
+            if base_info.required_base().digest != base.digest:
                 raise UsageError(f"base {base} here is another image than the one entry {entry[:12]} was saved on (digests differ)")
             base_roots = base_info.manifests()
         carried = {}
@@ -100,6 +100,7 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         tag = ref.startswith(TAG_PREFIX)
         status = classify(repo.git, current, info.entry, tag=tag, force=force, descends=lambda old: _leads_to(repo, old, info))
         if status == REJECTED:
+            assert current is not None  # a ref that does not exist is new, never rejected
             raise UsageError(
                 f"{'tag' if tag else 'branch'} {short_name(ref)} is at {current[:12]}, which the bundle's entry does not descend from: "
                 f"import it under another name with --as BRANCH, or replace it with --force"
@@ -113,7 +114,7 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         store_all()  # objects first: nothing names them until the refs below move
         for base_ref, base_commit in info.bases.items():
             held = repo.git.ref_target(base_ref)
-            if held not in (None, base_commit) and entry_info(repo, held).base.digest != entry_info(repo, base_commit).base.digest:
+            if held is not None and held != base_commit and entry_info(repo, held).required_base().digest != entry_info(repo, base_commit).required_base().digest:
                 name = base_ref[len(BASE_PREFIX):].replace("/", ":")
                 raise UsageError(f"the bundle's base {name} is another image than the base {name} here (digests differ); nothing was recorded")
         for base_ref, base_commit in info.bases.items():
@@ -127,7 +128,7 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
                         count, [f"{quote_path(p)} ({why})" for p, why in shown])
 
 
-def _leads_to(repo: Repository, current: str, info) -> bool:
+def _leads_to(repo: Repository, current: str, info: BundleInfo) -> bool:
     """Whether the bundle's entry descends from `current`, judged before anything is stored:
     `current` is one of the bundle's commits, or a required entry or one of their ancestors."""
     if current in info.commits:

@@ -9,25 +9,25 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from vml.areas.base import AreaConfig
-from vml.areas.rules import Rules
+from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
+from vml.api.bases import check_base
+from vml.api.vm import make_vm
+from vml.areas.base import Notice
+from vml.areas.kinds import as_vm, is_vm
 from vml.areas.restore import Restore, RestoreProgress
+from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
-from vml.entry import entry_files, entry_root, DOMAIN_FILE, ENTRY_FILE, EntryInfo
+from vml.config import AreaConfig
+from vml.entry import DOMAIN_FILE, ENTRY_FILE, EntryInfo, entry_files, entry_root
 from vml.errors import AreaError, CorruptObject, LocalChanges, UsageError, VmlError
 from vml.objects.diff import DELETED, diff_roots
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR
 from vml.objects.walk import listing_loader, node_at
-from vml.refs.branches import check_name, create_ref
-from vml.refs.heads import (BRANCH_PREFIX, AreaHead, advance, attach, branch_exists, check_branch_free,
-                            detach, read_head)
 from vml.pathnames import quote_path
-from vml.api.vm import make_vm
-from vml.areas.kinds import is_vm
+from vml.refs.branches import check_name, create_ref
+from vml.refs.heads import BRANCH_PREFIX, AreaHead, advance, attach, branch_exists, check_branch_free, detach, read_head
 from vml.repo import Repository
-from vml.api._common import Notice, Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
-from vml.api.bases import check_base
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +116,8 @@ def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
     definition and its memory; it runs again from where it was."""
     if not is_vm(config):
         raise UsageError(f"--resume restores a domain's memory: area {config.name} is a {config.kind} area, not libvirt")
-    with opened_area(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
+    with opened_area(repo, config) as opened, repo.shared_lock(), repo.area_lock(config.name):
+        working_area = as_vm(opened)
         head = read_head(repo.git, config.name)
         entry_id = resolve_entry(repo, BRANCH_PREFIX + branch if branch else spec, config.name)
         info = entry_info(repo, entry_id)
@@ -189,7 +190,7 @@ def checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str |
         not_reproduced = []
         if after.root_id != target_root:
             not_reproduced = [f"{quote_path(c.path)} ({c.status})" for c in diff_roots(load_after, target_root, after.root_id)
-                              if entry_rules is None or c.status != "A" or entry_rules.admits(c.path, c.new.kind == KIND_DIR)]
+                              if entry_rules is None or c.status != "A" or entry_rules.admits(c.path, c.new is not None and c.new.kind == KIND_DIR)]
         head_after = read_head(repo.git, config.name)
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced, warnings)
 

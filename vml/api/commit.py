@@ -5,19 +5,21 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import vml
+from vml.api._common import Progress, opened_area, temp_dir
+from vml.api.bases import area_base
+from vml.areas.base import Notice
+from vml.areas.kinds import as_vm, is_vm
 from vml.areas.statcache import StatCache
-from vml.entry import entry_root, ENTRY_FILE, EntryInfo
+from vml.entry import ENTRY_FILE, EntryInfo, entry_root
 from vml.environment import VARIABLES, dotfiles
 from vml.errors import ConcurrentUpdate, UsageError, VmlError
 from vml.objects.walk import listing_loader
-from vml.refs.heads import (advance, read_head)
 from vml.pathnames import quote_path
-from vml.areas.kinds import is_vm
+from vml.refs.heads import advance, read_head
 from vml.repo import Repository
-from vml.api._common import Notice, Progress, opened_area, temp_dir
-from vml.api.bases import area_base
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             captured = working_area.capture(store, cache, dry_run=False, progress=progress)
             extra_files = working_area.entry_files()
             if memory:
-                saved_memory = working_area.save_memory(store, temp_dir(repo))
+                saved_memory = as_vm(working_area).save_memory(store, temp_dir(repo))
             store.flush()  # packs, then their index: durable before any commit names them
             if VARIABLES in extra_files:
                 extra_files.update(dotfiles(store, listing_loader(store), captured.root_id))
@@ -73,7 +75,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
         added = store.bytes_added - added_before
         skipped = [f"{quote_path(path)} ({reason})" for path, reason in captured.skipped]
         unstable = [quote_path(path) for path in captured.changed_while_reading]
-        common = dict(
+        common: dict[str, Any] = dict(
             parent=head.entry,
             area=config.name,
             branch=head.branch,

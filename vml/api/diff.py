@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from vml.api._common import first_line, opened_area, parse_paths, resolve_entry, scan_area
+from vml.areas.base import Notice, WorkingArea
 from vml.areas.fsmeta import flag_letters
-from vml.areas.kinds import definitions_differ, is_vm
-from vml.entry import entry_files, entry_root, DOMAIN_FILE
+from vml.areas.kinds import as_vm, definitions_differ, is_vm
+from vml.entry import DOMAIN_FILE, entry_files, entry_root
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import diff_environment
-from vml.objects.diff import PROPERTIES, diff_paths, diff_roots
-from vml.objects.manifest import KIND_FILE, KIND_NAMES
+from vml.objects.diff import PROPERTIES, Change, diff_paths, diff_roots
+from vml.objects.manifest import KIND_FILE, KIND_NAMES, Listing, Node
+from vml.objects.store import ChunkStore
 from vml.objects.walk import listing_loader, read_content
-from vml.refs.heads import (read_head)
 from vml.pathnames import lossless_text, path_bytes, quote_path
+from vml.refs.heads import read_head
 from vml.repo import Repository
-from vml.api._common import Notice, first_line, opened_area, parse_paths, resolve_entry, scan_area
 
 
 def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
@@ -41,13 +44,13 @@ class DiffEntry:
     path: str  # the path's bytes as text, losslessly: bytes that are not UTF-8 are lone surrogates (os.fsencode undoes it)
     status: str  # git's A added, D deleted, M content changed, T type changed; P properties only (vml's own)
     changes: list[str]  # what changed: content, type, links, mode, owner, mtime, xattrs, flags
-    old: dict | None
-    new: dict | None
+    old: dict[str, object] | None
+    new: dict[str, object] | None
     patch: str | None = None  # a unified diff of the content, when asked for
     path_bytes: str | None = None  # base64 of the path when it is not valid UTF-8 (then `path` alone is not portable)
 
 
-def _node_summary(node) -> dict | None:
+def _node_summary(node: Node | None) -> dict[str, object] | None:
     if node is None:
         return None
     return {
@@ -93,25 +96,27 @@ def diff(
         return result + (env_diff(old_files, working_area.entry_files()) if not paths else [])
 
 
-def _diff_result(store, load, old_root, new_root, wanted: list[bytes], working_area, patch: bool | None) -> list[DiffEntry]:
+def _diff_result(store: ChunkStore, load: Callable[..., Listing], old_root: bytes | None, new_root: bytes | None, wanted: list[bytes],
+                 working_area: WorkingArea | None, patch: bool | None) -> list[DiffEntry]:
     changes = list(diff_paths(load, old_root, new_root, wanted))
     if patch is None:  # a single file asked for by name: show its content
         patch = len(wanted) == 1 and any(c.path == wanted[0] and KIND_FILE in (_kind(c.old), _kind(c.new)) for c in changes)
     return [diff_entry(c, store, working_area if patch else None, patch) for c in changes]
 
 
-def _kind(node) -> int | None:
+def _kind(node: Node | None) -> int | None:
     return node.kind if node is not None else None
 
 
-def diff_entry(change, store, working_area, patch: bool) -> DiffEntry:
+def diff_entry(change: Change, store: ChunkStore | None, working_area: WorkingArea | None, patch: bool) -> DiffEntry:
     text = _patch(change, store, working_area) if patch else None
     return DiffEntry(lossless_text(change.path), change.status, list(change.parts), _node_summary(change.old),
                      _node_summary(change.new), text, path_bytes(change.path))
 
 
-def _patch(change, store, working_area) -> str | None:
+def _patch(change: Change, store: ChunkStore | None, working_area: WorkingArea | None) -> str | None:
     """A unified diff of a regular file's content, as git prints it; None if no file content changed."""
+    assert store is not None  # a patch is asked for with the store it reads
     old_file = change.old if change.old is not None and change.old.kind == KIND_FILE else None
     new_file = change.new if change.new is not None and change.new.kind == KIND_FILE else None
     if change.status == PROPERTIES or (old_file is None and new_file is None):
@@ -161,7 +166,7 @@ def status(repo: Repository, *, area: str | None = None, notice: Notice = None) 
         current, load = scan_area(repo, working_area)
         base_root = entry_root(repo.git, head.entry) if head.entry else None
         changes = [diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)]
-        vm = working_area.domain.state() if is_vm(config) else None
+        vm = as_vm(working_area).domain.state() if is_vm(config) else None
         if head.entry is not None:
             changes += env_diff(entry_files(repo.git, head.entry), working_area.entry_files())
     summary = first_line(repo.git.commit(head.entry).message) if head.entry else None

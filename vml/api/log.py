@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vml.entry import entry_root, EntryInfo
-from vml.errors import UnknownArea, CorruptObject, UnknownEntry, UsageError
+from vml.api._common import entry_info, parse_paths, resolve_entry
+from vml.entry import EntryInfo, entry_root
+from vml.errors import CorruptObject, UnknownArea, UnknownEntry, UsageError
+from vml.history import ref_tips, touching
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
 from vml.refs.git import Commit
-from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX, areas_on_branch, read_head)
-from vml.history import ref_tips, touching
+from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, areas_on_branch, read_head
 from vml.repo import Repository
-from vml.api._common import entry_info, parse_paths, resolve_entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +80,18 @@ def log(
         else:
             starts = ref_tips(repo.git)
     labels = decorations(repo)
-    commits = repo.git.walk(starts)
+    commits: Iterable[str] = repo.git.walk(starts)
     parents_of: dict[str, tuple[str, ...]] = {}
     if paths:
         commits, parents_of = touching(repo.git, repo.store, list(commits), parse_paths(paths))
-    entries = []
+    entries: list[LogEntry] = []
     for commit_id in commits:
         if limit is not None and len(entries) >= limit:
             break
-        entry = log_entry(repo, repo.git.commit(commit_id), labels.get(commit_id, []))
+        found = log_entry(repo, repo.git.commit(commit_id), labels.get(commit_id, []))
         if commit_id in parents_of:
-            entry = dataclasses.replace(entry, parents=parents_of[commit_id])
-        entries.append(entry)
+            found = dataclasses.replace(found, parents=parents_of[commit_id])
+        entries.append(found)
     return entries
 
 
@@ -151,9 +152,9 @@ def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
     load = listing_loader(store)
     root_id = ObjectId.parse(info.manifest)
     _files, directories, symlinks, other = tree_counts(load, root_id)
-    blobs = {root_id, root_node(load, root_id).tree}
+    blobs: set[bytes] = {root_id, root_node(load, root_id).tree or b""}
     for _path, node in walk_nodes(load, root_id, seen=set()):  # each distinct listing once
-        if node.kind == KIND_DIR:
+        if node.kind == KIND_DIR and node.tree is not None:
             blobs.add(node.tree)
         blobs.update(node.chunk_ids())
     stored = sum(store.stored_size(blob) for blob in blobs if blob in store)

@@ -6,17 +6,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from vml.api._common import entry_info, first_line
 from vml.errors import CorruptObject, UnknownEntry, UsageError
+from vml.exchange.remote import check_no_push
+from vml.history import live_blobs, reachable_entries
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import collect
 from vml.objects.walk import listing_loader
+from vml.pathnames import quote_path
 from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, rewrite_lost_predecessors
 from vml.refs.reflogs import expire as expire_reflogs
-from vml.pathnames import quote_path
-from vml.exchange.remote import check_no_push
-from vml.history import live_blobs, reachable_entries
 from vml.repo import Repository
-from vml.api._common import entry_info, first_line
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+from vml.api._common import first_line, resolve_entry
 from vml.errors import UnknownArea, UsageError
 from vml.refs.branches import RefInfo, create_ref, delete_branch, delete_tag, list_refs
 from vml.refs.git import ZERO
-from vml.refs.heads import (AREA_PREFIX, BRANCH_PREFIX)
+from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.rewrite import drop_entry
 from vml.repo import Repository
-from vml.api._common import first_line, resolve_entry
 
 
 @dataclass(frozen=True, slots=True)

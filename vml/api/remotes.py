@@ -6,21 +6,22 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vml.api._common import Progress, entry_info
+from vml.api.checkout import CheckoutResult, checkout_area
+from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import UsageError
 from vml.exchange.fetch import read_history, receive_blobs
 from vml.exchange.push import bases_to_push, plan_updates, send
 from vml.exchange.remote import RemoteRepository
-from vml.refs.heads import (BRANCH_PREFIX, branch_exists, read_head)
-from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.bases import BASE_PREFIX
+from vml.refs.heads import BRANCH_PREFIX, branch_exists, read_head
+from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, classify
-from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
-from vml.api._common import Progress, entry_info
-from vml.api.checkout import CheckoutResult, checkout_area
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def remote_list(repo: Repository) -> list[RemoteInfo]:
 
 
 @contextlib.contextmanager
-def _connected(url: str, accept_new_host_key: bool):
+def _connected(url: str, accept_new_host_key: bool) -> Iterator[RemoteRepository]:
     remote = RemoteRepository(open_transport(url, accept_new_host_key=accept_new_host_key))
     try:
         yield remote
@@ -113,14 +114,19 @@ def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, ar
         configs = [repo.choose_area(area)] if area is not None or len(repo.areas()) == 1 else []
         branch = read_head(repo.git, configs[0].name).branch if configs else None
         if branch is not None and branch_exists(repo.git, branch):
-            refs[BRANCH_PREFIX + branch] = repo.git.ref_target(BRANCH_PREFIX + branch)
+            refs.update(_targets(repo, [BRANCH_PREFIX + branch]))
         elif not tags:
-            refs.update((ref, repo.git.ref_target(ref)) for ref in repo.git.ref_names(BRANCH_PREFIX))
+            refs.update(_targets(repo, repo.git.ref_names(BRANCH_PREFIX)))
     if tags:
-        refs.update((ref, repo.git.ref_target(ref)) for ref in repo.git.ref_names(TAG_PREFIX))
+        refs.update(_targets(repo, repo.git.ref_names(TAG_PREFIX)))
     if not refs:
         raise UsageError("nothing to push: this repository has no entries on a branch yet")
     return refs
+
+
+def _targets(repo: Repository, refs: list[str]) -> dict[str, str]:
+    found = {ref: repo.git.ref_target(ref) for ref in refs}
+    return {ref: target for ref, target in found.items() if target is not None}
 
 
 def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, ...] = (), *, force: bool = False,
@@ -196,7 +202,7 @@ def _update_tracking(repo: Repository, remote_name: str, remote_refs: dict[str, 
             if old is None:
                 repo.git.set_direct(ref, target, f"fetch: base from {remote_name}")
                 changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), None, target, "new base"))
-            elif old != target and entry_info(repo, old).base.digest != entry_info(repo, target).base.digest:
+            elif old != target and entry_info(repo, old).required_base().digest != entry_info(repo, target).required_base().digest:
                 changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), old, target, REJECTED,
                                          "a local base of that name and version is another image; kept"))
         elif ref.startswith(TAG_PREFIX):
@@ -235,7 +241,7 @@ def pull(repo: Repository, remote_name: str = "origin", branch: str | None = Non
     # The area's branch moves forward only; an unborn one takes the remote's as a fast-forward.
     status = classify(repo.git, head.entry, target, held_is_up_to_date=True) if head.entry else FAST_FORWARD
     if status == UP_TO_DATE:
-        return PullResult(fetched, config.name, head.branch, head.entry, head.entry, UP_TO_DATE, None)
+        return PullResult(fetched, config.name, head.branch, head.entry, head.entry or target, UP_TO_DATE, None)
     if status == REJECTED:
         raise UsageError(
             f"{head.branch} and {remote_name}/{remote_branch} have diverged (vml pulls by fast-forward only): "

@@ -7,19 +7,17 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from vml.areas.base import AreaConfig
-from vml.areas.kinds import is_vm, open_domain, undefined_vm_info
-from vml.errors import UsageError
-from vml.api._common import entry_info, resolve_entry
+from vml.api._common import entry_info, opened_area, resolve_entry
 from vml.api.bases import check_base
-from vml.areas.provision import define_vm
+from vml.areas.base import Notice, VmArea
+from vml.areas.kinds import as_vm, is_vm, open_domain, undefined_vm_info
+from vml.areas.provision import define_vm, delete_vm
+from vml.config import AreaConfig
 from vml.entry import DOMAIN_FILE
+from vml.errors import UsageError
 from vml.refs.bases import BaseName
 from vml.refs.heads import BRANCH_PREFIX, check_branch_free
 from vml.repo import Repository
-from vml.api._common import Notice, opened_area
-from vml.areas.provision import delete_vm
-
 
 VM_ACTIONS = ("start", "stop", "suspend", "resume", "delete")
 
@@ -47,7 +45,8 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
     if action not in VM_ACTIONS:
         raise UsageError(f"unknown vm action {action!r}: one of {', '.join(VM_ACTIONS)}")
     config = _libvirt_config(repo, area)
-    with opened_area(repo, config, notice) as working_area:
+    with opened_area(repo, config, notice) as opened:
+        working_area = as_vm(opened)
         domain = working_area.domain
         if action == "delete":
             if config.settings.get("owned") != "true" and not force:
@@ -70,7 +69,7 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
         return _vm_state(config, working_area)
 
 
-def _vm_state(config: AreaConfig, working_area) -> VmState:
+def _vm_state(config: AreaConfig, working_area: VmArea) -> VmState:
     settings, domain = config.settings, working_area.domain
     ssh = None
     if settings.get("host"):
@@ -85,7 +84,7 @@ def vm_info(repo: Repository, area: str | None = None) -> list[VmState]:
     states = []
     for config in configs:
         with opened_area(repo, config) as working_area:
-            states.append(_vm_state(config, working_area))
+            states.append(_vm_state(config, as_vm(working_area)))
     return states
 
 

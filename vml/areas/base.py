@@ -10,7 +10,8 @@ from vml.areas.capture import CaptureProgress, CaptureResult
 from vml.areas.restore import RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
-from vml.config import AreaConfig, check_area_name  # noqa: F401  (re-exported: the areas' own name for them)
+from vml.config import AreaConfig as AreaConfig  # re-exported: the areas' own names for them
+from vml.config import check_area_name as check_area_name
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
 
@@ -47,7 +48,7 @@ class WorkingArea(Protocol):
         cache: StatCache,
         *,
         dry_run: bool,
-        progress: Callable[[CaptureProgress], None] | None,
+        progress: Callable[[CaptureProgress], None] | None = None,
         expected: Callable[[bytes], object] | None = None,
     ) -> CaptureResult:
         """The area's files into `store` (or only hashed, `dry_run`). `expected` (relative

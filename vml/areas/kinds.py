@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from vml.areas.base import AreaConfig, Domain, WorkingArea
+from vml.areas.base import AreaConfig, Domain, VmArea, WorkingArea
 from vml.areas.directory import DirectoryArea
 from vml.areas.rules import Rules
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from vml.errors import AreaError, UsageError
 
@@ -20,6 +20,13 @@ KINDS = (DIR, SSH, LIBVIRT)
 def is_vm(config: AreaConfig) -> bool:
     """Whether the area is a virtual machine vml can start, stop, save and resume (libvirt)."""
     return config.kind == LIBVIRT
+
+
+def as_vm(working_area: WorkingArea) -> VmArea:
+    """The area as the virtual machine it is; callers have checked `is_vm` (or refused)."""
+    if not is_vm(working_area.config):
+        raise UsageError(f"area {working_area.config.name} is a {working_area.config.kind} area, not a virtual machine")
+    return cast(VmArea, working_area)
 
 
 def open_domain(config: AreaConfig) -> Domain:
