@@ -14,10 +14,10 @@ from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import UsageError
 from vml.exchange.fetch import read_history, receive_blobs
-from vml.exchange.push import bases_to_push, plan_updates, send
+from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
 from vml.exchange.remote import RemoteRepository
 from vml.refs.bases import BASE_PREFIX
-from vml.refs.heads import BRANCH_PREFIX, branch_exists, read_head
+from vml.refs.heads import BRANCH_PREFIX, read_head
 from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, classify
 from vml.repo import Repository
@@ -99,36 +99,6 @@ class PushResult:
         return any(change.status == REJECTED for change in self.refs)
 
 
-def _refs_to_push(repo: Repository, names_given: tuple[str, ...], tags: bool, area: str | None) -> dict[str, str]:
-    refs: dict[str, str] = {}
-    for name in names_given:
-        full = [name] if name.startswith((BRANCH_PREFIX, TAG_PREFIX)) else [BRANCH_PREFIX + name, TAG_PREFIX + name]
-        for ref in full:
-            target = repo.git.ref_target(ref)
-            if target is not None:
-                refs[ref] = target
-                break
-        else:
-            raise UsageError(f"no branch or tag named {name!r} to push")
-    if not names_given:
-        configs = [repo.choose_area(area)] if area is not None or len(repo.areas()) == 1 else []
-        branch = read_head(repo.git, configs[0].name).branch if configs else None
-        if branch is not None and branch_exists(repo.git, branch):
-            refs.update(_targets(repo, [BRANCH_PREFIX + branch]))
-        elif not tags:
-            refs.update(_targets(repo, repo.git.ref_names(BRANCH_PREFIX)))
-    if tags:
-        refs.update(_targets(repo, repo.git.ref_names(TAG_PREFIX)))
-    if not refs:
-        raise UsageError("nothing to push: this repository has no entries on a branch yet")
-    return refs
-
-
-def _targets(repo: Repository, refs: list[str]) -> dict[str, str]:
-    found = {ref: repo.git.ref_target(ref) for ref in refs}
-    return {ref: target for ref, target in found.items() if target is not None}
-
-
 def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, ...] = (), *, force: bool = False,
          tags: bool = False, area: str | None = None, differential: bool = False, accept_new_host_key: bool = False,
          progress: Progress = None) -> PushResult:
@@ -138,7 +108,8 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
     have them already (same name, version and digest)."""
     url = remote_url(repo.git, remote_name)
     started = time.monotonic()
-    local = _refs_to_push(repo, names_given, tags, area)
+    configs = [repo.choose_area(area)] if area is not None or len(repo.areas()) == 1 else []
+    local = refs_to_push(repo.git, names_given, tags=tags, area_branch=read_head(repo.git, configs[0].name).branch if configs else None)
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
         remote_refs = remote.refs()
         local.update(bases_to_push(repo.git, remote, local, remote_refs, differential))

@@ -20,6 +20,7 @@ from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
+from vml.refs.heads import BRANCH_PREFIX
 from vml.refs.names import TAG_PREFIX
 from vml.refs.updates import MOVES, REJECTED, classify
 
@@ -163,3 +164,33 @@ def bases_to_push(git: GitDag, remote: RemoteRepository, local: dict[str, str], 
         elif remote_commit != local_commit and remote_entry_info(remote, remote_commit).base.digest != base.digest:
             raise UsageError(f"{remote.location} holds another image as base {base} (another digest): rename one of them")
     return to_send
+
+
+def refs_to_push(git: GitDag, names_given: tuple[str, ...], *, tags: bool, area_branch: str | None) -> dict[str, str]:
+    """The refs a push sends and their entries: the branches or tags named, else the area's
+    branch (`area_branch`), else every branch; with `tags` every tag too."""
+    refs: dict[str, str] = {}
+    for name in names_given:
+        full = [name] if name.startswith((BRANCH_PREFIX, TAG_PREFIX)) else [BRANCH_PREFIX + name, TAG_PREFIX + name]
+        for ref in full:
+            target = git.ref_target(ref)
+            if target is not None:
+                refs[ref] = target
+                break
+        else:
+            raise UsageError(f"no branch or tag named {name!r} to push")
+    if not names_given:
+        if area_branch is not None and git.ref_target(BRANCH_PREFIX + area_branch) is not None:
+            refs.update(_targets(git, [BRANCH_PREFIX + area_branch]))
+        elif not tags:
+            refs.update(_targets(git, git.ref_names(BRANCH_PREFIX)))
+    if tags:
+        refs.update(_targets(git, git.ref_names(TAG_PREFIX)))
+    if not refs:
+        raise UsageError("nothing to push: this repository has no entries on a branch yet")
+    return refs
+
+
+def _targets(git: GitDag, refs: list[str]) -> dict[str, str]:
+    found = {ref: git.ref_target(ref) for ref in refs}
+    return {ref: target for ref, target in found.items() if target is not None}
