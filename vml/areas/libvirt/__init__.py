@@ -1,0 +1,41 @@
+"""libvirt working areas: the names the rest of vml and the tests use (loaded only through kinds.libvirt_module())."""
+
+from vml.areas.libvirt.driver import (
+    Domain,
+    LibvirtArea,
+    Sizing,
+    VmInfo,
+    connect,
+    definitions_differ,
+    domains_using,
+    embedded_root,
+    forwarded_port,
+    free_port,
+    host_facing,
+    kvm_usable,
+    make_overlay,
+    new_domain_xml,
+    port_taken,
+    unused_uuid,
+    with_forwarded_port,
+)
+
+__all__ = [
+    "Domain",
+    "LibvirtArea",
+    "Sizing",
+    "VmInfo",
+    "connect",
+    "definitions_differ",
+    "domains_using",
+    "embedded_root",
+    "forwarded_port",
+    "free_port",
+    "host_facing",
+    "kvm_usable",
+    "make_overlay",
+    "new_domain_xml",
+    "port_taken",
+    "unused_uuid",
+    "with_forwarded_port",
+]
