@@ -1,0 +1,166 @@
+"""Domain definitions (libvirt's XML) without libvirt-python: a new VM's, its forwarded SSH port, the sizing an entry carries."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from typing import Protocol
+
+from vml.areas.libvirt.host import kvm_usable
+from vml.entry import DOMAIN_FILE
+from vml.errors import CorruptObject
+
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+ElementTree.register_namespace("qemu", QEMU_NAMESPACE)  # definitions written back keep libvirt's prefix
+GUEST_SSH_PORT = 22
+
+
+class DriverConnection(Protocol):
+    """What a new definition asks of a connection (driver.connect's libvirt.virConnect)."""
+
+    def getType(self) -> str: ...
+
+
+def domain_type(connection: DriverConnection) -> str:
+    """The domain type to ask for: kvm where /dev/kvm works, else software emulation."""
+    driver = connection.getType().lower()
+    if driver != "qemu":
+        return driver
+    return "kvm" if kvm_usable() else "qemu"
+
+
+def new_domain_xml(connection: DriverConnection, name: str, disk: str, *, memory_mib: int = 1024, vcpus: int = 1,
+                   console: str | None = None, kernel: str | None = None, initrd: str | None = None,
+                   cmdline: str | None = None, ssh_port: int | None = None, uuid_text: str | None = None) -> bytes:
+    """A minimal definition booting `disk` (a qcow2 overlay), through its own bootloader or,
+    given a kernel, directly (the base image's kernel, initrd and command line). With
+    `ssh_port` (QEMU only), the guest has a user-mode network whose port 22 is forwarded
+    to 127.0.0.1:ssh_port: no bridge, no root network set-up, reachable from this host only."""
+    domain = ElementTree.Element("domain", type=domain_type(connection))
+    ElementTree.SubElement(domain, "name").text = name
+    if uuid_text is not None:
+        ElementTree.SubElement(domain, "uuid").text = uuid_text
+    ElementTree.SubElement(domain, "memory", unit="KiB").text = str(memory_mib * 1024)
+    ElementTree.SubElement(domain, "vcpu").text = str(vcpus)
+    os_element = ElementTree.SubElement(domain, "os")
+    ElementTree.SubElement(os_element, "type").text = "hvm"
+    if kernel is not None:
+        ElementTree.SubElement(os_element, "kernel").text = kernel
+        if initrd is not None:
+            ElementTree.SubElement(os_element, "initrd").text = initrd
+        if cmdline is not None:
+            ElementTree.SubElement(os_element, "cmdline").text = cmdline
+    else:
+        ElementTree.SubElement(os_element, "boot", dev="hd")
+    devices = ElementTree.SubElement(domain, "devices")
+    disk_element = ElementTree.SubElement(devices, "disk", type="file", device="disk")
+    ElementTree.SubElement(disk_element, "driver", name="qemu", type="qcow2")
+    ElementTree.SubElement(disk_element, "source", file=disk)
+    ElementTree.SubElement(disk_element, "target", dev="vda", bus="virtio")
+    if console is not None:
+        serial = ElementTree.SubElement(devices, "serial", type="file")
+        ElementTree.SubElement(serial, "source", path=console)
+    if ssh_port is not None:
+        # libvirt 9.0 has no user-mode network with port forwards (passt is refused), so
+        # QEMU gets it directly; the explicit PCI slot keeps it clear of libvirt's devices.
+        arguments = ElementTree.SubElement(domain, f"{{{QEMU_NAMESPACE}}}commandline")
+        for value in ("-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH_PORT}",
+                      "-device", "virtio-net-pci,netdev=net0,addr=0x10"):
+            ElementTree.SubElement(arguments, f"{{{QEMU_NAMESPACE}}}arg", value=value)
+    return ElementTree.tostring(domain)
+
+
+def disk_files_in(xml: bytes) -> list[str]:
+    """The files a definition's disks are (disks that are block devices or volumes left out)."""
+    sources = ElementTree.fromstring(xml).findall("./devices/disk/source")
+    return [source.get("file") for source in sources if source.get("file")]
+
+
+_FORWARD = re.compile(r"(hostfwd=tcp:127\.0\.0\.1:)(\d+)(-:)")  # the loopback port in new_domain_xml's -netdev
+
+
+def forwarded_port(xml: bytes) -> int | None:
+    """The loopback port a definition from `new_domain_xml` forwards to the guest's sshd."""
+    for argument in ElementTree.fromstring(xml).iter(f"{{{QEMU_NAMESPACE}}}arg"):
+        match = _FORWARD.search(argument.get("value", ""))
+        if match:
+            return int(match.group(2))
+    return None
+
+
+def with_forwarded_port(xml: bytes, port: int) -> bytes:
+    """`xml` forwarding `port` to the guest's sshd instead (see `new_domain_xml`)."""
+    definition = ElementTree.fromstring(xml)
+    for argument in definition.iter(f"{{{QEMU_NAMESPACE}}}arg"):
+        value = argument.get("value", "")
+        argument.set("value", _FORWARD.sub(rf"\g<1>{port}\g<3>", value))
+    return ElementTree.tostring(definition)
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """The parts of a definition that travel with an entry: a checkout, or a new VM on
+    another host, takes these; paths, ports, uuid and devices stay the host's own."""
+
+    memory_kib: int | None
+    vcpus: int | None
+
+    @classmethod
+    def of(cls, xml: bytes) -> "Sizing":
+        try:
+            definition = ElementTree.fromstring(xml)
+        except ElementTree.ParseError as error:
+            raise CorruptObject(f"a saved domain definition ({DOMAIN_FILE}) is not XML: {error}") from None
+        return cls(_kib(definition.find("memory")), _int(definition.findtext("vcpu")))
+
+    def apply(self, xml: bytes) -> bytes:
+        """`xml` with this memory size and vCPU count."""
+        definition = ElementTree.fromstring(xml)
+        if self.memory_kib is not None:
+            for tag in ("memory", "currentMemory"):
+                element = definition.find(tag)
+                if element is not None:
+                    element.text, element.attrib = str(self.memory_kib), {"unit": "KiB"}
+        vcpu = definition.find("vcpu")
+        if self.vcpus is not None and vcpu is not None:
+            vcpu.text = str(self.vcpus)
+            vcpu.attrib.pop("current", None)  # how many of them run at boot: all of the new count
+        return ElementTree.tostring(definition)
+
+
+def host_facing(xml: bytes) -> tuple:
+    """What of a definition reaches the host: emulator, boot files, QEMU arguments, and the
+    files, devices and sockets its devices use."""
+    definition = ElementTree.fromstring(xml)
+    reached = [(element.tag, repr(sorted((k, v) for k, v in element.attrib.items() if k in ("file", "dev", "dir", "path", "socket"))))
+               for element in definition.iter("source")]
+    reached += [(element.tag, (element.text or "").strip()) for element in definition.iter()
+                if element.tag in ("emulator", "kernel", "initrd", "loader", "nvram")]
+    arguments = [argument.get("value") for argument in definition.iter(f"{{{QEMU_NAMESPACE}}}arg")]
+    return sorted(reached), arguments, definition.find("./devices/hostdev") is not None
+
+
+def definitions_differ(saved: bytes, current: bytes) -> bool:
+    """Whether a saved definition asks for another memory size or vCPU count than `current`."""
+    try:
+        return Sizing.of(saved) != Sizing.of(current)
+    except CorruptObject:
+        return True
+
+
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+          "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
+
+
+def _kib(element) -> int | None:
+    if element is None or _int(element.text) is None:
+        return None
+    return _int(element.text) * _UNITS.get(element.get("unit", "KiB").lower(), 1024) // 1024
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return None

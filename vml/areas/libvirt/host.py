@@ -1,0 +1,88 @@
+"""This host as its VMs meet it, without libvirt-python: KVM, loopback ports, qcow2 overlays, what a qemu: URI lacks, waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+
+from vml.errors import AreaError, UsageError
+
+
+def kvm_usable() -> bool:
+    """Hardware acceleration a guest can use: /dev/kvm opens and the CPU has its extensions.
+    A nested /dev/kvm without them (a PVM host) opens but runs a guest far slower than
+    software emulation, or not at all. VML_KVM=0 forces software emulation, VML_KVM=1 kvm."""
+    forced = os.environ.get("VML_KVM")
+    if forced is not None:
+        return forced == "1"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "vmx" in flags or "svm" in flags
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (QEMU binds it when the domain starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def make_overlay(backing: str, overlay: str) -> None:
+    """A qcow2 overlay on a base image: the base stays untouched, the guest writes here."""
+    if shutil.which("qemu-img") is None:
+        raise AreaError("qemu-img is missing: install qemu-utils (./scripts/setup does)")
+    info = subprocess.run(["qemu-img", "info", "--output=json", backing], capture_output=True, text=True)
+    if info.returncode != 0:
+        raise AreaError(f"{backing} is not a disk image qemu-img can read: {info.stderr.strip()}")
+    backing_format = json.loads(info.stdout).get("format", "raw")
+    made = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing, overlay], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        raise AreaError(f"cannot make an overlay on {backing}: {made.stderr.strip()}")
+
+
+def connect_hint(uri: str) -> str:
+    """What a failed connection's message adds: what this host lacks for `uri`."""
+    if uri.startswith("qemu:///system"):
+        return " (is libvirtd running? start it with 'libvirtd -d', or use qemu:///embed?root=DIR, which needs no daemon)"
+    if not uri.startswith("qemu:"):
+        return ""
+    missing = []
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so"):
+        missing.append("libvirt's QEMU driver (apt-get install libvirt-daemon-driver-qemu)")
+    if shutil.which("qemu-system-x86_64") is None:
+        missing.append("QEMU (apt-get install qemu-system-x86)")
+    try:
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        missing.append("a libvirt-qemu user and group (./scripts/setup creates them)")
+    return f" (missing: {'; '.join(missing)})" if missing else ""
+
+
+def seconds_from_environment(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a number of seconds, not {text!r}") from None
