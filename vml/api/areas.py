@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from vml.api._common import area_rules
 from vml.areas.base import AreaConfig, check_area_name
-from vml.areas.kinds import is_vm, open_area, open_domain, ssh_target
-from vml.areas.provision import delete_vm, vm_area_config
+from vml.areas.kinds import is_vm, open_area, open_domain, provisioning, ssh_target
 from vml.areas.rules import Rules, default_rules, save_rules
 from vml.entry import base_entry
 from vml.errors import UsageError, VmlError
@@ -71,7 +70,7 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
             repo.remove_area(config.name)
         if is_vm(config) and options.base is not None:  # the domain defined for it goes too
             with contextlib.suppress(VmlError):
-                delete_vm(repo, config, open_domain(config))
+                provisioning().delete_vm(repo, config, open_domain(config))
         raise
 
 
@@ -118,9 +117,10 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
     if options.directory is not None:
         raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
     assert options.libvirt is not None
-    return vm_area_config(repo, name, options.libvirt, options.domain, ssh=_ssh_settings(options) if options.ssh else None,
+    config: AreaConfig = provisioning().vm_area_config(repo, name, options.libvirt, options.domain, ssh=_ssh_settings(options) if options.ssh else None,
                           base=parse_base(repo.git, options.base) if options.base is not None else None,
                           root=options.root, identity=_identity_file(options))
+    return config
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from vml.api._common import entry_info, opened_area, resolve_entry
 from vml.api.bases import check_base
 from vml.areas.base import Notice, VmArea
-from vml.areas.kinds import as_vm, is_vm, open_domain, undefined_vm_info
-from vml.areas.provision import define_vm, delete_vm
+from vml.areas.kinds import as_vm, is_vm, open_domain, provisioning, undefined_vm_info
 from vml.config import AreaConfig
 from vml.entry import DOMAIN_FILE
 from vml.errors import UsageError
@@ -52,7 +51,7 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
             if config.settings.get("owned") != "true" and not force:
                 raise UsageError(f"domain {domain.name} was not made by vml (area {config.name} took it with --domain); "
                                  f"'vml vm delete --force' undefines it anyway (its disks stay)")
-            return VmState(config.name, None, delete_vm(repo, config, domain))
+            return VmState(config.name, None, provisioning().delete_vm(repo, config, domain))
         if wait and working_area.files is None:
             raise UsageError(f"area {config.name} has no SSH settings: there is no sshd to wait for")
         if action == "start":
@@ -120,7 +119,7 @@ def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None)
                              f"disk first with 'vml vm delete -a {config.name}' (entries stay)")
         base = BaseName(info.base.name, info.base.version)
         settings = dict(config.settings)
-        changed = define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
+        changed = provisioning().define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
         for key, value in {**changed, "base": str(base), "owned": "true"}.items():
             config = repo.set_area_setting(config.name, key, value)
         with contextlib.suppress(FileNotFoundError):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
 from vml.areas.base import AreaConfig, Domain, VmArea, WorkingArea
 from vml.areas.directory import DirectoryArea
 from vml.areas.rules import Rules
-from typing import TYPE_CHECKING, cast
-
 from vml.errors import AreaError, UsageError
 
 DIR, SSH, LIBVIRT = "dir", "ssh", "libvirt"
@@ -81,6 +80,15 @@ def libvirt_module() -> ModuleType:
         raise AreaError(f"libvirt areas need libvirt-python ({error}): pip install 'vml[libvirt]' "
                         f"(./scripts/setup installs it with libvirt-dev)") from None
     return libvirt
+
+
+def provisioning() -> ModuleType:
+    """vml.areas.libvirt.provision: making and deleting an area's domain (libvirt-python is
+    loaded only for domains)."""
+    libvirt_module()
+    from vml.areas.libvirt import provision
+
+    return provision
 
 
 def ssh_target(config: AreaConfig) -> SshTarget:

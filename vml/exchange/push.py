@@ -25,7 +25,6 @@ from vml.refs.names import TAG_PREFIX
 from vml.refs.updates import MOVES, REJECTED, classify
 
 
-
 @dataclass(frozen=True, slots=True)
 class RefUpdate:
     name: str  # the full ref name, the same on both sides: refs/heads/main, refs/tags/v1

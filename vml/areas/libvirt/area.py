@@ -17,11 +17,11 @@ from vml.areas.libvirt.host import free_port, port_taken, seconds_from_environme
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
 from vml.entry import DOMAIN_FILE
-from vml.errors import AreaError, CorruptObject
+from vml.errors import AreaError, CorruptObject, UsageError
 from vml.objects.ids import ObjectId
-from vml.objects.walk import listing_loader
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
+from vml.objects.walk import listing_loader
 
 MEMORY_FILE = b"memory.save"  # in an entry's memory tree, beside disk0-NAME, disk1-NAME...
 
@@ -42,11 +42,14 @@ class LibvirtArea:
     def has_files(self) -> bool:
         return True
 
+    def check_connection(self) -> None:
+        self._files().check_connection()
+
     def _files(self):
         """The guest's files over SSH, once its sshd answers (a guest that just started
         is waited for, up to VML_SSH_WAIT seconds, 300 by default)."""
         if self.files is None:
-            raise AreaError(
+            raise UsageError(
                 f"area {self.config.name}: vml reaches a guest's files over SSH and this area has no SSH settings; "
                 f"'vml area remove {self.config.name}' and add it again with --ssh user@host[:port]"
             )
@@ -199,12 +202,12 @@ class LibvirtArea:
             raise AreaError(f"domain {self.domain.name} does not exist: --resume restores into the area's own domain")
         own = self.domain.disk_files()
         if sorted(disks) != sorted(own):
-            raise AreaError(f"the entry's memory belongs with disks {', '.join(disks)}, domain {self.domain.name} has "
-                            f"{', '.join(own) or 'none'}: vml writes only the domain's own disks")
+            raise UsageError(f"the entry's memory belongs with disks {', '.join(disks)}, domain {self.domain.name} has "
+                             f"{', '.join(own) or 'none'}: vml writes only the domain's own disks")
         if definition is not None:
             refused = self.domain.foreign(definition)
             if refused is not None:
-                raise AreaError(f"cannot resume into domain {self.domain.name}: {refused}")
+                raise UsageError(f"cannot resume into domain {self.domain.name}: {refused}")
         with tempfile.TemporaryDirectory(dir=temp_dir) as work:
             saved = os.path.join(work, "saved")
             counts = Restore(store, listing_loader(store), progress=progress).run(memory_root, os.fsencode(saved))

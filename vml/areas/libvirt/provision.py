@@ -1,4 +1,4 @@
-"""Making and deleting the libvirt domain of an area: its settings, a domain defined on an\noverlay of a base image (written out of the store once), and its removal."""
+"""Making and deleting the libvirt domain of an area (loaded through kinds.provisioning()): its settings, a domain defined on an\noverlay of a base image (written out of the store once), and its removal."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import shutil
 import time
 from typing import Any
 
-from vml.config import AreaConfig
-from vml.areas.kinds import libvirt_module
+from vml.areas.libvirt.definition import Sizing, forwarded_port, new_domain_xml
+from vml.areas.libvirt.driver import Domain, domains_using, unused_uuid
+from vml.areas.libvirt.host import free_port, make_overlay
 from vml.areas.restore import Restore
+from vml.config import AreaConfig
 from vml.entry import base_entry, entry_root
 from vml.errors import AreaError, CorruptObject, UsageError
 from vml.objects.walk import listing_loader
@@ -23,28 +25,27 @@ def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dic
     """Define the area's domain on a new overlay of `base`'s image, sized as
     `saved_definition` (an entry's) if given, with a newly forwarded SSH port when vml
     reaches the guest that way. Returns the settings that changed (the port)."""
-    libvirt = libvirt_module()
-    sizing = libvirt.Sizing.of(saved_definition) if saved_definition else libvirt.Sizing(None, None)
+    sizing = Sizing.of(saved_definition) if saved_definition else Sizing(None, None)
     image, boot = base_image(repo, base)
     state_dir = repo.area_state_dir(name)
     os.makedirs(state_dir, exist_ok=True)
     overlay = os.path.join(state_dir, "disk.qcow2")
     if os.path.exists(overlay):  # left by an area of this name that was removed: never lost
-        using = libvirt.domains_using(domain.connection, overlay)
+        using = domains_using(domain.connection, overlay)
         if using:
             raise UsageError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
                             f"delete that domain, or use another area name")
         os.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
-    libvirt.make_overlay(image, overlay)
+    make_overlay(image, overlay)
     changed = {}
     port = None
     if settings.get("knownhosts"):
-        port = libvirt.free_port()
+        port = free_port()
         changed["port"] = str(port)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(settings["knownhosts"])  # a new guest: its key is learnt at the first login
-    xml = libvirt.new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"),
-                                 ssh_port=port, uuid_text=libvirt.unused_uuid(domain.connection, saved_definition), **boot)
+    xml = new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"),
+                                 ssh_port=port, uuid_text=unused_uuid(domain.connection, saved_definition), **boot)
     domain.define(sizing.apply(xml))
     settings.update(changed)
     return changed
@@ -101,8 +102,7 @@ def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | Non
     """The settings of a libvirt area: a domain that exists (`domain_name`), a new one
     defined now on an overlay of `base`'s image, or none yet ('vml checkout ENTRY --new-vm'
     makes it from an entry). `ssh`: how its guest's files are reached, if given."""
-    libvirt = libvirt_module()
-    domain = libvirt.Domain(uri, domain_name or f"vml-{name}")
+    domain = Domain(uri, domain_name or f"vml-{name}")
     settings = {"uri": uri, "domain": domain.name}
     if ssh:
         settings.update(ssh)
@@ -130,11 +130,10 @@ def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | Non
 def _forwarded_ssh_settings(repo: Repository, name: str, domain: Any, *, root: str, identity: str | None, existing: bool) -> dict[str, str]:
     """How vml reaches the guest of a VM it defines: root@127.0.0.1 on a forwarded port
     (chosen when the VM is defined), with the area's own known_hosts."""
-    libvirt = libvirt_module()
     if domain.connection.getType() != "QEMU":
         return {}
     if existing:
-        port = libvirt.forwarded_port(domain.definition())
+        port = forwarded_port(domain.definition())
         if port is None:
             return {}  # someone else's domain: its files need --ssh
     settings = {"host": "127.0.0.1", "user": "root", "root": root,
