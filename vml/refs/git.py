@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pygit2
 
+from vml.durable import write_atomically
 from vml.errors import ConcurrentUpdate, CorruptObject, UnknownEntry, VmlError
 
 ZERO = "0" * 40
@@ -389,12 +390,7 @@ class GitDag:
         """Replace a ref's log with `lines` (newest first, as reflog() gives them), atomically."""
         path = self.reflog_path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = path + ".vml-tmp"
-        with open(temp, "w", encoding="utf-8") as log_file:
-            log_file.writelines(line.raw + "\n" for line in reversed(lines))
-            log_file.flush()
-            os.fsync(log_file.fileno())
-        os.replace(temp, path)
+        write_atomically(path, (f"{line.raw}\n".encode("utf-8") for line in reversed(lines)))
 
     def delete_reflog(self, name: str) -> None:
         try:
