@@ -15,11 +15,11 @@ from vml.areas.base import AreaConfig, check_area_name
 from vml.errors import AreaError, NotARepository, UsageError, VmlError
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
+from vml.refs.namespace import AREA_PREFIX
 
 FORMAT_LINE = "vml repository format 1\n"
 DEFAULT_DIR = ".vml"
 AREA_SECTION = "vml-area"
-AREA_REF_PREFIX = "refs/vml/areas/"
 
 
 class Repository:
@@ -165,7 +165,7 @@ class Repository:
             self.git.config_delete(key)
 
     def area_ref(self, name: str) -> str:
-        return AREA_REF_PREFIX + name
+        return AREA_PREFIX + name
 
     def area_state_dir(self, name: str) -> str:
         return os.path.join(self.vml_dir, "areas", name)

@@ -17,6 +17,7 @@ from vml.objects.pack import PackEntry
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.git import GitDag
+from vml.refs.namespace import TAG_PREFIX
 
 UP_TO_DATE, NEW, FAST_FORWARD, FORCED, REJECTED = "up to date", "new", "fast-forward", "forced", "rejected"
 
@@ -62,7 +63,7 @@ def plan_updates(git: GitDag, local: dict[str, str], remote: dict[str, str], *, 
             updates.append(RefUpdate(name, old, new, NEW))
         elif force:
             updates.append(RefUpdate(name, old, new, FORCED))
-        elif name.startswith("refs/tags/"):
+        elif name.startswith(TAG_PREFIX):
             updates.append(RefUpdate(name, old, new, REJECTED, "the remote has this tag on another entry (--force replaces it)"))
         elif git.has_object(old) and git.is_ancestor(old, new):
             updates.append(RefUpdate(name, old, new, FAST_FORWARD))

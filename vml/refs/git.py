@@ -15,6 +15,7 @@ import pygit2
 
 from vml.durable import write_atomically
 from vml.errors import ConcurrentUpdate, CorruptObject, UnknownEntry, VmlError
+from vml.refs.namespace import REFS_PREFIX
 
 ZERO = "0" * 40
 _TYPE_NAMES = {
@@ -305,7 +306,7 @@ class GitDag:
     def is_valid_ref_name(name: str) -> bool:
         return pygit2.reference_is_valid_name(name)
 
-    def ref_names(self, prefix: str = "refs/") -> list[str]:
+    def ref_names(self, prefix: str = REFS_PREFIX) -> list[str]:
         return sorted(n for n in self._repo.references if n.startswith(prefix))
 
     def update_ref(self, name: str, new: str, expected: str | None, message: str) -> None:
