@@ -12,6 +12,7 @@ import os
 from typing import Iterator
 
 from vml.areas.base import AreaConfig, check_area_name
+from vml.durable import write_atomically
 from vml.errors import AreaError, NotARepository, UsageError, VmlError
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
@@ -43,8 +44,7 @@ class Repository:
         ChunkStore.create(os.path.join(vml_dir, "store"))
         os.makedirs(os.path.join(vml_dir, "areas"), exist_ok=True)
         os.makedirs(os.path.join(vml_dir, "locks"), exist_ok=True)
-        with open(os.path.join(vml_dir, "format"), "w") as format_file:
-            format_file.write(FORMAT_LINE)
+        write_atomically(os.path.join(vml_dir, "format"), FORMAT_LINE.encode())  # the mark of a repository: whole or absent
         repo = cls(target)
         repo.git.config_set("vml.format", "1")
         repo.git.config_set("vml.bare", "true" if bare else "false")
