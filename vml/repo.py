@@ -12,13 +12,14 @@ import os
 from typing import Iterator
 
 from vml.config import AreaConfig, area_names, delete_area, read_area, set_area_setting, write_area, write_repository_settings
-from vml.errors import UnknownArea, NotARepository, UsageError, VmlError
+from vml.durable import write_atomically
+from vml.errors import NotARepository, UnknownArea, UsageError, VmlError
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
+from vml.refs.namespace import AREA_PREFIX
 
 FORMAT_LINE = "vml repository format 1\n"
 DEFAULT_DIR = ".vml"
-AREA_REF_PREFIX = "refs/vml/areas/"
 
 
 class Repository:
@@ -42,8 +43,7 @@ class Repository:
         ChunkStore.create(os.path.join(vml_dir, "store"))
         os.makedirs(os.path.join(vml_dir, "areas"), exist_ok=True)
         os.makedirs(os.path.join(vml_dir, "locks"), exist_ok=True)
-        with open(os.path.join(vml_dir, "format"), "w") as format_file:
-            format_file.write(FORMAT_LINE)
+        write_atomically(os.path.join(vml_dir, "format"), FORMAT_LINE.encode())  # the mark of a repository: whole or absent
         repo = cls(target)
         write_repository_settings(repo.git, bare=bare)
         return repo
@@ -141,7 +141,7 @@ class Repository:
         delete_area(self.git, name)
 
     def area_ref(self, name: str) -> str:
-        return AREA_REF_PREFIX + name
+        return AREA_PREFIX + name
 
     def area_state_dir(self, name: str) -> str:
         return os.path.join(self.vml_dir, "areas", name)

@@ -16,6 +16,7 @@ from enum import Enum
 
 import pathspec
 
+from vml.durable import write_atomically
 from vml.errors import UsageError
 
 EVERYTHING = "/"
@@ -177,7 +178,4 @@ def load_rules(path: str, kind: str) -> Rules:
 
 def save_rules(path: str, rules: Rules) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    temp = path + ".tmp"
-    with open(temp, "w", encoding="utf-8") as rules_file:
-        rules_file.write(rules.to_text())
-    os.replace(temp, path)
+    write_atomically(path, rules.to_text().encode("utf-8"))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 from dataclasses import dataclass, field
 
 import msgpack
 
+from vml.durable import atomic_file
 from vml.objects.hashing import fingerprint128
-from vml.objects.pack import fsync_dir
 
 FORMAT = 2
 # Larger than every common filesystem's timestamp granularity (FAT: 2 s).
@@ -75,21 +74,10 @@ class StatCache:
 
     def save(self, path: str) -> None:
         """Written a directory at a time (no second copy of the cache in memory), then renamed."""
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp_path = f"{path}.{uuid.uuid4().hex}.tmp"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         packer = msgpack.Packer(use_bin_type=True)
-        try:
-            with open(tmp_path, "xb", buffering=1024 * 1024) as out:
-                out.write(packer.pack_array_header(2) + packer.pack(FORMAT) + packer.pack_map_header(len(self.dirs)))
-                for rel, d in self.dirs.items():
-                    children = [(name, key, node) for name, (key, node) in d.children.items()]
-                    out.write(packer.pack(rel) + packer.pack((d.fingerprint, d.listing_id, d.totals, children)))
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(tmp_path, path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.unlink(tmp_path)
-            raise
-        fsync_dir(directory)
+        with atomic_file(path, buffering=1024 * 1024) as out:
+            out.write(packer.pack_array_header(2) + packer.pack(FORMAT) + packer.pack_map_header(len(self.dirs)))
+            for rel, d in self.dirs.items():
+                children = [(name, key, node) for name, (key, node) in d.children.items()]
+                out.write(packer.pack(rel) + packer.pack((d.fingerprint, d.listing_id, d.totals, children)))

@@ -24,10 +24,10 @@ import os
 import shutil
 import struct
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from vml.durable import atomic_file
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
@@ -35,12 +35,13 @@ from vml.exchange.push import manifests_of
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
-from vml.objects.pack import TYPE_TREE, PackEntry, fsync_dir, parse_table
+from vml.objects.pack import TYPE_TREE, PackEntry, parse_table
 from vml.objects.store import ChunkStore
 from vml.objects.manifest import decode_listing
 from vml.objects.walk import missing_blobs, privileged_nodes
-from vml.refs.bases import BASE_PREFIX, BaseName
+from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX
 
 MAGIC = b"VMLBNDL\x01"
 FORMAT = 1
@@ -93,10 +94,9 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
     if bases:
         header["bases"] = bases
     target = os.path.abspath(path)
-    temp = f"{target}.{uuid.uuid4().hex}.tmp"
     staging = tempfile.mkdtemp(prefix="bundle-", dir=tmp_dir)
     try:
-        with open(temp, "xb") as sink:
+        with atomic_file(target) as sink:
             hasher = StreamingId()
 
             def emit(data: bytes) -> None:
@@ -119,14 +119,6 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
                     for piece in iter(lambda: pack_file.read(1024 * 1024), b""):
                         emit(piece)
             sink.write(hasher.digest())
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.rename(temp, target)
-        fsync_dir(os.path.dirname(target))
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target), bases)
@@ -196,7 +188,7 @@ def _parse(bundle_file, size: int) -> _Contents:
         if not _is_hex_id(header.get("entry")) or header.get("kind") not in (FULL, INCREMENTAL, DIFFERENTIAL, SINCE):
             raise ValueError("bad entry or kind")
         ref = header.get("ref")
-        if ref is not None and not (isinstance(ref, str) and ref.startswith(("refs/heads/", "refs/tags/")) and GitDag.is_valid_ref_name(ref)):
+        if ref is not None and not (isinstance(ref, str) and ref.startswith((BRANCH_PREFIX, TAG_PREFIX)) and GitDag.is_valid_ref_name(ref)):
             raise ValueError("bad ref name")
         bases = header.get("bases", {})
         if not isinstance(bases, dict) or not all(

@@ -20,8 +20,7 @@ from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
-from vml.refs.heads import BRANCH_PREFIX
-from vml.refs.names import TAG_PREFIX
+from vml.refs.namespace import BRANCH_PREFIX, TAG_PREFIX
 from vml.refs.updates import MOVES, REJECTED, classify
 
 

@@ -21,6 +21,7 @@ from vml.objects.gc import UPLOAD_GRACE
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
 from vml.objects.pack import PackEntry, parse_table
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX
 from vml.repo import FORMAT_LINE
 from vml.transport.base import MissingFile, Transport, TransportError
 
@@ -28,6 +29,7 @@ STORE = "vml/store"
 PUSH_MARKERS = "vml/locks"  # push-<id> files: a push is writing (see check_no_push)
 PUSH_PREFIX = "push-"
 LOCK_WAIT = 10.0  # seconds a push waits for another push's ref lock before giving up
+EXCHANGED = (BRANCH_PREFIX, TAG_PREFIX, BASE_PREFIX)  # the refs push and fetch carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +74,10 @@ class RemoteRepository:
         for line in packed.splitlines():
             if line and line[0] not in "#^" and " " in line:
                 commit_id, name = line.split(" ", 1)
-                if name.startswith(("refs/heads/", "refs/tags/", "refs/vml/bases/")):
+                if name.startswith(EXCHANGED):
                     found[name] = commit_id
-        for prefix in ("refs/heads", "refs/tags", "refs/vml/bases"):
-            for path in self.transport.list_tree(prefix):
+        for prefix in EXCHANGED:
+            for path in self.transport.list_tree(prefix.rstrip("/")):
                 if not path.endswith(".lock"):
                     found[path] = self._read_ref(path)
         return {name: target for name, target in sorted(found.items()) if target}
@@ -94,7 +96,8 @@ class RemoteRepository:
             head = self.transport.read("HEAD").decode().strip()
         except MissingFile:
             return None
-        return head[len("ref: refs/heads/") :] if head.startswith("ref: refs/heads/") else None
+        symbolic = f"ref: {BRANCH_PREFIX}"
+        return head[len(symbolic) :] if head.startswith(symbolic) else None
 
     def update_ref(self, name: str, new: str, expected: str | None) -> None:
         """Compare-and-swap under git's lock-file protocol: create NAME.lock exclusively,

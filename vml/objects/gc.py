@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from vml.durable import is_temp_name
 from vml.errors import CorruptObject
 from vml.objects.ids import ObjectId
 from vml.objects.index import list_index_files, write_index
@@ -126,7 +127,7 @@ def _remove_stale_uploads(store: ChunkStore) -> int:
     for directory in directories:
         for name in os.listdir(directory):
             path = os.path.join(directory, name)
-            if name.endswith(".tmp") and now - os.path.getmtime(path) > UPLOAD_GRACE:
+            if is_temp_name(name) and now - os.path.getmtime(path) > UPLOAD_GRACE:
                 os.unlink(path)
                 removed += 1
     return removed

@@ -7,10 +7,11 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
+from vml.durable import write_atomically
 from vml.errors import CorruptObject
 from vml.objects.hashing import checksum64, object_id
 from vml.objects.ids import ID_SIZE, ObjectId
-from vml.objects.pack import TYPE_TREE, PackEntry, write_file_atomically
+from vml.objects.pack import TYPE_TREE, PackEntry
 
 MAGIC_V1 = b"VMLIDX\x00\x01"
 MAGIC = b"VMLIDX\x00\x02"
@@ -57,7 +58,7 @@ def encode_index(packs: dict[ObjectId, list[PackEntry]]) -> bytes:
 def write_index(index_dir: str, tmp_dir: str, packs: dict[ObjectId, list[PackEntry]]) -> str:
     data = encode_index(packs)
     path = os.path.join(index_dir, object_id(data).hex() + ".idx")
-    write_file_atomically(path, data, tmp_dir)
+    write_atomically(path, data, mode=0o644, tmp_dir=tmp_dir)
     return path
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from vml.durable import PendingFile
 from vml.errors import CorruptObject
 from vml.objects.hashing import StreamingId, checksum64
 from vml.objects.ids import ObjectId
@@ -50,42 +50,18 @@ def pack_path(packs_dir: str, pack_id: ObjectId) -> str:
     return os.path.join(packs_dir, hex_id[:2], hex_id + ".pack")
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomically(path: str, data: bytes, tmp_dir: str) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is whole or absent."""
-    tmp_path = os.path.join(tmp_dir, f"{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp_path, path)
-    fsync_dir(os.path.dirname(path))
-
-
 class PackWriter:
     """Appends blobs to a temporary pack file; `finish` makes it durable under its final name."""
 
     def __init__(self, tmp_dir: str):
-        self._tmp_path = os.path.join(tmp_dir, f"pack-{uuid.uuid4().hex}.tmp")
-        self._file = open(self._tmp_path, "xb", buffering=1024 * 1024)
+        self._pending = PendingFile(tmp_dir, "pack", buffering=1024 * 1024)
         self._hasher = StreamingId()
         self._entries: list[PackEntry] = []
         self.size = 0
         self._append(MAGIC)
 
     def _append(self, data: bytes) -> None:
-        self._file.write(data)
+        self._pending.file.write(data)
         self._hasher.update(data)
         self.size += len(data)
 
@@ -105,25 +81,14 @@ class PackWriter:
         )
         self._append(table)
         self._append(_FOOTER.pack(len(self._entries), len(table), checksum64(table), END_MAGIC))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
         pack_id = self._hasher.digest()
         final = pack_path(packs_dir, pack_id)
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.rename(self._tmp_path, final)
-        fsync_dir(os.path.dirname(final))
+        self._pending.commit(final)
         return pack_id
 
     def abandon(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass  # its buffer could not be written (a full disk): the file goes anyway
-        try:
-            os.unlink(self._tmp_path)
-        except FileNotFoundError:
-            pass
+        self._pending.discard()
 
 
 def read_table(path: str) -> list[PackEntry]:

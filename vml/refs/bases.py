@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from vml.errors import UsageError
 from vml.refs.git import GitDag
-
-BASE_PREFIX = "refs/vml/bases/"
+from vml.refs.namespace import BASE_PREFIX  # also imported from here by vml/api.py
 
 
 @dataclass(frozen=True, slots=True)

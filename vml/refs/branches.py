@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from vml.errors import UsageError
 from vml.refs.git import ZERO, GitDag
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, areas_on_branch
-from vml.refs.names import TAG_PREFIX
+from vml.refs.heads import areas_on_branch
+from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX, TAG_PREFIX
 
 RESERVED = {"HEAD", "@", "FETCH_HEAD", "ORIG_HEAD"}
 

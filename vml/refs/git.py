@@ -13,7 +13,9 @@ from typing import Iterator
 
 import pygit2
 
+from vml.durable import write_atomically
 from vml.errors import ConcurrentUpdate, CorruptObject, UnknownEntry, VmlError
+from vml.refs.namespace import REFS_PREFIX
 
 ZERO = "0" * 40
 _TYPE_NAMES = {
@@ -304,7 +306,7 @@ class GitDag:
     def is_valid_ref_name(name: str) -> bool:
         return pygit2.reference_is_valid_name(name)
 
-    def ref_names(self, prefix: str = "refs/") -> list[str]:
+    def ref_names(self, prefix: str = REFS_PREFIX) -> list[str]:
         return sorted(n for n in self._repo.references if n.startswith(prefix))
 
     def update_ref(self, name: str, new: str, expected: str | None, message: str) -> None:
@@ -389,12 +391,7 @@ class GitDag:
         """Replace a ref's log with `lines` (newest first, as reflog() gives them), atomically."""
         path = self.reflog_path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = path + ".vml-tmp"
-        with open(temp, "w", encoding="utf-8") as log_file:
-            log_file.writelines(line.raw + "\n" for line in reversed(lines))
-            log_file.flush()
-            os.fsync(log_file.fileno())
-        os.replace(temp, path)
+        write_atomically(path, (f"{line.raw}\n".encode("utf-8") for line in reversed(lines)))
 
     def delete_reflog(self, name: str) -> None:
         try:

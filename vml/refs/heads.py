@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 from vml.errors import UsageError
 from vml.refs.git import ZERO, GitDag
+from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX  # also imported from here by vml/api.py
 
-AREA_PREFIX = "refs/vml/areas/"
-BRANCH_PREFIX = "refs/heads/"
 UNBORN_SECTION = "vml-unborn"
 
 

@@ -13,10 +13,9 @@ from typing import Callable
 
 from vml.errors import UnknownEntry, UsageError
 from vml.refs.git import ZERO, GitDag
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, AreaHead
+from vml.refs.heads import AreaHead
+from vml.refs.namespace import BRANCH_PREFIX, REFS_PREFIX, REMOTE_PREFIX, TAG_PREFIX, ref_kind, short_name
 
-TAG_PREFIX = "refs/tags/"
-REMOTE_PREFIX = "refs/remotes/"
 SPEC = re.compile(r"(?P<base>.*?)(?:@\{(?P<reflog>[^}]*)\})?(?P<suffixes>(?:[~^][0-9]*)*)", re.DOTALL)
 SUFFIX = re.compile(r"([~^])([0-9]*)")
 HEX = re.compile(r"[0-9a-fA-F]{4,40}")
@@ -67,11 +66,11 @@ def _head_match(git: GitDag, head: AreaHead | None, *, own_ref: bool, want_reflo
 
 def _matches(git: GitDag, base: str) -> list[Match]:
     found = []
-    candidates = [base] if base.startswith("refs/") else [BRANCH_PREFIX + base, TAG_PREFIX + base, REMOTE_PREFIX + base]
+    candidates = [base] if base.startswith(REFS_PREFIX) else [BRANCH_PREFIX + base, TAG_PREFIX + base, REMOTE_PREFIX + base]
     for ref in candidates:
         target = git.ref_target(ref)
         if target is not None:
-            found.append(Match(f"{_ref_kind(ref)} {short_ref(ref)} (-> {target[:12]})", target, ref))
+            found.append(Match(f"{ref_kind(ref)} {short_name(ref)} (-> {target[:12]})", target, ref))
     if HEX.fullmatch(base):
         for commit in git.commits_with_prefix(base.lower()):
             found.append(Match(f"entry {commit[:12]}", commit, None))
@@ -83,7 +82,7 @@ def _only_match(spec: str, base: str, found: list[Match]) -> Match:
         raise UnknownEntry(f"no entry matches {spec!r} (no branch, tag or entry id {base!r})")
     if len({m.commit for m in found}) > 1:
         listed = ", ".join(m.label for m in found)
-        raise UnknownEntry(f"{base!r} is ambiguous: {listed}; use more digits or a full ref name (refs/heads/..., refs/tags/...)")
+        raise UnknownEntry(f"{base!r} is ambiguous: {listed}; use more digits or a full ref name ({BRANCH_PREFIX}..., {TAG_PREFIX}...)")
     # The same entry reached several ways (a tag on a branch's tip): any of them will do, but
     # a reflog position needs a ref, and a branch's log is the one users mean.
     return next((m for m in found if m.ref is not None), found[0])
@@ -99,10 +98,10 @@ def _reflog_position(git: GitDag, spec: str, match: Match, position: str) -> str
     if number == 0 and not lines:
         return match.commit
     if number >= len(lines):
-        raise UnknownEntry(f"{spec!r}: the reflog of {short_ref(match.ref)} has only {len(lines)} lines")
+        raise UnknownEntry(f"{spec!r}: the reflog of {short_name(match.ref)} has only {len(lines)} lines")
     commit = lines[number].new
     if commit == ZERO:
-        raise UnknownEntry(f"{spec!r}: at that point {short_ref(match.ref)} was deleted")
+        raise UnknownEntry(f"{spec!r}: at that point {short_name(match.ref)} was deleted")
     return commit
 
 
@@ -122,21 +121,3 @@ def _step(git: GitDag, spec: str, commit: str, operator: str, digits: str) -> st
         commit = parents[0]
     return commit
 
-
-def _ref_kind(ref: str) -> str:
-    if ref.startswith(BRANCH_PREFIX):
-        return "branch"
-    if ref.startswith(TAG_PREFIX):
-        return "tag"
-    if ref.startswith(REMOTE_PREFIX):
-        return "remote branch"
-    if ref.startswith(AREA_PREFIX):
-        return "area"
-    return "ref"
-
-
-def short_ref(ref: str) -> str:
-    for prefix in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX, AREA_PREFIX):
-        if ref.startswith(prefix):
-            return ref[len(prefix) :]
-    return ref

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from vml.errors import UsageError
 from vml.refs.git import GitDag
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, read_head
-from vml.refs.names import TAG_PREFIX, short_ref
+from vml.refs.heads import read_head
+from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX, TAG_PREFIX, short_name
 
 
 @dataclass(slots=True)
@@ -33,11 +33,11 @@ def drop_entry(git: GitDag, entry: str, message: str) -> DropResult:
     parents = list(git.commit(entry).parents)
     for ref, tip in holders.items():
         if tip == entry and not parents:
-            raise UsageError(f"entry {entry[:12]} is the only entry of {short_ref(ref)}; delete the branch instead (vml branch -D)")
+            raise UsageError(f"entry {entry[:12]} is the only entry of {short_name(ref)}; delete the branch instead (vml branch -D)")
     replaced: dict[str, list[str]] = {entry: parents}
     new_tips = {ref: _rewrite(git, tip, replaced) for ref, tip in holders.items()}
     result.rewritten = len(replaced) - 1
-    result.kept_by = [short_ref(ref) for ref in git.ref_names(TAG_PREFIX) if _reaches(git, git.ref_target(ref), entry)]
+    result.kept_by = [short_name(ref) for ref in git.ref_names(TAG_PREFIX) if _reaches(git, git.ref_target(ref), entry)]
     for ref, tip in holders.items():
         new_tip = new_tips[ref]
         git.update_ref(ref, new_tip, tip, message)

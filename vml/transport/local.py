@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 
-from vml.objects.pack import fsync_dir
+from vml import durable
 from vml.transport.base import Location, MissingFile, TransportError, check_relative
 
 PIECE = 1024 * 1024
@@ -83,41 +82,23 @@ class LocalTransport:
     def _write_atomically(self, path: str, pieces, progress=None) -> None:
         target = self._path(path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        temp = f"{target}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(temp, "xb") as sink:
-                for piece in pieces:
-                    sink.write(piece)
-                    self.bytes_sent += len(piece)
-                    if progress is not None:
-                        progress(len(piece))
-                sink.flush()
-                os.fsync(sink.fileno())
-            os.rename(temp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        fsync_dir(os.path.dirname(target))
+        with durable.atomic_file(target) as sink:
+            for piece in pieces:
+                sink.write(piece)
+                self.bytes_sent += len(piece)
+                if progress is not None:
+                    progress(len(piece))
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
         target = self._path(path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+        if not durable.create_exclusive(target, data):
             return False
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         self.bytes_sent += len(data)
         return True
 
     def rename(self, source: str, target: str) -> None:
-        os.rename(self._path(source), self._path(target))
-        fsync_dir(os.path.dirname(self._path(target)))
+        durable.rename(self._path(source), self._path(target))
 
     def remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):

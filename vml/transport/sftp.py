@@ -8,8 +8,8 @@ from __future__ import annotations
 import errno
 import posixpath
 import stat
-import uuid
 
+from vml.durable import temp_name
 from vml.transport.base import Location, MissingFile, TransportError, check_relative
 from vml.transport.ssh import SSH_ERRORS, SSHException, connect
 
@@ -141,7 +141,7 @@ class SftpTransport:
         # SFTP has no fsync: the file is whole when renamed, durable when the server's disk
         # says so. A crash of the server between the two is the one case this cannot cover.
         target = self._path(path)
-        temp = f"{target}.{uuid.uuid4().hex}.tmp"
+        temp = temp_name(target)
         try:
             self._makedirs(posixpath.dirname(target))
             with self._sftp.open(temp, "wxb") as sink:

@@ -10,12 +10,14 @@ import tempfile
 import uuid
 from typing import Callable
 
+from vml import durable
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_files
 from vml.areas.libvirt.definition import Sizing, definitions_differ, forwarded_port, with_forwarded_port
 from vml.areas.libvirt.driver import Domain
 from vml.areas.libvirt.host import free_port, port_taken, seconds_from_environment
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.statcache import StatCache
+from vml.durable import write_atomically
 from vml.entry import DOMAIN_FILE
 from vml.errors import AreaError, CorruptObject, UsageError
 from vml.objects.ids import ObjectId
@@ -90,9 +92,7 @@ class LibvirtArea:
         if os.path.exists(known_hosts):
             with open(known_hosts) as old:
                 lines = old.read().replace(f"[127.0.0.1]:{port} ", f"[127.0.0.1]:{new_port} ")
-            with open(known_hosts + ".tmp", "w") as new:
-                new.write(lines)
-            os.replace(known_hosts + ".tmp", known_hosts)
+            write_atomically(known_hosts, lines.encode())
         return new_port
 
     def _check_defined(self) -> None:
@@ -191,7 +191,7 @@ class LibvirtArea:
             self.domain.restore_memory(image)
         except AreaError as error:
             kept = os.path.join(temp_dir, f"memory-{self.domain.name}-{uuid.uuid4().hex[:8]}.save")
-            os.rename(image, kept)  # the only copy of the guest's running state: never deleted
+            durable.rename(image, kept)  # the only copy of the guest's running state: never deleted
             raise AreaError(f"{error}; its saved memory is kept in {kept} (virsh restore it)") from None
 
     def resume(self, store: ChunkStore, memory_root: bytes, disks: list[str], definition: bytes | None, temp_dir: str,
@@ -224,7 +224,8 @@ class LibvirtArea:
                 if self.domain.state() not in ("shut off", "crashed"):
                     self.domain.stop(force=True)
                 for staging, path in staged:
-                    os.replace(staging, path)
+                    durable.fsync_file(staging)
+                    durable.rename(staging, path)
             finally:
                 for staging, _path in staged:
                     with contextlib.suppress(FileNotFoundError):

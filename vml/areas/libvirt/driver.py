@@ -25,6 +25,7 @@ def _log_to_a_file() -> None:
 _log_to_a_file()
 import libvirt  # noqa: E402  (after its log is set up)
 
+from vml.durable import write_atomically
 from vml.areas.libvirt.definition import disk_files_in, host_facing
 from vml.areas.libvirt.embed import EMBED_QEMU_CONF, embedded_root, wait_for_embedded_driver
 from vml.areas.libvirt.host import connect_hint, kvm_usable
@@ -97,8 +98,7 @@ def _prepare_embedded(root: str) -> None:
     os.makedirs(os.path.join(root, "etc"), exist_ok=True)
     conf = os.path.join(root, "etc", "qemu.conf")
     if not os.path.exists(conf) and os.geteuid() == 0:
-        with open(conf, "w") as out:
-            out.write(EMBED_QEMU_CONF)
+        write_atomically(conf, EMBED_QEMU_CONF.encode())
     if not _EVENT_LOOP:
         libvirt.virEventRegisterDefaultImpl()
 

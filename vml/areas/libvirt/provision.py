@@ -12,6 +12,7 @@ from vml.areas.libvirt.definition import Sizing, forwarded_port, new_domain_xml
 from vml.areas.libvirt.driver import Domain, domains_using, unused_uuid
 from vml.areas.libvirt.host import free_port, make_overlay
 from vml.areas.restore import Restore
+from vml import durable
 from vml.config import AreaConfig
 from vml.entry import base_entry, entry_root
 from vml.errors import AreaError, CorruptObject, UsageError
@@ -35,7 +36,7 @@ def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dic
         if using:
             raise UsageError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
                             f"delete that domain, or use another area name")
-        os.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
+        durable.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
     make_overlay(image, overlay)
     changed = {}
     port = None
@@ -70,7 +71,8 @@ def base_image(repo: Repository, base: BaseName) -> tuple[str, dict[str, str]]:
         for file_name in names:
             os.chmod(os.path.join(temp, file_name), 0o444)
         os.makedirs(os.path.dirname(directory), exist_ok=True)
-        os.rename(temp, directory)
+        durable.fsync_tree(temp)
+        durable.rename(temp, directory)
     boot = {k: os.path.join(directory, v) for k, v in (info.boot or {}).items() if k in ("kernel", "initrd") and v}
     if info.boot and info.boot.get("cmdline"):
         boot["cmdline"] = info.boot["cmdline"]
