@@ -16,7 +16,6 @@ from vml.api.remotes import (
                              FetchResult,
                              PullResult,
                              PushResult,
-                             RefChange,
                              RemoteInfo,
                              clone,
                              fetch,
@@ -27,6 +26,7 @@ from vml.api.remotes import (
                              remote_remove,
 )
 from vml.api.vm import VM_ACTIONS, VmState, vm_action, vm_info
+from vml.refs.updates import RefChange
 
 __all__ = [
     "Notice", "Progress", "entry_info", "parse_paths", "resolve_entry",

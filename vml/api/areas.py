@@ -14,8 +14,8 @@ from vml.areas.rules import Rules, default_rules, save_rules
 from vml.entry import base_entry
 from vml.errors import UsageError, VmlError
 from vml.refs.bases import parse_base
-from vml.refs.heads import BRANCH_PREFIX, areas_on_branch, attach, read_head, remove_head
-from vml.refs.names import TAG_PREFIX
+from vml.refs.heads import areas_on_branch, attach, read_head, remove_head
+from vml.refs.namespace import BRANCH_PREFIX, TAG_PREFIX
 from vml.repo import Repository
 
 

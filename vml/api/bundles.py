@@ -6,15 +6,14 @@ import os
 from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
-from vml.api.remotes import short_name
 from vml.entry import base_entry
 from vml.errors import UsageError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, BundleInfo, read_bundle, write_bundle
 from vml.pathnames import quote_path
-from vml.refs.bases import BASE_PREFIX, BaseName
+from vml.refs.bases import BaseName
 from vml.refs.branches import check_name
-from vml.refs.heads import BRANCH_PREFIX, areas_on_branch
-from vml.refs.names import TAG_PREFIX
+from vml.refs.heads import areas_on_branch
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX, short_name
 from vml.refs.updates import REJECTED, UP_TO_DATE, classify
 from vml.repo import Repository
 

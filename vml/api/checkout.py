@@ -26,7 +26,8 @@ from vml.objects.manifest import KIND_DIR
 from vml.objects.walk import listing_loader, node_at
 from vml.pathnames import quote_path
 from vml.refs.branches import check_name, create_ref
-from vml.refs.heads import BRANCH_PREFIX, AreaHead, advance, attach, branch_exists, check_branch_free, detach, read_head
+from vml.refs.heads import AreaHead, advance, attach, branch_exists, check_branch_free, detach, read_head
+from vml.refs.namespace import BRANCH_PREFIX
 from vml.repo import Repository
 
 

@@ -13,8 +13,9 @@ from vml.history import ref_tips, touching
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
+from vml.refs.branches import decorations
 from vml.refs.git import Commit
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX, areas_on_branch, read_head
+from vml.refs.heads import read_head
 from vml.repo import Repository
 
 
@@ -32,26 +33,6 @@ class LogEntry:
     files: int | None
     logical_bytes: int | None
     added_bytes: int | None
-
-
-def decorations(repo: Repository) -> dict[str, list[str]]:
-    labels: dict[str, list[str]] = {}
-    for ref in repo.git.ref_names():
-        target = repo.git.ref_target(ref)
-        if target is None:
-            continue
-        if ref.startswith(AREA_PREFIX):
-            area = ref[len(AREA_PREFIX) :]
-            symbolic = repo.git.symbolic_target(ref)
-            label = f"{area} -> {symbolic[len(BRANCH_PREFIX):]}" if symbolic else f"{area} (detached)"
-            labels.setdefault(target, []).insert(0, label)
-        elif ref.startswith(BRANCH_PREFIX):
-            branch = ref[len(BRANCH_PREFIX) :]
-            if not areas_on_branch(repo.git, branch):  # else "area -> branch" says it
-                labels.setdefault(target, []).append(branch)
-        elif ref.startswith("refs/tags/"):
-            labels.setdefault(target, []).append("tag: " + ref[len("refs/tags/") :])
-    return labels
 
 
 def log(
@@ -79,7 +60,7 @@ def log(
             starts = [entry] if entry else []
         else:
             starts = ref_tips(repo.git)
-    labels = decorations(repo)
+    labels = decorations(repo.git)
     commits: Iterable[str] = repo.git.walk(starts)
     parents_of: dict[str, tuple[str, ...]] = {}
     if paths:
@@ -159,4 +140,4 @@ def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
         blobs.update(node.chunk_ids())
     stored = sum(store.stored_size(blob) for blob in blobs if blob in store)
     raw = repo.git.commit(entry_id)
-    return ShowResult(log_entry(repo, raw, decorations(repo).get(entry_id, [])), info, stored, directories, symlinks, other)
+    return ShowResult(log_entry(repo, raw, decorations(repo.git).get(entry_id, [])), info, stored, directories, symlinks, other)

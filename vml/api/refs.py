@@ -9,8 +9,7 @@ from vml.api._common import first_line, resolve_entry
 from vml.errors import UnknownArea, UsageError
 from vml.refs.branches import RefInfo, create_ref, delete_branch, delete_tag, list_refs
 from vml.refs.git import ZERO
-from vml.refs.heads import AREA_PREFIX, BRANCH_PREFIX
-from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
+from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX, REFS_PREFIX, REMOTE_PREFIX, TAG_PREFIX
 from vml.refs.rewrite import drop_entry
 from vml.repo import Repository
 
@@ -88,7 +87,7 @@ def reflog(repo: Repository, ref: str | None = None, *, area: str | None = None,
         names = [name for name in repo.git.reflog_names() if name != "HEAD" or not repo.areas()]
         shown = {name: name for name in names}
     elif ref is not None and ref not in ("HEAD", "@"):
-        candidates = [ref] if ref.startswith("refs/") else [p + ref for p in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX)]
+        candidates = [ref] if ref.startswith(REFS_PREFIX) else [p + ref for p in (BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX)]
         full = next((name for name in candidates if repo.git.has_reflog(name)), None)
         if full is None:
             raise UsageError(f"no reflog for {ref!r}")

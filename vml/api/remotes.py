@@ -9,17 +9,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vml.api._common import Progress, entry_info
+from vml.api._common import Progress
 from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import UsageError
-from vml.exchange.fetch import read_history, receive_blobs
+from vml.exchange.fetch import read_history, receive_blobs, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
 from vml.exchange.remote import RemoteRepository
-from vml.refs.bases import BASE_PREFIX
-from vml.refs.heads import BRANCH_PREFIX, read_head
-from vml.refs.names import REMOTE_PREFIX, TAG_PREFIX
-from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, classify
+from vml.refs.heads import read_head
+from vml.refs.namespace import BRANCH_PREFIX, REMOTE_PREFIX, short_name
+from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
 
@@ -64,22 +63,6 @@ def _connected(url: str, accept_new_host_key: bool) -> Iterator[RemoteRepository
         yield remote
     finally:
         remote.close()
-
-
-def short_name(ref: str) -> str:
-    for prefix in (BRANCH_PREFIX, TAG_PREFIX):
-        if ref.startswith(prefix):
-            return ref[len(prefix) :]
-    return ref
-
-
-@dataclass(frozen=True, slots=True)
-class RefChange:
-    ref: str  # short name: main, v1
-    old: str | None
-    new: str
-    status: str  # up to date, new, fast-forward, forced, rejected
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,41 +132,11 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
         stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
         for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
             repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
-        changes = _update_tracking(repo, remote_name, remote_refs)
+        changes = update_tracking(repo.git, remote_name, remote_refs)
         bytes_received = remote.transport.bytes_received
         default = remote.default_branch()
     return FetchResult(remote_name, url, changes, len(roots), stats.blobs, stats.bytes, bytes_received,
                        round(time.monotonic() - started, 3), default)
-
-
-def _update_tracking(repo: Repository, remote_name: str, remote_refs: dict[str, str]) -> list[RefChange]:
-    changes = []
-    for ref, target in remote_refs.items():
-        if not repo.git.is_valid_ref_name(ref):
-            changes.append(RefChange(ref, None, target, REJECTED, "not a valid ref name; ignored"))
-        elif ref.startswith(BRANCH_PREFIX):
-            local_ref = f"{REMOTE_PREFIX}{remote_name}/{ref[len(BRANCH_PREFIX):]}"
-            old = repo.git.ref_target(local_ref)
-            if old != target:
-                repo.git.ensure_reflog(local_ref)
-                repo.git.set_direct(local_ref, target, f"fetch: {'new' if old is None else 'update'} from {remote_name}")
-                changes.append(RefChange(f"{remote_name}/{ref[len(BRANCH_PREFIX):]}", old, target, "new" if old is None else "updated"))
-        elif ref.startswith(BASE_PREFIX):
-            old = repo.git.ref_target(ref)
-            if old is None:
-                repo.git.set_direct(ref, target, f"fetch: base from {remote_name}")
-                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), None, target, "new base"))
-            elif old != target and entry_info(repo, old).required_base().digest != entry_info(repo, target).required_base().digest:
-                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), old, target, REJECTED,
-                                         "a local base of that name and version is another image; kept"))
-        elif ref.startswith(TAG_PREFIX):
-            old = repo.git.ref_target(ref)
-            if old is None:
-                repo.git.set_direct(ref, target, f"fetch: tag from {remote_name}")
-                changes.append(RefChange(short_name(ref), None, target, "new tag"))
-            elif old != target:
-                changes.append(RefChange(short_name(ref), old, target, REJECTED, "a local tag of that name names another entry; kept"))
-    return changes
 
 
 @dataclass(frozen=True, slots=True)

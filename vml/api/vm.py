@@ -15,7 +15,8 @@ from vml.config import AreaConfig
 from vml.entry import DOMAIN_FILE
 from vml.errors import UsageError
 from vml.refs.bases import BaseName
-from vml.refs.heads import BRANCH_PREFIX, check_branch_free
+from vml.refs.heads import check_branch_free
+from vml.refs.namespace import BRANCH_PREFIX
 from vml.repo import Repository
 
 VM_ACTIONS = ("start", "stop", "suspend", "resume", "delete")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from vml.entry import ENTRY_FILE, EntryInfo
+from vml.entry import ENTRY_FILE, EntryInfo, read_entry
 from vml.errors import CorruptObject
 from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteBlob, RemoteRepository
@@ -18,6 +18,8 @@ from vml.objects.pack import TYPE_TREE
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.git import GitDag
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, REMOTE_PREFIX, TAG_PREFIX, short_name
+from vml.refs.updates import NEW, REJECTED, RefChange, classify
 
 READ_BATCH = 8 * 1024 * 1024  # bytes of blobs asked for in one round of requests
 
@@ -204,3 +206,38 @@ def _batches(located: list[tuple[bytes, RemoteBlob]]) -> Iterator[list[tuple[byt
         size += item[1].length
     if batch:
         yield batch
+
+
+def update_tracking(git: GitDag, remote_name: str, remote_refs: dict[str, str]) -> list[RefChange]:
+    """After a fetch: the remote's branches become remote-tracking branches NAME/BRANCH
+    (mirrors: they follow the remote wherever it went); its tags and bases are added, never
+    moved (vml/refs/updates.py: a tag moves only when forced, and a fetch never forces);
+    a base of the same name that is another image is kept and reported."""
+    changes = []
+    for ref, target in remote_refs.items():
+        if not git.is_valid_ref_name(ref):
+            changes.append(RefChange(ref, None, target, REJECTED, "not a valid ref name; ignored"))
+        elif ref.startswith(BRANCH_PREFIX):
+            local_ref = f"{REMOTE_PREFIX}{remote_name}/{ref[len(BRANCH_PREFIX):]}"
+            old = git.ref_target(local_ref)
+            if old != target:
+                git.ensure_reflog(local_ref)
+                git.set_direct(local_ref, target, f"fetch: {'new' if old is None else 'update'} from {remote_name}")
+                changes.append(RefChange(f"{remote_name}/{ref[len(BRANCH_PREFIX):]}", old, target, "new" if old is None else "updated"))
+        elif ref.startswith(BASE_PREFIX):
+            old = git.ref_target(ref)
+            if old is None:
+                git.set_direct(ref, target, f"fetch: base from {remote_name}")
+                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), None, target, "new base"))
+            elif old != target and read_entry(git, old).required_base().digest != read_entry(git, target).required_base().digest:
+                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), old, target, REJECTED,
+                                         "a local base of that name and version is another image; kept"))
+        elif ref.startswith(TAG_PREFIX):
+            old = git.ref_target(ref)
+            status = classify(git, old, target, tag=True)
+            if status == NEW:
+                git.set_direct(ref, target, f"fetch: tag from {remote_name}")
+                changes.append(RefChange(short_name(ref), None, target, "new tag"))
+            elif status == REJECTED:
+                changes.append(RefChange(short_name(ref), old, target, REJECTED, "a local tag of that name names another entry; kept"))
+    return changes

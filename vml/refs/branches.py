@@ -84,3 +84,25 @@ def _reached_elsewhere(git: GitDag, ref: str, tip: str) -> bool:
         if target is not None and (target == tip or git.is_ancestor(tip, target)):
             return True
     return False
+
+
+def decorations(git: GitDag) -> dict[str, list[str]]:
+    """Entry id -> what `log` writes beside it: "area -> branch", "area (detached)", branches
+    no area is on, "tag: NAME"."""
+    labels: dict[str, list[str]] = {}
+    for ref in git.ref_names():
+        target = git.ref_target(ref)
+        if target is None:
+            continue
+        if ref.startswith(AREA_PREFIX):
+            area = ref[len(AREA_PREFIX) :]
+            symbolic = git.symbolic_target(ref)
+            label = f"{area} -> {symbolic[len(BRANCH_PREFIX):]}" if symbolic else f"{area} (detached)"
+            labels.setdefault(target, []).insert(0, label)
+        elif ref.startswith(BRANCH_PREFIX):
+            branch = ref[len(BRANCH_PREFIX) :]
+            if not areas_on_branch(git, branch):  # else "area -> branch" says it
+                labels.setdefault(target, []).append(branch)
+        elif ref.startswith(TAG_PREFIX):
+            labels.setdefault(target, []).append("tag: " + ref[len(TAG_PREFIX) :])
+    return labels

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vml.config import unborn_branches, unborn_key
 from vml.errors import UsageError
 from vml.refs.git import ZERO, GitDag
-from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX  # also imported from here by vml/api.py
-
-UNBORN_SECTION = "vml-unborn"
+from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +30,6 @@ class AreaHead:
         return AREA_PREFIX + self.area
 
 
-def _unborn_key(area: str) -> str:
-    return f"{UNBORN_SECTION}.{area}.branch"
-
 
 def read_head(git: GitDag, area: str) -> AreaHead:
     ref = AREA_PREFIX + area
@@ -44,7 +40,7 @@ def read_head(git: GitDag, area: str) -> AreaHead:
     entry = git.ref_target(ref)
     if entry is None:
         # A branch the area waits for (born meanwhile if a first commit stopped short of the ref).
-        branch = git.config_get(_unborn_key(area))
+        branch = git.config_get(unborn_key(area))
         if branch is not None:
             return AreaHead(area, branch, git.ref_target(BRANCH_PREFIX + branch))
     return AreaHead(area, None, entry)
@@ -55,10 +51,8 @@ def areas_on_branch(git: GitDag, branch: str) -> list[str]:
     for ref in git.ref_names(AREA_PREFIX):
         if git.symbolic_target(ref) == BRANCH_PREFIX + branch:
             found.append(ref[len(AREA_PREFIX) :])
-    prefix, suffix = UNBORN_SECTION + ".", ".branch"
-    for key, value in git.config_items(prefix):
-        area = key[len(prefix) : -len(suffix)]
-        if key.endswith(suffix) and value == branch and area not in found and read_head(git, area).branch == branch:
+    for area, waiting_for in unborn_branches(git).items():
+        if waiting_for == branch and area not in found and read_head(git, area).branch == branch:
             found.append(area)
     return sorted(found)
 
@@ -77,18 +71,18 @@ def attach(git: GitDag, area: str, branch: str, message: str) -> None:
     new = git.ref_target(BRANCH_PREFIX + branch)
     if new is None:
         _drop_ref_keep_log(git, area)
-        git.config_set(_unborn_key(area), branch)
+        git.config_set(unborn_key(area), branch)
         return
     git.ensure_reflog(AREA_PREFIX + area)
     git.set_symbolic(AREA_PREFIX + area, BRANCH_PREFIX + branch)
-    git.config_delete(_unborn_key(area))
+    git.config_delete(unborn_key(area))
     git.append_reflog(AREA_PREFIX + area, old, new, message)
 
 
 def detach(git: GitDag, area: str, entry: str, message: str) -> None:
     git.ensure_reflog(AREA_PREFIX + area)
     git.set_direct(AREA_PREFIX + area, entry, message)
-    git.config_delete(_unborn_key(area))
+    git.config_delete(unborn_key(area))
 
 
 def advance(git: GitDag, head: AreaHead, new_entry: str, message: str) -> None:
@@ -98,7 +92,7 @@ def advance(git: GitDag, head: AreaHead, new_entry: str, message: str) -> None:
         if head.entry is None:  # the branch is born: the area's ref can point at it now
             git.ensure_reflog(head.ref)
             git.set_symbolic(head.ref, BRANCH_PREFIX + head.branch)
-            git.config_delete(_unborn_key(head.area))
+            git.config_delete(unborn_key(head.area))
         git.append_reflog(head.ref, head.entry, new_entry, message)
     else:
         git.update_ref(head.ref, new_entry, head.entry, message)
@@ -121,6 +115,6 @@ def remove_head(git: GitDag, area: str, message: str) -> None:
     ref = AREA_PREFIX + area
     entry = read_head(git, area).entry
     _drop_ref_keep_log(git, area)
-    git.config_delete(_unborn_key(area))
+    git.config_delete(unborn_key(area))
     if entry:
         git.append_reflog(ref, entry, ZERO, message)

@@ -4,6 +4,7 @@ tag never moves unless forced; a ref that does not exist yet is new."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from vml.refs.git import GitDag
@@ -27,3 +28,14 @@ def classify(git: GitDag, old: str | None, new: str, *, tag: bool = False, force
     if not tag and (descends(old) if descends is not None else git.has_object(old) and git.is_ancestor(old, new)):
         return FAST_FORWARD
     return FORCED if force else REJECTED
+
+
+@dataclass(frozen=True, slots=True)
+class RefChange:
+    """How one ref moved (or was refused), as a command reports it."""
+
+    ref: str  # short name: main, v1
+    old: str | None
+    new: str
+    status: str  # up to date, new, fast-forward, forced, rejected
+    reason: str = ""
