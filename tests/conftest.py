@@ -157,8 +157,8 @@ def repo(vml: Vml, guest: Path) -> Vml:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    """A real sshd on 127.0.0.1 (see tests/sshd.py); its client settings in `sshd.env`."""
-    from sshd import start_sshd
+    """A real sshd on 127.0.0.1 (see tests/support/sshd.py); its client settings in `sshd.env`."""
+    from support.sshd import start_sshd
 
     process, server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
@@ -169,7 +169,7 @@ def sshd(tmp_path_factory):
 @pytest.fixture
 def sshd_factory(tmp_path_factory):
     """Starts sshds with extra sshd_config lines (a guest that lacks a tool, say); stops them after the test."""
-    from sshd import start_sshd
+    from support.sshd import start_sshd
 
     processes = []
 

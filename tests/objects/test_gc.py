@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from repofiles import pack_files, store_dir, tree_digest
+from support.repofiles import pack_files, store_dir, tree_digest
 from vml.objects.store import ChunkStore
 
 

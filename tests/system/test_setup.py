@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Run for vml by others: libvirt's QEMU driver executes QEMU and its I/O helper (memory
 # images); an ssh area's guest shell runs these (the test guests are this machine).
 RUN_ON_VMLS_BEHALF = ["qemu-system-x86_64", "qemu-img", "/usr/lib/libvirt/libvirt_iohelper", "sh", "find", "tar", "xargs",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from treecompare import compare, compare_snapshots, snapshot
+from support.treecompare import compare, compare_snapshots, snapshot
 
 MiB = 1024 * 1024
 SPARSE_SIZE = 64 * MiB

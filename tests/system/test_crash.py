@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from processes import kill_at, start, vml_env
-from repofiles import pack_files, tree_digest
+from support.processes import kill_at, start, vml_env
+from support.repofiles import pack_files, tree_digest
 from vml.objects.pack import read_table
 
 BIG_FILES = 3

@@ -34,7 +34,7 @@ def test_unchanged_recommit_reads_nothing_and_changes_are_found(repo, guest: Pat
 
 
 def test_cached_file_whose_data_gc_removed_is_read_again(repo, guest: Path, tmp_path: Path):
-    from repofiles import tree_digest
+    from support.repofiles import tree_digest
 
     repo("commit", "-m", "base")
     data = os.urandom(3 * 1024 * 1024)

@@ -26,7 +26,7 @@ from conftest import Vml, one_line_error
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUEST_DIR = Path(os.environ.get("VML_GUEST_DIR", "/var/cache/vml-guest"))
 
 

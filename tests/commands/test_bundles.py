@@ -11,7 +11,7 @@ import blake3
 import pytest
 
 from conftest import Vml, one_line_error
-from repofiles import tree_digest
+from support.repofiles import tree_digest
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from treecompare import compare, snapshot
+from support.treecompare import compare, snapshot
 from vml import api
 from vml.repo import Repository
 

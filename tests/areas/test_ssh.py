@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Vml, one_line_error
-from test_fidelity import _modify_area, build_everything
-from treecompare import compare
+from support.treecompare import compare
+from system.test_fidelity import _modify_area, build_everything
 
 
 @pytest.fixture

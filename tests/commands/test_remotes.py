@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Vml, one_line_error
-from repofiles import tree_digest
+from support.repofiles import tree_digest
 
 
 def write_random(path: Path, size: int, seed: int) -> None:

@@ -1,4 +1,4 @@
-"""Faults: kill -9 of push, gc and export at random moments (commit's is in test_crash.py),
+"""Faults: kill -9 of push, gc and export at random moments (commit's is in system/test_crash.py),
 a full disk under commit and checkout, and gc running beside a commit and beside a push.
 
 After every fault the repository must be one `vml fsck` and plain `git fsck` find clean,
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Vml, git_fsck_clean, one_line_error
-from processes import kill_at, start, vml_env
-from repofiles import tree_digest
+from support.processes import kill_at, start, vml_env
+from support.repofiles import tree_digest
 
 MiB = 1024 * 1024
 ATTEMPTS = 5

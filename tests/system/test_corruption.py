@@ -13,7 +13,7 @@ import pytest
 
 from vml import api
 from conftest import one_line_error
-from repofiles import pack_files, store_dir, tree_digest
+from support.repofiles import pack_files, store_dir, tree_digest
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_DATA, read_table
 from vml.objects.walk import listing_loader, walk_nodes

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from conftest import Vml, one_line_error
-from repofiles import tree_digest
+from support.repofiles import tree_digest
 
 HEX40 = re.compile(r"[0-9a-f]{40}")
 REFLOG_LINE = re.compile(r"^([0-9a-f]{12}) (\S+)@\{(\d+)\}: (.*)$")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from repofiles import pack_files, store_dir, tree_digest
+from support.repofiles import pack_files, store_dir, tree_digest
 from conftest import one_line_error
 
 KiB = 1024
@@ -580,7 +580,7 @@ def test_vml_fsck_reports_what_git_fsck_finds(repo, guest: Path, tmp_path: Path)
 def test_a_temporary_object_file_a_killed_commit_left_is_no_damage(repo, guest: Path, tmp_path: Path):
     """kill -9 during libgit2's write of a git object leaves objects/XX/tmp_object_git2_*:
     git fsck mentions it and exits 0; vml fsck agrees (a warning, exit 0) and gc removes it.
-    (vml fsck once called this damage: the random kills of test_crash.py found it.)"""
+    (vml fsck once called this damage: the random kills of system/test_crash.py found it.)"""
     base_entry(repo, guest)
     leftover = tmp_path / ".vml" / "objects" / "ab" / "tmp_object_git2_a1B2c3"
     leftover.parent.mkdir(exist_ok=True)

@@ -23,7 +23,7 @@ import pytest
 import zstandard
 
 from conftest import Run, git_fsck_clean
-from treecompare import snapshot
+from support.treecompare import snapshot
 from vml.objects.manifest import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, Totals, encode_listing,
                                   encode_root)
 from vml.objects.pack import TYPE_DATA, TYPE_TREE, PackWriter

@@ -1,0 +1,1 @@
+"""The commands, one file per command family, driven through the command line."""

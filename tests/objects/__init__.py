@@ -1,0 +1,1 @@
+"""vml/objects: chunk boundaries, packs, the chunk store, index files, manifests, gc of the store."""

@@ -1,0 +1,1 @@
+"""vml/refs: naming entries (ids, refs, ancestry, reflog positions)."""
