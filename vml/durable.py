@@ -25,11 +25,7 @@ def is_temp_name(name: str) -> bool:
 
 def fsync_dir(path: str) -> None:
     """Make the names in a directory durable: a rename is only on disk once its directory is."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path, os.O_DIRECTORY)
 
 
 class PendingFile:
@@ -106,8 +102,9 @@ def create_exclusive(path: str, data: bytes, *, mode: int = 0o644) -> bool:
     return True
 
 
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def fsync_file(path: str, flags: int = 0) -> None:
+    """Put a file already written (by someone else: a restore, libvirt) on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
