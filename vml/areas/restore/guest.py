@@ -13,8 +13,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Callable
 
-from vml.areas.guestcapture import XATTR_PREFIX
-from vml.areas.restore import RestoreProgress
+from vml.areas.capture.guest import XATTR_PREFIX
+from vml.areas.restore.local import RestoreProgress
 from vml.areas.rules import Rules
 from vml.errors import CorruptObject
 from vml.objects.diff import DELETED, diff_roots

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, ContextManager, IO, Iterator
 
-from vml.areas.capture import BlobWriter, CaptureProgress, CaptureResult
+from vml.areas.capture.local import BlobWriter, CaptureProgress, CaptureResult
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, pack_key
 from vml.objects.chunker import MIN_SIZE, cut_stream
