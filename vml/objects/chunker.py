@@ -43,10 +43,15 @@ def cut_buffer(data: bytes | memoryview) -> Iterator[memoryview]:
         yield chunk.data
 
 
+def one_chunk(size: int, extents: Extents | None = None) -> bool:
+    """Whether a file is at most one chunk, read at once: a small file without holes."""
+    return extents is None and size < MIN_SIZE
+
+
 def chunk_file(read_at: ReadAt, size: int, extents: Extents | None) -> Iterator[memoryview]:
     """The chunks of a file of `size` bytes (as its metadata says) whose data regions are
     `extents` (None: no holes). Each view is valid only until the next is yielded."""
-    if extents is None and size < MIN_SIZE:
+    if one_chunk(size, extents):
         # One read of the size the metadata gave: a file that changed since is the
         # reader's to notice (its metadata after the read).
         if size:
