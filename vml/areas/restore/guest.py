@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import IO, Callable
 
 from vml.areas.restore.local import RestoreProgress
-from vml.areas.rules import Rules
+from vml.areas.rules import Rules, may_delete
 from vml.areas.tarformat import member_of_node, names_another
 from vml.errors import CorruptObject
 from vml.objects.diff import DELETED, diff_roots
@@ -46,7 +46,7 @@ def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root:
         path = b"" if change.path == b"." else change.path
         for part in path.split(b"/") if path else ():
             check_name(part)
-        if change.status == DELETED and entry_rules is not None and not entry_rules.admits(path, change.old.kind == KIND_DIR):
+        if change.status == DELETED and not may_delete(path, change.old.kind == KIND_DIR, entry_rules):
             continue  # outside what the entry was saved from: not the entry's to delete
         if change.status == DELETED or (change.old is not None and change.new is not None and change.old.kind != change.new.kind):
             if not any(path.startswith(gone + b"/") for gone in plan.deletions[-1:]):

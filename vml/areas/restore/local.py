@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, flag_letters, write_flags
-from vml.areas.rules import Rules, Scope
+from vml.areas.rules import Rules, Scope, may_delete
 from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -224,10 +224,7 @@ class Restore:
         if self.rules is None and self.entry_rules is None:
             return True
         child_rel = rel + b"/" + name if rel else name
-        is_dir = self._is_dir(parent.fd, name)
-        if self.rules is not None and self.rules.scope(child_rel, is_dir, parent.scope) is Scope.OUT:
-            return False
-        return self.entry_rules is None or self.entry_rules.admits(child_rel, is_dir)
+        return may_delete(child_rel, self._is_dir(parent.fd, name), self.entry_rules, self.rules, parent.scope)
 
     def _drain(self) -> None:
         while len(self._queue) > MAX_DIRS_PENDING or (self._queue and self._in_flight > MAX_FILES_IN_FLIGHT):
