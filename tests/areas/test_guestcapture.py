@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vml.areas.guestcapture import parse_listing, parse_time
+from vml.areas.capture import parse_listing, parse_time
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK
 
 
@@ -44,7 +44,7 @@ def test_a_path_that_changes_type_during_the_read_is_left_out(tmp_path):
     import io
     import tarfile
 
-    from vml.areas.guestcapture import GuestCapture
+    from vml.areas.capture import GuestCapture
     from vml.areas.rules import Rules
     from vml.areas.statcache import StatCache
     from vml.objects.store import ChunkStore

@@ -487,7 +487,7 @@ def test_vm_delete_finishes_a_cut_short_delete_and_an_old_overlay_is_never_lost(
 
 
 def test_waiting_for_a_guest_ends_in_one_line(tmp_path: Path):
-    from vml.areas.base import AreaConfig
+    from vml.areas.protocol import AreaConfig
     from vml.areas.libvirt import Sizing, free_port
     from vml.areas.rules import Rules
     from vml.areas.ssh import SshArea, SshTarget

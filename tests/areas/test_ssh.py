@@ -243,7 +243,7 @@ def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml
     """The link to the guest dies while files stream in (injected: the client closes after
     the first file): a one-line error, no entry, a clean fsck, and the retry saves it all."""
     from vml import api
-    from vml.areas import guestcapture
+    from vml.areas.capture import guest as guestcapture
     from vml.errors import AreaError
     from vml.repo import Repository
 

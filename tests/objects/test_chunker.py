@@ -10,9 +10,10 @@ import random
 import pytest
 
 from vml.errors import CorruptObject, MissingObject
-from vml.objects.chunker import MAX_SIZE, MIN_SIZE, cut_buffer, cut_stream
+from vml.objects.chunker import MAX_SIZE, MIN_SIZE, chunk_file, cut_buffer, cut_stream
+from vml.objects.compress import FLAG_ZSTD, compress
 from vml.objects.hashing import object_id
-from vml.objects.pack import TYPE_DATA, TYPE_TREE, pack_path
+from vml.objects.pack import TYPE_DATA, TYPE_TREE, DamagedBlob, open_blob, pack_path
 from vml.objects.store import BLOB_TYPE, LENGTH, OFFSET, PACK_NO, ChunkStore
 
 MiB = 1024 * 1024
@@ -93,6 +94,41 @@ def test_insertion_changes_only_nearby_chunks(data: bytes):
         suffix += 1
     assert prefix + suffix >= len(before) - 2
     assert sum(GOLDEN_LENGTHS[:prefix]) <= middle  # the first changed chunk contains the edit
+
+
+def _read_at(data: bytes, most: int = 100_003):
+    """Positioned reads of `data`; more than `most` bytes take several."""
+
+    def read_at(buffer: memoryview, offset: int) -> int:
+        piece = data[offset : offset + min(len(buffer), most)]
+        buffer[: len(piece)] = piece
+        return len(piece)
+
+    return read_at
+
+
+def test_chunk_file_small_file_is_one_chunk_large_file_is_cut(data: bytes):
+    small = data[: MIN_SIZE - 1]
+    assert [bytes(c) for c in chunk_file(_read_at(small, MIN_SIZE), len(small), None)] == [small]
+    assert list(chunk_file(_read_at(b""), 0, None)) == []
+    assert [len(c) for c in chunk_file(_read_at(data), len(data), None)] == GOLDEN_LENGTHS
+    # a small file that shrank before its one read: what is there (its reader sees the change)
+    assert [bytes(c) for c in chunk_file(_read_at(b"abc"), 10, None)] == [b"abc"]
+
+
+def test_chunk_file_reads_only_the_data_extents_of_a_sparse_file(data: bytes):
+    """A file with holes is cut over its data extents back to back, however small it is."""
+    extents = ((MiB, 5 * MiB), (8 * MiB, 3 * MiB), (15 * MiB, MiB))
+    sparse = bytearray(16 * MiB)
+    for offset, length in extents:
+        sparse[offset : offset + length] = data[offset : offset + length]
+    chunks = [bytes(c) for c in chunk_file(_read_at(bytes(sparse)), len(sparse), extents)]
+    assert chunks == [bytes(c) for c in cut_buffer(b"".join(data[o : o + n] for o, n in extents))]
+    assert [bytes(c) for c in chunk_file(_read_at(b"x" * 10), 10, ((0, 1), (5, 1)))] == [b"xx"]
+    # shrunk while read: the extents past its end give nothing
+    assert [bytes(c) for c in chunk_file(_read_at(bytes(sparse[: 9 * MiB])), len(sparse), extents)] == [
+        bytes(c) for c in cut_buffer(data[MiB : 6 * MiB] + data[8 * MiB : 9 * MiB])
+    ]
 
 
 # -- packs and the store
@@ -194,3 +230,14 @@ def test_damaged_index_falls_back_to_pack_tables(tmp_path):
     assert reopened.problems  # the damage is reported
     assert reopened.get(blob_id) == b"indexed" * 1000  # and the data still found via the pack's table
     reopened.close()
+
+
+def test_open_blob_returns_only_the_blob_its_id_names():
+    blob = b"stored text " * 1000
+    flag, payload = compress(blob)
+    assert flag == FLAG_ZSTD and open_blob(object_id(blob), flag, payload, len(blob)) == blob
+    with pytest.raises(DamagedBlob):
+        open_blob(object_id(b"another blob"), flag, payload, len(blob))
+    with pytest.raises(CorruptObject) as lying:  # a frame that holds more than its record says
+        open_blob(object_id(blob), flag, payload, len(blob) - 1)
+    assert not isinstance(lying.value, DamagedBlob)

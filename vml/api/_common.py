@@ -6,9 +6,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
-from vml.areas.base import AreaConfig, Notice, WorkingArea
 from vml.areas.capture import CaptureResult
 from vml.areas.kinds import open_area
+from vml.areas.protocol import AreaConfig, Notice, WorkingArea
 from vml.areas.rules import Rules, load_rules
 from vml.areas.statcache import StatCache
 from vml.entry import EntryInfo, read_entry

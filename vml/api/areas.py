@@ -8,9 +8,10 @@ import os
 from dataclasses import dataclass
 
 from vml.api._common import area_rules
-from vml.areas.base import AreaConfig, check_area_name
 from vml.areas.kinds import is_vm, open_area, open_domain, provisioning, ssh_target
+from vml.areas.protocol import AreaConfig
 from vml.areas.rules import Rules, default_rules, save_rules
+from vml.config import check_area_name
 from vml.entry import base_entry
 from vml.errors import UsageError, VmlError
 from vml.refs.bases import parse_base

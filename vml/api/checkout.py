@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
 from vml.api.bases import check_base
 from vml.api.vm import make_vm
-from vml.areas.base import Notice
 from vml.areas.kinds import as_vm, is_vm
+from vml.areas.protocol import Notice
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache

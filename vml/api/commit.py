@@ -10,8 +10,8 @@ from typing import Any
 import vml
 from vml.api._common import Progress, opened_area, temp_dir
 from vml.api.bases import area_base
-from vml.areas.base import Notice
 from vml.areas.kinds import as_vm, is_vm
+from vml.areas.protocol import Notice
 from vml.areas.statcache import StatCache
 from vml.entry import ENTRY_FILE, EntryInfo, entry_root
 from vml.environment import VARIABLES, dotfiles

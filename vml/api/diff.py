@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vml.api._common import first_line, opened_area, parse_paths, resolve_entry, scan_area
-from vml.areas.base import Notice, WorkingArea
 from vml.areas.fsmeta import flag_letters
 from vml.areas.kinds import as_vm, definitions_differ, is_vm
+from vml.areas.protocol import Notice, WorkingArea
 from vml.entry import DOMAIN_FILE, entry_files, entry_root
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import diff_environment

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from vml.api._common import entry_info, opened_area, resolve_entry
 from vml.api.bases import check_base
-from vml.areas.base import Notice, VmArea
 from vml.areas.kinds import as_vm, is_vm, open_domain, provisioning, undefined_vm_info
+from vml.areas.protocol import Notice, VmArea
 from vml.config import AreaConfig
 from vml.entry import DOMAIN_FILE
 from vml.errors import UsageError

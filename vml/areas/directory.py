@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from vml.areas.base import AreaConfig
+from vml.areas.protocol import AreaConfig
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_tree
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.rules import Rules

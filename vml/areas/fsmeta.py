@@ -75,6 +75,31 @@ def write_flags(fd: int, flags: int) -> None:
         fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<q", wanted))
 
 
+def clear_flags(dir_fd: int, name: bytes) -> None:
+    """Clear the inode flags of a regular file or directory (never a device or FIFO: opening
+    one could act on it)."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        write_flags(fd, 0)
+    except OSError:
+        pass  # a filesystem without flags: the removal's own error will say what is wrong
+    finally:
+        os.close(fd)
+
+
+def clear_flags_below(dir_fd: int, name: bytes) -> None:
+    """Clear the flags of `name`, and of everything below it if it is a directory."""
+    clear_flags(dir_fd, name)
+    if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+        return
+    for _path, dirnames, filenames, fd in os.fwalk(name, dir_fd=dir_fd):
+        for child in dirnames + filenames:
+            clear_flags(fd, os.fsencode(child))
+
+
 def flag_letters(flags: int) -> str:
     """lsattr's letters of the kept flags, in lsattr's order of this table ('' for none)."""
     return "".join(letter for letter, bit in FLAG_LETTERS.items() if flags & bit)

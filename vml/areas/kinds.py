@@ -7,7 +7,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
-from vml.areas.base import AreaConfig, Domain, VmArea, WorkingArea
+from vml.areas.protocol import AreaConfig, Domain, VmArea, WorkingArea
 from vml.areas.directory import DirectoryArea
 from vml.areas.rules import Rules
 from vml.errors import AreaError, UsageError

@@ -161,6 +161,17 @@ def _simple_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], frozens
     return frozenset(anchored), frozenset(directories), tuple(suffixes)
 
 
+def may_delete(rel: bytes, is_dir: bool, entry_rules: Rules | None, area_rules: Rules | None = None,
+               parent_scope: Scope = Scope.IN) -> bool:
+    """THE deletion rule of a checkout: a path the entry lacks is deleted only where both the
+    area's rules (asked below a directory of `parent_scope`) and the rules the entry was saved
+    under cover it; what either leaves out is not the entry's to delete. (A guest's restore
+    passes no area rules: the tree it compares with was captured under them.)"""
+    if area_rules is not None and area_rules.scope(rel, is_dir, parent_scope) is Scope.OUT:
+        return False
+    return entry_rules is None or entry_rules.admits(rel, is_dir)
+
+
 def default_rules(kind: str) -> Rules:
     """A plain directory keeps everything; a guest keeps what a user changes, not the system."""
     if kind == "dir":

@@ -18,10 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from vml.areas.capture import CaptureProgress, CaptureResult
-from vml.areas.guestcapture import FIND_FORMAT, GuestCapture
-from vml.areas.guestrestore import plan_restore, write_tar
-from vml.areas.restore import RestoreProgress
+from vml.areas.capture import FIND_FORMAT, CaptureProgress, CaptureResult, GuestCapture
+from vml.areas.restore import RestoreProgress, plan_restore, write_tar
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.environment import HISTORY, PROFILE_SCRIPT, VARIABLES, decode_variables, encode_variables, parse_env_output, profile_script

@@ -32,10 +32,9 @@ from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
 from vml.exchange.push import manifests_of
-from vml.objects import compress as compression
-from vml.objects.hashing import StreamingId, object_id
+from vml.objects.hashing import StreamingId
 from vml.objects.ids import ObjectId
-from vml.objects.pack import TYPE_TREE, PackEntry, parse_table
+from vml.objects.pack import TYPE_TREE, PackEntry, open_blob, parse_table
 from vml.objects.store import ChunkStore
 from vml.objects.manifest import decode_listing
 from vml.objects.walk import missing_blobs, privileged_nodes
@@ -235,11 +234,9 @@ def _blobs(bundle_file, contents: _Contents) -> Iterator[tuple[PackEntry, bytes,
         for e in entries:
             payload = data[e.offset : e.offset + e.length]
             try:
-                raw = compression.decompress(e.flag, payload, e.raw_length)
+                raw = open_blob(e.id, e.flag, payload, e.raw_length)
             except CorruptObject:
-                raw = b""
-            if len(raw) != e.raw_length or object_id(raw) != e.id:
-                raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)")
+                raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)") from None
             yield e, payload, raw
 
 

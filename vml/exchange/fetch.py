@@ -11,10 +11,8 @@ from vml.entry import ENTRY_FILE, EntryInfo, read_entry
 from vml.errors import CorruptObject
 from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteBlob, RemoteRepository
-from vml.objects import compress as compression
-from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
-from vml.objects.pack import TYPE_TREE
+from vml.objects.pack import TYPE_TREE, open_blob
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.git import GitDag
@@ -148,12 +146,9 @@ def _tree_objects(remote: RemoteRepository, tree_id: str) -> list[GitObject]:
 def verified(blob_id: bytes, where: RemoteBlob, payload: bytes) -> bytes:
     """The raw bytes of a received blob; CorruptObject unless they hash to its id."""
     try:
-        data = compression.decompress(where.flag, payload, where.raw_length)
+        return open_blob(blob_id, where.flag, payload, where.raw_length)
     except CorruptObject:
-        data = b""
-    if len(data) != where.raw_length or object_id(data) != blob_id:
-        raise CorruptObject(f"object {blob_id.hex()[:16]} arrived damaged (hash mismatch); nothing was recorded")
-    return data
+        raise CorruptObject(f"object {blob_id.hex()[:16]} arrived damaged (hash mismatch); nothing was recorded") from None
 
 
 def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[ObjectId],

@@ -12,7 +12,8 @@ from typing import Callable
 
 from vml.durable import PendingFile
 from vml.errors import CorruptObject
-from vml.objects.hashing import StreamingId, checksum64
+from vml.objects.compress import decompress
+from vml.objects.hashing import StreamingId, checksum64, object_id
 from vml.objects.ids import ObjectId
 
 MAGIC = b"VMLPACK\x01"
@@ -118,3 +119,18 @@ def parse_table(name: str, size: int, read_at: Callable[[int, int], bytes]) -> l
             raise CorruptObject(f"pack {name} lists a blob outside its data")
         entries.append(PackEntry(ObjectId(raw_id), blob_type, flag, offset, length, raw_length))
     return entries
+
+
+class DamagedBlob(CorruptObject):
+    """A blob whose bytes decompress but are not the ones its id names."""
+
+
+def open_blob(blob_id: bytes, flag: int, payload: bytes, raw_length: int) -> bytes:
+    """THE read rule of a stored blob, wherever it lies (a pack here, a remote, a bundle):
+    its raw bytes, decompressed to no more than `raw_length` and checked against `blob_id`;
+    never bad bytes. Raises CorruptObject (compress's reason) if the payload does not
+    decompress, DamagedBlob if what it holds is not the blob."""
+    data = decompress(flag, payload, raw_length)
+    if len(data) != raw_length or object_id(data) != blob_id:
+        raise DamagedBlob(f"object {blob_id.hex()[:16]} is damaged (hash mismatch)")
+    return data

@@ -18,7 +18,7 @@ from vml.objects import compress as compression
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
 from vml.objects.index import IndexFile, list_index_files, read_index, write_index
-from vml.objects.pack import TARGET_SIZE, TYPE_DATA, PackEntry, PackWriter, pack_path, read_table
+from vml.objects.pack import TARGET_SIZE, TYPE_DATA, DamagedBlob, PackEntry, PackWriter, open_blob, pack_path, read_table
 
 # A location is a plain tuple (pack number, offset, length, raw length, type, flag): the store
 # keeps one per blob, and tuples are the cheapest Python object for that.
@@ -223,12 +223,12 @@ class ChunkStore:
         return payload
 
     def decode_payload(self, blob_id: bytes, location: tuple, payload: bytes) -> bytes:
-        data = compression.decompress(location[FLAG], payload, location[RAW_LENGTH])
-        if len(data) != location[RAW_LENGTH] or object_id(data) != blob_id:
+        try:
+            return open_blob(blob_id, location[FLAG], payload, location[RAW_LENGTH])
+        except DamagedBlob:
             raise CorruptObject(
                 f"object {blob_id.hex()[:16]} in pack {self.pack_ids[location[PACK_NO]].short()} is damaged (hash mismatch)"
-            )
-        return data
+            ) from None
 
     def copy_to_packs(self, blob_ids: list[bytes], directory: str) -> Iterator[tuple[ObjectId, str, list[PackEntry]]]:
         """Copy blobs as stored (each verified, none recompressed), in the order given, into

@@ -19,8 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, flag_letters, write_flags
-from vml.areas.rules import Rules, Scope
+from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, clear_flags, clear_flags_below, flag_letters, write_flags
+from vml.areas.rules import Rules, Scope, may_delete
 from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -224,10 +224,7 @@ class Restore:
         if self.rules is None and self.entry_rules is None:
             return True
         child_rel = rel + b"/" + name if rel else name
-        is_dir = self._is_dir(parent.fd, name)
-        if self.rules is not None and self.rules.scope(child_rel, is_dir, parent.scope) is Scope.OUT:
-            return False
-        return self.entry_rules is None or self.entry_rules.admits(child_rel, is_dir)
+        return may_delete(child_rel, self._is_dir(parent.fd, name), self.entry_rules, self.rules, parent.scope)
 
     def _drain(self) -> None:
         while len(self._queue) > MAX_DIRS_PENDING or (self._queue and self._in_flight > MAX_FILES_IN_FLIGHT):
@@ -443,7 +440,7 @@ class Restore:
         """A file whose metadata changes (`node`, whose flags come at the end) or which is
         replaced (None): flags that forbid it are cleared first."""
         if current.kind == KIND_FILE and current.flags & PROTECTING_FLAGS:
-            _clear_flags(dir_fd, current.name)
+            clear_flags(dir_fd, current.name)
         if node is not None and node.flags != current.flags:
             self._flagged.append((rel, node))
 
@@ -486,7 +483,7 @@ class Restore:
         try:
             self._remove_now(dir_fd, name)
         except PermissionError:
-            _clear_flags_below(dir_fd, name)  # an immutable or append-only file or directory in the way
+            clear_flags_below(dir_fd, name)  # an immutable or append-only file or directory in the way
             self._remove_now(dir_fd, name)
         self.counts.removed += 1
 
@@ -506,28 +503,3 @@ def _check_inodes(fd: int, target: bytes, paths: int) -> None:
     fs = os.fstatvfs(fd)
     if fs.f_files and fs.f_favail < paths:  # (f_files 0: a filesystem that makes inodes as needed)
         raise VmlError(f"{os.fsdecode(target)} has room for {fs.f_favail:,} more files; the entry holds {paths:,} paths")
-
-
-def _clear_flags(dir_fd: int, name: bytes) -> None:
-    """Clear the inode flags of a regular file or directory (never a device or FIFO: opening
-    one could act on it)."""
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        return
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        write_flags(fd, 0)
-    except OSError:
-        pass  # a filesystem without flags: the removal's own error will say what is wrong
-    finally:
-        os.close(fd)
-
-
-def _clear_flags_below(dir_fd: int, name: bytes) -> None:
-    """Clear the flags of `name`, and of everything below it if it is a directory."""
-    _clear_flags(dir_fd, name)
-    if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-        return
-    for _path, dirnames, filenames, fd in os.fwalk(name, dir_fd=dir_fd):
-        for child in dirnames + filenames:
-            _clear_flags(fd, os.fsencode(child))

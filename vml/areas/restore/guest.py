@@ -13,24 +13,15 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Callable
 
-from vml.areas.guestcapture import XATTR_PREFIX
-from vml.areas.restore import RestoreProgress
-from vml.areas.rules import Rules
+from vml.areas.restore.local import RestoreProgress
+from vml.areas.rules import Rules, may_delete
+from vml.areas.tarformat import member_of_node, names_another
 from vml.errors import CorruptObject
 from vml.objects.diff import DELETED, diff_roots
-from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Listing, Node, check_name
+from vml.objects.manifest import KIND_DIR, KIND_FILE, Listing, Node, check_name
 from vml.objects.store import ChunkStore
 from vml.objects.walk import node_at, root_node
 from vml.pathnames import quote_path
-
-_TAR_TYPES = {
-    KIND_FILE: tarfile.REGTYPE,
-    KIND_DIR: tarfile.DIRTYPE,
-    KIND_SYMLINK: tarfile.SYMTYPE,
-    KIND_CHAR: tarfile.CHRTYPE,
-    KIND_BLOCK: tarfile.BLKTYPE,
-    KIND_FIFO: tarfile.FIFOTYPE,
-}
 
 
 @dataclass(slots=True)
@@ -55,7 +46,7 @@ def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root:
         path = b"" if change.path == b"." else change.path
         for part in path.split(b"/") if path else ():
             check_name(part)
-        if change.status == DELETED and entry_rules is not None and not entry_rules.admits(path, change.old.kind == KIND_DIR):
+        if change.status == DELETED and not may_delete(path, change.old.kind == KIND_DIR, entry_rules):
             continue  # outside what the entry was saved from: not the entry's to delete
         if change.status == DELETED or (change.old is not None and change.new is not None and change.old.kind != change.new.kind):
             if not any(path.startswith(gone + b"/") for gone in plan.deletions[-1:]):
@@ -72,7 +63,7 @@ def plan_restore(load: Callable[..., Listing], target_root: bytes, current_root:
     for path in sorted(chosen, key=lambda p: p.split(b"/") if p else []):
         node = chosen[path]
         plan.members.append((path, node))
-        if node.kind == KIND_FILE and not _names_another(path, node):
+        if node.kind == KIND_FILE and not names_another(path, node):
             plan.data_bytes += node.size
     return plan
 
@@ -81,16 +72,8 @@ def write_tar(plan: GuestPlan, store: ChunkStore, sink: IO[bytes], counts: Resto
     """The plan's members as a pax tar stream on `sink` (GNU tar on the guest extracts it)."""
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape") as archive:
         for path, node in plan.members:
-            info = _member_info(path, node)
+            info, prefix = member_of_node(path, node)
             if info.type == tarfile.REGTYPE:
-                prefix = b""
-                if node.extents is not None:
-                    prefix = _sparse_map(node)
-                    info.size = len(prefix) + sum(length for _offset, length in node.extents)
-                    info.pax_headers.update({
-                        "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
-                        "GNU.sparse.name": info.name, "GNU.sparse.realsize": str(node.size),
-                    })
                 archive.addfile(info, _NodeReader(store, node, path, prefix))
                 counts.files_written += 1
                 counts.bytes_written += node.size
@@ -101,38 +84,6 @@ def write_tar(plan: GuestPlan, store: ChunkStore, sink: IO[bytes], counts: Resto
                 else:
                     counts.metadata_only += 1
             counts.nodes += 1
-
-
-def _member_info(path: bytes, node: Node) -> tarfile.TarInfo:
-    info = tarfile.TarInfo("./" + path.decode("utf-8", "surrogateescape") if path else ".")
-    info.type = _TAR_TYPES[node.kind]
-    info.mode = node.mode
-    info.uid, info.gid = node.uid, node.gid
-    info.uname, info.gname = node.user or "", node.group or ""
-    info.mtime = node.mtime_ns // 1_000_000_000
-    headers = {"mtime": _exact_time(node.mtime_ns)}
-    for name, value in node.xattrs:
-        headers[XATTR_PREFIX + name.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-    info.pax_headers = headers
-    if _names_another(path, node):  # another name of an inode the stream (or the guest) holds already
-        info.type = tarfile.LNKTYPE
-        info.linkname = "./" + node.hardlink.decode("utf-8", "surrogateescape")
-    elif node.kind == KIND_FILE:
-        info.size = node.size
-    elif node.kind == KIND_SYMLINK:
-        info.linkname = node.target.decode("utf-8", "surrogateescape")
-    elif node.kind in (KIND_CHAR, KIND_BLOCK):
-        info.devmajor, info.devminor = node.rdev
-    return info
-
-
-def _names_another(path: bytes, node: Node) -> bool:
-    return node.hardlink is not None and node.hardlink != path
-
-
-def _exact_time(ns: int) -> str:
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    return f"{seconds}.{fraction:09d}"
 
 
 class _NodeReader:
@@ -157,14 +108,3 @@ class _NodeReader:
             out += take
             self._buffer = self._buffer[len(take):]
         return bytes(out)
-
-
-def _sparse_map(node: Node) -> bytes:
-    """GNU tar's sparse format 1.0: the map in decimal lines, padded to a 512-byte block."""
-    extents = list(node.extents)
-    end = extents[-1][0] + extents[-1][1] if extents else 0
-    if end < node.size or not extents:
-        extents.append((node.size, 0))  # the size of a file that ends in a hole
-    lines = [str(len(extents))] + [str(number) for extent in extents for number in extent]
-    text = ("\n".join(lines) + "\n").encode()
-    return text + bytes(-len(text) % tarfile.BLOCKSIZE)

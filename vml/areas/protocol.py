@@ -11,7 +11,6 @@ from vml.areas.restore import RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.config import AreaConfig as AreaConfig  # re-exported: the areas' own names for them
-from vml.config import check_area_name as check_area_name
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
 

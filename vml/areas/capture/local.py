@@ -17,31 +17,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-
+from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
 from vml.areas.rules import Rules, Scope
-from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, stat_key
+from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, stat_key
 from vml.errors import UnsafePath, VmlError
-from vml.objects import compress as compression
-from vml.objects.chunker import MIN_SIZE, cut_stream
-from vml.objects.hashing import object_id
+from vml.objects.chunker import chunk_file, one_chunk
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
-    KIND_BLOCK,
-    KIND_CHAR,
-    KIND_DIR,
-    KIND_FILE,
-    KIND_SYMLINK,
-    Node,
-    Totals,
-    decode_node,
-    encode_listing,
-    encode_listing_of_encoded,
-    encode_node,
-    encode_root,
-    check_depth,
+    KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, Totals, check_depth, decode_node, encode_listing, encode_node, encode_root,
 )
-from vml.objects.pack import TYPE_DATA, TYPE_TREE
 from vml.objects.store import ChunkStore
 
 MAX_FILES_IN_FLIGHT = 1024
@@ -51,53 +36,6 @@ MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on
 # time handing the GIL and futures back and forth than reading.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
-
-
-
-@dataclass(slots=True)
-class CaptureProgress:
-    files: int = 0
-    bytes: int = 0
-    files_read: int = 0
-    bytes_read: int = 0
-
-
-@dataclass(slots=True)
-class CaptureResult:
-    root_id: ObjectId
-    totals: Totals
-    cache: StatCache
-    skipped: list[tuple[bytes, str]]
-    changed_while_reading: list[bytes]
-    progress: CaptureProgress
-    listings: dict[bytes, bytes]  # listings kept in memory by a dry capture (id -> bytes)
-
-
-class BlobWriter:
-    """Puts chunks and listings into the store; in a dry run only hashes them, keeping the
-    new listings in memory (a status or diff walks them)."""
-
-    def __init__(self, store: ChunkStore, dry_run: bool):
-        self.store = store
-        self.dry_run = dry_run
-        self.listings: dict[bytes, bytes] = {}
-
-    def chunk(self, data: bytes | memoryview) -> bytes:
-        chunk_id = object_id(data)
-        if not self.dry_run and chunk_id not in self.store:
-            flag, payload = compression.compress(data)
-            self.store.add(chunk_id, TYPE_DATA, flag, payload, len(data))
-        return chunk_id
-
-    def listing(self, data: bytes) -> ObjectId:
-        listing_id = object_id(data)
-        if self.dry_run:
-            if listing_id not in self.store:
-                self.listings[listing_id] = data
-        elif listing_id not in self.store:
-            flag, payload = compression.compress(data)
-            self.store.add(listing_id, TYPE_TREE, flag, payload, len(data))
-        return listing_id
 
 
 @dataclass(slots=True)
@@ -154,12 +92,11 @@ class Capture:
         self.rules = None if rules is None or rules.everything else rules
         self.store = store
         self.old_cache = old_cache
-        self.blobs = BlobWriter(store, dry_run)
-        self.new_cache = StatCache()
+        self.tree = Assembly(store, old_cache, dry_run)
+        self.counts = self.tree.counts
         self.owners = OwnerNames(root)
         self.skipped: list[tuple[bytes, str]] = []
         self.changed_while_reading: list[bytes] = []
-        self.counts = CaptureProgress()
         self._progress = progress or (lambda counts: None)
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-read")
         self._queue: deque[_PendingDir] = deque()
@@ -198,18 +135,13 @@ class Capture:
             top = self._scan_dir(self.root, b"", self.rules.root_scope() if self.rules else Scope.IN)
             while self._queue:
                 self._finish(self._queue.popleft())
-            root_node = self._metadata_node(b"", root_st, self.root)
-            root_node.tree = top.listing_id
-            totals = Totals(top.totals.nodes, top.totals.files, top.totals.bytes)
+            top_node = self._metadata_node(b"", root_st, self.root)
             links = [group.paths for group in self._hardlinks.values() if len(group.paths) > 1]
-            root_id = self.blobs.listing(encode_root(root_node, totals, links))
+            return self.tree.result(top_node, top.listing_id, top.totals, links, self.skipped, self.changed_while_reading)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
                 gc.enable()
-        return CaptureResult(
-            root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.blobs.listings
-        )
 
     def _scan_dir(self, path: bytes, rel: bytes, scope: Scope) -> _PendingDir:
         try:
@@ -266,12 +198,12 @@ class Capture:
                 child.hardlink = group.paths[0]
                 child.content = first.content
                 if child.content is None:
-                    child.node = self._copy_node(first.node, child)
+                    child.node = other_name(first.node, child.name, child.hardlink)
                 return
             self._hardlinks[key] = _LinkGroup(child, [rel])
             if cache_hit:  # complete now: the other names copy it
                 node = decode_node(hit[1])
-                if self._chunks_present(node):
+                if self.tree.has_data(node):
                     child.node = node
                     return
         elif cache_hit:
@@ -287,7 +219,7 @@ class Capture:
         self._in_flight += 1
         self._bytes_in_flight += st.st_size
         child.reads = True
-        if st.st_size >= MIN_SIZE:
+        if not one_chunk(st.st_size):  # read on its own: small files go in batches
             child.content = (self._pool.submit(self._read_files, [(path, st)]), 0)
             return
         self._batch_children.append(child)
@@ -303,16 +235,6 @@ class Capture:
         for place, child in enumerate(self._batch_children):
             child.content = (future, place)
         self._batch, self._batch_children, self._batch_bytes = [], [], 0
-
-    def _chunks_present(self, node: Node) -> bool:
-        return all(chunk in self.store for chunk in node.chunk_ids())
-
-    @staticmethod
-    def _copy_node(node: Node, child: _Child) -> Node:
-        copy = decode_node(encode_node(node))
-        copy.name = child.name
-        copy.hardlink = child.hardlink
-        return copy
 
     def _drain(self) -> None:
         while self._queue and (
@@ -332,16 +254,12 @@ class Capture:
         try:
             flags = read_flags(fd)
             extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
-            ids = []
-            if extents is None and st.st_size < MIN_SIZE:
-                # One read of the size lstat saw: a file that grew since is caught by the fstat below.
-                data = os.read(fd, st.st_size) if st.st_size else b""
-                if data:
-                    ids.append(self.blobs.chunk(data))
-            else:
-                for chunk in cut_stream(_ExtentReader(fd, extents).readinto):
-                    ids.append(self.blobs.chunk(chunk))
-            after = os.fstat(fd)
+
+            def read_at(buffer: memoryview, offset: int) -> int:
+                return os.preadv(fd, [buffer], offset)
+
+            ids = [self.tree.sink.chunk(chunk) for chunk in chunk_file(read_at, st.st_size, extents)]
+            after = os.fstat(fd)  # a file that changed while it was read is not trusted
         finally:
             os.close(fd)
         stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -351,65 +269,33 @@ class Capture:
 
     def _finish(self, pending: _PendingDir) -> None:
         self._submit_batch()  # its files may be the ones this directory waits for
-        if not self._finish_unchanged(pending):
-            self._finish_changed(pending)
+        built = self._reuse(pending)
+        if built is None:
+            built = self.tree.listing(pending.rel, [self._listed(child, pending) for child in pending.children])
+        pending.listing_id, pending.totals = built
         pending.children = []  # release the stat results and nodes
         self._progress(self.counts)
 
-    def _fingerprint(self, pending: _PendingDir) -> bytes:
-        return dir_fingerprint([
+    def _reuse(self, pending: _PendingDir) -> tuple[bytes, Totals] | None:
+        """The cached listing of a directory in which nothing changed, decoding no node (the
+        common case of a re-commit or a status); None if anything may have changed."""
+        if pending.cached is None or not pending.reusable:
+            return None
+        if any(child.cached is None and child.subdir is None for child in pending.children):
+            return None  # something is being read, or is not a plain cache hit
+        fingerprinted = [
             (child.name, child.key, child.subdir.listing_id if child.subdir is not None else None, child.hardlink)
             for child in pending.children
-        ])
+        ]
+        size = sum(child.st.st_size for child in pending.children if stat.S_ISREG(child.st.st_mode))
+        return self.tree.reuse(pending.rel, fingerprinted, size)
 
-    def _finish_unchanged(self, pending: _PendingDir) -> bool:
-        """Reuse the cached listing of a directory in which nothing changed, decoding no node
-        (the common case of a re-commit or a status). False if anything may have changed."""
-        cached = pending.cached
-        if cached is None or cached.fingerprint is None or not pending.reusable:
-            return False
-        if any(child.cached is None and child.subdir is None for child in pending.children):
-            return False  # something is being read, or is not a plain cache hit
-        fingerprint = self._fingerprint(pending)
-        if fingerprint != cached.fingerprint or cached.listing_id not in self.store:
-            return False
-        pending.listing_id = cached.listing_id
-        pending.totals = Totals(*cached.totals)
-        self.new_cache.dirs[pending.rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
-        for child in pending.children:
-            self.counts.files += 1
-            if stat.S_ISREG(child.st.st_mode):
-                self.counts.bytes += child.st.st_size
-        return True
-
-    def _finish_changed(self, pending: _PendingDir) -> None:
-        encoded_nodes = []
-        totals = Totals()
-        cache_children = {}
-        for child in pending.children:
-            node = self._complete_node(child, pending)
-            encoded = child.cached or encode_node(node)  # a cache hit's bytes are its node's encoding
-            encoded_nodes.append(encoded)
-            totals.add_node(node)
-            if child.subdir is not None:
-                totals.add(child.subdir.totals)
-            if child.cacheable:
-                cache_children[child.name] = (child.key, encoded)
-            self.counts.files += 1
-            self.counts.bytes += node.size
-        fingerprint = self._fingerprint(pending)
-        cached = pending.cached
-        if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
-            pending.listing_id = cached.listing_id
-        else:
-            pending.listing_id = self.blobs.listing(encode_listing_of_encoded(encoded_nodes, totals))
-        pending.totals = totals
-        self.new_cache.dirs[pending.rel] = CachedDir(
-            fingerprint if pending.reusable else None,
-            pending.listing_id,
-            (totals.nodes, totals.files, totals.bytes),
-            cache_children,
-        )
+    def _listed(self, child: _Child, pending: _PendingDir) -> Child:
+        node = self._complete_node(child, pending)
+        encoded = child.cached or encode_node(node)  # a cache hit's bytes are its node's encoding
+        subdir = child.subdir
+        return Child(child.name, child.key, encoded, node, child.hardlink, node.size, child.cacheable,
+                     subdir.listing_id if subdir is not None else None, subdir.totals if subdir is not None else None)
 
     def _complete_node(self, child: _Child, pending: _PendingDir) -> Node:
         if child.subdir is not None:
@@ -418,7 +304,7 @@ class Capture:
             return node
         if child.cached is not None:
             node = decode_node(child.cached)
-            if self._chunks_present(node):
+            if self.tree.has_data(node):
                 return node
             child.cached = None  # its data has gone from the store (gc): read it again, now
             self._plan_read(child, os.path.join(self.root, pending.rel, child.name))
@@ -469,32 +355,6 @@ class Capture:
         return node
 
 
-class _ExtentReader:
-    """Reads the data extents of a file back to back (the whole file if it has no holes)."""
-
-    def __init__(self, fd: int, extents: tuple[tuple[int, int], ...] | None):
-        self._fd = fd
-        self._extents = deque(extents) if extents is not None else None
-        self._remaining = 0
-        self._offset = 0
-
-    def readinto(self, buffer: memoryview) -> int:
-        if self._extents is None:
-            return os.readv(self._fd, [buffer])
-        while self._remaining == 0:
-            if not self._extents:
-                return 0
-            self._offset, self._remaining = self._extents.popleft()
-        want = min(len(buffer), self._remaining)
-        got = os.preadv(self._fd, [buffer[:want]], self._offset)
-        if got == 0:
-            self._remaining = 0  # the file shrank while we read it; fstat will tell
-            return self.readinto(buffer)
-        self._offset += got
-        self._remaining -= got
-        return got
-
-
 def capture_tree(root: bytes, store: ChunkStore, old_cache: StatCache, **options) -> CaptureResult:
     return Capture(root, store, old_cache, **options).run()
 
@@ -513,7 +373,7 @@ def capture_files(files: list[tuple[bytes, bytes]], store: ChunkStore) -> tuple[
             nodes.append(node)
     finally:
         capture.close()
-    listing_id = capture.blobs.listing(encode_listing(nodes, totals))
+    listing_id = capture.tree.sink.listing(encode_listing(nodes, totals))
     newest = max((node.mtime_ns for node in nodes), default=0)
     top = Node(name=b"", kind=KIND_DIR, mode=0o755, uid=0, gid=0, user=None, group=None, mtime_ns=newest, tree=listing_id)
-    return capture.blobs.listing(encode_root(top, totals, [])), totals
+    return capture.tree.sink.listing(encode_root(top, totals, [])), totals

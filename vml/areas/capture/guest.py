@@ -16,24 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, ContextManager, IO, Iterator
 
-from vml.areas.capture import BlobWriter, CaptureProgress, CaptureResult
+from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.rules import Rules, Scope
-from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, dir_fingerprint, pack_key
-from vml.objects.chunker import MIN_SIZE, cut_stream
-from vml.objects.ids import ObjectId
+from vml.areas.statcache import RACY_WINDOW_NS, StatCache, pack_key
+from vml.areas.tarformat import KIND_OF_TAR_TYPE, member_extents, member_rel, node_of_member, parse_time
+from vml.objects.chunker import chunk_file
 from vml.objects.manifest import (
-    KIND_BLOCK,
-    KIND_CHAR,
-    KIND_DIR,
-    KIND_FIFO,
-    KIND_FILE,
-    KIND_SYMLINK,
-    Node,
-    Totals,
-    decode_node,
-    encode_listing_of_encoded,
-    encode_node,
-    encode_root,
+    KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Node, Totals, decode_node, encode_node,
 )
 from vml.objects.store import ChunkStore
 
@@ -49,31 +38,10 @@ _TYPES = {
     b"b": (KIND_BLOCK, stat.S_IFBLK),
     b"p": (KIND_FIFO, stat.S_IFIFO),
 }
-_TAR_KINDS = {
-    tarfile.REGTYPE: KIND_FILE,
-    tarfile.AREGTYPE: KIND_FILE,
-    tarfile.CONTTYPE: KIND_FILE,
-    tarfile.GNUTYPE_SPARSE: KIND_FILE,
-    tarfile.DIRTYPE: KIND_DIR,
-    tarfile.SYMTYPE: KIND_SYMLINK,
-    tarfile.CHRTYPE: KIND_CHAR,
-    tarfile.BLKTYPE: KIND_BLOCK,
-    tarfile.FIFOTYPE: KIND_FIFO,
-}
-XATTR_PREFIX = "SCHILY.xattr."
 
 # Opens a tar stream of the given paths (relative, in the order given); the context's value
 # is (stream, problems), where problems() lists (path, message) the guest's tar reported.
 OpenTar = Callable[[list[bytes]], ContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
-
-
-def parse_time(text: bytes) -> int:
-    """Nanoseconds from find's or tar's 'seconds.fraction', exactly (a float would round);
-    digits past the nanosecond are dropped, as the kernel has none."""
-    negative = text.startswith(b"-")
-    seconds, _, fraction = text.lstrip(b"-").partition(b".")
-    nanoseconds = int(seconds or b"0") * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
-    return -nanoseconds if negative else nanoseconds
 
 
 @dataclass(slots=True)
@@ -159,12 +127,11 @@ class GuestCapture:
         self.store = store
         self.old_cache = old_cache
         self.rules = rules
-        self.blobs = BlobWriter(store, dry_run)
+        self.tree = Assembly(store, old_cache, dry_run)
+        self.counts = self.tree.counts
         self.racy_after = guest_now_ns - RACY_WINDOW_NS
-        self.counts = CaptureProgress()
         self._progress = progress or (lambda counts: None)
         self.changed_while_reading: list[bytes] = []
-        self.new_cache = StatCache()
         self._fetched: dict[bytes, Node] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vml-hash")
         self._in_flight: deque[Future] = deque()
@@ -182,13 +149,12 @@ class GuestCapture:
             while True:
                 self._fetch(wanted)
                 self._finish_hashing()
-                root_id, totals, missing = self._build(dirs, hardlinks)
+                result, missing = self._build(dirs, hardlinks)
                 if not missing:
-                    break
+                    return result
                 wanted = missing  # cached nodes whose data left the store (gc): read them now
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        return CaptureResult(root_id, totals, self.new_cache, self.skipped, self.changed_while_reading, self.counts, self.blobs.listings)
 
     # -- the tree the rules admit, in a local capture's order
 
@@ -288,11 +254,11 @@ class GuestCapture:
         with self.open_tar(wanted) as (stream, problems):
             with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as archive:
                 for member in archive:
-                    rel = _member_rel(member.name)
+                    rel = member_rel(member.name)
                     if rel not in pending:
                         continue  # a link tar added, or a name it altered
                     pending.discard(rel)
-                    if _TAR_KINDS.get(member.type) != self.paths[rel].kind:
+                    if KIND_OF_TAR_TYPE.get(member.type) != self.paths[rel].kind:
                         # Replaced by another type (or linked) between the listing and the read:
                         # left out of this entry, like a file deleted meanwhile.
                         self.changed_while_reading.append(rel)
@@ -314,29 +280,9 @@ class GuestCapture:
             self.paths.pop(rel, None)  # deleted since the listing, or skipped: not part of this entry
 
     def _member_node(self, archive: tarfile.TarFile, member: tarfile.TarInfo, rel: bytes) -> Node:
-        path = self.paths[rel]
-        kind = path.kind  # the member's own type: _fetch checked they agree
-        headers = member.pax_headers
-        node = Node(
-            name=rel.rpartition(b"/")[2],
-            kind=kind,
-            mode=member.mode & 0o7777,
-            uid=member.uid,
-            gid=member.gid,
-            user=path.user,
-            group=path.group,
-            mtime_ns=parse_time(headers["mtime"].encode()) if "mtime" in headers else int(member.mtime) * 1_000_000_000,
-            size=member.size if kind == KIND_FILE else 0,
-            xattrs=tuple(sorted(
-                (key[len(XATTR_PREFIX):].encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
-                for key, value in headers.items() if key.startswith(XATTR_PREFIX)
-            )),
-        )
-        if kind == KIND_SYMLINK:
-            node.target = member.linkname.encode("utf-8", "surrogateescape")
-        elif kind in (KIND_CHAR, KIND_BLOCK):
-            node.rdev = (member.devmajor, member.devminor)
-        elif kind == KIND_FILE:
+        path = self.paths[rel]  # of the member's own kind: _fetch checked they agree
+        node = node_of_member(member, rel.rpartition(b"/")[2], path.user, path.group)
+        if node.kind == KIND_FILE:
             self._read_content(archive, member, node)
         if (node.kind, node.mode, node.uid, node.gid, node.mtime_ns, node.size) != (
             path.kind, path.mode, path.uid, path.gid, path.mtime_ns, path.size
@@ -346,23 +292,16 @@ class GuestCapture:
         return node
 
     def _read_content(self, archive: tarfile.TarFile, member: tarfile.TarInfo, node: Node) -> None:
-        source = archive.extractfile(member)
-        extents = None
-        if member.sparse is not None:
-            extents = tuple((offset, length) for offset, length in member.sparse if length)
-            if extents == ((0, member.size),):
-                extents = None
-        ids = []
-        if extents is None and member.size < MIN_SIZE:
-            data = source.read()
-            if data:
-                ids.append(self._hash_later(data))
-        else:
-            reader = _DataReader(source, extents) if extents is not None else source
-            for chunk in cut_stream(reader.readinto):
-                ids.append(self._hash_later(bytes(chunk)))  # the view is reused for the next chunk
+        source = archive.extractfile(member).raw  # unbuffered: its seek skips a hole without reading it
+
+        def read_at(buffer: memoryview, offset: int) -> int:
+            source.seek(offset)
+            return source.readinto(buffer)
+
+        node.extents = member_extents(member)
+        # The view is reused for the next chunk: each is copied for its worker.
+        ids = [self._hash_later(bytes(chunk)) for chunk in chunk_file(read_at, member.size, node.extents)]
         self._unfinished.append((node, ids))  # node.chunks once the workers are done: see _finish_hashing
-        node.extents = extents
         self.counts.files_read += 1
         self.counts.bytes_read += member.size
 
@@ -371,7 +310,7 @@ class GuestCapture:
         (zstd took a third of the reading thread's time); memory stays bounded."""
         while len(self._in_flight) >= MAX_CHUNKS_IN_FLIGHT:
             self._in_flight.popleft().result()
-        future = self._pool.submit(self.blobs.chunk, data)
+        future = self._pool.submit(self.tree.sink.chunk, data)
         self._in_flight.append(future)
         return future
 
@@ -383,35 +322,32 @@ class GuestCapture:
 
     # -- listings, bottom up
 
-    def _build(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, list[bytes]]) -> tuple[ObjectId, Totals, list[bytes]]:
+    def _build(self, dirs: dict[bytes, _Dir], hardlinks: dict[bytes, list[bytes]]) -> tuple[CaptureResult, list[bytes]]:
+        """The tree, bottom up, and the files whose cached nodes' data left the store."""
         built: dict[bytes, tuple[bytes, Totals]] = {}
         missing: list[bytes] = []
         self._present.clear()
         for rel in reversed([b"", *(r for r in self._preorder(dirs) if r in dirs)]):
-            built[rel] = self._build_dir(dirs[rel], built, hardlinks, missing)
+            reused = self._reuse(dirs[rel], built, hardlinks)
+            built[rel] = reused if reused is not None else self.tree.listing(rel, self._listed(dirs[rel], built, hardlinks, missing))
         listing_id, totals = built[b""]
-        root = self._fetched.get(b"")
-        if root is None:
+        top = self._fetched.get(b"")
+        if top is None:
             raise FileNotFoundError("the guest's top directory could not be read")
-        root.name, root.tree = b"", listing_id
         groups = {group[0]: [member for member in group if member in self._present] for group in hardlinks.values()}
         links = [members for members in groups.values() if len(members) > 1]
-        root_id = self.blobs.listing(encode_root(root, Totals(totals.nodes, totals.files, totals.bytes), links))
-        return ObjectId(root_id), totals, missing
+        return self.tree.result(top, listing_id, totals, links, self.skipped, self.changed_while_reading), missing
 
-    def _build_unchanged(self, directory: _Dir, built, hardlinks) -> tuple[bytes, Totals] | None:
+    def _reuse(self, directory: _Dir, built, hardlinks) -> tuple[bytes, Totals] | None:
         """The cached listing of a directory in which the cache vouches for every child,
         decoding no node (the common case of a re-commit or a status); None otherwise."""
         rel = directory.rel
         cached = self.old_cache.dirs.get(rel)
-        if cached is None or cached.fingerprint is None or cached.listing_id not in self.store:
+        if cached is None or cached.fingerprint is None:
             return None
-        items = []
-        size = 0
-        child_rels = []
+        fingerprinted, child_rels, size = [], [], 0
         for name in directory.names:
             child_rel = rel + b"/" + name if rel else name
-            child_rels.append(child_rel)
             path = self.paths.get(child_rel)
             if path is None or child_rel in self._fetched or path.racy_after >= self.racy_after:
                 return None
@@ -419,27 +355,19 @@ class GuestCapture:
             if hit is None or hit[0] != path.key:
                 return None
             subdir = built.get(child_rel) if path.kind == KIND_DIR else None
-            items.append((name, path.key, subdir[0] if subdir else None, _named_first(child_rel, hardlinks)))
+            fingerprinted.append((name, path.key, subdir[0] if subdir else None, _named_first(child_rel, hardlinks)))
+            child_rels.append(child_rel)
             size += path.size
-        fingerprint = dir_fingerprint(items)
-        if fingerprint != cached.fingerprint:
-            return None
-        self._present.update(child_rels)
-        self.new_cache.dirs[rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
-        self.counts.files += len(items)
-        self.counts.bytes += size
-        return cached.listing_id, Totals(*cached.totals)
+        reused = self.tree.reuse(rel, fingerprinted, size)
+        if reused is not None:
+            self._present.update(child_rels)
+        return reused
 
-    def _build_dir(self, directory: _Dir, built, hardlinks, missing: list[bytes]) -> tuple[bytes, Totals]:
-        unchanged = self._build_unchanged(directory, built, hardlinks)
-        if unchanged is not None:
-            return unchanged
-        rel = directory.rel
-        items, encoded_nodes, cache_children = [], [], {}
-        totals = Totals()
-        reusable = True
+    def _listed(self, directory: _Dir, built, hardlinks, missing: list[bytes]) -> list[Child]:
+        """The children of a directory as its listing will hold them."""
+        children = []
         for name in directory.names:
-            child_rel = rel + b"/" + name if rel else name
+            child_rel = directory.rel + b"/" + name if directory.rel else name
             path = self.paths.get(child_rel)
             if path is None:
                 continue  # vanished or unreadable: reported by the fetch
@@ -449,24 +377,10 @@ class GuestCapture:
                 continue
             self._present.add(child_rel)
             cacheable = child_rel not in self._uncacheable and path.racy_after < self.racy_after
-            reusable = reusable and cacheable
-            items.append((name, path.key, subdir[0] if subdir else None, _named_first(child_rel, hardlinks)))
-            encoded_nodes.append(encoded)
-            totals.add_node(node if node is not None else decode_node(encoded))
-            if subdir is not None:
-                totals.add(subdir[1])
-            if cacheable:
-                cache_children[name] = (path.key, encoded)
-            self.counts.files += 1
-            self.counts.bytes += path.size
-        fingerprint = dir_fingerprint(items)
-        cached = self.old_cache.dirs.get(rel)
-        if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
-            listing_id = cached.listing_id
-        else:
-            listing_id = self.blobs.listing(encode_listing_of_encoded(encoded_nodes, totals))
-        self.new_cache.dirs[rel] = CachedDir(fingerprint if reusable else None, listing_id, (totals.nodes, totals.files, totals.bytes), cache_children)
-        return listing_id, totals
+            listing_id, totals = subdir if subdir is not None else (None, None)
+            children.append(Child(name, path.key, encoded, node, _named_first(child_rel, hardlinks), path.size, cacheable,
+                                  listing_id, totals))
+        return children
 
     def _child_node(self, rel: bytes, path: GuestPath, subdir, hardlinks, missing) -> tuple[bytes | None, Node | None]:
         first = _named_first(rel, hardlinks)
@@ -477,8 +391,7 @@ class GuestCapture:
                 if cached is None:
                     return None, None  # the group's first member vanished
                 source = decode_node(cached)
-            node = decode_node(encode_node(source))
-            node.name, node.hardlink = rel.rpartition(b"/")[2], first
+            node = other_name(source, rel.rpartition(b"/")[2], first)
             return encode_node(node), node
         node = self._fetched.get(rel)
         if node is None:
@@ -491,7 +404,7 @@ class GuestCapture:
                 return encode_node(node), node
             if path.kind == KIND_FILE:
                 node = decode_node(cached)
-                if not all(chunk in self.store for chunk in node.chunk_ids()):
+                if not self.tree.has_data(node):
                     missing.append(rel)
                 return cached, node
             return cached, None
@@ -504,37 +417,3 @@ def _named_first(rel: bytes, hardlinks: dict[bytes, list[bytes]]) -> bytes | Non
     """The path a node names as its hardlink group's first member: None for the first itself."""
     group = hardlinks.get(rel)
     return group[0] if group is not None and group[0] != rel else None
-
-
-def _member_rel(name: str) -> bytes:
-    raw = name.encode("utf-8", "surrogateescape").rstrip(b"/")
-    if raw in (b".", b""):
-        return b""
-    return raw[2:] if raw.startswith(b"./") else raw
-
-
-class _DataReader:
-    """The data extents of a sparse tar member back to back, skipping its holes."""
-
-    def __init__(self, source: IO[bytes], extents: tuple[tuple[int, int], ...]):
-        self._source = source
-        self._extents = list(extents)
-        self._position = 0
-        self._remaining = 0
-
-    def readinto(self, buffer: memoryview) -> int:
-        while self._remaining == 0:
-            if not self._extents:
-                return 0
-            offset, self._remaining = self._extents.pop(0)
-            while self._position < offset:  # holes read as zeros from tarfile, without transfer
-                skipped = len(self._source.read(min(offset - self._position, 1 << 20)))
-                if not skipped:
-                    return 0
-                self._position += skipped
-        got = self._source.readinto(buffer[: min(len(buffer), self._remaining)])
-        if not got:
-            return 0
-        self._position += got
-        self._remaining -= got
-        return got
