@@ -277,7 +277,7 @@ def table(results: dict) -> str:
     lines = [header]
     for op in OPERATIONS:
         cells = []
-        for name, figures in results.items():
+        for _name, figures in results.items():
             value = figures[op]
             if value is None:
                 cells.append(f"{'n/a':>22}")

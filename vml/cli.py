@@ -480,7 +480,8 @@ def fsck(ctx, as_json: bool) -> None:
 
 
 @main_group.command()
-@click.option("--expire", metavar="WHEN", help="Forget reflog lines of entries no ref reaches from before WHEN: now, never, 2.weeks, '3 days', 2026-11-01 (default: 30 days).")
+@click.option("--expire", metavar="WHEN", help="Forget reflog lines of entries no ref reaches from before WHEN: now, never, 2.weeks, "
+                                          "'3 days', 2026-11-01 (default: 30 days).")
 @json_option
 @click.pass_context
 def gc(ctx, expire: str | None, as_json: bool) -> None:
@@ -553,7 +554,8 @@ def remote_list(ctx: click.Context, as_json: bool) -> None:
 @main_group.command()
 @click.argument("remote_name", metavar="[REMOTE]", default="origin", required=False)
 @click.argument("names", metavar="[BRANCH|TAG]...", nargs=-1)
-@click.option("-f", "--force", is_flag=True, help="Move remote refs even when it is not a fast-forward (entries only the old ref reached are then dropped there by its next gc).")
+@click.option("-f", "--force", is_flag=True, help="Move remote refs even when it is not a fast-forward (entries only the old ref "
+                                                     "reached are then dropped there by its next gc).")
 @click.option("--tags", is_flag=True, help="Push every tag as well.")
 @click.option("--differential", is_flag=True,
               help="Do not send the base images the entries sit on: the remote must have them (checked by digest).")
@@ -641,7 +643,8 @@ def clone(url: str, directory: str | None, accept_new_host_key: bool, as_json: b
 @click.option("-o", "--output", required=True, metavar="FILE", help="The bundle file to write.")
 @click.option("--full", "kind", flag_value="full", default=True, help="The entry and all its history: needs nothing (default).")
 @click.option("--incremental", "kind", flag_value="incremental", help="Only what is new since the entry's parent, which the receiver must have.")
-@click.option("--differential", "kind", flag_value="differential", help="The entry and its history, without the data of its base image: the receiver must have that base (checked by digest).")
+@click.option("--differential", "kind", flag_value="differential", help="The entry and its history, without the data of its base image: the "
+                                                                               "receiver must have that base (checked by digest).")
 @click.option("--since", metavar="REF", help="Only what is new since entry REF, which the receiver must have.")
 @area_option
 @json_option

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
 

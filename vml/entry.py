@@ -100,7 +100,7 @@ class EntryInfo:
         return tomli_w.dumps(document).encode()
 
     @classmethod
-    def from_toml(cls, data: bytes) -> "EntryInfo":
+    def from_toml(cls, data: bytes) -> EntryInfo:
         try:
             document = tomllib.loads(data.decode())
             if document.get("format") != FORMAT:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vml.objects.manifest import KIND_DIR, KIND_FILE, Listing
 from vml.objects.store import ChunkStore

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from vml.config import AreaConfig, area_names, delete_area, read_area, set_area_setting, write_area, write_repository_settings
 from vml.durable import write_atomically
@@ -32,7 +32,7 @@ class Repository:
     # -- finding and making repositories
 
     @classmethod
-    def init(cls, path: str, *, bare: bool = False) -> "Repository":
+    def init(cls, path: str, *, bare: bool = False) -> Repository:
         target = os.path.abspath(path if bare else os.path.join(path, DEFAULT_DIR))
         if os.path.exists(os.path.join(target, "vml", "format")):
             raise UsageError(f"{target} is already a vml repository")
@@ -49,7 +49,7 @@ class Repository:
         return repo
 
     @classmethod
-    def discover(cls, explicit: str | None = None, start: str | None = None) -> "Repository":
+    def discover(cls, explicit: str | None = None, start: str | None = None) -> Repository:
         """`--repo`, then $VML_REPO, then `.vml` upward from the current directory, like git."""
         candidate = explicit or os.environ.get("VML_REPO")
         if candidate:

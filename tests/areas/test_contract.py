@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import USAGE, Run, Vml, one_line_error
 from support.treecompare import compare_snapshots, snapshot
 from system.test_fidelity import _modify_area, build_everything

@@ -17,12 +17,11 @@ import uuid
 from pathlib import Path
 from unittest import mock
 
-import pytest
-
 import libvirt  # noqa: E402  (installed by ./scripts/setup: a missing one fails, never skips)
+import pytest
+from conftest import git_fsck_clean  # noqa: E402
 
 from vml import cli  # noqa: E402
-from conftest import git_fsck_clean  # noqa: E402
 
 TEST_URI = "test:///default"
 
@@ -487,8 +486,8 @@ def test_vm_delete_finishes_a_cut_short_delete_and_an_old_overlay_is_never_lost(
 
 
 def test_waiting_for_a_guest_ends_in_one_line(tmp_path: Path):
-    from vml.areas.protocol import AreaConfig
     from vml.areas.libvirt import Sizing, free_port
+    from vml.areas.protocol import AreaConfig
     from vml.areas.rules import Rules
     from vml.areas.ssh import SshArea, SshTarget
     from vml.errors import AreaError, CorruptObject

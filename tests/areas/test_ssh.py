@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Vml, one_line_error
 from support.treecompare import compare
 from system.test_fidelity import _modify_area, build_everything

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import blake3
 import pytest
-
 from conftest import Vml, one_line_error
 from support.repofiles import tree_digest
 

@@ -6,11 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import USAGE, Vml, one_line_error
-
-
-
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -15,11 +15,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import USAGE, Vml, one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Vml
-from conftest import USAGE, one_line_error
 from vml import api
 from vml.repo import Repository
 
@@ -238,7 +237,7 @@ def apply_ops(root: str, ops) -> set[str]:
         files_, dirs, links_ = _walk(root)
         new_name = f"new{n}"
 
-        def pick(candidates):
+        def pick(candidates, k=k, op=op):
             if isinstance(k, str):  # an explicit path, relative to root ("" for root itself)
                 chosen = os.path.join(root, k) if k else root
                 assert chosen in candidates, (op, k)

@@ -7,9 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from conftest import Vml
-from conftest import USAGE
+from conftest import USAGE, Vml
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from support.repofiles import pack_files, store_dir, tree_digest
 from conftest import one_line_error
+from support.repofiles import pack_files, store_dir, tree_digest
 
 KiB = 1024
 MiB = 1024 * 1024

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Vml, one_line_error
 from support.repofiles import tree_digest
 

@@ -295,6 +295,7 @@ def test_generated_change_sets_with_a_warm_stat_cache(tmp_path: Path):
     import random
 
     from conftest import Vml
+
     from commands.test_diff import OPS, apply_keeping_dir_mtimes, build, check_json_diff, fs_snapshot
     from vml import api
     from vml.repo import Repository

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 from support.repofiles import pack_files, store_dir, tree_digest
+
 from vml.objects.store import ChunkStore
-
-
 
 
 def store_size(tmp_path: Path) -> int:

@@ -10,11 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import Vml, one_line_error
-
-
-
 
 
 def git(root: Path, *args: str, data: bytes | None = None) -> str:

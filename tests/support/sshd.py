@@ -93,7 +93,7 @@ def start_sshd(base: Path, extra_config: str = "") -> tuple[subprocess.Popen, Ss
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"sshd did not start: {(server_dir / 'sshd.log').read_text()}")
+                raise RuntimeError(f"sshd did not start: {(server_dir / 'sshd.log').read_text()}") from None
             time.sleep(0.05)
     return process, SshServer(port, home, host_key_line)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
-
-from vml import api
 from conftest import one_line_error
 from support.repofiles import pack_files, store_dir, tree_digest
+
+from vml import api
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_DATA, read_table
 from vml.objects.walk import listing_loader, walk_nodes

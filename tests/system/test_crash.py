@@ -14,6 +14,7 @@ from pathlib import Path
 
 from support.processes import kill_at, start, vml_env
 from support.repofiles import pack_files, tree_digest
+
 from vml.objects.pack import read_table
 
 BIG_FILES = 3

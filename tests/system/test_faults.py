@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Vml, git_fsck_clean, one_line_error
 from support.processes import kill_at, start, vml_env
 from support.repofiles import tree_digest

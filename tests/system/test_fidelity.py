@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.treecompare import compare, compare_snapshots, snapshot
 
 MiB = 1024 * 1024

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from support.treecompare import snapshot
+
 from vml import api
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, Totals, encode_listing, encode_root
 from vml.objects.pack import TYPE_DATA, TYPE_TREE

@@ -12,8 +12,8 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.treecompare import compare, snapshot
+
 from vml import api
 from vml.repo import Repository
 

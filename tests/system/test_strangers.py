@@ -21,14 +21,13 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-
 from conftest import Run, git_fsck_clean
 from support.treecompare import snapshot
-from vml.objects.manifest import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, Totals, encode_listing,
-                                  encode_root)
+
+from vml import api
+from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, Totals, encode_listing, encode_root
 from vml.objects.pack import TYPE_DATA, TYPE_TREE, PackWriter
 from vml.repo import Repository
-from vml import api
 
 PAYLOAD = b"PWNED by a stranger's entry\n"
 MEMORY_LIMIT = 3 << 30  # bytes of address space for each vml process

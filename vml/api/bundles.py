@@ -113,7 +113,8 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         store_all()  # objects first: nothing names them until the refs below move
         for base_ref, base_commit in info.bases.items():
             held = repo.git.ref_target(base_ref)
-            if held is not None and held != base_commit and entry_info(repo, held).required_base().digest != entry_info(repo, base_commit).required_base().digest:
+            other_image = held is not None and entry_info(repo, held).required_base().digest != entry_info(repo, base_commit).required_base().digest
+            if held != base_commit and other_image:
                 name = base_ref[len(BASE_PREFIX):].replace("/", ":")
                 raise UsageError(f"the bundle's base {name} is another image than the base {name} here (digests differ); nothing was recorded")
         for base_ref, base_commit in info.bases.items():

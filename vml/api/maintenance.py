@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vml.api._common import entry_info, first_line
 from vml.errors import CorruptObject, UnknownEntry, UsageError

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
-from vml.areas.protocol import AreaConfig
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_tree
+from vml.areas.protocol import AreaConfig
 from vml.areas.restore import Restore, RestoreProgress
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import os
 import pwd
-import grp
 import stat
 import struct
 

@@ -7,8 +7,8 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
-from vml.areas.protocol import AreaConfig, Domain, VmArea, WorkingArea
 from vml.areas.directory import DirectoryArea
+from vml.areas.protocol import AreaConfig, Domain, VmArea, WorkingArea
 from vml.areas.rules import Rules
 from vml.errors import AreaError, UsageError
 

@@ -4,7 +4,8 @@ machines. vml/areas/kinds.py says which an area is."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from vml.areas.capture import CaptureProgress, CaptureResult
 from vml.areas.restore import RestoreProgress

@@ -118,7 +118,7 @@ class Rules:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_text(cls, text: str, source: str) -> "Rules":
+    def from_text(cls, text: str, source: str) -> Rules:
         include, exclude = [], []
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()

@@ -15,8 +15,8 @@ import shlex
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from vml.areas.capture import FIND_FORMAT, CaptureProgress, CaptureResult, GuestCapture
 from vml.areas.restore import RestoreProgress, plan_restore, write_tar
@@ -60,7 +60,7 @@ class SshTarget:
     known_hosts: str | None = None  # the area's own known_hosts file instead of ~/.ssh/known_hosts
 
     @classmethod
-    def parse(cls, spec: str, *, identity: str | None = None, root: str = "/") -> "SshTarget":
+    def parse(cls, spec: str, *, identity: str | None = None, root: str = "/") -> SshTarget:
         """`user@host[:port]`, as `vml area add --ssh` takes it."""
         match = re.fullmatch(r"(?:([^@\s/]+)@)?(\[[0-9a-fA-F:]+\]|[^@:\s/]+)(?::(\d{1,5}))?", spec)
         if not match:

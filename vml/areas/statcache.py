@@ -55,7 +55,7 @@ class StatCache:
     dirs: dict[bytes, CachedDir] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str) -> "StatCache":
+    def load(cls, path: str) -> StatCache:
         """The cache, one directory at a time; a lost, damaged or older cache is an empty one
         (it only costs reading the files again)."""
         dirs = {}

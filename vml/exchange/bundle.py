@@ -24,8 +24,8 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from vml.durable import atomic_file
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
@@ -34,9 +34,9 @@ from vml.exchange.fetch import parse_commit, parse_tree
 from vml.exchange.push import manifests_of
 from vml.objects.hashing import StreamingId
 from vml.objects.ids import ObjectId
+from vml.objects.manifest import decode_listing
 from vml.objects.pack import TYPE_TREE, PackEntry, open_blob, parse_table
 from vml.objects.store import ChunkStore
-from vml.objects.manifest import decode_listing
 from vml.objects.walk import missing_blobs, privileged_nodes
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
@@ -230,7 +230,7 @@ def _blobs(bundle_file, contents: _Contents) -> Iterator[tuple[PackEntry, bytes,
     for start, length in contents.packs:
         bundle_file.seek(start)
         data = bundle_file.read(length)
-        entries = parse_table("in the bundle", length, lambda offset, size: data[offset : offset + size])
+        entries = parse_table("in the bundle", length, lambda offset, size, data=data: data[offset : offset + size])
         for e in entries:
             payload = data[e.offset : e.offset + e.length]
             try:

@@ -4,8 +4,8 @@ git objects, refs. Nothing is written before it has been checked against its id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from vml.entry import ENTRY_FILE, EntryInfo, read_entry
 from vml.errors import CorruptObject

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, read_entry
 from vml.errors import ConcurrentUpdate, UnknownEntry, UsageError

@@ -16,10 +16,10 @@ import zlib
 from dataclasses import dataclass
 
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.objects.index import encode_index, parse_index
 from vml.objects.gc import UPLOAD_GRACE
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
+from vml.objects.index import encode_index, parse_index
 from vml.objects.pack import PackEntry, parse_table
 from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX
 from vml.repo import FORMAT_LINE

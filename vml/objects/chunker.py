@@ -6,7 +6,7 @@ file gives the same chunks wherever it was read."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from pyfastcdc.cy import FastCDC
 

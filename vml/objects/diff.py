@@ -10,8 +10,8 @@ keep.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator
 
 from vml.objects.manifest import KIND_DIR, Listing, Node, check_depth, node_from_item, walk_key
 from vml.objects.walk import PathBudget, hardlink_groups, node_at, root_node

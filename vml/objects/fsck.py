@@ -3,18 +3,18 @@ tree walked to name the files that damaged or missing blobs belong to."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from vml.errors import CorruptObject, UnsafePath
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, MAX_DEPTH, Listing
-
-MAX_REPORTED = 100  # damaged paths named below one directory (a listing named 2^40 times must not list them all)
 from vml.objects.pack import read_table
 from vml.objects.store import ChunkStore
 from vml.objects.walk import node_at
+
+MAX_REPORTED = 100  # damaged paths named below one directory (a listing named 2^40 times must not list them all)
 
 
 @dataclass(slots=True)

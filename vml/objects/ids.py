@@ -12,13 +12,13 @@ class ObjectId(bytes):
 
     __slots__ = ()
 
-    def __new__(cls, raw: bytes) -> "ObjectId":
+    def __new__(cls, raw: bytes) -> ObjectId:
         if len(raw) != ID_SIZE:
             raise ValueError(f"an object id is {ID_SIZE} bytes, not {len(raw)}")
         return super().__new__(cls, raw)
 
     @classmethod
-    def parse(cls, text: str) -> "ObjectId":
+    def parse(cls, text: str) -> ObjectId:
         try:
             raw = bytes.fromhex(text)
         except ValueError:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from vml.durable import write_atomically
 from vml.errors import CorruptObject

@@ -70,7 +70,7 @@ class Node:
         data = self.chunks
         return [data[i : i + ID_SIZE] for i in range(0, len(data), ID_SIZE)]
 
-    def same_metadata(self, other: "Node") -> bool:
+    def same_metadata(self, other: Node) -> bool:
         return (
             self.mode == other.mode
             and self.uid == other.uid
@@ -80,7 +80,7 @@ class Node:
             and self.flags == other.flags
         )
 
-    def same_content(self, other: "Node") -> bool:
+    def same_content(self, other: Node) -> bool:
         return (
             self.kind == other.kind
             and self.size == other.size
@@ -104,7 +104,7 @@ class Totals:
             self.files += 1
             self.bytes += node.size
 
-    def add(self, other: "Totals") -> None:
+    def add(self, other: Totals) -> None:
         self.nodes += other.nodes
         self.files += other.files
         self.bytes += other.bytes

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vml.durable import PendingFile
 from vml.errors import CorruptObject

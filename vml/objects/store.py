@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 from vml.errors import CorruptObject, MissingObject, VmlError
 from vml.objects import compress as compression
@@ -63,7 +63,7 @@ class ChunkStore:
         for sub in ("packs", "index", "tmp"):
             os.makedirs(os.path.join(root, sub), exist_ok=True)
 
-    def open(self) -> "ChunkStore":
+    def open(self) -> ChunkStore:
         for path in list_index_files(self.index_dir):
             try:
                 index = read_index(path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from vml.errors import CorruptObject
 from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Listing, Node, decode_listing, decode_listing_items
@@ -20,7 +20,7 @@ class PathBudget:
         self.left = declared
 
     @classmethod
-    def of(cls, load: Callable[..., Listing], root_id: bytes, *, times: int = 1) -> "PathBudget":
+    def of(cls, load: Callable[..., Listing], root_id: bytes, *, times: int = 1) -> PathBudget:
         return cls(load(root_id, root=True).totals.nodes * times)
 
     def spend(self, paths: int = 1) -> None:

@@ -8,8 +8,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pygit2
 
@@ -46,7 +46,7 @@ class ReflogLine:
     time: int
     raw: str  # the line as stored, for rewriting the log when lines expire
 
-    def with_old(self, old: str) -> "ReflogLine":
+    def with_old(self, old: str) -> ReflogLine:
         """The same line recording another previous value (git's `reflog expire --rewrite`)."""
         return ReflogLine(old, self.new, self.message, self.time, old + self.raw[len(self.old) :])
 
@@ -57,7 +57,7 @@ class GitDag:
         self.path = repo.path.rstrip("/")
 
     @classmethod
-    def init(cls, path: str) -> "GitDag":
+    def init(cls, path: str) -> GitDag:
         repo = pygit2.init_repository(path, bare=True, initial_head="main")
         config = repo.config
         config["gc.auto"] = 0  # vml owns this repository; no background git gc
@@ -65,7 +65,7 @@ class GitDag:
         return cls(repo)
 
     @classmethod
-    def open(cls, path: str) -> "GitDag":
+    def open(cls, path: str) -> GitDag:
         try:
             return cls(pygit2.Repository(path))
         except pygit2.GitError as error:
@@ -391,7 +391,7 @@ class GitDag:
         """Replace a ref's log with `lines` (newest first, as reflog() gives them), atomically."""
         path = self.reflog_path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, (f"{line.raw}\n".encode("utf-8") for line in reversed(lines)))
+        write_atomically(path, (f"{line.raw}\n".encode() for line in reversed(lines)))
 
     def delete_reflog(self, name: str) -> None:
         try:

@@ -8,8 +8,8 @@ the list of what it matched, and HEAD can mean a working area's HEAD.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vml.errors import UnknownEntry, UsageError
 from vml.refs.git import ZERO, GitDag

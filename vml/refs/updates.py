@@ -4,8 +4,8 @@ tag never moves unless forced; a ref that does not exist yet is new."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vml.refs.git import GitDag
 

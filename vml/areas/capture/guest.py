@@ -8,13 +8,15 @@ of the same files gives, node for node, so entries from either kind of area comp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, ContextManager, IO, Iterator
+from typing import IO
 
 from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.rules import Rules, Scope
@@ -22,7 +24,16 @@ from vml.areas.statcache import RACY_WINDOW_NS, StatCache, pack_key
 from vml.areas.tarformat import KIND_OF_TAR_TYPE, member_extents, member_rel, node_of_member, parse_time
 from vml.objects.chunker import chunk_file
 from vml.objects.manifest import (
-    KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Node, Totals, decode_node, encode_node,
+    KIND_BLOCK,
+    KIND_CHAR,
+    KIND_DIR,
+    KIND_FIFO,
+    KIND_FILE,
+    KIND_SYMLINK,
+    Node,
+    Totals,
+    decode_node,
+    encode_node,
 )
 from vml.objects.store import ChunkStore
 
@@ -41,7 +52,7 @@ _TYPES = {
 
 # Opens a tar stream of the given paths (relative, in the order given); the context's value
 # is (stream, problems), where problems() lists (path, message) the guest's tar reported.
-OpenTar = Callable[[list[bytes]], ContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
+OpenTar = Callable[[list[bytes]], contextlib.AbstractContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
 
 
 @dataclass(slots=True)

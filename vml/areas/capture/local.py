@@ -13,9 +13,9 @@ import os
 import stat
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
@@ -25,7 +25,18 @@ from vml.errors import UnsafePath, VmlError
 from vml.objects.chunker import chunk_file, one_chunk
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
-    KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, Totals, check_depth, decode_node, encode_listing, encode_node, encode_root,
+    KIND_BLOCK,
+    KIND_CHAR,
+    KIND_DIR,
+    KIND_FILE,
+    KIND_SYMLINK,
+    Node,
+    Totals,
+    check_depth,
+    decode_node,
+    encode_listing,
+    encode_node,
+    encode_root,
 )
 from vml.objects.store import ChunkStore
 
@@ -54,7 +65,7 @@ class _Child:
     node: Node | None = None  # complete already (not a regular file, or a hardlink's copy)
     cached: bytes | None = None  # the stat cache's node, decoded only if the directory changed
     content: tuple[Future, int] | None = None  # pending read of a regular file: its batch and place in it
-    subdir: "_PendingDir | None" = None
+    subdir: _PendingDir | None = None
     hardlink: bytes | None = None
     cacheable: bool = True
     reads: bool = False  # this child, not an earlier hardlink to the same inode, reads the content

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from vml import durable
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_files

@@ -107,7 +107,7 @@ class Sizing:
     vcpus: int | None
 
     @classmethod
-    def of(cls, xml: bytes) -> "Sizing":
+    def of(cls, xml: bytes) -> Sizing:
         try:
             definition = ElementTree.fromstring(xml)
         except ElementTree.ParseError as error:

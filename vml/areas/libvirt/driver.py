@@ -9,6 +9,12 @@ import uuid
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 
+from vml.areas.libvirt.definition import disk_files_in, host_facing
+from vml.areas.libvirt.embed import EMBED_QEMU_CONF, embedded_root, wait_for_embedded_driver
+from vml.areas.libvirt.host import connect_hint, kvm_usable
+from vml.durable import write_atomically
+from vml.errors import AreaError
+
 
 def _log_to_a_file() -> None:
     """libvirt's own log (warnings such as the taint notes on every domain with custom QEMU
@@ -24,12 +30,6 @@ def _log_to_a_file() -> None:
 
 _log_to_a_file()
 import libvirt  # noqa: E402  (after its log is set up)
-
-from vml.durable import write_atomically
-from vml.areas.libvirt.definition import disk_files_in, host_facing
-from vml.areas.libvirt.embed import EMBED_QEMU_CONF, embedded_root, wait_for_embedded_driver
-from vml.areas.libvirt.host import connect_hint, kvm_usable
-from vml.errors import AreaError
 
 # libvirt prints every error to stderr by default; vml reports them itself, once.
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
@@ -61,7 +61,7 @@ class VmInfo:
     disks: list[str] = field(default_factory=list)
 
     @classmethod
-    def undefined(cls, domain: "Domain") -> "VmInfo":
+    def undefined(cls, domain: Domain) -> VmInfo:
         return cls(domain.name, domain.uri, domain.connection.getType(), "not defined", "", 0, 0)
 
 

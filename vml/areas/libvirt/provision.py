@@ -1,4 +1,5 @@
-"""Making and deleting the libvirt domain of an area (loaded through kinds.provisioning()): its settings, a domain defined on an\noverlay of a base image (written out of the store once), and its removal."""
+"""Making and deleting the libvirt domain of an area (loaded through kinds.provisioning()): its settings,
+a domain defined on an overlay of a base image (written out of the store once), and its removal."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import shutil
 import time
 from typing import Any
 
+from vml import durable
 from vml.areas.libvirt.definition import Sizing, forwarded_port, new_domain_xml
 from vml.areas.libvirt.driver import Domain, domains_using, unused_uuid
 from vml.areas.libvirt.host import free_port, make_overlay
 from vml.areas.restore import Restore
-from vml import durable
 from vml.config import AreaConfig
 from vml.entry import base_entry, entry_root
 from vml.errors import AreaError, CorruptObject, UsageError

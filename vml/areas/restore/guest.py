@@ -10,8 +10,9 @@ tar). Unchanged files never cross the network.
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Callable
+from typing import IO
 
 from vml.areas.restore.local import RestoreProgress
 from vml.areas.rules import Rules, may_delete

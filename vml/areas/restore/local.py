@@ -15,9 +15,9 @@ import stat
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, clear_flags, clear_flags_below, flag_letters, write_flags
 from vml.areas.rules import Rules, Scope, may_delete
@@ -28,8 +28,8 @@ from vml.objects.manifest import (
     KIND_DIR,
     KIND_FIFO,
     KIND_FILE,
-    KIND_SYMLINK,
     KIND_NAMES,
+    KIND_SYMLINK,
     Listing,
     Node,
     check_depth,
