@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -45,6 +46,18 @@ def _repo(ctx: click.Context) -> Repository:
     return repo
 
 
+def _emit(result: object, as_json: bool, show: Callable[..., None]) -> None:
+    """A command's result, the one way: JSON for scripts, else `show` writes it as text."""
+    render.print_json(result) if as_json else show(result)
+
+
+def _emit_each(results: list[object], as_json: bool, show: Callable[..., None]) -> None:
+    if as_json:
+        return render.print_json(results)
+    for result in results:
+        show(result)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 area_option = click.option("-a", "--area", help="The working area (may be omitted when the repository has one).")
 
@@ -69,7 +82,7 @@ def main_group(ctx: click.Context, repo: str | None) -> None:
 def init(path: str, bare: bool, as_json: bool) -> None:
     """Create a repository: PATH/.vml (or PATH itself with --bare)."""
     result = api.init(path, bare=bare)
-    render.print_json(result) if as_json else render.init_result(result)
+    _emit(result, as_json, render.init_result)
 
 
 @main_group.group()
@@ -106,7 +119,7 @@ def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, incl
     options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude,
                               base=base, libvirt=libvirt_uri, domain=domain, accept_new_host_key=accept_new_host_key)
     info = api.area_add(_repo(ctx), name, options, branch=branch)
-    render.print_json(info) if as_json else render.area_info(info)
+    _emit(info, as_json, render.area_info)
 
 
 @main_group.group()
@@ -122,7 +135,7 @@ def _vm_command(action: str, help_text: str):
     def command(ctx: click.Context, area: str | None, as_json: bool, **options) -> None:
         state = api.vm_action(_repo(ctx), action, area=area, force=options.get("force", False), wait=options.get("wait", False),
                               notice=render.notice)
-        render.print_json(state) if as_json else render.vm_state(state)
+        _emit(state, as_json, render.vm_state)
 
     return command
 
@@ -146,11 +159,7 @@ click.option("--force", is_flag=True, help="Also undefine a domain vml did not m
 def vm_info(ctx: click.Context, area: str | None, as_json: bool) -> None:
     """The state of each libvirt area's domain (or of -a AREA's): state, driver, acceleration, memory."""
     states = api.vm_info(_repo(ctx), area)
-    if as_json:
-        render.print_json(states)
-    else:
-        for state in states:
-            render.vm_state(state)
+    _emit_each(states, as_json, render.vm_state)
 
 
 @main_group.group()
@@ -182,7 +191,7 @@ def base_add(ctx: click.Context, name: str, version: str, image, directory, from
     boot = api.BootFiles(kernel, initrd, cmdline)
     with render.progress("storing base", enabled=not as_json) as progress:
         info = api.base_add(_repo(ctx), name, version, image=image, directory=directory, area=from_area, boot=boot, progress=progress)
-    render.print_json(info) if as_json else render.base_info(info)
+    _emit(info, as_json, render.base_info)
 
 
 @base.command("list")
@@ -191,11 +200,7 @@ def base_add(ctx: click.Context, name: str, version: str, image, directory, from
 def base_list(ctx: click.Context, as_json: bool) -> None:
     """List the base images: name, version, digest, source, size, entry."""
     infos = api.base_list(_repo(ctx))
-    if as_json:
-        render.print_json(infos)
-    else:
-        for info in infos:
-            render.base_info(info)
+    _emit_each(infos, as_json, render.base_info)
 
 
 @area.command("remove")
@@ -207,7 +212,7 @@ def area_remove(ctx: click.Context, name: str, force: bool, as_json: bool) -> No
     """Forget area NAME: its settings, rules and HEAD. Its entries stay; its files, guest
     and domain are not touched."""
     result = api.area_remove(_repo(ctx), name, force=force)
-    render.print_json(result) if as_json else render.area_removed(result)
+    _emit(result, as_json, render.area_removed)
 
 
 @area.command("show")
@@ -217,7 +222,7 @@ def area_remove(ctx: click.Context, name: str, force: bool, as_json: bool) -> No
 def area_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Show an area: kind, location, HEAD, settings and its effective include/exclude rules."""
     result = api.area_show(_repo(ctx), name)
-    render.print_json(result) if as_json else render.area_show(result)
+    _emit(result, as_json, render.area_show)
 
 
 @area.command("list")
@@ -226,11 +231,7 @@ def area_show(ctx: click.Context, name: str | None, as_json: bool) -> None:
 def area_list(ctx: click.Context, as_json: bool) -> None:
     """List the working areas: name, kind, location, branch, entry."""
     infos = api.area_list(_repo(ctx))
-    if as_json:
-        render.print_json(infos)
-    else:
-        for info in infos:
-            render.area_info(info)
+    _emit_each(infos, as_json, render.area_info)
 
 
 @main_group.command()
@@ -246,7 +247,7 @@ def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool
     with render.progress("saving", enabled=not as_json) as progress:
         result = api.commit(_repo(ctx), message, area=area, allow_empty=allow_empty, memory=memory, progress=progress,
                             notice=render.notice)
-    render.print_json(result) if as_json else render.commit_result(result)
+    _emit(result, as_json, render.commit_result)
 
 
 @main_group.command(cls=PathsCommand)
@@ -285,7 +286,7 @@ def show(ctx, entry: str, area: str | None, as_json: bool) -> None:
         render.raw_bytes(api.show_file(_repo(ctx), entry, area=area))
         return
     result = api.show(_repo(ctx), entry, area=area)
-    render.print_json(result) if as_json else render.show_result(result)
+    _emit(result, as_json, render.show_result)
 
 
 @main_group.command()
@@ -307,7 +308,7 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, res
     with render.progress("restoring", enabled=not as_json) as progress:
         result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress,
                               notice=render.notice)
-    render.print_json(result) if as_json else render.checkout_result(result)
+    _emit(result, as_json, render.checkout_result)
 
 
 @main_group.command(cls=PathsCommand)
@@ -399,7 +400,7 @@ def _named_refs(repo: Repository, kind: str, name, start, area, deleter, list_on
         render.print_json(result) if as_json else render.ref_created(kind, result)
     else:
         refs = api.branch_list(repo) if kind == "branch" else api.tag_list(repo)
-        render.print_json(refs) if as_json else render.ref_list(refs)
+        _emit(refs, as_json, render.ref_list)
 
 
 @main_group.command()
@@ -413,12 +414,7 @@ def switch(ctx, name: str, area: str | None, create: bool, force: bool, as_json:
     """Put the area on branch NAME, checking out its tip (or create NAME with -c)."""
     with render.progress("restoring", enabled=not as_json) as progress:
         result = api.switch(_repo(ctx), name, area=area, create=create, force=force, progress=progress)
-    if as_json:
-        render.print_json(result)
-    elif create:
-        render.switched_to_new_branch(result)
-    else:
-        render.checkout_result(result)
+    _emit(result, as_json, render.switched_to_new_branch if create else render.checkout_result)
 
 
 @main_group.command()
@@ -448,7 +444,7 @@ def rm(ctx, entry: str, area: str | None, as_json: bool) -> None:
     the reflog (recover it with 'vml branch NAME ID') until gc expires it.
     """
     result = api.rm(_repo(ctx), entry, area=area)
-    render.print_json(result) if as_json else render.rm_result(result)
+    _emit(result, as_json, render.rm_result)
 
 
 @main_group.command()
@@ -464,7 +460,7 @@ def reflog(ctx, ref: str | None, area: str | None, all_refs: bool, max_count: in
     Each line's selector (HEAD@{2}, main@{1}) names that entry in any command.
     """
     lines = api.reflog(_repo(ctx), ref, area=area, all_refs=all_refs, limit=max_count)
-    render.print_json(lines) if as_json else render.reflog_lines(lines)
+    _emit(lines, as_json, render.reflog_lines)
 
 
 @main_group.command()
@@ -474,7 +470,7 @@ def fsck(ctx, as_json: bool) -> None:
     """Verify every object reachable from every ref and reflog; exit 1 on damage."""
     with render.step_progress("verifying packs", enabled=not as_json) as progress:
         report = api.fsck(_repo(ctx), progress=progress)
-    render.print_json(report) if as_json else render.fsck_report(report)
+    _emit(report, as_json, render.fsck_report)
     if not report.ok:
         sys.exit(EXIT_DAMAGE)
 
@@ -493,7 +489,7 @@ def gc(ctx, expire: str | None, as_json: bool) -> None:
     """
     with render.step_progress("repacking", enabled=not as_json) as progress:
         result = api.gc(_repo(ctx), expire=expire, progress=progress)
-    render.print_json(result) if as_json else render.gc_result(result)
+    _emit(result, as_json, render.gc_result)
 
 
 # -- remotes
@@ -515,11 +511,7 @@ def remote(ctx: click.Context, as_json: bool) -> None:
 
 def _print_remotes(ctx: click.Context, as_json: bool) -> None:
     infos = api.remote_list(_repo(ctx))
-    if as_json:
-        render.print_json(infos)
-    else:
-        for info in infos:
-            render.remote_info(info)
+    _emit_each(infos, as_json, render.remote_info)
 
 
 @remote.command("add")
@@ -530,7 +522,7 @@ def _print_remotes(ctx: click.Context, as_json: bool) -> None:
 def remote_add(ctx: click.Context, name: str, url: str, as_json: bool) -> None:
     """Add remote NAME at URL: PATH, file:///PATH or ssh://[user@]host[:port]/PATH."""
     info = api.remote_add(_repo(ctx), name, url)
-    render.print_json(info) if as_json else render.remote_info(info)
+    _emit(info, as_json, render.remote_info)
 
 
 @remote.command("remove")
@@ -540,7 +532,7 @@ def remote_add(ctx: click.Context, name: str, url: str, as_json: bool) -> None:
 def remote_remove(ctx: click.Context, name: str, as_json: bool) -> None:
     """Forget remote NAME and its remote-tracking branches (the remote itself is untouched)."""
     info = api.remote_remove(_repo(ctx), name)
-    render.print_json(info) if as_json else render.remote_info(info)
+    _emit(info, as_json, render.remote_info)
 
 
 @remote.command("list")
@@ -575,7 +567,7 @@ def push(ctx, remote_name: str, names: tuple[str, ...], force: bool, tags: bool,
     with render.transfer_progress("pushing", enabled=not as_json) as progress:
         result = api.push(_repo(ctx), remote_name, names, force=force, tags=tags, area=area, differential=differential,
                           accept_new_host_key=accept_new_host_key, progress=progress)
-    render.print_json(result) if as_json else render.push_result(result)
+    _emit(result, as_json, render.push_result)
     if result.rejected:
         sys.exit(EXIT_USAGE)
 
@@ -594,7 +586,7 @@ def fetch(ctx, remote_name: str, accept_new_host_key: bool, as_json: bool) -> No
     """
     with render.transfer_progress("fetching", enabled=not as_json) as progress:
         result = api.fetch(_repo(ctx), remote_name, accept_new_host_key=accept_new_host_key, progress=progress)
-    render.print_json(result) if as_json else render.fetch_result(result)
+    _emit(result, as_json, render.fetch_result)
 
 
 @main_group.command()
@@ -615,7 +607,7 @@ def pull(ctx, remote_name: str, branch: str | None, area: str | None, accept_new
     with render.transfer_progress("fetching", enabled=enabled) as transfer, render.progress("restoring", enabled=enabled) as progress:
         result = api.pull(_repo(ctx), remote_name, branch, area=area, accept_new_host_key=accept_new_host_key,
                           progress=progress, transfer_progress=transfer)
-    render.print_json(result) if as_json else render.pull_result(result)
+    _emit(result, as_json, render.pull_result)
 
 
 @main_group.command()
@@ -632,7 +624,7 @@ def clone(url: str, directory: str | None, accept_new_host_key: bool, as_json: b
     """
     with render.transfer_progress("cloning", enabled=not as_json) as progress:
         result = api.clone(url, directory, accept_new_host_key=accept_new_host_key, progress=progress)
-    render.print_json(result) if as_json else render.clone_result(result)
+    _emit(result, as_json, render.clone_result)
 
 
 # -- bundles
@@ -656,7 +648,7 @@ def export_command(ctx, entry: str, output: str, kind: str, since: str | None, a
     are missing. ENTRY's branch or tag name travels with it.
     """
     result = api.export(_repo(ctx), entry, output, kind=kind, since=since, area=area)
-    render.print_json(result) if as_json else render.export_result(result)
+    _emit(result, as_json, render.export_result)
 
 
 @main_group.command("import")
@@ -672,7 +664,7 @@ def import_command(ctx, bundle: str, as_name: str | None, force: bool, as_json: 
     if the entry descends from where it is.
     """
     result = api.import_bundle(_repo(ctx), bundle, as_name=as_name, force=force)
-    render.print_json(result) if as_json else render.import_result(result)
+    _emit(result, as_json, render.import_result)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vml.areas.rules import GUEST_EXCLUDE, GUEST_INCLUDE, Rules, Scope, default_rules
+from vml.areas.kinds import default_rules
+from vml.areas.rules import GUEST_EXCLUDE, GUEST_INCLUDE, Rules, Scope
 from vml.errors import UsageError
 
 NAMES = st.sampled_from(["proc", "var", "cache", "tmp", "a.swp", "x.swap", "swapfile", "home", "etc", "lib", "b", "swp",

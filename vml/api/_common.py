@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from vml.areas.capture import CaptureResult
-from vml.areas.kinds import open_area
+from vml.areas.kinds import default_rules, open_area
 from vml.areas.protocol import AreaConfig, Notice, WorkingArea
 from vml.areas.rules import Rules, load_rules
 from vml.areas.statcache import StatCache
@@ -23,7 +23,7 @@ Progress = Callable[[object], None] | None
 
 
 def area_rules(repo: Repository, config: AreaConfig) -> Rules:
-    return load_rules(repo.rules_path(config.name), config.kind)
+    return load_rules(repo.rules_path(config.name), default_rules(config.kind))
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 
 from vml.api._common import area_rules
-from vml.areas.kinds import is_vm, open_area, open_domain, provisioning, ssh_target
+from vml.areas.kinds import DIR, SSH, default_rules, is_vm, open_area, open_domain, provisioning, ssh_target
 from vml.areas.protocol import AreaConfig
-from vml.areas.rules import Rules, default_rules, save_rules
+from vml.areas.rules import Rules, save_rules
 from vml.config import check_area_name
 from vml.entry import base_entry
 from vml.errors import UsageError, VmlError
@@ -60,9 +60,9 @@ def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *,
         if os.path.exists(location) and not os.path.isdir(location):
             raise UsageError(f"{location} is not a directory")
         _check_apart(os.path.realpath(location), os.path.realpath(repo.path))
-        config = AreaConfig(name, "dir", location)
+        config = AreaConfig(name, DIR, location)
     else:
-        config = AreaConfig(name, "ssh", "", _ssh_settings(options))
+        config = AreaConfig(name, SSH, "", _ssh_settings(options))
         config = dataclasses.replace(config, location=str(ssh_target(config)))
     try:
         return _add_area(repo, config, options, branch)

@@ -9,11 +9,17 @@ from typing import TYPE_CHECKING, cast
 
 from vml.areas.directory import DirectoryArea
 from vml.areas.protocol import AreaConfig, Domain, VmArea, WorkingArea
-from vml.areas.rules import Rules
+from vml.areas.rules import Rules, everything, guest_rules
 from vml.errors import AreaError, UsageError
 
 DIR, SSH, LIBVIRT = "dir", "ssh", "libvirt"
 KINDS = (DIR, SSH, LIBVIRT)
+
+
+def default_rules(kind: str) -> Rules:
+    """What an area of `kind` keeps unless told otherwise: a directory all of it, a guest
+    (over ssh, in a domain) what a user changes."""
+    return everything() if kind == DIR else guest_rules()
 
 
 def is_vm(config: AreaConfig) -> bool:

@@ -172,19 +172,23 @@ def may_delete(rel: bytes, is_dir: bool, entry_rules: Rules | None, area_rules: 
     return entry_rules is None or entry_rules.admits(rel, is_dir)
 
 
-def default_rules(kind: str) -> Rules:
-    """A plain directory keeps everything; a guest keeps what a user changes, not the system."""
-    if kind == "dir":
-        return Rules((EVERYTHING,))
+def everything() -> Rules:
+    """What a plain directory keeps by default: all of it."""
+    return Rules((EVERYTHING,))
+
+
+def guest_rules() -> Rules:
+    """What a guest keeps by default: what a user changes, not the system."""
     return Rules(GUEST_INCLUDE, GUEST_EXCLUDE)
 
 
-def load_rules(path: str, kind: str) -> Rules:
+def load_rules(path: str, default: Rules) -> Rules:
+    """The rules saved at `path`, or `default` (the kind's) if none were saved."""
     try:
         with open(path, encoding="utf-8") as rules_file:
             return Rules.from_text(rules_file.read(), path)
     except FileNotFoundError:
-        return default_rules(kind)
+        return default
 
 
 def save_rules(path: str, rules: Rules) -> None:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from vml import durable
+from vml.areas.kinds import LIBVIRT
 from vml.areas.libvirt.definition import Sizing, forwarded_port, new_domain_xml
 from vml.areas.libvirt.driver import Domain, domains_using, unused_uuid
 from vml.areas.libvirt.host import free_port, make_overlay
@@ -116,7 +117,7 @@ def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | Non
             raise UsageError(str(error)) from None  # a name given now, not a guest that went away
         if not ssh:
             settings.update(_forwarded_ssh_settings(repo, name, domain, root=root, identity=identity, existing=True))
-        return AreaConfig(name, "libvirt", f"{uri}#{domain.name}", settings)
+        return AreaConfig(name, LIBVIRT, f"{uri}#{domain.name}", settings)
     if domain.exists():
         raise UsageError(f"a domain named {domain.name!r} exists already at {uri}: give another --domain NAME")
     settings["owned"] = "true"  # vml defines it (now from --base, or later with checkout --new-vm) and may delete it
@@ -127,7 +128,7 @@ def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | Non
                              f"or a QEMU driver, whose domains vml reaches through a forwarded port ({uri} is not QEMU)")
     if base is not None:
         define_vm(repo, name, domain, base, settings)
-    return AreaConfig(name, "libvirt", f"{uri}#{domain.name}", settings)
+    return AreaConfig(name, LIBVIRT, f"{uri}#{domain.name}", settings)
 
 
 def _forwarded_ssh_settings(repo: Repository, name: str, domain: Any, *, root: str, identity: str | None, existing: bool) -> dict[str, str]:
