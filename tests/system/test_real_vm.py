@@ -180,7 +180,7 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
         vml("vm", "start")
     # A guest that is still booting does not answer yet: a short wait ends in one clear line.
     early = vml("status", check=False, env={"VML_SSH_WAIT": "2"})
-    assert "never answered on SSH within 2 s" in one_line_error(early)
+    assert "never answered on SSH within 2 s" in one_line_error(early, code=3)  # the environment, not bad input
     with steps("boot to ssh"):
         vml("vm", "start", "--wait")  # already running: it waits for the sshd
         info = vml("vm", "info", "--json").json()[0]
@@ -216,7 +216,7 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     assert not (tmp_path / "lab" / ".vml" / "vml" / "areas" / "lab" / "disk.qcow2").exists()
     assert vml("vm", "info", "--json").json()[0]["vm"]["state"] == "not defined"
     gone = vml("status", check=False)
-    assert "--new-vm" in one_line_error(gone)
+    assert "--new-vm" in one_line_error(gone, code=3)
     with steps("checkout --new-vm"):
         remade = vml("checkout", entry, "--new-vm", "--json").json()
     assert remade["not_reproduced"] == []
