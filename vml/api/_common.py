@@ -1,4 +1,5 @@
-"""TODO _common"""
+"""What the command families share: opening an area with its rules, resolving what users
+type into entries, an area's current files hashed but not stored, paths as users give them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO areas"""
+"""vml area add / remove / show / list: an area's settings, rules and HEAD (its files, guest
+or domain are never touched by a removal)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO bases"""
+"""vml base add / list, and what a checkout checks of the base an entry sits on."""
 
 from __future__ import annotations
 

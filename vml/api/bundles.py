@@ -1,4 +1,4 @@
-"""TODO bundles"""
+"""vml export and vml import: one entry (and what it needs) as a bundle file, and back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO checkout"""
+"""vml checkout and vml switch: an entry's files into an area (or a new directory), the
+area's HEAD moved; --resume puts a saved domain back, --new-vm makes one first."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shutil
 from dataclasses import dataclass, field
 
 from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
@@ -14,7 +14,7 @@ from vml.api.bases import check_base
 from vml.api.vm import make_vm
 from vml.areas.kinds import as_vm, is_vm
 from vml.areas.protocol import Notice
-from vml.areas.restore import Restore, RestoreProgress
+from vml.areas.restore import Restore, RestoreProgress, remove_partial
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.config import AreaConfig
@@ -230,21 +230,8 @@ def _checkout_to(repo: Repository, spec: str, to: str, progress: Progress) -> Ch
             counts = restore.run(root_id, os.fsencode(target))
         except BaseException:
             # The directory was empty or absent: what a failed restore left there is no one's.
-            _remove_partial(target, keep_top=existed)
+            remove_partial(target, keep_top=existed)
             raise
     return CheckoutResult(entry_id, target, None, None, counts, [f"{quote_path(p)} ({why})" for p, why in counts.not_restored], warnings)
 
 
-def _remove_partial(target: str, *, keep_top: bool) -> None:
-    if not os.path.isdir(target) or os.path.islink(target):
-        return
-    for name in os.listdir(target):
-        path = os.path.join(target, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    if not keep_top:
-        with contextlib.suppress(OSError):
-            os.rmdir(target)

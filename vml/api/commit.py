@@ -1,4 +1,4 @@
-"""TODO commit"""
+"""vml commit: an area's files (and with --memory a running domain's memory) saved as an entry."""
 
 from __future__ import annotations
 

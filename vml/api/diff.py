@@ -1,4 +1,5 @@
-"""TODO diff"""
+"""vml diff and vml status: what changed between entries, or since an area's entry, file by
+file, with the domain definition and the environment after the files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO log"""
+"""vml log, vml show and ENTRY:PATH: history newest first, one entry in full, one file of it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO maintenance"""
+"""vml init, vml fsck and vml gc: the repository as a whole."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO refs"""
+"""vml branch, vml tag, vml rm and vml reflog: names for entries, dropping one, where refs were."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO remotes"""
+"""vml remote add / remove / list, push, fetch, pull and clone: entries between repositories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO vm"""
+"""vml vm start / stop / suspend / resume / delete / info, and the first half of checkout
+--new-vm (a domain defined anew from an entry's base): a libvirt area's machine."""
 
 from __future__ import annotations
 

@@ -2,6 +2,6 @@
 with one tar stream (guest.py)."""
 
 from vml.areas.restore.guest import GuestPlan, plan_restore, write_tar
-from vml.areas.restore.local import Restore, RestoreProgress
+from vml.areas.restore.local import Restore, RestoreProgress, remove_partial
 
-__all__ = ["GuestPlan", "Restore", "RestoreProgress", "plan_restore", "write_tar"]
+__all__ = ["GuestPlan", "Restore", "RestoreProgress", "plan_restore", "remove_partial", "write_tar"]

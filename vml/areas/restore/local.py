@@ -8,6 +8,7 @@ non-regular files is set through /proc/self/fd. Names are validated before use (
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -503,3 +504,20 @@ def _check_inodes(fd: int, target: bytes, paths: int) -> None:
     fs = os.fstatvfs(fd)
     if fs.f_files and fs.f_favail < paths:  # (f_files 0: a filesystem that makes inodes as needed)
         raise VmlError(f"{os.fsdecode(target)} has room for {fs.f_favail:,} more files; the entry holds {paths:,} paths")
+
+
+def remove_partial(target: str, *, keep_top: bool) -> None:
+    """Empty `target` of what a failed restore into it left (it was empty or absent before);
+    with `keep_top` false, remove the directory too."""
+    if not os.path.isdir(target) or os.path.islink(target):
+        return
+    for name in os.listdir(target):
+        path = os.path.join(target, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    if not keep_top:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
