@@ -59,5 +59,10 @@ class MissingObject(CorruptObject):
     pass
 
 
+class TransportError(VmlError):
+    """The other side (a remote repository, a guest's sshd) could not be reached or answered
+    wrongly; nothing was lost."""
+
+
 class ConcurrentUpdate(VmlError):
     """A ref moved underneath us; the caller may retry."""

@@ -23,11 +23,10 @@ from vml.areas.restore import RestoreProgress, plan_restore, write_tar
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
 from vml.environment import HISTORY, PROFILE_SCRIPT, VARIABLES, decode_variables, encode_variables, parse_env_output, profile_script
-from vml.errors import AreaError, UsageError
+from vml.errors import AreaError, TransportError, UsageError
 from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
-from vml.transport.base import TransportError
-from vml.transport.ssh import CONNECT_TIMEOUT, SSH_ERRORS, UnknownHostKey, Unreachable, connect
+from vml.ssh import CONNECT_TIMEOUT, SSH_ERRORS, UnknownHostKey, Unreachable, connect
 
 _NO_ROOT = 97
 _NO_TOOL = 98

@@ -12,11 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Protocol
 
-from vml.errors import UsageError, VmlError
-
-
-class TransportError(VmlError):
-    """The other side could not be reached or answered wrongly; nothing was lost."""
+from vml.errors import TransportError, UsageError  # TransportError: re-exported for the transports
 
 
 class MissingFile(TransportError):

@@ -1,4 +1,4 @@
-"""A repository on another machine, reached over SFTP (connections: see transport/ssh.py).
+"""A repository on another machine, reached over SFTP (connections: see vml/ssh.py).
 
 Any ordinary sshd serves: vml needs nothing installed on the other side.
 """
@@ -10,8 +10,8 @@ import posixpath
 import stat
 
 from vml.durable import temp_name
+from vml.ssh import SSH_ERRORS, SSHException, connect
 from vml.transport.base import Location, MissingFile, TransportError, check_relative
-from vml.transport.ssh import SSH_ERRORS, SSHException, connect
 
 PIECE = 1024 * 1024
 

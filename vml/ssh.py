@@ -13,7 +13,7 @@ import os
 
 import paramiko
 
-from vml.transport.base import TransportError
+from vml.errors import TransportError
 
 # paramiko logs a failed handshake (a guest still booting) with a traceback from its own
 # thread; vml reports the failure itself, once, as one line.
