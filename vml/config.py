@@ -117,8 +117,20 @@ def delete_remote(git: GitDag, name: str) -> None:
 # -- the branch an area on an unborn branch will start
 
 
-def unborn_key(area: str) -> str:
+def _unborn_key(area: str) -> str:
     return f"{UNBORN_SECTION}.{area}.branch"
+
+
+def unborn_branch(git: GitDag, area: str) -> str | None:
+    return git.config_get(_unborn_key(area))
+
+
+def set_unborn_branch(git: GitDag, area: str, branch: str) -> None:
+    git.config_set(_unborn_key(area), branch)
+
+
+def clear_unborn_branch(git: GitDag, area: str) -> None:
+    git.config_delete(_unborn_key(area))
 
 
 def unborn_branches(git: GitDag) -> dict[str, str]:

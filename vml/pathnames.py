@@ -1,10 +1,13 @@
-"""How paths, which are bytes, are shown: quoted as git quotes them in text, and losslessly
-in JSON and in entry.toml."""
+"""Paths, which are bytes: shown quoted as git quotes them in text and losslessly in JSON and
+entry.toml, and read as users type them on the command line."""
 
 from __future__ import annotations
 
 import base64
+import os
 import unicodedata
+
+from vml.errors import UsageError
 
 _ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0B: "\\v", 0x0C: "\\f", 0x0D: "\\r",
             0x22: '\\"', 0x5C: "\\\\"}
@@ -77,3 +80,15 @@ def path_bytes(path: bytes) -> str | None:
         return None
     except UnicodeDecodeError:
         return base64.b64encode(path).decode("ascii")
+
+
+def parse_paths(paths: tuple[str, ...] | list[str]) -> list[bytes]:
+    """Paths as users type them (relative to the area's top, '/' allowed in front) as the
+    '/'-separated relative bytes manifests use; b"" for the whole tree."""
+    parsed = []
+    for text in paths:
+        parts = [p for p in os.fsencode(text).split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise UsageError(f"path {text!r} goes up with '..'; give paths from the area's top")
+        parsed.append(b"/".join(parts))
+    return parsed

@@ -143,6 +143,12 @@ class Repository:
     def area_ref(self, name: str) -> str:
         return AREA_PREFIX + name
 
+    def temp_dir(self) -> str:
+        """Beside the store, on its filesystem: memory and disk images are large."""
+        path = os.path.join(self.vml_dir, "tmp")
+        os.makedirs(path, exist_ok=True)
+        return path
+
     def area_state_dir(self, name: str) -> str:
         return os.path.join(self.vml_dir, "areas", name)
 

@@ -326,7 +326,7 @@ def test_definitions_travel_by_size_not_by_host_paths():
 
 def test_kvm_only_where_usable_and_embed_roots(monkeypatch):
     from vml.areas import libvirt as area_libvirt
-    from vml.errors import AreaError
+    from vml.errors import UsageError
 
     monkeypatch.setenv("VML_KVM", "0")
     assert not area_libvirt.kvm_usable()
@@ -338,7 +338,7 @@ def test_kvm_only_where_usable_and_embed_roots(monkeypatch):
     assert area_libvirt.kvm_usable() == (extensions and os.access("/dev/kvm", os.R_OK | os.W_OK))
     assert area_libvirt.embedded_root("qemu:///embed?root=/srv/vms") == "/srv/vms"
     assert area_libvirt.embedded_root("qemu:///system") is None
-    with pytest.raises(AreaError, match="root=DIR"):
+    with pytest.raises(UsageError, match="root=DIR"):  # a URI the user typed: bad input
         area_libvirt.embedded_root("qemu:///embed?root=relative")
 
 

@@ -677,6 +677,7 @@ def test_unified_diff_prints_lines_exactly(repo, guest: Path):
     a = repo("commit", "-m", "A", "--json").json()["entry"]
     make.write_text("all:\n\techo bye [red]x[/red]  \n")
     dos.write_bytes(b"one\r\nTWO\r\n")
+
     def raw_diff(path: str) -> list[str]:
         # Bytes, not text: text mode would turn the file's \r\n into \n on our side.
         env = {**os.environ, "VML_AUTHOR_NAME": "Test User", "VML_AUTHOR_EMAIL": "test@example.org"}

@@ -13,8 +13,6 @@ HEX40 = re.compile(r"[0-9a-f]{40}")
 REFLOG_LINE = re.compile(r"^([0-9a-f]{12}) (\S+)@\{(\d+)\}: (.*)$")
 
 
-
-
 def commit(v: Vml, message: str) -> str:
     result = v("commit", "-m", message, "--json").json()
     assert result["created"], result

@@ -70,6 +70,20 @@ def test_push_clone_pull_round_trip(repo: Vml, guest: Path, shared: Path, tmp_pa
     remote_fsck(repo, shared)
 
 
+def test_a_forced_push_that_is_a_fast_forward_says_so_and_named_refs_need_no_area(repo: Vml, guest: Path, shared: Path):
+    """One rule for how a ref moves (vml/refs/updates.py), git's: --force changes nothing for a
+    ref that moves forward anyway. A push that names its branches does not ask which area."""
+    repo("commit", "-m", "one")
+    repo("push")
+    (guest / "more.txt").write_text("more\n")
+    repo("commit", "-m", "two")
+    forced = repo("push", "--force", "--json").json()
+    assert [(r["ref"], r["status"]) for r in forced["refs"]] == [("main", "fast-forward")]
+    named = repo("push", "origin", "main", "-a", "no-such-area", "--json").json()
+    assert [(r["ref"], r["status"]) for r in named["refs"]] == [("main", "up to date")]
+    remote_fsck(repo, shared)
+
+
 def test_incremental_push_sends_about_the_change(repo: Vml, guest: Path, shared: Path):
     big = guest / "data" / "events.root"
     write_random(big, 24 << 20, 2)

@@ -19,10 +19,6 @@ def store_size(tmp_path: Path) -> int:
     return sum(p.stat().st_size for p in store_dir(tmp_path).rglob("*") if p.is_file())
 
 
-
-
-
-
 def make_history(repo, guest: Path) -> list[tuple[str, dict[str, str]]]:
     """Three entries with shared and unique data; returns (entry, file digests) per entry."""
     rng = random.Random(3)

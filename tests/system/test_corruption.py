@@ -22,14 +22,6 @@ from vml.repo import Repository
 BIG = "data/disk.img"
 
 
-
-
-
-
-
-
-
-
 def chunks_of(tmp_path: Path, entry: str, rel: str) -> list[bytes]:
     """The chunk ids the entry's manifest lists for the file `rel` (read with vml's own code)."""
     repo = Repository(str(tmp_path / ".vml"))

@@ -49,10 +49,6 @@ def modify_tree(root: Path, rng: random.Random) -> int:
     return new
 
 
-
-
-
-
 def log_ids(vml) -> list[str]:
     return [e["id"] for e in vml("log", "--json").json()]
 

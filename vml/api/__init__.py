@@ -1,7 +1,7 @@
 """vml's porcelain: one function per command, each returning a frozen dataclass; none prints
 (render.py does). One module per command family; this file only re-exports their names."""
 
-from vml.api._common import Progress, entry_info, parse_paths, resolve_entry
+from vml.api._common import Progress, entry_info, resolve_entry
 from vml.api.areas import AreaInfo, AreaOptions, AreaRemoved, AreaShow, area_add, area_info, area_list, area_remove, area_show
 from vml.api.bases import BaseInfo, BootFiles, base_add, base_list
 from vml.api.bundles import ExportResult, ImportResult, export, import_bundle
@@ -26,6 +26,8 @@ from vml.api.remotes import (
                              remote_remove,
 )
 from vml.api.vm import VM_ACTIONS, VmState, vm_action, vm_info
+from vml.areas.protocol import Notice
+from vml.pathnames import parse_paths
 from vml.refs.updates import RefChange
 
 __all__ = [

@@ -1,10 +1,10 @@
 """What the command families share: opening an area with its rules, resolving what users
-type into entries, an area's current files hashed but not stored, paths as users give them."""
+type into entries (and `entry_info`, the public read of one), an area's current files
+hashed but not stored."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 from vml.areas.capture import CaptureResult
@@ -13,7 +13,7 @@ from vml.areas.protocol import AreaConfig, Notice, WorkingArea
 from vml.areas.rules import Rules, load_rules
 from vml.areas.statcache import StatCache
 from vml.entry import EntryInfo, read_entry
-from vml.errors import UnknownArea, UsageError
+from vml.errors import UnknownArea
 from vml.objects.manifest import Listing
 from vml.objects.walk import listing_loader
 from vml.refs import names
@@ -56,13 +56,6 @@ def entry_info(repo: Repository, entry: str) -> EntryInfo:
     return read_entry(repo.git, entry)
 
 
-def temp_dir(repo: Repository) -> str:
-    """Beside the store, on its filesystem: memory and disk images are large."""
-    path = os.path.join(repo.vml_dir, "tmp")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
 def scan_area(repo: Repository, working_area: WorkingArea, cache: StatCache | None = None,
               expected: Callable[[bytes], object] | None = None) -> tuple[CaptureResult, Callable[..., Listing]]:
     """The area's current files, hashed but not stored: the capture and a loader for its listings."""
@@ -70,19 +63,3 @@ def scan_area(repo: Repository, working_area: WorkingArea, cache: StatCache | No
         cache = StatCache.load(repo.stat_cache_path(working_area.config.name))
     current = working_area.capture(repo.store, cache, dry_run=True, expected=expected)
     return current, listing_loader(repo.store, current.listings)
-
-
-def parse_paths(paths: tuple[str, ...] | list[str]) -> list[bytes]:
-    """Paths as users type them (relative to the area's top, '/' allowed in front) as the
-    '/'-separated relative bytes manifests use; b"" for the whole tree."""
-    parsed = []
-    for text in paths:
-        parts = [p for p in os.fsencode(text).split(b"/") if p not in (b"", b".")]
-        if b".." in parts:
-            raise UsageError(f"path {text!r} goes up with '..'; give paths from the area's top")
-        parsed.append(b"/".join(parts))
-    return parsed
-
-
-def first_line(message: str) -> str:
-    return (message.strip().splitlines() or [""])[0]

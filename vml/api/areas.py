@@ -119,9 +119,10 @@ def _libvirt_area(repo: Repository, name: str, options: AreaOptions) -> AreaConf
     if options.directory is not None:
         raise UsageError("--libvirt and --dir do not go together: a domain's files are reached with --ssh")
     assert options.libvirt is not None
-    config: AreaConfig = provisioning().vm_area_config(repo, name, options.libvirt, options.domain, ssh=_ssh_settings(options) if options.ssh else None,
-                          base=parse_base(repo.git, options.base) if options.base is not None else None,
-                          root=options.root, identity=_identity_file(options))
+    config: AreaConfig = provisioning().vm_area_config(
+        repo, name, options.libvirt, options.domain, ssh=_ssh_settings(options) if options.ssh else None,
+        base=parse_base(repo.git, options.base) if options.base is not None else None, root=options.root,
+        identity=_identity_file(options))
     return config
 
 

@@ -13,7 +13,7 @@ from vml.pathnames import quote_path
 from vml.refs.bases import BaseName
 from vml.refs.branches import check_name
 from vml.refs.heads import areas_on_branch
-from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX, short_name
+from vml.refs.namespace import BRANCH_PREFIX, TAG_PREFIX, short_name
 from vml.refs.updates import REJECTED, UP_TO_DATE, classify
 from vml.repo import Repository
 
@@ -115,7 +115,7 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
             held = repo.git.ref_target(base_ref)
             other_image = held is not None and entry_info(repo, held).required_base().digest != entry_info(repo, base_commit).required_base().digest
             if held != base_commit and other_image:
-                name = base_ref[len(BASE_PREFIX):].replace("/", ":")
+                name = BaseName.of_ref(base_ref)
                 raise UsageError(f"the bundle's base {name} is another image than the base {name} here (digests differ); nothing was recorded")
         for base_ref, base_commit in info.bases.items():
             if repo.git.ref_target(base_ref) is None:

@@ -9,7 +9,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area, temp_dir
+from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area
 from vml.api.bases import check_base
 from vml.api.vm import make_vm
 from vml.areas.kinds import as_vm, is_vm
@@ -72,7 +72,7 @@ def _checkout(repo: Repository, spec: str, *, area: str | None, to: str | None, 
 
 
 def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, progress: Progress,
-           notice: Notice = None) -> CheckoutResult:
+            notice: Notice = None) -> CheckoutResult:
     """Make the area's domain anew from an entry (see vm.make_vm), then put the entry's
     files and environment into its guest as any checkout does."""
     made = make_vm(repo, config, spec, branch)
@@ -131,7 +131,7 @@ def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
         if branch is not None:
             check_branch_free(repo.git, config.name, branch)
         counts = working_area.resume(repo.store, ObjectId.parse(info.memory), info.memory_disks,
-                                     repo.git.read_file(entry_id, DOMAIN_FILE), temp_dir(repo), progress)
+                                     repo.git.read_file(entry_id, DOMAIN_FILE), repo.temp_dir(), progress)
         move_head(repo, config, head, entry_id, spec, branch)
         # The guest's files are the saved disk's now: the stat cache no longer describes them.
         with contextlib.suppress(FileNotFoundError):
@@ -142,7 +142,7 @@ def _resume(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
 
 
 def checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str | None, *, force: bool, progress: Progress,
-                   fast_forward: str | None = None, notice: Notice = None) -> CheckoutResult:
+                  fast_forward: str | None = None, notice: Notice = None) -> CheckoutResult:
     """Make the area's files those of entry `spec` and move its HEAD: onto `branch` if given
     (spec then names that branch), else detached at the entry. With `fast_forward` (an
     entry id), the area's own branch moves to that entry once its files are there."""
@@ -186,7 +186,7 @@ def checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str |
         # Capture again (hash only) to rebuild the stat cache and to see what was not reproduced.
         target_load = listing_loader(store, memo=4096)
         after, load_after = scan_area(repo, working_area, current.cache if current else StatCache(),
-                                       expected=lambda path: node_at(target_load, target_root, path))
+                                      expected=lambda path: node_at(target_load, target_root, path))
         after.cache.save(repo.stat_cache_path(config.name))
         not_reproduced = []
         if after.root_id != target_root:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import vml
-from vml.api._common import Progress, opened_area, temp_dir
+from vml.api._common import Progress, opened_area
 from vml.api.bases import area_base
 from vml.areas.kinds import as_vm, is_vm
 from vml.areas.protocol import Notice
@@ -57,7 +57,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             captured = working_area.capture(store, cache, dry_run=False, progress=progress)
             extra_files = working_area.entry_files()
             if memory:
-                saved_memory = as_vm(working_area).save_memory(store, temp_dir(repo))
+                saved_memory = as_vm(working_area).save_memory(store, repo.temp_dir())
             store.flush()  # packs, then their index: durable before any commit names them
             if VARIABLES in extra_files:
                 extra_files.update(dotfiles(store, listing_loader(store), captured.root_id))

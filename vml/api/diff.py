@@ -7,7 +7,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vml.api._common import first_line, opened_area, parse_paths, resolve_entry, scan_area
+from vml.api._common import opened_area, resolve_entry, scan_area
 from vml.areas.fsmeta import flag_letters
 from vml.areas.kinds import as_vm, definitions_differ, is_vm
 from vml.areas.protocol import Notice, WorkingArea
@@ -18,24 +18,9 @@ from vml.objects.diff import PROPERTIES, Change, diff_paths, diff_roots
 from vml.objects.manifest import KIND_FILE, KIND_NAMES, Listing, Node
 from vml.objects.store import ChunkStore
 from vml.objects.walk import listing_loader, read_content
-from vml.pathnames import lossless_text, path_bytes, quote_path
+from vml.pathnames import lossless_text, parse_paths, path_bytes, quote_path
 from vml.refs.heads import read_head
 from vml.repo import Repository
-
-
-def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
-    """Changes of the domain definition and the environment, as diff entries after the files'."""
-    changes = []
-    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
-        changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
-    old_env = {path: data for path, data in old.items() if path in ENV_COMPARED}
-    new_env = {path: data for path, data in new.items() if path in ENV_COMPARED}
-    for change in diff_environment(old_env, new_env):
-        changes.append(DiffEntry(change.path, change.status, ["environment"],
-                                 None if change.old is None else {"value": change.old},
-                                 None if change.new is None else {"value": change.new}))
-    return changes
-
 
 PATCH_LIMIT = 8 * 1024 * 1024  # bytes per side beyond which no text diff is attempted
 
@@ -146,6 +131,20 @@ def _patch(change: Change, store: ChunkStore | None, working_area: WorkingArea |
     return "".join(lines)
 
 
+def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
+    """Changes of the domain definition and the environment, as diff entries after the files'."""
+    changes = []
+    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
+        changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
+    old_env = {path: data for path, data in old.items() if path in ENV_COMPARED}
+    new_env = {path: data for path, data in new.items() if path in ENV_COMPARED}
+    for change in diff_environment(old_env, new_env):
+        changes.append(DiffEntry(change.path, change.status, ["environment"],
+                                 None if change.old is None else {"value": change.old},
+                                 None if change.new is None else {"value": change.new}))
+    return changes
+
+
 @dataclass(frozen=True, slots=True)
 class StatusResult:
     area: str
@@ -170,5 +169,5 @@ def status(repo: Repository, *, area: str | None = None, notice: Notice = None) 
         vm = as_vm(working_area).domain.state() if is_vm(config) else None
         if head.entry is not None:
             changes += env_diff(entry_files(repo.git, head.entry), working_area.entry_files())
-    summary = first_line(repo.git.commit(head.entry).message) if head.entry else None
+    summary = repo.git.commit(head.entry).summary if head.entry else None
     return StatusResult(config.name, config.kind, config.location, head.branch, head.entry, summary, not changes, changes, vm)

@@ -6,13 +6,14 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vml.api._common import entry_info, parse_paths, resolve_entry
+from vml.api._common import entry_info, resolve_entry
 from vml.entry import EntryInfo, entry_root
 from vml.errors import CorruptObject, UnknownArea, UnknownEntry, UsageError
 from vml.history import ref_tips, touching
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
 from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
+from vml.pathnames import parse_paths
 from vml.refs.branches import decorations
 from vml.refs.git import Commit
 from vml.refs.heads import read_head
@@ -133,7 +134,8 @@ def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
     load = listing_loader(store)
     root_id = ObjectId.parse(info.manifest)
     _files, directories, symlinks, other = tree_counts(load, root_id)
-    blobs: set[bytes] = {root_id, root_node(load, root_id).tree or b""}
+    top = root_node(load, root_id).tree
+    blobs: set[bytes] = {root_id} | ({top} if top is not None else set())
     for _path, node in walk_nodes(load, root_id, seen=set()):  # each distinct listing once
         if node.kind == KIND_DIR and node.tree is not None:
             blobs.add(node.tree)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vml.api._common import entry_info, first_line
+from vml.api._common import entry_info
 from vml.errors import CorruptObject, UnknownEntry, UsageError
 from vml.exchange.remote import check_no_push
 from vml.history import live_blobs, reachable_entries
@@ -64,7 +64,7 @@ def fsck(repo: Repository, *, progress: Callable[[int, int], None] | None = None
         warnings = list(packs.warnings) + git_warnings
         entries = reachable_entries(repo.git)
         for entry_id in entries:
-            message = first_line(repo.git.commit(entry_id).message)
+            message = repo.git.commit(entry_id).summary
             try:
                 roots = entry_info(repo, entry_id).manifests()
             except (UnknownEntry, CorruptObject, UsageError) as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from vml.api._common import first_line, resolve_entry
+from vml.api._common import resolve_entry
 from vml.errors import UnknownArea, UsageError
 from vml.refs.branches import RefInfo, create_ref, delete_branch, delete_tag, list_refs
 from vml.refs.git import ZERO
@@ -23,7 +23,7 @@ class RefResult:
 
 
 def _ref_result(repo: Repository, info: RefInfo) -> RefResult:
-    return RefResult(info.name, info.entry, first_line(repo.git.commit(info.entry).message), info.areas)
+    return RefResult(info.name, info.entry, repo.git.commit(info.entry).summary, info.areas)
 
 
 def branch_list(repo: Repository) -> list[RefResult]:
@@ -39,17 +39,17 @@ def ref_create(repo: Repository, kind: str, name: str, start: str | None = None,
     with repo.shared_lock():  # gc must not drop an entry between resolving and naming it
         entry = resolve_entry(repo, start or "HEAD", area)
         create_ref(repo.git, kind, name, entry, f"{kind}: created from {start or 'HEAD'}")
-    return RefResult(name, entry, first_line(repo.git.commit(entry).message))
+    return RefResult(name, entry, repo.git.commit(entry).summary)
 
 
 def branch_delete(repo: Repository, name: str, *, force: bool = False) -> RefResult:
     entry = delete_branch(repo.git, name, force=force, message="branch: deleted")
-    return RefResult(name, entry, first_line(repo.git.commit(entry).message))
+    return RefResult(name, entry, repo.git.commit(entry).summary)
 
 
 def tag_delete(repo: Repository, name: str) -> RefResult:
     entry = delete_tag(repo.git, name)
-    return RefResult(name, entry, first_line(repo.git.commit(entry).message))
+    return RefResult(name, entry, repo.git.commit(entry).summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ def rm(repo: Repository, spec: str, *, area: str | None = None) -> RmResult:
         for config in repo.areas():  # no commit may move a branch while it is rewritten
             area_locks.enter_context(repo.area_lock(config.name))
         entry = resolve_entry(repo, spec, area)
-        summary = first_line(repo.git.commit(entry).message)
+        summary = repo.git.commit(entry).summary
         dropped = drop_entry(repo.git, entry, f"rm: dropped {entry[:12]} {summary}")
     return RmResult(entry, summary, dropped.moved, dropped.rewritten, dropped.kept_by, dropped.areas_moved)
 

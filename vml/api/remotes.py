@@ -17,7 +17,7 @@ from vml.exchange.fetch import read_history, receive_blobs, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
 from vml.exchange.remote import RemoteRepository
 from vml.refs.heads import read_head
-from vml.refs.namespace import BRANCH_PREFIX, REMOTE_PREFIX, short_name
+from vml.refs.namespace import BRANCH_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
@@ -30,7 +30,7 @@ class RemoteInfo:
 
 
 def _check_remote_name(repo: Repository, name: str) -> None:
-    if "/" in name or not repo.git.is_valid_ref_name(f"{REMOTE_PREFIX}{name}/main"):
+    if "/" in name or not repo.git.is_valid_ref_name(tracking_ref(name, "main")):
         raise UsageError(f"{name!r} is not a valid remote name (letters, digits, '-', '_', '.')")
 
 
@@ -45,7 +45,7 @@ def remote_add(repo: Repository, name: str, url: str) -> RemoteInfo:
 
 def remote_remove(repo: Repository, name: str) -> RemoteInfo:
     url = remote_url(repo.git, name)
-    for ref in repo.git.ref_names(f"{REMOTE_PREFIX}{name}/"):
+    for ref in repo.git.ref_names(tracking_ref(name)):
         repo.git.delete_ref(ref)
         repo.git.delete_reflog(ref)
     delete_remote(repo.git, name)
@@ -91,8 +91,8 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
     have them already (same name, version and digest)."""
     url = remote_url(repo.git, remote_name)
     started = time.monotonic()
-    configs = [repo.choose_area(area)] if area is not None or len(repo.areas()) == 1 else []
-    local = refs_to_push(repo.git, names_given, tags=tags, area_branch=read_head(repo.git, configs[0].name).branch if configs else None)
+    config = None if names_given else repo.choose_area(area) if area is not None or len(repo.areas()) == 1 else None
+    local = refs_to_push(repo.git, names_given, tags=tags, area_branch=read_head(repo.git, config.name).branch if config else None)
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
         remote_refs = remote.refs()
         local.update(bases_to_push(repo.git, remote, local, remote_refs, differential))
@@ -100,7 +100,7 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
         updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
         for update in updates:
             if update.name.startswith(BRANCH_PREFIX) and update.status != REJECTED:
-                tracking = f"{REMOTE_PREFIX}{remote_name}/{short_name(update.name)}"
+                tracking = tracking_ref(remote_name, short_name(update.name))
                 repo.git.set_direct(tracking, update.new, f"push: {update.status}")
         bytes_sent = remote.transport.bytes_sent
     changes = [RefChange(short_name(u.name), u.old, u.new, u.status, u.reason) for u in updates]
@@ -159,7 +159,7 @@ def pull(repo: Repository, remote_name: str = "origin", branch: str | None = Non
         raise UsageError(f"area {config.name} is detached (not on a branch): 'vml switch BRANCH' first")
     fetched = fetch(repo, remote_name, accept_new_host_key=accept_new_host_key, progress=transfer_progress)
     remote_branch = branch or head.branch
-    target = repo.git.ref_target(f"{REMOTE_PREFIX}{remote_name}/{remote_branch}")
+    target = repo.git.ref_target(tracking_ref(remote_name, remote_branch))
     if target is None:
         raise UsageError(f"the remote {remote_name} has no branch {remote_branch!r}")
     # The area's branch moves forward only; an unborn one takes the remote's as a fast-forward.
@@ -172,7 +172,7 @@ def pull(repo: Repository, remote_name: str = "origin", branch: str | None = Non
             f"look with 'vml log --all --graph', then keep one line, e.g. 'vml branch mine' and 'vml checkout {remote_name}/{remote_branch}'"
         )
     result = checkout_area(repo, config, f"{remote_name}/{remote_branch}", head.branch, force=False, progress=progress,
-                            fast_forward=target)
+                           fast_forward=target)
     return PullResult(fetched, config.name, head.branch, head.entry, target, FAST_FORWARD, result)
 
 

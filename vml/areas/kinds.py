@@ -12,6 +12,9 @@ from vml.areas.protocol import AreaConfig, Domain, VmArea, WorkingArea
 from vml.areas.rules import Rules, everything, guest_rules
 from vml.errors import AreaError, UsageError
 
+if TYPE_CHECKING:
+    from vml.areas.ssh import SshTarget
+
 DIR, SSH, LIBVIRT = "dir", "ssh", "libvirt"
 KINDS = (DIR, SSH, LIBVIRT)
 
@@ -52,9 +55,6 @@ def definitions_differ(old: bytes, new: bytes) -> bool:
         return bool(libvirt_module().definitions_differ(old, new))
     except AreaError:
         return old != new
-
-if TYPE_CHECKING:
-    from vml.areas.ssh import SshTarget
 
 
 def open_area(config: AreaConfig, rules: Rules, *, accept_new_host_key: bool = False) -> WorkingArea:

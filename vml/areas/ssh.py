@@ -78,6 +78,7 @@ class SshTarget:
 
 class SshArea:
     capture_method = "ssh-find-tar"
+    notice = None  # a guest reached as it is: nothing is waited for (a libvirt area waits for its boot)
 
     def __init__(self, config, target: SshTarget, rules: Rules, *, accept_new_host_key: bool = False):
         self.config = config
@@ -282,6 +283,7 @@ class SshArea:
             return f"date +%s; find . {prunes}-printf {fmt}"
         roots = [r for r in roots if not any(r.startswith(o + "/") for o in roots)]
         above = sorted({"/".join(r.split("/")[:i]) for r in roots for i in range(len(r.split("/")))})
+
         def existing(paths):
             quoted = " ".join(shlex.quote("./" + p if p else ".") for p in paths)
             return f'set --; for p in {quoted}; do if [ -e "$p" ] || [ -h "$p" ]; then set -- "$@" "$p"; fi; done; '

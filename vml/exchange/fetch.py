@@ -15,8 +15,9 @@ from vml.objects.ids import ObjectId
 from vml.objects.pack import TYPE_TREE, open_blob
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
+from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
-from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, REMOTE_PREFIX, TAG_PREFIX, short_name
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX, short_name, tracking_ref
 from vml.refs.updates import NEW, REJECTED, RefChange, classify
 
 READ_BATCH = 8 * 1024 * 1024  # bytes of blobs asked for in one round of requests
@@ -213,7 +214,7 @@ def update_tracking(git: GitDag, remote_name: str, remote_refs: dict[str, str]) 
         if not git.is_valid_ref_name(ref):
             changes.append(RefChange(ref, None, target, REJECTED, "not a valid ref name; ignored"))
         elif ref.startswith(BRANCH_PREFIX):
-            local_ref = f"{REMOTE_PREFIX}{remote_name}/{ref[len(BRANCH_PREFIX):]}"
+            local_ref = tracking_ref(remote_name, ref[len(BRANCH_PREFIX):])
             old = git.ref_target(local_ref)
             if old != target:
                 git.ensure_reflog(local_ref)
@@ -223,9 +224,9 @@ def update_tracking(git: GitDag, remote_name: str, remote_refs: dict[str, str]) 
             old = git.ref_target(ref)
             if old is None:
                 git.set_direct(ref, target, f"fetch: base from {remote_name}")
-                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), None, target, "new base"))
+                changes.append(RefChange(f"base {BaseName.of_ref(ref)}", None, target, "new base"))
             elif old != target and read_entry(git, old).required_base().digest != read_entry(git, target).required_base().digest:
-                changes.append(RefChange("base " + ref[len(BASE_PREFIX):].replace("/", ":"), old, target, REJECTED,
+                changes.append(RefChange(f"base {BaseName.of_ref(ref)}", old, target, REJECTED,
                                          "a local base of that name and version is another image; kept"))
         elif ref.startswith(TAG_PREFIX):
             old = git.ref_target(ref)

@@ -139,7 +139,7 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
 
 
 def bases_to_push(git: GitDag, remote: RemoteRepository, local: dict[str, str], remote_refs: dict[str, str],
-                   differential: bool) -> dict[str, str]:
+                  differential: bool) -> dict[str, str]:
     """The base refs the entries being pushed sit on and the remote lacks; an error if the
     remote holds another image under the same name and version."""
     have = [commit for commit in remote_refs.values() if git.has_object(commit)]

@@ -6,13 +6,19 @@ from dataclasses import dataclass
 
 from vml.errors import UsageError
 from vml.refs.git import GitDag
-from vml.refs.namespace import BASE_PREFIX  # also imported from here by vml/api.py
+from vml.refs.namespace import BASE_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
 class BaseName:
     name: str
     version: str
+
+    @classmethod
+    def of_ref(cls, ref: str) -> BaseName:
+        """The base a ref refs/vml/bases/NAME/VERSION names."""
+        name, _, version = ref[len(BASE_PREFIX) :].partition("/")
+        return cls(name, version)
 
     @property
     def ref(self) -> str:
@@ -40,8 +46,7 @@ def parse_base(git: GitDag, text: str) -> BaseName:
 def list_bases(git: GitDag) -> list[tuple[BaseName, str]]:
     found = []
     for ref in git.ref_names(BASE_PREFIX):
-        name, _, version = ref[len(BASE_PREFIX) :].partition("/")
         target = git.ref_target(ref)
         if target is not None:
-            found.append((BaseName(name, version), target))
+            found.append((BaseName.of_ref(ref), target))
     return found

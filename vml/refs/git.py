@@ -37,6 +37,11 @@ class Commit:
     time: int  # seconds since the epoch
     offset: int  # minutes east of UTC
 
+    @property
+    def summary(self) -> str:
+        """The message's first line, as git's --oneline shows it."""
+        return (self.message.strip().splitlines() or [""])[0]
+
 
 @dataclass(frozen=True, slots=True)
 class ReflogLine:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vml.config import unborn_branches, unborn_key
+from vml.config import clear_unborn_branch, set_unborn_branch, unborn_branch, unborn_branches
 from vml.errors import UsageError
 from vml.refs.git import ZERO, GitDag
 from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX
@@ -30,7 +30,6 @@ class AreaHead:
         return AREA_PREFIX + self.area
 
 
-
 def read_head(git: GitDag, area: str) -> AreaHead:
     ref = AREA_PREFIX + area
     target = git.symbolic_target(ref)
@@ -40,7 +39,7 @@ def read_head(git: GitDag, area: str) -> AreaHead:
     entry = git.ref_target(ref)
     if entry is None:
         # A branch the area waits for (born meanwhile if a first commit stopped short of the ref).
-        branch = git.config_get(unborn_key(area))
+        branch = unborn_branch(git, area)
         if branch is not None:
             return AreaHead(area, branch, git.ref_target(BRANCH_PREFIX + branch))
     return AreaHead(area, None, entry)
@@ -71,18 +70,18 @@ def attach(git: GitDag, area: str, branch: str, message: str) -> None:
     new = git.ref_target(BRANCH_PREFIX + branch)
     if new is None:
         _drop_ref_keep_log(git, area)
-        git.config_set(unborn_key(area), branch)
+        set_unborn_branch(git, area, branch)
         return
     git.ensure_reflog(AREA_PREFIX + area)
     git.set_symbolic(AREA_PREFIX + area, BRANCH_PREFIX + branch)
-    git.config_delete(unborn_key(area))
+    clear_unborn_branch(git, area)
     git.append_reflog(AREA_PREFIX + area, old, new, message)
 
 
 def detach(git: GitDag, area: str, entry: str, message: str) -> None:
     git.ensure_reflog(AREA_PREFIX + area)
     git.set_direct(AREA_PREFIX + area, entry, message)
-    git.config_delete(unborn_key(area))
+    clear_unborn_branch(git, area)
 
 
 def advance(git: GitDag, head: AreaHead, new_entry: str, message: str) -> None:
@@ -92,7 +91,7 @@ def advance(git: GitDag, head: AreaHead, new_entry: str, message: str) -> None:
         if head.entry is None:  # the branch is born: the area's ref can point at it now
             git.ensure_reflog(head.ref)
             git.set_symbolic(head.ref, BRANCH_PREFIX + head.branch)
-            git.config_delete(unborn_key(head.area))
+            clear_unborn_branch(git, head.area)
         git.append_reflog(head.ref, head.entry, new_entry, message)
     else:
         git.update_ref(head.ref, new_entry, head.entry, message)
@@ -115,6 +114,6 @@ def remove_head(git: GitDag, area: str, message: str) -> None:
     ref = AREA_PREFIX + area
     entry = read_head(git, area).entry
     _drop_ref_keep_log(git, area)
-    git.config_delete(unborn_key(area))
+    clear_unborn_branch(git, area)
     if entry:
         git.append_reflog(ref, entry, ZERO, message)

@@ -16,6 +16,12 @@ BASE_PREFIX = VML_PREFIX + "bases/"  # BASE_PREFIX + "NAME/VERSION": a base imag
 _KINDS = ((BRANCH_PREFIX, "branch"), (TAG_PREFIX, "tag"), (REMOTE_PREFIX, "remote branch"), (AREA_PREFIX, "area"))
 
 
+def tracking_ref(remote: str, branch: str = "") -> str:
+    """Where a fetch keeps what `remote` has as `branch`: refs/remotes/REMOTE/BRANCH (with no
+    branch, the prefix of all of that remote's)."""
+    return f"{REMOTE_PREFIX}{remote}/{branch}"
+
+
 def short_name(ref: str) -> str:
     """The name shown for a ref: main for refs/heads/main, origin/main for
     refs/remotes/origin/main; other refs (a base's) in full."""

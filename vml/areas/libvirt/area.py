@@ -45,7 +45,10 @@ class LibvirtArea:
         return True
 
     def check_connection(self) -> None:
-        self._files().check_connection()
+        """A login to the guest's sshd, as given (the domain need not exist or run)."""
+        if self.files is None:
+            self._files()  # the error that says how to give the area SSH settings
+        self.files.check_connection()
 
     def _files(self):
         """The guest's files over SSH, once its sshd answers (a guest that just started

@@ -49,6 +49,10 @@ _CONNECTIONS: dict[str, libvirt.virConnect] = {}
 _EVENT_LOOP: list[threading.Thread] = []
 
 
+class NoSuchDomain(AreaError):
+    """The domain is not defined at that URI."""
+
+
 @dataclass(frozen=True, slots=True)
 class VmInfo:
     domain: str
@@ -145,7 +149,7 @@ class Domain:
                 known = ", ".join(sorted(d.name() for d in self.connection.listAllDomains())) or "none"
             except libvirt.libvirtError:
                 known = "unknown"
-            raise AreaError(f"no domain {self.name!r} at {self.uri} (domains: {known})") from None
+            raise NoSuchDomain(f"no domain {self.name!r} at {self.uri} (domains: {known})") from None
 
     def exists(self) -> bool:
         try:

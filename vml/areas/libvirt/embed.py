@@ -8,7 +8,7 @@ import time
 import urllib.parse
 
 from vml.areas.libvirt.host import seconds_from_environment
-from vml.errors import AreaError
+from vml.errors import AreaError, UsageError
 
 _EMBEDDED_LOCKS: dict[str, int] = {}  # root -> descriptor of its vml.lock, held for the process's life
 
@@ -27,7 +27,7 @@ def embedded_root(uri: str) -> str | None:
         return None
     roots = urllib.parse.parse_qs(parsed.query).get("root")
     if not roots or not os.path.isabs(roots[0]):
-        raise AreaError(f"{uri}: qemu:///embed needs root=DIR, an absolute path (qemu:///embed?root=/var/lib/vml-vms)")
+        raise UsageError(f"{uri}: qemu:///embed needs root=DIR, an absolute path (qemu:///embed?root=/var/lib/vml-vms)")
     return roots[0]
 
 

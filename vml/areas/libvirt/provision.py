@@ -7,24 +7,23 @@ import contextlib
 import os
 import shutil
 import time
-from typing import Any
 
 from vml import durable
 from vml.areas.kinds import LIBVIRT
 from vml.areas.libvirt.definition import Sizing, forwarded_port, new_domain_xml
-from vml.areas.libvirt.driver import Domain, domains_using, unused_uuid
+from vml.areas.libvirt.driver import Domain, NoSuchDomain, domains_using, unused_uuid
 from vml.areas.libvirt.host import free_port, make_overlay
 from vml.areas.restore import Restore
 from vml.config import AreaConfig
 from vml.entry import base_entry, entry_root
-from vml.errors import AreaError, CorruptObject, UsageError
+from vml.errors import CorruptObject, UsageError
 from vml.objects.walk import listing_loader
 from vml.refs.bases import BaseName
 from vml.repo import Repository
 
 
-def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dict[str, str], *,
-               saved_definition: bytes | None = None) -> dict[str, str]:
+def define_vm(repo: Repository, name: str, domain: Domain, base: BaseName, settings: dict[str, str], *,
+              saved_definition: bytes | None = None) -> dict[str, str]:
     """Define the area's domain on a new overlay of `base`'s image, sized as
     `saved_definition` (an entry's) if given, with a newly forwarded SSH port when vml
     reaches the guest that way. Returns the settings that changed (the port)."""
@@ -37,7 +36,7 @@ def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dic
         using = domains_using(domain.connection, overlay)
         if using:
             raise UsageError(f"{overlay} is the disk of domain {', '.join(using)} (kept when area {name} was removed): "
-                            f"delete that domain, or use another area name")
+                             f"delete that domain, or use another area name")
         durable.rename(overlay, os.path.join(state_dir, f"disk-before-{time.strftime('%Y%m%dT%H%M%S')}.qcow2"))
     make_overlay(image, overlay)
     changed = {}
@@ -48,7 +47,7 @@ def define_vm(repo: Repository, name: str, domain, base: BaseName, settings: dic
         with contextlib.suppress(FileNotFoundError):
             os.unlink(settings["knownhosts"])  # a new guest: its key is learnt at the first login
     xml = new_domain_xml(domain.connection, domain.name, overlay, console=os.path.join(state_dir, "console.log"),
-                                 ssh_port=port, uuid_text=unused_uuid(domain.connection, saved_definition), **boot)
+                         ssh_port=port, uuid_text=unused_uuid(domain.connection, saved_definition), **boot)
     domain.define(sizing.apply(xml))
     settings.update(changed)
     return changed
@@ -113,7 +112,7 @@ def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | Non
     if base is None and domain_name is not None:
         try:
             domain.info()  # it must exist
-        except AreaError as error:
+        except NoSuchDomain as error:
             raise UsageError(str(error)) from None  # a name given now, not a guest that went away
         if not ssh:
             settings.update(_forwarded_ssh_settings(repo, name, domain, root=root, identity=identity, existing=True))
@@ -131,7 +130,7 @@ def vm_area_config(repo: Repository, name: str, uri: str, domain_name: str | Non
     return AreaConfig(name, LIBVIRT, f"{uri}#{domain.name}", settings)
 
 
-def _forwarded_ssh_settings(repo: Repository, name: str, domain: Any, *, root: str, identity: str | None, existing: bool) -> dict[str, str]:
+def _forwarded_ssh_settings(repo: Repository, name: str, domain: Domain, *, root: str, identity: str | None, existing: bool) -> dict[str, str]:
     """How vml reaches the guest of a VM it defines: root@127.0.0.1 on a forwarded port
     (chosen when the VM is defined), with the area's own known_hosts."""
     if domain.connection.getType() != "QEMU":
