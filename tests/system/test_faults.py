@@ -232,3 +232,25 @@ def test_gc_of_a_remote_beside_a_push(repo, guest: Path, tmp_path: Path, history
         entries_intact(repo, history, tmp_path, ("--repo", str(remote)))
         other("--repo", str(remote), "gc", "--expire", "now")  # and once it is done, gc runs
         entries_intact(repo, history, tmp_path, ("--repo", str(remote)))
+
+
+def test_a_ref_lock_file_left_by_a_killed_process_does_not_stop_the_next_command(repo, guest: Path, tmp_path: Path):
+    """libgit2 writes a ref through REF.lock; kill -9 at that moment leaves the file, and git
+    would refuse every later update of the ref. vml changes refs under its own refs lock, so a
+    REF.lock it finds then is a dead process's: it goes, and the command goes on."""
+    first = repo("commit", "-m", "first", "--json").json()["entry"]
+    remote = tmp_path / "shared.vml"
+    repo("init", "--bare", str(remote))
+    repo("remote", "add", "origin", str(remote))
+    repo("push", "origin", "main")
+    left = [tmp_path / ".vml" / "refs" / "heads" / "main.lock", tmp_path / ".vml" / "refs" / "remotes" / "origin" / "main.lock",
+            tmp_path / ".vml" / "refs" / "vml" / "areas" / "wa1.lock"]
+    for lock in left:
+        lock.write_text("0" * 40 + "\n")  # what a killed writer leaves: a whole or half id, no rename
+    (guest / "second.txt").write_text("second\n")
+    second = repo("commit", "-m", "second", "--json").json()["entry"]
+    assert repo("log", "--json").json()[0]["id"] == second and second != first
+    repo("push", "origin", "main")
+    repo("checkout", "--force", first)
+    assert not any(lock.exists() for lock in left)
+    fsck_clean(repo, tmp_path / ".vml")

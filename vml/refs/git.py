@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pygit2
@@ -316,10 +318,11 @@ class GitDag:
 
     def update_ref(self, name: str, new: str, expected: str | None, message: str) -> None:
         """Compare-and-swap a direct ref: it moves only if it still points at `expected`."""
-        current = self.ref_target(name)
-        if current != expected:
-            raise ConcurrentUpdate(f"{name} moved to {current} while vml was working")
-        try:
+
+        def swap() -> None:
+            current = self.ref_target(name)
+            if current != expected:
+                raise ConcurrentUpdate(f"{name} moved to {current} while vml was working")
             if expected is None:
                 self._repo.create_reference_direct(name, pygit2.Oid(hex=new), False, message=message)
             else:
@@ -327,21 +330,48 @@ class GitDag:
                 if ref.type == pygit2.enums.ReferenceType.SYMBOLIC:
                     ref = ref.resolve()
                 ref.set_target(pygit2.Oid(hex=new), message)
+
+        try:
+            self._change_ref(name, swap)
         except (pygit2.GitError, ValueError) as error:
             # libgit2 checks the old value under the ref's lock file: somebody else won.
             raise ConcurrentUpdate(f"{name} changed while vml was updating it: {error}") from None
 
     def set_symbolic(self, name: str, target: str) -> None:
-        self._repo.create_reference_symbolic(name, target, True)
+        self._change_ref(name, lambda: self._repo.create_reference_symbolic(name, target, True))
 
     def set_direct(self, name: str, commit_id: str, message: str) -> None:
-        self._repo.create_reference_direct(name, pygit2.Oid(hex=commit_id), True, message=message)
+        self._change_ref(name, lambda: self._repo.create_reference_direct(name, pygit2.Oid(hex=commit_id), True, message=message))
 
     def delete_ref(self, name: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._change_ref(name, lambda: self._repo.references.delete(name))
+
+    def _change_ref(self, name: str, change: Callable[[], object]) -> None:
+        """Every ref vml changes, it changes holding the repository's refs lock. libgit2 writes
+        a ref through the lock file NAME.lock, which it holds for the moment of the write; so a
+        NAME.lock found while vml holds the refs lock was left by a process killed mid-write
+        (kill -9, power loss), and is removed, as git would ask a user to."""
+        with self._refs_lock():
+            try:
+                change()
+                return
+            except (pygit2.GitError, OSError):  # libgit2 reports a taken lock file as an OSError
+                left = os.path.join(self.path, name + ".lock")
+                if not os.path.exists(left):
+                    raise
+                os.unlink(left)
+            change()
+
+    @contextlib.contextmanager
+    def _refs_lock(self) -> Iterator[None]:
+        locks = os.path.join(self.path, "vml", "locks")  # a vml repository's; a plain one's own directory
+        fd = os.open(os.path.join(locks if os.path.isdir(locks) else self.path, "refs.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            self._repo.references.delete(name)
-        except KeyError:
-            pass
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     # -- reflogs
 
