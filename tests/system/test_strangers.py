@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from conftest import Run, git_fsck_clean
+from conftest import Run, Vml, git_fsck_clean
 from support.treecompare import snapshot
 
 from vml import api
@@ -53,6 +53,15 @@ def vml_run(cwd: Path, *args: str) -> Run:
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+def _honest_repository(home: Path, message: str) -> str:
+    """A repository at HOME/.vml with area wa on HOME/guest and one entry of it: made by vml
+    in this process (only what meets the stranger's data runs apart, under limits)."""
+    vml = Vml(home)
+    vml("init")
+    vml("area", "add", "wa", "--dir", str(home / "guest"))
+    return vml("commit", "-m", message, "--json").json()["entry"]
+
+
 def node(name: bytes, kind: int, **fields) -> Node:
     base = dict(mode=0o644, uid=0, gid=0, user=None, group=None, mtime_ns=1_000_000_000)
     base.update(fields)
@@ -67,9 +76,7 @@ class Stranger:
         self.home = tmp_path / "stranger"
         (self.home / "guest" / "etc").mkdir(parents=True)
         (self.home / "guest" / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
-        vml_run(self.home, "init")
-        vml_run(self.home, "area", "add", "wa", "--dir", str(self.home / "guest"))
-        self.honest = json.loads(vml_run(self.home, "commit", "-m", "honest", "--json").stdout)["entry"]
+        self.honest = _honest_repository(self.home, "honest")
         self.path = self.home / ".vml"
         self.totals: dict[bytes, Totals] = {}
         self._lies: list[tuple[bytes, int, int, bytes, int]] = []
@@ -157,9 +164,7 @@ class Victim:
         self.home = tmp_path / "victim"
         (self.home / "guest").mkdir(parents=True)
         (self.home / "guest" / "notes").write_text("mine\n")
-        vml_run(self.home, "init")
-        vml_run(self.home, "area", "add", "wa", "--dir", str(self.home / "guest"))
-        self.own = json.loads(vml_run(self.home, "commit", "-m", "mine", "--json").stdout)["entry"]
+        self.own = _honest_repository(self.home, "mine")
         self.sandbox = tmp_path / "sandbox"
         self.sandbox.mkdir()
         self.outside = tmp_path / "outside-dir"
