@@ -159,6 +159,12 @@ def entry_files(git: GitDag, entry_id: str) -> dict[str, bytes]:
     return found
 
 
+def same_base_image(git: GitDag, one: str, other: str) -> bool:
+    """Whether two base entries (of one name and version, from two repositories) hold the
+    same image: the same digest."""
+    return one == other or read_entry(git, one).required_base().digest == read_entry(git, other).required_base().digest
+
+
 def base_entry(git: GitDag, base: BaseName) -> tuple[str, EntryInfo]:
     """The entry a base's ref names, and its entry.toml; a UsageError if there is no such base."""
     entry_id = git.ref_target(base.ref)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
-from vml.entry import base_entry
+from vml.entry import base_entry, same_base_image
 from vml.errors import UsageError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, BundleInfo, read_bundle, write_bundle
 from vml.pathnames import quote_path
@@ -113,8 +113,7 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         store_all()  # objects first: nothing names them until the refs below move
         for base_ref, base_commit in info.bases.items():
             held = repo.git.ref_target(base_ref)
-            other_image = held is not None and entry_info(repo, held).required_base().digest != entry_info(repo, base_commit).required_base().digest
-            if held != base_commit and other_image:
+            if held is not None and not same_base_image(repo.git, held, base_commit):
                 name = BaseName.of_ref(base_ref)
                 raise UsageError(f"the bundle's base {name} is another image than the base {name} here (digests differ); nothing was recorded")
         for base_ref, base_commit in info.bases.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vml.entry import ENTRY_FILE, EntryInfo, read_entry
+from vml.entry import ENTRY_FILE, EntryInfo, same_base_image
 from vml.errors import CorruptObject
 from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteBlob, RemoteRepository
@@ -225,7 +225,7 @@ def update_tracking(git: GitDag, remote_name: str, remote_refs: dict[str, str]) 
             if old is None:
                 git.set_direct(ref, target, f"fetch: base from {remote_name}")
                 changes.append(RefChange(f"base {BaseName.of_ref(ref)}", None, target, "new base"))
-            elif old != target and read_entry(git, old).required_base().digest != read_entry(git, target).required_base().digest:
+            elif not same_base_image(git, old, target):
                 changes.append(RefChange(f"base {BaseName.of_ref(ref)}", old, target, REJECTED,
                                          "a local base of that name and version is another image; kept"))
         elif ref.startswith(TAG_PREFIX):
