@@ -53,6 +53,7 @@ class EntryInfo:
     memory: str | None = None  # hex id of the tree holding a libvirt memory image and its disks
     memory_disks: list[str] = field(default_factory=list)  # where each saved disk lives, in the tree's order
     rules: tuple[list[str], list[str]] | None = None  # the area's (include, exclude) rules when it was saved
+    scrub: dict | None = None  # a public entry's scrub report (vml/scrub/report.py: ScrubReport.to_entry); None: private
 
     def required_base(self) -> BaseRef:
         """The base of an entry that must have one (a base's own entry, or one found by its base)."""
@@ -91,6 +92,8 @@ class EntryInfo:
             document["memory"] = {"manifest": self.memory, "disks": self.memory_disks, "public": False}
         if self.kind != "entry":
             document["kind"] = self.kind
+        if self.scrub is not None:
+            document["scrub"] = self.scrub
         if self.base is not None:
             document["base"] = {"name": self.base.name, "version": self.base.version, "digest": self.base.digest}
             if self.image is not None:
@@ -130,6 +133,7 @@ class EntryInfo:
                 memory=memory["manifest"] if memory else None,
                 memory_disks=list(memory.get("disks", [])) if memory else [],
                 rules=([str(p) for p in rules["include"]], [str(p) for p in rules["exclude"]]) if rules else None,
+                scrub=dict(document["scrub"]) if isinstance(document.get("scrub"), dict) else None,
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None

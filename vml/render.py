@@ -291,6 +291,7 @@ def checkout_result(result: api.CheckoutResult) -> None:
         warning(f"not reproduced: {line}")
     for line in result.warnings:
         warning(line)
+    restore_notice(result.restore_notice)
 
 
 def vm_state(state: api.VmState) -> None:
@@ -563,3 +564,42 @@ def import_result(result: api.ImportResult) -> None:
         more = f" (the first {len(result.privileged_paths)})" if result.privileged > len(result.privileged_paths) else ""
         warning(f"the bundle brings {_count(result.privileged, 'file')} that run with root's rights or are devices{more}: "
                 f"{', '.join(result.privileged_paths)}; a checkout by root restores them as they are, like tar -p")
+
+
+_SCRUB_COUNTS = (("files_dropped", "file dropped", "files dropped"), ("files_changed", "file changed", "files changed"), ("lines", "line", "lines"))
+
+
+def publish_result(result: api.PublishResult) -> None:
+    if result.dry_run:
+        for finding in result.findings:
+            lines = f" lines {','.join(str(n) for n in finding.lines[:12])}{'…' if len(finding.lines) > 12 else ''}" if finding.lines else ""
+            preview = f"  {finding.preview}" if finding.preview else ""
+            unreviewed = "  (no rule covers this)" if not finding.reviewed else ""
+            out.print(escape(f"{finding.action:<10} {finding.rule:<24} {_path(finding.path)}{lines}{preview}{unreviewed}"))
+    if result.dry_run:
+        out.print(f"dry run: public/{escape(result.name)} not made; {_count(result.files, 'file')} ({size(result.logical_bytes)}) would be public")
+    elif result.refused:
+        out.print(f"--strict: public/{escape(result.name)} not made")
+    elif result.created:
+        parent = f" (after {result.parent[:12]})" if result.parent else ""
+        out.print(f"public entry {result.entry[:12] if result.entry else ''} on public/{escape(result.name)}{parent}: "
+                  f"{_count(result.files, 'file')}, {size(result.logical_bytes)}")
+    else:
+        out.print(f"public/{escape(result.name)} is up to date at {result.entry[:12] if result.entry else ''}: nothing changed since")
+    for category, counts in result.categories.items():
+        parts = [_count(counts[key], one, many) for key, one, many in _SCRUB_COUNTS if counts.get(key)]
+        out.print(escape(f"  {category}: {', '.join(parts)}"))
+    for dangling in result.dangling:
+        warning(f"{dangling.path}:{dangling.line} names {dangling.names}, which is left out")
+    if result.unreviewed:
+        warning(f"{_count(result.unreviewed, 'finding')} no rule covers (marked in --dry-run): review them, and add rules (--rules FILE)")
+    if result.hints and not result.dry_run and result.created:
+        out.print("a checkout of it will say: " + escape("; ".join(result.hints)))
+
+
+def restore_notice(lines: list[str]) -> None:
+    """What a checkout of a public entry could not bring back, and what to do."""
+    if lines:
+        out.print("this is a public entry; what it could not bring back:")
+        for line in lines:
+            out.print(escape(f"  - {line}"))

@@ -10,6 +10,7 @@ from vml.api.commit import CommitResult, commit
 from vml.api.diff import PATCH_LIMIT, DiffEntry, StatusResult, diff, status
 from vml.api.log import LogEntry, ShowResult, log, show, show_file
 from vml.api.maintenance import DamagedEntry, FsckReport, GcResult, InitResult, fsck, gc, init
+from vml.api.publish import PublishResult, commit_public, publish
 from vml.api.refs import ReflogEntry, RefResult, RmResult, branch_delete, branch_list, ref_create, reflog, rm, tag_delete, tag_list
 from vml.api.remotes import (
                              CloneResult,
@@ -44,4 +45,5 @@ __all__ = [
     "CloneResult", "FetchResult", "PullResult", "PushResult", "RefChange", "RemoteInfo", "clone", "fetch", "pull", "push",
     "remote_add", "remote_list", "remote_remove",
     "VM_ACTIONS", "VmState", "vm_action", "vm_info",
+    "PublishResult", "commit_public", "publish",
 ]

@@ -29,6 +29,7 @@ from vml.refs.branches import check_name, create_ref
 from vml.refs.heads import AreaHead, advance, attach, branch_exists, check_branch_free, detach, read_head
 from vml.refs.namespace import BRANCH_PREFIX
 from vml.repo import Repository
+from vml.scrub.report import restore_notice
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,13 @@ class CheckoutResult:
     counts: RestoreProgress
     not_reproduced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    restore_notice: list[str] = field(default_factory=list)  # a public entry's: what it could not bring back, what to do
 
 
 def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False,
              resume: bool = False, new_vm: bool = False, progress: Progress = None, notice: Notice = None) -> CheckoutResult:
     try:
-        return _checkout(repo, spec, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress, notice=notice)
+        result = _checkout(repo, spec, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress, notice=notice)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
@@ -53,6 +55,7 @@ def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | 
             raise VmlError(f"the disk of {os.path.abspath(to)} is full: nothing of the entry was left there") from None
         raise VmlError(f"the disk of area {repo.choose_area(area).name} is full: it holds part of entry {spec} and its HEAD "
                        f"has not moved; free some space and check out again") from None
+    return dataclasses.replace(result, restore_notice=restore_notice(entry_info(repo, result.entry).scrub)) if result.entry else result
 
 
 def _checkout(repo: Repository, spec: str, *, area: str | None, to: str | None, force: bool, resume: bool, new_vm: bool,

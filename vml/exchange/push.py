@@ -20,7 +20,7 @@ from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
-from vml.refs.namespace import BRANCH_PREFIX, TAG_PREFIX
+from vml.refs.namespace import BRANCH_PREFIX, PUBLIC_PREFIX, REFS_PREFIX, TAG_PREFIX
 from vml.refs.updates import MOVES, REJECTED, classify
 
 
@@ -169,14 +169,17 @@ def refs_to_push(git: GitDag, names_given: tuple[str, ...], *, tags: bool, area_
     branch (`area_branch`), else every branch; with `tags` every tag too."""
     refs: dict[str, str] = {}
     for name in names_given:
-        full = [name] if name.startswith((BRANCH_PREFIX, TAG_PREFIX)) else [BRANCH_PREFIX + name, TAG_PREFIX + name]
+        if name.startswith((BRANCH_PREFIX, TAG_PREFIX, PUBLIC_PREFIX)):
+            full = [name]
+        else:  # public/NAME: a public entry's lineage, refs/public/NAME
+            full = [BRANCH_PREFIX + name, TAG_PREFIX + name] + ([REFS_PREFIX + name] if name.startswith("public/") else [])
         for ref in full:
             target = git.ref_target(ref)
             if target is not None:
                 refs[ref] = target
                 break
         else:
-            raise UsageError(f"no branch or tag named {name!r} to push")
+            raise UsageError(f"no branch or tag named {name!r} to push (nor a public entry: public/NAME)")
     if not names_given:
         if area_branch is not None and git.ref_target(BRANCH_PREFIX + area_branch) is not None:
             refs.update(_targets(git, [BRANCH_PREFIX + area_branch]))

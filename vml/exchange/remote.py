@@ -21,7 +21,7 @@ from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
 from vml.objects.index import encode_index, parse_index
 from vml.objects.pack import PackEntry, parse_table
-from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX
 from vml.repo import FORMAT_LINE
 from vml.transport.base import MissingFile, Transport, TransportError
 
@@ -29,7 +29,7 @@ STORE = "vml/store"
 PUSH_MARKERS = "vml/locks"  # push-<id> files: a push is writing (see check_no_push)
 PUSH_PREFIX = "push-"
 LOCK_WAIT = 10.0  # seconds a push waits for another push's ref lock before giving up
-EXCHANGED = (BRANCH_PREFIX, TAG_PREFIX, BASE_PREFIX)  # the refs push and fetch carry
+EXCHANGED = (BRANCH_PREFIX, TAG_PREFIX, BASE_PREFIX, PUBLIC_PREFIX)  # the refs push and fetch carry
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from vml.errors import UsageError
 from vml.refs.git import ZERO, GitDag
 from vml.refs.heads import areas_on_branch
-from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX, TAG_PREFIX
+from vml.refs.namespace import AREA_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX, short_name
 
 RESERVED = {"HEAD", "@", "FETCH_HEAD", "ORIG_HEAD"}
 
@@ -88,7 +88,7 @@ def _reached_elsewhere(git: GitDag, ref: str, tip: str) -> bool:
 
 def decorations(git: GitDag) -> dict[str, list[str]]:
     """Entry id -> what `log` writes beside it: "area -> branch", "area (detached)", branches
-    no area is on, "tag: NAME"."""
+    no area is on, "tag: NAME", "public/NAME"."""
     labels: dict[str, list[str]] = {}
     for ref in git.ref_names():
         target = git.ref_target(ref)
@@ -105,4 +105,6 @@ def decorations(git: GitDag) -> dict[str, list[str]]:
                 labels.setdefault(target, []).append(branch)
         elif ref.startswith(TAG_PREFIX):
             labels.setdefault(target, []).append("tag: " + ref[len(TAG_PREFIX) :])
+        elif ref.startswith(PUBLIC_PREFIX):
+            labels.setdefault(target, []).append(short_name(ref))
     return labels

@@ -155,6 +155,9 @@ class GitDag:
             offset=raw.commit_time_offset,
         )
 
+    def tree_id(self, commit_id: str) -> str:
+        return str(self._repo[commit_id].tree_id)
+
     def read_file(self, commit_id: str, path: str) -> bytes | None:
         tree = self._repo[commit_id].peel(pygit2.Tree)
         try:

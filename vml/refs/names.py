@@ -67,6 +67,8 @@ def _head_match(git: GitDag, head: AreaHead | None, *, own_ref: bool, want_reflo
 def _matches(git: GitDag, base: str) -> list[Match]:
     found = []
     candidates = [base] if base.startswith(REFS_PREFIX) else [BRANCH_PREFIX + base, TAG_PREFIX + base, REMOTE_PREFIX + base]
+    if base.startswith("public/"):
+        candidates.append(REFS_PREFIX + base)  # public/NAME: refs/public/NAME
     for ref in candidates:
         target = git.ref_target(ref)
         if target is not None:

@@ -7,6 +7,7 @@ REFS_PREFIX = "refs/"
 BRANCH_PREFIX = "refs/heads/"
 TAG_PREFIX = "refs/tags/"
 REMOTE_PREFIX = "refs/remotes/"  # REMOTE_PREFIX + "origin/main": what a fetch saw there
+PUBLIC_PREFIX = "refs/public/"  # PUBLIC_PREFIX + NAME: a public entry's lineage (vml publish), shown as public/NAME
 VML_PREFIX = "refs/vml/"  # vml's own refs, which git tools leave alone
 AREA_PREFIX = VML_PREFIX + "areas/"  # an area's HEAD
 BASE_PREFIX = VML_PREFIX + "bases/"  # BASE_PREFIX + "NAME/VERSION": a base image's entry
@@ -25,6 +26,8 @@ def tracking_ref(remote: str, branch: str = "") -> str:
 def short_name(ref: str) -> str:
     """The name shown for a ref: main for refs/heads/main, origin/main for
     refs/remotes/origin/main; other refs (a base's) in full."""
+    if ref.startswith(PUBLIC_PREFIX):
+        return ref[len(REFS_PREFIX) :]
     for prefix, _kind in _KINDS:
         if ref.startswith(prefix):
             return ref[len(prefix) :]
@@ -32,5 +35,7 @@ def short_name(ref: str) -> str:
 
 
 def ref_kind(ref: str) -> str:
-    """What a ref is, in a message's words: branch, tag, remote branch, area or ref."""
+    """What a ref is, in a message's words: branch, tag, remote branch, area, public entry or ref."""
+    if ref.startswith(PUBLIC_PREFIX):
+        return "public entry"
     return next((kind for prefix, kind in _KINDS if ref.startswith(prefix)), "ref")

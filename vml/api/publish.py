@@ -1,0 +1,183 @@
+"""vml publish (and commit --public): a public entry made from a private one by streaming
+its tree through the scrubber, on a lineage of its own (refs/public/NAME) whose parents are
+only earlier public entries, so nothing private is reachable from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import vml
+from vml.api._common import Progress, opened_area, resolve_entry
+from vml.areas.capture.sink import open_sink
+from vml.areas.statcache import StatCache
+from vml.entry import ENTRY_FILE, EntryInfo, entry_files, read_entry
+from vml.environment import VARIABLES, dotfiles
+from vml.errors import ConcurrentUpdate, UsageError, VmlError
+from vml.objects.manifest import Totals
+from vml.objects.walk import listing_loader
+from vml.refs.branches import check_name
+from vml.refs.heads import read_head
+from vml.refs.namespace import BRANCH_PREFIX, PUBLIC_PREFIX
+from vml.repo import Repository
+from vml.scrub.entryfiles import scrub_entry_files
+from vml.scrub.files import FileScrubber
+from vml.scrub.report import Dangling, Finding, ScrubReport
+from vml.scrub.tree import TreeScrubber, rules_for
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    name: str
+    ref: str
+    source: str | None  # the private entry published (None: a live area); never named in the public entry
+    entry: str | None  # the public entry; None in a dry run, or when --strict refused
+    parent: str | None
+    created: bool  # False: nothing changed since the last public entry, or none was made
+    dry_run: bool
+    refused: bool  # --strict found what no rule covers
+    files: int
+    logical_bytes: int
+    findings: list[Finding] = field(default_factory=list)
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
+    dangling: list[Dangling] = field(default_factory=list)
+    unreviewed: int = 0
+    hints: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Scrubbed:
+    report: ScrubReport
+    root_id: bytes
+    totals: Totals
+    files: dict[str, bytes]  # the public entry's files beside entry.toml
+    scrubber: FileScrubber
+
+    def message(self, text: str) -> str:
+        """The entry's message, with any token or password in it replaced."""
+        outcome = self.scrubber.text("message", text.encode("utf-8", "surrogateescape"))
+        self.report.findings.extend(outcome.findings)
+        return text if outcome.content is None else outcome.content.decode("utf-8", "surrogateescape")
+
+
+def publish(repo: Repository, spec: str, *, as_name: str | None = None, message: str | None = None, dry_run: bool = False,
+            strict: bool = False, rules_file: str | None = None, area: str | None = None, progress: Progress = None) -> PublishResult:
+    """Make (or with `dry_run`, only report) the public entry of the entry `spec` on refs/public/NAME."""
+    source = resolve_entry(repo, spec, area)
+    info = read_entry(repo.git, source)
+    refuse_private_only(info, source)
+    name = as_name or _default_name(repo, spec, area)
+    with repo.shared_lock():
+        return _publish(repo, name, info, entry_files(repo.git, source), source,
+                        message if message is not None else repo.git.commit(source).message,
+                        dry_run=dry_run, strict=strict, rules_file=rules_file, progress=progress)
+
+
+def commit_public(repo: Repository, message: str, *, area: str | None = None, as_name: str | None = None, dry_run: bool = False,
+                  strict: bool = False, rules_file: str | None = None, progress: Progress = None) -> PublishResult:
+    """A public entry straight from a live area (no private entry is made; the area's HEAD
+    stays). Its capture is stored first, so the chunks only the private files need stay in
+    the local store, unreachable, until `vml gc`."""
+    if not message.strip():
+        raise UsageError("an entry needs a message: give -m MESSAGE")
+    config = repo.choose_area(area)
+    head = read_head(repo.git, config.name)
+    name = as_name or head.branch
+    if name is None:
+        raise UsageError(f"area {config.name} is on no branch: name the public entry with --as NAME")
+    with opened_area(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
+        try:
+            captured = working_area.capture(repo.store, StatCache(), dry_run=dry_run, progress=None)
+            extra = working_area.entry_files()
+        except BaseException:
+            repo.store.abandon()
+            raise
+        info = EntryInfo(manifest=captured.root_id.hex(), area=config.name, area_kind=config.kind, location="", host="",
+                         capture_method=working_area.capture_method, vml_version=vml.__version__, nodes=0, files=0,
+                         logical_bytes=0, added_bytes=0, rules=(list(working_area.rules.include), list(working_area.rules.exclude)))
+        if dry_run:  # the capture's new listings are in memory only: the scrubber reads them there
+            return _publish(repo, name, info, extra, None, message, dry_run=True, strict=strict, rules_file=rules_file,
+                            progress=progress, overlay=captured.listings)
+        return _publish(repo, name, info, extra, None, message, dry_run=False, strict=strict, rules_file=rules_file, progress=progress)
+
+
+def refuse_private_only(info: EntryInfo, source: str) -> None:
+    if info.memory is not None:
+        raise UsageError(f"entry {source[:12]} holds a running domain's memory, which is never public: a memory image holds "
+                         f"whatever the guest had in RAM (keys, tickets, typed passwords); commit without --memory and publish that")
+    if info.kind == "base":
+        raise UsageError(f"{source[:12]} is a base image's own entry: bases are shared as they are ('vml push' sends them)")
+
+
+def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, bytes], source: str | None, message: str, *,
+             dry_run: bool, strict: bool, rules_file: str | None, progress: Progress, overlay: dict[bytes, bytes] | None = None) -> PublishResult:
+    check_name(repo.git, "branch", name)
+    ref = PUBLIC_PREFIX + name
+    parent = repo.git.ref_target(ref)
+    if parent is not None and read_entry(repo.git, parent).scrub is None:
+        raise VmlError(f"{ref} names entry {parent[:12]}, which is not a public entry: it was not made by vml publish")
+    scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=dry_run or strict, progress=progress, overlay=overlay)
+    report = scrubbed.report
+
+    def result(entry: str | None, created: bool, refused: bool = False) -> PublishResult:
+        return PublishResult(name=name, ref=ref, source=source, entry=entry, parent=parent, created=created, dry_run=dry_run,
+                             refused=refused, files=scrubbed.totals.files, logical_bytes=scrubbed.totals.bytes,
+                             findings=report.findings, categories=report.categories(), dangling=report.dangling,
+                             unreviewed=len(report.unreviewed()), hints=report.hints())
+
+    if dry_run:
+        return result(None, False)
+    if strict:
+        if report.unreviewed():
+            return result(None, False, refused=True)
+        scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=False, progress=progress, overlay=overlay)
+    try:
+        repo.store.flush()
+    except BaseException:
+        repo.store.abandon()
+        raise
+    public = _public_info(info, scrubbed)
+    entry = repo.git.create_commit({ENTRY_FILE: public.to_toml(), **scrubbed.files}, scrubbed.message(message), [parent] if parent else [])
+    if parent is not None and repo.git.tree_id(entry) == repo.git.tree_id(parent):
+        return result(parent, False)  # the commit just made stays unreferenced: gc prunes it
+    try:
+        repo.git.update_ref(ref, entry, parent, f"publish{f': {source}' if source else ' (from an area)'}")
+    except ConcurrentUpdate as error:
+        raise VmlError(f"public entry {entry} was made but {ref} moved meanwhile ({error}); publish again") from None
+    return result(entry, True)
+
+
+def scrub(repo: Repository, info: EntryInfo, extra: dict[str, bytes], *, rules_file: str | None, dry_run: bool, progress: Progress,
+          overlay: dict[bytes, bytes] | None = None) -> Scrubbed:
+    """The entry's tree and files through the scrubber; the new tree stored unless `dry_run`."""
+    store = repo.store
+    load = listing_loader(store, overlay)
+    root = bytes.fromhex(info.manifest)
+    files = FileScrubber(rules_for(load, store, root, rules_file), store)
+    sink = open_sink(store, dry_run)
+    tree = TreeScrubber(load, sink, files, progress).scrub(root)
+    scrubbed = scrub_entry_files(extra, files, tree.report)
+    if VARIABLES in extra and not dry_run:
+        scrubbed.update(dotfiles(store, listing_loader(store), tree.root_id))
+    return Scrubbed(tree.report, tree.root_id, tree.totals, scrubbed, files)
+
+
+def _public_info(info: EntryInfo, scrubbed: Scrubbed) -> EntryInfo:
+    """The private entry's description with what is the publisher's own left out: where the
+    area was, which host, what was skipped or changed while reading."""
+    return dataclasses.replace(info, manifest=scrubbed.root_id.hex(), location="", host="",
+                               nodes=scrubbed.totals.nodes, files=scrubbed.totals.files, logical_bytes=scrubbed.totals.bytes,
+                               added_bytes=0, skipped=[], changed_while_reading=[], memory=None, memory_disks=[],
+                               vml_version=vml.__version__, scrub=scrubbed.report.to_entry())
+
+
+def _default_name(repo: Repository, spec: str, area: str | None) -> str:
+    if repo.git.ref_target(BRANCH_PREFIX + spec) is not None:
+        return spec
+    try:
+        head = read_head(repo.git, repo.choose_area(area).name)
+    except VmlError:
+        head = None
+    if head is not None and head.branch is not None:
+        return head.branch
+    raise UsageError(f"name the public entry: vml publish {spec} --as NAME (it goes on refs/public/NAME)")

@@ -1,0 +1,162 @@
+"""The scrubber's path rules: built-in (builtin.toml beside this module) and a user's TOML
+file, which comes first; each path's decision is the first rule whose globs match it.
+
+A glob is matched against the path from the area's top (no leading slash in the tree):
+`/x` anchors at the top, `**` is any number of directories, `*` and `?` stay within a name,
+a leading `~/` is every home directory the guest's own /etc/passwd names (root's too, and
+homes outside /home), and a glob with none of these matches a name at any depth.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+from vml.errors import UsageError
+from vml.scrub.matcher import Matcher
+
+ACTIONS = ("drop", "redact", "scan", "keep")
+REDACTORS = ("shadow", "mount-opts", "ini-keys", "env-assign", "history-line", "json-keys", "xml-keys", "netrc", "kickstart", "empty")
+# Names that look like credentials: without a rule that covers them, a public entry leaves
+# them out (fail closed) and says so. Source and documentation files are not credentials.
+CREDENTIAL_NAME = re.compile(rb"(?i)(token|cred|secret|passw|\.key$|\.p12$|\.pfx$|\.keytab$|\.jks$|\.kdbx$|\.ovpn$)")
+CODE_SUFFIX = re.compile(rb"(?i)\.(py|pyc|pyi|c|h|cc|cpp|hpp|cxx|js|mjs|ts|java|class|go|rs|rb|pl|pm|html?|css|md|rst|txt\.gz|"
+                         rb"[1-9]|[1-9]\.gz|so|mo|po|svg|png|tex)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    paths: tuple[str, ...]
+    action: str
+    category: str
+    redactor: str | None = None
+    scan: bool = True  # whether a kept or redacted file's content is scanned afterwards
+    origin: str = "built-in"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    rule: Rule | None  # None: no rule names the path (content scan only; fail closed on its name)
+    credential_name: bool = False
+
+
+class RuleSet:
+    """The rules in force, with the homes of one tree: `decide(path)` for each path."""
+
+    def __init__(self, rules: list[Rule], homes: list[bytes]):
+        self.rules = rules
+        self.homes = homes
+        patterns: list[bytes] = []
+        owners: list[int] = []
+        for number, rule in enumerate(rules):
+            for glob in rule.paths:
+                for regex in glob_regexes(glob, homes):
+                    patterns.append(regex)
+                    owners.append(number)
+        self._owners = owners
+        self._matcher = Matcher(patterns, single=True)
+
+    def decide(self, path: bytes) -> Decision:
+        matched = self._matcher.matching(path)
+        if matched:
+            return Decision(self.rules[min(self._owners[number] for number in matched)])
+        name = path.rpartition(b"/")[2]
+        return Decision(None, credential_name=bool(CREDENTIAL_NAME.search(name)) and not CODE_SUFFIX.search(name))
+
+
+def load_rules(user_file: str | None) -> list[Rule]:
+    """The user's rules (if a file is given) before the built-in ones; a user rule with a
+    built-in rule's id replaces it."""
+    builtin = _parse(resources.files("vml.scrub").joinpath("builtin.toml").read_text(encoding="utf-8"), "built-in", "built-in")
+    if user_file is None:
+        return builtin
+    try:
+        with open(user_file, encoding="utf-8") as rules_file:
+            text = rules_file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read the rules file {user_file}: {error.strerror}") from None
+    mine = _parse(text, user_file, "user")
+    replaced = {rule.id for rule in mine}
+    return mine + [rule for rule in builtin if rule.id not in replaced]
+
+
+def _parse(text: str, source: str, origin: str) -> list[Rule]:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{source}: not valid TOML: {error}") from None
+    rules = []
+    for number, item in enumerate(document.get("rule", []), 1):
+        where = f"{source}: rule {number}"
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise UsageError(f"{where}: every rule needs an id")
+        paths = item.get("paths")
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            raise UsageError(f"{where} ({item['id']}): paths must be a list of globs")
+        action = item.get("action")
+        if action not in ACTIONS:
+            raise UsageError(f"{where} ({item['id']}): action must be one of {', '.join(ACTIONS)}")
+        redactor = item.get("redactor")
+        if action == "redact" and redactor not in REDACTORS:
+            raise UsageError(f"{where} ({item['id']}): a redact rule needs a redactor, one of {', '.join(REDACTORS)}")
+        rules.append(Rule(item["id"], tuple(paths), action, str(item.get("category", "custom")), redactor,
+                          bool(item.get("scan", True)), origin))
+    return rules
+
+
+def glob_regexes(glob: str, homes: list[bytes]) -> list[bytes]:
+    """The anchored regular expressions (for Hyperscan) of one glob, a `~/` glob giving one
+    per home."""
+    if glob.startswith("~/"):
+        rest = _translate(glob[2:])
+        return [b"^" + re.escape(home) + b"/" + rest + b"$" for home in homes]
+    if glob.startswith("/"):
+        return [b"^" + _translate(glob[1:]) + b"$"]
+    if glob.startswith("**/"):
+        return [b"^(.*/)?" + _translate(glob[3:]) + b"$"]
+    if "/" in glob.rstrip("/"):
+        return [b"^" + _translate(glob) + b"$"]
+    return [b"^(.*/)?" + _translate(glob) + b"$"]
+
+
+def _translate(glob: str) -> bytes:
+    out = []
+    raw = glob.encode("utf-8", "surrogateescape")
+    position = 0
+    while position < len(raw):
+        if raw.startswith(b"/**", position) and position + 3 == len(raw):
+            out.append(b"/.*")
+            position += 3
+        elif raw.startswith(b"**/", position):
+            out.append(b"(.*/)?")
+            position += 3
+        elif raw.startswith(b"**", position):
+            out.append(b".*")
+            position += 2
+        elif raw[position : position + 1] == b"*":
+            out.append(b"[^/]*")
+            position += 1
+        elif raw[position : position + 1] == b"?":
+            out.append(b"[^/]")
+            position += 1
+        else:
+            out.append(re.escape(raw[position : position + 1]))
+            position += 1
+    return b"".join(out)
+
+
+def homes_from_passwd(passwd: bytes | None) -> list[bytes]:
+    """The home directories /etc/passwd names, relative to the top ('/' and missing ones left out)."""
+    homes = {b"root"}
+    for line in (passwd or b"").splitlines():
+        fields = line.split(b":")
+        if len(fields) >= 7:
+            home = fields[5].strip().strip(b"/")
+            if home and b"\0" not in home and b".." not in home.split(b"/"):
+                homes.add(home)
+    return sorted(homes)
