@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from vml.areas.capture import CaptureResult
 from vml.areas.kinds import default_rules, open_area
 from vml.areas.protocol import AreaConfig, Notice, WorkingArea
-from vml.areas.rules import Rules, load_rules
+from vml.areas.rules import Rules, load_rules, without_ephemeral
 from vml.areas.statcache import StatCache
 from vml.entry import EntryInfo, read_entry
 from vml.errors import UnknownArea
@@ -29,7 +29,7 @@ def area_rules(repo: Repository, config: AreaConfig) -> Rules:
 
 @contextlib.contextmanager
 def opened_area(repo: Repository, config: AreaConfig, notice: Notice = None) -> Iterator[WorkingArea]:
-    working_area = open_area(config, area_rules(repo, config))
+    working_area = open_area(config, without_ephemeral(area_rules(repo, config)))
     working_area.notice = notice
     try:
         yield working_area

@@ -5,16 +5,19 @@ only earlier public entries, so nothing private is reachable from it."""
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass, field
 
 import vml
 from vml.api._common import Progress, opened_area, resolve_entry
+from vml.api.bases import area_base
 from vml.areas.capture.sink import open_sink
 from vml.areas.statcache import StatCache
 from vml.entry import ENTRY_FILE, EntryInfo, entry_files, read_entry
 from vml.environment import VARIABLES, dotfiles
 from vml.errors import ConcurrentUpdate, UsageError, VmlError
 from vml.objects.manifest import Totals
+from vml.objects.store import ChunkStore
 from vml.objects.walk import listing_loader
 from vml.refs.branches import check_name
 from vml.refs.heads import read_head
@@ -75,30 +78,31 @@ def publish(repo: Repository, spec: str, *, as_name: str | None = None, message:
 
 def commit_public(repo: Repository, message: str, *, area: str | None = None, as_name: str | None = None, dry_run: bool = False,
                   strict: bool = False, rules_file: str | None = None, progress: Progress = None) -> PublishResult:
-    """A public entry straight from a live area (no private entry is made; the area's HEAD
-    stays). Its capture is stored first, so the chunks only the private files need stay in
-    the local store, unreachable, until `vml gc`."""
+    """A public entry straight from a live area: no private entry is made and the area's
+    HEAD stays. The capture goes to a scratch store beside the repository, deleted after, so
+    what the scrubber removes never enters the repository's store."""
     if not message.strip():
         raise UsageError("an entry needs a message: give -m MESSAGE")
     config = repo.choose_area(area)
-    head = read_head(repo.git, config.name)
-    name = as_name or head.branch
+    name = as_name or read_head(repo.git, config.name).branch
     if name is None:
         raise UsageError(f"area {config.name} is on no branch: name the public entry with --as NAME")
-    with opened_area(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name):
+    with opened_area(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name), \
+            tempfile.TemporaryDirectory(prefix="public-", dir=repo.temp_dir()) as scratch_dir:
+        ChunkStore.create(scratch_dir)
+        scratch = ChunkStore(scratch_dir).open()
         try:
-            captured = working_area.capture(repo.store, StatCache(), dry_run=dry_run, progress=None)
-            extra = working_area.entry_files()
-        except BaseException:
-            repo.store.abandon()
-            raise
-        info = EntryInfo(manifest=captured.root_id.hex(), area=config.name, area_kind=config.kind, location="", host="",
-                         capture_method=working_area.capture_method, vml_version=vml.__version__, nodes=0, files=0,
-                         logical_bytes=0, added_bytes=0, rules=(list(working_area.rules.include), list(working_area.rules.exclude)))
-        if dry_run:  # the capture's new listings are in memory only: the scrubber reads them there
-            return _publish(repo, name, info, extra, None, message, dry_run=True, strict=strict, rules_file=rules_file,
-                            progress=progress, overlay=captured.listings)
-        return _publish(repo, name, info, extra, None, message, dry_run=False, strict=strict, rules_file=rules_file, progress=progress)
+            captured = working_area.capture(scratch, StatCache(), dry_run=False, progress=None)
+            scratch.flush()
+            extra = working_area.entry_files()  # env/dotfiles are taken from the scrubbed tree
+            info = EntryInfo(manifest=captured.root_id.hex(), area=config.name, area_kind=config.kind, location="", host="",
+                             capture_method=working_area.capture_method, vml_version=vml.__version__, nodes=0, files=0,
+                             logical_bytes=0, added_bytes=0, base=area_base(repo, config),
+                             rules=(list(working_area.rules.include), list(working_area.rules.exclude)))
+            return _publish(repo, name, info, extra, None, message, dry_run=dry_run, strict=strict, rules_file=rules_file,
+                            progress=progress, source_store=scratch)
+        finally:
+            scratch.close()
 
 
 def refuse_private_only(info: EntryInfo, source: str) -> None:
@@ -110,13 +114,13 @@ def refuse_private_only(info: EntryInfo, source: str) -> None:
 
 
 def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, bytes], source: str | None, message: str, *,
-             dry_run: bool, strict: bool, rules_file: str | None, progress: Progress, overlay: dict[bytes, bytes] | None = None) -> PublishResult:
+             dry_run: bool, strict: bool, rules_file: str | None, progress: Progress, source_store: ChunkStore | None = None) -> PublishResult:
     check_name(repo.git, "branch", name)
     ref = PUBLIC_PREFIX + name
     parent = repo.git.ref_target(ref)
     if parent is not None and read_entry(repo.git, parent).scrub is None:
         raise VmlError(f"{ref} names entry {parent[:12]}, which is not a public entry: it was not made by vml publish")
-    scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=dry_run or strict, progress=progress, overlay=overlay)
+    scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=dry_run or strict, progress=progress, source_store=source_store)
     report = scrubbed.report
 
     def result(entry: str | None, created: bool, refused: bool = False) -> PublishResult:
@@ -130,7 +134,7 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
     if strict:
         if report.unreviewed():
             return result(None, False, refused=True)
-        scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=False, progress=progress, overlay=overlay)
+        scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=False, progress=progress, source_store=source_store)
     try:
         repo.store.flush()
     except BaseException:
@@ -148,17 +152,18 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
 
 
 def scrub(repo: Repository, info: EntryInfo, extra: dict[str, bytes], *, rules_file: str | None, dry_run: bool, progress: Progress,
-          overlay: dict[bytes, bytes] | None = None) -> Scrubbed:
-    """The entry's tree and files through the scrubber; the new tree stored unless `dry_run`."""
-    store = repo.store
-    load = listing_loader(store, overlay)
+          source_store: ChunkStore | None = None) -> Scrubbed:
+    """The entry's tree (in `source_store`, default the repository's) and files through the
+    scrubber; the new tree stored in the repository's store unless `dry_run`."""
+    source = source_store or repo.store
+    load = listing_loader(source)
     root = bytes.fromhex(info.manifest)
-    files = FileScrubber(rules_for(load, store, root, rules_file), store)
-    sink = open_sink(store, dry_run)
-    tree = TreeScrubber(load, sink, files, progress).scrub(root)
+    files = FileScrubber(rules_for(load, source, root, rules_file), source)
+    sink = open_sink(repo.store, dry_run)
+    tree = TreeScrubber(load, sink, files, progress, copy_from=source if source is not repo.store and not dry_run else None).scrub(root)
     scrubbed = scrub_entry_files(extra, files, tree.report)
     if VARIABLES in extra and not dry_run:
-        scrubbed.update(dotfiles(store, listing_loader(store), tree.root_id))
+        scrubbed.update(dotfiles(repo.store, listing_loader(repo.store), tree.root_id))
     return Scrubbed(tree.report, tree.root_id, tree.totals, scrubbed, files)
 
 

@@ -24,6 +24,10 @@ GUEST_INCLUDE = ("/home", "/root", "/etc", "/usr/local", "/opt", "/var/lib")
 # The profile script a checkout writes from the entry's env/variables is derived, never saved.
 GUEST_EXCLUDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/tmp", "/swapfile", "/swap.img", "*.swp", "*.swap",
                  "/etc/profile.d/vml-environment.sh")
+# Credentials that expire and are useless after a restore: left out of every entry, private
+# ones too (grid proxies, Kerberos ticket caches and the KCM database; agent sockets and
+# bearer tokens live under /tmp and /run, which guests exclude anyway, and sockets are never saved).
+EPHEMERAL = ("x509up_u*", "krb5cc_*", "/var/lib/sss/secrets/")
 _GLOB = re.compile(r"[*?\[\\!]")
 
 
@@ -74,8 +78,9 @@ class Rules:
             return self._excluded.match_file(text + "/" if is_dir else text)
         # The common patterns (/proc, /var/cache/, *.swp) without pathspec's regexes: the
         # same answers (tests check it), a fraction of the time on a guest's 100,000 paths.
-        anchored, directories, suffixes = simple
-        return text in anchored or (is_dir and text in directories) or text.rpartition("/")[2].endswith(suffixes)
+        anchored, directories, suffixes, prefixes = simple
+        name = text.rpartition("/")[2]
+        return text in anchored or (is_dir and text in directories) or name.endswith(suffixes) or name.startswith(prefixes)
 
     def admits(self, rel: bytes, is_dir: bool) -> bool:
         """Whether a path (relative, '/'-separated) is within these rules, asked from the top."""
@@ -147,18 +152,21 @@ def _literal_prefix(pattern: str) -> str | None:
     return "/".join(parts)
 
 
-def _simple_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]] | None:
-    """Exclude patterns as (anchored paths, anchored directories, name suffixes) when every
-    one is that simple and none negates (so their order does not matter); else None."""
-    anchored, directories, suffixes = [], [], []
+def _simple_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str], tuple[str, ...], tuple[str, ...]] | None:
+    """Exclude patterns as (anchored paths, anchored directories, name suffixes, name
+    prefixes) when every one is that simple and none negates (so their order does not
+    matter); else None."""
+    anchored, directories, suffixes, prefixes = [], [], [], []
     for pattern in patterns:
         if pattern.startswith("/") and not _GLOB.search(pattern) and pattern.strip("/"):
             (directories if pattern.endswith("/") else anchored).append(pattern.strip("/"))
         elif pattern.startswith("*") and "/" not in pattern and not _GLOB.search(pattern[1:]) and len(pattern) > 1:
             suffixes.append(pattern[1:])
+        elif pattern.endswith("*") and "/" not in pattern and not _GLOB.search(pattern[:-1]) and len(pattern) > 1:
+            prefixes.append(pattern[:-1])
         else:
             return None
-    return frozenset(anchored), frozenset(directories), tuple(suffixes)
+    return frozenset(anchored), frozenset(directories), tuple(suffixes), tuple(prefixes)
 
 
 def may_delete(rel: bytes, is_dir: bool, entry_rules: Rules | None, area_rules: Rules | None = None,
@@ -170,6 +178,12 @@ def may_delete(rel: bytes, is_dir: bool, entry_rules: Rules | None, area_rules: 
     if area_rules is not None and area_rules.scope(rel, is_dir, parent_scope) is Scope.OUT:
         return False
     return entry_rules is None or entry_rules.admits(rel, is_dir)
+
+
+def without_ephemeral(rules: Rules) -> Rules:
+    """The rules a capture runs under: the area's, with the expiring credentials left out."""
+    missing = tuple(pattern for pattern in EPHEMERAL if pattern not in rules.exclude)
+    return Rules(rules.include, rules.exclude + missing) if missing else rules
 
 
 def everything() -> Rules:

@@ -17,8 +17,8 @@ from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
-from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX, short_name, tracking_ref
-from vml.refs.updates import NEW, REJECTED, RefChange, classify
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX, short_name, tracking_ref
+from vml.refs.updates import FAST_FORWARD, NEW, REJECTED, RefChange, classify
 
 READ_BATCH = 8 * 1024 * 1024  # bytes of blobs asked for in one round of requests
 
@@ -207,7 +207,8 @@ def _batches(located: list[tuple[bytes, RemoteBlob]]) -> Iterator[list[tuple[byt
 def update_tracking(git: GitDag, remote_name: str, remote_refs: dict[str, str]) -> list[RefChange]:
     """After a fetch: the remote's branches become remote-tracking branches NAME/BRANCH
     (mirrors: they follow the remote wherever it went); its tags and bases are added, never
-    moved (vml/refs/updates.py: a tag moves only when forced, and a fetch never forces);
+    moved (vml/refs/updates.py: a tag moves only when forced, and a fetch never forces); its
+    public entries' lineages are added or fast-forwarded;
     a base of the same name that is another image is kept and reported."""
     changes = []
     for ref, target in remote_refs.items():
@@ -228,6 +229,15 @@ def update_tracking(git: GitDag, remote_name: str, remote_refs: dict[str, str]) 
             elif not same_base_image(git, old, target):
                 changes.append(RefChange(f"base {BaseName.of_ref(ref)}", old, target, REJECTED,
                                          "a local base of that name and version is another image; kept"))
+        elif ref.startswith(PUBLIC_PREFIX):  # a public lineage is shared by name: new or fast-forward, never rewound
+            old = git.ref_target(ref)
+            status = classify(git, old, target)
+            if status in (NEW, FAST_FORWARD):
+                git.ensure_reflog(ref)
+                git.set_direct(ref, target, f"fetch: public entry from {remote_name}")
+                changes.append(RefChange(short_name(ref), old, target, status))
+            elif status == REJECTED:
+                changes.append(RefChange(short_name(ref), old, target, REJECTED, "the local public lineage has entries the remote's lacks; kept"))
         elif ref.startswith(TAG_PREFIX):
             old = git.ref_target(ref)
             status = classify(git, old, target, tag=True)

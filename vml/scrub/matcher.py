@@ -22,11 +22,9 @@ class Matcher:
         flags_each = [hyperscan.HS_FLAG_DOTALL | (hyperscan.HS_FLAG_SINGLEMATCH if single else 0)] * len(self.patterns)
         if caseless is not None:
             flags_each = [flags | (hyperscan.HS_FLAG_CASELESS if nocase else 0) for flags, nocase in zip(flags_each, caseless)]
-        self._block = None
-        self._stream = None
-        if self.patterns:
-            self._block = _compile(self.patterns, flags_each, hyperscan.HS_MODE_BLOCK)
-            self._stream = _compile(self.patterns, flags_each, hyperscan.HS_MODE_STREAM)
+        self._flags = flags_each
+        self._block = _compile(self.patterns, flags_each, hyperscan.HS_MODE_BLOCK) if self.patterns else None
+        self._stream = None  # compiled at the first stream: path rules never need one
 
     def matching(self, data: bytes) -> set[int]:
         """The numbers of the patterns that match somewhere in `data`."""
@@ -43,6 +41,8 @@ class Matcher:
         return found
 
     def stream(self) -> MatchStream:
+        if self._stream is None and self.patterns:
+            self._stream = _compile(self.patterns, self._flags, hyperscan.HS_MODE_STREAM)
         return MatchStream(self)
 
 

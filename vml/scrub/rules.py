@@ -9,6 +9,7 @@ homes outside /home), and a glob with none of these matches a name at any depth.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ class RuleSet:
         return Decision(None, credential_name=bool(CREDENTIAL_NAME.search(name)) and not CODE_SUFFIX.search(name))
 
 
+@functools.lru_cache(maxsize=8)
+def rule_set(rules: tuple[Rule, ...], homes: tuple[bytes, ...]) -> RuleSet:
+    """The RuleSet of these rules and homes, compiled once per process (compiling takes most
+    of a second; the tests publish hundreds of trees in one process)."""
+    return RuleSet(list(rules), list(homes))
+
+
 def load_rules(user_file: str | None) -> list[Rule]:
     """The user's rules (if a file is given) before the built-in ones; a user rule with a
     built-in rule's id replaces it."""
@@ -110,11 +118,12 @@ def _parse(text: str, source: str, origin: str) -> list[Rule]:
 
 
 def glob_regexes(glob: str, homes: list[bytes]) -> list[bytes]:
-    """The anchored regular expressions (for Hyperscan) of one glob, a `~/` glob giving one
-    per home."""
+    """The anchored regular expressions (for Hyperscan) of one glob (none for a `~/` glob
+    when the tree names no home)."""
     if glob.startswith("~/"):
-        rest = _translate(glob[2:])
-        return [b"^" + re.escape(home) + b"/" + rest + b"$" for home in homes]
+        if not homes:
+            return []
+        return [b"^(" + b"|".join(re.escape(home) for home in homes) + b")/" + _translate(glob[2:]) + b"$"]
     if glob.startswith("/"):
         return [b"^" + _translate(glob[1:]) + b"$"]
     if glob.startswith("**/"):

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from vml.areas.capture.sink import Sink
 from vml.objects.chunker import cut_buffer
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK, Listing, Node, Totals, encode_listing, encode_root
+from vml.objects.store import ChunkStore
 from vml.objects.walk import hardlink_groups, node_at, read_content, root_node
 from vml.pathnames import quote_path
 from vml.scrub.files import CONFIG_LIMIT, FileScrubber, Outcome, is_config
 from vml.scrub.report import DROP, REDACT, Dangling, Finding, ScrubReport
-from vml.scrub.rules import RuleSet, homes_from_passwd, load_rules
+from vml.scrub.rules import Decision, RuleSet, homes_from_passwd, load_rules, rule_set
 
 
 @dataclass(slots=True)
@@ -40,12 +41,14 @@ def rules_for(load: Callable[..., Listing], store, root_id: bytes, rules_file: s
     """The rules in force for a tree: the homes are those its own etc/passwd names."""
     passwd = node_at(load, root_id, b"etc/passwd")
     content = read_content(store, passwd) if passwd is not None and passwd.kind == KIND_FILE and passwd.size < (1 << 20) else None
-    return RuleSet(load_rules(rules_file), homes_from_passwd(content))
+    return rule_set(tuple(load_rules(rules_file)), tuple(homes_from_passwd(content)))
 
 
 class TreeScrubber:
-    def __init__(self, load: Callable[..., Listing], sink: Sink, files: FileScrubber, progress: Progress = None):
+    def __init__(self, load: Callable[..., Listing], sink: Sink, files: FileScrubber, progress: Progress = None,
+                 copy_from: ChunkStore | None = None):
         self.load = load
+        self.copy_from = copy_from  # the store the tree is in, when it is not the sink's: kept files' chunks are copied
         self.sink = sink
         self.files = files
         self.report = ScrubReport()
@@ -54,14 +57,20 @@ class TreeScrubber:
         self.dropped: set[bytes] = set()
         self.rewritten: dict[bytes, Node] = {}  # a hardlink group's first path -> its scrubbed node
         self.group_drop: set[bytes] = set()  # paths of hardlink groups dropped whole
+        self.group_decision: dict[bytes, Decision] = {}  # a group's first path -> the redacting rule of another of its names
         self.configs: list[tuple[bytes, Node, bytes | None]] = []  # kept configuration files: where dangling references are
 
     def scrub(self, root_id: bytes) -> ScrubbedTree:
         top = root_node(self.load, root_id)
         groups = hardlink_groups(self.load, root_id)
-        for group in groups:  # one inode: if any of its names is dropped, every name is
-            if any(self._drops(path) for path in group):
+        for group in groups:  # one inode, the strictest of its names' rules: any dropped drops all, any redactor applies
+            decisions = [self.files.decide(path) for path in group]
+            if any(self.files.drop_finding(path, decision) is not None for path, decision in zip(group, decisions)):
                 self.group_drop.update(group)
+            else:
+                redacting = [decision for decision in decisions if decision.rule is not None and decision.rule.action == "redact"]
+                if redacting:
+                    self.group_decision[group[0]] = redacting[0]
         listing_id, totals = self._directory(b"", top.tree)
         kept_groups = [[path for path in group if path not in self.dropped] for group in groups]
         links = [group for group in kept_groups if len(group) >= 2]
@@ -69,9 +78,6 @@ class TreeScrubber:
         root = self.sink.listing(encode_root(top, totals, links))
         self._find_dangling()
         return ScrubbedTree(root, totals, self.report)
-
-    def _drops(self, path: bytes) -> bool:
-        return self.files.drop_finding(path, self.files.decide(path)) is not None
 
     def _directory(self, prefix: bytes, listing_id: bytes) -> tuple[bytes, Totals]:
         nodes, totals = [], Totals()
@@ -107,12 +113,15 @@ class TreeScrubber:
         if node.hardlink is not None and node.hardlink != path:  # another name of an inode scrubbed already
             first = self.rewritten.get(node.hardlink)
             return node if first is None else dataclasses.replace(first, name=node.name, hardlink=node.hardlink)
-        outcome = self.files.regular(path, node, self.files.decide(path))
+        outcome = self.files.regular(path, node, self.group_decision.get(path) or self.files.decide(path))
         self.report.findings.extend(outcome.findings)
         if outcome.dropped:
             return None
         if outcome.content is None:
             kept = node
+            if self.copy_from is not None:
+                for chunk_id in node.chunk_ids():
+                    self.sink.chunk(self.copy_from.get(chunk_id))
         else:
             kept = self.rewritten[path] = self._rewrite(node, outcome)
         if is_config(path, None) and kept.size <= CONFIG_LIMIT:
