@@ -576,6 +576,8 @@ def publish_result(result: api.PublishResult) -> None:
             preview = f"  {finding.preview}" if finding.preview else ""
             unreviewed = "  (no rule covers this)" if not finding.reviewed else ""
             out.print(escape(f"{finding.action:<10} {finding.rule:<24} {_path(finding.path)}{lines}{preview}{unreviewed}"))
+        for path in result.packaged:
+            out.print(escape(f"{'keep':<10} {'packaged':<24} {_path(path)}  (a match, but the file is exactly its package's)"))
     if result.dry_run:
         out.print(f"dry run: public/{escape(result.name)} not made; {_count(result.files, 'file')} ({size(result.logical_bytes)}) would be public")
     elif result.refused:

@@ -173,3 +173,31 @@ def test_expiring_credentials_stay_out_of_private_entries_too(repo: Vml, guest: 
     assert (out / "tmp").is_dir() and not (out / "tmp" / "x509up_u1000").exists() and not (out / "tmp" / "krb5cc_1000").exists()
     assert not (out / "var" / "lib" / "sss" / "secrets").exists()
     assert repo("status", "--json").json()["clean"]  # not even a change: they are outside what the area saves
+
+
+def test_a_file_exactly_as_its_package_shipped_it_is_kept(repo: Vml, guest: Path, tmp_path: Path):
+    import base64
+    import hashlib
+
+    key_like = b"-----BEGIN RSA PRIVATE KEY-----\n" + b"QUJD" * 16 + b"\n-----END RSA PRIVATE KEY-----\n"
+    example = b"#!/bin/sh\n# example key of this package's tests\ncat <<EOF\n" + key_like + b"EOF\n"
+    for name in ("packaged-tool", "edited-tool"):
+        (guest / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+        (guest / "usr" / "bin" / name).write_bytes(example)
+    info = guest / "var" / "lib" / "dpkg" / "info"
+    info.mkdir(parents=True)
+    digest = hashlib.md5(example).hexdigest()
+    (info / "tools.md5sums").write_text(f"{digest}  usr/bin/packaged-tool\n{hashlib.md5(b'other').hexdigest()}  usr/bin/edited-tool\n")
+    site = guest / "usr" / "local" / "lib" / "python3.11" / "dist-packages"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "testkey.py").write_bytes(b"KEY = '''" + key_like + b"'''\n")
+    (site / "pkg-1.0.dist-info").mkdir()
+    sha = base64.urlsafe_b64encode(hashlib.sha256((site / "pkg" / "testkey.py").read_bytes()).digest()).rstrip(b"=").decode()
+    (site / "pkg-1.0.dist-info" / "RECORD").write_text(f"pkg/testkey.py,sha256={sha},100\npkg-1.0.dist-info/RECORD,,\n")
+    repo("commit", "-m", "packages")
+    result = repo("publish", "main", "--json").json()
+    assert sorted(result["packaged"]) == ["/usr/bin/packaged-tool", "/usr/local/lib/python3.11/dist-packages/pkg/testkey.py"]
+    assert [f["path"] for f in result["findings"] if f["rule"] == "private-key"] == ["/usr/bin/edited-tool"]
+    repo("checkout", "public/main", "--to", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "usr" / "bin" / "packaged-tool").read_bytes() == example
+    assert b"QUJDQUJD" not in (tmp_path / "out" / "usr" / "bin" / "edited-tool").read_bytes()

@@ -25,6 +25,7 @@ from vml.refs.namespace import BRANCH_PREFIX, PUBLIC_PREFIX
 from vml.repo import Repository
 from vml.scrub.entryfiles import scrub_entry_files
 from vml.scrub.files import FileScrubber
+from vml.scrub.packages import PackageFiles
 from vml.scrub.report import Dangling, Finding, ScrubReport
 from vml.scrub.tree import TreeScrubber, rules_for
 
@@ -46,6 +47,7 @@ class PublishResult:
     dangling: list[Dangling] = field(default_factory=list)
     unreviewed: int = 0
     hints: list[str] = field(default_factory=list)
+    packaged: list[str] = field(default_factory=list)  # files with a match kept: byte for byte their package's (dpkg, pip sums)
 
 
 @dataclass(slots=True)
@@ -127,7 +129,7 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
         return PublishResult(name=name, ref=ref, source=source, entry=entry, parent=parent, created=created, dry_run=dry_run,
                              refused=refused, files=scrubbed.totals.files, logical_bytes=scrubbed.totals.bytes,
                              findings=report.findings, categories=report.categories(), dangling=report.dangling,
-                             unreviewed=len(report.unreviewed()), hints=report.hints())
+                             unreviewed=len(report.unreviewed()), hints=report.hints(), packaged=scrubbed.scrubber.pristine)
 
     if dry_run:
         return result(None, False)
@@ -158,7 +160,7 @@ def scrub(repo: Repository, info: EntryInfo, extra: dict[str, bytes], *, rules_f
     source = source_store or repo.store
     load = listing_loader(source)
     root = bytes.fromhex(info.manifest)
-    files = FileScrubber(rules_for(load, source, root, rules_file), source)
+    files = FileScrubber(rules_for(load, source, root, rules_file), source, PackageFiles(load, source, root))
     sink = open_sink(repo.store, dry_run)
     tree = TreeScrubber(load, sink, files, progress, copy_from=source if source is not repo.store and not dry_run else None).scrub(root)
     scrubbed = scrub_entry_files(extra, files, tree.report)

@@ -14,6 +14,7 @@ from vml.objects.manifest import Node
 from vml.objects.store import ChunkStore
 from vml.objects.walk import read_content
 from vml.pathnames import quote_path
+from vml.scrub.packages import PackageFiles
 from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, NOT_A_VALUE, TEXT, content_matcher
 from vml.scrub.redactors import PLACEHOLDER, REDACTORS
 from vml.scrub.report import DROP, DROP_LINES, REDACT, Finding, mask
@@ -63,10 +64,12 @@ def is_config(path: bytes, rule: Rule | None) -> bool:
 
 
 class FileScrubber:
-    def __init__(self, rules: RuleSet, store: ChunkStore):
+    def __init__(self, rules: RuleSet, store: ChunkStore, packages: PackageFiles | None = None):
         self.rules = rules
         self.store = store
         self.matcher = content_matcher()
+        self.packages = packages
+        self.pristine: list[str] = []  # files with a finding kept because they are exactly their package's
 
     def decide(self, path: bytes) -> Decision:
         return self.rules.decide(path)
@@ -95,7 +98,12 @@ class FileScrubber:
             return Outcome(None)
         if node.size > REWRITE_LIMIT:
             return Outcome(None, True, [Finding(shown, DROP, "too-large-to-redact", "unreviewed", reviewed=False)])
-        return self.scan(shown, read_content(self.store, node), config, reviewed=rule is not None and rule.category != "packages")
+        data = read_content(self.store, node)
+        outcome = self.scan(shown, data, config, reviewed=rule is not None and rule.category != "packages")
+        if outcome.findings and self.packages is not None and self.packages.pristine(path, data):
+            self.pristine.append(shown)
+            return Outcome(None)
+        return outcome
 
     def _redacted(self, path: bytes, shown: str, node: Node, rule: Rule) -> Outcome:
         if node.size > REDACT_LIMIT:

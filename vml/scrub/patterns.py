@@ -46,7 +46,9 @@ def _compiled(regex: bytes) -> re.Pattern[bytes]:
 
 
 CONTENT = (
-    Pattern("private-key", "tls", rb"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY", kind=BLOCK),
+    # A header with a body: programs that read keys carry the header alone, as a string.
+    Pattern("private-key", "tls", rb"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY( BLOCK)?-----\r?\n([A-Za-z0-9-]{1,40}:[^\n]{0,200}\n){0,8}\r?\n?"
+                                  rb"[A-Za-z0-9+/=]{40}", kind=BLOCK),
     Pattern("putty-key", "ssh", rb"PuTTY-User-Key-File-[0-9]+:", kind=BLOCK),
     Pattern("github-token", "tokens", rb"(?P<secret>\b(gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,255}))"),
     Pattern("gitlab-token", "tokens", rb"(?P<secret>\bgl(pat|ptt|dt|rt|cbt|soat)-[A-Za-z0-9_\-]{20,})"),
