@@ -201,3 +201,15 @@ def test_a_file_exactly_as_its_package_shipped_it_is_kept(repo: Vml, guest: Path
     repo("checkout", "public/main", "--to", str(tmp_path / "out"))
     assert (tmp_path / "out" / "usr" / "bin" / "packaged-tool").read_bytes() == example
     assert b"QUJDQUJD" not in (tmp_path / "out" / "usr" / "bin" / "edited-tool").read_bytes()
+
+
+def test_a_checkout_keeps_what_the_public_entry_left_out(repo: Vml, secrets: Path):
+    """Left out is unknown, not absent: the area's own key stays; what the entry holds is put back."""
+    repo("commit", "-m", "first")
+    repo("publish", "main")
+    key = secrets / "home" / "user" / ".ssh" / "id_ed25519"
+    before = key.read_bytes()
+    result = repo("checkout", "public/main", "--json").json()
+    assert key.read_bytes() == before and result["not_reproduced"] == []
+    assert PASSWORD not in (secrets / "etc" / "fstab").read_text()  # the entry's own fstab, redacted
+    assert result["restore_notice"]

@@ -15,7 +15,7 @@ from vml.api.vm import make_vm
 from vml.areas.kinds import as_vm, is_vm
 from vml.areas.protocol import Notice
 from vml.areas.restore import Restore, RestoreProgress, remove_partial
-from vml.areas.rules import Rules
+from vml.areas.rules import Rules, literal_pattern
 from vml.areas.statcache import StatCache
 from vml.config import AreaConfig
 from vml.entry import DOMAIN_FILE, ENTRY_FILE, EntryInfo, entry_files, entry_root
@@ -24,7 +24,7 @@ from vml.objects.diff import DELETED, diff_roots
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR
 from vml.objects.walk import listing_loader, node_at
-from vml.pathnames import quote_path
+from vml.pathnames import quote_path, unquote_path
 from vml.refs.branches import check_name, create_ref
 from vml.refs.heads import AreaHead, advance, attach, branch_exists, check_branch_free, detach, read_head
 from vml.refs.namespace import BRANCH_PREFIX
@@ -96,11 +96,14 @@ def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
 
 def _entry_rules(info: EntryInfo) -> Rules | None:
     """The rules an entry was saved under: a checkout deletes only what they covered (an
-    entry of /home alone says nothing about /etc)."""
+    entry of /home alone says nothing about /etc), and nothing a public entry left out."""
     if info.rules is None:
         return None
+    # What a public entry left out is unknown, not absent: a checkout keeps the area's own
+    # (its host keys, its authorized_keys, its user's Wi-Fi password).
+    left_out = tuple(literal_pattern(unquote_path(path).lstrip(b"/")) for path in (info.scrub or {}).get("dropped", []))
     try:
-        return Rules(tuple(info.rules[0]), tuple(info.rules[1]))
+        return Rules(tuple(info.rules[0]), tuple(info.rules[1]) + left_out)
     except UsageError as error:
         raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None
 

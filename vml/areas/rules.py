@@ -180,6 +180,11 @@ def may_delete(rel: bytes, is_dir: bool, entry_rules: Rules | None, area_rules: 
     return entry_rules is None or entry_rules.admits(rel, is_dir)
 
 
+def literal_pattern(path: bytes) -> str:
+    """The gitignore pattern that matches exactly `path` (relative, '/'-separated) and nothing else."""
+    return "/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", os.fsdecode(path))
+
+
 def without_ephemeral(rules: Rules) -> Rules:
     """The rules a capture runs under: the area's, with the expiring credentials left out."""
     missing = tuple(pattern for pattern in EPHEMERAL if pattern not in rules.exclude)
