@@ -11,6 +11,7 @@ import tomli_w
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.errors import CorruptObject, UnknownEntry, UsageError
 from vml.objects.ids import ObjectId
+from vml.pathnames import unquote_path
 from vml.refs.bases import BaseName, list_bases
 from vml.refs.git import GitDag
 
@@ -60,6 +61,11 @@ class EntryInfo:
         if self.base is None:
             raise CorruptObject(f"damaged {ENTRY_FILE}: it names no base image where one is needed")
         return self.base
+
+    def left_out(self) -> list[bytes]:
+        """The paths (relative) a public entry's scrubber dropped: unknown, not absent; a
+        checkout keeps an area's own and a status does not call them added."""
+        return [unquote_path(path).lstrip(b"/") for path in (self.scrub or {}).get("dropped", [])]
 
     def manifests(self) -> list[ObjectId]:
         """Every tree of chunks the entry needs: its files, and its memory and disks if saved."""

@@ -574,6 +574,7 @@ def publish_result(result: api.PublishResult) -> None:
         for finding in result.findings:
             lines = f" lines {','.join(str(n) for n in finding.lines[:12])}{'…' if len(finding.lines) > 12 else ''}" if finding.lines else ""
             preview = f"  {finding.preview}" if finding.preview else ""
+            preview += f"  {finding.fingerprint}" if finding.fingerprint else ""
             unreviewed = "  (no rule covers this)" if not finding.reviewed else ""
             out.print(escape(f"{finding.action:<10} {finding.rule:<24} {_path(finding.path)}{lines}{preview}{unreviewed}"))
         for path in result.packaged:

@@ -213,3 +213,29 @@ def test_a_checkout_keeps_what_the_public_entry_left_out(repo: Vml, secrets: Pat
     assert key.read_bytes() == before and result["not_reproduced"] == []
     assert PASSWORD not in (secrets / "etc" / "fstab").read_text()  # the entry's own fstab, redacted
     assert result["restore_notice"]
+    status = repo("status", "--json").json()
+    assert status["clean"], status["changes"]  # the key the entry left out is not "added"
+
+
+def test_an_allowlist_keeps_a_reviewed_value_by_its_salted_fingerprint(repo: Vml, guest: Path, tmp_path: Path):
+    import hashlib
+
+    example = "https://demo:demo-password-public@example.org/data"
+    (guest / "home" / "user" / "README.md").write_text(f"public test server: {example}\nprivate: https://me:Real-Pw-99@example.org/\n")
+    repo("commit", "-m", "docs")
+    found = [f for f in repo("publish", "main", "--dry-run", "--json").json()["findings"] if f["rule"] == "url-userinfo"]
+    assert len(found) == 2 and all(f["fingerprint"].startswith("hmac-sha256:") for f in found)
+    fingerprint = next(f["fingerprint"] for f in found if f["lines"] == [1])
+    assert hashlib.sha256(b"demo:demo-password-public").hexdigest()[:32] not in fingerprint  # salted, not a plain hash
+    rules = tmp_path / "allow.toml"
+    rules.write_text(f'[[allow]]\npath = "/home/user/README.md"\nrule = "url-userinfo"\nfingerprint = "{fingerprint}"\n')
+    assert "demo-password-public" not in rules.read_text()
+    repo("publish", "main", "--rules", str(rules))
+    text = subprocess.run(["git", "--git-dir", str(repo.cwd / ".vml"), "show", "public/main:entry.toml"], capture_output=True, text=True).stdout
+    assert "hmac" not in text
+    repo("checkout", "public/main", "--to", str(tmp_path / "out"))
+    published = (tmp_path / "out" / "home" / "user" / "README.md").read_text()
+    assert example in published and "Real-Pw-99" not in published
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[allow]]\npath = "/x"\nrule = "url-userinfo"\nfingerprint = "demo-password-public"\n')
+    assert "never holds a value" in one_line_error(repo("publish", "main", "--rules", str(bad), check=False))

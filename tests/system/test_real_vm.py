@@ -247,15 +247,33 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     vml("remote", "add", "origin", sshd.url(remote))
     with steps("push (with the base)"):
         vml("push", env=sshd.env)
+    # 8. The same entry made public (issue 18): pushed beside it, made into a VM, rebooted.
+    guest("printf 'mysql -u root -pVmSecret-7 physics\\nls\\n' > /root/.bash_history && chmod 600 /root/.bash_history")
+    with steps("commit and publish"):
+        vml("commit", "-m", "with history")
+        published = vml("publish", "main", "--json").json()
+        vml("push", "origin", "public/main", env=sshd.env)
+    assert {"ssh-user-key", "ssh-host-key", "machine-id", "shell-history"} <= {f["rule"] for f in published["findings"]}
     vml("vm", "delete")  # one guest at a time on this machine
     with steps("clone"):
         Vml(tmp_path, separate=True)("clone", sshd.url(remote), "elsewhere", env=sshd.env)
     other = Vml(tmp_path / "elsewhere", separate=True)
     other("area", "add", "lab", "--libvirt", f"qemu:///embed?root={embed_roots('vms-elsewhere')}", "--identity", str(key), env=sshd.env)
-    with steps("clone: checkout --new-vm"):
-        other("checkout", "main", "--new-vm", env=sshd.env)
-    check_the_guest(guest_of(other, "lab", key))
-    assert other("status", "--json", env=sshd.env).json()["clean"]
+    with steps("clone: checkout public/main --new-vm"):
+        made = other("checkout", "public/main", "--new-vm", "--json", env=sshd.env).json()
+    assert any("ssh-keygen" in line for line in made["restore_notice"]) and made["not_reproduced"] == []
+    public_guest = guest_of(other, "lab", key)
+    check_the_guest(public_guest)
+    assert "VmSecret-7" not in public_guest("cat /root/.bash_history") and "ls" in public_guest("cat /root/.bash_history")
+    assert public_guest("cat /etc/machine-id") == ""
+    assert other("status", "--json", env=sshd.env).json()["clean"]  # the host keys it left out are the guest's own
+    public_guest("sync")
+    with steps("public guest: power off, boot to ssh"):
+        other("vm", "stop", "--force")
+        other("vm", "start", "--wait")
+    check_the_guest(public_guest)  # it boots: systemd made a machine-id, sshd kept the base's host keys
+    assert len(public_guest("cat /etc/machine-id").strip()) == 32
+    assert all(len(line.split(":")) == 9 for line in public_guest("cat /etc/shadow").splitlines())
     other("vm", "delete", env=sshd.env)
     other.fsck_clean()
     vml.fsck_clean()

@@ -24,7 +24,7 @@ from vml.objects.diff import DELETED, diff_roots
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR
 from vml.objects.walk import listing_loader, node_at
-from vml.pathnames import quote_path, unquote_path
+from vml.pathnames import quote_path
 from vml.refs.branches import check_name, create_ref
 from vml.refs.heads import AreaHead, advance, attach, branch_exists, check_branch_free, detach, read_head
 from vml.refs.namespace import BRANCH_PREFIX
@@ -101,7 +101,7 @@ def _entry_rules(info: EntryInfo) -> Rules | None:
         return None
     # What a public entry left out is unknown, not absent: a checkout keeps the area's own
     # (its host keys, its authorized_keys, its user's Wi-Fi password).
-    left_out = tuple(literal_pattern(unquote_path(path).lstrip(b"/")) for path in (info.scrub or {}).get("dropped", []))
+    left_out = tuple(literal_pattern(path) for path in info.left_out())
     try:
         return Rules(tuple(info.rules[0]), tuple(info.rules[1]) + left_out)
     except UsageError as error:

@@ -11,7 +11,7 @@ from vml.api._common import opened_area, resolve_entry, scan_area
 from vml.areas.fsmeta import flag_letters
 from vml.areas.kinds import as_vm, definitions_differ, is_vm
 from vml.areas.protocol import Notice, WorkingArea
-from vml.entry import DOMAIN_FILE, entry_files, entry_root
+from vml.entry import DOMAIN_FILE, entry_files, entry_root, read_entry
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import diff_environment
 from vml.objects.diff import PROPERTIES, Change, diff_paths, diff_roots
@@ -165,7 +165,9 @@ def status(repo: Repository, *, area: str | None = None, notice: Notice = None) 
         head = read_head(repo.git, config.name)
         current, load = scan_area(repo, working_area)
         base_root = entry_root(repo.git, head.entry) if head.entry else None
-        changes = [diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)]
+        left_out = set(read_entry(repo.git, head.entry).left_out()) if head.entry else set()
+        changes = [diff_entry(c, None, None, False) for c in diff_roots(load, base_root, current.root_id)
+                   if not (c.status == "A" and c.path in left_out)]  # what a public entry left out is the area's own
         vm = as_vm(working_area).domain.state() if is_vm(config) else None
         if head.entry is not None:
             changes += env_diff(entry_files(repo.git, head.entry), working_area.entry_files())

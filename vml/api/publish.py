@@ -5,6 +5,7 @@ only earlier public entries, so nothing private is reachable from it."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 
@@ -27,7 +28,10 @@ from vml.scrub.entryfiles import scrub_entry_files
 from vml.scrub.files import FileScrubber
 from vml.scrub.packages import PackageFiles
 from vml.scrub.report import Dangling, Finding, ScrubReport
+from vml.scrub.rules import Allowlist, load_allowlist
 from vml.scrub.tree import TreeScrubber, rules_for
+
+SALT_KEY = "vml.scrubsalt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +164,24 @@ def scrub(repo: Repository, info: EntryInfo, extra: dict[str, bytes], *, rules_f
     source = source_store or repo.store
     load = listing_loader(source)
     root = bytes.fromhex(info.manifest)
-    files = FileScrubber(rules_for(load, source, root, rules_file), source, PackageFiles(load, source, root))
+    allowlist = Allowlist(load_allowlist(rules_file), scrub_salt(repo))
+    files = FileScrubber(rules_for(load, source, root, rules_file), source, PackageFiles(load, source, root), allowlist)
     sink = open_sink(repo.store, dry_run)
     tree = TreeScrubber(load, sink, files, progress, copy_from=source if source is not repo.store and not dry_run else None).scrub(root)
     scrubbed = scrub_entry_files(extra, files, tree.report)
     if VARIABLES in extra and not dry_run:
         scrubbed.update(dotfiles(repo.store, listing_loader(repo.store), tree.root_id))
     return Scrubbed(tree.report, tree.root_id, tree.totals, scrubbed, files)
+
+
+def scrub_salt(repo: Repository) -> bytes:
+    """This repository's key for the fingerprints of allowlisted findings: made once, kept
+    in its git config (never pushed)."""
+    salt = repo.git.config_get(SALT_KEY)
+    if salt is None:
+        salt = secrets.token_hex(16)
+        repo.git.config_set(SALT_KEY, salt)
+    return bytes.fromhex(salt)
 
 
 def _public_info(info: EntryInfo, scrubbed: Scrubbed) -> EntryInfo:

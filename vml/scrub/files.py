@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from vml.objects.manifest import Node
 from vml.objects.store import ChunkStore
 from vml.objects.walk import read_content
-from vml.pathnames import quote_path
+from vml.pathnames import quote_path, unquote_path
 from vml.scrub.packages import PackageFiles
 from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, NOT_A_VALUE, TEXT, content_matcher
 from vml.scrub.redactors import PLACEHOLDER, REDACTORS
 from vml.scrub.report import DROP, DROP_LINES, REDACT, Finding, mask
-from vml.scrub.rules import Decision, Rule, RuleSet
+from vml.scrub.rules import Allowlist, Decision, Rule, RuleSet
 
 REDACT_LIMIT = 16 << 20  # a file a redactor rewrites is read whole; larger ones are dropped
 REWRITE_LIMIT = 512 << 20  # a file with a finding is rewritten in memory; larger ones are dropped
@@ -64,8 +64,9 @@ def is_config(path: bytes, rule: Rule | None) -> bool:
 
 
 class FileScrubber:
-    def __init__(self, rules: RuleSet, store: ChunkStore, packages: PackageFiles | None = None):
+    def __init__(self, rules: RuleSet, store: ChunkStore, packages: PackageFiles | None = None, allowlist: Allowlist | None = None):
         self.rules = rules
+        self.allowlist = allowlist or Allowlist([], b"")
         self.store = store
         self.matcher = content_matcher()
         self.packages = packages
@@ -146,12 +147,17 @@ class FileScrubber:
                 return Outcome(None, True, [Finding(shown, DROP, found.findings[0].rule, found.findings[0].category, reviewed=reviewed)])
             return Outcome(None)
         text = is_text(data)
-        spans = self.spans(data, text, config)
+        path = unquote_path(shown).lstrip(b"/")
+        spans = []
+        for span in self.spans(data, text, config):
+            fingerprint = self.allowlist.fingerprint(data[span.start : span.end])
+            if not self.allowlist.permits(path, span.pattern, fingerprint):
+                spans.append((span, fingerprint))
         if not spans:
             return Outcome(None)
-        new = _replace(data, spans, text)
+        new = _replace(data, [span for span, _ in spans], text)
         findings = [Finding(shown, REDACT, span.pattern, span.category, (data.count(b"\n", 0, span.start) + 1,),
-                            _preview(data, span), reviewed) for span in spans]
+                            _preview(data, span), reviewed, fingerprint) for span, fingerprint in spans]
         return Outcome(new, False, findings)
 
     def spans(self, data: bytes, text: bool, config: bool) -> list[Span]:

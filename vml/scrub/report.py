@@ -44,6 +44,7 @@ class Finding:
     lines: tuple[int, ...] = ()
     preview: str = ""  # masked: the first two characters and the length
     reviewed: bool = True  # False: found by the content scan or the name heuristic, not by a path rule
+    fingerprint: str = ""  # a content finding's salted fingerprint, for an [[allow]] entry (never stored in an entry)
 
 
 @dataclass(frozen=True, slots=True)

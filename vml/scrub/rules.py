@@ -10,6 +10,7 @@ homes outside /home), and a glob with none of these matches a name at any depth.
 from __future__ import annotations
 
 import functools
+import hmac
 import re
 import tomllib
 from dataclasses import dataclass
@@ -36,6 +37,30 @@ class Rule:
     redactor: str | None = None
     scan: bool = True  # whether a kept or redacted file's content is scanned afterwards
     origin: str = "built-in"
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """One finding a user reviewed and keeps: where (a glob), which pattern, and a salted
+    fingerprint of the value (HMAC-SHA256 keyed by the repository's own salt, which stays in
+    its git config and is never pushed): never the value, never a plain hash of it."""
+
+    path: str
+    rule: str
+    fingerprint: str
+
+
+class Allowlist:
+    def __init__(self, entries: list[Allow], salt: bytes):
+        self.salt = salt
+        self._entries = [(re.compile(b"|".join(glob_regexes(entry.path, [])), re.DOTALL), entry) for entry in entries]
+
+    def fingerprint(self, value: bytes) -> str:
+        return "hmac-sha256:" + hmac.new(self.salt, value, "sha256").hexdigest()[:32]
+
+    def permits(self, path: bytes, rule: str, fingerprint: str) -> bool:
+        return any(entry.rule == rule and hmac.compare_digest(entry.fingerprint, fingerprint) and regex.match(path)
+                   for regex, entry in self._entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +100,22 @@ def rule_set(rules: tuple[Rule, ...], homes: tuple[bytes, ...]) -> RuleSet:
     return RuleSet(list(rules), list(homes))
 
 
+def load_allowlist(user_file: str | None) -> list[Allow]:
+    """The [[allow]] entries of the user's rules file (path, rule, fingerprint: as a dry run prints them)."""
+    if user_file is None:
+        return []
+    with open(user_file, encoding="utf-8") as rules_file:
+        document = _toml(rules_file.read(), user_file)
+    entries = []
+    for number, item in enumerate(document.get("allow", []), 1):
+        if not (isinstance(item, dict) and all(isinstance(item.get(key), str) and item[key] for key in ("path", "rule", "fingerprint"))):
+            raise UsageError(f"{user_file}: allow {number}: needs path, rule and fingerprint (as 'vml publish --dry-run' prints them)")
+        if not item["fingerprint"].startswith("hmac-sha256:"):
+            raise UsageError(f"{user_file}: allow {number}: a fingerprint is hmac-sha256:HEX; an allowlist never holds a value")
+        entries.append(Allow(item["path"], item["rule"], item["fingerprint"]))
+    return entries
+
+
 def load_rules(user_file: str | None) -> list[Rule]:
     """The user's rules (if a file is given) before the built-in ones; a user rule with a
     built-in rule's id replaces it."""
@@ -91,11 +132,15 @@ def load_rules(user_file: str | None) -> list[Rule]:
     return mine + [rule for rule in builtin if rule.id not in replaced]
 
 
-def _parse(text: str, source: str, origin: str) -> list[Rule]:
+def _toml(text: str, source: str) -> dict:
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{source}: not valid TOML: {error}") from None
+
+
+def _parse(text: str, source: str, origin: str) -> list[Rule]:
+    document = _toml(text, source)
     rules = []
     for number, item in enumerate(document.get("rule", []), 1):
         where = f"{source}: rule {number}"
