@@ -66,3 +66,15 @@ class TransportError(VmlError):
 
 class ConcurrentUpdate(VmlError):
     """A ref moved underneath us; the caller may retry."""
+
+
+class SignatureError(VmlError):
+    """An entry cannot be signed or checked: no key, a key locked by a passphrase and not in
+    ssh-agent, no ssh-keygen, no allowed-signers file (an environment problem, exit 3)."""
+
+
+class BadSignature(SignatureError):
+    """An entry's signature is missing, damaged, made by an untrusted key, or does not match
+    the entry: refused by a safety check (exit 2)."""
+
+    exit_code = EXIT_USAGE
