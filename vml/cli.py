@@ -63,6 +63,13 @@ area_option = click.option("-a", "--area", help="The working area (may be omitte
 rules_file_option = click.option("--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False),
                                  help="Scrub rules in TOML that come before the built-in ones (same id: replaces it).")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Public entries: report what would be removed, per file, and make nothing.")
+verify_option = click.option("--verify", is_flag=True, help="Refuse public entries (and with checkout or import, the entry itself) "
+                                                           "not signed by a key in the allowed signers.")
+allowed_signers_option = click.option("--allowed-signers", "allowed", metavar="FILE", type=click.Path(dir_okay=False),
+                                      help="The keys you trust, as git's gpg.ssh.allowedSignersFile (default: that setting); implies --verify.")
+sign_option = click.option("--sign", is_flag=True, help="Sign the public entry with an SSH key, as git's gpg.format=ssh does.")
+key_option = click.option("--key", metavar="FILE", help="With --sign: the SSH key (its private file, or its .pub with the key in ssh-agent); "
+                                                         "default: git config user.signingKey.")
 strict_option = click.option("--strict", is_flag=True, help="Exit non-zero, making nothing, if the scan finds what no rule covers.")
 
 
@@ -250,18 +257,20 @@ def area_list(ctx: click.Context, as_json: bool) -> None:
 @dry_run_option
 @strict_option
 @rules_file_option
+@sign_option
+@key_option
 @json_option
 @click.pass_context
 def commit(ctx: click.Context, area: str | None, message: str, allow_empty: bool, memory: bool, public: bool, as_name: str | None,
-           dry_run: bool, strict: bool, rules_file: str | None, as_json: bool) -> None:
+           dry_run: bool, strict: bool, rules_file: str | None, sign: bool, key: str | None, as_json: bool) -> None:
     """Save the area's files as a new entry (alias: save). Prints the entry id."""
-    if public or as_name or dry_run or strict or rules_file:
+    if public or as_name or dry_run or strict or rules_file or sign or key:
         if not public or memory or allow_empty:
-            raise click.UsageError("--as, --dry-run, --strict and --rules go with --public; --public goes with neither --memory "
+            raise click.UsageError("--as, --dry-run, --strict, --rules and --sign go with --public; --public goes with neither --memory "
                                    "(memory is never public) nor --allow-empty")
         with render.progress("saving and scrubbing", enabled=not as_json) as progress:
             published = api.commit_public(_repo(ctx), message, area=area, as_name=as_name, dry_run=dry_run, strict=strict,
-                                          rules_file=rules_file, progress=progress)
+                                          rules_file=rules_file, sign=sign, key=key, progress=progress)
         _emit(published, as_json, render.publish_result)
         if published.refused or (strict and published.unreviewed):
             sys.exit(EXIT_USAGE)
@@ -317,18 +326,22 @@ def show(ctx, entry: str, area: str | None, as_json: bool) -> None:
 @click.option("--to", "to", metavar="DIR", help="Restore into a new or empty directory instead of an area.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite changes in the area that no entry holds.")
 @click.option("--resume", is_flag=True, help="Restore a libvirt domain from an entry saved with --memory: disks, definition and memory; it runs on.")
+@verify_option
+@allowed_signers_option
 @click.option("--new-vm", is_flag=True,
               help="Make the area's libvirt domain anew from the entry's base image and definition, start it and put the entry's files in it.")
 @json_option
 @click.pass_context
-def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, resume: bool, new_vm: bool, as_json: bool) -> None:
+def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, resume: bool, verify: bool, allowed: str | None, new_vm: bool,
+             as_json: bool) -> None:
     """Put an entry back into an area, exactly (alias: open), or into --to DIR.
 
     ENTRY is an id (or a prefix of one), a branch or tag name, HEAD, HEAD~2, main^ ...
     Checking out a branch name puts the area on that branch; anything else detaches it.
     """
     with render.progress("restoring", enabled=not as_json) as progress:
-        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress,
+        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, verify=verify, allowed=allowed,
+                              progress=progress,
                               notice=render.notice)
     _emit(result, as_json, render.checkout_result)
 

@@ -8,7 +8,21 @@ import sys
 import click
 
 from vml import api, render
-from vml.cli import _emit, _emit_each, _repo, area_option, dry_run_option, json_option, main_group, rules_file_option, strict_option
+from vml.cli import (
+    _emit,
+    _emit_each,
+    _repo,
+    allowed_signers_option,
+    area_option,
+    dry_run_option,
+    json_option,
+    key_option,
+    main_group,
+    rules_file_option,
+    sign_option,
+    strict_option,
+    verify_option,
+)
 from vml.errors import EXIT_USAGE
 
 # -- remotes
@@ -94,17 +108,21 @@ def push(ctx, remote_name: str, names: tuple[str, ...], force: bool, tags: bool,
 @main_group.command()
 @click.argument("remote_name", metavar="[REMOTE]", default="origin", required=False)
 @accept_key_option
+@verify_option
+@allowed_signers_option
 @json_option
 @click.pass_context
-def fetch(ctx, remote_name: str, accept_new_host_key: bool, as_json: bool) -> None:
+def fetch(ctx, remote_name: str, accept_new_host_key: bool, verify: bool, allowed: str | None, as_json: bool) -> None:
     """Receive the entries of REMOTE (default origin) this repository lacks.
 
     The remote's branches become remote-tracking branches REMOTE/BRANCH (e.g. origin/main,
     usable wherever an entry is expected); its tags become local tags unless one of that
-    name exists. No area changes.
+    name exists; its public entries (public/NAME) are added or fast-forwarded. No area
+    changes. With --verify (or git config vml.verifySignatures true), no ref moves unless
+    every public entry it would name is signed by a key in the allowed signers.
     """
     with render.transfer_progress("fetching", enabled=not as_json) as progress:
-        result = api.fetch(_repo(ctx), remote_name, accept_new_host_key=accept_new_host_key, progress=progress)
+        result = api.fetch(_repo(ctx), remote_name, accept_new_host_key=accept_new_host_key, verify=verify, allowed=allowed, progress=progress)
     _emit(result, as_json, render.fetch_result)
 
 
@@ -133,8 +151,10 @@ def pull(ctx, remote_name: str, branch: str | None, area: str | None, accept_new
 @click.argument("url")
 @click.argument("directory", required=False)
 @accept_key_option
+@verify_option
+@allowed_signers_option
 @json_option
-def clone(url: str, directory: str | None, accept_new_host_key: bool, as_json: bool) -> None:
+def clone(url: str, directory: str | None, accept_new_host_key: bool, verify: bool, allowed: str | None, as_json: bool) -> None:
     """Make DIRECTORY/.vml a copy of the repository at URL, with `origin` set to it.
 
     DIRECTORY defaults to the last part of URL. Every branch and tag is fetched; the
@@ -142,7 +162,7 @@ def clone(url: str, directory: str | None, accept_new_host_key: bool, as_json: b
     the files.
     """
     with render.transfer_progress("cloning", enabled=not as_json) as progress:
-        result = api.clone(url, directory, accept_new_host_key=accept_new_host_key, progress=progress)
+        result = api.clone(url, directory, accept_new_host_key=accept_new_host_key, verify=verify, allowed=allowed, progress=progress)
     _emit(result, as_json, render.clone_result)
 
 
@@ -174,15 +194,17 @@ def export_command(ctx, entry: str, output: str, kind: str, since: str | None, a
 @click.argument("bundle", metavar="FILE")
 @click.option("--as", "as_name", metavar="BRANCH", help="Put the entry on this branch instead of the name it was exported with.")
 @click.option("-f", "--force", is_flag=True, help="Move the branch or tag even if the entry does not descend from where it is.")
+@verify_option
+@allowed_signers_option
 @json_option
 @click.pass_context
-def import_command(ctx, bundle: str, as_name: str | None, force: bool, as_json: bool) -> None:
+def import_command(ctx, bundle: str, as_name: str | None, force: bool, verify: bool, allowed: str | None, as_json: bool) -> None:
     """Check bundle FILE whole (what it requires, every hash), then store its entries.
 
     Nothing is written if any check fails. The entry's branch or tag is created, or moved
     if the entry descends from where it is.
     """
-    result = api.import_bundle(_repo(ctx), bundle, as_name=as_name, force=force)
+    result = api.import_bundle(_repo(ctx), bundle, as_name=as_name, force=force, verify=verify, allowed=allowed)
     _emit(result, as_json, render.import_result)
 
 
@@ -197,11 +219,13 @@ def import_command(ctx, bundle: str, as_name: str | None, force: bool, as_json: 
 @dry_run_option
 @strict_option
 @rules_file_option
+@sign_option
+@key_option
 @area_option
 @json_option
 @click.pass_context
 def publish(ctx, entry: str, as_name: str | None, message: str | None, dry_run: bool, strict: bool, rules_file: str | None,
-            area: str | None, as_json: bool) -> None:
+            sign: bool, key: str | None, area: str | None, as_json: bool) -> None:
     """Make a public entry from ENTRY, safe to share: on refs/public/NAME (shown public/NAME).
 
     The entry's files stream through a scrubber: path rules drop credential files (SSH and
@@ -214,7 +238,7 @@ def publish(ctx, entry: str, as_name: str | None, message: str | None, dry_run: 
     """
     with render.progress("scrubbing", enabled=not as_json) as progress:
         result = api.publish(_repo(ctx), entry, as_name=as_name, message=message, dry_run=dry_run, strict=strict,
-                             rules_file=rules_file, area=area, progress=progress)
+                             rules_file=rules_file, area=area, sign=sign, key=key, progress=progress)
     _emit(result, as_json, render.publish_result)
     if result.refused or (strict and result.unreviewed):
         sys.exit(EXIT_USAGE)

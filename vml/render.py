@@ -585,8 +585,9 @@ def publish_result(result: api.PublishResult) -> None:
         out.print(f"--strict: public/{escape(result.name)} not made")
     elif result.created:
         parent = f" (after {result.parent[:12]})" if result.parent else ""
+        signed = ", signed" if result.signed else ""
         out.print(f"public entry {result.entry[:12] if result.entry else ''} on public/{escape(result.name)}{parent}: "
-                  f"{_count(result.files, 'file')}, {size(result.logical_bytes)}")
+                  f"{_count(result.files, 'file')}, {size(result.logical_bytes)}{signed}")
     else:
         out.print(f"public/{escape(result.name)} is up to date at {result.entry[:12] if result.entry else ''}: nothing changed since")
     for category, counts in result.categories.items():

@@ -239,3 +239,61 @@ def test_an_allowlist_keeps_a_reviewed_value_by_its_salted_fingerprint(repo: Vml
     bad = tmp_path / "bad.toml"
     bad.write_text('[[allow]]\npath = "/x"\nrule = "url-userinfo"\nfingerprint = "demo-password-public"\n')
     assert "never holds a value" in one_line_error(repo("publish", "main", "--rules", str(bad), check=False))
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> tuple[Path, Path]:
+    """An SSH key and an allowed-signers file that trusts it (and a stranger's key, not trusted)."""
+    key = tmp_path / "keys" / "id_ed25519"
+    key.parent.mkdir()
+    for name in ("id_ed25519", "stranger"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key.parent / name)], check=True)
+    allowed = tmp_path / "keys" / "allowed_signers"
+    allowed.write_text(f"alice@example.org {(key.parent / 'id_ed25519.pub').read_text()}")
+    return key, allowed
+
+
+def test_signed_public_entries_verify_with_git_and_vml(repo: Vml, secrets: Path, signer: tuple[Path, Path], tmp_path: Path):
+    key, allowed = signer
+    repo("commit", "-m", "first")
+    assert repo("publish", "main", "--sign", "--key", str(key), "--json").json()["signed"]
+    git_dir = ["git", "--git-dir", str(repo.cwd / ".vml"), "-c", f"gpg.ssh.allowedSignersFile={allowed}"]
+    subprocess.run([*git_dir, "verify-commit", "public/main"], check=True, capture_output=True)
+    assert 'Good "git" signature for alice@example.org' in subprocess.run([*git_dir, "log", "--show-signature", "-1", "public/main"],
+                                                                          capture_output=True, text=True).stdout
+    remote = tmp_path / "public.vml"
+    repo("init", "--bare", str(remote))
+    repo("remote", "add", "origin", str(remote))
+    repo("push", "origin", "public/main")
+    Vml(tmp_path)("clone", str(remote), "trusting", "--verify", "--allowed-signers", str(allowed))
+    trusting = Vml(tmp_path / "trusting")
+    trusting("checkout", "public/main", "--to", str(tmp_path / "out"), "--verify")
+
+    # An unsigned public entry: a verifying fetch, clone, checkout or import refuses it.
+    (secrets / "home" / "user" / "notes.txt").write_text("unsigned change\n")
+    repo("commit", "-m", "second")
+    repo("publish", "main")
+    repo("push", "origin", "public/main")
+    before = git(trusting, "rev-parse", "public/main")
+    refused = trusting("fetch", check=False)  # the clone keeps verifying: vml.verifySignatures
+    assert "is not signed" in one_line_error(refused, code=2) and git(trusting, "rev-parse", "public/main") == before
+    assert "is not signed" in one_line_error(Vml(tmp_path)("clone", str(remote), "other", "--verify", "--allowed-signers", str(allowed),
+                                                            check=False), code=2)
+    assert not (tmp_path / "other").exists()
+    assert "is not signed" in one_line_error(repo("checkout", "public/main", "--to", str(tmp_path / "x"), "--allowed-signers", str(allowed),
+                                                  check=False), code=2)
+    bundle = tmp_path / "public.bundle"
+    repo("export", "public/main", "-o", str(bundle))
+    fresh = Vml(tmp_path / "fresh")
+    (tmp_path / "fresh").mkdir()
+    fresh("init")
+    assert "is not signed" in one_line_error(fresh("import", str(bundle), "--verify", "--allowed-signers", str(allowed), check=False), code=2)
+    assert subprocess.run(["git", "--git-dir", str(tmp_path / "fresh" / ".vml"), "for-each-ref"], capture_output=True, text=True).stdout == ""
+    fresh("import", str(bundle))  # without --verify it is taken, on its public name
+    assert git(fresh, "rev-parse", "public/main") == git(repo, "rev-parse", "public/main")
+    stranger = repo("publish", "main", "--as", "other", "--sign", "--key", str(key.parent / "stranger"), "--json").json()["entry"]
+    assert "not trusted" in one_line_error(repo("checkout", stranger, "--to", str(tmp_path / "y"), "--allowed-signers", str(allowed),
+                                                check=False), code=2)
+    assert "needs an SSH key" in one_line_error(repo("publish", "main", "--sign", check=False))
+    trusting.fsck_clean()
+    fresh.fsck_clean()

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
+from vml.api._trust import check_entry
 from vml.entry import base_entry, same_base_image
 from vml.errors import UsageError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, BundleInfo, read_bundle, write_bundle
@@ -13,7 +14,7 @@ from vml.pathnames import quote_path
 from vml.refs.bases import BaseName
 from vml.refs.branches import check_name
 from vml.refs.heads import areas_on_branch
-from vml.refs.namespace import BRANCH_PREFIX, TAG_PREFIX, short_name
+from vml.refs.namespace import BRANCH_PREFIX, REFS_PREFIX, TAG_PREFIX, short_name
 from vml.refs.updates import REJECTED, UP_TO_DATE, classify
 from vml.repo import Repository
 
@@ -38,7 +39,8 @@ def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since:
     with repo.shared_lock():
         entry = resolve_entry(repo, spec, area)
         entry_info(repo, entry)  # a vml entry, not any git commit
-        ref = next((prefix + spec for prefix in (BRANCH_PREFIX, TAG_PREFIX) if repo.git.ref_target(prefix + spec) == entry), None)
+        ref = next((prefix + spec for prefix in (BRANCH_PREFIX, TAG_PREFIX, REFS_PREFIX) if repo.git.ref_target(prefix + spec) == entry
+                    and (prefix != REFS_PREFIX or spec.startswith("public/"))), None)
         if since is not None:
             kind, requires = SINCE, [resolve_entry(repo, since, area)]
             if requires[0] == entry:
@@ -85,7 +87,8 @@ class ImportResult:
     privileged_paths: list[str] = field(default_factory=list)  # the first of them, "path (why)"
 
 
-def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, force: bool = False) -> ImportResult:
+def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, force: bool = False, verify: bool = False,
+                  allowed: str | None = None) -> ImportResult:
     """Check a bundle whole (its requirements, every hash, that its entries are complete),
     then store it and set the branch or tag it was exported from (or --as BRANCH)."""
     with repo.shared_lock():
@@ -111,6 +114,7 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
                 f"import with --as BRANCH, then 'vml checkout BRANCH -a {on_it[0]}'"
             )
         store_all()  # objects first: nothing names them until the refs below move
+        check_entry(repo, info.entry, verify, allowed)  # a bad signature: nothing names them
         for base_ref, base_commit in info.bases.items():
             held = repo.git.ref_target(base_ref)
             if held is not None and not same_base_image(repo.git, held, base_commit):

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area
+from vml.api._trust import check_entry
 from vml.api.bases import check_base
 from vml.api.vm import make_vm
 from vml.areas.kinds import as_vm, is_vm
@@ -45,7 +46,11 @@ class CheckoutResult:
 
 
 def checkout(repo: Repository, spec: str, *, area: str | None = None, to: str | None = None, force: bool = False,
-             resume: bool = False, new_vm: bool = False, progress: Progress = None, notice: Notice = None) -> CheckoutResult:
+             resume: bool = False, new_vm: bool = False, verify: bool = False, allowed: str | None = None, progress: Progress = None,
+             notice: Notice = None) -> CheckoutResult:
+    if to is None:
+        repo.choose_area(area)  # which area, first: its error comes before any about the entry
+    check_entry(repo, resolve_entry(repo, spec, area if to is None else None), verify, allowed)
     try:
         result = _checkout(repo, spec, area=area, to=to, force=force, resume=resume, new_vm=new_vm, progress=progress, notice=notice)
     except OSError as error:

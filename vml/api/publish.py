@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import vml
 from vml.api._common import Progress, opened_area, resolve_entry
+from vml.api._trust import signing_key
 from vml.api.bases import area_base
 from vml.areas.capture.sink import open_sink
 from vml.areas.statcache import StatCache
@@ -52,6 +53,7 @@ class PublishResult:
     unreviewed: int = 0
     hints: list[str] = field(default_factory=list)
     packaged: list[str] = field(default_factory=list)  # files with a match kept: byte for byte their package's (dpkg, pip sums)
+    signed: bool = False  # the public entry made was signed (--sign)
 
 
 @dataclass(slots=True)
@@ -70,20 +72,23 @@ class Scrubbed:
 
 
 def publish(repo: Repository, spec: str, *, as_name: str | None = None, message: str | None = None, dry_run: bool = False,
-            strict: bool = False, rules_file: str | None = None, area: str | None = None, progress: Progress = None) -> PublishResult:
+            strict: bool = False, rules_file: str | None = None, area: str | None = None, sign: bool = False, key: str | None = None,
+            progress: Progress = None) -> PublishResult:
     """Make (or with `dry_run`, only report) the public entry of the entry `spec` on refs/public/NAME."""
     source = resolve_entry(repo, spec, area)
     info = read_entry(repo.git, source)
     refuse_private_only(info, source)
     name = as_name or _default_name(repo, spec, area)
+    sign_with = signing_key(repo, key) if sign else None
     with repo.shared_lock():
         return _publish(repo, name, info, entry_files(repo.git, source), source,
                         message if message is not None else repo.git.commit(source).message,
-                        dry_run=dry_run, strict=strict, rules_file=rules_file, progress=progress)
+                        dry_run=dry_run, strict=strict, rules_file=rules_file, progress=progress, sign_with=sign_with)
 
 
 def commit_public(repo: Repository, message: str, *, area: str | None = None, as_name: str | None = None, dry_run: bool = False,
-                  strict: bool = False, rules_file: str | None = None, progress: Progress = None) -> PublishResult:
+                  strict: bool = False, rules_file: str | None = None, sign: bool = False, key: str | None = None,
+                  progress: Progress = None) -> PublishResult:
     """A public entry straight from a live area: no private entry is made and the area's
     HEAD stays. The capture goes to a scratch store beside the repository, deleted after, so
     what the scrubber removes never enters the repository's store."""
@@ -93,6 +98,7 @@ def commit_public(repo: Repository, message: str, *, area: str | None = None, as
     name = as_name or read_head(repo.git, config.name).branch
     if name is None:
         raise UsageError(f"area {config.name} is on no branch: name the public entry with --as NAME")
+    sign_with = signing_key(repo, key) if sign else None
     with opened_area(repo, config) as working_area, repo.shared_lock(), repo.area_lock(config.name), \
             tempfile.TemporaryDirectory(prefix="public-", dir=repo.temp_dir()) as scratch_dir:
         ChunkStore.create(scratch_dir)
@@ -106,7 +112,7 @@ def commit_public(repo: Repository, message: str, *, area: str | None = None, as
                              logical_bytes=0, added_bytes=0, base=area_base(repo, config),
                              rules=(list(working_area.rules.include), list(working_area.rules.exclude)))
             return _publish(repo, name, info, extra, None, message, dry_run=dry_run, strict=strict, rules_file=rules_file,
-                            progress=progress, source_store=scratch)
+                            progress=progress, source_store=scratch, sign_with=sign_with)
         finally:
             scratch.close()
 
@@ -120,7 +126,8 @@ def refuse_private_only(info: EntryInfo, source: str) -> None:
 
 
 def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, bytes], source: str | None, message: str, *,
-             dry_run: bool, strict: bool, rules_file: str | None, progress: Progress, source_store: ChunkStore | None = None) -> PublishResult:
+             dry_run: bool, strict: bool, rules_file: str | None, progress: Progress, source_store: ChunkStore | None = None,
+             sign_with: str | None = None) -> PublishResult:
     check_name(repo.git, "branch", name)
     ref = PUBLIC_PREFIX + name
     parent = repo.git.ref_target(ref)
@@ -131,6 +138,7 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
 
     def result(entry: str | None, created: bool, refused: bool = False) -> PublishResult:
         return PublishResult(name=name, ref=ref, source=source, entry=entry, parent=parent, created=created, dry_run=dry_run,
+                             signed=created and sign_with is not None,
                              refused=refused, files=scrubbed.totals.files, logical_bytes=scrubbed.totals.bytes,
                              findings=report.findings, categories=report.categories(), dangling=report.dangling,
                              unreviewed=len(report.unreviewed()), hints=report.hints(), packaged=scrubbed.scrubber.pristine)
@@ -147,7 +155,8 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
         repo.store.abandon()
         raise
     public = _public_info(info, scrubbed)
-    entry = repo.git.create_commit({ENTRY_FILE: public.to_toml(), **scrubbed.files}, scrubbed.message(message), [parent] if parent else [])
+    entry = repo.git.create_commit({ENTRY_FILE: public.to_toml(), **scrubbed.files}, scrubbed.message(message), [parent] if parent else [],
+                                   sign_with=sign_with)
     if parent is not None and repo.git.tree_id(entry) == repo.git.tree_id(parent):
         return result(parent, False)  # the commit just made stays unreferenced: gc prunes it
     try:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vml.api._common import Progress
+from vml.api._trust import ALLOWED_SIGNERS, VERIFY, allowed_signers, verify_public
 from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import UsageError
@@ -121,17 +122,22 @@ class FetchResult:
     default_branch: str | None  # the branch the remote's HEAD names
 
 
-def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key: bool = False, progress: Progress = None) -> FetchResult:
-    """Bring the remote's branches (as remote-tracking branches NAME/BRANCH) and tags, with
-    only the entries and blobs this repository lacks."""
+def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key: bool = False, verify: bool = False,
+          allowed: str | None = None, progress: Progress = None) -> FetchResult:
+    """Bring the remote's branches (as remote-tracking branches NAME/BRANCH), tags and public
+    entries, with only the entries and blobs this repository lacks. With `verify` (or the
+    repository's vml.verifySignatures), every public entry a ref would move to must be signed
+    by a key in the allowed signers, or no ref moves."""
     url = remote_url(repo.git, remote_name)
     started = time.monotonic()
+    signers = allowed_signers(repo, verify, allowed)
     with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
         remote_refs = remote.refs()
         objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
         stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
         for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
             repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
+        verify_public(repo, {ref: entry for ref, entry in remote_refs.items() if repo.git.ref_target(ref) != entry}, signers)
         changes = update_tracking(repo.git, remote_name, remote_refs)
         bytes_received = remote.transport.bytes_received
         default = remote.default_branch()
@@ -185,9 +191,11 @@ class CloneResult:
     fetched: FetchResult
 
 
-def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool = False, progress: Progress = None) -> CloneResult:
+def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool = False, verify: bool = False, allowed: str | None = None,
+          progress: Progress = None) -> CloneResult:
     """A new repository DIR/.vml with `origin` set to URL, its entries fetched and its
-    default branch made a local branch."""
+    default branch made a local branch. With `verify`, its public entries must be signed by
+    a key in `allowed`, which the new repository keeps checking them against."""
     location = parse_url(url)
     if directory is None:
         name = os.path.basename(location.path.rstrip("/")) or "repository"
@@ -199,7 +207,11 @@ def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool =
     repo = Repository.init(target)
     try:
         url = remote_add(repo, "origin", url).url
-        fetched = fetch(repo, "origin", accept_new_host_key=accept_new_host_key, progress=progress)
+        if allowed is not None:
+            repo.git.config_set(ALLOWED_SIGNERS, os.path.abspath(os.path.expanduser(allowed)))
+        if verify:
+            repo.git.config_set(VERIFY, "true")
+        fetched = fetch(repo, "origin", accept_new_host_key=accept_new_host_key, verify=verify, allowed=allowed, progress=progress)
         default = fetched.default_branch
         branches = {change.ref.split("/", 1)[1]: change.new for change in fetched.refs if change.ref.startswith("origin/")}
         branch = default if default in branches else next(iter(sorted(branches)), None)

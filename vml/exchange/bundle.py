@@ -40,7 +40,7 @@ from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs, privileged_nodes
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
-from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, TAG_PREFIX
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX
 
 MAGIC = b"VMLBNDL\x01"
 FORMAT = 1
@@ -187,7 +187,8 @@ def _parse(bundle_file, size: int) -> _Contents:
         if not _is_hex_id(header.get("entry")) or header.get("kind") not in (FULL, INCREMENTAL, DIFFERENTIAL, SINCE):
             raise ValueError("bad entry or kind")
         ref = header.get("ref")
-        if ref is not None and not (isinstance(ref, str) and ref.startswith((BRANCH_PREFIX, TAG_PREFIX)) and GitDag.is_valid_ref_name(ref)):
+        if ref is not None and not (isinstance(ref, str) and ref.startswith((BRANCH_PREFIX, TAG_PREFIX, PUBLIC_PREFIX))
+                                    and GitDag.is_valid_ref_name(ref)):
             raise ValueError("bad ref name")
         bases = header.get("bases", {})
         if not isinstance(bases, dict) or not all(

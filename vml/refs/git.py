@@ -18,6 +18,7 @@ import pygit2
 from vml.durable import write_atomically
 from vml.errors import ConcurrentUpdate, CorruptObject, UnknownEntry, VmlError
 from vml.refs.namespace import REFS_PREFIX
+from vml.signing import Signer, create_signed_commit, verify_commit
 
 ZERO = "0" * 40
 _TYPE_NAMES = {
@@ -108,10 +109,13 @@ class GitDag:
         email = os.environ.get("VML_AUTHOR_EMAIL") or self.config_get("user.email") or f"{getpass.getuser()}@{socket.gethostname()}"
         return pygit2.Signature(name, email)
 
-    def create_commit(self, files: dict[str, bytes], message: str, parents: list[str]) -> str:
-        """Write a commit whose tree holds `files` (paths with '/' make subtrees); no ref moves."""
+    def create_commit(self, files: dict[str, bytes], message: str, parents: list[str], *, sign_with: str | None = None) -> str:
+        """Write a commit whose tree holds `files` (paths with '/' make subtrees); no ref
+        moves. With `sign_with` (an SSH key), signed as git's gpg.format=ssh signs."""
         tree_id = self._write_tree(files)
         signature = self.signature()
+        if sign_with is not None:
+            return create_signed_commit(self._repo, tree_id, message, signature, signature, parents, sign_with)
         commit_id = self._repo.create_commit(
             None, signature, signature, message, tree_id, [pygit2.Oid(hex=p) for p in parents]
         )
@@ -154,6 +158,10 @@ class GitDag:
             time=raw.commit_time,
             offset=raw.commit_time_offset,
         )
+
+    def verify_signature(self, commit_id: str, allowed_signers: str) -> Signer:
+        """Who signed the entry, by the allowed-signers file; BadSignature if no one it trusts did."""
+        return verify_commit(self._repo, commit_id, allowed_signers)
 
     def tree_id(self, commit_id: str) -> str:
         return str(self._repo[commit_id].tree_id)
