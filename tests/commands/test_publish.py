@@ -297,3 +297,24 @@ def test_signed_public_entries_verify_with_git_and_vml(repo: Vml, secrets: Path,
     assert "needs an SSH key" in one_line_error(repo("publish", "main", "--sign", check=False))
     trusting.fsck_clean()
     fresh.fsck_clean()
+
+
+def test_the_clean_file_cache_never_hides_a_new_finding(repo: Vml, guest: Path, tmp_path: Path):
+    """A publish remembers the files it found nothing in; a change of content, of the rules
+    or of the allowlist is a miss, never a stale 'clean'."""
+    readme = guest / "home" / "user" / "README.md"
+    readme.write_text("server: https://demo:demo-pw-public@example.org/\n")
+    repo("commit", "-m", "one")
+    fingerprint = repo("publish", "main", "--dry-run", "--json").json()["findings"][0]["fingerprint"]
+    rules = tmp_path / "allow.toml"
+    rules.write_text(f'[[allow]]\npath = "/home/user/README.md"\nrule = "url-userinfo"\nfingerprint = "{fingerprint}"\n')
+    repo("publish", "main", "--rules", str(rules))  # README.md is clean under this allowlist: remembered so
+    assert (repo.cwd / ".vml" / "vml" / "scrub-cache").stat().st_size > 16
+    without = repo("publish", "main", "--dry-run", "--json").json()  # no allowlist: another context
+    assert [f["rule"] for f in without["findings"]] == ["url-userinfo"]
+    notes = guest / "home" / "user" / "notes.txt"  # clean, and remembered
+    repo("publish", "main", "--dry-run")
+    notes.write_text("token " + TOKEN + "\n")
+    repo("commit", "-m", "two")
+    found = repo("publish", "main", "--dry-run", "--json").json()["findings"]
+    assert {(f["path"], f["rule"]) for f in found} >= {("/home/user/notes.txt", "github-token")}

@@ -5,6 +5,7 @@ only earlier public entries, so nothing private is reachable from it."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -25,14 +26,17 @@ from vml.refs.branches import check_name
 from vml.refs.heads import read_head
 from vml.refs.namespace import BRANCH_PREFIX, PUBLIC_PREFIX
 from vml.repo import Repository
+from vml.scrub.cache import CleanCache
 from vml.scrub.entryfiles import scrub_entry_files
 from vml.scrub.files import FileScrubber
 from vml.scrub.packages import PackageFiles
+from vml.scrub.patterns import PATTERNS_DIGEST_SOURCE
 from vml.scrub.report import Dangling, Finding, ScrubReport
 from vml.scrub.rules import Allowlist, load_allowlist
 from vml.scrub.tree import TreeScrubber, rules_for
 
 SALT_KEY = "vml.scrubsalt"
+CACHE_FILE = "scrub-cache"  # in the repository's vml directory: files the scan found nothing in (scrub/cache.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +177,14 @@ def scrub(repo: Repository, info: EntryInfo, extra: dict[str, bytes], *, rules_f
     source = source_store or repo.store
     load = listing_loader(source)
     root = bytes.fromhex(info.manifest)
-    allowlist = Allowlist(load_allowlist(rules_file), scrub_salt(repo))
-    files = FileScrubber(rules_for(load, source, root, rules_file), source, PackageFiles(load, source, root), allowlist)
+    allowed, salt = load_allowlist(rules_file), scrub_salt(repo)
+    rules = rules_for(load, source, root, rules_file)
+    cache = CleanCache(os.path.join(repo.vml_dir, CACHE_FILE), b"\0".join((
+        vml.__version__.encode(), repr(rules.rules).encode(), repr(rules.homes).encode(), repr(allowed).encode(), salt, PATTERNS_DIGEST_SOURCE)))
+    files = FileScrubber(rules, source, PackageFiles(load, source, root), Allowlist(allowed, salt), cache)
     sink = open_sink(repo.store, dry_run)
     tree = TreeScrubber(load, sink, files, progress, copy_from=source if source is not repo.store and not dry_run else None).scrub(root)
+    cache.save()
     scrubbed = scrub_entry_files(extra, files, tree.report)
     if VARIABLES in extra and not dry_run:
         scrubbed.update(dotfiles(repo.store, listing_loader(repo.store), tree.root_id))

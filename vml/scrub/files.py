@@ -14,6 +14,7 @@ from vml.objects.manifest import Node
 from vml.objects.store import ChunkStore
 from vml.objects.walk import read_content
 from vml.pathnames import quote_path, unquote_path
+from vml.scrub.cache import CleanCache
 from vml.scrub.packages import PackageFiles
 from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, NOT_A_VALUE, TEXT, content_matcher
 from vml.scrub.redactors import PLACEHOLDER, REDACTORS
@@ -39,6 +40,7 @@ class Outcome:
     content: bytes | None  # the new content; None: the node stays as it is (or is dropped)
     dropped: bool = False
     findings: list[Finding] = field(default_factory=list)
+    pristine: bool = False  # kept with its matches: byte for byte its package's
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +60,14 @@ def is_config(path: bytes, rule: Rule | None) -> bool:
     """Whether `key = secret` lines are looked for in the file: configuration, not package trees."""
     if rule is not None:
         return rule.category != "packages"
-    name = path.rpartition(b"/")[2]
-    return path.startswith(b"etc/") or name.endswith(CONFIG_SUFFIXES) or any(part.startswith(b".") for part in path.split(b"/")[:-1]) \
-        or name.startswith(b".")
+    return path.startswith(b"etc/") or path.endswith(CONFIG_SUFFIXES) or b"/." in b"/" + path  # a dotfile, or in a dot-directory
 
 
 class FileScrubber:
-    def __init__(self, rules: RuleSet, store: ChunkStore, packages: PackageFiles | None = None, allowlist: Allowlist | None = None):
+    def __init__(self, rules: RuleSet, store: ChunkStore, packages: PackageFiles | None = None, allowlist: Allowlist | None = None,
+                 cache: CleanCache | None = None):
         self.rules = rules
+        self.cache = cache or CleanCache(None, b"")
         self.allowlist = allowlist or Allowlist([], b"")
         self.store = store
         self.matcher = content_matcher()
@@ -85,25 +87,35 @@ class FileScrubber:
         return None
 
     def regular(self, path: bytes, node: Node, decision: Decision) -> Outcome:
-        shown, rule = quote_path(b"/" + path), decision.rule
+        rule = decision.rule
         dropped = self.drop_finding(path, decision)
         if dropped is not None:
             return Outcome(None, True, [dropped])
         if rule is not None and rule.action == "redact":
-            return self._redacted(path, shown, node, rule)
+            return self._redacted(path, quote_path(b"/" + path), node, rule)
         if rule is not None and rule.action == "keep" and not rule.scan:
             return Outcome(None)
+        key = self.cache.key(path, node) if node.hardlink is None else None
+        if key is not None and self.cache.hit(key):
+            return Outcome(None)
+        outcome = self._scanned(path, node, rule)
+        if key is not None and not outcome.findings and not outcome.dropped and outcome.content is None and not outcome.pristine:
+            self.cache.add(key)
+        return outcome
+
+    def _scanned(self, path: bytes, node: Node, rule: Rule | None) -> Outcome:
         config = is_config(path, rule) and node.size <= CONFIG_LIMIT
         hit, text, gzipped = self._prefilter(node)
         if not hit and not (config and text) and not gzipped:
             return Outcome(None)
+        shown = quote_path(b"/" + path)
         if node.size > REWRITE_LIMIT:
             return Outcome(None, True, [Finding(shown, DROP, "too-large-to-redact", "unreviewed", reviewed=False)])
         data = read_content(self.store, node)
         outcome = self.scan(shown, data, config, reviewed=rule is not None and rule.category != "packages")
         if outcome.findings and self.packages is not None and self.packages.pristine(path, data):
             self.pristine.append(shown)
-            return Outcome(None)
+            return Outcome(None, pristine=True)
         return outcome
 
     def _redacted(self, path: bytes, shown: str, node: Node, rule: Rule) -> Outcome:

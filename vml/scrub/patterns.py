@@ -100,6 +100,10 @@ SECRET_NAME_EXCEPTIONS = re.compile(rb"(?i)^(TOKENIZERS_PARALLELISM|SSH_AUTH_SOC
 RUNTIME_VARIABLES = frozenset({b"SSH_AUTH_SOCK", b"SSH_AGENT_PID", b"DBUS_SESSION_BUS_ADDRESS", b"XDG_RUNTIME_DIR", b"GPG_AGENT_INFO",
                                b"KRB5CCNAME", b"X509_USER_PROXY", b"BEARER_TOKEN_FILE"})
 
+# What the scan's answer depends on besides rules and data: a cached "nothing found" made
+# under other patterns is worth nothing (vml/scrub/cache.py).
+PATTERNS_DIGEST_SOURCE = repr((CONTENT, ASSIGNMENT.pattern, NOT_A_VALUE.pattern, HISTORY.pattern, SECRET_NAME.pattern)).encode()
+
 _content_matcher: Matcher | None = None
 
 
