@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vml.areas.capture.sink import Sink
+from vml.errors import CorruptObject
 from vml.objects.chunker import cut_buffer
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK, Listing, Node, Totals, encode_listing, encode_root
 from vml.objects.store import ChunkStore
@@ -71,7 +72,7 @@ class TreeScrubber:
                 redacting = [decision for decision in decisions if decision.rule is not None and decision.rule.action == "redact"]
                 if redacting:
                     self.group_decision[group[0]] = redacting[0]
-        listing_id, totals = self._directory(b"", top.tree)
+        listing_id, totals = self._directory(b"", _listing_of(top, b"/"))
         kept_groups = [[path for path in group if path not in self.dropped] for group in groups]
         links = [group for group in kept_groups if len(group) >= 2]
         top = dataclasses.replace(top, name=b"", tree=listing_id)
@@ -85,7 +86,7 @@ class TreeScrubber:
             path = prefix + b"/" + node.name if prefix else node.name
             node = self._xattrs(path, node)
             if node.kind == KIND_DIR:
-                child_id, child_totals = self._directory(path, node.tree)
+                child_id, child_totals = self._directory(path, _listing_of(node, path))
                 kept: Node | None = dataclasses.replace(node, tree=child_id)
                 totals.add(child_totals)
             elif node.kind == KIND_SYMLINK:
@@ -167,3 +168,9 @@ class TreeScrubber:
             for match in finder.finditer(data):
                 self.report.dangling.append(Dangling(quote_path(b"/" + path), data.count(b"\n", 0, match.start()) + 1,
                                                      quote_path(b"/" + names[match.group()])))
+
+
+def _listing_of(node: Node, path: bytes) -> bytes:
+    if node.tree is None:
+        raise CorruptObject(f"damaged listing: the directory {quote_path(path)} names no listing of its own")
+    return node.tree
