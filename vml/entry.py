@@ -139,10 +139,26 @@ class EntryInfo:
                 memory=memory["manifest"] if memory else None,
                 memory_disks=list(memory.get("disks", [])) if memory else [],
                 rules=([str(p) for p in rules["include"]], [str(p) for p in rules["exclude"]]) if rules else None,
-                scrub=dict(document["scrub"]) if isinstance(document.get("scrub"), dict) else None,
+                scrub=_scrub_table(document.get("scrub")),
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
             raise CorruptObject(f"damaged {ENTRY_FILE}: {error}") from None
+
+
+MAX_LEFT_OUT = 100_000  # more paths than any public entry drops: a hostile entry.toml
+
+
+def _scrub_table(table: object) -> dict | None:
+    """A public entry's [scrub] table, its lists checked (it may come from a stranger)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ValueError("[scrub] is not a table")
+    for key in ("hints", "dropped", "changed"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value) or len(value) > MAX_LEFT_OUT:
+            raise ValueError(f"[scrub] {key} is not a list of at most {MAX_LEFT_OUT:,} strings")
+    return dict(table)
 
 
 def read_entry(git: GitDag, entry_id: str) -> EntryInfo:
