@@ -262,7 +262,12 @@ def show_result(result: api.ShowResult) -> None:
     out.print(escape(f"Author: {entry.author} <{entry.email}>"))
     out.print(f"Date:   {_date(entry)}")
     out.print(f"Parent: {', '.join(entry.parents) if entry.parents else '(none: first entry)'}")
-    out.print(escape(f"Area:   {info.area} ({info.area_kind}: {info.location}), saved on host {info.host}"))
+    if info.scrub is not None:
+        removed = ", ".join(f"{category} {_count(counts.get('files_dropped', 0) + counts.get('files_changed', 0), 'file')}"
+                            for category, counts in info.scrub.get("categories", {}).items())
+        out.print(escape(f"Public: scrubbed by vml publish ({removed or 'nothing found'}); area {info.area} ({info.area_kind})"))
+    else:
+        out.print(escape(f"Area:   {info.area} ({info.area_kind}: {info.location}), saved on host {info.host}"))
     if info.memory is not None:
         out.print(escape(f"Memory: saved with {len(info.memory_disks)} disk(s); resume with 'vml checkout --resume'; never public"))
     if info.base is not None:
