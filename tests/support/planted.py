@@ -47,8 +47,10 @@ class Planter:
     def word(self, length: int = 20, alphabet: str = string.ascii_letters + string.digits) -> str:
         return "".join(self.rng.choice(alphabet) for _ in range(length))
 
-    def password(self, tag: str) -> str:
-        return f"Pw{tag}-{self.word(14)}"
+    def password(self, _tag: str = "") -> str:
+        """A password with letters and digits both (scanners skip a letters-only one), and no
+        dictionary word (gitleaks' stopwords would hide it)."""
+        return f"Pw-{self.word(13)}{self.rng.randrange(10)}"
 
     def write(self, path: str, data: bytes | str, mode: int = 0o600) -> Path:
         target = self.root / path.lstrip("/")
@@ -185,7 +187,18 @@ def plant(root: Path, seed: int = 18) -> list[Planted]:
     p.write("/etc/auto.cern", f"data -fstype=cifs,username=alice,password={autofs} ://dfs.cern.ch/data\n", 0o644)
     p.add("autofs-password", "network-drives", "/etc/auto.cern", autofs)
 
-    # Environment: variables in profiles, /etc/environment and a unit file.
+    # Directory services: sssd (key = value) and nslcd (key value); sssd's *_type stays.
+    authtok = p.password("sssd")
+    p.write("/etc/sssd/sssd.conf", f"[domain/cern.ch]\nldap_default_authtok_type = obfuscated_password\nldap_default_authtok = {authtok}\n")
+    p.add("sssd-authtok", "directory", "/etc/sssd/sssd.conf", authtok)
+    bindpw = p.password("nslcd")
+    p.write("/etc/nslcd.conf", f"uid nslcd\ngid nslcd\nuri ldaps://xldap.cern.ch\nbindpw {bindpw}\n")
+    p.add("nslcd-bindpw", "directory", "/etc/nslcd.conf", bindpw)
+    rclone = p.word(32)
+    p.write("/home/alice/.config/rclone/rclone.conf", f"[cernbox]\ntype = webdav\nurl = https://cernbox.cern.ch\nuser = alice\npass = {rclone}\n")
+    p.add("rclone-pass", "network-drives", "/home/alice/.config/rclone/rclone.conf", rclone)
+
+    # Environment: variables in profiles, /etc/environment, a unit file and a crontab.
     exported = aws_secret[::-1]
     p.write("/home/alice/.bashrc", f"export PATH=$HOME/bin:$PATH\nexport AWS_SECRET_ACCESS_KEY={exported}\n", 0o644)
     p.add("bashrc-export", "environment", "/home/alice/.bashrc", exported)
@@ -195,6 +208,9 @@ def plant(root: Path, seed: int = 18) -> list[Planted]:
     unit = p.password("unit")
     p.write("/etc/systemd/system/monitor.service", f'[Service]\nEnvironment="DB_PASSWORD={unit}"\nExecStart=/opt/monitor/run\n', 0o644)
     p.add("systemd-environment", "environment", "/etc/systemd/system/monitor.service", unit)
+    cron = p.password("cron")
+    p.write("/var/spool/cron/crontabs/alice", f"0 3 * * * PGPASSWORD={cron} pg_dump -h dbod physics > /data/dump.sql\n")
+    p.add("crontab-environment", "environment", "/var/spool/cron/crontabs/alice", cron)
 
     # Shell history, several forms and shells.
     forms = {"history-mysql": "mysql -u alice -p{} physics", "history-curl": "curl -u alice:{} https://api.cern.ch/x",
@@ -213,8 +229,11 @@ def plant(root: Path, seed: int = 18) -> list[Planted]:
     p.write("/data/phys/.zsh_history", f": 1700000000:0;ls\n: 1700000100:0;docker login -u phys -p {zsh} registry.cern.ch\n")
     p.add("history-zsh-docker", "history", "/data/phys/.zsh_history", zsh)
     python = p.password("py")
-    p.write("/data/phys/.python_history", f'import psycopg2\nconn = psycopg2.connect(host="dbod", password="{python}")\n')
+    requests_pw = p.password("requests")
+    p.write("/data/phys/.python_history", f'import psycopg2\nconn = psycopg2.connect(host="dbod", password="{python}")\n'
+                                          f"r = requests.get(url, auth=('phys', '{requests_pw}'))\n")
     p.add("history-python", "history", "/data/phys/.python_history", python)
+    p.add("history-python-auth-tuple", "history", "/data/phys/.python_history", requests_pw)
 
     # Tokens in files no rule names: a notes file, a session JSON.
     slack = "xoxb-" + p.word(12, string.digits) + "-" + p.word(24)

@@ -77,6 +77,10 @@ def test_the_public_tree_keeps_the_corpus_and_still_parses(published: dict):
         if (restored / ini).exists():
             configparser.ConfigParser(interpolation=None, strict=False).read_string((restored / ini).read_text())
     assert (restored / "home/alice/.bash_history").read_text().splitlines()[:3] == ["ls -la", "cd ~/analysis", "root -l fit.C"]
+    sssd = configparser.ConfigParser(interpolation=None)
+    sssd.read_string((restored / "etc/sssd/sssd.conf").read_text())
+    assert sssd["domain/cern.ch"]["ldap_default_authtok_type"] == "obfuscated_password"  # a setting, not a secret: kept
+    assert (restored / "var/spool/cron/crontabs/alice").read_text().startswith("0 3 * * * PGPASSWORD= pg_dump")
     token = next(p.secret for p in published["planted"] if p.kind == "token-across-chunks")
     log = (guest / "data/phys/runs/run000412.log").read_bytes()  # the 50 MB file stays, the token replaced
     public = (restored / "data/phys/runs/run000412.log").read_bytes()
@@ -96,5 +100,5 @@ def test_the_dry_run_reports_every_planted_file_and_changes_nothing(published: d
 
 def test_the_checkout_says_what_could_not_come_back(published: dict):
     notice = " ".join(published["checkout"]["restore_notice"])
-    for hint in ("ssh-keygen", "voms-proxy-init", "kinit", "passwd", "nmcli", "credentials=", "docker login"):
+    for hint in ("ssh-keygen", "voms-proxy-init", "kinit", "passwd", "nmcli", "credentials=", "docker login", "directory"):
         assert hint in notice, hint

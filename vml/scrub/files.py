@@ -16,7 +16,7 @@ from vml.objects.walk import read_content
 from vml.pathnames import quote_path, unquote_path
 from vml.scrub.cache import CleanCache
 from vml.scrub.packages import PackageFiles
-from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, NOT_A_VALUE, TEXT, content_matcher
+from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, TEXT, content_matcher, is_secret_assignment
 from vml.scrub.redactors import PLACEHOLDER, REDACTORS
 from vml.scrub.report import DROP, DROP_LINES, REDACT, Finding, mask
 from vml.scrub.rules import Allowlist, Decision, Rule, RuleSet
@@ -183,7 +183,7 @@ class FileScrubber:
                     spans.append(_span(data, pattern.id, pattern.category, pattern.kind == BLOCK, match))
         if config and text:
             for match in ASSIGNMENT.finditer(data):
-                if not NOT_A_VALUE.match(match.group("secret")) and PLACEHOLDER not in match.group("secret"):
+                if is_secret_assignment(match) and PLACEHOLDER not in match.group("secret"):
                     spans.append(Span(*match.span("secret"), "secret-assignment", "tokens", False))
         return _merge(spans)
 

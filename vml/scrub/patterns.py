@@ -74,13 +74,25 @@ CONTENT = (
 
 # A configuration line whose key names a secret: key = value, key: value, key "value".
 SECRET_KEY = (rb"[A-Za-z0-9_.\-]*(?i:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-              rb"client[_-]?secret|credentials?|bindpw|authtok|psk|_auth|wep-key[0-9]|presharedkey|privatekey)([_.\-][A-Za-z0-9_.\-]*)?")
+              rb"client[_-]?secret|credentials?|bindpw|authtok|psk|_auth|wep-key[0-9]|presharedkey|privatekey|(?<![A-Za-z])pass)"
+              rb"([_.\-][A-Za-z0-9_.\-]*)?")
+# Keys that name a secret's kind, place or policy, not the secret (ldap_default_authtok_type, psk-flags, password_file).
+SETTING_KEY = re.compile(rb"(?i)[_.\-](type|flags|file|path|dir|length|policy|method|mode|prompt|expiry|expire|max_age|min_length|"
+                         rb"hash|hashing|algorithm|required|enabled|command|cmd|program|helper)[\"']?$")
 ASSIGNMENT = re.compile(
     rb"(?m)(?P<key>^[ \t]*[\"']?" + SECRET_KEY + rb")[\"']?[ \t]*(?:=|:(?!//))[ \t]*(?P<quote>[\"']?)"
     rb"(?P<secret>[^\s\"'#;,}]{3,}[^\"'\n]*?)(?P=quote)[ \t]*(?=$|[#;,}])")
+# nslcd.conf, ldap.conf, pam_ldap.conf: `key value`, whitespace between.
+SPACED_ASSIGNMENT = re.compile(rb"(?m)(?P<key>^[ \t]*" + SECRET_KEY + rb")[ \t]+(?P<secret>[^\s#]\S*)[ \t]*$")
 # Values that are not secrets: references, booleans, placeholders, files.
 NOT_A_VALUE = re.compile(rb"(?i)^(\$|%\(|\{\{|<|/|~|\*+$|!+$|none$|null$|true$|false$|yes$|no$|on$|off$|VML-REDACTED|x+$|0$|1$|"
-                         rb"\.\.\.$|changeme$|required$|optional$|sufficient$)")
+                         rb"\.\.\.$|changeme$|required$|optional$|sufficient$|password$|obfuscated_password$|plain$|files$)")
+
+
+def is_secret_assignment(match: re.Match[bytes]) -> bool:
+    """Whether an ASSIGNMENT match holds a secret: not a reference or a setting's word as the
+    value, not a key that names the secret's kind or place."""
+    return not NOT_A_VALUE.match(match.group("secret")) and not SETTING_KEY.search(match.group("key"))
 
 HISTORY = re.compile(rb"(?i)(" + b"|".join((
     rb"\b(mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b.*\s-p\S",
@@ -92,6 +104,7 @@ HISTORY = re.compile(rb"(?i)(" + b"|".join((
     rb"\bsmbclient\b.*-U\s*\S+%\S", rb"\bmount\b.*(password|pass)=", rb"\b(docker|podman)\s+login\b.*\s-p\s*\S",
     rb"\b(PGPASSWORD|MYSQL_PWD|SSHPASS|RCLONE_CONFIG_PASS)=", rb"\bgh\s+auth\s+login\b.*--with-token", rb"--from-literal=",
     rb"\bhtpasswd\b.*-b", rb"\bchpasswd\b", rb"\bpasswd\b.*--stdin", rb"\bsudo\s+-S\b", rb"/user:\S+\s+\S",
+    rb"\bauth\s*=\s*\(", rb"HTTPBasicAuth\s*\(", rb"HTTPDigestAuth\s*\(", rb"\.login\s*\([^)]*,",
 )) + rb")")
 
 # Variables whose names say they hold secrets (their values are blanked); known exceptions.
@@ -102,7 +115,8 @@ RUNTIME_VARIABLES = frozenset({b"SSH_AUTH_SOCK", b"SSH_AGENT_PID", b"DBUS_SESSIO
 
 # What the scan's answer depends on besides rules and data: a cached "nothing found" made
 # under other patterns is worth nothing (vml/scrub/cache.py).
-PATTERNS_DIGEST_SOURCE = repr((CONTENT, ASSIGNMENT.pattern, NOT_A_VALUE.pattern, HISTORY.pattern, SECRET_NAME.pattern)).encode()
+PATTERNS_DIGEST_SOURCE = repr((CONTENT, ASSIGNMENT.pattern, SPACED_ASSIGNMENT.pattern, NOT_A_VALUE.pattern, SETTING_KEY.pattern, HISTORY.pattern,
+                               SECRET_NAME.pattern)).encode()
 
 _content_matcher: Matcher | None = None
 

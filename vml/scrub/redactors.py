@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Callable
 
-from vml.scrub.patterns import ASSIGNMENT, HISTORY, NOT_A_VALUE, content_matcher, is_secret_name
+from vml.scrub.patterns import ASSIGNMENT, HISTORY, SPACED_ASSIGNMENT, content_matcher, is_secret_assignment, is_secret_name
 
 PLACEHOLDER = b"VML-REDACTED"
 
@@ -58,37 +58,56 @@ def mount_options(data: bytes) -> tuple[bytes, list[int]]:
 def assignments(data: bytes) -> tuple[bytes, list[int]]:
     """INI, keyfile, YAML and netrc-like lines whose key names a secret: the value becomes
     the placeholder, the key and the quotes stay."""
+    return _replace_values(ASSIGNMENT, data)
+
+
+def spaced(data: bytes) -> tuple[bytes, list[int]]:
+    """nslcd.conf, ldap.conf: `bindpw SECRET`, key and value separated by whitespace."""
+    return _replace_values(SPACED_ASSIGNMENT, data)
+
+
+def _replace_values(pattern: re.Pattern[bytes], data: bytes) -> tuple[bytes, list[int]]:
     changed: set[int] = set()
 
     def replace(match: re.Match[bytes]) -> bytes:
-        value = match.group("secret")
-        if NOT_A_VALUE.match(value):
+        if not is_secret_assignment(match):
             return match.group(0)
         changed.add(data.count(b"\n", 0, match.start()) + 1)
         start, end = match.span("secret")
         return match.group(0)[: start - match.start()] + PLACEHOLDER + match.group(0)[end - match.start():]
 
-    return ASSIGNMENT.sub(replace, data), sorted(changed)
+    return pattern.sub(replace, data), sorted(changed)
 
 
 ENV_LINE = re.compile(rb"^(?P<head>\s*(?:export\s+|declare\s+-x\s+|setenv\s+|Environment=[\"']?)?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>=|\s+)(?P<value>.*)$")
 
 
+INLINE_ASSIGNMENT = re.compile(rb"(?<![A-Za-z0-9_$])(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>\"[^\"]*\"|'[^']*'|[^\s;|&]+)")
+
+
 def environment(data: bytes) -> tuple[bytes, list[int]]:
     """Shell profiles, environment files, unit files, crontabs: a variable whose name says it
-    holds a secret keeps its name with an empty value."""
+    holds a secret keeps its name with an empty value, at the start of a line (export X=...)
+    or inside one (a crontab's `PGPASSWORD=... pg_dump`)."""
     lines, changed = data.split(b"\n"), []
     for number, line in enumerate(lines, 1):
-        match = ENV_LINE.match(line)
-        if match is None or not match.group("value").strip(b"\"' ") or not is_secret_name(match.group("name")):
-            continue
-        if match.group("eq") != b"=" and not match.group("head").strip().startswith(b"setenv"):
-            continue
-        value = match.group("value")
-        closing = b'"' if match.group("head").endswith(b'"') else b""
-        lines[number - 1] = match.group("head") + match.group("name") + match.group("eq") + (b'""' if value.startswith(b'"') else b"") + closing
-        changed.append(number)
+        new = _blank_line(line)
+        new = INLINE_ASSIGNMENT.sub(lambda m: m.group("name") + b"=" + (b'""' if m.group("value")[:1] in b"\"'" else b"")
+                                    if is_secret_name(m.group("name")) and m.group("value").strip(b"\"'") else m.group(0), new)
+        if new != line:
+            lines[number - 1] = new
+            changed.append(number)
     return b"\n".join(lines), changed
+
+
+def _blank_line(line: bytes) -> bytes:
+    match = ENV_LINE.match(line)
+    if match is None or not match.group("value").strip(b"\"' ") or not is_secret_name(match.group("name")):
+        return line
+    if match.group("eq") != b"=" and not match.group("head").strip().startswith(b"setenv"):
+        return line
+    closing = b'"' if match.group("head").endswith(b'"') else b""
+    return match.group("head") + match.group("name") + match.group("eq") + (b'""' if match.group("value").startswith(b'"') else b"") + closing
 
 
 def history(data: bytes) -> tuple[bytes, list[int]]:
@@ -184,6 +203,7 @@ def empty(data: bytes) -> tuple[bytes, list[int]]:
 
 
 REDACTORS: dict[str, Redactor] = {
-    "shadow": shadow, "mount-opts": mount_options, "ini-keys": assignments, "env-assign": environment, "history-line": history,
+    "shadow": shadow, "mount-opts": mount_options, "ini-keys": assignments, "space-keys": spaced, "env-assign": environment,
+    "history-line": history,
     "json-keys": json_keys, "xml-keys": xml_keys, "netrc": netrc, "kickstart": kickstart, "empty": empty,
 }

@@ -20,7 +20,7 @@ from vml.errors import UsageError
 from vml.scrub.matcher import Matcher
 
 ACTIONS = ("drop", "redact", "scan", "keep")
-REDACTORS = ("shadow", "mount-opts", "ini-keys", "env-assign", "history-line", "json-keys", "xml-keys", "netrc", "kickstart", "empty")
+REDACTORS = ("shadow", "mount-opts", "ini-keys", "space-keys", "env-assign", "history-line", "json-keys", "xml-keys", "netrc", "kickstart", "empty")
 # Names that look like credentials: without a rule that covers them, a public entry leaves
 # them out (fail closed) and says so. Source and documentation files are not credentials.
 CREDENTIAL_NAME = re.compile(rb"(?i)(token|cred|secret|passw|\.key$|\.p12$|\.pfx$|\.keytab$|\.jks$|\.kdbx$|\.ovpn$)")
