@@ -19,8 +19,7 @@ is left anywhere in the restored public tree (gzip files opened). A false positi
 on a benign file; for vml, a benign file not byte for byte the same after publishing.
 
 Usage: .venv/bin/python benchmarks/scanners.py [--bulk-mb 10] [--only vml,gitleaks-rules,...]
-       (the scanners' venv: python3 -m venv /work/scanner-venv &&
-        /work/scanner-venv/bin/pip install detect-secrets credsweeper)
+       (the peers' venv, /work/scanner-venv by default, is made at the first run)
 Writes benchmarks/results/<date>-scanners.json and prints a table.
 """
 
@@ -649,6 +648,17 @@ def table(results: dict[str, dict], records: list[Planted], benign: dict[str, li
     return "\n".join(rows)
 
 
+SCANNER_PACKAGES = ("detect-secrets==1.5.0", "credsweeper==1.19.5")  # the versions measured
+
+
+def scanner_venv(venv: str) -> None:
+    """The peers live in a venv of their own (CredSweeper brings onnxruntime and numpy): made here if missing."""
+    if not os.path.exists(os.path.join(venv, "bin", "python")):
+        print(f"scanners: making {venv} with {', '.join(SCANNER_PACKAGES)}", file=sys.stderr)
+        subprocess.run(["python3", "-m", "venv", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", *SCANNER_PACKAGES], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", default=os.environ.get("VML_BENCH_SCRATCH", "/work/bench-scratch"))
@@ -658,6 +668,8 @@ def main() -> None:
     parser.add_argument("--bulk-mb", type=float, default=10.0)
     parser.add_argument("--only", default=",".join(SCANNERS), help=f"comma-separated, of {', '.join(SCANNERS)}")
     args = parser.parse_args()
+    if {"detect-secrets", "credsweeper", "credsweeper-no-ml"} & set(args.only.split(",")):
+        scanner_venv(args.scanner_venv)
     scratch = os.path.join(args.scratch, "scanners")
     shutil.rmtree(scratch, ignore_errors=True)
     tree = os.path.join(scratch, "tree")
