@@ -62,7 +62,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 area_option = click.option("-a", "--area", help="The working area (may be omitted when the repository has one).")
 rules_file_option = click.option("--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False),
                                  help="Scrub rules in TOML that come before the built-in ones (same id: replaces it).")
-dry_run_option = click.option("--dry-run", is_flag=True, help="Public entries: report what would be removed, per file, and make nothing.")
+dry_run_option = click.option("--dry-run", is_flag=True, help="Report what the scrubber would remove, per file, and make nothing.")
 verify_option = click.option("--verify", is_flag=True, help="Refuse public entries (and with checkout or import, the entry itself) "
                                                            "not signed by a key in the allowed signers.")
 allowed_signers_option = click.option("--allowed-signers", "allowed", metavar="FILE", type=click.Path(dir_okay=False),
