@@ -5,6 +5,7 @@ only earlier public entries, so nothing private is reachable from it."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import secrets
 import tempfile
@@ -137,7 +138,11 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
     parent = repo.git.ref_target(ref)
     if parent is not None and read_entry(repo.git, parent).scrub is None:
         raise VmlError(f"{ref} names entry {parent[:12]}, which is not a public entry: it was not made by vml publish")
-    scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=dry_run or strict, progress=progress, source_store=source_store)
+    try:
+        scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=dry_run or strict, progress=progress, source_store=source_store)
+    except BaseException:
+        repo.store.abandon()  # what a failed scrub wrote goes with it
+        raise
     report = scrubbed.report
 
     def result(entry: str | None, created: bool, refused: bool = False) -> PublishResult:
@@ -149,12 +154,18 @@ def _publish(repo: Repository, name: str, info: EntryInfo, extra: dict[str, byte
 
     if dry_run:
         return result(None, False)
-    if strict:
-        if report.unreviewed():
-            return result(None, False, refused=True)
-        scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=False, progress=progress, source_store=source_store)
+    if strict and report.unreviewed():
+        return result(None, False, refused=True)
     try:
-        repo.store.flush()
+        if strict:  # the dry scan found nothing unreviewed: now the tree is written
+            scrubbed = scrub(repo, info, extra, rules_file=rules_file, dry_run=False, progress=progress, source_store=source_store)
+            report = scrubbed.report
+        repo.store.flush()  # packs, then their index: durable before a commit names them
+    except OSError as error:
+        repo.store.abandon()
+        if error.errno != errno.ENOSPC:
+            raise
+        raise VmlError("the disk of the repository is full: no public entry was made") from None
     except BaseException:
         repo.store.abandon()
         raise
