@@ -114,7 +114,8 @@ class TreeScrubber:
         if node.hardlink is not None and node.hardlink != path:  # another name of an inode scrubbed already
             first = self.rewritten.get(node.hardlink)
             return node if first is None else dataclasses.replace(first, name=node.name, hardlink=node.hardlink)
-        outcome = self.files.regular(path, node, self.group_decision.get(path) or self.files.decide(path))
+        decision = self.group_decision.get(path) or self.files.decide(path)
+        outcome = self.files.regular(path, node, decision)
         self.report.findings.extend(outcome.findings)
         if outcome.dropped:
             return None
@@ -125,7 +126,7 @@ class TreeScrubber:
                     self.sink.chunk(self.copy_from.get(chunk_id))
         else:
             kept = self.rewritten[path] = self._rewrite(node, outcome)
-        if is_config(path, None) and kept.size <= CONFIG_LIMIT:
+        if is_config(path, decision.rule) and kept.size <= CONFIG_LIMIT:
             self.configs.append((path, kept, outcome.content))
         return kept
 
