@@ -59,6 +59,8 @@ def test_environment_keeps_names_and_blanks_secret_values():
     assert b"Aws-Secret-4" not in new and b"ghp-like" not in new and b"Db-Secret-5" not in new
     assert b"export AWS_SECRET_ACCESS_KEY=\n" in new and b'GITHUB_TOKEN=""' in new and b'Environment="DB_PASSWORD="' in new
     assert b"TOKENIZERS_PARALLELISM=false" in new and b"export PATH=$HOME/bin:$PATH" in new
+    assert redactors.environment(b"export AUTHOR=Jane\nexport OAUTH_TOKEN=x1\n0 2 * * * MYSQL_PWD=Cron-9 mysqldump db\n") == (
+        b"export AUTHOR=Jane\nexport OAUTH_TOKEN=\n0 2 * * * MYSQL_PWD= mysqldump db\n", [2, 3])
     assert lines == [2, 3, 6]
 
 

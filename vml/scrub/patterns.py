@@ -108,7 +108,7 @@ HISTORY = re.compile(rb"(?i)(" + b"|".join((
 )) + rb")")
 
 # Variables whose names say they hold secrets (their values are blanked); known exceptions.
-SECRET_NAME = re.compile(rb"(?i)(pass(word|wd)?|secret|token|api_?key|access_?key|private_?key|credential|auth|session|cookie|bearer|pwd)")
+SECRET_NAME = re.compile(rb"(?i)(pass(word|wd)?|secret|token|api_?key|access_?key|private_?key|credential|auth(?!or)|session|cookie|bearer|pwd)")
 SECRET_NAME_EXCEPTIONS = re.compile(rb"(?i)^(TOKENIZERS_PARALLELISM|SSH_AUTH_SOCK|XAUTHORITY|PASSWORD_STORE_DIR|OLDPWD|PWD|.*_(FILE|PATH|DIR|SOCK))$")
 RUNTIME_VARIABLES = frozenset({b"SSH_AUTH_SOCK", b"SSH_AGENT_PID", b"DBUS_SESSION_BUS_ADDRESS", b"XDG_RUNTIME_DIR", b"GPG_AGENT_INFO",
                                b"KRB5CCNAME", b"X509_USER_PROXY", b"BEARER_TOKEN_FILE"})
