@@ -66,6 +66,8 @@ CONTENT = (
     Pattern("vault-token", "tokens", rb"(?P<secret>\bhv[sb]\.[A-Za-z0-9_\-]{24,})"),
     Pattern("azure-storage-key", "cloud", rb"AccountKey=(?P<secret>[A-Za-z0-9+/]{86,88}={0,2})"),
     Pattern("age-key", "tokens", rb"(?P<secret>AGE-SECRET-KEY-1[0-9A-Z]{58})"),
+    Pattern("crypt-hash", "accounts", rb"(?P<secret>\$(1|2[aby]|5|6|7|y|gy)\$[./A-Za-z0-9$=,]{8,}[./A-Za-z0-9])", TEXT),
+    Pattern("conda-channel-token", "dev-logins", rb"https?://[^\s/'\"]+/t/(?P<secret>[A-Za-z0-9_\-]{16,})/", TEXT),
     Pattern("url-userinfo", "tokens", rb"[A-Za-z][A-Za-z0-9+.\-]{1,20}://(?P<secret>[^\s/:@'\"<>]{1,128}:[^\s/@'\"<>]{1,256})@", TEXT),
     Pattern("authorization-header", "tokens",
             rb"(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?i:bearer|basic|token|negotiate)\s+(?P<secret>[A-Za-z0-9+/=._~\-]{8,})", TEXT),
@@ -84,6 +86,8 @@ ASSIGNMENT = re.compile(
     rb"(?P<secret>[^\s\"'#;,}]{3,}[^\"'\n]*?)(?P=quote)[ \t]*(?=$|[#;,}])")
 # nslcd.conf, ldap.conf, pam_ldap.conf: `key value`, whitespace between.
 SPACED_ASSIGNMENT = re.compile(rb"(?m)(?P<key>^[ \t]*" + SECRET_KEY + rb")[ \t]+(?P<secret>[^\s#]\S*)[ \t]*$")
+# `password=...` inside a line (a log's connect string, a URL's query) in configuration and logs.
+INLINE_PASSWORD = re.compile(rb"(?i)(?<![A-Za-z0-9_])(?P<key>password|passwd|pwd|passphrase)=(?P<secret>[^\s&'\",;)]{4,})")
 # Values that are not secrets: references, booleans, placeholders, files.
 NOT_A_VALUE = re.compile(rb"(?i)^(\$|%\(|\{\{|<|/|~|\*+$|!+$|none$|null$|true$|false$|yes$|no$|on$|off$|VML-REDACTED|x+$|0$|1$|"
                          rb"\.\.\.$|changeme$|required$|optional$|sufficient$|password$|obfuscated_password$|plain$|files$)")
@@ -104,6 +108,7 @@ HISTORY = re.compile(rb"(?i)(" + b"|".join((
     rb"\bsmbclient\b.*-U\s*\S+%\S", rb"\bmount\b.*(password|pass)=", rb"\b(docker|podman)\s+login\b.*\s-p\s*\S",
     rb"\b(PGPASSWORD|MYSQL_PWD|SSHPASS|RCLONE_CONFIG_PASS)=", rb"\bgh\s+auth\s+login\b.*--with-token", rb"--from-literal=",
     rb"\bhtpasswd\b.*-b", rb"\bchpasswd\b", rb"\bpasswd\b.*--stdin", rb"\bsudo\s+-S\b", rb"/user:\S+\s+\S",
+    rb"identified(\s|\\040)+(with(\s|\\040)+\S+(\s|\\040)+)?(by|as)\b", rb"\bpassword(\s|\\040)*=?(\s|\\040)*'",
     rb"\bauth\s*=\s*\(", rb"HTTPBasicAuth\s*\(", rb"HTTPDigestAuth\s*\(", rb"\.login\s*\([^)]*,",
 )) + rb")")
 
@@ -115,8 +120,8 @@ RUNTIME_VARIABLES = frozenset({b"SSH_AUTH_SOCK", b"SSH_AGENT_PID", b"DBUS_SESSIO
 
 # What the scan's answer depends on besides rules and data: a cached "nothing found" made
 # under other patterns is worth nothing (vml/scrub/cache.py).
-PATTERNS_DIGEST_SOURCE = repr((CONTENT, ASSIGNMENT.pattern, SPACED_ASSIGNMENT.pattern, NOT_A_VALUE.pattern, SETTING_KEY.pattern, HISTORY.pattern,
-                               SECRET_NAME.pattern)).encode()
+PATTERNS_DIGEST_SOURCE = repr((CONTENT, ASSIGNMENT.pattern, INLINE_PASSWORD.pattern, SPACED_ASSIGNMENT.pattern, NOT_A_VALUE.pattern,
+                               SETTING_KEY.pattern, HISTORY.pattern, SECRET_NAME.pattern)).encode()
 
 _content_matcher: Matcher | None = None
 
