@@ -16,7 +16,7 @@ from vml.objects.walk import read_content
 from vml.pathnames import quote_path, unquote_path
 from vml.scrub.cache import CleanCache
 from vml.scrub.packages import PackageFiles
-from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, INLINE_PASSWORD, NOT_A_VALUE, TEXT, content_matcher, is_secret_assignment
+from vml.scrub.patterns import ASSIGNMENT, BLOCK, CONTENT, INLINE_PASSWORD, TEXT, content_matcher, is_secret_assignment
 from vml.scrub.redactors import PLACEHOLDER, REDACTORS
 from vml.scrub.report import DROP, DROP_LINES, REDACT, Finding, mask
 from vml.scrub.rules import Allowlist, Decision, Rule, RuleSet
@@ -183,12 +183,10 @@ class FileScrubber:
                 for match in pattern.compiled.finditer(data, start, end):
                     spans.append(_span(data, pattern.id, pattern.category, pattern.kind == BLOCK, match))
         if config and text:
-            for match in ASSIGNMENT.finditer(data):
-                if is_secret_assignment(match) and PLACEHOLDER not in match.group("secret"):
-                    spans.append(Span(*match.span("secret"), "secret-assignment", "tokens", False))
-            for match in INLINE_PASSWORD.finditer(data):
-                if not NOT_A_VALUE.match(match.group("secret")) and PLACEHOLDER not in match.group("secret"):
-                    spans.append(Span(*match.span("secret"), "secret-assignment", "tokens", False))
+            for assignment in (ASSIGNMENT, INLINE_PASSWORD):
+                for match in assignment.finditer(data):
+                    if is_secret_assignment(match) and PLACEHOLDER not in match.group("secret"):
+                        spans.append(Span(*match.span("secret"), "secret-assignment", "tokens", False))
         return _merge(spans)
 
     def text(self, shown: str, data: bytes) -> Outcome:
