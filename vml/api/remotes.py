@@ -8,20 +8,25 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vml.api._common import Progress
 from vml.api._trust import ALLOWED_SIGNERS, VERIFY, allowed_signers, verify_public
 from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import UsageError
-from vml.exchange.fetch import read_history, receive_blobs, update_tracking
+from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
 from vml.exchange.remote import RemoteRepository
+from vml.exchange.smart import fetch_refs, push_refs
 from vml.refs.heads import read_head
 from vml.refs.namespace import BRANCH_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
 from vml.repo import Repository
 from vml.transport.base import open_transport, parse_url
+
+if TYPE_CHECKING:
+    from vml.transport.http import HttpRemote
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,17 @@ def _connected(url: str, accept_new_host_key: bool) -> Iterator[RemoteRepository
         remote.close()
 
 
+@contextlib.contextmanager
+def _server(url: str) -> Iterator[HttpRemote]:
+    from vml.transport.http import HttpRemote  # httpx is loaded only for a server's URL
+
+    server = HttpRemote(url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @dataclass(frozen=True, slots=True)
 class PushResult:
     remote: str
@@ -94,16 +110,24 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
     started = time.monotonic()
     config = None if names_given else repo.choose_area(area) if area is not None or len(repo.areas()) == 1 else None
     local = refs_to_push(repo.git, names_given, tags=tags, area_branch=read_head(repo.git, config.name).branch if config else None)
-    with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
-        remote_refs = remote.refs()
-        local.update(bases_to_push(repo.git, remote, local, remote_refs, differential))
-        updates = plan_updates(repo.git, local, remote_refs, force=force)
-        updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
+    with repo.shared_lock():
+        if parse_url(url).is_server:
+            with _server(url) as server:
+                updates, stats = push_refs(repo.git, repo.store, server, local, force=force, differential=differential,
+                                           tmp_dir=repo.store.tmp_dir, progress=progress)
+                bytes_sent = server.bytes_sent
+        else:
+            with _connected(url, accept_new_host_key) as remote:
+                remote_refs = remote.refs()
+                local.update(bases_to_push(repo.git, remote.location, lambda commit: remote_entry_info(remote, commit).base.digest,
+                                           local, remote_refs, differential))
+                updates = plan_updates(repo.git, local, remote_refs, force=force)
+                updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
+                bytes_sent = remote.transport.bytes_sent
         for update in updates:
             if update.name.startswith(BRANCH_PREFIX) and update.status != REJECTED:
                 tracking = tracking_ref(remote_name, short_name(update.name))
                 repo.git.set_direct(tracking, update.new, f"push: {update.status}")
-        bytes_sent = remote.transport.bytes_sent
     changes = [RefChange(short_name(u.name), u.old, u.new, u.status, u.reason) for u in updates]
     return PushResult(remote_name, url, changes, stats.commits, stats.blobs, stats.packs, stats.bytes, bytes_sent,
                       round(time.monotonic() - started, 3))
@@ -131,17 +155,24 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
     url = remote_url(repo.git, remote_name)
     started = time.monotonic()
     signers = allowed_signers(repo, verify, allowed)
-    with repo.shared_lock(), _connected(url, accept_new_host_key) as remote:
-        remote_refs = remote.refs()
-        objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
-        stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
-        for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
-            repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
+    with repo.shared_lock():
+        if parse_url(url).is_server:
+            with _server(url) as server:
+                remote_refs, default, commits, blobs = fetch_refs(repo.git, repo.store, server, remote_name, repo.store.tmp_dir, progress)
+                blob_bytes = bytes_received = server.bytes_received
+        else:
+            with _connected(url, accept_new_host_key) as remote:
+                remote_refs = remote.refs()
+                objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
+                stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
+                for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
+                    repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
+                commits, blobs, blob_bytes = len(roots), stats.blobs, stats.bytes
+                bytes_received = remote.transport.bytes_received
+                default = remote.default_branch()
         verify_public(repo, {ref: entry for ref, entry in remote_refs.items() if repo.git.ref_target(ref) != entry}, signers)
         changes = update_tracking(repo.git, remote_name, remote_refs)
-        bytes_received = remote.transport.bytes_received
-        default = remote.default_branch()
-    return FetchResult(remote_name, url, changes, len(roots), stats.blobs, stats.bytes, bytes_received,
+    return FetchResult(remote_name, url, changes, commits, blobs, blob_bytes, bytes_received,
                        round(time.monotonic() - started, 3), default)
 
 

@@ -40,11 +40,12 @@ from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs, privileged_nodes
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
-from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX
+from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, REFS_PREFIX, TAG_PREFIX
 
 MAGIC = b"VMLBNDL\x01"
 FORMAT = 1
 FULL, INCREMENTAL, DIFFERENTIAL, SINCE = "full", "incremental", "differential", "since"
+TRANSFER = "transfer"  # a push or fetch over HTTP: the refs it carries are in the header's "refs"
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _OBJECT = struct.Struct("<B20sI")
@@ -64,6 +65,8 @@ class BundleInfo:
     blobs: int
     bytes: int  # the bundle file's size
     bases: dict[str, str] = field(default_factory=dict)  # base refs the bundle carries -> their commits
+    refs: dict[str, str] = field(default_factory=dict)  # a transfer's refs -> their entries
+    parents: dict[str, list[str]] = field(default_factory=dict)  # read: each commit it holds -> its parents
     privileged: tuple[int, list[tuple[bytes, str]]] = (0, [])  # setuid/setgid-root files and devices it brings
 
 
@@ -78,13 +81,15 @@ def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
 
 def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: str | None, kind: str,
                  requires: list[str], tmp_dir: str, base: BaseRef | None = None, base_roots: list[ObjectId] = (),
-                 bases: dict[str, str] | None = None) -> BundleInfo:
+                 bases: dict[str, str] | None = None, refs: dict[str, str] | None = None) -> BundleInfo:
     """Write a bundle of `entry` holding every commit not reachable from `requires` and every
     blob their trees need that the trees of `requires` (and of the base image, for a
     differential bundle) lack; `bases` (ref -> commit) go along whole, for a receiver
-    that must need nothing. Atomic: FILE is whole or absent."""
+    that must need nothing; `refs` (a transfer's) go along like `entry`. Atomic: FILE is
+    whole or absent."""
     bases = bases or {}
-    commits = git.commits_between([entry, *bases.values()], requires)
+    refs = refs or {}
+    commits = git.commits_between([entry, *bases.values(), *refs.values()], requires)
     have = blobs_of(store, manifests_of(git, requires) + list(base_roots))
     listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], manifests_of(git, commits), have.__contains__)
     header = {"format": FORMAT, "kind": kind, "entry": entry, "ref": ref, "requires": requires, "commits": commits}
@@ -92,6 +97,8 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
         header["base"] = {"name": base.name, "version": base.version, "digest": base.digest}
     if bases:
         header["bases"] = bases
+    if refs:
+        header["refs"] = refs
     target = os.path.abspath(path)
     staging = tempfile.mkdtemp(prefix="bundle-", dir=tmp_dir)
     try:
@@ -120,7 +127,7 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
             sink.write(hasher.digest())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target), bases)
+    return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target), bases, refs=refs)
 
 
 # -- import
@@ -184,7 +191,7 @@ def _parse(bundle_file, size: int) -> _Contents:
         for key in ("requires", "commits"):
             if not isinstance(header.get(key), list) or not all(_is_hex_id(c) for c in header[key]):
                 raise ValueError(f"bad {key!r}")
-        if not _is_hex_id(header.get("entry")) or header.get("kind") not in (FULL, INCREMENTAL, DIFFERENTIAL, SINCE):
+        if not _is_hex_id(header.get("entry")) or header.get("kind") not in (FULL, INCREMENTAL, DIFFERENTIAL, SINCE, TRANSFER):
             raise ValueError("bad entry or kind")
         ref = header.get("ref")
         if ref is not None and not (isinstance(ref, str) and ref.startswith((BRANCH_PREFIX, TAG_PREFIX, PUBLIC_PREFIX))
@@ -196,6 +203,10 @@ def _parse(bundle_file, size: int) -> _Contents:
             and _is_hex_id(commit) and commit in header["commits"] for name, commit in bases.items()
         ):
             raise ValueError("bad base refs")
+        refs = header.get("refs", {})
+        if not isinstance(refs, dict) or not all(isinstance(name, str) and name.startswith(REFS_PREFIX) and GitDag.is_valid_ref_name(name)
+                                                  and _is_hex_id(commit) for name, commit in refs.items()):
+            raise ValueError("bad refs")
     except (ValueError, UnicodeDecodeError, AttributeError) as error:
         raise CorruptObject(f"the bundle header is damaged: {error}") from None
     git_objects = []
@@ -241,9 +252,23 @@ def _blobs(bundle_file, contents: _Contents) -> Iterator[tuple[PackEntry, bytes,
             yield e, payload, raw
 
 
-def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, Callable[[], None]]:
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """What a receiver may count on besides the bundle: by default everything it holds. A
+    server receiving from one of many users counts only on what that user may read, and
+    never looks at anything else it holds (vml/server/exchange.py): whether it holds a blob
+    the user cannot read must make no difference to what it answers."""
+
+    commit: Callable[[str], bool]
+    git_object: Callable[[str], bool]
+    blob: Callable[[bytes], bool]
+    strict: bool = False  # listings are read from the bundle only, never from the store
+
+
+def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | None = None) -> tuple[BundleInfo, Callable[[], None]]:
     """Check a bundle whole; return what it holds and a function that stores it.
     Nothing is written until that function is called."""
+    readable = readable or Readable(git.has_object, git.has_object, store.__contains__)
     try:
         bundle_file = open(path, "rb")
     except FileNotFoundError:
@@ -254,14 +279,14 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
         contents = _parse(bundle_file, size)
         header = contents.header
         _check_base(git, header.get("base"))
-        missing = [c for c in header["requires"] if not git.has_object(c)]
+        missing = [c for c in header["requires"] if not readable.commit(c)]
         if missing:
             raise UsageError(
                 f"this bundle needs entries this repository lacks: {', '.join(c[:12] for c in missing)} "
                 f"(fetch or import them first, or export with --full)"
             )
         objects = {object_hex: (type_name, content) for object_hex, type_name, content in contents.git_objects}
-        roots = _check_commits(git, header, objects)
+        roots = _check_commits(git, header, objects, readable)
         in_bundle: set[bytes] = set()
         raw_listings: dict[bytes, bytes] = {}
         for e, _payload, raw in _blobs(bundle_file, contents):
@@ -270,10 +295,13 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
                 raw_listings[e.id] = raw
 
         def load_raw(blob_ids: list[bytes]) -> list[bytes]:
+            if readable.strict and not all(b in raw_listings for b in blob_ids):
+                missing = next(b for b in blob_ids if b not in raw_listings)
+                raise CorruptObject(f"it lacks listing {missing.hex()[:16]}, which its entries need")
             return [raw_listings[b] if b in raw_listings else store.get(b) for b in blob_ids]
 
         try:
-            listings, chunks = missing_blobs(load_raw, roots, store.__contains__)
+            listings, chunks = missing_blobs(load_raw, roots, readable.blob)
         except CorruptObject as error:
             raise CorruptObject(f"the bundle is incomplete or damaged: {error}") from None
         absent = [b for b in chunks + [listing_id for listing_id, _data in listings] if b not in in_bundle]
@@ -284,7 +312,8 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
         privileged = privileged_nodes(lambda blob_id, root=False: decode_listing(new_listings[blob_id], root=root),
                                       roots, set(new_listings))
     info = BundleInfo(header["kind"], header["entry"], header["ref"], header["requires"], header["commits"], len(in_bundle), size,
-                      dict(header.get("bases", {})), privileged)
+                      dict(header.get("bases", {})), dict(header.get("refs", {})),
+                      {c: parse_commit(objects[c][1])[1] for c in header["commits"]}, privileged)
 
     def store_all() -> None:
         with open(path, "rb") as again:
@@ -306,29 +335,51 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str) -> tuple[BundleInfo, 
     return info, store_all
 
 
-def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, bytes]]) -> list[ObjectId]:
+def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, bytes]], readable: Readable) -> list[ObjectId]:
     """Every commit listed is in the bundle with its tree and entry file, and its parents are
-    in the bundle or in this repository; returns their manifest roots."""
+    in the bundle or readable here; returns their manifest roots. A strict receiver also
+    wants every git object below each tree in the bundle or readable."""
     roots = []
     listed = set(header["commits"])
-    if header["entry"] not in listed and not git.has_object(header["entry"]):
-        raise CorruptObject("the bundle does not hold the entry it names")
+    for tip in [header["entry"], *header.get("refs", {}).values()]:
+        if tip not in listed and not readable.commit(tip):
+            raise CorruptObject("the bundle does not hold the entry it names")
+
+    def held(object_id: str | None) -> tuple[str, bytes] | None:
+        if object_id is None:
+            return None
+        return objects.get(object_id) or (git.read_raw(object_id) if readable.git_object(object_id) else None)
+
     for commit_id in header["commits"]:
         if objects.get(commit_id, ("", b""))[0] != "commit":
             raise CorruptObject(f"the bundle lists entry {commit_id[:12]} but does not hold it")
         tree_id, parents = parse_commit(objects[commit_id][1])
         for parent in parents:
-            if parent not in listed and not git.has_object(parent):
+            if parent not in listed and not readable.commit(parent):
                 raise UsageError(f"this bundle needs entry {parent[:12]}, which this repository lacks")
-        tree = objects.get(tree_id) or (git.read_raw(tree_id) if git.has_object(tree_id) else None)
+        tree = held(tree_id)
         if tree is None or tree[0] != "tree":
             raise CorruptObject(f"the bundle lacks the tree of entry {commit_id[:12]}")
-        entry_file = next((item for is_tree, name, item in parse_tree(tree[1]) if not is_tree and name == ENTRY_FILE), None)
-        data = objects.get(entry_file) or (git.read_raw(entry_file) if entry_file and git.has_object(entry_file) else None)
+        items = parse_tree(tree[1])
+        entry_file = next((item for is_tree, name, item in items if not is_tree and name == ENTRY_FILE), None)
+        data = held(entry_file)
         if data is None:
             raise CorruptObject(f"entry {commit_id[:12]} in the bundle has no {ENTRY_FILE}")
+        if readable.strict:
+            _check_tree_held(items, held, commit_id)
         roots.extend(EntryInfo.from_toml(data[1]).manifests())
     return roots
+
+
+def _check_tree_held(items: list[tuple[bool, str, str]], held: Callable[[str | None], tuple[str, bytes] | None], commit_id: str) -> None:
+    stack = list(items)
+    while stack:
+        is_tree, _name, item_id = stack.pop()
+        found = held(item_id)
+        if found is None:
+            raise CorruptObject(f"the bundle lacks git object {item_id[:12]} of entry {commit_id[:12]}")
+        if is_tree:
+            stack.extend(parse_tree(found[1]))
 
 
 def _check_base(git: GitDag, base: dict | None) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, read_entry
 from vml.errors import ConcurrentUpdate, UnknownEntry, UsageError
 from vml.exchange import TransferProgress
-from vml.exchange.fetch import remote_entry_info
 from vml.exchange.remote import RemoteRepository
 from vml.objects.ids import ObjectId
 from vml.objects.pack import PackEntry
@@ -138,10 +137,11 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
     return len(uploaded), total
 
 
-def bases_to_push(git: GitDag, remote: RemoteRepository, local: dict[str, str], remote_refs: dict[str, str],
-                  differential: bool) -> dict[str, str]:
+def bases_to_push(git: GitDag, location: str, remote_digest: Callable[[str], str | None], local: dict[str, str],
+                  remote_refs: dict[str, str], differential: bool) -> dict[str, str]:
     """The base refs the entries being pushed sit on and the remote lacks; an error if the
-    remote holds another image under the same name and version."""
+    remote holds another image under the same name and version (`remote_digest`: the
+    digest of a base entry on the remote, None if it cannot be read from here)."""
     have = [commit for commit in remote_refs.values() if git.has_object(commit)]
     wanted: dict[str, BaseRef] = {}
     for commit in git.commits_between(list(local.values()), have):
@@ -156,11 +156,15 @@ def bases_to_push(git: GitDag, remote: RemoteRepository, local: dict[str, str], 
         remote_commit = remote_refs.get(ref)
         if remote_commit is None:
             if differential:
-                raise UsageError(f"{remote.location} lacks base {base} ({base.digest[:19]}…): a differential push needs it there; "
+                raise UsageError(f"{location} lacks base {base} ({base.digest[:19]}…): a differential push needs it there; "
                                  f"push without --differential to send the base too")
             to_send[ref] = local_commit
-        elif remote_commit != local_commit and remote_entry_info(remote, remote_commit).base.digest != base.digest:
-            raise UsageError(f"{remote.location} holds another image as base {base} (another digest): rename one of them")
+        elif remote_commit != local_commit:
+            digest = remote_digest(remote_commit)
+            if digest is None:
+                raise UsageError(f"{location} holds base {base} as another entry ({remote_commit[:12]}): fetch first, then push again")
+            if digest != base.digest:
+                raise UsageError(f"{location} holds another image as base {base} (another digest): rename one of them")
     return to_send
 
 

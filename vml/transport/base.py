@@ -7,6 +7,7 @@ added as one more implementation.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import urllib.parse
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ class MissingFile(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """A parsed remote URL: scheme 'file' (a path) or 'ssh' (user, host, port, path)."""
+    """A parsed remote URL: scheme 'file' (a path), 'ssh' (user, host, port, path), or 'http'
+    and 'https' (a vml server: host, port, path ending in the namespace)."""
 
     scheme: str
     path: str
@@ -36,7 +38,13 @@ class Location:
             return f"memory://{self.path}"
         who = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
-        return f"ssh://{who}{self.host}{port}{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{self.scheme}://{who}{host}{port}{self.path}"
+
+    @property
+    def is_server(self) -> bool:
+        """A vml server (vml serve), spoken to by vml/exchange/smart.py, not through files."""
+        return self.scheme in ("http", "https")
 
 
 def parse_url(url: str) -> Location:
@@ -60,7 +68,27 @@ def parse_url(url: str) -> Location:
         path = urllib.parse.unquote(parts.path) or "."
         user = urllib.parse.unquote(parts.username) if parts.username else None
         return Location("ssh", path, parts.hostname, user, port)
-    raise UsageError(f"{url}: unsupported URL scheme {parts.scheme!r} (use a path, file:// or ssh://)")
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise UsageError(f"{url}: no host ({parts.scheme}://HOST[:PORT]/NAMESPACE)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"{url}: the port is not a number") from None
+        if parts.username or parts.password:
+            raise UsageError(f"{url}: no user or password in a server URL: log in with 'vml login {parts.scheme}://{parts.hostname}'")
+        return Location(parts.scheme, parts.path.rstrip("/"), parts.hostname, None, port)
+    raise UsageError(f"{url}: unsupported URL scheme {parts.scheme!r} (use a path, file://, ssh:// or http(s):// for a vml server)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine (tokens may cross plain HTTP only to it)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_relative(path: str) -> str:
@@ -120,6 +148,8 @@ def open_transport(url: str, *, accept_new_host_key: bool = False) -> Transport:
         from vml.transport.memory import MemoryTransport
 
         return MemoryTransport(location)
+    if location.is_server:
+        raise UsageError(f"{url} is a vml server: it is not reached as files")
     from vml.transport.sftp import SftpTransport  # paramiko is loaded only for ssh:// URLs
 
     return SftpTransport(location, accept_new_host_key=accept_new_host_key)

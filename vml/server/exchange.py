@@ -1,0 +1,367 @@
+"""The server's side of push and fetch: one store for every user, answers only from what the
+caller may read.
+
+Deduplication must not leak (an "existence oracle"): a user who guesses a colleague's file
+must learn nothing by pushing it or by asking for it. So the server never says which blobs
+it holds. A fetch sends a transfer (a bundle, vml/exchange/bundle.py) of what the caller's
+wanted refs reach beyond the commits the caller says it has and may read; a push is a bundle
+the server checks as strictly as a stranger's: every commit, tree and blob its entries need
+is in it, or reachable from the commits it says it builds on, which the pusher must be able
+to read. Whatever else the store holds is never consulted, so the answers are the same
+whether it holds a colleague's copy or not. It is stored once all the same (the store skips
+what it has).
+
+Transfers and uploads are files under vml/transfers and vml/uploads, so a dropped download
+or upload resumes where it stopped (app.py serves ranges and appends at offsets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
+from vml.exchange.bundle import TRANSFER, BundleInfo, Readable, blobs_of, read_bundle, write_bundle
+from vml.exchange.push import manifests_of
+from vml.objects.store import ChunkStore
+from vml.refs.git import GitDag
+from vml.refs.namespace import BASE_PREFIX, PUBLIC_PREFIX, REFS_PREFIX, TAG_PREFIX
+from vml.refs.updates import FAST_FORWARD, FORCED, NEW, REJECTED, UP_TO_DATE
+from vml.repo import Repository
+from vml.server.access import APPEND, CARRIED, NAMESPACES, READ, WRITE, may, namespace_prefix, reads_public, stored_ref
+from vml.server.accounts import Caller
+
+TRANSFER_LIFE = 3600.0  # seconds a finished transfer stays to be resumed
+UPLOAD_LIFE = 24 * 3600.0
+MAX_HAVES = 256
+MAX_UPDATES = 1024
+
+
+class Forbidden(VmlError):
+    """The caller may not do this (HTTP 403); says nothing about what exists."""
+
+
+class NotFound(VmlError):
+    """No such thing the caller may see (HTTP 404)."""
+
+
+class Moved(VmlError):
+    """The refs moved since the caller listed them (HTTP 409): list them again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    id: str
+    path: str
+    size: int
+    commits: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    id: str
+    path: str
+    namespace: str
+    user: str
+
+
+class ServerRepository:
+    def __init__(self, path: str, *, anonymous_public: bool = False):
+        self.repo = Repository(path)  # its locks: gc takes the exclusive one
+        self.path = self.repo.path
+        self.anonymous_public = anonymous_public
+        self.transfers_dir = os.path.join(self.repo.vml_dir, "transfers")
+        self.uploads_dir = os.path.join(self.repo.vml_dir, "uploads")
+        for directory in (self.transfers_dir, self.uploads_dir):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._local = threading.local()
+
+    def git(self) -> GitDag:
+        """This thread's view of the DAG (a libgit2 repository is used by one thread at a time)."""
+        git = getattr(self._local, "git", None)
+        if git is None:
+            git = self._local.git = GitDag.open(self.path)
+        return git
+
+    def open_store(self) -> ChunkStore:
+        """The store as it is now: other requests may have added packs since the last one."""
+        return ChunkStore(os.path.join(self.repo.vml_dir, "store")).open()
+
+    # -- what a caller sees
+
+    def namespace_refs(self, namespace: str) -> dict[str, str]:
+        """Every ref the namespace holds, by the name it has inside it (refs/heads/main)."""
+        git = self.git()
+        prefix = namespace_prefix(namespace)
+        found = {}
+        for stored in git.ref_names(prefix):
+            name = REFS_PREFIX + stored[len(prefix):]
+            target = git.ref_target(stored)
+            if target is not None and name.startswith(CARRIED):
+                found[name] = target
+        return found
+
+    def visible_refs(self, namespace: str, caller: Caller) -> dict[str, str]:
+        """The namespace's refs `caller` may read: all of them for its members, else its public
+        entries and the base images they sit on (a public entry is checked out on its base)."""
+        refs = self.namespace_refs(namespace)
+        if may(caller, namespace, READ):
+            return refs
+        if not reads_public(caller, self.anonymous_public):
+            return {}
+        public = {name: target for name, target in refs.items() if name.startswith(PUBLIC_PREFIX)}
+        used = self._bases_used(list(public.values()))
+        public.update({name: target for name, target in refs.items() if name.startswith(BASE_PREFIX) and name[len(BASE_PREFIX):] in used})
+        return public
+
+    def _bases_used(self, tips: list[str]) -> set[str]:
+        from vml.entry import read_entry  # the entry format, read only for public lineages
+
+        git = self.git()
+        used = set()
+        for commit in git.walk(tips):
+            base = read_entry(git, commit).base
+            if base is not None:
+                used.add(f"{base.name}/{base.version}")
+        return used
+
+    def readable_tips(self, caller: Caller) -> set[str]:
+        """The entries of every ref `caller` may read, in every namespace."""
+        git = self.git()
+        namespaces = {stored.split("/")[2] for stored in git.ref_names(NAMESPACES)}
+        return {target for namespace in namespaces for target in self.visible_refs(namespace, caller).values()}
+
+    def reaches(self, caller: Caller) -> Callable[[str], bool]:
+        """Whether `caller` may read a commit: it is, or is an ancestor of, a readable ref's."""
+        git = self.git()
+        tips = self.readable_tips(caller)
+        answers: dict[str, bool] = {}
+
+        def readable(commit: str) -> bool:
+            if commit not in answers:
+                answers[commit] = commit in tips or (git.has_object(commit) and any(git.is_ancestor(commit, tip) for tip in tips))
+            return answers[commit]
+
+        return readable
+
+    # -- fetch
+
+    def make_transfer(self, namespace: str, caller: Caller, want: list[str], have: list[str]) -> Transfer:
+        """A bundle of what the wanted entries (tips of refs `caller` sees in `namespace`)
+        reach beyond the commits in `have` that `caller` may read; anything else in `have`
+        is ignored, as if this server had never heard of it."""
+        visible = self.visible_refs(namespace, caller)
+        if not want:
+            raise UsageError("a fetch must want at least one entry")
+        if not set(want) <= set(visible.values()):
+            raise Moved("the refs moved since they were listed: list them again")
+        git = self.git()
+        readable = self.reaches(caller)
+        requires = [c for c in dict.fromkeys(have[:MAX_HAVES]) if readable(c) and any(c == w or git.is_ancestor(c, w) for w in want)]
+        self._expire(self.transfers_dir, TRANSFER_LIFE)
+        transfer_id = secrets.token_hex(16)
+        path = os.path.join(self.transfers_dir, transfer_id + ".bundle")
+        refs = {name: target for name, target in visible.items() if target in want}
+        with self.repo.shared_lock():
+            store = self.open_store()
+            try:
+                info = write_bundle(git, store, path, entry=want[0], ref=None, kind=TRANSFER, requires=requires,
+                                    tmp_dir=store.tmp_dir, refs=refs)
+            finally:
+                store.close()
+        _write_owner(path, caller, namespace)
+        return Transfer(transfer_id, path, info.bytes, len(info.commits))
+
+    def transfer(self, transfer_id: str, caller: Caller) -> Transfer:
+        path = os.path.join(self.transfers_dir, _checked_id(transfer_id) + ".bundle")
+        if not os.path.exists(path) or _read_owner(path).get("user") != caller.user:
+            raise NotFound("no such transfer (they are kept an hour)")
+        return Transfer(transfer_id, path, os.path.getsize(path), 0)
+
+    @staticmethod
+    def forget_transfer(transfer: Transfer) -> None:
+        for path in (transfer.path, transfer.path + ".owner"):
+            if os.path.exists(path):
+                os.unlink(path)
+
+    # -- push
+
+    def start_upload(self, namespace: str, caller: Caller) -> Upload:
+        if caller.anonymous or not may(caller, namespace, APPEND):
+            raise Forbidden(f"you may not add entries to {namespace}")
+        self._expire(self.uploads_dir, UPLOAD_LIFE)
+        upload_id = secrets.token_hex(16)
+        path = os.path.join(self.uploads_dir, upload_id + ".part")
+        with open(path, "xb"):
+            pass
+        _write_owner(path, caller, namespace)
+        return Upload(upload_id, path, namespace, caller.user or "")
+
+    def upload(self, upload_id: str, caller: Caller) -> Upload:
+        path = os.path.join(self.uploads_dir, _checked_id(upload_id) + ".part")
+        owner = _read_owner(path) if os.path.exists(path) else {}
+        if not owner or owner.get("user") != caller.user or caller.anonymous:
+            raise NotFound("no such upload (they are kept a day)")
+        if not may(caller, owner["namespace"], APPEND):
+            raise Forbidden(f"you may not add entries to {owner['namespace']}")
+        return Upload(upload_id, path, owner["namespace"], owner["user"])
+
+    def apply(self, upload: Upload, caller: Caller, updates: list[dict]) -> list[dict]:
+        """Check the uploaded bundle strictly, store it if any update may go, then move each
+        ref by compare-and-swap. Each update: ref, old (None: new), new, force."""
+        parsed = [_parse_update(u) for u in updates[: MAX_UPDATES + 1]]
+        if not parsed or len(parsed) > MAX_UPDATES:
+            raise UsageError(f"a push moves 1 to {MAX_UPDATES} refs")
+        git = self.git()
+        readable = self.reaches(caller)
+        with self.repo.shared_lock():
+            store = self.open_store()
+            try:
+                return self._apply(git, store, upload, caller, parsed, readable)
+            finally:
+                store.close()
+                for path in (upload.path, upload.path + ".owner"):
+                    if os.path.exists(path):
+                        os.unlink(path)
+
+    def _apply(self, git: GitDag, store: ChunkStore, upload: Upload, caller: Caller, updates: list[tuple[str, str | None, str, bool]],
+               readable: Callable[[str], bool]) -> list[dict]:
+        requires: list[str] = []
+
+        def require(commit: str) -> bool:
+            ok = readable(commit)
+            if ok:
+                requires.append(commit)
+            return ok
+
+        def readable_blob(blob_id: bytes) -> bool:  # what the commits it builds on reach, and nothing else
+            nonlocal known
+            if known is None:
+                known = blobs_of(store, manifests_of(git, list(dict.fromkeys(requires))))
+            return blob_id in known
+
+        known: set[bytes] | None = None
+        never: Callable[[str], bool] = lambda _object_id: False  # noqa: E731 - every tree of a new entry comes in the bundle
+        try:
+            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, readable_blob, strict=True))
+        except CorruptObject as error:
+            raise UsageError(f"the push was refused: {error}") from None
+        if info.kind != TRANSFER:
+            raise UsageError("the upload is not a push (a transfer bundle)")
+        listed = set(info.commits)
+        results = []
+        for ref, old, new, force in updates:
+            if new not in listed and not readable(new):
+                results.append(_result(ref, old, new, REJECTED, "the push does not hold this entry"))
+                continue
+            current = git.ref_target(stored_ref(upload.namespace, ref))
+            if current != old:
+                results.append(_result(ref, old, new, REJECTED, f"it moved to {current[:12] if current else 'nothing'} meanwhile; fetch and try again"))
+                continue
+            status = _judge(git, info, old, new, tag=ref.startswith(TAG_PREFIX), force=force)
+            needed = APPEND if status in (NEW, FAST_FORWARD, UP_TO_DATE) else WRITE
+            if status == REJECTED:
+                reason = ("the remote has this tag on another entry (--force replaces it)" if ref.startswith(TAG_PREFIX)
+                          else "non-fast-forward: the remote has entries you do not; fetch them first (or --force)")
+                results.append(_result(ref, old, new, REJECTED, reason))
+            elif not may(caller, upload.namespace, needed):
+                why = "this token may only add entries (append-only)" if may(caller, upload.namespace, APPEND) else "you may not write here"
+                results.append(_result(ref, old, new, REJECTED, f"{why}: a {status} update needs write access"))
+            else:
+                results.append(_result(ref, old, new, status, ""))
+        moving = [r for r in results if r["status"] in (NEW, FAST_FORWARD, FORCED)]
+        if not moving:
+            return results
+        store_all()  # blobs, then git objects; refs only after
+        for result in moving:
+            stored = stored_ref(upload.namespace, result["ref"])
+            try:
+                git.ensure_reflog(stored)
+                git.update_ref(stored, result["new"], result["old"], f"push by {caller.user}: {result['status']}")
+            except ConcurrentUpdate:
+                result.update(status=REJECTED, reason="another push moved it meanwhile; fetch and try again")
+        return results
+
+    # -- housekeeping
+
+    @staticmethod
+    def _expire(directory: str, life: float) -> None:
+        cutoff = time.time() - life
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _judge(git: GitDag, info: BundleInfo, old: str | None, new: str, *, tag: bool, force: bool) -> str:
+    """vml/refs/updates.py's rule, with the new commits still in the bundle, not the store."""
+    if old == new:
+        return UP_TO_DATE
+    if old is None:
+        return NEW
+    if not tag and _descends(git, info, new, old):
+        return FAST_FORWARD
+    return FORCED if force else REJECTED
+
+
+def _descends(git: GitDag, info: BundleInfo, new: str, old: str) -> bool:
+    stack, seen = [new], set()
+    while stack:
+        commit = stack.pop()
+        if commit == old:
+            return True
+        if commit in seen:
+            continue
+        seen.add(commit)
+        if commit in info.parents:
+            stack.extend(info.parents[commit])
+        elif git.has_object(commit):
+            return git.has_object(old) and git.is_ancestor(old, commit)
+    return False
+
+
+def _parse_update(update: object) -> tuple[str, str | None, str, bool]:
+    if not isinstance(update, dict):
+        raise UsageError("each update is an object: ref, old, new, force")
+    ref, old, new, force = update.get("ref"), update.get("old"), update.get("new"), bool(update.get("force", False))
+    if not (isinstance(ref, str) and ref.startswith(CARRIED) and GitDag.is_valid_ref_name(ref) and len(ref) < 512):
+        raise UsageError(f"a push may move branches, tags, public entries and base images, not {str(ref)[:80]!r}")
+    if not _is_hex(new) or (old is not None and not _is_hex(old)):
+        raise UsageError("old and new are entry ids (40 hex digits; old may be null)")
+    return ref, old, new, force
+
+
+def _result(ref: str, old: str | None, new: str, status: str, reason: str) -> dict:
+    return {"ref": ref, "old": old, "new": new, "status": status, "reason": reason}
+
+
+def _is_hex(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+
+
+def _checked_id(value: str) -> str:
+    if len(value) != 32 or not all(c in "0123456789abcdef" for c in value):
+        raise NotFound("no such transfer or upload")
+    return value
+
+
+def _write_owner(path: str, caller: Caller, namespace: str) -> None:
+    with open(path + ".owner", "w") as sink:
+        json.dump({"user": caller.user, "namespace": namespace}, sink)
+
+
+def _read_owner(path: str) -> dict:
+    try:
+        with open(path + ".owner") as source:
+            return json.load(source)
+    except (FileNotFoundError, ValueError):
+        return {}
+

@@ -1,0 +1,199 @@
+"""A vml server reached over HTTP(S): httpx's one home.
+
+The URL names a namespace: http://host:8080/alice is namespace alice on the server at
+http://host:8080 (a server under a path works too: https://host/vml/alice). A token goes in
+the Authorization header only, and never over plain HTTP except to this machine. Downloads
+and uploads resume where a dropped connection left them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from vml import __version__
+from vml.credentials import token_for
+from vml.errors import TransportError, UsageError
+from vml.transport.base import is_loopback
+
+PIECE = 16 * 1024 * 1024  # bytes per upload request: each is a point to resume from
+RETRIES = 5
+TIMEOUT = httpx.Timeout(30.0, read=600.0)  # a server may take a while to check a large push
+
+
+class NotAllowed(UsageError):
+    """The server refused (401, 403): a token or a role is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerUrl:
+    server: str  # scheme://host[:port][/path]: the key for tokens
+    namespace: str
+
+    @classmethod
+    def parse(cls, url: str) -> ServerUrl:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{url}: not an http(s)://HOST[:PORT]/NAMESPACE URL")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise UsageError(f"{url}: no user, password, query or fragment in a server URL (log in with 'vml login')")
+        path = parts.path.rstrip("/")
+        base, _, namespace = path.rpartition("/")
+        return cls(f"{parts.scheme}://{parts.netloc}{base}", namespace)
+
+    def __str__(self) -> str:
+        return f"{self.server}/{self.namespace}" if self.namespace else self.server
+
+
+def check_token_channel(server: str) -> None:
+    parts = urllib.parse.urlsplit(server)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise UsageError(f"refusing to send a token to {parts.hostname} over plain HTTP: use https:// (tokens are never sent in the clear, "
+                         f"except to this machine)")
+
+
+class HttpRemote:
+    def __init__(self, url: str, *, token: str | None = None):
+        self.url = ServerUrl.parse(url) if "://" in url else None
+        if self.url is None:
+            raise UsageError(f"{url}: not an http(s) URL")
+        self.location = str(self.url)
+        self.token = token if token is not None else token_for(self.url.server)
+        if self.token:
+            check_token_channel(self.url.server)
+        headers = {"User-Agent": f"vml/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._client = httpx.Client(base_url=self.url.server, headers=headers, timeout=TIMEOUT, follow_redirects=False)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- requests
+
+    def _request(self, method: str, path: str, *, retries: int = RETRIES, **kwargs) -> httpx.Response:
+        """One request, repeated after a dropped connection when that is safe (`retries`)."""
+        for attempt in range(retries):
+            try:
+                response = self._client.request(method, path, **kwargs)
+                break
+            except httpx.TransportError as error:
+                if attempt == retries - 1:
+                    raise TransportError(f"{self.location}: {_reason(error)}") from None
+                time.sleep(0.2 * 2**attempt)
+        return self._checked(response)
+
+    def _checked(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        try:
+            message = response.json().get("error") or response.reason_phrase
+        except ValueError:
+            message = response.reason_phrase or f"HTTP {response.status_code}"
+        where = self.location
+        if response.status_code == 401:
+            raise NotAllowed(f"{where}: {message}" if self.token else f"{where}: log in first: vml login {self.url.server if self.url else where}")
+        if response.status_code == 403:
+            raise NotAllowed(f"{where}: {message}" + ("" if self.token else f" (log in: vml login {self.url.server if self.url else where})"))
+        if response.status_code in (400, 404, 409, 413):
+            raise UsageError(f"{where}: {message}")
+        raise TransportError(f"{where}: the server failed (HTTP {response.status_code}: {message})")
+
+    def _ns(self, rest: str) -> str:
+        assert self.url is not None
+        if not self.url.namespace:
+            raise UsageError(f"{self.location}: name a namespace, e.g. {self.url.server}/YOURNAME")
+        return f"/api/v1/ns/{urllib.parse.quote(self.url.namespace, safe='')}/{rest}"
+
+    # -- the protocol
+
+    def whoami(self) -> dict:
+        return self._request("GET", "/api/v1/whoami").json()
+
+    def refs(self) -> tuple[dict[str, str], str | None]:
+        body = self._request("GET", self._ns("refs")).json()
+        return dict(body.get("refs", {})), body.get("head")
+
+    def fetch(self, want: list[str], have: list[str], target: str, progress: Callable[[int, int], None] | None = None) -> int:
+        """Ask for a transfer of `want` beyond `have`, download it to `target`; its size."""
+        body = self._request("POST", self._ns("fetch"), json={"want": want, "have": have}).json()
+        transfer, size = body["transfer"], int(body["size"])
+        with open(target, "wb") as sink:
+            for attempt in range(RETRIES):
+                done = sink.tell()
+                if done == size:
+                    break
+                headers = {"Range": f"bytes={done}-"} if done else {}
+                try:
+                    with self._client.stream("GET", f"/api/v1/transfers/{transfer}", headers=headers) as response:
+                        self._checked_stream(response)
+                        if done and response.status_code != 206:
+                            sink.seek(0)
+                            sink.truncate()
+                        for piece in response.iter_bytes(1024 * 1024):
+                            sink.write(piece)
+                            self.bytes_received += len(piece)
+                            if progress is not None:
+                                progress(sink.tell(), size)
+                except httpx.TransportError as error:
+                    if attempt == RETRIES - 1:
+                        raise TransportError(f"{self.location}: the download broke off ({_reason(error)})") from None
+                    time.sleep(0.2 * 2**attempt)
+            if sink.tell() != size:
+                raise TransportError(f"{self.location}: the download is {sink.tell()} bytes, not {size}")
+        try:
+            self._client.delete(f"/api/v1/transfers/{transfer}")
+        except httpx.TransportError:
+            pass  # the server drops it after an hour anyway
+        return size
+
+    def _checked_stream(self, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            response.read()
+            self._checked(response)
+
+    def push(self, bundle: str, updates: list[dict], progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Upload a transfer bundle in pieces (resuming after a drop), then ask for the updates."""
+        upload = self._request("POST", self._ns("uploads")).json()["upload"]
+        path = f"/api/v1/uploads/{upload}"
+        size = os.path.getsize(bundle)
+        offset = 0
+        failures = 0
+        with open(bundle, "rb") as source:
+            while offset < size:
+                source.seek(offset)
+                piece = source.read(PIECE)
+                try:
+                    response = self._client.patch(path, content=piece, headers={"Upload-Offset": str(offset)})
+                    if response.status_code == 409 and "upload-offset" in response.headers:
+                        offset = int(response.headers["upload-offset"])  # it has more (or less) than we thought
+                        continue
+                    self._checked(response)
+                except httpx.TransportError as error:
+                    failures += 1
+                    if failures >= RETRIES:
+                        raise TransportError(f"{self.location}: the upload broke off ({_reason(error)})") from None
+                    time.sleep(0.2 * 2**failures)
+                    offset = int(self._request("HEAD", path).headers.get("upload-offset", "0"))
+                    continue
+                offset = int(response.headers.get("upload-offset", offset + len(piece)))
+                self.bytes_sent += len(piece)
+                if progress is not None:
+                    progress(offset, size)
+        # Not repeated: had the refs moved before the connection dropped, a second try would
+        # find the upload gone; a new push then finds the refs where this one left them.
+        return list(self._request("POST", f"{path}/apply", retries=1, json={"updates": updates}).json()["refs"])
+
+
+def _reason(error: httpx.TransportError) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, httpx.ConnectError):
+        return f"cannot connect ({text})"
+    return text
