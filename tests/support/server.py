@@ -1,0 +1,90 @@
+"""A real `vml serve` on 127.0.0.1 for tests: its own repository, a free port, a log file,
+and a deadline after which it stops by itself (like the test sshd)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+LIFETIME = "3600"  # seconds: the server's own deadline
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class VmlServer:
+    url: str  # http://127.0.0.1:PORT
+    repo: Path
+    log: Path
+    process: subprocess.Popen
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> their write token
+
+    def ns(self, namespace: str) -> str:
+        return f"{self.url}/{namespace}"
+
+    def accounts(self):
+        from vml.server.accounts import Accounts  # the server's own database, the same code the CLI runs
+
+        return Accounts(str(self.repo))
+
+    def add_user(self, name: str, *, admin: bool = False) -> str:
+        """A user and a write token for them; the token."""
+        accounts = self.accounts()
+        accounts.add_user(name, admin=admin)
+        token = self.tokens[name] = accounts.add_token(name).secret
+        return token
+
+    def token(self, user: str, mode: str = "write", expires: float | None = None) -> str:
+        return self.accounts().add_token(user, mode=mode, expires=expires).secret
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(base: Path, *extra: str, repo: Path | None = None, scheme: str = "http", env: dict | None = None) -> VmlServer:
+    """`vml serve REPO --listen 127.0.0.1:PORT` as its own process (a new bare repository in
+    `base` unless `repo` is given); returns once it answers."""
+    base.mkdir(parents=True, exist_ok=True)
+    if repo is None:
+        repo = base / "server.vml"
+        subprocess.run([sys.executable, "-m", "vml", "init", "--bare", str(repo)], check=True, capture_output=True)
+    port = free_port()
+    log = base / "server.log"
+    process = subprocess.Popen(
+        [shutil.which("timeout") or "timeout", LIFETIME, sys.executable, "-m", "vml", "serve", str(repo), "--listen", f"127.0.0.1:{port}", *extra],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    url = f"{scheme}://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"vml serve did not start: {log.read_text()}") from None
+            time.sleep(0.05)
+    return VmlServer(url, repo, log, process)
