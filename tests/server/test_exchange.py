@@ -91,3 +91,36 @@ def test_concurrent_update_is_compare_and_swap(tmp_path, server):
     forced = run(two, "push", "--force", "--json").json()
     assert forced["refs"][0]["status"] == "forced"
     server_fsck_clean(one, server)
+
+
+def test_upload_and_download_resume_after_a_dropped_connection(tmp_path, server):
+    from support.server import CuttingProxy
+
+    token = server.add_user("alice")
+    alice, guest = _client(tmp_path, "alice", token)
+    (guest / "big.bin").write_bytes(os.urandom(3_000_000))
+    run(alice, "commit", "-m", "big")
+    port = int(server.url.rsplit(":", 1)[1])
+    cut_up = CuttingProxy(port, cut_after=1_500_000, upstream=True)
+    try:
+        run(alice, "remote", "add", "origin", f"{cut_up.url}/alice")
+        pushed = run(alice, "push", "--json").json()
+    finally:
+        cut_up.close()
+    assert cut_up.cuts == 1  # the connection did drop halfway through the upload
+    assert pushed["refs"][0]["status"] == "new"
+    assert pushed["bytes_sent"] < 4_500_000, pushed  # resumed from where it stopped, not sent again whole
+    server_fsck_clean(alice, server)
+
+    cut_down = CuttingProxy(port, cut_after=1_500_000, upstream=False)
+    try:
+        cloned = run(alice, "clone", f"{cut_down.url}/alice", str(tmp_path / "clone"), "--json").json()
+    finally:
+        cut_down.close()
+    assert cut_down.cuts == 1
+    assert cloned["fetched"]["bytes_received"] < 4_500_000, cloned
+    other = Vml(tmp_path / "clone")
+    other("area", "add", "wb", "--dir", str(tmp_path / "restored"))
+    other("checkout", "main")
+    assert (tmp_path / "restored" / "big.bin").read_bytes() == (guest / "big.bin").read_bytes()
+    other.fsck_clean()

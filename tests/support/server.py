@@ -88,3 +88,59 @@ def start_server(base: Path, *extra: str, repo: Path | None = None, scheme: str 
                 raise RuntimeError(f"vml serve did not start: {log.read_text()}") from None
             time.sleep(0.05)
     return VmlServer(url, repo, log, process)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a server that cuts its first connection once that many bytes
+    went one way (`upstream`: client to server, else server to client): a dropped connection
+    in the middle of an upload or a download, on demand."""
+
+    def __init__(self, port: int, *, cut_after: int, upstream: bool):
+        import threading
+
+        self.target = port
+        self.cut_after = cut_after
+        self.upstream = upstream
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._threads = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            state = {"moved": 0, "cut": False}
+            for source, sink, counted in ((client, server, self.upstream), (server, client, not self.upstream)):
+                self._threads.Thread(target=self._pump, args=(source, sink, counted, state, client, server), daemon=True).start()
+
+    def _pump(self, source, sink, counted, state, client, server) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if counted and self.cuts == 0 and state["moved"] + len(data) > self.cut_after:
+                    sink.sendall(data[: self.cut_after - state["moved"]])
+                    self.cuts += 1
+                    state["cut"] = True
+                    break
+                if counted:
+                    state["moved"] += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (client, server):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()

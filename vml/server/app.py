@@ -20,12 +20,13 @@ empty one, whether it exists or not. Pages (web.py) are served by the same app.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -121,6 +122,7 @@ def api(server: Server):
 def build_app(server: Server) -> Starlette:
     handler = api(server)
     repository = server.repository
+    appending: dict[str, asyncio.Lock] = {}
 
     @handler
     async def whoami(request: Request, caller: Caller) -> Response:
@@ -172,19 +174,23 @@ def build_app(server: Server) -> Starlette:
             offset = int(request.headers["upload-offset"])
         except (KeyError, ValueError):
             raise HttpError(400, "an Upload-Offset header (a number) is needed") from None
-        size = os.path.getsize(upload.path)
-        if offset != size:
-            raise HttpError(409, f"the upload holds {size} bytes, not {offset}: resume from there", {"Upload-Offset": str(size)})
-        written = 0
-        fd = os.open(upload.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            async for piece in request.stream():
-                written += len(piece)
-                if written > MAX_PIECE or size + written > server.max_upload:
-                    raise HttpError(413, f"a piece may be at most {MAX_PIECE} bytes and a push at most {server.max_upload}")
-                os.write(fd, piece)
-        finally:
-            os.close(fd)
+        # One writer per upload: a request cut off may still be writing when its retry comes.
+        async with appending.setdefault(upload.id, asyncio.Lock()):
+            size = os.path.getsize(upload.path)
+            if offset != size:
+                raise HttpError(409, f"the upload holds {size} bytes, not {offset}: resume from there", {"Upload-Offset": str(size)})
+            written = 0
+            fd = os.open(upload.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                async for piece in request.stream():
+                    written += len(piece)
+                    if written > MAX_PIECE or size + written > server.max_upload:
+                        raise HttpError(413, f"a piece may be at most {MAX_PIECE} bytes and a push at most {server.max_upload}")
+                    os.write(fd, piece)
+            except ClientDisconnect:
+                return Response(status_code=400)  # what arrived stays: the client resumes after it
+            finally:
+                os.close(fd)
         return Response(status_code=204, headers={"Upload-Offset": str(size + written)})
 
     @handler
@@ -194,6 +200,7 @@ def build_app(server: Server) -> Starlette:
         updates = body.get("updates")
         if not isinstance(updates, list):
             raise HttpError(400, "updates is a list")
+        appending.pop(upload.id, None)
         results = await run_in_threadpool(repository.apply, upload, caller, updates)
         return JSONResponse({"refs": results})
 
