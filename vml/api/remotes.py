@@ -82,6 +82,11 @@ def _server(url: str) -> Iterator[HttpRemote]:
         server.close()
 
 
+def _base_digest(remote: RemoteRepository, commit: str) -> str | None:
+    base = remote_entry_info(remote, commit).base
+    return base.digest if base is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class PushResult:
     remote: str
@@ -119,7 +124,7 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
         else:
             with _connected(url, accept_new_host_key) as remote:
                 remote_refs = remote.refs()
-                local.update(bases_to_push(repo.git, remote.location, lambda commit: remote_entry_info(remote, commit).base.digest,
+                local.update(bases_to_push(repo.git, remote.location, lambda commit: _base_digest(remote, commit),
                                            local, remote_refs, differential))
                 updates = plan_updates(repo.git, local, remote_refs, force=force)
                 updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)

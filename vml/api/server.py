@@ -125,7 +125,7 @@ def login(url: str, token: str) -> LoginResult:
     return LoginResult(server, str(who["user"]), str(who.get("mode")), store_token(server, token, str(who["user"])))
 
 
-def _whoami(server: str, token: str) -> dict:
+def _whoami(server: str, token: str) -> dict[str, object]:
     from vml.transport.http import HttpRemote
 
     remote = HttpRemote(server + "/", token=token)

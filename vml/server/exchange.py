@@ -239,13 +239,14 @@ class ServerRepository:
                 requires.append(commit)
             return ok
 
+        known: set[bytes] | None = None
+
         def readable_blob(blob_id: bytes) -> bool:  # what the commits it builds on reach, and nothing else
             nonlocal known
             if known is None:
                 known = blobs_of(store, manifests_of(git, list(dict.fromkeys(requires))))
             return blob_id in known
 
-        known: set[bytes] | None = None
         never: Callable[[str], bool] = lambda _object_id: False  # noqa: E731 - every tree of a new entry comes in the bundle
         try:
             info, store_all = read_bundle(git, store, upload.path, Readable(require, never, readable_blob, strict=True))
@@ -334,7 +335,7 @@ def _parse_update(update: object) -> tuple[str, str | None, str, bool]:
     ref, old, new, force = update.get("ref"), update.get("old"), update.get("new"), bool(update.get("force", False))
     if not (isinstance(ref, str) and ref.startswith(CARRIED) and GitDag.is_valid_ref_name(ref) and len(ref) < 512):
         raise UsageError(f"a push may move branches, tags, public entries and base images, not {str(ref)[:80]!r}")
-    if not _is_hex(new) or (old is not None and not _is_hex(old)):
+    if not isinstance(new, str) or not _is_hex(new) or (old is not None and not (isinstance(old, str) and _is_hex(old))):
         raise UsageError("old and new are entry ids (40 hex digits; old may be null)")
     return ref, old, new, force
 
