@@ -191,7 +191,7 @@ def export_command(ctx, entry: str, output: str, kind: str, since: str | None, a
 
 
 @main_group.command("import")
-@click.argument("bundle", metavar="FILE")
+@click.argument("bundle", metavar="FILE|URL")
 @click.option("--as", "as_name", metavar="BRANCH", help="Put the entry on this branch instead of the name it was exported with.")
 @click.option("-f", "--force", is_flag=True, help="Move the branch or tag even if the entry does not descend from where it is.")
 @verify_option
@@ -200,6 +200,9 @@ def export_command(ctx, entry: str, output: str, kind: str, since: str | None, a
 @click.pass_context
 def import_command(ctx, bundle: str, as_name: str | None, force: bool, verify: bool, allowed: str | None, as_json: bool) -> None:
     """Check bundle FILE whole (what it requires, every hash), then store its entries.
+
+    A URL is a bundle a vml server offers (its page's "download bundle"): it is downloaded
+    first, with the token kept by 'vml login' for that server.
 
     Nothing is written if any check fails. The entry's branch or tag is created, or moved
     if the entry descends from where it is.

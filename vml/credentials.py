@@ -41,6 +41,15 @@ def token_for(server: str) -> str | None:
     return os.environ.get(ENVIRONMENT) or _read().get(server, {}).get("token")
 
 
+def token_for_url(url: str) -> str | None:
+    """The token of the server whose address is the longest beginning of `url`."""
+    if os.environ.get(ENVIRONMENT):
+        return os.environ[ENVIRONMENT]
+    servers = _read()
+    matching = [server for server in servers if url == server or url.startswith(server.rstrip("/") + "/")]
+    return servers[max(matching, key=len)]["token"] if matching else None
+
+
 def user_for(server: str) -> str | None:
     return _read().get(server, {}).get("user")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
@@ -90,7 +92,18 @@ class ImportResult:
 def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, force: bool = False, verify: bool = False,
                   allowed: str | None = None) -> ImportResult:
     """Check a bundle whole (its requirements, every hash, that its entries are complete),
-    then store it and set the branch or tag it was exported from (or --as BRANCH)."""
+    then store it and set the branch or tag it was exported from (or --as BRANCH). `path`
+    may be the http(s) URL of a bundle a vml server offers: it is downloaded first."""
+    if path.startswith(("http://", "https://")):
+        from vml.transport.http import download_url  # httpx is loaded only to reach a server
+
+        fd, local = tempfile.mkstemp(prefix="import-", suffix=".bundle", dir=repo.store.tmp_dir)
+        os.close(fd)
+        try:
+            download_url(path, local)
+            return dataclasses.replace(import_bundle(repo, local, as_name=as_name, force=force, verify=verify, allowed=allowed), path=path)
+        finally:
+            os.unlink(local)
     with repo.shared_lock():
         info, store_all = read_bundle(repo.git, repo.store, path)
         ref = BRANCH_PREFIX + as_name if as_name else info.ref

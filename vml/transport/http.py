@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from vml import __version__
-from vml.credentials import token_for
+from vml.credentials import token_for, token_for_url
 from vml.errors import TransportError, UsageError
 from vml.transport.base import is_loopback
 
@@ -63,7 +63,7 @@ class HttpRemote:
         if self.url is None:
             raise UsageError(f"{url}: not an http(s) URL")
         self.location = str(self.url)
-        self.token = token if token is not None else token_for(self.url.server)
+        self.token = token if token is not None else token_for(self.url.server) or token_for_url(url)
         if self.token:
             check_token_channel(self.url.server)
         headers = {"User-Agent": f"vml/{__version__}"}
@@ -125,34 +125,44 @@ class HttpRemote:
         """Ask for a transfer of `want` beyond `have`, download it to `target`; its size."""
         body = self._request("POST", self._ns("fetch"), json={"want": want, "have": have}).json()
         transfer, size = body["transfer"], int(body["size"])
-        with open(target, "wb") as sink:
-            for attempt in range(RETRIES):
-                done = sink.tell()
-                if done == size:
-                    break
-                headers = {"Range": f"bytes={done}-"} if done else {}
-                try:
-                    with self._client.stream("GET", f"/api/v1/transfers/{transfer}", headers=headers) as response:
-                        self._checked_stream(response)
-                        if done and response.status_code != 206:
-                            sink.seek(0)
-                            sink.truncate()
-                        for piece in response.iter_bytes(1024 * 1024):
-                            sink.write(piece)
-                            self.bytes_received += len(piece)
-                            if progress is not None:
-                                progress(sink.tell(), size)
-                except httpx.TransportError as error:
-                    if attempt == RETRIES - 1:
-                        raise TransportError(f"{self.location}: the download broke off ({_reason(error)})") from None
-                    time.sleep(0.2 * 2**attempt)
-            if sink.tell() != size:
-                raise TransportError(f"{self.location}: the download is {sink.tell()} bytes, not {size}")
+        self.download(f"/api/v1/transfers/{transfer}", target, size, progress)
         try:
             self._client.delete(f"/api/v1/transfers/{transfer}")
         except httpx.TransportError:
             pass  # the server drops it after an hour anyway
         return size
+
+    def download(self, path: str, target: str, size: int | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        """GET `path` on the server into `target`, resuming with Range after a dropped
+        connection; `size`, when known, is checked."""
+        with open(target, "wb") as sink:
+            for attempt in range(RETRIES):
+                done = sink.tell()
+                if size is not None and done == size:
+                    break
+                headers = {"Range": f"bytes={done}-"} if done else {}
+                try:
+                    with self._client.stream("GET", path, headers=headers) as response:
+                        self._checked_stream(response)
+                        if done and response.status_code != 206:
+                            sink.seek(0)
+                            sink.truncate()
+                        if size is None and response.status_code == 200 and "content-length" in response.headers:
+                            size = int(response.headers["content-length"])
+                        for piece in response.iter_bytes(1024 * 1024):
+                            sink.write(piece)
+                            self.bytes_received += len(piece)
+                            if progress is not None:
+                                progress(sink.tell(), size or 0)
+                    if size is None:
+                        break
+                except httpx.TransportError as error:
+                    if attempt == RETRIES - 1:
+                        raise TransportError(f"{self.location}: the download broke off ({_reason(error)})") from None
+                    time.sleep(0.2 * 2**attempt)
+            if size is not None and sink.tell() != size:
+                raise TransportError(f"{self.location}: the download is {sink.tell()} bytes, not {size}")
+            return sink.tell()
 
     def _checked_stream(self, response: httpx.Response) -> None:
         if response.status_code >= 400:
@@ -190,6 +200,19 @@ class HttpRemote:
         # Not repeated: had the refs moved before the connection dropped, a second try would
         # find the upload gone; a new push then finds the refs where this one left them.
         return list(self._request("POST", f"{path}/apply", retries=1, json={"updates": updates}).json()["refs"])
+
+
+def download_url(url: str, target: str) -> int:
+    """A file the server offers (an entry's bundle, say) into `target`, with the token kept
+    for the server whose address begins the URL."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{url}: not an http(s) URL")
+    remote = HttpRemote(f"{parts.scheme}://{parts.netloc}/", token=token_for_url(url))
+    try:
+        return remote.download(parts.path + (f"?{parts.query}" if parts.query else ""), target)
+    finally:
+        remote.close()
 
 
 def _reason(error: httpx.TransportError) -> str:
