@@ -124,3 +124,42 @@ def test_upload_and_download_resume_after_a_dropped_connection(tmp_path, server)
     other("checkout", "main")
     assert (tmp_path / "restored" / "big.bin").read_bytes() == (guest / "big.bin").read_bytes()
     other.fsck_clean()
+
+
+def test_gc_on_the_server_while_pushes_run(tmp_path, server):
+    """vml gc on the server's repository runs beside pushes: a push stores and moves its refs
+    under the shared lock gc's exclusive one waits for; nothing a push brings is lost."""
+    import threading
+
+    token = server.add_user("alice")
+    alice, guest = _client(tmp_path, "alice", token)
+    alice.separate = True  # the pushes run while gc runs in this process
+    run(alice, "remote", "add", "origin", server.ns("alice"))
+    pushed = []
+    failures = []
+
+    def push_rounds() -> None:
+        for number in range(4):
+            (guest / f"file{number}.bin").write_bytes(os.urandom(400_000))
+            run(alice, "commit", "-m", f"round {number}")
+            result = run(alice, "push", "--json", check=False)
+            if result.returncode:
+                failures.append(result.stderr)
+            else:
+                pushed.append(result.json()["refs"][0]["new"])
+
+    pusher = threading.Thread(target=push_rounds)
+    pusher.start()
+    collector = Vml(tmp_path)
+    while pusher.is_alive():
+        collector("--repo", str(server.repo), "gc", "--expire", "now")
+    pusher.join()
+    assert failures == [] and len(pushed) == 4
+    clone = tmp_path / "clone"
+    run(alice, "clone", server.ns("alice"), str(clone))
+    restored = Vml(clone)
+    restored("area", "add", "wb", "--dir", str(tmp_path / "restored"))
+    restored("checkout", "main")
+    for number in range(4):
+        assert (tmp_path / "restored" / f"file{number}.bin").read_bytes() == (guest / f"file{number}.bin").read_bytes()
+    server_fsck_clean(collector, server)
