@@ -6,7 +6,8 @@ Layout (integers little-endian):
     u32 header length, header (JSON): format, kind, entry, ref, requires, commits
     u32 git object count, then per object: u8 type (1 commit, 2 tree, 3 blob), 20-byte id,
         u32 length, content
-    u32 pack count, then per pack: u64 length, a vml pack (vml/objects/pack.py)
+    u32 pack count, then per pack: u64 length, a vml pack (vml/objects/pack.py); a count of
+        0xFFFFFFFF: packs follow until the trailer (a transfer, written while it is sent)
     32-byte BLAKE3 of everything before it
 
 `requires` names the entries the receiver must already have: the bundle holds only what
@@ -25,7 +26,9 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from vml.durable import atomic_file
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
@@ -53,6 +56,8 @@ _TYPES = {"commit": 1, "tree": 2, "blob": 3}
 _TYPE_NAMES = {code: name for name, code in _TYPES.items()}
 TRAILER = 32
 MAX_HEADER = 16 * 1024 * 1024
+UNTIL_TRAILER = 0xFFFFFFFF  # the pack count of a streamed bundle
+VERIFY_THREADS = 2  # packs checked at once (zstd and BLAKE3 release the GIL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class BundleInfo:
     commits: list[str]
     blobs: int
     bytes: int  # the bundle file's size
+    packs: int = 0  # written: how many packs it holds
     bases: dict[str, str] = field(default_factory=dict)  # base refs the bundle carries -> their commits
     refs: dict[str, str] = field(default_factory=dict)  # a transfer's refs -> their entries
     parents: dict[str, list[str]] = field(default_factory=dict)  # read: each commit it holds -> its parents
@@ -71,6 +77,15 @@ class BundleInfo:
 
 
 # -- export
+
+
+class Sink(Protocol):
+    """Where a bundle is written: an open file, or one another thread reads as it grows."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 
 
 def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
@@ -81,12 +96,13 @@ def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
 
 def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: str | None, kind: str,
                  requires: list[str], tmp_dir: str, base: BaseRef | None = None, base_roots: list[ObjectId] = (),
-                 bases: dict[str, str] | None = None, refs: dict[str, str] | None = None) -> BundleInfo:
+                 bases: dict[str, str] | None = None, refs: dict[str, str] | None = None, sink: Sink | None = None) -> BundleInfo:
     """Write a bundle of `entry` holding every commit not reachable from `requires` and every
     blob their trees need that the trees of `requires` (and of the base image, for a
     differential bundle) lack; `bases` (ref -> commit) go along whole, for a receiver
     that must need nothing; `refs` (a transfer's) go along like `entry`. Atomic: FILE is
-    whole or absent."""
+    whole or absent. With `sink` (an open file) the bundle is streamed into it instead,
+    each pack as soon as it is made, for a reader that follows the file as it grows."""
     bases = bases or {}
     refs = refs or {}
     commits = git.commits_between([entry, *bases.values(), *refs.values()], requires)
@@ -99,35 +115,58 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
         header["bases"] = bases
     if refs:
         header["refs"] = refs
-    target = os.path.abspath(path)
+    blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
     staging = tempfile.mkdtemp(prefix="bundle-", dir=tmp_dir)
     try:
-        with atomic_file(target) as sink:
-            hasher = StreamingId()
-
-            def emit(data: bytes) -> None:
-                sink.write(data)
-                hasher.update(data)
-
-            encoded = json.dumps(header, sort_keys=True).encode()
-            emit(MAGIC + _U32.pack(len(encoded)) + encoded)
-            git_objects = [o for c in commits for o in git.tree_objects(c) + [c]]
-            emit(_U32.pack(len(git_objects)))
-            for object_hex in git_objects:
-                type_name, content = git.read_raw(object_hex)
-                emit(_OBJECT.pack(_TYPES[type_name], bytes.fromhex(object_hex), len(content)) + content)
-            blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
-            packs = [pack_file for _pack_id, pack_file, _entries in store.copy_to_packs(blob_ids, staging)]  # staged: the count comes first
-            emit(_U32.pack(len(packs)))
-            for pack_path in packs:
-                emit(_U64.pack(os.path.getsize(pack_path)))
-                with open(pack_path, "rb") as pack_file:
-                    for piece in iter(lambda: pack_file.read(1024 * 1024), b""):
-                        emit(piece)
-            sink.write(hasher.digest())
+        if sink is not None:
+            size, packs = _write_contents(git, store, sink, header, commits, blob_ids, staging, streamed=True)
+        else:
+            with atomic_file(os.path.abspath(path)) as file_sink:
+                size, packs = _write_contents(git, store, file_sink, header, commits, blob_ids, staging, streamed=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return BundleInfo(kind, entry, ref, requires, commits, len(chunks) + len(listings), os.path.getsize(target), bases, refs=refs)
+    return BundleInfo(kind, entry, ref, requires, commits, len(blob_ids), size, packs=packs, bases=bases, refs=refs)
+
+
+def _write_contents(git: GitDag, store: ChunkStore, sink: Sink, header: dict, commits: list[str], blob_ids: list[bytes],
+                    staging: str, *, streamed: bool) -> tuple[int, int]:
+    """Write the bundle; (its size, its number of packs)."""
+    hasher = StreamingId()
+    size = packs_written = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal size
+        sink.write(data)
+        hasher.update(data)
+        size += len(data)
+
+    encoded = json.dumps(header, sort_keys=True).encode()
+    emit(MAGIC + _U32.pack(len(encoded)) + encoded)
+    git_objects = [o for c in commits for o in git.tree_objects(c) + [c]]
+    emit(_U32.pack(len(git_objects)))
+    for object_hex in git_objects:
+        type_name, content = git.read_raw(object_hex)
+        emit(_OBJECT.pack(_TYPES[type_name], bytes.fromhex(object_hex), len(content)) + content)
+    made = store.copy_to_packs(blob_ids, staging)
+    if streamed:
+        emit(_U32.pack(UNTIL_TRAILER))
+        packs: Iterator[str] = (pack_file for _pack_id, pack_file, _entries in made)
+    else:  # staged: the count comes first
+        staged = [pack_file for _pack_id, pack_file, _entries in made]
+        emit(_U32.pack(len(staged)))
+        packs = iter(staged)
+    for pack_path in packs:
+        emit(_U64.pack(os.path.getsize(pack_path)))
+        with open(pack_path, "rb") as pack_file:
+            for piece in iter(lambda: pack_file.read(1024 * 1024), b""):
+                emit(piece)
+        os.unlink(pack_path)
+        packs_written += 1
+        if streamed:
+            sink.flush()
+    sink.write(hasher.digest())
+    sink.flush()
+    return size + TRAILER, packs_written
 
 
 # -- import
@@ -221,7 +260,8 @@ def _parse(bundle_file, size: int) -> _Contents:
             raise CorruptObject(f"git object {object_hex[:12]} in the bundle is damaged (hash mismatch)")
         git_objects.append((object_hex, type_name, content))
     packs = []
-    for _ in range(reader.u32()):
+    count = reader.u32()
+    while len(packs) < count if count != UNTIL_TRAILER else reader.position < size - TRAILER:
         length = _U64.unpack(reader.take(8))[0]
         packs.append((reader.position, length))
         if reader.position + length > size - TRAILER:
@@ -235,6 +275,118 @@ def _parse(bundle_file, size: int) -> _Contents:
 
 def _is_hex_id(value) -> bool:
     return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+
+
+CheckedPack = tuple[list[PackEntry], dict[bytes, bytes]]  # a pack's table, and the raw bytes of its listings
+
+
+def _check_pack(fd: int, start: int, length: int) -> CheckedPack:
+    """Every blob of the pack at `start` checked against its id."""
+    data = os.pread(fd, length, start)
+    if len(data) != length:
+        raise CorruptObject("the bundle is truncated")
+    entries = parse_table("in the bundle", length, lambda offset, size: data[offset : offset + size])
+    listings = {}
+    for e in entries:
+        try:
+            raw = open_blob(e.id, e.flag, data[e.offset : e.offset + e.length], e.raw_length)
+        except CorruptObject:
+            raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)") from None
+        if e.blob_type == TYPE_TREE:
+            listings[e.id] = raw
+    return entries, listings
+
+
+def _verify_packs(bundle_file, contents: _Contents, checked: dict[tuple[int, int], CheckedPack]) -> tuple[list[list[PackEntry]], dict[bytes, bytes]]:
+    """Every blob of every pack checked against its id, packs side by side (those in
+    `checked` were, while the bundle arrived): each pack's table, and the raw bytes of the
+    listings (the check of the trees reads them)."""
+    fd = bundle_file.fileno()
+
+    def check(pack: tuple[int, int]) -> CheckedPack:
+        return checked[pack] if pack in checked else _check_pack(fd, *pack)
+
+    with ThreadPoolExecutor(max_workers=VERIFY_THREADS, thread_name_prefix="vml-verify") as pool:
+        results = list(pool.map(check, contents.packs))
+    return [entries for entries, _listings in results], {i: raw for _entries, listings in results for i, raw in listings.items()}
+
+
+class ArrivingBundle:
+    """Checks the packs of a bundle while it is still arriving (an upload to a server), so
+    that little is left to check when it is whole. Only a hint: the bundle is parsed anew
+    when whole, and a pack checked here counts only if it lies exactly where that parse
+    finds one. The file must only grow (an upload appends at its end, nothing else writes it)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.checked: dict[tuple[int, int], CheckedPack] = {}
+        self._position = 0  # where the next unparsed part starts
+        self._stage = "head"
+        self._objects_left = 0
+        self._stopped = False
+
+    def advance(self, available: int) -> None:
+        """Check every pack that lies wholly within the first `available` bytes."""
+        if self._stopped:
+            return
+        try:
+            with open(self.path, "rb") as bundle_file:
+                while self._step(bundle_file.fileno(), available):
+                    pass
+        except (CorruptObject, ValueError, OSError, struct.error):
+            self._stopped = True  # a damaged bundle: its check when whole says what is wrong
+
+    def _step(self, fd: int, available: int) -> bool:
+        at = self._position
+
+        def have(length: int) -> bool:
+            return at + length <= available
+
+        if self._stage == "head":
+            if not have(len(MAGIC) + 4):
+                return False
+            header_length = _U32.unpack(os.pread(fd, 4, at + len(MAGIC)))[0]
+            if header_length > MAX_HEADER or not have(len(MAGIC) + 4 + header_length + 4):
+                return False
+            at += len(MAGIC) + 4 + header_length
+            self._objects_left = _U32.unpack(os.pread(fd, 4, at))[0]
+            self._position, self._stage = at + 4, "objects"
+        elif self._stage == "objects":
+            if self._objects_left == 0:
+                if not have(4):
+                    return False
+                self._position, self._stage = at + 4, "packs"
+                return True
+            if not have(_OBJECT.size):
+                return False
+            _type, _id, length = _OBJECT.unpack(os.pread(fd, _OBJECT.size, at))
+            if not have(_OBJECT.size + length):
+                return False
+            self._position = at + _OBJECT.size + length
+            self._objects_left -= 1
+        else:
+            if not have(8):
+                return False
+            length = _U64.unpack(os.pread(fd, 8, at))[0]
+            if not have(8 + length):
+                return False
+            self.checked[(at + 8, length)] = _check_pack(fd, at + 8, length)
+            self._position = at + 8 + length
+        return True
+
+
+def _store_packs(bundle_file, contents: _Contents, tables: list[list[PackEntry]], wanted: set[bytes], store: ChunkStore) -> None:
+    """Store the wanted blobs of checked packs: a pack all of whose blobs are wanted and new
+    is taken whole; of another, the wanted blobs the store lacks are added one by one."""
+    fd = bundle_file.fileno()
+    for (start, length), entries in zip(contents.packs, tables):
+        if all(e.id in wanted and e.id not in store for e in entries):
+            store.adopt_pack(fd, start, length, entries)
+            continue
+        data = os.pread(fd, length, start)
+        for e in entries:
+            if e.id in wanted:
+                store.add(e.id, e.blob_type, e.flag, data[e.offset : e.offset + e.length], e.raw_length)
 
 
 def _blobs(bundle_file, contents: _Contents) -> Iterator[tuple[PackEntry, bytes, bytes]]:
@@ -265,9 +417,11 @@ class Readable:
     strict: bool = False  # listings are read from the bundle only, never from the store
 
 
-def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | None = None) -> tuple[BundleInfo, Callable[[], None]]:
+def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | None = None,
+                checked: dict[tuple[int, int], CheckedPack] | None = None) -> tuple[BundleInfo, Callable[..., None]]:
     """Check a bundle whole; return what it holds and a function that stores it.
-    Nothing is written until that function is called."""
+    Nothing is written until that function is called. `checked`: packs an ArrivingBundle
+    checked already."""
     readable = readable or Readable(git.has_object, git.has_object, store.__contains__)
     try:
         bundle_file = open(path, "rb")
@@ -287,12 +441,8 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | 
             )
         objects = {object_hex: (type_name, content) for object_hex, type_name, content in contents.git_objects}
         roots = _check_commits(git, header, objects, readable)
-        in_bundle: set[bytes] = set()
-        raw_listings: dict[bytes, bytes] = {}
-        for e, _payload, raw in _blobs(bundle_file, contents):
-            in_bundle.add(e.id)
-            if e.blob_type == TYPE_TREE:
-                raw_listings[e.id] = raw
+        pack_tables, raw_listings = _verify_packs(bundle_file, contents, checked or {})
+        in_bundle = {e.id for table in pack_tables for e in table}
 
         def load_raw(blob_ids: list[bytes]) -> list[bytes]:
             if readable.strict and not all(b in raw_listings for b in blob_ids):
@@ -309,21 +459,27 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | 
             raise CorruptObject(f"the bundle is incomplete: it lacks {len(absent)} objects its entries need (first {absent[0].hex()[:16]})")
         order = chunks + [listing_id for listing_id, _data in listings]
         new_listings = {listing_id: data for listing_id, data in listings}
-        privileged = privileged_nodes(lambda blob_id, root=False: decode_listing(new_listings[blob_id], root=root),
-                                      roots, set(new_listings))
+        privileged = (0, []) if header["kind"] == TRANSFER else privileged_nodes(  # an import reports them; a push or fetch does not
+            lambda blob_id, root=False: decode_listing(new_listings[blob_id], root=root), roots, set(new_listings))
     info = BundleInfo(header["kind"], header["entry"], header["ref"], header["requires"], header["commits"], len(in_bundle), size,
-                      dict(header.get("bases", {})), dict(header.get("refs", {})),
-                      {c: parse_commit(objects[c][1])[1] for c in header["commits"]}, privileged)
+                      packs=len(contents.packs), bases=dict(header.get("bases", {})), refs=dict(header.get("refs", {})),
+                      parents={c: parse_commit(objects[c][1])[1] for c in header["commits"]}, privileged=privileged)
 
-    def store_all() -> None:
+    def store_all(*, trusted: bool = False) -> None:
+        """Store what was checked. `trusted`: the file is this process's own (a transfer it
+        received into a directory nobody else writes), so its blobs are not verified again,
+        and a pack whose blobs are all new and all needed is taken whole, as it is."""
         with open(path, "rb") as again:
             if os.fstat(again.fileno()).st_size != size:
                 raise CorruptObject("the bundle changed while it was imported; nothing was recorded")
             wanted = set(order)
             try:
-                for e, payload, _raw in _blobs(again, contents):  # verified again: the file is read anew
-                    if e.id in wanted:
-                        store.add(e.id, e.blob_type, e.flag, payload, e.raw_length)
+                if trusted:
+                    _store_packs(again, contents, pack_tables, wanted, store)
+                else:
+                    for e, payload, _raw in _blobs(again, contents):  # verified again: the file is read anew
+                        if e.id in wanted:
+                            store.add(e.id, e.blob_type, e.flag, payload, e.raw_length)
                 store.flush()
             except BaseException:
                 store.abandon()

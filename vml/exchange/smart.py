@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vml.entry import read_entry
 from vml.errors import UsageError
 from vml.exchange import TransferProgress
-from vml.exchange.bundle import TRANSFER, read_bundle, write_bundle
+from vml.exchange.bundle import TRANSFER, BundleInfo, read_bundle, write_bundle
 from vml.exchange.push import RefUpdate, SendStats, bases_to_push, plan_updates
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
@@ -48,17 +49,32 @@ def push_refs(git: GitDag, store: ChunkStore, remote: HttpRemote, local: dict[st
     requires = [c for c in dict.fromkeys(remote_refs.values()) if git.has_object(c) and any(c == n or git.is_ancestor(c, n) for n in news)]
     fd, bundle = tempfile.mkstemp(prefix="push-", suffix=".bundle", dir=tmp_dir)
     os.close(fd)
+    growing = GrowingFile(bundle)
+    made: list[BundleInfo] = []
+
+    def make() -> None:  # the bundle is written while what is written so far is sent
+        try:
+            made.append(write_bundle(git, store, bundle, entry=news[0], ref=None, kind=TRANSFER, requires=requires, tmp_dir=tmp_dir,
+                                     refs={u.name: u.new for u in moving}, sink=growing))
+            growing.finish()
+        except BaseException as error:
+            growing.finish(error)
+
+    def advance(done: int, total: int) -> None:
+        if progress is not None:
+            progress(TransferProgress(done, total))
+
+    maker = threading.Thread(target=make, name="vml-bundle")
+    maker.start()
     try:
-        info = write_bundle(git, store, bundle, entry=news[0], ref=None, kind=TRANSFER, requires=requires, tmp_dir=tmp_dir,
-                            refs={u.name: u.new for u in moving})
-
-        def advance(done: int, total: int) -> None:
-            if progress is not None:
-                progress(TransferProgress(done, total))
-
-        answers = remote.push(bundle, [{"ref": u.name, "old": u.old, "new": u.new, "force": u.status == FORCED} for u in moving], advance)
+        answers = remote.push(bundle, [{"ref": u.name, "old": u.old, "new": u.new, "force": u.status == FORCED} for u in moving], advance,
+                              growing=growing)
     finally:
+        growing.cancel()
+        maker.join()
+        growing.close()
         os.unlink(bundle)
+    info = made[0]
     by_ref = {answer.get("ref"): answer for answer in answers}
     finished = []
     for update in updates:
@@ -66,7 +82,7 @@ def push_refs(git: GitDag, store: ChunkStore, remote: HttpRemote, local: dict[st
             answer = by_ref.get(update.name, {"status": REJECTED, "reason": "the server did not answer for it"})
             update = RefUpdate(update.name, update.old, update.new, str(answer.get("status")), str(answer.get("reason") or ""))
         finished.append(update)
-    return finished, SendStats(len(info.commits), info.blobs, 1, info.bytes)
+    return finished, SendStats(len(info.commits), info.blobs, info.packs, info.bytes)
 
 
 def fetch_refs(git: GitDag, store: ChunkStore, remote: HttpRemote, remote_name: str, tmp_dir: str,
@@ -107,7 +123,54 @@ def _receive(git: GitDag, store: ChunkStore, remote: HttpRemote, want: list[str]
         info, store_all = read_bundle(git, store, bundle)
         if info.kind != TRANSFER or not set(want) <= set(info.commits) | {c for c in want if git.has_object(c)}:
             raise UsageError(f"{remote.location} sent something else than the entries asked for")
-        store_all()
+        store_all(trusted=True)  # our own file, in our own temp directory
     finally:
         os.unlink(bundle)
     return len(info.commits), info.blobs
+
+
+class GrowingFile:
+    """A file one thread writes (a bundle being made) while another sends what is in it so
+    far: `wait_for` blocks until it holds that many bytes or is finished."""
+
+    def __init__(self, path: str):
+        self._sink = open(path, "wb")
+        self._changed = threading.Condition()
+        self.size = 0
+        self.done = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.cancelled:
+            raise UsageError("the push stopped")
+        return self._sink.write(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+        with self._changed:
+            self.size = self._sink.tell()
+            self._changed.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if error is None:
+            self._sink.flush()
+        with self._changed:
+            self.size = self._sink.tell()
+            self.done, self.error = True, error
+            self._changed.notify_all()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def wait_for(self, wanted: int) -> tuple[int, bool]:
+        """(bytes written, finished) once at least `wanted` are written or it is finished."""
+        with self._changed:
+            while self.size < wanted and not self.done:
+                self._changed.wait()
+            if self.error is not None:
+                raise self.error
+            return self.size, self.done
+
+    def close(self) -> None:
+        self._sink.close()

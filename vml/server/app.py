@@ -191,6 +191,7 @@ def build_app(server: Server) -> Starlette:
                 return Response(status_code=400)  # what arrived stays: the client resumes after it
             finally:
                 os.close(fd)
+                repository.arrived(upload, size + written)
         return Response(status_code=204, headers={"Upload-Offset": str(size + written)})
 
     @handler

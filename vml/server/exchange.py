@@ -23,10 +23,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.exchange.bundle import TRANSFER, BundleInfo, Readable, blobs_of, read_bundle, write_bundle
+from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, CheckedPack, Readable, blobs_of, read_bundle, write_bundle
 from vml.exchange.push import manifests_of
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
@@ -40,6 +41,7 @@ TRANSFER_LIFE = 3600.0  # seconds a finished transfer stays to be resumed
 UPLOAD_LIFE = 24 * 3600.0
 MAX_HAVES = 256
 MAX_UPDATES = 1024
+MAX_ARRIVING = 64  # uploads checked while they arrive; more wait to be checked whole
 
 
 class Forbidden(VmlError):
@@ -80,6 +82,9 @@ class ServerRepository:
         for directory in (self.transfers_dir, self.uploads_dir):
             os.makedirs(directory, mode=0o700, exist_ok=True)
         self._local = threading.local()
+        # Uploads being checked while they arrive: upload id -> (its checker, the one thread it runs on).
+        self._arriving: dict[str, tuple[ArrivingBundle, ThreadPoolExecutor]] = {}
+        self._arriving_lock = threading.Lock()
 
     def git(self) -> GitDag:
         """This thread's view of the DAG (a libgit2 repository is used by one thread at a time)."""
@@ -211,6 +216,28 @@ class ServerRepository:
             raise Forbidden(f"you may not add entries to {owner['namespace']}")
         return Upload(upload_id, path, owner["namespace"], owner["user"])
 
+    def arrived(self, upload: Upload, size: int) -> None:
+        """More of an upload is in (`size` bytes): check the packs now whole, beside the
+        upload, so that apply has little left to check. At most MAX_ARRIVING at once."""
+        with self._arriving_lock:
+            if upload.id not in self._arriving:
+                for upload_id in [u for u in self._arriving if not os.path.exists(os.path.join(self.uploads_dir, u + ".part"))]:
+                    self._arriving.pop(upload_id)[1].shutdown(wait=False, cancel_futures=True)  # abandoned, expired
+                if len(self._arriving) >= MAX_ARRIVING:
+                    return
+                self._arriving[upload.id] = (ArrivingBundle(upload.path), ThreadPoolExecutor(1, thread_name_prefix="vml-arriving"))
+            checker, worker = self._arriving[upload.id]
+            worker.submit(checker.advance, size)
+
+    def _checked_packs(self, upload: Upload) -> dict[tuple[int, int], CheckedPack]:
+        with self._arriving_lock:
+            item = self._arriving.pop(upload.id, None)
+        if item is None:
+            return {}
+        checker, worker = item
+        worker.shutdown(wait=True)
+        return checker.checked
+
     def apply(self, upload: Upload, caller: Caller, updates: list[dict]) -> list[dict]:
         """Check the uploaded bundle strictly, store it if any update may go, then move each
         ref by compare-and-swap. Each update: ref, old (None: new), new, force."""
@@ -219,10 +246,11 @@ class ServerRepository:
             raise UsageError(f"a push moves 1 to {MAX_UPDATES} refs")
         git = self.git()
         readable = self.reaches(caller)
+        checked = self._checked_packs(upload)
         with self.repo.shared_lock():
             store = self.open_store()
             try:
-                return self._apply(git, store, upload, caller, parsed, readable)
+                return self._apply(git, store, upload, caller, parsed, readable, checked)
             finally:
                 store.close()
                 for path in (upload.path, upload.path + ".owner"):
@@ -230,7 +258,7 @@ class ServerRepository:
                         os.unlink(path)
 
     def _apply(self, git: GitDag, store: ChunkStore, upload: Upload, caller: Caller, updates: list[tuple[str, str | None, str, bool]],
-               readable: Callable[[str], bool]) -> list[dict]:
+               readable: Callable[[str], bool], checked: dict[tuple[int, int], CheckedPack]) -> list[dict]:
         requires: list[str] = []
 
         def require(commit: str) -> bool:
@@ -249,7 +277,7 @@ class ServerRepository:
 
         never: Callable[[str], bool] = lambda _object_id: False  # noqa: E731 - every tree of a new entry comes in the bundle
         try:
-            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, readable_blob, strict=True))
+            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, readable_blob, strict=True), checked)
         except CorruptObject as error:
             raise UsageError(f"the push was refused: {error}") from None
         if info.kind != TRANSFER:
@@ -278,7 +306,7 @@ class ServerRepository:
         moving = [r for r in results if r["status"] in (NEW, FAST_FORWARD, FORCED)]
         if not moving:
             return results
-        store_all()  # blobs, then git objects; refs only after
+        store_all(trusted=True)  # blobs, then git objects; refs only after (the upload is the server's own file)
         for result in moving:
             stored = stored_ref(upload.namespace, result["ref"])
             try:

@@ -169,17 +169,21 @@ class HttpRemote:
             response.read()
             self._checked(response)
 
-    def push(self, bundle: str, updates: list[dict], progress: Callable[[int, int], None] | None = None) -> list[dict]:
-        """Upload a transfer bundle in pieces (resuming after a drop), then ask for the updates."""
+    def push(self, bundle: str, updates: list[dict], progress: Callable[[int, int], None] | None = None, *, growing=None) -> list[dict]:
+        """Upload a transfer bundle in pieces (resuming after a drop), then ask for the updates.
+        `growing` (vml/exchange/smart.py GrowingFile): the bundle is still being written;
+        each piece is sent as soon as it is there."""
         upload = self._request("POST", self._ns("uploads")).json()["upload"]
         path = f"/api/v1/uploads/{upload}"
-        size = os.path.getsize(bundle)
         offset = 0
         failures = 0
         with open(bundle, "rb") as source:
-            while offset < size:
+            while True:
+                size, finished = growing.wait_for(offset + PIECE) if growing is not None else (os.path.getsize(bundle), True)
+                if offset >= size and finished:
+                    break
                 source.seek(offset)
-                piece = source.read(PIECE)
+                piece = source.read(min(PIECE, size - offset))
                 try:
                     response = self._client.patch(path, content=piece, headers={"Upload-Offset": str(offset)})
                     if response.status_code == 409 and "upload-offset" in response.headers:
