@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from vml import __version__
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.server.accounts import ANONYMOUS, TOKEN_MODES, Accounts, Caller
+from vml.server.accounts import ANONYMOUS, NAME, RESERVED, TOKEN_MODES, Accounts, Caller
 from vml.server.exchange import Forbidden, Moved, NotFound, ServerRepository
 
 MAX_JSON = 1024 * 1024
@@ -82,7 +82,11 @@ class Server:
 
 
 def _namespace(request: Request) -> str:
-    return request.path_params["namespace"]
+    """A namespace is a user's or a group's name: never '..' or anything else a ref path could climb with."""
+    namespace = request.path_params["namespace"]
+    if not NAME.fullmatch(namespace) or namespace in RESERVED:
+        raise HttpError(404, "no such namespace")
+    return namespace
 
 
 async def _json_body(request: Request) -> dict:
