@@ -97,7 +97,7 @@ async def _json_body(request: Request) -> dict:
             raise HttpError(413, f"the request body is larger than {MAX_JSON} bytes")
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # [[[[... a megabyte deep is no JSON this server reads
         raise HttpError(400, "the request body is not JSON") from None
     if not isinstance(value, dict):
         raise HttpError(400, "the request body is not a JSON object")
