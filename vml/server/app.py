@@ -25,7 +25,7 @@ import os
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -116,6 +116,8 @@ def api(server: Server):
                 return error_response(error.status, str(error), error.headers)
             except VmlError as error:
                 return error_response(_status(error), str(error))
+            except ClientDisconnect:  # a dropped upload keeps what arrived, to resume; no one is left to answer
+                return Response(status_code=400)
 
         return handle
 
