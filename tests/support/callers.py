@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vml.exchange.bundle import TRANSFER, write_bundle
@@ -22,10 +22,11 @@ class Cli:
 
     token: str | None
     config_home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)  # SSL_CERT_FILE, say
 
     @property
     def env(self) -> dict[str, str]:
-        return {"VML_TOKEN": self.token or "", "XDG_CONFIG_HOME": str(self.config_home)}
+        return {"VML_TOKEN": self.token or "", "XDG_CONFIG_HOME": str(self.config_home), **self.extra_env}
 
     def __call__(self, cwd: Path, *args: str, check: bool = True):
         from conftest import Vml
