@@ -90,8 +90,8 @@ REASONS = {
     ("alice-revoked on alice", "clone"): "the token is not valid (unknown, expired or revoked)",
     ("malformed on alice", "vml fetch"): "the token is not valid (unknown, expired or revoked)",
 }
-WHO = {"anonymous": "nobody (no token)", "alice": "the namespace's owner", "root": "an admin", "bob": "another user",
-       "carol": "group member, role read", "dave": "group member, role append", "erin": "group member, role write",
+WHO = {"anonymous": "nobody (no token)", "alice": "the namespace's owner (alice)", "root": "an admin (root)", "bob": "another user (bob)",
+       "carol": "group member, role read (carol)", "dave": "group member, role append (dave)", "erin": "group member, role write (erin)",
        "alice-read-only": "owner's read-only token", "alice-append-only": "owner's append-only token",
        "alice-expired": "owner's expired token", "alice-revoked": "owner's revoked token", "malformed": "a malformed token",
        "forged": "owner's token id, wrong secret"}
@@ -343,12 +343,12 @@ def test_server_whole_after_the_matrix(world: World):
 
 
 def _write_matrix(world: World) -> None:
-    lines = ["| caller | " + " | ".join(ACTIONS) + " |", "|---" * (len(ACTIONS) + 1) + "|"]
+    lines = ["| caller | namespace | " + " | ".join(ACTIONS) + " |", "|---" * (len(ACTIONS) + 2) + "|"]
     for row in ROWS:
         seen = world.observed.get(row.label)
         if seen is not None:
-            caller = f"{WHO[row.caller]} ({row.label})"
-            lines.append(f"| {caller} | " + " | ".join(seen.get(action, "?") for action in ACTIONS) + " |")
+            caller = f"{WHO[row.caller]}, server with --anonymous-public" if row.anonymous_public else WHO[row.caller]
+            lines.append(f"| {caller} | {row.namespace} | " + " | ".join(seen.get(action, "?") for action in ACTIONS) + " |")
     lines += ["", "refs: all = the private branches too, public = refs/public/* only, none = an empty list. clone and vml fetch: what "
               "arrived. GET/DELETE transfer, HEAD/PATCH upload and apply act on the caller's own transfer or upload when it could make "
               "one, else on the namespace owner's.", "", "One-line errors the CLI gave:", ""]
