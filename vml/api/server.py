@@ -128,7 +128,7 @@ def login(url: str, token: str) -> LoginResult:
 def _whoami(server: str, token: str) -> dict[str, object]:
     from vml.transport.http import HttpRemote
 
-    remote = HttpRemote(server + "/", token=token)
+    remote = HttpRemote(server + "/-", token=token)  # "-" stands for a namespace, which the API path leaves out: SERVER/api/v1/whoami
     try:
         return remote.whoami()
     finally:

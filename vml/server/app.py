@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from vml import __version__
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.server.accounts import ANONYMOUS, TOKEN_MODES, Accounts, Caller
+from vml.server.accounts import ANONYMOUS, NAME, RESERVED, TOKEN_MODES, Accounts, Caller
 from vml.server.exchange import Forbidden, Moved, NotFound, ServerRepository
 
 MAX_JSON = 1024 * 1024
@@ -83,7 +83,11 @@ class Server:
 
 
 def _namespace(request: Request) -> str:
-    return request.path_params["namespace"]
+    """A namespace is a user's or a group's name: never '..' or anything else a ref path could climb with."""
+    namespace = request.path_params["namespace"]
+    if not NAME.fullmatch(namespace) or namespace in RESERVED:
+        raise HttpError(404, "no such namespace")
+    return namespace
 
 
 async def _json_body(request: Request) -> dict:
@@ -94,7 +98,7 @@ async def _json_body(request: Request) -> dict:
             raise HttpError(413, f"the request body is larger than {MAX_JSON} bytes")
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # [[[[... a megabyte deep is no JSON this server reads
         raise HttpError(400, "the request body is not JSON") from None
     if not isinstance(value, dict):
         raise HttpError(400, "the request body is not a JSON object")
@@ -113,6 +117,8 @@ def api(server: Server):
                 return error_response(error.status, str(error), error.headers)
             except VmlError as error:
                 return error_response(_status(error), str(error))
+            except ClientDisconnect:  # a dropped upload keeps what arrived, to resume; no one is left to answer
+                return Response(status_code=400)
 
         return handle
 

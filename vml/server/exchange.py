@@ -17,6 +17,7 @@ or upload resumes where it stopped (app.py serves ranges and appends at offsets)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -299,8 +300,7 @@ class ServerRepository:
                           else "non-fast-forward: the remote has entries you do not; fetch them first (or --force)")
                 results.append(_result(ref, old, new, REJECTED, reason))
             elif not may(caller, upload.namespace, needed):
-                why = "this token may only add entries (append-only)" if may(caller, upload.namespace, APPEND) else "you may not write here"
-                results.append(_result(ref, old, new, REJECTED, f"{why}: a {status} update needs write access"))
+                results.append(_result(ref, old, new, REJECTED, f"{_why_not(caller, upload.namespace)}: a {status} update needs write access"))
             else:
                 results.append(_result(ref, old, new, status, ""))
         moving = [r for r in results if r["status"] in (NEW, FAST_FORWARD, FORCED)]
@@ -328,6 +328,15 @@ class ServerRepository:
                     os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _why_not(caller: Caller, namespace: str) -> str:
+    """Whose limit stops a rewrite: the token's mode, or the user's role in the namespace."""
+    if may(dataclasses.replace(caller, limit=WRITE), namespace, WRITE):
+        return "this token may only add entries (append-only)"
+    if may(caller, namespace, APPEND):
+        return f"your role in {namespace} is append: you may only add entries"
+    return "you may not write here"
 
 
 def _judge(git: GitDag, info: BundleInfo, old: str | None, new: str, *, tag: bool, force: bool) -> str:
