@@ -520,8 +520,6 @@ def test_serving_beyond_this_machine_needs_tls(tmp_path: Path):
         assert expected in one_line_error(refused), refused
 
 
-@pytest.mark.xfail(strict=True, reason="found by issue 19, left to the server's author: refs/public/* may point at any entry the pusher "
-                   "can read, so a read-only group member publishes the group's private entry and its history without uploading it")
 def test_a_reader_cannot_publish_a_groups_private_entry(hub: Hub, tmp_path: Path):
     accounts = hub.server.accounts()
     accounts.add_group("crew")
@@ -541,6 +539,7 @@ def test_a_reader_cannot_publish_a_groups_private_entry(hub: Hub, tmp_path: Path
     with hub.server.client(hub.alice) as alice:  # a reader of crew, writing her own namespace
         upload = alice.post("/api/v1/ns/alice/uploads").json()["upload"]
         alice.patch(f"/api/v1/uploads/{upload}", content=nothing_new, headers={"Upload-Offset": "0"})
-        alice.post(f"/api/v1/uploads/{upload}/apply", json={"updates": [{"ref": "refs/public/crew", "old": None, "new": crews}]})
+        answer = alice.post(f"/api/v1/uploads/{upload}/apply", json={"updates": [{"ref": "refs/public/crew", "old": None, "new": crews}]})
+    assert answer.json()["refs"][0]["status"] == "rejected" and "not a public entry" in answer.json()["refs"][0]["reason"]
     with hub.server.client(stranger) as http:
         assert crews not in http.get("/api/v1/ns/alice/refs").json()["refs"].values()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from vml.entry import read_entry
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
 from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, CheckedPack, Readable, blobs_of, read_bundle, write_bundle
 from vml.exchange.push import manifests_of
@@ -126,8 +127,6 @@ class ServerRepository:
         return public
 
     def _bases_used(self, tips: list[str]) -> set[str]:
-        from vml.entry import read_entry  # the entry format, read only for public lineages
-
         git = self.git()
         used = set()
         for commit in git.walk(tips):
@@ -308,6 +307,12 @@ class ServerRepository:
             return results
         store_all(trusted=True)  # blobs, then git objects; refs only after (the upload is the server's own file)
         for result in moving:
+            if result["ref"].startswith(PUBLIC_PREFIX):
+                private = _first_private(git, result["new"])
+                if private is not None:
+                    result.update(status=REJECTED, reason=f"entry {private[:12]} is not a public entry: a public lineage holds only "
+                                                          f"entries vml publish made (every user could read it)")
+                    continue
             stored = stored_ref(upload.namespace, result["ref"])
             try:
                 git.ensure_reflog(stored)
@@ -337,6 +342,11 @@ def _why_not(caller: Caller, namespace: str) -> str:
     if may(caller, namespace, APPEND):
         return f"your role in {namespace} is append: you may only add entries"
     return "you may not write here"
+
+
+def _first_private(git: GitDag, tip: str) -> str | None:
+    """The first entry of `tip`'s history that is not a public entry (no scrub report)."""
+    return next((commit for commit in git.walk([tip]) if read_entry(git, commit).scrub is None), None)
 
 
 def _judge(git: GitDag, info: BundleInfo, old: str | None, new: str, *, tag: bool, force: bool) -> str:
