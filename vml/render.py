@@ -548,6 +548,8 @@ def clone_result(result: api.CloneResult) -> None:
     if result.branch:
         out.print(escape(f" branch {result.branch} at {result.entry[:12]}; put it in a working area with:"))
         out.print(escape(f"   vml area add wa --dir PATH && vml checkout {result.branch}"))
+    elif result.url.startswith(("http://", "https://")):
+        out.print(" the server shows you no branches there (it shows only what you may read: are you logged in? vml login URL)")
     else:
         out.print(" the remote has no branches yet")
 

@@ -402,7 +402,7 @@ def test_tokens_stay_out_of_the_log_and_the_database(hub: Hub, tmp_path: Path):
     forged = f"vml_{hub.alice.split('_')[1]}_{'A' * 43}"
     for token in (forged, "vml_" + "a" * 12 + "_" + "b" * 43, "not a token"):
         assert one_line_error(Cli(token, hub.config_home)(tmp_path, "clone", hub.server.ns("alice"), "again", check=False)).endswith(
-            "the token is not valid (unknown, expired or revoked): log in again with 'vml login URL'")
+            f"the token is not valid (unknown, expired or revoked): log in again with 'vml login {hub.server.url}'")
     with hub.server.client(hub.alice) as http:
         made = http.post("/api/v1/ns/alice/fetch", json={"want": [hub.main], "have": []}).json()["transfer"]
         http.get(f"/api/v1/transfers/{made}")

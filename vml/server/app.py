@@ -27,7 +27,7 @@ import os
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from vml import __version__
@@ -77,7 +77,8 @@ class Server:
         scheme, _, token = header.partition(" ")
         caller = self.accounts.authenticate(token.strip()) if scheme.lower() == "bearer" else None
         if caller is None:
-            raise HttpError(401, "the token is not valid (unknown, expired or revoked): log in again with 'vml login URL'",
+            raise HttpError(401, f"the token is not valid (unknown, expired or revoked): log in again with "
+                                 f"'vml login {str(request.base_url).rstrip('/')}'",
                             {"WWW-Authenticate": 'Bearer realm="vml"'})
         return caller
 
@@ -227,9 +228,17 @@ def build_app(server: Server) -> Starlette:
     return Starlette(routes=routes + page_routes(server), exception_handlers={404: _not_found, 405: _not_allowed})
 
 
+def _wants_page(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
+    if _wants_page(request):  # a browser: a page, not JSON
+        return HTMLResponse("<!doctype html><title>Not found</title><h1>Not found</h1><p><a href=\"/\">vml</a></p>", status_code=404)
     return error_response(404, "no such page or API route")
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
+    if _wants_page(request):
+        return HTMLResponse("<!doctype html><title>Not allowed</title><h1>Not allowed</h1>", status_code=405)
     return error_response(405, f"{request.method} is not allowed here")

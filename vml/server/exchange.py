@@ -23,7 +23,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ TRANSFER_LIFE = 3600.0  # seconds a finished transfer stays to be resumed
 UPLOAD_LIFE = 24 * 3600.0
 MAX_HAVES = 256
 MAX_UPDATES = 1024
+HISTORIES = 32  # sets of readable commits remembered (one per set of readable ref tips)
 MAX_ARRIVING = 64  # uploads checked while they arrive; more wait to be checked whole
 
 
@@ -87,6 +89,8 @@ class ServerRepository:
         # Uploads being checked while they arrive: upload id -> (its checker, the one thread it runs on).
         self._arriving: dict[str, tuple[ArrivingBundle, ThreadPoolExecutor]] = {}
         self._arriving_lock = threading.Lock()
+        self._history: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
+        self._history_lock = threading.Lock()
 
     def git(self) -> GitDag:
         """This thread's view of the DAG (a libgit2 repository is used by one thread at a time)."""
@@ -143,16 +147,24 @@ class ServerRepository:
 
     def reaches(self, caller: Caller) -> Callable[[str], bool]:
         """Whether `caller` may read a commit: it is, or is an ancestor of, a readable ref's."""
-        git = self.git()
-        tips = self.readable_tips(caller)
-        answers: dict[str, bool] = {}
+        return self.history(self.readable_tips(caller)).__contains__
 
-        def readable(commit: str) -> bool:
-            if commit not in answers:
-                answers[commit] = commit in tips or (git.has_object(commit) and any(git.is_ancestor(commit, tip) for tip in tips))
-            return answers[commit]
-
-        return readable
+    def history(self, tips: Iterable[str]) -> frozenset[str]:
+        """Every commit reachable from `tips`, remembered for the last sets of tips asked for.
+        Asking costs the same for an id nobody has and for one the caller may not read: the
+        time an answer takes says nothing either."""
+        key = frozenset(tips)
+        with self._history_lock:
+            found = self._history.get(key)
+            if found is not None:
+                self._history.move_to_end(key)
+                return found
+        found = frozenset(self.git().walk(sorted(key)))
+        with self._history_lock:
+            self._history[key] = found
+            while len(self._history) > HISTORIES:
+                self._history.popitem(last=False)
+        return found
 
     # -- fetch
 
@@ -184,7 +196,8 @@ class ServerRepository:
 
     def transfer(self, transfer_id: str, caller: Caller) -> Transfer:
         path = os.path.join(self.transfers_dir, _checked_id(transfer_id) + ".bundle")
-        if not os.path.exists(path) or _read_owner(path).get("user") != caller.user:
+        owner = _read_owner(path) if os.path.exists(path) else {}
+        if not owner or owner.get("user") != caller.user:
             raise NotFound("no such transfer (they are kept an hour)")
         return Transfer(transfer_id, path, os.path.getsize(path), 0)
 

@@ -233,18 +233,10 @@ def namespace_refs(repository: ServerRepository, namespace: str, caller: Caller)
     return refs
 
 
-def reachable(git: GitDag, entry_id: str, refs: dict[str, str]) -> bool:
-    """Whether `entry_id` is a tip of `refs` or an ancestor of one."""
-    tips = set(refs.values())
-    if entry_id in tips:
-        return True
-    if not git.has_object(entry_id):
-        return False
-    try:
-        git.commit(entry_id)
-    except UnknownEntry:  # a tree or a blob
-        return False
-    return any(git.is_ancestor(entry_id, tip) for tip in tips)
+def reachable(repository: ServerRepository, entry_id: str, refs: dict[str, str]) -> bool:
+    """Whether `entry_id` is a tip of `refs` or an ancestor of one (a set lookup: as fast for
+    an id that exists as for one that does not)."""
+    return entry_id in repository.history(refs.values())
 
 
 def readable_namespaces(server: Server, caller: Caller) -> list[NamespaceRow]:
@@ -546,7 +538,7 @@ class Pages:
         namespace = request.path_params["namespace"]
         refs = namespace_refs(self.repository, namespace, caller)
         entry_id = request.path_params["entry"]
-        if not ENTRY_ID.fullmatch(entry_id) or not reachable(self.repository.git(), entry_id, refs):
+        if not ENTRY_ID.fullmatch(entry_id) or not reachable(self.repository, entry_id, refs):
             raise NotFound(NOT_FOUND)
         return namespace, refs, entry_id
 
@@ -682,7 +674,7 @@ class Pages:
         git = self.repository.git()
         old, new = request.query_params.get("old", ""), request.query_params.get("new", "")
         for entry_id in (old, new):
-            if not ENTRY_ID.fullmatch(entry_id) or not reachable(git, entry_id, refs):
+            if not ENTRY_ID.fullmatch(entry_id) or not reachable(self.repository, entry_id, refs):
                 raise NotFound(NOT_FOUND)
         with self.reading() as store:
             rows, total = change_rows(store, listing_loader(store), entry_root(git, old), entry_root(git, new))

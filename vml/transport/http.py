@@ -85,7 +85,7 @@ class HttpRemote:
                 response = self._client.request(method, path, **kwargs)
                 break
             except httpx.TransportError as error:
-                if attempt == retries - 1:
+                if attempt == retries - 1 or _certificate_refused(error):
                     raise TransportError(f"{self.location}: {_reason(error)}") from None
                 time.sleep(0.2 * 2**attempt)
         return self._checked(response)
@@ -219,8 +219,15 @@ def download_url(url: str, target: str) -> int:
         remote.close()
 
 
+def _certificate_refused(error: httpx.TransportError) -> bool:
+    """A TLS certificate this client does not trust: asking again will not change that."""
+    return isinstance(error, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(error)
+
+
 def _reason(error: httpx.TransportError) -> str:
     text = str(error) or type(error).__name__
+    if _certificate_refused(error):
+        return f"the server's certificate is not trusted ({text}); give its CA with SSL_CERT_FILE=FILE"
     if isinstance(error, httpx.ConnectError):
         return f"cannot connect ({text})"
     return text
