@@ -109,7 +109,7 @@ class LoadResult:
 
 def run_load(server, base: Path, *, clients: int, seconds: float, page: str | None = None, setup_runner=None) -> LoadResult:
     """`clients` users at once for `seconds`; `page`: the path the prober reads (default: the
-    group's refs through the API). `setup_runner`: how the set-up runs vml (see set_up_client)."""
+    group's page of entries). `setup_runner`: how the set-up runs vml (see set_up_client)."""
     admin_token = server.add_user("loadadmin", admin=True)
     group = "team"
     server.accounts().add_group(group)
@@ -136,7 +136,7 @@ def run_load(server, base: Path, *, clients: int, seconds: float, page: str | No
         threads.append(thread)
         thread.start()
     start.wait()  # every client is set up: the clock starts
-    page = page or "/api/v1/ns/team/refs"
+    page = page or f"/{group}"  # the group's page of entries
     latencies: list[float] = []
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=60) as prober:
         while any(t.is_alive() for t in threads):

@@ -91,6 +91,7 @@ class ServerRepository:
         self._arriving_lock = threading.Lock()
         self._history: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
         self._history_lock = threading.Lock()
+        self._bases: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
 
     def git(self) -> GitDag:
         """This thread's view of the DAG (a libgit2 repository is used by one thread at a time)."""
@@ -130,13 +131,19 @@ class ServerRepository:
         public.update({name: target for name, target in refs.items() if name.startswith(BASE_PREFIX) and name[len(BASE_PREFIX):] in used})
         return public
 
-    def _bases_used(self, tips: list[str]) -> set[str]:
-        git = self.git()
-        used = set()
-        for commit in git.walk(tips):
-            base = read_entry(git, commit).base
-            if base is not None:
-                used.add(f"{base.name}/{base.version}")
+    def _bases_used(self, tips: list[str]) -> frozenset[str]:
+        """NAME/VERSION of every base the entries of public lineages sit on (remembered)."""
+        key = frozenset(tips)
+        with self._history_lock:
+            used = self._bases.get(key)
+        if used is None:
+            git = self.git()
+            bases = (read_entry(git, commit).base for commit in git.walk(sorted(key)))
+            used = frozenset(f"{base.name}/{base.version}" for base in bases if base is not None)
+            with self._history_lock:
+                self._bases[key] = used
+                while len(self._bases) > HISTORIES:
+                    self._bases.popitem(last=False)
         return used
 
     def readable_tips(self, caller: Caller) -> set[str]:
