@@ -22,6 +22,7 @@ from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "support"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # support.* for the modules that import each other
 sys.path.insert(0, HERE)
 
 from run import VML, bench_arguments, du, timed  # noqa: E402

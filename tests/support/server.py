@@ -8,19 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from support.sshd import free_port, wait_listening
+
 LIFETIME = "3600"  # seconds: the server's own deadline
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -76,18 +71,8 @@ def start_server(base: Path, *extra: str, repo: Path | None = None, scheme: str 
         [shutil.which("timeout") or "timeout", LIFETIME, sys.executable, "-m", "vml", "serve", str(repo), "--listen", f"127.0.0.1:{port}", *extra],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
-    url = f"{scheme}://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"vml serve did not start: {log.read_text()}") from None
-            time.sleep(0.05)
-    return VmlServer(url, repo, log, process)
+    wait_listening(process, port, log, "vml serve", 30)
+    return VmlServer(f"{scheme}://127.0.0.1:{port}", repo, log, process)
 
 
 class CuttingProxy:

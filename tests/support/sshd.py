@@ -44,7 +44,7 @@ class SshServer:
         self.known_hosts.write_text(self.host_key_line)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -64,7 +64,7 @@ def start_sshd(base: Path, extra_config: str = "") -> tuple[subprocess.Popen, Ss
     host_public = _keygen(server_dir / "host_key")
     client_public = _keygen(home / ".ssh" / "test_key")
     (server_dir / "authorized_keys").write_text(client_public)
-    port = _free_port()
+    port = free_port()
     config = server_dir / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {server_dir / 'host_key'}\n"
@@ -85,17 +85,23 @@ def start_sshd(base: Path, extra_config: str = "") -> tuple[subprocess.Popen, Ss
         [shutil.which("timeout") or "timeout", LIFETIME, SSHD, "-D", "-e", "-f", str(config)],
         stdout=subprocess.DEVNULL, stderr=open(server_dir / "sshd.log", "wb"),
     )
-    deadline = time.monotonic() + 15
+    wait_listening(process, port, server_dir / "sshd.log", "sshd", 15)
+    return process, SshServer(port, home, host_key_line)
+
+
+def wait_listening(process: subprocess.Popen, port: int, log: Path, what: str, seconds: float) -> None:
+    """Return once a server process accepts connections on 127.0.0.1:`port`; kill it and
+    raise with its log if it exits or is not listening within `seconds`."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"sshd did not start: {(server_dir / 'sshd.log').read_text()}") from None
+                raise RuntimeError(f"{what} did not start: {log.read_text()}") from None
             time.sleep(0.05)
-    return process, SshServer(port, home, host_key_line)
 
 
 @contextlib.contextmanager

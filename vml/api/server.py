@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 import time
 from dataclasses import dataclass
 
 from vml.credentials import forget_token, store_token
 from vml.errors import UsageError
-from vml.refs.reflogs import UNITS
+from vml.refs.reflogs import UNITS, parse_date
 from vml.repo import Repository
 from vml.server.accounts import Accounts, NewToken, TokenInfo, User
 
@@ -46,15 +45,10 @@ def parse_expiry(text: str, now: float | None = None) -> float:
     if relative:
         amount, unit = (relative[1], relative[2]) if relative[1] else (relative[3], SHORT_UNITS[relative[4]])
         return now + int(amount) * UNITS[unit]
-    try:
-        when = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"cannot read {text!r} as an expiry: use 30d, 12.hours, 2.weeks or a date like 2027-01-31") from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    if when.timestamp() <= now:
+    when = parse_date(text, "use 30d, 12.hours, 2.weeks or a date like 2027-01-31")
+    if when <= now:
         raise UsageError(f"{text} is in the past")
-    return when.timestamp()
+    return when
 
 
 def token_add(repo: Repository, user: str, *, mode: str = "write", expires: str | None = None, note: str = "") -> NewToken:

@@ -37,10 +37,16 @@ def parse_when(text: str, now: float | None = None) -> float | None:
     relative = AGO.fullmatch(value)
     if relative:
         return now - int(relative[1]) * UNITS[relative[2]]
+    return parse_date(text, "use now, never, 2.weeks, '3 days', or a date like 2026-11-01")
+
+
+def parse_date(text: str, forms: str) -> float:
+    """An ISO date or time (local time unless it says otherwise); `forms`: what the error
+    suggests instead."""
     try:
         when = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise UsageError(f"cannot read {text!r} as a time: use now, never, 2.weeks, '3 days', or a date like 2026-11-01") from None
+        raise UsageError(f"cannot read {text!r} as a time: {forms}") from None
     if when.tzinfo is None:
         when = when.astimezone()
     return when.timestamp()

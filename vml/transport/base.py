@@ -59,26 +59,26 @@ def parse_url(url: str) -> Location:
     if parts.scheme == "memory":  # tests: a repository in this process's memory
         return Location("memory", parts.netloc + parts.path)
     if parts.scheme == "ssh":
-        if not parts.hostname:
-            raise UsageError(f"{url}: no host (ssh://[user@]host[:port]/path)")
-        try:
-            port = parts.port
-        except ValueError:
-            raise UsageError(f"{url}: the port is not a number") from None
+        port = _port(url, parts, "ssh://[user@]host[:port]/path")
         path = urllib.parse.unquote(parts.path) or "."
         user = urllib.parse.unquote(parts.username) if parts.username else None
         return Location("ssh", path, parts.hostname, user, port)
     if parts.scheme in ("http", "https"):
-        if not parts.hostname:
-            raise UsageError(f"{url}: no host ({parts.scheme}://HOST[:PORT]/NAMESPACE)")
-        try:
-            port = parts.port
-        except ValueError:
-            raise UsageError(f"{url}: the port is not a number") from None
+        port = _port(url, parts, f"{parts.scheme}://HOST[:PORT]/NAMESPACE")
         if parts.username or parts.password:
             raise UsageError(f"{url}: no user or password in a server URL: log in with 'vml login {parts.scheme}://{parts.hostname}'")
         return Location(parts.scheme, parts.path.rstrip("/"), parts.hostname, None, port)
     raise UsageError(f"{url}: unsupported URL scheme {parts.scheme!r} (use a path, file://, ssh:// or http(s):// for a vml server)")
+
+
+def _port(url: str, parts: urllib.parse.SplitResult, form: str) -> int | None:
+    """The port of a URL that must name a host; a one-line error for what does not."""
+    if not parts.hostname:
+        raise UsageError(f"{url}: no host ({form})")
+    try:
+        return parts.port
+    except ValueError:
+        raise UsageError(f"{url}: the port is not a number") from None
 
 
 def is_loopback(host: str) -> bool:
