@@ -163,3 +163,35 @@ def test_gc_on_the_server_while_pushes_run(tmp_path, server):
     for number in range(4):
         assert (tmp_path / "restored" / f"file{number}.bin").read_bytes() == (guest / f"file{number}.bin").read_bytes()
     server_fsck_clean(collector, server)
+
+
+def test_import_a_bundle_the_server_offers_by_its_url(tmp_path, server):
+    """vml import URL: the entry's bundle from its page, fetched with the token kept for the
+    server; another user without access gets a one-line refusal and nothing changes."""
+    from conftest import one_line_error
+
+    token = server.add_user("alice")
+    alice, guest = _client(tmp_path, "alice", token)
+    (guest / "notes.txt").write_text("to share by URL\n")
+    run(alice, "commit", "-m", "by url")
+    run(alice, "remote", "add", "origin", server.ns("alice"))
+    entry = run(alice, "push", "--json").json()["refs"][0]["new"]
+    (tmp_path / "fresh").mkdir()
+    fresh = Vml(tmp_path / "fresh")
+    fresh.env = {"VML_TOKEN": token}
+    run(fresh, "init")
+    url = f"{server.ns('alice')}/e/{entry}/bundle"
+    imported = run(fresh, "import", url, "--as", "shared", "--json").json()
+    assert imported["entry"] == entry and imported["path"] == url
+    run(fresh, "area", "add", "wb", "--dir", str(tmp_path / "restored"))
+    run(fresh, "checkout", "shared")
+    assert (tmp_path / "restored" / "notes.txt").read_text() == "to share by URL\n"
+    fresh.fsck_clean()
+
+    (tmp_path / "stranger").mkdir()
+    stranger = Vml(tmp_path / "stranger")
+    stranger.env = {"VML_TOKEN": server.add_user("bob")}
+    run(stranger, "init")
+    refused = run(stranger, "import", url, "--as", "x", check=False)
+    assert "404" in one_line_error(refused) or "not found" in one_line_error(refused).lower()
+    assert run(stranger, "log", "--all", "--json", check=False).stdout.strip() in ("", "[]")
