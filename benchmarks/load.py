@@ -24,8 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "support"))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # support.* for the modules that import each other
 
-from load import run_load  # noqa: E402
-from server import start_server  # noqa: E402
+from support.load import run_load  # noqa: E402
+from support.server import start_server  # noqa: E402
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # support.* fo
 sys.path.insert(0, HERE)
 
 from run import VML, bench_arguments, du, timed  # noqa: E402
-from server import start_server  # noqa: E402
-from sshd import running_sshd  # noqa: E402
+from support.server import start_server  # noqa: E402
+from support.sshd import running_sshd  # noqa: E402
 
 
 def one_run(base: str, scratch: str, home_env: dict) -> dict:
