@@ -34,13 +34,13 @@ from vml.durable import atomic_file
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
-from vml.exchange.push import manifests_of
+from vml.exchange.push import manifest_lists, root_pairs
 from vml.objects.hashing import StreamingId
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import decode_listing
 from vml.objects.pack import TYPE_TREE, PackEntry, open_blob, parse_table
 from vml.objects.store import ChunkStore
-from vml.objects.walk import missing_blobs, privileged_nodes
+from vml.objects.walk import missing_blobs, privileged_nodes, shared_blobs
 from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
 from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, REFS_PREFIX, TAG_PREFIX
@@ -88,12 +88,6 @@ class Sink(Protocol):
 
 
 
-def blobs_of(store: ChunkStore, roots: list[ObjectId]) -> set[bytes]:
-    """Every listing and chunk id of the given trees."""
-    listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], roots, lambda _blob_id: False)
-    return {listing_id for listing_id, _data in listings} | set(chunks)
-
-
 def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: str | None, kind: str,
                  requires: list[str], tmp_dir: str, base: BaseRef | None = None, base_roots: list[ObjectId] = (),
                  bases: dict[str, str] | None = None, refs: dict[str, str] | None = None, sink: Sink | None = None) -> BundleInfo:
@@ -106,8 +100,10 @@ def write_bundle(git: GitDag, store: ChunkStore, path: str, *, entry: str, ref: 
     bases = bases or {}
     refs = refs or {}
     commits = git.commits_between([entry, *bases.values(), *refs.values()], requires)
-    have = blobs_of(store, manifests_of(git, requires) + list(base_roots))
-    listings, chunks = missing_blobs(lambda ids: [store.get(i) for i in ids], manifests_of(git, commits), have.__contains__)
+    load = lambda ids: [store.get(i) for i in ids]  # noqa: E731
+    new_lists = manifest_lists(git, commits)
+    have = shared_blobs(load, load, root_pairs(manifest_lists(git, requires) + ([list(base_roots)] if base_roots else []), new_lists))
+    listings, chunks = missing_blobs(load, [root for roots in new_lists for root in roots], have.__contains__)
     header = {"format": FORMAT, "kind": kind, "entry": entry, "ref": ref, "requires": requires, "commits": commits}
     if base is not None:
         header["base"] = {"name": base.name, "version": base.version, "digest": base.digest}
@@ -415,6 +411,9 @@ class Readable:
     git_object: Callable[[str], bool]
     blob: Callable[[bytes], bool]
     strict: bool = False  # listings are read from the bundle only, never from the store
+    # Strict: instead of `blob`, the trees of the entries the bundle builds on (each entry's
+    # list), whose blobs along the paths where the new trees differ are what it may count on.
+    builds_on: Callable[[], list[list[ObjectId]]] | None = None
 
 
 def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | None = None,
@@ -440,7 +439,8 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | 
                 f"(fetch or import them first, or export with --full)"
             )
         objects = {object_hex: (type_name, content) for object_hex, type_name, content in contents.git_objects}
-        roots = _check_commits(git, header, objects, readable)
+        root_lists = _check_commits(git, header, objects, readable)
+        roots = [root for listed_roots in root_lists for root in listed_roots]
         pack_tables, raw_listings = _verify_packs(bundle_file, contents, checked or {})
         in_bundle = {e.id for table in pack_tables for e in table}
 
@@ -450,8 +450,13 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | 
                 raise CorruptObject(f"it lacks listing {missing.hex()[:16]}, which its entries need")
             return [raw_listings[b] if b in raw_listings else store.get(b) for b in blob_ids]
 
+        known = readable.blob
+        if readable.builds_on is not None:  # only what those trees hold, found where the new ones differ
+            shared = shared_blobs(lambda ids: [store.get(i) for i in ids], lambda ids: [raw_listings.get(i) for i in ids],
+                                  root_pairs(readable.builds_on(), root_lists))
+            known = shared.__contains__
         try:
-            listings, chunks = missing_blobs(load_raw, roots, readable.blob)
+            listings, chunks = missing_blobs(load_raw, roots, known)
         except CorruptObject as error:
             raise CorruptObject(f"the bundle is incomplete or damaged: {error}") from None
         absent = [b for b in chunks + [listing_id for listing_id, _data in listings] if b not in in_bundle]
@@ -491,9 +496,9 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | 
     return info, store_all
 
 
-def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, bytes]], readable: Readable) -> list[ObjectId]:
+def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, bytes]], readable: Readable) -> list[list[ObjectId]]:
     """Every commit listed is in the bundle with its tree and entry file, and its parents are
-    in the bundle or readable here; returns their manifest roots. A strict receiver also
+    in the bundle or readable here; returns each one's manifest roots. A strict receiver also
     wants every git object below each tree in the bundle or readable."""
     roots = []
     listed = set(header["commits"])
@@ -523,7 +528,7 @@ def _check_commits(git: GitDag, header: dict, objects: dict[str, tuple[str, byte
             raise CorruptObject(f"entry {commit_id[:12]} in the bundle has no {ENTRY_FILE}")
         if readable.strict:
             _check_tree_held(items, held, commit_id)
-        roots.extend(EntryInfo.from_toml(data[1]).manifests())
+        roots.append(EntryInfo.from_toml(data[1]).manifests())
     return roots
 
 

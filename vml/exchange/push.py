@@ -61,13 +61,24 @@ def plan_updates(git: GitDag, local: dict[str, str], remote: dict[str, str], *, 
 
 def manifests_of(git: GitDag, commits: list[str]) -> list[ObjectId]:
     """The trees of chunks the entries need (files, and memory where saved)."""
-    roots = []
+    return [root for roots in manifest_lists(git, commits) for root in roots]
+
+
+def manifest_lists(git: GitDag, commits: list[str]) -> list[list[ObjectId]]:
+    """Each entry's trees, in the order EntryInfo.manifests gives them (files first)."""
+    lists = []
     for commit_id in commits:
         data = git.read_file(commit_id, ENTRY_FILE)
         if data is None:
             raise UnknownEntry(f"{commit_id[:12]} is a git commit but not a vml entry (no {ENTRY_FILE})")
-        roots.extend(EntryInfo.from_toml(data).manifests())
-    return roots
+        lists.append(EntryInfo.from_toml(data).manifests())
+    return lists
+
+
+def root_pairs(old_lists: list[list[ObjectId]], new_lists: list[list[ObjectId]]) -> list[tuple[bytes, bytes]]:
+    """(old tree, new tree) of the same kind (files with files, memory with memory) for every
+    entry the receiver has and every entry it receives: what vml/objects/walk.shared_blobs compares."""
+    return [(old, new) for old_roots in old_lists for new_roots in new_lists for old, new in zip(old_roots, new_roots)]
 
 
 def send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list[RefUpdate], tmp_dir: str,

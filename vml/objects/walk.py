@@ -233,6 +233,42 @@ def missing_blobs(
     return [(listing_id, raw[listing_id]) for listing_id in _children_first(children, list(raw))], chunks
 
 
+def shared_blobs(load_old: Callable[[list[bytes]], list[bytes]], load_new: Callable[[list[bytes]], list[bytes | None]],
+                 pairs: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The blobs of old trees that a walk of new trees meets where they differ: for each
+    (old root, new root), the children (listings and chunks) of every old directory whose
+    counterpart at the same path in the new tree is another listing, down those paths. Given
+    to missing_blobs(new roots) as what the other side has, it skips every unchanged subtree
+    (its listing is among its old parent's children) at the cost of the changed directories,
+    not of the whole old tree; a file moved to another directory is sent again.
+    `load_new` may answer None for a listing it lacks: that path is not followed."""
+    known: set[bytes] = {old for old, _new in pairs}
+    level = [(old, new, True) for old, new in dict.fromkeys(pairs) if old != new]
+    followed: set[tuple[bytes, bytes]] = set()
+    while level:
+        olds = load_old([old for old, _new, _root in level])
+        news = load_new([new for _old, new, _root in level])
+        next_level = []
+        for (_old, _new, is_root), old_data, new_data in zip(level, olds, news):
+            below: dict[bytes, bytes] = {}
+            for node in decode_listing(old_data, root=is_root).nodes:
+                if node.kind == KIND_DIR and node.tree is not None:
+                    known.add(node.tree)
+                    below[node.name] = node.tree
+                elif node.chunks:
+                    known.update(node.chunk_ids())
+            if new_data is None:
+                continue
+            for node in decode_listing(new_data, root=is_root).nodes:
+                old_tree = below.get(node.name)
+                if node.kind == KIND_DIR and old_tree is not None and node.tree is not None and old_tree != node.tree \
+                        and (old_tree, node.tree) not in followed:
+                    followed.add((old_tree, node.tree))
+                    next_level.append((old_tree, node.tree, False))
+        level = next_level
+    return known
+
+
 def _children_first(children: dict[bytes, list[bytes]], listing_ids: list[bytes]) -> list[bytes]:
     """A post-order of the listings: one shared by several parents comes before all of them."""
     order: list[bytes] = []

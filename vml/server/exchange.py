@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 from vml.entry import read_entry
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, CheckedPack, Readable, blobs_of, read_bundle, write_bundle
-from vml.exchange.push import manifests_of
+from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, CheckedPack, Readable, read_bundle, write_bundle
+from vml.exchange.push import manifest_lists
+from vml.objects.ids import ObjectId
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
 from vml.refs.namespace import BASE_PREFIX, PUBLIC_PREFIX, REFS_PREFIX, TAG_PREFIX
@@ -287,17 +288,12 @@ class ServerRepository:
                 requires.append(commit)
             return ok
 
-        known: set[bytes] | None = None
+        def builds_on() -> list[list[ObjectId]]:  # what the commits it builds on reach, and nothing else
+            return manifest_lists(git, list(dict.fromkeys(requires)))
 
-        def readable_blob(blob_id: bytes) -> bool:  # what the commits it builds on reach, and nothing else
-            nonlocal known
-            if known is None:
-                known = blobs_of(store, manifests_of(git, list(dict.fromkeys(requires))))
-            return blob_id in known
-
-        never: Callable[[str], bool] = lambda _object_id: False  # noqa: E731 - every tree of a new entry comes in the bundle
+        never: Callable[[object], bool] = lambda _object_id: False  # noqa: E731 - every tree of a new entry comes in the bundle
         try:
-            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, readable_blob, strict=True), checked)
+            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, never, strict=True, builds_on=builds_on), checked)
         except CorruptObject as error:
             raise UsageError(f"the push was refused: {error}") from None
         if info.kind != TRANSFER:
