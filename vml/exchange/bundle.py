@@ -35,7 +35,7 @@ from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
 from vml.exchange.push import manifest_lists, root_pairs
-from vml.objects.hashing import StreamingId
+from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import decode_listing
 from vml.objects.pack import TYPE_TREE, PackEntry, open_blob, parse_table
@@ -278,9 +278,18 @@ CheckedPack = tuple[list[PackEntry], dict[bytes, bytes]]  # a pack's table, and 
 
 def _check_pack(fd: int, start: int, length: int) -> CheckedPack:
     """Every blob of the pack at `start` checked against its id."""
+    return _check_pack_data(_read_pack(fd, start, length))
+
+
+def _read_pack(fd: int, start: int, length: int) -> bytes:
     data = os.pread(fd, length, start)
     if len(data) != length:
         raise CorruptObject("the bundle is truncated")
+    return data
+
+
+def _check_pack_data(data: bytes) -> CheckedPack:
+    length = len(data)
     entries = parse_table("in the bundle", length, lambda offset, size: data[offset : offset + size])
     listings = {}
     for e in entries:
@@ -313,9 +322,11 @@ class ArrivingBundle:
     when whole, and a pack checked here counts only if it lies exactly where that parse
     finds one. The file must only grow (an upload appends at its end, nothing else writes it)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, stage: str | None = None):
         self.path = path
+        self.stage = stage  # where checked packs are copied, durably, for the store to take by renaming (STAGE-N.pack)
         self.checked: dict[tuple[int, int], CheckedPack] = {}
+        self.staged: dict[tuple[int, int], tuple[str, ObjectId]] = {}  # (start, length) -> (its copy, its pack id)
         self._position = 0  # where the next unparsed part starts
         self._stage = "head"
         self._objects_left = 0
@@ -366,18 +377,35 @@ class ArrivingBundle:
             length = _U64.unpack(os.pread(fd, 8, at))[0]
             if not have(8 + length):
                 return False
-            self.checked[(at + 8, length)] = _check_pack(fd, at + 8, length)
+            data = _read_pack(fd, at + 8, length)
+            self.checked[(at + 8, length)] = _check_pack_data(data)
+            if self.stage is not None:
+                self.staged[(at + 8, length)] = _staged_copy(f"{self.stage}-{len(self.staged)}.pack", data)
             self._position = at + 8 + length
         return True
 
 
-def _store_packs(bundle_file, contents: _Contents, tables: list[list[PackEntry]], wanted: set[bytes], store: ChunkStore) -> None:
+def _staged_copy(path: str, data: bytes) -> tuple[str, ObjectId]:
+    """A checked pack's bytes in a file of their own, fsynced: (the file, the pack's id)."""
+    with open(path, "wb") as sink:
+        sink.write(data)
+        sink.flush()
+        os.fsync(sink.fileno())
+    return path, object_id(data)
+
+
+def _store_packs(bundle_file, contents: _Contents, tables: list[list[PackEntry]], wanted: set[bytes], store: ChunkStore,
+                 staged: dict[tuple[int, int], tuple[str, ObjectId]]) -> None:
     """Store the wanted blobs of checked packs: a pack all of whose blobs are wanted and new
-    is taken whole; of another, the wanted blobs the store lacks are added one by one."""
+    is taken whole (renamed into the store if it was staged); of another, the wanted blobs
+    the store lacks are added one by one."""
     fd = bundle_file.fileno()
     for (start, length), entries in zip(contents.packs, tables):
         if all(e.id in wanted and e.id not in store for e in entries):
-            store.adopt_pack(fd, start, length, entries)
+            if (start, length) in staged:
+                store.adopt_file(*staged[(start, length)], entries)
+            else:
+                store.adopt_pack(fd, start, length, entries)
             continue
         data = os.pread(fd, length, start)
         for e in entries:
@@ -417,10 +445,11 @@ class Readable:
 
 
 def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | None = None,
-                checked: dict[tuple[int, int], CheckedPack] | None = None) -> tuple[BundleInfo, Callable[..., None]]:
+                checked: dict[tuple[int, int], CheckedPack] | None = None,
+                staged: dict[tuple[int, int], tuple[str, ObjectId]] | None = None) -> tuple[BundleInfo, Callable[..., None]]:
     """Check a bundle whole; return what it holds and a function that stores it.
-    Nothing is written until that function is called. `checked`: packs an ArrivingBundle
-    checked already."""
+    Nothing is written until that function is called. `checked` and `staged`: the packs an
+    ArrivingBundle checked already, and copied."""
     readable = readable or Readable(git.has_object, git.has_object, store.__contains__)
     try:
         bundle_file = open(path, "rb")
@@ -480,7 +509,7 @@ def read_bundle(git: GitDag, store: ChunkStore, path: str, readable: Readable | 
             wanted = set(order)
             try:
                 if trusted:
-                    _store_packs(again, contents, pack_tables, wanted, store)
+                    _store_packs(again, contents, pack_tables, wanted, store, staged or {})
                 else:
                     for e, payload, _raw in _blobs(again, contents):  # verified again: the file is read anew
                         if e.id in wanted:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vml.durable import PendingFile
+from vml.durable import PendingFile, fsync_dir
 from vml.errors import CorruptObject, MissingObject, VmlError
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
@@ -314,6 +314,18 @@ class ChunkStore:
             self._unindexed[pack_id] = entries
             self.bytes_added += sum(e.length for e in entries)
         return pack_id
+
+    def adopt_file(self, path: str, pack_id: ObjectId, entries: list[PackEntry]) -> None:
+        """Take a whole pack that is a durable file already, on this filesystem (a received
+        pack, checked and staged as it arrived), by renaming it; as adopt_pack otherwise."""
+        final = pack_path(self.packs_dir, pack_id)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.rename(path, final)
+        fsync_dir(os.path.dirname(final))
+        with self._lock:
+            self._add_pack_entries(pack_id, entries)
+            self._unindexed[pack_id] = entries
+            self.bytes_added += sum(e.length for e in entries)
 
     def _finish_pack_locked(self) -> None:
         writer, self._writer = self._writer, None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from vml.entry import read_entry
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, CheckedPack, Readable, read_bundle, write_bundle
+from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, Readable, read_bundle, write_bundle
 from vml.exchange.push import manifest_lists
 from vml.objects.ids import ObjectId
 from vml.objects.store import ChunkStore
@@ -246,18 +246,20 @@ class ServerRepository:
                     self._arriving.pop(upload_id)[1].shutdown(wait=False, cancel_futures=True)  # abandoned, expired
                 if len(self._arriving) >= MAX_ARRIVING:
                     return
-                self._arriving[upload.id] = (ArrivingBundle(upload.path), ThreadPoolExecutor(1, thread_name_prefix="vml-arriving"))
+                self._arriving[upload.id] = (ArrivingBundle(upload.path, stage=upload.path[: -len(".part")]),
+                                             ThreadPoolExecutor(1, thread_name_prefix="vml-arriving"))
             checker, worker = self._arriving[upload.id]
             worker.submit(checker.advance, size)
 
-    def _checked_packs(self, upload: Upload) -> dict[tuple[int, int], CheckedPack]:
+    def _arrived(self, upload: Upload) -> ArrivingBundle:
+        """What was checked (and staged) of an upload as it arrived; nothing if it was not."""
         with self._arriving_lock:
             item = self._arriving.pop(upload.id, None)
         if item is None:
-            return {}
+            return ArrivingBundle(upload.path)
         checker, worker = item
         worker.shutdown(wait=True)
-        return checker.checked
+        return checker
 
     def apply(self, upload: Upload, caller: Caller, updates: list[dict]) -> list[dict]:
         """Check the uploaded bundle strictly, store it if any update may go, then move each
@@ -267,19 +269,19 @@ class ServerRepository:
             raise UsageError(f"a push moves 1 to {MAX_UPDATES} refs")
         git = self.git()
         readable = self.reaches(caller)
-        checked = self._checked_packs(upload)
+        arrived = self._arrived(upload)
         with self.repo.shared_lock():
             store = self.open_store()
             try:
-                return self._apply(git, store, upload, caller, parsed, readable, checked)
+                return self._apply(git, store, upload, caller, parsed, readable, arrived)
             finally:
                 store.close()
-                for path in (upload.path, upload.path + ".owner"):
-                    if os.path.exists(path):
+                for path in (upload.path, upload.path + ".owner", *(staged for staged, _pack_id in arrived.staged.values())):
+                    if os.path.exists(path):  # (a staged pack the store took is gone: renamed into it)
                         os.unlink(path)
 
     def _apply(self, git: GitDag, store: ChunkStore, upload: Upload, caller: Caller, updates: list[tuple[str, str | None, str, bool]],
-               readable: Callable[[str], bool], checked: dict[tuple[int, int], CheckedPack]) -> list[dict]:
+               readable: Callable[[str], bool], arrived: ArrivingBundle) -> list[dict]:
         requires: list[str] = []
 
         def require(commit: str) -> bool:
@@ -293,7 +295,8 @@ class ServerRepository:
 
         never: Callable[[object], bool] = lambda _object_id: False  # noqa: E731 - every tree of a new entry comes in the bundle
         try:
-            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, never, strict=True, builds_on=builds_on), checked)
+            info, store_all = read_bundle(git, store, upload.path, Readable(require, never, never, strict=True, builds_on=builds_on),
+                                          arrived.checked, arrived.staged)
         except CorruptObject as error:
             raise UsageError(f"the push was refused: {error}") from None
         if info.kind != TRANSFER:
