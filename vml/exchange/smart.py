@@ -88,7 +88,10 @@ def push_refs(git: GitDag, store: ChunkStore, remote: HttpRemote, local: dict[st
 def fetch_refs(git: GitDag, store: ChunkStore, remote: HttpRemote, remote_name: str, tmp_dir: str,
                progress: Callable[[TransferProgress], None] | None = None) -> tuple[dict[str, str], str | None, int, int]:
     """Bring what the refs the server shows reach; (those refs, its default branch, commits, blobs)."""
-    for attempt in range(3):
+    from vml.transport.http import RefsMoved
+
+    attempts = 0
+    while True:
         remote_refs, head = remote.refs()
         want = sorted({c for c in remote_refs.values() if not git.has_object(c)})
         if not want:
@@ -96,10 +99,10 @@ def fetch_refs(git: GitDag, store: ChunkStore, remote: HttpRemote, remote_name: 
         try:
             commits, blobs = _receive(git, store, remote, want, _haves(git, remote_name), tmp_dir, progress)
             return remote_refs, head, commits, blobs
-        except UsageError as error:
-            if "moved since" not in str(error) or attempt == 2:
+        except RefsMoved:  # a push landed between the listing and the request: list again
+            attempts += 1
+            if attempts == 3:
                 raise
-    raise AssertionError("unreachable")
 
 
 def _haves(git: GitDag, remote_name: str) -> list[str]:

@@ -270,6 +270,12 @@ class ServerRepository:
         git = self.git()
         readable = self.reaches(caller)
         arrived = self._arrived(upload)
+        try:  # one apply per upload: a second one (a retry racing the first) finds it gone
+            os.rename(upload.path, upload.path + ".applying")
+        except FileNotFoundError:
+            raise NotFound("no such upload (it was applied, or it expired)") from None
+        os.rename(upload.path + ".owner", upload.path + ".applying.owner")
+        upload = dataclasses.replace(upload, path=upload.path + ".applying")
         with self.repo.shared_lock():
             store = self.open_store()
             try:

@@ -30,6 +30,10 @@ class NotAllowed(UsageError):
     """The server refused (401, 403): a token or a role is missing."""
 
 
+class RefsMoved(UsageError):
+    """409: the refs moved since they were listed (a push landed meanwhile)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerUrl:
     server: str  # scheme://host[:port][/path]: the key for tokens
@@ -102,7 +106,9 @@ class HttpRemote:
             raise NotAllowed(f"{where}: {message}" if self.token else f"{where}: log in first: vml login {self.url.server if self.url else where}")
         if response.status_code == 403:
             raise NotAllowed(f"{where}: {message}" + ("" if self.token else f" (log in: vml login {self.url.server if self.url else where})"))
-        if response.status_code in (400, 404, 409, 413):
+        if response.status_code == 409:
+            raise RefsMoved(f"{where}: {message}")
+        if response.status_code in (400, 404, 413):
             raise UsageError(f"{where}: {message}")
         raise TransportError(f"{where}: the server failed (HTTP {response.status_code}: {message})")
 
