@@ -159,3 +159,17 @@ def test_damaged_or_hostile_bundle_is_rejected_whole(repo: Vml, history: list[st
     assert any(word in line for word in ("damaged", "truncated", "incomplete", "not a vml bundle")), line
     assert unchanged_state(other) == before
     other.fsck_clean()
+
+
+def test_a_pack_larger_than_any_pack_can_be_is_refused_unread(repo: Vml, history: list[str], tmp_path: Path, monkeypatch):
+    """A bundle whose pack is larger than a pack can be (a hostile upload, say, of one
+    gigabyte-long "pack" to make the reader hold it in memory) is refused by its length."""
+    from vml.exchange import bundle
+
+    repo("export", "main", "-o", str(tmp_path / "main.bundle"))
+    other = fresh(tmp_path, "other")
+    before = unchanged_state(other)
+    monkeypatch.setattr(bundle, "MAX_PACK", 1 << 20)  # the 3 MiB file's pack is then too large
+    refused = other("import", str(tmp_path / "main.bundle"), check=False)
+    assert "more than a pack can be" in one_line_error(refused, 1)  # damage, as any damaged bundle
+    assert unchanged_state(other) == before

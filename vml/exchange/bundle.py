@@ -35,10 +35,11 @@ from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
 from vml.errors import CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
 from vml.exchange.push import manifest_lists, root_pairs
+from vml.objects.compress import MAX_BLOB
 from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import decode_listing
-from vml.objects.pack import TYPE_TREE, PackEntry, open_blob, parse_table
+from vml.objects.pack import TARGET_SIZE, TYPE_TREE, PackEntry, open_blob, parse_table
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs, privileged_nodes, shared_blobs
 from vml.refs.bases import BaseName
@@ -57,6 +58,7 @@ _TYPE_NAMES = {code: name for name, code in _TYPES.items()}
 TRAILER = 32
 MAX_HEADER = 16 * 1024 * 1024
 UNTIL_TRAILER = 0xFFFFFFFF  # the pack count of a streamed bundle
+MAX_PACK = TARGET_SIZE + MAX_BLOB + (16 << 20)  # a pack is cut after the blob that passes TARGET_SIZE; it is read whole
 VERIFY_THREADS = 2  # packs checked at once (zstd and BLAKE3 release the GIL)
 
 
@@ -262,6 +264,8 @@ def _parse(bundle_file, size: int) -> _Contents:
         packs.append((reader.position, length))
         if reader.position + length > size - TRAILER:
             raise CorruptObject("the bundle is truncated (a pack runs past its end)")
+        if length > MAX_PACK:
+            raise CorruptObject(f"the bundle holds a pack of {length:,} bytes, more than a pack can be ({MAX_PACK:,})")
         bundle_file.seek(length, os.SEEK_CUR)
         reader.position += length
     if reader.position != size - TRAILER:
@@ -375,7 +379,7 @@ class ArrivingBundle:
             if not have(8):
                 return False
             length = _U64.unpack(os.pread(fd, 8, at))[0]
-            if not have(8 + length):
+            if length > MAX_PACK or not have(8 + length):
                 return False
             data = _read_pack(fd, at + 8, length)
             self.checked[(at + 8, length)] = _check_pack_data(data)
