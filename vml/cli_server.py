@@ -38,6 +38,13 @@ def serve() -> None:
     public entries of every namespace are readable by every user (and with
     --anonymous-public by anyone). Users log in with a token: `vml serve token add USER`
     makes one, `vml login URL` keeps it. The accounts live in REPO/vml/server.db.
+
+    \b
+    vml serve [REPO] options (all: vml serve start --help):
+      --listen HOST:PORT     where to serve (default 127.0.0.1:8080; other than loopback needs TLS)
+      --cert FILE --key FILE serve https
+      --anonymous-public     anyone may read public entries without a token
+      --init                 make REPO a new bare repository if it does not exist
     """
 
 
