@@ -51,12 +51,14 @@ def plan_updates(git: GitDag, local: dict[str, str], remote: dict[str, str], *, 
         old = remote.get(name)
         tag = name.startswith(TAG_PREFIX)
         status = classify(git, old, new, tag=tag, force=force)
-        reason = ""
-        if status == REJECTED:
-            reason = ("the remote has this tag on another entry (--force replaces it)" if tag else
-                      "non-fast-forward: the remote has entries you do not; fetch them first (or --force)")
-        updates.append(RefUpdate(name, old, new, status, reason))
+        updates.append(RefUpdate(name, old, new, status, rejection(tag) if status == REJECTED else ""))
     return updates
+
+
+def rejection(tag: bool) -> str:
+    """Why a push may not move a ref on the remote (vml/refs/updates.py's rule said REJECTED)."""
+    return ("the remote has this tag on another entry (--force replaces it)" if tag else
+            "non-fast-forward: the remote has entries you do not; fetch them first (or --force)")
 
 
 def manifests_of(git: GitDag, commits: list[str]) -> list[ObjectId]:

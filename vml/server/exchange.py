@@ -18,6 +18,7 @@ or upload resumes where it stopped (app.py serves ranges and appends at offsets)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -31,12 +32,12 @@ from dataclasses import dataclass
 from vml.entry import read_entry
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
 from vml.exchange.bundle import TRANSFER, ArrivingBundle, BundleInfo, Readable, read_bundle, write_bundle
-from vml.exchange.push import manifest_lists
+from vml.exchange.push import manifest_lists, rejection
 from vml.objects.ids import ObjectId
 from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
 from vml.refs.namespace import BASE_PREFIX, PUBLIC_PREFIX, REFS_PREFIX, TAG_PREFIX
-from vml.refs.updates import FAST_FORWARD, FORCED, NEW, REJECTED, UP_TO_DATE
+from vml.refs.updates import FAST_FORWARD, MOVES, NEW, REJECTED, UP_TO_DATE, classify
 from vml.repo import Repository
 from vml.server.access import APPEND, CARRIED, NAMESPACES, READ, WRITE, may, namespace_prefix, reads_public, stored_ref
 from vml.server.accounts import Caller
@@ -317,17 +318,16 @@ class ServerRepository:
             if current != old:
                 results.append(_result(ref, old, new, REJECTED, f"it moved to {current[:12] if current else 'nothing'} meanwhile; fetch and try again"))
                 continue
-            status = _judge(git, info, old, new, tag=ref.startswith(TAG_PREFIX), force=force)
+            tag = ref.startswith(TAG_PREFIX)  # the new commits are still in the bundle, not the store: it says what descends
+            status = classify(git, old, new, tag=tag, force=force, descends=functools.partial(_descends, git, info, new))
             needed = APPEND if status in (NEW, FAST_FORWARD, UP_TO_DATE) else WRITE
             if status == REJECTED:
-                reason = ("the remote has this tag on another entry (--force replaces it)" if ref.startswith(TAG_PREFIX)
-                          else "non-fast-forward: the remote has entries you do not; fetch them first (or --force)")
-                results.append(_result(ref, old, new, REJECTED, reason))
+                results.append(_result(ref, old, new, REJECTED, rejection(tag)))
             elif not may(caller, upload.namespace, needed):
                 results.append(_result(ref, old, new, REJECTED, f"{_why_not(caller, upload.namespace)}: a {status} update needs write access"))
             else:
                 results.append(_result(ref, old, new, status, ""))
-        moving = [r for r in results if r["status"] in (NEW, FAST_FORWARD, FORCED)]
+        moving = [r for r in results if r["status"] in MOVES]
         if not moving:
             return results
         store_all(trusted=True)  # blobs, then git objects; refs only after (the upload is the server's own file)
@@ -372,17 +372,6 @@ def _why_not(caller: Caller, namespace: str) -> str:
 def _first_private(git: GitDag, tip: str) -> str | None:
     """The first entry of `tip`'s history that is not a public entry (no scrub report)."""
     return next((commit for commit in git.walk([tip]) if read_entry(git, commit).scrub is None), None)
-
-
-def _judge(git: GitDag, info: BundleInfo, old: str | None, new: str, *, tag: bool, force: bool) -> str:
-    """vml/refs/updates.py's rule, with the new commits still in the bundle, not the store."""
-    if old == new:
-        return UP_TO_DATE
-    if old is None:
-        return NEW
-    if not tag and _descends(git, info, new, old):
-        return FAST_FORWARD
-    return FORCED if force else REJECTED
 
 
 def _descends(git: GitDag, info: BundleInfo, new: str, old: str) -> bool:
