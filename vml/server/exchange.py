@@ -375,6 +375,7 @@ def _first_private(git: GitDag, tip: str) -> str | None:
 
 
 def _descends(git: GitDag, info: BundleInfo, new: str, old: str) -> bool:
+    """Whether `new` descends from `old`, through the bundle's commits, then the store's."""
     stack, seen = [new], set()
     while stack:
         commit = stack.pop()
@@ -385,8 +386,8 @@ def _descends(git: GitDag, info: BundleInfo, new: str, old: str) -> bool:
         seen.add(commit)
         if commit in info.parents:
             stack.extend(info.parents[commit])
-        elif git.has_object(commit):
-            return git.has_object(old) and git.is_ancestor(old, commit)
+        elif git.has_object(commit) and git.has_object(old) and git.is_ancestor(old, commit):
+            return True  # (not False when not: another parent of a merge may still lead to it)
     return False
 
 
