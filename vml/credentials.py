@@ -37,10 +37,6 @@ def _read() -> dict[str, dict[str, str]]:
     return {url: entry for url, entry in servers.items() if isinstance(entry, dict) and isinstance(entry.get("token"), str)}
 
 
-def token_for(server: str) -> str | None:
-    return os.environ.get(ENVIRONMENT) or _read().get(server, {}).get("token")
-
-
 def token_for_url(url: str) -> str | None:
     """The token of the server whose address is the longest beginning of `url`."""
     if os.environ.get(ENVIRONMENT):
@@ -48,10 +44,6 @@ def token_for_url(url: str) -> str | None:
     servers = _read()
     matching = [server for server in servers if url == server or url.startswith(server.rstrip("/") + "/")]
     return servers[max(matching, key=len)]["token"] if matching else None
-
-
-def user_for(server: str) -> str | None:
-    return _read().get(server, {}).get("user")
 
 
 def store_token(server: str, token: str, user: str) -> str:

@@ -49,9 +49,4 @@ def reads_public(caller: Caller, anonymous_public: bool) -> bool:
     return not caller.anonymous or anonymous_public
 
 
-def needed_role(status_new: bool, fast_forward: bool) -> str:
-    """A new ref or a fast-forward adds entries (append); any other move rewrites (write)."""
-    return APPEND if status_new or fast_forward else WRITE
-
-
-__all__ = ["APPEND", "READ", "WRITE", "CARRIED", "NAMESPACES", "may", "needed_role", "namespace_prefix", "reads_public", "role", "stored_ref"]
+__all__ = ["APPEND", "READ", "WRITE", "CARRIED", "NAMESPACES", "may", "namespace_prefix", "reads_public", "role", "stored_ref"]

@@ -105,6 +105,11 @@ ANONYMOUS = Caller(None, limit=READ)
 _MODE_OF_ROLE = {role: mode for mode, role in TOKEN_MODES.items()}
 
 
+def mode_of(role: str) -> str:
+    """A token's mode (write, read-only, append-only) from the role it caps at."""
+    return _MODE_OF_ROLE[role]
+
+
 def check_name(name: str, what: str = "name") -> str:
     if not NAME.fullmatch(name) or name in RESERVED:
         raise UsageError(f"{name!r} is not a valid {what}: a lowercase letter, then up to 31 lowercase letters, digits, '-' or '_'"
@@ -250,7 +255,7 @@ class Accounts:
                              (token_id,)).fetchone()
         if row is None:
             raise UsageError(f"no token {token_id!r}")
-        return TokenInfo(row[0], row[1], _MODE_OF_ROLE[row[2]], *row[3:])
+        return TokenInfo(row[0], row[1], mode_of(row[2]), *row[3:])
 
     def tokens(self, user: str | None = None) -> list[TokenInfo]:
         with self._connect() as db:

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from vml import __version__
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
-from vml.server.accounts import ANONYMOUS, NAME, RESERVED, TOKEN_MODES, Accounts, Caller
+from vml.server.accounts import ANONYMOUS, NAME, RESERVED, Accounts, Caller, mode_of
 from vml.server.exchange import Forbidden, Moved, NotFound, ServerRepository
 
 MAX_JSON = 1024 * 1024
@@ -133,8 +133,7 @@ def build_app(server: Server) -> Starlette:
 
     @handler
     async def whoami(request: Request, caller: Caller) -> Response:
-        mode = next((m for m, r in TOKEN_MODES.items() if r == caller.limit), None)
-        return JSONResponse({"user": caller.user, "admin": caller.admin, "mode": mode if caller.user else None,
+        return JSONResponse({"user": caller.user, "admin": caller.admin, "mode": mode_of(caller.limit) if caller.user else None,
                              "groups": dict(caller.groups), "server": __version__})
 
     @handler

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from vml import __version__
-from vml.credentials import token_for, token_for_url
+from vml.credentials import token_for_url
 from vml.errors import TransportError, UsageError
 from vml.transport.base import is_loopback
 
@@ -67,7 +67,7 @@ class HttpRemote:
         if self.url is None:
             raise UsageError(f"{url}: not an http(s) URL")
         self.location = str(self.url)
-        self.token = token if token is not None else token_for(self.url.server) or token_for_url(url)
+        self.token = token if token is not None else token_for_url(url)
         if self.token:
             check_token_channel(self.url.server)
         headers = {"User-Agent": f"vml/{__version__}"}
