@@ -293,17 +293,24 @@ def _read_pack(fd: int, start: int, length: int) -> bytes:
 
 
 def _check_pack_data(data: bytes) -> CheckedPack:
-    length = len(data)
-    entries = parse_table("in the bundle", length, lambda offset, size: data[offset : offset + size])
-    listings = {}
-    for e in entries:
-        try:
-            raw = open_blob(e.id, e.flag, data[e.offset : e.offset + e.length], e.raw_length)
-        except CorruptObject:
-            raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)") from None
+    entries, listings = [], {}
+    for e, _payload, raw in _pack_blobs(data):
+        entries.append(e)
         if e.blob_type == TYPE_TREE:
             listings[e.id] = raw
     return entries, listings
+
+
+def _pack_blobs(data: bytes) -> Iterator[tuple[PackEntry, bytes, bytes]]:
+    """(table entry, stored payload, raw bytes) of every blob of one pack's bytes, each
+    verified against its id."""
+    for e in parse_table("in the bundle", len(data), lambda offset, size: data[offset : offset + size]):
+        payload = data[e.offset : e.offset + e.length]
+        try:
+            raw = open_blob(e.id, e.flag, payload, e.raw_length)
+        except CorruptObject:
+            raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)") from None
+        yield e, payload, raw
 
 
 def _verify_packs(bundle_file, contents: _Contents, checked: dict[tuple[int, int], CheckedPack]) -> tuple[list[list[PackEntry]], dict[bytes, bytes]]:
@@ -420,16 +427,7 @@ def _store_packs(bundle_file, contents: _Contents, tables: list[list[PackEntry]]
 def _blobs(bundle_file, contents: _Contents) -> Iterator[tuple[PackEntry, bytes, bytes]]:
     """(table entry, stored payload, raw bytes) of every blob, each verified against its id."""
     for start, length in contents.packs:
-        bundle_file.seek(start)
-        data = bundle_file.read(length)
-        entries = parse_table("in the bundle", length, lambda offset, size, data=data: data[offset : offset + size])
-        for e in entries:
-            payload = data[e.offset : e.offset + e.length]
-            try:
-                raw = open_blob(e.id, e.flag, payload, e.raw_length)
-            except CorruptObject:
-                raise CorruptObject(f"object {e.id.hex()[:16]} in the bundle is damaged (hash mismatch)") from None
-            yield e, payload, raw
+        yield from _pack_blobs(_read_pack(bundle_file.fileno(), start, length))
 
 
 @dataclass(frozen=True, slots=True)
