@@ -309,10 +309,7 @@ class ChunkStore:
         except BaseException:
             pending.discard()
             raise
-        with self._lock:
-            self._add_pack_entries(pack_id, entries)
-            self._unindexed[pack_id] = entries
-            self.bytes_added += sum(e.length for e in entries)
+        self._adopted(pack_id, entries)
         return pack_id
 
     def adopt_file(self, path: str, pack_id: ObjectId, entries: list[PackEntry]) -> None:
@@ -322,6 +319,10 @@ class ChunkStore:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         os.rename(path, final)
         fsync_dir(os.path.dirname(final))
+        self._adopted(pack_id, entries)
+
+    def _adopted(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
+        """A whole pack now in packs/: its blobs found from now on, indexed by the next flush."""
         with self._lock:
             self._add_pack_entries(pack_id, entries)
             self._unindexed[pack_id] = entries
