@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import uvicorn
 
 from vml.errors import UsageError
@@ -31,10 +28,8 @@ def serve(path: str, listen: str, *, cert: str | None = None, key: str | None = 
                          f"give --cert and --key, or listen on 127.0.0.1 behind a TLS proxy")
     server = Server(path, anonymous_public=anonymous_public)
     app = build_app(server)
-    logging.getLogger("uvicorn.error").setLevel(logging.INFO)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=cert, ssl_keyfile=key, access_log=access_log,
                             log_level="info", timeout_keep_alive=15, server_header=False, lifespan="off")
     if ready is not None:
         ready(f"{'https' if cert else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}")
     uvicorn.Server(config).run()
-    sys.stdout.flush()
