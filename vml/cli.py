@@ -88,7 +88,8 @@ def main_group(ctx: click.Context, repo: str | None) -> None:
 
 @main_group.command()
 @click.argument("path", default=".", required=False)
-@click.option("--bare", is_flag=True, help="Make PATH itself a repository with no working area, for sharing.")
+@click.option("--bare", is_flag=True, help="Make PATH itself a repository with no working area, for sharing "
+                                          "(PATH may be s3://BUCKET/PREFIX: a repository in object storage).")
 @json_option
 def init(path: str, bare: bool, as_json: bool) -> None:
     """Create a repository: PATH/.vml (or PATH itself with --bare)."""
@@ -513,15 +514,27 @@ def fsck(ctx, as_json: bool) -> None:
 @main_group.command()
 @click.option("--expire", metavar="WHEN", help="Forget reflog lines of entries no ref reaches from before WHEN: now, never, 2.weeks, "
                                           "'3 days', 2026-11-01 (default: 30 days).")
+@click.option("--remote", "remote_name", metavar="NAME", help="gc the remote NAME, a repository in object storage (s3://), not this one.")
 @json_option
 @click.pass_context
-def gc(ctx, expire: str | None, as_json: bool) -> None:
+def gc(ctx, expire: str | None, remote_name: str | None, as_json: bool) -> None:
     """Remove data no branch, tag, area HEAD or reflog line reaches; report the bytes freed.
 
     Reflog lines older than 90 days expire first, and lines whose entry no ref reaches
     after 30 days (or --expire). A dropped entry or deleted branch is therefore kept for
     30 days; 'vml gc --expire now' frees it at once.
+
+    With --remote NAME (a bucket, s3://): fetch what the remote's refs reach, remove what an
+    earlier gc found unreachable at least an hour ago and still is, and record what is
+    unreachable now for the next run. Pushes may run meanwhile; nothing they count on goes.
     """
+    if remote_name is not None:
+        if expire is not None:
+            raise click.UsageError("--expire is for this repository's reflogs; a remote has none")
+        with render.transfer_progress("fetching", enabled=not as_json) as progress:
+            remote_result = api.gc_remote(_repo(ctx), remote_name, progress=progress)
+        _emit(remote_result, as_json, render.remote_gc_result)
+        return
     with render.step_progress("repacking", enabled=not as_json) as progress:
         result = api.gc(_repo(ctx), expire=expire, progress=progress)
     _emit(result, as_json, render.gc_result)

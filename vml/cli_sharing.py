@@ -37,7 +37,7 @@ accept_key_option = click.option(
 @json_option
 @click.pass_context
 def remote(ctx: click.Context, as_json: bool) -> None:
-    """Add, remove and list remotes (another repository: a path, file:// or ssh:// URL)."""
+    """Add, remove and list remotes (another repository: a path, file://, ssh://, s3:// or a vml server's http(s):// URL)."""
     if ctx.invoked_subcommand is None:
         _print_remotes(ctx, as_json)
 
@@ -53,7 +53,10 @@ def _print_remotes(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def remote_add(ctx: click.Context, name: str, url: str, as_json: bool) -> None:
-    """Add remote NAME at URL: PATH, file:///PATH or ssh://[user@]host[:port]/PATH."""
+    """Add remote NAME at URL: PATH, file:///PATH, ssh://[user@]host[:port]/PATH, a vml
+    server's http(s)://HOST[:PORT]/NAMESPACE, or s3://BUCKET/PREFIX (a bucket made with
+    'vml init --bare s3://BUCKET/PREFIX'; endpoint and keys from the AWS configuration:
+    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config)."""
     info = api.remote_add(_repo(ctx), name, url)
     _emit(info, as_json, render.remote_info)
 
@@ -171,7 +174,7 @@ def clone(url: str, directory: str | None, accept_new_host_key: bool, verify: bo
 
 @main_group.command("export")
 @click.argument("entry")
-@click.option("-o", "--output", required=True, metavar="FILE", help="The bundle file to write.")
+@click.option("-o", "--output", required=True, metavar="FILE|s3://BUCKET/KEY", help="The bundle file to write, or an object in a bucket.")
 @click.option("--full", "kind", flag_value="full", default=True, help="The entry and all its history: needs nothing (default).")
 @click.option("--incremental", "kind", flag_value="incremental", help="Only what is new since the entry's parent, which the receiver must have.")
 @click.option("--differential", "kind", flag_value="differential", help="The entry and its history, without the data of its base image: the "
@@ -201,8 +204,9 @@ def export_command(ctx, entry: str, output: str, kind: str, since: str | None, a
 def import_command(ctx, bundle: str, as_name: str | None, force: bool, verify: bool, allowed: str | None, as_json: bool) -> None:
     """Check bundle FILE whole (what it requires, every hash), then store its entries.
 
-    A URL is a bundle a vml server offers (its page's "download bundle"): it is downloaded
-    first, with the token kept by 'vml login' for that server.
+    A URL is a bundle a vml server offers (its page's "download bundle"), downloaded first
+    with the token kept by 'vml login' for that server, or an object in a bucket
+    (s3://BUCKET/KEY, with the AWS configuration: AWS_ENDPOINT_URL, AWS_PROFILE, ...).
 
     Nothing is written if any check fails. The entry's branch or tag is created, or moved
     if the entry descends from where it is.

@@ -496,6 +496,19 @@ def gc_result(result: api.GcResult) -> None:
         out.print(f"expired {_count(result.reflog_lines_expired, 'reflog line')}; removed {_count(result.git_objects_removed, 'git object')}")
 
 
+def remote_gc_result(result: api.RemoteGcResult) -> None:
+    out.print(escape(f"gc of {result.url}"))
+    out.print(
+        f" freed {size(result.bytes_freed)}: {_count(result.blobs_removed, 'unreachable object')} removed, "
+        f"{_count(result.packs_deleted, 'pack')} deleted, {result.packs_rewritten:,} rewritten ({_count(sum(result.requests.values()), 'request')})"
+    )
+    delay = f"{result.sweep_delay / 60:.0f} minutes" if result.sweep_delay >= 120 else f"{result.sweep_delay:.0f} seconds"
+    later = f"; a gc after {delay} removes what is still unreachable then"
+    if result.condemned_blobs or result.pending_records:
+        out.print(f" condemned {_count(result.condemned_blobs, 'unreachable object')} now, "
+                  f"{_count(result.pending_records, 'earlier record')} not yet due{later}")
+
+
 # -- remotes
 
 
@@ -517,7 +530,7 @@ def push_result(result: api.PushResult) -> None:
     _ref_changes(result.refs, "->")
     out.print(
         f" sent {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')} in {_count(result.packs, 'pack')} "
-        f"({size(result.blob_bytes)} of objects, {size(result.bytes_sent)} in all) in {result.seconds:.1f} s"
+        f"({size(result.blob_bytes)} of objects, {size(result.bytes_sent)} in all{_requests(result.requests)}) in {result.seconds:.1f} s"
     )
     if result.rejected:
         warning("some refs were rejected: nothing of theirs changed on the remote")
@@ -528,8 +541,13 @@ def fetch_result(result: api.FetchResult) -> None:
     _ref_changes(result.refs, "->")
     out.print(
         f" received {_count(result.commits, 'entry', 'entries')}, {_count(result.blobs, 'object')} "
-        f"({size(result.blob_bytes)} of objects, {size(result.bytes_received)} in all) in {result.seconds:.1f} s"
+        f"({size(result.blob_bytes)} of objects, {size(result.bytes_received)} in all{_requests(result.requests)}) in {result.seconds:.1f} s"
     )
+
+
+def _requests(requests: dict[str, int]) -> str:
+    """', 31 requests' where the transport counts them (object storage bills by the request)."""
+    return f", {_count(sum(requests.values()), 'request')}" if requests else ""
 
 
 def pull_result(result: api.PullResult) -> None:

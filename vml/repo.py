@@ -149,6 +149,11 @@ class Repository:
         os.makedirs(path, exist_ok=True)
         return path
 
+    @property
+    def remote_index_cache(self) -> str:
+        """Index files read from remotes (a cache: each is named by its content's hash)."""
+        return os.path.join(self.vml_dir, "cache", "remote-index")
+
     def area_state_dir(self, name: str) -> str:
         return os.path.join(self.vml_dir, "areas", name)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
@@ -70,9 +72,47 @@ def export(repo: Repository, spec: str, output: str, *, kind: str = FULL, since:
         if kind == FULL and entry_base is not None:  # a full bundle needs nothing: its base goes too
             base_ref = BaseName(entry_base.name, entry_base.version).ref
             carried = {base_ref: base_entry(repo.git, BaseName(entry_base.name, entry_base.version))[0]}
-        info = write_bundle(repo.git, repo.store, output, entry=entry, ref=ref, kind=kind, requires=requires,
-                            tmp_dir=repo.store.tmp_dir, base=base, base_roots=base_roots, bases=carried)
-    return ExportResult(os.path.abspath(output), info.kind, info.entry, info.ref, info.requires, len(info.commits), info.blobs, info.bytes)
+        with _written_to(output, repo.store.tmp_dir) as local:
+            info = write_bundle(repo.git, repo.store, local, entry=entry, ref=ref, kind=kind, requires=requires,
+                                tmp_dir=repo.store.tmp_dir, base=base, base_roots=base_roots, bases=carried)
+    shown = output if output.startswith("s3://") else os.path.abspath(output)
+    return ExportResult(shown, info.kind, info.entry, info.ref, info.requires, len(info.commits), info.blobs, info.bytes)
+
+
+@contextlib.contextmanager
+def _written_to(output: str, tmp_dir: str) -> Iterator[str]:
+    """The local file to write a bundle to: `output`, or for s3://BUCKET/KEY a temp file
+    uploaded there once whole (an object appears whole or not at all)."""
+    if not output.startswith("s3://"):
+        yield output
+        return
+    from vml.transport.s3 import object_transport  # boto3 is loaded only for s3:// URLs
+
+    transport, key = object_transport(output)
+    fd, local = tempfile.mkstemp(prefix="export-", suffix=".bundle", dir=tmp_dir)
+    os.close(fd)
+    try:
+        yield local
+        transport.write_from(key, local)
+    finally:
+        os.unlink(local)
+        transport.close()
+
+
+def _download(url: str, local: str) -> None:
+    """A bundle a vml server offers (http(s)://) or an object in a bucket (s3://BUCKET/KEY)."""
+    if url.startswith("s3://"):
+        from vml.transport.s3 import object_transport  # boto3 is loaded only for s3:// URLs
+
+        transport, key = object_transport(url)
+        try:
+            transport.read_to(key, local)
+        finally:
+            transport.close()
+    else:
+        from vml.transport.http import download_url  # httpx is loaded only to reach a server
+
+        download_url(url, local)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +134,11 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
     """Check a bundle whole (its requirements, every hash, that its entries are complete),
     then store it and set the branch or tag it was exported from (or --as BRANCH). `path`
     may be the http(s) URL of a bundle a vml server offers: it is downloaded first."""
-    if path.startswith(("http://", "https://")):
-        from vml.transport.http import download_url  # httpx is loaded only to reach a server
-
+    if path.startswith(("http://", "https://", "s3://")):
         fd, local = tempfile.mkstemp(prefix="import-", suffix=".bundle", dir=repo.store.tmp_dir)
         os.close(fd)
         try:
-            download_url(path, local)
+            _download(path, local)
             return dataclasses.replace(import_bundle(repo, local, as_name=as_name, force=force, verify=verify, allowed=allowed), path=path)
         finally:
             os.unlink(local)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from vml.api._common import entry_info
 from vml.errors import CorruptObject, UnknownEntry, UsageError
-from vml.exchange.remote import check_no_push
+from vml.exchange.remote import check_no_push, init_remote
 from vml.history import live_blobs, reachable_entries
 from vml.objects.fsck import TreeChecker, check_packs
 from vml.objects.gc import collect
@@ -17,6 +17,7 @@ from vml.pathnames import quote_path
 from vml.refs.reflogs import EXPIRE_ALL, EXPIRE_UNREACHABLE, parse_when, rewrite_lost_predecessors
 from vml.refs.reflogs import expire as expire_reflogs
 from vml.repo import Repository
+from vml.transport.base import open_transport, parse_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,16 @@ class InitResult:
 
 
 def init(path: str = ".", *, bare: bool = False) -> InitResult:
+    """A repository: PATH/.vml, PATH itself with `bare`, or a bare one in a bucket (s3://)."""
+    if "://" in path and parse_url(path).scheme == "s3":
+        if not bare:
+            raise UsageError(f"{path}: a repository in a bucket has no working area: use 'vml init --bare {path}'")
+        transport = open_transport(path)
+        try:
+            init_remote(transport)
+        finally:
+            transport.close()
+        return InitResult(str(transport.location), bare)
     repo = Repository.init(path, bare=bare)
     return InitResult(repo.path, bare)
 

@@ -14,11 +14,13 @@ from vml.api._common import Progress
 from vml.api._trust import ALLOWED_SIGNERS, VERIFY, allowed_signers, verify_public
 from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
-from vml.errors import UsageError
+from vml.errors import ConcurrentUpdate, UsageError
 from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
 from vml.exchange.remote import RemoteRepository
+from vml.exchange.remote_gc import SWEEP_DELAY, collect_remote, due_records
 from vml.exchange.smart import fetch_refs, push_refs
+from vml.history import live_blobs
 from vml.refs.heads import read_head
 from vml.refs.namespace import BRANCH_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
@@ -63,8 +65,8 @@ def remote_list(repo: Repository) -> list[RemoteInfo]:
 
 
 @contextlib.contextmanager
-def _connected(url: str, accept_new_host_key: bool) -> Iterator[RemoteRepository]:
-    remote = RemoteRepository(open_transport(url, accept_new_host_key=accept_new_host_key))
+def _connected(repo: Repository, url: str, accept_new_host_key: bool) -> Iterator[RemoteRepository]:
+    remote = RemoteRepository(open_transport(url, accept_new_host_key=accept_new_host_key), repo.remote_index_cache)
     try:
         yield remote
     finally:
@@ -98,6 +100,7 @@ class PushResult:
     blob_bytes: int
     bytes_sent: int  # everything that crossed the transport, git objects and refs included
     seconds: float
+    requests: dict[str, int]  # object storage: requests by operation (PutObject, GetObject, ...)
 
     @property
     def rejected(self) -> bool:
@@ -121,21 +124,23 @@ def push(repo: Repository, remote_name: str = "origin", names_given: tuple[str, 
                 updates, stats = push_refs(repo.git, repo.store, server, local, force=force, differential=differential,
                                            tmp_dir=repo.store.tmp_dir, progress=progress)
                 bytes_sent = server.bytes_sent
+                requests = {}
         else:
-            with _connected(url, accept_new_host_key) as remote:
+            with _connected(repo, url, accept_new_host_key) as remote:
                 remote_refs = remote.refs()
                 local.update(bases_to_push(repo.git, remote.location, lambda commit: _base_digest(remote, commit),
                                            local, remote_refs, differential))
                 updates = plan_updates(repo.git, local, remote_refs, force=force)
                 updates, stats = send(repo.git, repo.store, remote, updates, repo.store.tmp_dir, progress)
                 bytes_sent = remote.transport.bytes_sent
+                requests = dict(remote.transport.requests)
         for update in updates:
             if update.name.startswith(BRANCH_PREFIX) and update.status != REJECTED:
                 tracking = tracking_ref(remote_name, short_name(update.name))
                 repo.git.set_direct(tracking, update.new, f"push: {update.status}")
     changes = [RefChange(short_name(u.name), u.old, u.new, u.status, u.reason) for u in updates]
     return PushResult(remote_name, url, changes, stats.commits, stats.blobs, stats.packs, stats.bytes, bytes_sent,
-                      round(time.monotonic() - started, 3))
+                      round(time.monotonic() - started, 3), requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,7 @@ class FetchResult:
     bytes_received: int
     seconds: float
     default_branch: str | None  # the branch the remote's HEAD names
+    requests: dict[str, int]  # object storage: requests by operation (ListObjectsV2, GetObject, ...)
 
 
 def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key: bool = False, verify: bool = False,
@@ -165,8 +171,9 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
             with _server(url) as server:
                 remote_refs, default, commits, blobs = fetch_refs(repo.git, repo.store, server, remote_name, repo.store.tmp_dir, progress)
                 blob_bytes = bytes_received = server.bytes_received
+                requests = {}
         else:
-            with _connected(url, accept_new_host_key) as remote:
+            with _connected(repo, url, accept_new_host_key) as remote:
                 remote_refs = remote.refs()
                 objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
                 stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
@@ -175,10 +182,11 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
                 commits, blobs, blob_bytes = len(roots), stats.blobs, stats.bytes
                 bytes_received = remote.transport.bytes_received
                 default = remote.default_branch()
+                requests = dict(remote.transport.requests)
         verify_public(repo, {ref: entry for ref, entry in remote_refs.items() if repo.git.ref_target(ref) != entry}, signers)
         changes = update_tracking(repo.git, remote_name, remote_refs)
     return FetchResult(remote_name, url, changes, commits, blobs, blob_bytes, bytes_received,
-                       round(time.monotonic() - started, 3), default)
+                       round(time.monotonic() - started, 3), default, requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,3 +268,41 @@ def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool =
         raise
     repo.close()
     return CloneResult(target, url, branch, branches.get(branch) if branch else None, fetched)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteGcResult:
+    remote: str
+    url: str
+    packs_deleted: int
+    packs_rewritten: int
+    blobs_removed: int
+    bytes_freed: int
+    condemned_blobs: int  # found dead now: removed by a gc at least `sweep_delay` seconds later
+    pending_records: int  # what earlier runs condemned, not yet due
+    sweep_delay: float
+    requests: dict[str, int]
+
+
+def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progress = None) -> RemoteGcResult:
+    """Remove from a repository in object storage the blobs no ref there reaches, in two
+    runs at least an hour apart (vml/exchange/remote_gc.py says why): fetch everything the
+    remote's refs reach, delete what the due records of earlier runs name and is still dead,
+    and record what is dead now."""
+    url = remote_url(repo.git, remote_name)
+    if parse_url(url).scheme != "s3":
+        raise UsageError(f"'vml gc --remote' is for a repository in object storage (s3://); run 'vml gc' where {url} is")
+    with _connected(repo, url, False) as remote:
+        due, pending, now = due_records(remote)  # before the refs are read: see remote_gc.py
+        for _attempt in range(3):
+            fetch(repo, remote_name, progress=progress)
+            tips = sorted(set(remote.refs().values()))
+            if all(repo.git.has_object(tip) for tip in tips):
+                break
+        else:
+            raise ConcurrentUpdate(f"{url} kept moving while gc fetched its entries: run gc again")
+        with repo.shared_lock():
+            live = live_blobs(repo.git, repo.store, list(repo.git.walk(tips)))
+        stats = collect_remote(remote, due, pending, now, live, repo.temp_dir())
+    return RemoteGcResult(remote_name, url, stats.packs_deleted, stats.packs_rewritten, stats.blobs_removed, stats.bytes_freed,
+                          stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests)

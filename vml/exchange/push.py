@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, read_entry
 from vml.errors import ConcurrentUpdate, UnknownEntry, UsageError
 from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteRepository
+from vml.exchange.remote_gc import SWEEP_DELAY, Condemned, read_condemned, record_names
 from vml.objects.ids import ObjectId
 from vml.objects.pack import PackEntry
 from vml.objects.store import ChunkStore
@@ -90,6 +92,8 @@ def send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list
     moving = [u for u in updates if u.moves]
     if not moving:
         return updates, SendStats(0, 0, 0, 0)
+    if not remote.transport.renames:  # object storage: gc works by records, not markers (remote_gc.py)
+        return _send(git, store, remote, updates, moving, tmp_dir, progress)
     marker = remote.announce_push()
     try:
         return _send(git, store, remote, updates, moving, tmp_dir, progress)
@@ -100,28 +104,50 @@ def send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list
 def _send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: list[RefUpdate], moving: list[RefUpdate],
           tmp_dir: str, progress: Callable[[TransferProgress], None] | None) -> tuple[list[RefUpdate], SendStats]:
     remote_tips = [u.old for u in updates if u.old]
-    commits = [c for c in git.commits_between([u.new for u in moving], remote_tips) if not remote.has_object(c)]
-    known = remote.blobs()
-
-    def load_raw(blob_ids: list[bytes]) -> list[bytes]:
-        return [store.get(blob_id) for blob_id in blob_ids]
-
-    listings, chunks = missing_blobs(load_raw, manifests_of(git, commits), known.__contains__)
-    blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
-    packs, sent_bytes = send_blobs(store, remote, blob_ids, tmp_dir, progress)
-    for commit_id in commits:  # parents first; each commit after the trees it names
-        for object_id in git.tree_objects(commit_id) + [commit_id]:
-            if not remote.has_object(object_id):
-                remote.write_object(object_id, *git.read_raw(object_id))
+    # Every entry the moving refs gain is checked for its chunks, whether or not its commit
+    # is on the remote already: a commit left there is no promise that its data is.
+    entries = git.commits_between([u.new for u in moving], remote_tips)
+    roots = manifests_of(git, entries)
+    condemned = read_condemned(remote) if not remote.transport.renames else Condemned()
+    totals = _send_objects(git, store, remote, entries, roots, condemned, tmp_dir, progress)
+    while not remote.transport.renames and record_names(remote) != condemned.names:
+        condemned = read_condemned(remote)  # gc condemned more meanwhile: send copies of what the entries need
+        more = _send_objects(git, store, remote, entries, roots, condemned, tmp_dir, progress)
+        totals = SendStats(totals.commits + more.commits, totals.blobs + more.blobs, totals.packs + more.packs, totals.bytes + more.bytes)
+    checked = time.monotonic()
     finished = []
     for update in updates:
         if update.moves:
             try:
+                if time.monotonic() - checked > SWEEP_DELAY / 2:  # remote_gc.py: a stalled push must not trust its check
+                    raise ConcurrentUpdate(f"{remote.location}: the push stalled after checking what gc condemned")
                 remote.update_ref(update.name, update.new, update.old)
             except ConcurrentUpdate as error:
                 update = RefUpdate(update.name, update.old, update.new, REJECTED, f"{error}; fetch and try again")
         finished.append(update)
-    return finished, SendStats(len(commits), len(blob_ids), packs, sent_bytes)
+    return finished, totals
+
+
+def _send_objects(git: GitDag, store: ChunkStore, remote: RemoteRepository, entries: list[str], roots: list[ObjectId],
+                  condemned: Condemned, tmp_dir: str, progress: Callable[[TransferProgress], None] | None) -> SendStats:
+    """The blobs the entries need that the remote lacks or gc condemned, then the git objects it lacks."""
+    known = remote.blobs()
+
+    def present(blob_id: bytes) -> bool:
+        return blob_id in known and blob_id not in condemned.blobs  # never count on what gc is to remove
+
+    def load_raw(blob_ids: list[bytes]) -> list[bytes]:
+        return [store.get(blob_id) for blob_id in blob_ids]
+
+    listings, chunks = missing_blobs(load_raw, roots, present)
+    blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
+    packs, sent_bytes = send_blobs(store, remote, blob_ids, tmp_dir, progress)
+    commits = [c for c in entries if not remote.has_object(c)]
+    for commit_id in commits:  # parents first; each commit after the trees it names
+        for object_id in git.tree_objects(commit_id) + [commit_id]:
+            if not remote.has_object(object_id):
+                remote.write_object(object_id, *git.read_raw(object_id))
+    return SendStats(len(commits), len(blob_ids), packs, sent_bytes)
 
 
 def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes], tmp_dir: str,

@@ -15,6 +15,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
+from vml.durable import write_atomically
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
 from vml.objects.gc import UPLOAD_GRACE
 from vml.objects.hashing import object_id
@@ -48,14 +49,17 @@ def pack_file(pack_id: ObjectId) -> str:
 
 
 class RemoteRepository:
-    def __init__(self, transport: Transport):
+    def __init__(self, transport: Transport, cache_dir: str | None = None):
+        """`cache_dir`: where index files read from the remote are kept (they never change)."""
         self.transport = transport
+        self.cache_dir = cache_dir
         try:
             format_line = transport.read("vml/format").decode("utf-8", "replace")
         except MissingFile:
             raise UsageError(f"{transport.location} is not a vml repository (make one with 'vml init --bare')") from None
         if format_line != FORMAT_LINE:
             raise UsageError(f"{transport.location} has an unsupported vml format ({format_line.strip()!r})")
+        self._packs: dict[ObjectId, list[PackEntry]] | None = None
         self._blobs: dict[bytes, RemoteBlob] | None = None
 
     @property
@@ -76,10 +80,9 @@ class RemoteRepository:
                 commit_id, name = line.split(" ", 1)
                 if name.startswith(EXCHANGED):
                     found[name] = commit_id
-        for prefix in EXCHANGED:
-            for path in self.transport.list_tree(prefix.rstrip("/")):
-                if not path.endswith(".lock"):
-                    found[path] = self._read_ref(path)
+        for path in self.transport.list_tree("refs"):  # one listing (one request per 1,000 refs on object storage)
+            if path.startswith(EXCHANGED) and not path.endswith(".lock"):
+                found[path] = self._read_ref(path)
         return {name: target for name, target in sorted(found.items()) if target}
 
     def _read_ref(self, path: str) -> str | None:
@@ -100,8 +103,11 @@ class RemoteRepository:
         return head[len(symbolic) :] if head.startswith(symbolic) else None
 
     def update_ref(self, name: str, new: str, expected: str | None) -> None:
-        """Compare-and-swap under git's lock-file protocol: create NAME.lock exclusively,
-        check the ref still holds `expected`, rename the lock over the ref."""
+        """Compare-and-swap: under git's lock-file protocol (create NAME.lock exclusively,
+        check the ref still holds `expected`, rename the lock over the ref), or on object
+        storage, which has neither rename nor lock, by a write conditional on the ref's ETag."""
+        if not self.transport.renames:
+            return self._swap_ref(name, new, expected)
         lock = name + ".lock"
         deadline = time.monotonic() + LOCK_WAIT
         while not self.transport.create_exclusive(lock, (new + "\n").encode()):
@@ -118,6 +124,15 @@ class RemoteRepository:
         except BaseException:
             self.transport.remove(lock)
             raise
+
+    def _swap_ref(self, name: str, new: str, expected: str | None) -> None:
+        """The object storage's own compare-and-swap: nothing a crash can leave behind."""
+        found = self.transport.read_tagged(name)  # type: ignore[attr-defined]
+        current = found[0].decode("ascii", "replace").strip() if found else None
+        if current != expected:
+            raise ConcurrentUpdate(f"{name} on {self.location} moved to {current and current[:12]} meanwhile")
+        if not self.transport.write_if(name, (new + "\n").encode(), found[1] if found else None):  # type: ignore[attr-defined]
+            raise ConcurrentUpdate(f"{name} on {self.location} moved meanwhile")
 
     # -- pushes in progress
 
@@ -172,35 +187,63 @@ class RemoteRepository:
 
     # -- blobs
 
-    def blobs(self) -> dict[bytes, RemoteBlob]:
-        """Every blob the remote holds and where: its index files, then the tables of packs
-        that no index names yet (a push cut off before its index)."""
-        if self._blobs is not None:
-            return self._blobs
-        blobs: dict[bytes, RemoteBlob] = {}
-        indexed = set()
+    def packs(self) -> dict[ObjectId, list[PackEntry]]:
+        """Every pack the remote holds and all its blobs: from its index files, then the
+        tables of packs that no index names yet (a push cut off before its index)."""
+        if self._packs is not None:
+            return self._packs
+        packs: dict[ObjectId, list[PackEntry]] = {}
         for name in self.transport.list(f"{STORE}/index"):
             if not name.endswith(".idx"):
                 continue
-            index = parse_index(name, self.transport.read(f"{STORE}/index/{name}"))
-            indexed.update(index.pack_ids)
+            try:
+                index = parse_index(name, self._index_bytes(name))
+            except (CorruptObject, MissingFile):
+                continue  # damaged, or merged away meanwhile: its packs' own tables are read below
+            found: dict[ObjectId, list[PackEntry]] = {}
             for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records():
-                blobs[raw_id] = RemoteBlob(index.pack_ids[pack_no], offset, length, raw_length, blob_type, flag)
-        for fan in self.transport.list(f"{STORE}/packs"):
-            for name in self.transport.list(f"{STORE}/packs/{fan}"):
-                if not (name.endswith(".pack") and len(name) == 69):
-                    continue
-                pack_id = ObjectId(bytes.fromhex(name[:64]))
-                if pack_id in indexed:
-                    continue
+                found.setdefault(index.pack_ids[pack_no], []).append(PackEntry(ObjectId(raw_id), blob_type, flag, offset, length, raw_length))
+            for pack_id, entries in found.items():
+                packs.setdefault(pack_id, entries)  # a pack two index files name: once
+        for path in self.transport.list_tree(f"{STORE}/packs"):  # one listing, not one per fan-out directory
+            name = path.rsplit("/", 1)[-1]
+            if not (name.endswith(".pack") and len(name) == 69):
+                continue
+            pack_id = ObjectId(bytes.fromhex(name[:64]))
+            if pack_id not in packs:
                 try:
-                    entries = self.pack_table(pack_id)
+                    packs[pack_id] = self.pack_table(pack_id)
                 except CorruptObject:
                     continue  # a damaged pack holds nothing we can count on: resend its blobs
-                for e in entries:
-                    blobs[e.id] = RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
-        self._blobs = blobs
-        return blobs
+        self._packs = packs
+        return packs
+
+    def blobs(self) -> dict[bytes, RemoteBlob]:
+        """Every blob the remote holds and where (one place, if several packs hold it)."""
+        if self._blobs is None:
+            self._blobs = {e.id: RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
+                           for pack_id, entries in self.packs().items() for e in entries}
+        return self._blobs
+
+    def forget_blobs(self) -> None:
+        """Read the index files and packs afresh at the next `packs` or `blobs`."""
+        self._packs = self._blobs = None
+
+    def _index_bytes(self, name: str) -> bytes:
+        """An index file, from the local cache when it has been read before: index files
+        never change (each is named by the hash of its content)."""
+        cached = os.path.join(self.cache_dir, name) if self.cache_dir else None
+        if cached is not None:
+            try:
+                with open(cached, "rb") as kept:
+                    return kept.read()
+            except FileNotFoundError:
+                pass
+        data = self.transport.read(f"{STORE}/index/{name}")
+        if cached is not None and object_id(data).hex() + ".idx" == name:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            write_atomically(cached, data)
+        return data
 
     def pack_table(self, pack_id: ObjectId) -> list[PackEntry]:
         path = pack_file(pack_id)
@@ -209,6 +252,8 @@ class RemoteRepository:
 
     def put_pack(self, pack_id: ObjectId, local_path: str, entries: list[PackEntry], progress=None) -> None:
         self.transport.write_from(pack_file(pack_id), local_path, progress)
+        if self._packs is not None:
+            self._packs[pack_id] = entries
         if self._blobs is not None:
             for e in entries:
                 self._blobs[e.id] = RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
@@ -231,6 +276,18 @@ class RemoteRepository:
 
     def close(self) -> None:
         self.transport.close()
+
+
+def init_remote(transport: Transport) -> None:
+    """Make an empty repository through a transport (object storage: `vml init --bare
+    s3://BUCKET/PREFIX`): HEAD and a git config, then the format line, which marks a
+    repository whole; an error if one is there already."""
+    if transport.exists("vml/format"):
+        raise UsageError(f"{transport.location} is already a vml repository")
+    transport.write("HEAD", f"ref: {BRANCH_PREFIX}main\n".encode())
+    transport.write("config", b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n[vml]\n\tformat = 1\n\tbare = true\n")
+    if not transport.create_exclusive("vml/format", FORMAT_LINE.encode()):
+        raise UsageError(f"{transport.location} is already a vml repository")
 
 
 def check_no_push(repository_path: str) -> None:

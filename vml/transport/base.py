@@ -7,8 +7,10 @@ added as one more implementation.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,8 +24,9 @@ class MissingFile(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """A parsed remote URL: scheme 'file' (a path), 'ssh' (user, host, port, path), or 'http'
-    and 'https' (a vml server: host, port, path ending in the namespace)."""
+    """A parsed remote URL: scheme 'file' (a path), 'ssh' (user, host, port, path), 's3'
+    (host: the bucket, path: the prefix), or 'http' and 'https' (a vml server: host, port,
+    path ending in the namespace)."""
 
     scheme: str
     path: str
@@ -48,7 +51,8 @@ class Location:
 
 
 def parse_url(url: str) -> Location:
-    """A local path, file:///path, or ssh://[user@]host[:port]/path."""
+    """A local path, file:///path, ssh://[user@]host[:port]/path, s3://bucket/prefix or a
+    vml server's http(s)://host[:port]/namespace."""
     if "://" not in url:
         return Location("file", os.path.abspath(url))
     parts = urllib.parse.urlsplit(url)
@@ -63,12 +67,26 @@ def parse_url(url: str) -> Location:
         path = urllib.parse.unquote(parts.path) or "."
         user = urllib.parse.unquote(parts.username) if parts.username else None
         return Location("ssh", path, parts.hostname, user, port)
+    if parts.scheme == "s3":
+        return _s3_location(url, parts)
     if parts.scheme in ("http", "https"):
         port = _port(url, parts, f"{parts.scheme}://HOST[:PORT]/NAMESPACE")
         if parts.username or parts.password:
             raise UsageError(f"{url}: no user or password in a server URL: log in with 'vml login {parts.scheme}://{parts.hostname}'")
         return Location(parts.scheme, parts.path.rstrip("/"), parts.hostname, None, port)
-    raise UsageError(f"{url}: unsupported URL scheme {parts.scheme!r} (use a path, file://, ssh:// or http(s):// for a vml server)")
+    raise UsageError(f"{url}: unsupported URL scheme {parts.scheme!r} (use a path, file://, ssh://, s3:// or http(s):// for a vml server)")
+
+
+def _s3_location(url: str, parts: urllib.parse.SplitResult) -> Location:
+    """s3://BUCKET/PREFIX: the endpoint and credentials come from the AWS configuration."""
+    bucket = parts.netloc
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or parts.query or parts.fragment:
+        raise UsageError(f"{url}: not s3://BUCKET/PREFIX (a bucket name is 3-63 lowercase letters, digits, '.' and '-'; "
+                         f"the endpoint comes from AWS_ENDPOINT_URL or the AWS profile)")
+    prefix = urllib.parse.unquote(parts.path).strip("/")
+    if prefix:
+        check_relative(prefix)
+    return Location("s3", "/" + prefix if prefix else "", bucket)
 
 
 def _port(url: str, parts: urllib.parse.SplitResult, form: str) -> int | None:
@@ -104,6 +122,8 @@ class Transport(Protocol):
     location: Location
     bytes_sent: int
     bytes_received: int
+    requests: collections.Counter[str]  # requests by operation, counted where they cost (object storage)
+    renames: bool  # False for object storage: refs move by conditional writes (S3Transport.write_if)
 
     def read(self, path: str) -> bytes:
         """The whole file; MissingFile if it does not exist."""
@@ -150,6 +170,10 @@ def open_transport(url: str, *, accept_new_host_key: bool = False) -> Transport:
         return MemoryTransport(location)
     if location.is_server:
         raise UsageError(f"{url} is a vml server: it is not reached as files")
+    if location.scheme == "s3":
+        from vml.transport.s3 import S3Transport  # boto3 is loaded only for s3:// URLs
+
+        return S3Transport(location)
     from vml.transport.sftp import SftpTransport  # paramiko is loaded only for ssh:// URLs
 
     return SftpTransport(location, accept_new_host_key=accept_new_host_key)

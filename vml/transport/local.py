@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 
@@ -12,11 +13,14 @@ PIECE = 1024 * 1024
 
 
 class LocalTransport:
+    renames = True
+
     def __init__(self, location: Location):
         self.location = location
         self.root = location.path
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.requests: collections.Counter[str] = collections.Counter()  # counted by object storage only
 
     def _path(self, path: str) -> str:
         return os.path.join(self.root, check_relative(path))

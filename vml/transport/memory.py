@@ -4,17 +4,22 @@ store per name within a process)."""
 
 from __future__ import annotations
 
+import collections
+
 from vml.transport.base import Location, MissingFile, TransportError, check_relative
 
 _STORES: dict[str, dict[str, bytes]] = {}
 
 
 class MemoryTransport:
+    renames = True
+
     def __init__(self, location: Location):
         self.location = location
         self.files = _STORES.setdefault(location.path, {})
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.requests: collections.Counter[str] = collections.Counter()  # counted by object storage only
 
     def read(self, path: str) -> bytes:
         data = self._get(path)

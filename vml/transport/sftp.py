@@ -5,6 +5,7 @@ Any ordinary sshd serves: vml needs nothing installed on the other side.
 
 from __future__ import annotations
 
+import collections
 import errno
 import posixpath
 import stat
@@ -17,10 +18,13 @@ PIECE = 1024 * 1024
 
 
 class SftpTransport:
+    renames = True
+
     def __init__(self, location: Location, *, accept_new_host_key: bool = False):
         self.location = location
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.requests: collections.Counter[str] = collections.Counter()  # counted by object storage only
         self._client = connect(location.host or "", port=location.port, user=location.user, accept_new_host_key=accept_new_host_key)
         try:
             self._sftp = self._client.open_sftp()
