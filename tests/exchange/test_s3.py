@@ -1,0 +1,283 @@
+"""Repositories in object storage: s3://BUCKET/PREFIX remotes against two real S3 servers
+(SeaweedFS and Ceph RADOS Gateway, started by the tests: tests/support/s3.py), configured
+the way a user configures the AWS tools (AWS_* variables)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Vml, git_fsck_clean, one_line_error
+from support.repofiles import tree_digest
+
+AUTHOR = {"VML_AUTHOR_NAME": "T", "VML_AUTHOR_EMAIL": "t@example.org"}
+
+
+def write_random(path: Path, size: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(random.Random(seed).randbytes(size))
+
+
+@dataclass
+class Bucket:
+    server: object
+    name: str
+    url: str  # s3://NAME/team: the repository
+
+    def client(self):
+        return self.server.client()
+
+    def keys(self, prefix: str = "team/") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        return self.client().get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        self.client().put_object(Bucket=self.name, Key=key, Body=data)
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch) -> Bucket:
+    """A new bucket on the server, and the AWS variables that reach it set as a user sets them."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    name = s3_server.new_bucket()
+    return Bucket(s3_server, name, f"s3://{name}/team")
+
+
+@pytest.fixture
+def pushed(repo: Vml, guest: Path, bucket: Bucket) -> Vml:
+    """`repo` with origin at a new repository in the bucket, one entry pushed."""
+    repo("init", "--bare", bucket.url)
+    repo("remote", "add", "origin", bucket.url)
+    write_random(guest / "data" / "run.bin", 3 << 20, 1)
+    repo("commit", "-m", "first")
+    repo("push")
+    return repo
+
+
+def clone_into(tmp_path: Path, url: str, name: str) -> Vml:
+    Vml(tmp_path)("clone", url, name)
+    cloned = Vml(tmp_path / name)
+    cloned("area", "add", "wa", "--dir", str(tmp_path / f"{name}-area"))
+    cloned("checkout", "main")
+    return cloned
+
+
+def test_push_clone_fetch_pull_round_trip(repo: Vml, guest: Path, bucket: Bucket, tmp_path: Path):
+    made = repo("init", "--bare", bucket.url, "--json").json()
+    assert made["path"] == bucket.url and bucket.read("team/vml/format") == b"vml repository format 1\n"
+    assert "already a vml repository" in one_line_error(repo("init", "--bare", bucket.url, check=False))
+    repo("remote", "add", "origin", bucket.url)
+    write_random(guest / "data" / "run.bin", 3 << 20, 1)
+    repo("commit", "-m", "first")
+    first = repo("push", "--json").json()
+    assert [(r["ref"], r["status"]) for r in first["refs"]] == [("main", "new")]
+    assert first["blob_bytes"] > 3 << 20 and first["packs"] == 1
+    # What the push cost in requests, by operation; a pack is one PUT, not a multipart upload.
+    assert first["requests"]["PutObject"] <= 8 and sum(first["requests"].values()) <= 30, first["requests"]
+    assert not any(key.endswith(".lock") for key in bucket.keys())  # nothing a crash could strand
+
+    other = clone_into(tmp_path, bucket.url, "colleague")
+    assert tree_digest(tmp_path / "colleague-area") == tree_digest(guest)
+    other.fsck_clean()
+
+    (guest / "etc" / "hosts").write_text("10.0.0.1 server\n")
+    repo("commit", "-m", "second")
+    second = repo("push", "--json").json()
+    assert second["refs"][0]["status"] == "fast-forward" and second["blob_bytes"] < 100_000
+    pulled = other("pull", "--json").json()
+    assert pulled["status"] == "fast-forward" and pulled["fetched"]["commits"] == 1
+    assert sum(pulled["fetched"]["requests"].values()) <= 25, pulled["fetched"]["requests"]
+    assert tree_digest(tmp_path / "colleague-area") == tree_digest(guest)
+    idle = other("fetch", "--json").json()
+    assert idle["commits"] == 0 and sum(idle["requests"].values()) <= 10, idle["requests"]
+    assert "requests" in other("fetch").stdout  # shown to people too
+    other.fsck_clean()
+    repo.fsck_clean()
+
+
+def test_two_pushes_at_once_one_wins_by_a_conditional_write(pushed: Vml, bucket: Bucket, tmp_path: Path):
+    users = [clone_into(tmp_path, bucket.url, f"user{i}") for i in range(2)]
+    entries = []
+    for i, user in enumerate(users):
+        write_random(tmp_path / f"user{i}-area" / "work.bin", 2 << 20, 10 + i)
+        entries.append(user("commit", "-m", f"work {i}", "--json").json()["entry"])
+    processes = [subprocess.Popen([sys.executable, "-m", "vml", "push", "--json"], cwd=user.cwd, env={**os.environ, **AUTHOR},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for user in users]
+    outcomes = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _out, _err in outcomes) == [0, 2], outcomes
+    winner = entries[[code for code, _o, _e in outcomes].index(0)]
+    assert bucket.read("team/refs/heads/main").decode().strip() == winner
+    loser = users[[code for code, _o, _e in outcomes].index(2)]
+    loser("pull", check=False)  # diverged: refused, nothing lost
+    assert loser("show", "main", "--json").json()["entry"]["id"] in entries
+
+
+def test_bad_credentials_missing_bucket_and_bad_urls_are_one_line(pushed: Vml, bucket: Bucket, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert "access denied" in one_line_error(pushed("fetch", check=False), None)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bucket.server.secret_key)
+    missing = one_line_error(Vml(tmp_path)("clone", "s3://no-such-bucket-here/x", "c", check=False), None)
+    assert "does not exist" in missing and not (tmp_path / "c").exists()
+    assert "not s3://BUCKET/PREFIX" in one_line_error(Vml(tmp_path)("clone", "s3://Bad_Name/x", "c", check=False))
+    assert "not a vml repository" in one_line_error(Vml(tmp_path)("clone", f"s3://{bucket.name}/elsewhere", "c", check=False), None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens
+    assert "cannot reach" in one_line_error(pushed("fetch", check=False), None)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws either
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert "no S3 credentials" in one_line_error(pushed("fetch", check=False), None)
+
+
+def test_tampered_objects_in_the_bucket_are_detected(pushed: Vml, bucket: Bucket, tmp_path: Path):
+    pack = next(key for key in bucket.keys() if key.endswith(".pack"))
+    original = bucket.read(pack)
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF  # inside a blob's payload
+    bucket.write(pack, bytes(damaged))
+    error = one_line_error(Vml(tmp_path)("clone", bucket.url, "c1", check=False), None)
+    assert "damaged" in error
+    bucket.write(pack, original)
+
+    index = next(key for key in bucket.keys() if key.endswith(".idx"))
+    bucket.write(index, bucket.read(index)[:-3] + b"xyz")  # checksum no longer matches: the packs' own tables are read
+    clone_into(tmp_path, bucket.url, "c2").fsck_clean()
+
+    commit = pushed("show", "--json").json()["entry"]["id"]
+    key = f"team/objects/{commit[:2]}/{commit[2:]}"
+    loose = bucket.read(key)
+    bucket.write(key, loose[:-1] + bytes([loose[-1] ^ 1]))
+    assert "damaged" in one_line_error(Vml(tmp_path)("clone", bucket.url, "c3", check=False), None)
+
+
+def test_export_and_import_through_a_bucket(pushed: Vml, bucket: Bucket, tmp_path: Path):
+    exported = pushed("export", "main", "-o", f"s3://{bucket.name}/bundles/main.vmlb", "--json").json()
+    assert exported["path"] == f"s3://{bucket.name}/bundles/main.vmlb"
+    (tmp_path / "other").mkdir()
+    other = Vml(tmp_path / "other")
+    other("init")
+    imported = other("import", f"s3://{bucket.name}/bundles/main.vmlb", "--json").json()
+    assert imported["entry"] == exported["entry"] and imported["status"] == "new"
+    other.fsck_clean()
+    assert "does not exist" in one_line_error(other("import", f"s3://{bucket.name}/bundles/none.vmlb", check=False), None)
+
+
+def test_push_killed_then_retried(pushed: Vml, guest: Path, bucket: Bucket, tmp_path: Path):
+    for i in range(3):
+        write_random(guest / "data" / f"part{i}.bin", 16 << 20, 40 + i)
+    pushed("commit", "-m", "big")
+    before = set(bucket.keys("team/vml/store/packs/"))
+    push = subprocess.Popen([sys.executable, "-m", "vml", "push"], cwd=tmp_path, env={**os.environ, **AUTHOR},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while set(bucket.keys("team/vml/store/packs/")) == before and push.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    push.send_signal(signal.SIGKILL)
+    push.wait()
+    retry = pushed("push", "--json").json()
+    assert retry["refs"][0]["status"] == "fast-forward"
+    assert retry["blob_bytes"] < 48 << 20  # what reached the bucket before the kill is not sent again
+    clone_into(tmp_path, bucket.url, "check")
+    assert tree_digest(tmp_path / "check-area") == tree_digest(guest)
+    git_fsck_clean(tmp_path / "check" / ".vml")
+
+
+def _run(cwd: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vml", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ten_pushers_and_gc_at_once_lose_nothing(pushed: Vml, bucket: Bucket, tmp_path: Path):
+    """Ten users push to their branches (and make garbage: a branch forced back) while gc
+    runs in a loop with no grace and a one-second sweep delay: every branch ends where its
+    user left it, with all its data, and the garbage is removed."""
+    import threading
+
+    env = {**os.environ, **AUTHOR, "VML_REMOTE_GC_DELAY": "1", "VML_REMOTE_GC_GRACE": "0"}
+    base = pushed("show", "main", "--json").json()["entry"]["id"]
+    users = [clone_into(tmp_path, bucket.url, f"user{i}") for i in range(10)]
+    finished: dict[int, str] = {}
+    failures: list[str] = []
+
+    def work(number: int, user: Vml) -> None:
+        area = tmp_path / f"user{number}-area"
+        for args in (("branch", f"u{number}"), ("checkout", f"u{number}")):
+            done = _run(user.cwd, *args, env=env)
+            if done.returncode:
+                failures.append(f"{args}: {done.stderr}")
+                return
+        for round_ in range(2):
+            write_random(area / "work" / f"round{round_}.bin", 1 << 20, 100 * number + round_)
+            for args in (("commit", "-m", f"user {number} round {round_}"), ("push", "origin", f"u{number}")):
+                done = _run(user.cwd, *args, env=env)
+                if done.returncode:
+                    failures.append(f"user {number} {args}: {done.stderr}")
+                    return
+        # Garbage: a branch with 2 MiB only it holds, pushed, then forced back to the base entry.
+        junk = [("branch", f"junk{number}"), ("checkout", f"junk{number}"), "write", ("commit", "-m", "junk"),
+                ("push", "origin", f"junk{number}"), ("checkout", f"u{number}"), ("branch", "-D", f"junk{number}"),
+                ("branch", f"junk{number}", base), ("push", "--force", "origin", f"junk{number}")]
+        for args in junk:
+            if args == "write":
+                write_random(area / "junk.bin", 2 << 20, 9000 + number)
+                continue
+            done = _run(user.cwd, *args, env=env)
+            if done.returncode:
+                failures.append(f"user {number} {args}: {done.stderr}")
+                return
+        finished[number] = _run(user.cwd, "show", f"u{number}", "--json", env=env).stdout
+
+    stop = threading.Event()
+    gc_runs: list[dict] = []
+
+    def collect() -> None:
+        while not stop.is_set():
+            done = _run(pushed.cwd, "gc", "--remote", "origin", "--json", env=env)
+            if done.returncode:
+                failures.append(f"gc: {done.stderr}")
+                return
+            gc_runs.append(json.loads(done.stdout))
+
+    threads = [threading.Thread(target=work, args=(i, user)) for i, user in enumerate(users)]
+    collector = threading.Thread(target=collect)
+    collector.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    collector.join()
+    assert not failures, failures
+    for _ in range(2):  # a last condemning run and, a delay later, its sweep
+        time.sleep(1.2)
+        gc_runs.append(json.loads(_run(pushed.cwd, "gc", "--remote", "origin", "--json", env=env).stdout))
+    assert len(gc_runs) >= 4 and sum(run["blobs_removed"] for run in gc_runs) >= 10, gc_runs
+
+    check = Vml(tmp_path / "check")
+    (tmp_path / "check").mkdir()
+    check("init")
+    check("remote", "add", "origin", bucket.url)
+    check("fetch")
+    check.fsck_clean()
+    for number in range(len(users)):
+        entry = json.loads(finished[number])["entry"]["id"]
+        assert check("show", f"origin/u{number}", "--json").json()["entry"]["id"] == entry
+        check("area", "add", f"w{number}", "--dir", str(tmp_path / f"check-{number}"))
+        check("checkout", "-a", f"w{number}", f"origin/u{number}")
+        assert not (tmp_path / f"user{number}-area" / "junk.bin").exists()
+        assert tree_digest(tmp_path / f"check-{number}") == tree_digest(tmp_path / f"user{number}-area")
+    # The junk is gone from the bucket: no pack holds a chunk of it.
+    stored = sum(bucket.client().head_object(Bucket=bucket.name, Key=key)["ContentLength"] for key in bucket.keys("team/vml/store/packs/"))
+    assert stored < (3 << 20) + 20 * (1 << 20) + (1 << 20), stored  # the base, 20 rounds of 1 MiB, some framing; not 20 MiB of junk
