@@ -63,10 +63,14 @@ def _server_repository(ctx: click.Context, path: str | None) -> Repository:
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM), with --cert.")
 @click.option("--anonymous-public", is_flag=True, help="Let anyone without a token read public entries.")
 @click.option("--init", "create", is_flag=True, help="Make REPO a new bare repository if it does not exist.")
+@click.option("--store", metavar="s3://BUCKET/PREFIX", help="Keep the repository in a bucket, REPO being this process's replica of it "
+                                                          "(several processes may serve one bucket; remembered in REPO).")
+@click.option("--accounts", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The accounts database, shared by the server processes of one bucket (default REPO/vml/server.db; remembered).")
 @click.option("--no-access-log", is_flag=True, help="Do not log each request (a request line never holds a token).")
 @click.pass_context
 def serve_start(ctx: click.Context, path: str | None, listen: str, cert: str | None, key: str | None, anonymous_public: bool,
-                create: bool, no_access_log: bool) -> None:
+                create: bool, store: str | None, accounts: str | None, no_access_log: bool) -> None:
     """Serve REPO (default: the current repository) until interrupted."""
     from vml.server.run import serve as run_server  # uvicorn and starlette: only for a server
 
@@ -74,14 +78,52 @@ def serve_start(ctx: click.Context, path: str | None, listen: str, cert: str | N
         Repository.init(path, bare=True).close()
         render.notice(f"made a new repository {os.path.abspath(path)}")
     repo = _server_repository(ctx, path)
+    if store is not None and repo.git.config_get(api_server.STORE_KEY) is None and repo.git.ref_names("refs/namespaces/"):
+        raise UsageError(f"{repo.path} holds entries of its own: serve the bucket from a new REPO (a replica starts empty) "
+                         f"and push the entries there")
+    store = _remembered(repo, api_server.STORE_KEY, store)
+    accounts = _remembered(repo, api_server.ACCOUNTS_KEY, accounts and os.path.abspath(accounts))
+    if store is not None:
+        from vml.server.bucket import BucketStore  # boto3: only for a store in a bucket
+
+        if BucketStore.create(store):
+            render.notice(f"made a new repository in {store}")
     if not api_server.user_list(repo):
         render.notice(f"no users yet: vml --repo {repo.path} serve user add NAME --admin; then vml serve token add NAME")
 
     def ready(url: str) -> None:
-        out.print(escape(f"vml serve: {repo.path} at {url}/NAMESPACE (Ctrl-C stops)"))
+        kept = f" (kept in {store})" if store else ""
+        out.print(escape(f"vml serve: {repo.path}{kept} at {url}/NAMESPACE (Ctrl-C stops)"))
         sys.stdout.flush()
 
-    run_server(repo.path, listen, cert=cert, key=key, anonymous_public=anonymous_public, access_log=not no_access_log, ready=ready)
+    run_server(repo.path, listen, cert=cert, key=key, anonymous_public=anonymous_public, access_log=not no_access_log, ready=ready,
+               store=store, accounts=accounts)
+
+
+def _remembered(repo: Repository, key: str, given: str | None) -> str | None:
+    """A setting given now (kept in REPO's config for the next start), else the one kept."""
+    kept = repo.git.config_get(key)
+    if given is not None and given != kept:
+        if kept is not None:
+            raise UsageError(f"{repo.path} serves {kept} ({key}); it cannot change to {given}")
+        repo.git.config_set(key, given)
+        return given
+    return kept
+
+
+@serve.command("gc")
+@click.argument("path", metavar="[REPO]", required=False)
+@json_option
+@click.pass_context
+def serve_gc(ctx: click.Context, path: str | None, as_json: bool) -> None:
+    """Remove from a server's bucket (vml serve --store) what no ref there reaches.
+
+    Safe beside running servers and pushes: what is unreachable is recorded now and removed
+    by a run at least an hour later if it still is (as 'vml gc --remote'). A repository
+    not kept in a bucket is collected with 'vml gc'.
+    """
+    result = api_server.serve_gc(_server_repository(ctx, path))
+    _emit(result, as_json, render.remote_gc_result)
 
 
 # -- users

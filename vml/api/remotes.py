@@ -17,7 +17,7 @@ from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import ConcurrentUpdate, UsageError
 from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
-from vml.exchange.remote import RemoteRepository
+from vml.exchange.remote import EXCHANGED, RemoteRepository
 from vml.exchange.remote_gc import SWEEP_DELAY, collect_remote, due_records
 from vml.exchange.smart import fetch_refs, push_refs
 from vml.history import live_blobs
@@ -293,6 +293,10 @@ def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progre
     if parse_url(url).scheme != "s3":
         raise UsageError(f"'vml gc --remote' is for a repository in object storage (s3://); run 'vml gc' where {url} is")
     with _connected(repo, url, False) as remote:
+        stray = [ref for ref in remote.transport.list_tree("refs") if not ref.startswith(EXCHANGED)]
+        if stray:
+            raise UsageError(f"{url} has refs this repository does not fetch ({stray[0]}, ...): a server's bucket is "
+                             f"collected by 'vml serve gc' on a server")
         due, pending, now = due_records(remote)  # before the refs are read: see remote_gc.py
         for _attempt in range(3):
             fetch(repo, remote_name, progress=progress)

@@ -1,4 +1,4 @@
-"""vml serve user|token|group (the accounts of a server repository) and vml login/logout."""
+"""vml serve user|token|group (the accounts of a server repository), vml serve gc, and vml login/logout."""
 
 from __future__ import annotations
 
@@ -6,21 +6,27 @@ import re
 import time
 from dataclasses import dataclass
 
+from vml.api.remotes import RemoteGcResult
 from vml.credentials import forget_token, store_token
 from vml.errors import UsageError
+from vml.exchange.remote_gc import SWEEP_DELAY, collect_remote, due_records
+from vml.history import live_blobs
 from vml.refs.reflogs import UNITS, parse_date
 from vml.repo import Repository
 from vml.server.accounts import Accounts, NewToken, TokenInfo, User
 
 __all__ = ["GroupInfo", "LoginResult", "NewToken", "TokenInfo", "User", "group_add", "group_list", "group_member", "group_remove",
-           "login", "logout", "token_add", "token_list", "token_revoke", "user_add", "user_list", "user_remove"]
+           "login", "logout", "serve_gc", "token_add", "token_list", "token_revoke", "user_add", "user_list", "user_remove"]
+
+ACCOUNTS_KEY = "vml.serverAccounts"  # a database several server processes share (vml serve --accounts)
+STORE_KEY = "vml.serverStore"  # the bucket a server's repository lives in (vml serve --store)
 
 IN = re.compile(r"(\d+)[. ]?(second|minute|hour|day|week|month|year)s?|(\d+)([dwmy])")
 SHORT_UNITS = {"d": "day", "w": "week", "m": "month", "y": "year"}
 
 
 def _accounts(repo: Repository) -> Accounts:
-    return Accounts(repo.path)
+    return Accounts(repo.path, repo.git.config_get(ACCOUNTS_KEY))
 
 
 def user_add(repo: Repository, name: str, *, admin: bool = False) -> User:
@@ -134,3 +140,26 @@ def logout(url: str) -> bool:
 
     server = url.rstrip("/")
     return forget_token(server) or forget_token(ServerUrl.parse(server).server)
+
+
+def serve_gc(repo: Repository) -> RemoteGcResult:
+    """gc of the bucket a server keeps its repository in (vml/exchange/remote_gc.py): what
+    every ref in the bucket reaches is live, found from this replica (brought up to date
+    first; its refs are left to the running server)."""
+    from vml.server.bucket import BucketStore  # boto3: only for a store in a bucket
+
+    url = repo.git.config_get(STORE_KEY)
+    if url is None:
+        raise UsageError(f"{repo.path} is not kept in a bucket (vml serve --store): collect it with 'vml gc'")
+    bucket = BucketStore(repo, url)
+    try:
+        due, pending, now = due_records(bucket.remote)  # before the refs are read: see remote_gc.py
+        refs = bucket.bucket_refs()
+        git = bucket.bring(refs)
+        with repo.shared_lock():
+            live = live_blobs(git, repo.store, list(git.walk(sorted(set(refs.values())))))
+        stats = collect_remote(bucket.remote, due, pending, now, live, repo.temp_dir())
+    finally:
+        bucket.close()
+    return RemoteGcResult("", url, stats.packs_deleted, stats.packs_rewritten, stats.blobs_removed, stats.bytes_freed,
+                          stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests)

@@ -108,12 +108,7 @@ def _send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: lis
     # is on the remote already: a commit left there is no promise that its data is.
     entries = git.commits_between([u.new for u in moving], remote_tips)
     roots = manifests_of(git, entries)
-    condemned = read_condemned(remote) if not remote.transport.renames else Condemned()
-    totals = _send_objects(git, store, remote, entries, roots, condemned, tmp_dir, progress)
-    while not remote.transport.renames and record_names(remote) != condemned.names:
-        condemned = read_condemned(remote)  # gc condemned more meanwhile: send copies of what the entries need
-        more = _send_objects(git, store, remote, entries, roots, condemned, tmp_dir, progress)
-        totals = SendStats(totals.commits + more.commits, totals.blobs + more.blobs, totals.packs + more.packs, totals.bytes + more.bytes)
+    totals = send_objects(git, store, remote, entries, roots, tmp_dir, progress)
     checked = time.monotonic()
     finished = []
     for update in updates:
@@ -126,6 +121,20 @@ def _send(git: GitDag, store: ChunkStore, remote: RemoteRepository, updates: lis
                 update = RefUpdate(update.name, update.old, update.new, REJECTED, f"{error}; fetch and try again")
         finished.append(update)
     return finished, totals
+
+
+def send_objects(git: GitDag, store: ChunkStore, remote: RemoteRepository, entries: list[str], roots: list[ObjectId],
+                 tmp_dir: str, progress: Callable[[TransferProgress], None] | None) -> SendStats:
+    """Send what the entries need and the remote lacks. On object storage, what gc has
+    condemned counts as lacking, and the records are read again at the end: if gc condemned
+    more meanwhile, copies of what the entries need of it go too. Move the refs right after."""
+    condemned = read_condemned(remote) if not remote.transport.renames else Condemned()
+    totals = _send_objects(git, store, remote, entries, roots, condemned, tmp_dir, progress)
+    while not remote.transport.renames and record_names(remote) != condemned.names:
+        condemned = read_condemned(remote)
+        more = _send_objects(git, store, remote, entries, roots, condemned, tmp_dir, progress)
+        totals = SendStats(totals.commits + more.commits, totals.blobs + more.blobs, totals.packs + more.packs, totals.bytes + more.bytes)
+    return totals
 
 
 def _send_objects(git: GitDag, store: ChunkStore, remote: RemoteRepository, entries: list[str], roots: list[ObjectId],

@@ -40,8 +40,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from vml.errors import CorruptObject, UsageError
-from vml.exchange.remote import EXCHANGED, STORE, RemoteBlob, RemoteRepository, pack_file
+from vml.errors import CorruptObject
+from vml.exchange.remote import STORE, RemoteBlob, RemoteRepository, pack_file
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TARGET_SIZE, PackEntry, PackWriter, open_blob, pack_path
 
@@ -116,9 +116,6 @@ def collect_remote(remote: RemoteRepository, due: list[DueRecord], pending: Cond
     """Remove what the `due` records name and is still dead, then condemn what is dead now.
     `live`: what the remote's refs reach, worked out from refs read after `due_records`."""
     transport = remote.transport
-    stray = [ref for ref in transport.list_tree("refs") if not ref.startswith(EXCHANGED)]
-    if stray:
-        raise UsageError(f"{remote.location} has refs vml gc cannot judge ({stray[0]}, ...): gc it where they were made")
     stats = RemoteGcStats(pending_records=len(pending.names))
     remote.forget_blobs()  # read afresh: pushes may have added index files since
     if due:

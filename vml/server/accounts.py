@@ -121,8 +121,9 @@ class Accounts:
     """The server's database. Every method opens its own connection: requests run on many
     threads, and SQLite serializes writers itself (WAL, a busy timeout)."""
 
-    def __init__(self, repository_path: str):
-        self.path = os.path.join(repository_path, DATABASE)
+    def __init__(self, repository_path: str, path: str | None = None):
+        """`path`: a database shared by several server processes (default REPO/vml/server.db)."""
+        self.path = path or os.path.join(repository_path, DATABASE)
         self._hasher = PasswordHasher()
         self._checked: dict[str, bytes] = {}  # token id -> a fast digest of a secret argon2 already accepted
         self._checked_lock = threading.Lock()

@@ -60,9 +60,10 @@ def _status(error: VmlError) -> int:
 class Server:
     """What every request needs: the repository, the accounts, the settings."""
 
-    def __init__(self, path: str, *, anonymous_public: bool = False, max_upload: int = 1 << 40):
-        self.repository = ServerRepository(path, anonymous_public=anonymous_public)
-        self.accounts = Accounts(self.repository.path)
+    def __init__(self, path: str, *, anonymous_public: bool = False, max_upload: int = 1 << 40, store: str | None = None,
+                 accounts: str | None = None):
+        self.repository = ServerRepository(path, anonymous_public=anonymous_public, store=store)
+        self.accounts = Accounts(self.repository.path, accounts)
         self.max_upload = max_upload
 
     def caller(self, request: Request, *, cookie: bool = False) -> Caller:
@@ -139,6 +140,7 @@ def build_app(server: Server) -> Starlette:
     @handler
     async def refs(request: Request, caller: Caller) -> Response:
         namespace = _namespace(request)
+        await run_in_threadpool(repository.sync)
         visible = await run_in_threadpool(repository.visible_refs, namespace, caller)
         head = "main" if "refs/heads/main" in visible else None
         return JSONResponse({"refs": visible, "head": head})
@@ -149,6 +151,7 @@ def build_app(server: Server) -> Starlette:
         want, have = body.get("want"), body.get("have", [])
         if not (isinstance(want, list) and isinstance(have, list) and all(isinstance(c, str) for c in want + have)):
             raise HttpError(400, "want and have are lists of entry ids")
+        await run_in_threadpool(repository.sync)
         transfer = await run_in_threadpool(repository.make_transfer, _namespace(request), caller, want, have)
         return JSONResponse({"transfer": transfer.id, "size": transfer.size, "commits": transfer.commits})
 
@@ -208,6 +211,7 @@ def build_app(server: Server) -> Starlette:
         if not isinstance(updates, list):
             raise HttpError(400, "updates is a list")
         appending.pop(upload.id, None)
+        await run_in_threadpool(repository.sync)
         results = await run_in_threadpool(repository.apply, upload, caller, updates)
         return JSONResponse({"refs": results})
 

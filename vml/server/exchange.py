@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vml.entry import read_entry
 from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
@@ -41,6 +42,9 @@ from vml.refs.updates import FAST_FORWARD, MOVES, NEW, REJECTED, UP_TO_DATE, cla
 from vml.repo import Repository
 from vml.server.access import APPEND, CARRIED, NAMESPACES, READ, WRITE, may, namespace_prefix, reads_public, stored_ref
 from vml.server.accounts import Caller
+
+if TYPE_CHECKING:
+    from vml.server.bucket import BucketStore
 
 TRANSFER_LIFE = 3600.0  # seconds a finished transfer stays to be resumed
 UPLOAD_LIFE = 24 * 3600.0
@@ -79,9 +83,16 @@ class Upload:
 
 
 class ServerRepository:
-    def __init__(self, path: str, *, anonymous_public: bool = False):
+    def __init__(self, path: str, *, anonymous_public: bool = False, store: str | None = None):
+        """`store`: an s3:// bucket that holds the repository, `path` then being this
+        process's replica of it (vml/server/bucket.py); default: the repository is `path`."""
         self.repo = Repository(path)  # its locks: gc takes the exclusive one
         self.path = self.repo.path
+        self.bucket: BucketStore | None = None
+        if store is not None:
+            from vml.server.bucket import BucketStore  # boto3: only for a store in a bucket
+
+            self.bucket = BucketStore(self.repo, store)
         self.anonymous_public = anonymous_public
         self.transfers_dir = os.path.join(self.repo.vml_dir, "transfers")
         self.uploads_dir = os.path.join(self.repo.vml_dir, "uploads")
@@ -94,6 +105,11 @@ class ServerRepository:
         self._history: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
         self._history_lock = threading.Lock()
         self._bases: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
+
+    def sync(self) -> None:
+        """Before a request reads refs: bring what other server processes wrote to the bucket."""
+        if self.bucket is not None:
+            self.bucket.pull()
 
     def git(self) -> GitDag:
         """This thread's view of the DAG (a libgit2 repository is used by one thread at a time)."""
@@ -331,6 +347,9 @@ class ServerRepository:
         if not moving:
             return results
         store_all(trusted=True)  # blobs, then git objects; refs only after (the upload is the server's own file)
+        if self.bucket is not None:  # the bucket is the repository: what it lacks goes there before any ref moves
+            store.flush()
+            self.bucket.publish(git, store, info.commits)
         for result in moving:
             if result["ref"].startswith(PUBLIC_PREFIX):
                 private = _first_private(git, result["new"])
@@ -340,11 +359,21 @@ class ServerRepository:
                     continue
             stored = stored_ref(upload.namespace, result["ref"])
             try:
-                git.ensure_reflog(stored)
-                git.update_ref(stored, result["new"], result["old"], f"push by {caller.user}: {result['status']}")
+                self._move(git, stored, result["new"], result["old"], f"push by {caller.user}: {result['status']}")
             except ConcurrentUpdate:
                 result.update(status=REJECTED, reason="another push moved it meanwhile; fetch and try again")
         return results
+
+    def _move(self, git: GitDag, stored: str, new: str, old: str | None, message: str) -> None:
+        """Compare-and-swap a ref: in the bucket first when there is one (where server
+        processes race), then here."""
+        git.ensure_reflog(stored)
+        if self.bucket is None:
+            git.update_ref(stored, new, old, message)
+            return
+        with self.bucket.lock:
+            self.bucket.swap(stored, new, old)
+            git.set_direct(stored, new, message)
 
     # -- housekeeping
 

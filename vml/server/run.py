@@ -17,7 +17,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def serve(path: str, listen: str, *, cert: str | None = None, key: str | None = None, anonymous_public: bool = False,
-          access_log: bool = True, ready=None) -> None:
+          access_log: bool = True, ready=None, store: str | None = None, accounts: str | None = None) -> None:
     """Serve the repository at `path` until interrupted. Without TLS it listens on loopback
     only: tokens must not cross a network in the clear."""
     host, port = parse_listen(listen)
@@ -26,7 +26,7 @@ def serve(path: str, listen: str, *, cert: str | None = None, key: str | None = 
     if cert is None and not is_loopback(host):
         raise UsageError(f"refusing to serve {host} over plain HTTP: tokens would cross the network in the clear; "
                          f"give --cert and --key, or listen on 127.0.0.1 behind a TLS proxy")
-    server = Server(path, anonymous_public=anonymous_public)
+    server = Server(path, anonymous_public=anonymous_public, store=store, accounts=accounts)
     app = build_app(server)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=cert, ssl_keyfile=key, access_log=access_log,
                             log_level="info", timeout_keep_alive=15, server_header=False, lifespan="off")

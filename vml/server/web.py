@@ -492,6 +492,7 @@ class Pages:
                 return response
             if caller.anonymous and not self.repository.anonymous_public:
                 return self.to_login(request)
+            await run_in_threadpool(self.server.repository.sync)  # refs another server process moved
             return await run_in_threadpool(self.shown, view, request, caller)
 
         return endpoint

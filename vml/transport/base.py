@@ -7,6 +7,7 @@ added as one more implementation.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import ipaddress
 import os
@@ -138,7 +139,7 @@ class Transport(Protocol):
     def list(self, path: str) -> list[str]:
         """Names in a directory, sorted; [] if it does not exist."""
 
-    def list_tree(self, path: str) -> list[str]:
+    def list_tree(self, path: str) -> builtins.list[str]:  # (`list` here is the method above)
         """Every file below a directory, as paths from the root, sorted; [] if it does not exist."""
 
     def write(self, path: str, data: bytes) -> None:

@@ -154,11 +154,19 @@ class S3Transport:
     def list_tree_dated(self, path: str) -> tuple[list[tuple[str, float]], float]:
         """Every object below a directory with its last-modified time, and the storage's
         own time now (seconds since the epoch, both by the storage's clock)."""
+        items, now = self._list_items(path)
+        return [(name, item["LastModified"].timestamp()) for name, item in items], now
+
+    def list_tree_tagged(self, path: str) -> dict[str, str]:
+        """Every object below a directory and its ETag: what changed, without reading it."""
+        return {name: item["ETag"] for name, item in self._list_items(path)[0]}
+
+    def _list_items(self, path: str) -> tuple[list[tuple[str, dict]], float]:
         prefix = self._key(path) + "/"
         strip = len(self._key(path)) - len(path)
         found, now = [], time.time()
         for page in self._pages(path, Prefix=prefix):
-            found.extend((item["Key"][strip:], item["LastModified"].timestamp()) for item in page.get("Contents", []))
+            found.extend((item["Key"][strip:], item) for item in page.get("Contents", []))
             date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
             if date:
                 now = email.utils.parsedate_to_datetime(date).timestamp()
