@@ -129,3 +129,59 @@ class CuttingProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class Balancer:
+    """One URL in front of several servers: each new connection goes to the next server
+    that accepts it (round robin; a dead one is skipped), as a TCP load balancer does. A
+    client's requests on one connection stay with one server."""
+
+    def __init__(self, ports: list[int]):
+        import threading
+
+        self.targets = ports
+        self.turn = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._threads = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _backend(self) -> socket.socket | None:
+        for _ in range(len(self.targets)):
+            port = self.targets[self.turn % len(self.targets)]
+            self.turn += 1
+            try:
+                return socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                continue
+        return None
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = self._backend()
+            if server is None:
+                client.close()
+                continue
+            server.settimeout(None)
+            for source, sink in ((client, server), (server, client)):
+                self._threads.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()

@@ -157,7 +157,11 @@ def serve_gc(repo: Repository) -> RemoteGcResult:
         refs = bucket.bucket_refs()
         git = bucket.bring(refs)
         with repo.shared_lock():
-            live = live_blobs(git, repo.store, list(git.walk(sorted(set(refs.values())))))
+            store = bucket.open_store()  # opened after `bring`: what it brought included
+            try:
+                live = live_blobs(git, store, list(git.walk(sorted(set(refs.values())))))
+            finally:
+                store.close()
         stats = collect_remote(bucket.remote, due, pending, now, live, repo.temp_dir())
     finally:
         bucket.close()

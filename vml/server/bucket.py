@@ -14,6 +14,7 @@ vml/exchange/remote_gc.py).
 
 from __future__ import annotations
 
+import os
 import threading
 
 from vml.exchange.fetch import read_history, receive_blobs
@@ -89,7 +90,7 @@ class BucketStore:
         missing = sorted({target for target in refs.values() if not git.has_object(target)})
         if not missing:
             return git
-        store = ChunkStore(self.replica.store.root).open()
+        store = self.open_store()
         try:
             self.remote.forget_blobs()
             objects, roots = read_history(git, self.remote, missing)
@@ -100,6 +101,10 @@ class BucketStore:
         finally:
             store.close()
         return git
+
+    def open_store(self) -> ChunkStore:
+        """The replica's store as it is now (packs other threads and processes added included)."""
+        return ChunkStore(os.path.join(self.replica.vml_dir, "store")).open()
 
     def bucket_refs(self) -> dict[str, str]:
         """Every ref in the bucket: one listing, and a read of each that changed since."""
