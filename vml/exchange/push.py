@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, read_entry
@@ -16,7 +18,7 @@ from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteRepository
 from vml.exchange.remote_gc import SWEEP_DELAY, Condemned, read_condemned, record_names
 from vml.objects.ids import ObjectId
-from vml.objects.pack import PackEntry
+from vml.objects.pack import TYPE_TREE, PackEntry
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.bases import BaseName
@@ -161,27 +163,45 @@ def _send_objects(git: GitDag, store: ChunkStore, remote: RemoteRepository, entr
 
 def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes], tmp_dir: str,
                progress: Callable[[TransferProgress], None] | None) -> tuple[int, int]:
-    """Upload blobs in packs of ~16 MiB, each whole, then one index naming them all. In the
-    order given, so a cut-off push leaves the remote with every listing's subtree below it."""
+    """Upload blobs in packs of ~16 MiB, each whole, then one index naming them all. A cut-off
+    push must leave the remote with every listing's subtree below it: packs of chunks may
+    go up together (object storage takes several at once), but a pack holding a listing
+    goes only once every pack before it is up (listings come last, children first)."""
     if not blob_ids:
         return 0, 0
     total = sum(store.stored_size(blob_id) for blob_id in blob_ids)
     done = 0
+    done_lock = threading.Lock()
     uploaded: dict[ObjectId, list[PackEntry]] = {}
     staging = tempfile.mkdtemp(prefix="push-", dir=tmp_dir)
-    try:
-        def advance(moved: int) -> None:  # per piece of an upload (a pack file is a little more than its blobs)
-            nonlocal done
+
+    def advance(moved: int) -> None:  # per piece of an upload (a pack file is a little more than its blobs)
+        nonlocal done
+        with done_lock:
             done += moved
             progress(TransferProgress(min(done, total), total))
 
-        for pack_id, path, entries in store.copy_to_packs(blob_ids, staging):
-            remote.put_pack(pack_id, path, entries, advance if progress is not None else None)
-            os.unlink(path)
-            uploaded[pack_id] = entries
-        remote.put_index(uploaded)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    def put(pack_id: ObjectId, path: str, entries: list[PackEntry]) -> None:
+        remote.put_pack(pack_id, path, entries, advance if progress is not None else None)
+        os.unlink(path)
+        uploaded[pack_id] = entries
+
+    in_flight: list[Future] = []
+    with ThreadPoolExecutor(remote.transport.parallel_writes, thread_name_prefix="vml-push") as pool:
+        try:
+            for pack_id, path, entries in store.copy_to_packs(blob_ids, staging):
+                waits = len(in_flight) if any(e.blob_type == TYPE_TREE for e in entries) else len(in_flight) - remote.transport.parallel_writes + 1
+                for _ in range(max(waits, 0)):
+                    in_flight.pop(0).result()
+                in_flight.append(pool.submit(put, pack_id, path, entries))
+            for future in in_flight:
+                future.result()
+            remote.put_index(uploaded)
+        finally:
+            for future in in_flight:
+                future.cancel()
+            pool.shutdown(wait=True)
+            shutil.rmtree(staging, ignore_errors=True)
     return len(uploaded), total
 
 

@@ -124,6 +124,7 @@ class Transport(Protocol):
     bytes_sent: int
     bytes_received: int
     requests: collections.Counter[str]  # requests by operation, counted where they cost (object storage)
+    parallel_writes: int  # how many uploads may run at once (object storage: several)
     renames: bool  # False for object storage: refs move by conditional writes (S3Transport.write_if)
 
     def read(self, path: str) -> bytes:

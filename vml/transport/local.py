@@ -14,6 +14,7 @@ PIECE = 1024 * 1024
 
 class LocalTransport:
     renames = True
+    parallel_writes = 1
 
     def __init__(self, location: Location):
         self.location = location

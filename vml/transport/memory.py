@@ -13,6 +13,7 @@ _STORES: dict[str, dict[str, bytes]] = {}
 
 class MemoryTransport:
     renames = True
+    parallel_writes = 1
 
     def __init__(self, location: Location):
         self.location = location

@@ -39,6 +39,7 @@ CONFLICT = ("ConditionalRequestConflict", "409", "OperationAborted")  # another 
 
 class S3Transport:
     renames = False  # no rename: refs move by conditional writes (write_if)
+    parallel_writes = 4  # packs uploaded at once
 
     def __init__(self, location: Location):
         self.location = location

@@ -19,6 +19,7 @@ PIECE = 1024 * 1024
 
 class SftpTransport:
     renames = True
+    parallel_writes = 1
 
     def __init__(self, location: Location, *, accept_new_host_key: bool = False):
         self.location = location
