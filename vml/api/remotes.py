@@ -25,7 +25,7 @@ from vml.refs.heads import read_head
 from vml.refs.namespace import BRANCH_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
 from vml.repo import Repository
-from vml.transport.base import open_transport, parse_url
+from vml.transport.base import MissingFile, open_transport, parse_url
 
 if TYPE_CHECKING:
     from vml.transport.http import HttpRemote
@@ -176,7 +176,12 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
             with _connected(repo, url, accept_new_host_key) as remote:
                 remote_refs = remote.refs()
                 objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
-                stats = receive_blobs(repo.store, remote, [root for entry_roots in roots.values() for root in entry_roots], progress)
+                wanted = [root for entry_roots in roots.values() for root in entry_roots]
+                try:
+                    stats = receive_blobs(repo.store, remote, wanted, progress)
+                except MissingFile:  # a gc of the remote rewrote a pack since its index files were read
+                    remote.forget_blobs()
+                    stats = receive_blobs(repo.store, remote, wanted, progress)
                 for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
                     repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
                 commits, blobs, blob_bytes = len(roots), stats.blobs, stats.bytes

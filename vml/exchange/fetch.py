@@ -4,7 +4,9 @@ git objects, refs. Nothing is written before it has been checked against its id.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vml.entry import ENTRY_FILE, EntryInfo, same_base_image
@@ -174,8 +176,8 @@ def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[Objec
     total = sum(found.length for _chunk_id, found in located)
     done = 0
     try:
-        for batch in _batches(located):
-            for (chunk_id, found), payload in zip(batch, remote.read_blobs(batch)):
+        for batch, payloads in _read_ahead(remote, _batches(located)):
+            for (chunk_id, found), payload in zip(batch, payloads):
                 verified(chunk_id, found, payload)
                 store.add(ObjectId(chunk_id), found.blob_type, found.flag, payload, found.raw_length)
                 done += found.length
@@ -189,6 +191,31 @@ def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[Objec
         store.abandon()
         raise
     return ReceiveStats(len(chunks) + len(listings), total + listing_bytes)
+
+
+def _read_ahead(remote: RemoteRepository, batches: Iterator[list[tuple[bytes, RemoteBlob]]]
+                ) -> Iterator[tuple[list[tuple[bytes, RemoteBlob]], list[bytes]]]:
+    """Each batch with its payloads, the next ones already being read where the transport
+    takes several requests at once (object storage): the network and the checking overlap."""
+    depth = remote.transport.parallel_writes - 1
+    if depth < 1:
+        for batch in batches:
+            yield batch, remote.read_blobs(batch)
+        return
+    with ThreadPoolExecutor(depth, thread_name_prefix="vml-fetch") as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for batch in batches:
+                pending.append((batch, pool.submit(remote.read_blobs, batch)))
+                if len(pending) > depth:
+                    ready, future = pending.popleft()
+                    yield ready, future.result()
+            while pending:
+                ready, future = pending.popleft()
+                yield ready, future.result()
+        finally:
+            for _batch, future in pending:
+                future.cancel()
 
 
 def _batches(located: list[tuple[bytes, RemoteBlob]]) -> Iterator[list[tuple[bytes, RemoteBlob]]]:
