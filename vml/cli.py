@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from vml import __version__, api, render
-from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, EXIT_USAGE, VmlError
+from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, EXIT_USAGE, UsageError, VmlError
 from vml.repo import Repository
 
 ALIASES = {"save": "commit", "open": "checkout", "consult": "status"}
@@ -530,7 +530,7 @@ def gc(ctx, expire: str | None, remote_name: str | None, as_json: bool) -> None:
     """
     if remote_name is not None:
         if expire is not None:
-            raise click.UsageError("--expire is for this repository's reflogs; a remote has none")
+            raise UsageError("--expire is for this repository's reflogs; a remote has none")
         with render.transfer_progress("fetching", enabled=not as_json) as progress:
             remote_result = api.gc_remote(_repo(ctx), remote_name, progress=progress)
         _emit(remote_result, as_json, render.remote_gc_result)

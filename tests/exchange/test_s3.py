@@ -281,3 +281,70 @@ def test_ten_pushers_and_gc_at_once_lose_nothing(pushed: Vml, bucket: Bucket, tm
     # The junk is gone from the bucket: no pack holds a chunk of it.
     stored = sum(bucket.client().head_object(Bucket=bucket.name, Key=key)["ContentLength"] for key in bucket.keys("team/vml/store/packs/"))
     assert stored < (3 << 20) + 20 * (1 << 20) + (1 << 20), stored  # the base, 20 rounds of 1 MiB, some framing; not 20 MiB of junk
+
+
+def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_reads_again(pushed: Vml, guest: Path, bucket: Bucket,
+                                                                                         tmp_path: Path, monkeypatch):
+    from vml import api
+    from vml.api import remotes
+
+    base = pushed("show", "main", "--json").json()["entry"]["id"]
+    pushed("switch", "-c", "x")
+    write_random(guest / "keep.bin", 1 << 20, 5)
+    write_random(guest / "junk.bin", 1 << 20, 6)
+    pushed("commit", "-m", "keep and junk")
+    pushed("push", "origin", "x")  # one pack: the chunks of keep.bin and junk.bin
+    pushed("switch", "main")
+    pushed("switch", "-c", "y")
+    write_random(guest / "keep.bin", 1 << 20, 5)
+    pushed("commit", "-m", "keep only")
+    pushed("push", "origin", "y")  # sends only its listings: keep.bin's chunk is there
+    pushed("switch", "main")
+    pushed("branch", "-D", "x")
+    pushed("branch", "x", base)
+    pushed("push", "--force", "origin", "x")  # junk.bin's chunk is now dead, in a pack with a live one
+    env = {"VML_REMOTE_GC_DELAY": "1", "VML_REMOTE_GC_GRACE": "0"}
+    condemned = Vml(tmp_path, separate=True)("gc", "--remote", "origin", "--json", env=env).json()
+    assert condemned["condemned_blobs"] >= 1 and condemned["blobs_removed"] == 0
+
+    (tmp_path / "fetcher").mkdir()
+    fetcher = Vml(tmp_path / "fetcher")
+    fetcher("init")
+    fetcher("remote", "add", "origin", bucket.url)
+    real = remotes.receive_blobs
+    sweeps = []
+
+    def sweep_first(store, remote, roots, progress=None):
+        sweeps.append(None)  # one call per attempt
+        remote.blobs()  # the fetch has read the index files: now gc rewrites the pack they name
+        if len(sweeps) == 1:
+            time.sleep(1.1)
+            sweeps[0] = Vml(tmp_path, separate=True)("gc", "--remote", "origin", "--json", env=env).json()
+        return real(store, remote, roots, progress)
+
+    monkeypatch.setattr(remotes, "receive_blobs", sweep_first)
+    from vml.repo import Repository
+
+    local = Repository.discover(str(tmp_path / "fetcher"))
+    try:
+        fetched = api.fetch(local, "origin")
+    finally:
+        local.close()
+    monkeypatch.undo()
+    assert sweeps[0]["packs_rewritten"] >= 1 and sweeps[0]["blobs_removed"] >= 1, sweeps
+    assert len(sweeps) == 2  # the first reading found a pack gone; the fetch read the index files again
+    assert fetched.commits >= 2
+    fetcher("area", "add", "w", "--dir", str(tmp_path / "y-area"))
+    fetcher("checkout", "origin/y")
+    assert (tmp_path / "y-area" / "keep.bin").read_bytes() == random.Random(5).randbytes(1 << 20)
+    fetcher.fsck_clean()
+
+
+def test_gc_remote_is_for_buckets_and_says_so(pushed: Vml, tmp_path: Path):
+    pushed("init", "--bare", str(tmp_path / "plain.vml"))
+    pushed("remote", "add", "plain", str(tmp_path / "plain.vml"))
+    assert "object storage" in one_line_error(pushed("gc", "--remote", "plain", check=False))
+    assert "--expire" in one_line_error(pushed("gc", "--remote", "origin", "--expire", "now", check=False))
+    assert "not kept in a bucket" in one_line_error(pushed("--repo", str(tmp_path / "plain.vml"), "serve", "gc", check=False))
+    first = pushed("gc", "--remote", "origin", "--json").json()  # young packs (an hour's grace): nothing condemned
+    assert first["condemned_blobs"] == 0 and first["blobs_removed"] == 0 and first["sweep_delay"] == 3600
