@@ -120,12 +120,9 @@ class CuttingProxy:
                 sink.sendall(data)
         except OSError:
             pass
-        for end in (client, server):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            end.close()
+        hang_up(client, server)
+        client.close()
+        server.close()
 
     def close(self) -> None:
         self.listener.close()
@@ -177,11 +174,16 @@ class Balancer:
                 sink.sendall(data)
         except OSError:
             pass
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        hang_up(source, sink)
 
     def close(self) -> None:
         self.listener.close()
+
+
+def hang_up(*ends: socket.socket) -> None:
+    """Shut both ways of each connection (the pump of the other direction then ends too)."""
+    for end in ends:
+        try:
+            end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
