@@ -137,8 +137,8 @@ def _sweep(remote: RemoteRepository, due: list[DueRecord], live: set[bytes], tmp
         # A blob goes from the packs older than the record that condemned it, never from a
         # newer one: that is a push's own copy, sent because the record was there.
         # (A pack the listing did not show was written since: newer than every record.)
-        doomed = set().union(*(record.blobs for record in due if written.get(pack_id, math.inf) < record.written)) - live
-        keep = [e for e in entries if e.id not in doomed]
+        records = [record.blobs for record in due if written.get(pack_id, math.inf) < record.written]
+        keep = [e for e in entries if e.id in live or not any(e.id in blobs for blobs in records)]
         if len(keep) == len(entries):
             kept[pack_id] = entries
             continue
