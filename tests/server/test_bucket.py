@@ -141,8 +141,7 @@ def test_a_server_killed_in_a_push_then_the_push_again_completes(cluster: Cluste
                 uploading = server
         time.sleep(0.02)
     assert uploading is not None, "the push never reached a server"
-    uploading.process.send_signal(signal.SIGKILL)  # (under `timeout`: kill the server itself)
-    subprocess.run(["pkill", "-KILL", "-f", f"{uploading.repo} --listen"], check=False)
+    os.killpg(uploading.process.pid, signal.SIGKILL)  # `timeout` leads a process group: the server dies with it
     assert push.wait(timeout=120) != 0  # the connection dropped: the push failed, and said so
     survivor = next(server for server in cluster.servers if server is not uploading)
     retry = alice("push", "--json", env=env).json()  # the balancer skips the dead server

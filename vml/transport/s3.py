@@ -207,7 +207,9 @@ class S3Transport:
     def write_if(self, path: str, data: bytes, tag: str | None) -> bool:
         """Write only if the object still has ETag `tag` (None: only if it is absent);
         False if another writer got there first. The server decides, atomically."""
-        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+        # The ETag bare, without its quotes: Ceph RGW 16 compares If-Match with the stored
+        # ETag unquoted, so the quoted form never matches there; AWS and SeaweedFS take both.
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag.strip('"')}
         for attempt in range(20):
             with self._errors(path):
                 try:
