@@ -200,6 +200,8 @@ mon data = {base}/$name
 osd data = {base}/$name
 rgw data = {base}/$name
 osd objectstore = memstore
+memstore device bytes = 17179869184
+# (the store's size in memory, used only as filled: at the default 1 GiB, writes stop once it is full)
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 
+from vml.errors import UsageError
 from vml.exchange.fetch import read_history, receive_blobs
 from vml.exchange.push import manifests_of, send_objects
 from vml.exchange.remote import RemoteRepository, init_remote
@@ -24,7 +25,7 @@ from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
 from vml.refs.namespace import REFS_PREFIX
 from vml.repo import Repository
-from vml.transport.base import UsageError
+from vml.transport.base import open_transport, parse_url
 from vml.transport.s3 import S3Transport
 
 NAMESPACES = "refs/namespaces/"
@@ -32,8 +33,6 @@ NAMESPACES = "refs/namespaces/"
 
 class BucketStore:
     def __init__(self, repo: Repository, url: str):
-        from vml.transport.base import parse_url
-
         location = parse_url(url)
         if location.scheme != "s3":
             raise UsageError(f"--store {url}: a server's store is a bucket, s3://BUCKET/PREFIX")
@@ -48,8 +47,6 @@ class BucketStore:
     @staticmethod
     def create(url: str) -> bool:
         """Make the repository in the bucket unless it is there; whether it was made."""
-        from vml.transport.base import open_transport
-
         transport = open_transport(url)
         try:
             if transport.exists("vml/format"):
