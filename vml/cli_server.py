@@ -45,6 +45,10 @@ def serve() -> None:
       --cert FILE --key FILE serve https
       --anonymous-public     anyone may read public entries without a token
       --init                 make REPO a new bare repository if it does not exist
+      --store s3://B/P       keep the repository in a bucket (REPO: this process's replica;
+                             several processes may serve one bucket: docs/SERVER.md)
+      --accounts FILE        an accounts database the processes of one bucket share
+    vml serve gc [REPO]      remove what no ref reaches from the bucket (with --store)
     """
 
 
