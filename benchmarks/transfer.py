@@ -162,7 +162,9 @@ def s3_main(args) -> None:
 
     report: dict = {"date": datetime.date.today().isoformat(), "repeat": args.repeat}
     for start in (start_seaweedfs, start_ceph_rgw):
-        server = start(Path(args.scratch) / f"s3-{start.__name__}")
+        home = Path(args.scratch) / f"s3-{start.__name__}"
+        shutil.rmtree(home, ignore_errors=True)  # what a run that was stopped left
+        server = start(home)
         try:
             runs = []
             for number in range(args.repeat):
