@@ -286,7 +286,7 @@ def test_ten_pushers_and_gc_at_once_lose_nothing(pushed: Vml, bucket: Bucket, tm
 def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_reads_again(pushed: Vml, guest: Path, bucket: Bucket,
                                                                                          tmp_path: Path, monkeypatch):
     from vml import api
-    from vml.api import remotes
+    from vml.exchange import fetch
 
     base = pushed("show", "main", "--json").json()["entry"]["id"]
     pushed("switch", "-c", "x")
@@ -311,7 +311,7 @@ def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_read
     fetcher = Vml(tmp_path / "fetcher")
     fetcher("init")
     fetcher("remote", "add", "origin", bucket.url)
-    real = remotes.receive_blobs
+    real = fetch.receive_blobs
     sweeps = []
 
     def sweep_first(store, remote, roots, progress=None):
@@ -322,7 +322,7 @@ def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_read
             sweeps[0] = Vml(tmp_path, separate=True)("gc", "--remote", "origin", "--json", env=env).json()
         return real(store, remote, roots, progress)
 
-    monkeypatch.setattr(remotes, "receive_blobs", sweep_first)
+    monkeypatch.setattr(fetch, "receive_blobs", sweep_first)
     from vml.repo import Repository
 
     local = Repository.discover(str(tmp_path / "fetcher"))

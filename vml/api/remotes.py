@@ -15,17 +15,17 @@ from vml.api._trust import ALLOWED_SIGNERS, VERIFY, allowed_signers, verify_publ
 from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
 from vml.errors import ConcurrentUpdate, UsageError
-from vml.exchange.fetch import read_history, receive_blobs, remote_entry_info, update_tracking
+from vml.exchange.fetch import fetch_entries, remote_entry_info, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
 from vml.exchange.remote import EXCHANGED, RemoteRepository
-from vml.exchange.remote_gc import SWEEP_DELAY, collect_remote, due_records
+from vml.exchange.remote_gc import SWEEP_DELAY, RemoteGcStats, collect_remote, due_records
 from vml.exchange.smart import fetch_refs, push_refs
 from vml.history import live_blobs
 from vml.refs.heads import read_head
 from vml.refs.namespace import BRANCH_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
 from vml.repo import Repository
-from vml.transport.base import MissingFile, open_transport, parse_url
+from vml.transport.base import open_transport, parse_url
 
 if TYPE_CHECKING:
     from vml.transport.http import HttpRemote
@@ -175,15 +175,7 @@ def fetch(repo: Repository, remote_name: str = "origin", *, accept_new_host_key:
         else:
             with _connected(repo, url, accept_new_host_key) as remote:
                 remote_refs = remote.refs()
-                objects, roots = read_history(repo.git, remote, sorted(set(remote_refs.values())))
-                wanted = [root for entry_roots in roots.values() for root in entry_roots]
-                try:
-                    stats = receive_blobs(repo.store, remote, wanted, progress)
-                except MissingFile:  # a gc of the remote rewrote a pack since its index files were read
-                    remote.forget_blobs()
-                    stats = receive_blobs(repo.store, remote, wanted, progress)
-                for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
-                    repo.git.write_raw(git_object.type_name, git_object.content, git_object.id)
+                roots, stats = fetch_entries(repo.git, repo.store, remote, sorted(set(remote_refs.values())), progress)
                 commits, blobs, blob_bytes = len(roots), stats.blobs, stats.bytes
                 bytes_received = remote.transport.bytes_received
                 default = remote.default_branch()
@@ -288,6 +280,11 @@ class RemoteGcResult:
     sweep_delay: float
     requests: dict[str, int]
 
+    @classmethod
+    def of(cls, remote: str, url: str, stats: RemoteGcStats) -> RemoteGcResult:
+        return cls(remote, url, stats.packs_deleted, stats.packs_rewritten, stats.blobs_removed, stats.bytes_freed,
+                   stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests)
+
 
 def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progress = None) -> RemoteGcResult:
     """Remove from a repository in object storage the blobs no ref there reaches, in two
@@ -313,5 +310,4 @@ def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progre
         with repo.shared_lock():
             live = live_blobs(repo.git, repo.store, list(repo.git.walk(tips)))
         stats = collect_remote(remote, due, pending, now, live, repo.temp_dir())
-    return RemoteGcResult(remote_name, url, stats.packs_deleted, stats.packs_rewritten, stats.blobs_removed, stats.bytes_freed,
-                          stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests)
+    return RemoteGcResult.of(remote_name, url, stats)

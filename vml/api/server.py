@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from vml.api.remotes import RemoteGcResult
 from vml.credentials import forget_token, store_token
 from vml.errors import UsageError
-from vml.exchange.remote_gc import SWEEP_DELAY, collect_remote, due_records
+from vml.exchange.remote_gc import collect_remote, due_records
 from vml.history import live_blobs
 from vml.refs.reflogs import UNITS, parse_date
 from vml.repo import Repository
@@ -165,5 +165,4 @@ def serve_gc(repo: Repository) -> RemoteGcResult:
         stats = collect_remote(bucket.remote, due, pending, now, live, repo.temp_dir())
     finally:
         bucket.close()
-    return RemoteGcResult("", url, stats.packs_deleted, stats.packs_rewritten, stats.blobs_removed, stats.bytes_freed,
-                          stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests)
+    return RemoteGcResult.of("", url, stats)

@@ -21,6 +21,7 @@ from vml.refs.bases import BaseName
 from vml.refs.git import GitDag
 from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, NEW, REJECTED, RefChange, classify
+from vml.transport.base import MissingFile
 
 READ_BATCH = 8 * 1024 * 1024  # bytes of blobs asked for in one round of requests
 
@@ -191,6 +192,24 @@ def receive_blobs(store: ChunkStore, remote: RemoteRepository, roots: list[Objec
         store.abandon()
         raise
     return ReceiveStats(len(chunks) + len(listings), total + listing_bytes)
+
+
+def fetch_entries(git: GitDag, store: ChunkStore, remote: RemoteRepository, tips: list[str],
+                  progress: Callable[[TransferProgress], None] | None = None) -> tuple[dict[str, list[ObjectId]], ReceiveStats]:
+    """Bring what `tips` reach that this repository lacks, in the order that keeps it valid:
+    blobs (verified), then git objects; the caller moves refs. (commit -> its trees, stats.)
+    A gc of the remote may rewrite a pack after its index files were read: they are then
+    read again, once."""
+    objects, roots = read_history(git, remote, tips)
+    wanted = [root for entry_roots in roots.values() for root in entry_roots]
+    try:
+        stats = receive_blobs(store, remote, wanted, progress)
+    except MissingFile:
+        remote.forget_blobs()
+        stats = receive_blobs(store, remote, wanted, progress)
+    for git_object in objects:  # blobs first, then git objects: a commit never lacks its data
+        git.write_raw(git_object.type_name, git_object.content, git_object.id)
+    return roots, stats
 
 
 def _read_ahead(remote: RemoteRepository, batches: Iterator[list[tuple[bytes, RemoteBlob]]]

@@ -48,7 +48,7 @@ from vml.objects.pack import TARGET_SIZE, PackEntry, PackWriter, open_blob, pack
 GC_DIR = "vml/gc"
 RECORD_PREFIX = "condemned-"
 SWEEP_DELAY = float(os.environ.get("VML_REMOTE_GC_DELAY", 3600))  # seconds between condemning and deleting (tests shorten it)
-GRACE = float(os.environ.get("VML_REMOTE_GC_GRACE", 3600))  # seconds: younger packs and objects may be a push's
+GRACE = float(os.environ.get("VML_REMOTE_GC_GRACE", 3600))  # seconds: a younger pack may be a push's
 
 
 @dataclass(slots=True)
@@ -118,17 +118,18 @@ def collect_remote(remote: RemoteRepository, due: list[DueRecord], pending: Cond
     transport = remote.transport
     stats = RemoteGcStats(pending_records=len(pending.names))
     remote.forget_blobs()  # read afresh: pushes may have added index files since
+    written = dict(_pack_times(remote))  # (a pack this listing does not show was written since)
     if due:
-        _sweep(remote, due, live, tmp_dir, stats)
+        _sweep(remote, due, live, written, tmp_dir, stats)
         transport.remove_many([record.path for record in due])  # type: ignore[attr-defined]
-    _condemn(remote, live, pending, now, stats)
+    _condemn(remote, live, pending, written, now, stats)
     stats.requests = dict(transport.requests)
     return stats
 
 
-def _sweep(remote: RemoteRepository, due: list[DueRecord], live: set[bytes], tmp_dir: str, stats: RemoteGcStats) -> None:
+def _sweep(remote: RemoteRepository, due: list[DueRecord], live: set[bytes], written: dict[ObjectId, float], tmp_dir: str,
+           stats: RemoteGcStats) -> None:
     transport = remote.transport
-    written = dict(_pack_times(remote))
     old_indexes = [f"{STORE}/index/{name}" for name in transport.list(f"{STORE}/index") if name.endswith(".idx")]
     kept: dict[ObjectId, list[PackEntry]] = {}
     gone: list[ObjectId] = []
@@ -196,9 +197,10 @@ def _upload(remote: RemoteRepository, writer: PackWriter, staging: str, written:
     return size
 
 
-def _condemn(remote: RemoteRepository, live: set[bytes], pending: Condemned, now: float, stats: RemoteGcStats) -> None:
+def _condemn(remote: RemoteRepository, live: set[bytes], pending: Condemned, written: dict[ObjectId, float], now: float,
+             stats: RemoteGcStats) -> None:
     """Record what no ref reaches now, sits in a pack old enough, and no pending record names yet."""
-    ages = {pack_id: now - written for pack_id, written in _pack_times(remote)}
+    ages = {pack_id: now - stamp for pack_id, stamp in written.items()}  # packs rewritten or pushed since: young
     dead = sorted({e.id for pack_id, entries in remote.packs().items() if ages.get(pack_id, 0) >= GRACE
                    for e in entries if e.id not in live and e.id not in pending.blobs})
     if dead:

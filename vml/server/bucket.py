@@ -18,7 +18,7 @@ import os
 import threading
 
 from vml.errors import UsageError
-from vml.exchange.fetch import read_history, receive_blobs
+from vml.exchange.fetch import fetch_entries
 from vml.exchange.push import manifests_of, send_objects
 from vml.exchange.remote import RemoteRepository, init_remote
 from vml.objects.store import ChunkStore
@@ -89,12 +89,8 @@ class BucketStore:
             return git
         store = self.open_store()
         try:
-            self.remote.forget_blobs()
-            objects, roots = read_history(git, self.remote, missing)
-            receive_blobs(store, self.remote, [root for entry_roots in roots.values() for root in entry_roots])
-            store.flush()
-            for git_object in objects:
-                git.write_raw(git_object.type_name, git_object.content, git_object.id)
+            self.remote.forget_blobs()  # other processes add packs
+            fetch_entries(git, store, self.remote, missing)
         finally:
             store.close()
         return git
