@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Vml, git_fsck_clean, one_line_error
+from conftest import Vml, one_line_error
 from support.repofiles import tree_digest
 
 AUTHOR = {"VML_AUTHOR_NAME": "T", "VML_AUTHOR_EMAIL": "t@example.org"}
@@ -122,6 +122,8 @@ def test_two_pushes_at_once_one_wins_by_a_conditional_write(pushed: Vml, bucket:
     loser = users[[code for code, _o, _e in outcomes].index(2)]
     loser("pull", check=False)  # diverged: refused, nothing lost
     assert loser("show", "main", "--json").json()["entry"]["id"] in entries
+    for user in users:
+        user.fsck_clean()
 
 
 def test_bad_credentials_missing_bucket_and_bad_urls_are_one_line(pushed: Vml, bucket: Bucket, tmp_path: Path, monkeypatch):
@@ -190,9 +192,8 @@ def test_push_killed_then_retried(pushed: Vml, guest: Path, bucket: Bucket, tmp_
     retry = pushed("push", "--json").json()
     assert retry["refs"][0]["status"] == "fast-forward"
     assert retry["blob_bytes"] < 48 << 20  # what reached the bucket before the kill is not sent again
-    clone_into(tmp_path, bucket.url, "check")
+    clone_into(tmp_path, bucket.url, "check").fsck_clean()  # vml fsck and git fsck
     assert tree_digest(tmp_path / "check-area") == tree_digest(guest)
-    git_fsck_clean(tmp_path / "check" / ".vml")
 
 
 def _run(cwd: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
