@@ -341,6 +341,128 @@ def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_read
     fetcher.fsck_clean()
 
 
+def test_a_copy_newer_than_a_pending_record_is_condemned_again_and_goes_in_the_next_sweep(pushed: Vml, guest: Path,
+                                                                                           bucket: Bucket, tmp_path: Path):
+    """A push that saw a record sends its own copy of a blob the record names, into a newer
+    pack the record's sweep leaves alone. If that copy is dead too, the next run records it
+    again though the first record is still pending: what is dead when a run starts is gone
+    after the run a delay later, not two delays later."""
+    delay = 6
+    env = {"VML_REMOTE_GC_DELAY": str(delay), "VML_REMOTE_GC_GRACE": "0"}
+    gc = Vml(tmp_path, separate=True)
+    base = pushed("show", "main", "--json").json()["entry"]["id"]
+
+    def push_junk_then_drop_it(branch: str) -> None:
+        pushed("switch", "-c", branch)
+        write_random(guest / "junk.bin", 1 << 20, 77)
+        pushed("commit", "-m", "junk")
+        pushed("push", "origin", branch)
+        pushed("switch", "main")
+        pushed("branch", "-D", branch)
+        pushed("branch", branch, base)
+        pushed("push", "--force", "origin", branch)
+
+    first_packs = set(bucket.keys("team/vml/store/packs/"))  # the base entry's, live throughout
+
+    def junk_packs() -> list[str]:
+        return sorted(set(bucket.keys("team/vml/store/packs/")) - first_packs)
+
+    push_junk_then_drop_it("x")
+    first = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert first["condemned_blobs"] >= 1
+    started = time.monotonic()
+    push_junk_then_drop_it("y")  # the record names junk.bin's chunk: this push sent its own copy
+    assert len(junk_packs()) == 2
+    second = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert time.monotonic() - started < delay, "the machine is too slow for this test's delay"
+    assert second["pending_records"] == 1 and second["blobs_removed"] == 0
+    assert second["condemned_blobs"] >= 1  # the newer copy, though a pending record names its blob
+    time.sleep(delay + 0.5)
+    third = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert third["blobs_removed"] >= 2 and third["packs_deleted"] >= 2, third
+    assert junk_packs() == []
+    pushed.fsck_clean()
+
+
+def test_a_sweep_keeps_one_copy_of_a_blob_that_pushes_sent_again(pushed: Vml, guest: Path, bucket: Bucket, tmp_path: Path):
+    """A push that finds a blob condemned sends its own copy, so a blob live again can sit
+    in several packs. The sweep of that record removes the condemned copy; and a partly dead
+    pack is deleted rather than rewritten when a pack kept whole holds what else it has."""
+    env = {"VML_REMOTE_GC_DELAY": "2", "VML_REMOTE_GC_GRACE": "0"}
+    gc = Vml(tmp_path, separate=True)
+    base = pushed("show", "main", "--json").json()["entry"]["id"]
+    first_packs = set(bucket.keys("team/vml/store/packs/"))
+
+    def entry_on(branch: str, *seeds: int) -> None:  # base + one 1 MiB file per seed; the branch forced there
+        pushed("switch", "main")
+        pushed("branch", "-D", branch, check=False)
+        pushed("switch", "-c", branch)
+        for seed in seeds:
+            write_random(guest / f"file{seed}.bin", 1 << 20, seed)
+        pushed("commit", "-m", f"{branch}: {seeds}")
+        pushed("push", "--force", "origin", branch)
+
+    entry_on("x", 81)
+    pushed("switch", "main")
+    pushed("branch", "-D", "x")
+    pushed("branch", "x", base)
+    pushed("push", "--force", "origin", "x")  # file81's chunks: dead, in the first pack
+    assert gc("gc", "--remote", "origin", "--json", env=env).json()["condemned_blobs"] >= 1
+    entry_on("y", 81, 82)  # finds file81 condemned: sends its own copy, beside file82's chunks
+    entry_on("y", 81)  # y now holds file81 only: file82 is dead, in a pack with a live copy of file81
+    time.sleep(2.2)
+    # The first record is swept: file81 is live again, and the pushes' copies hold it: the first goes.
+    first_sweep = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert first_sweep["packs_deleted"] == 1 and first_sweep["packs_rewritten"] == 0, first_sweep
+    time.sleep(2.2)
+    swept = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert swept["blobs_removed"] >= 2 and swept["packs_deleted"] >= 1 and swept["packs_rewritten"] == 0, swept
+    assert len(set(bucket.keys("team/vml/store/packs/")) - first_packs) == 1  # one copy of file81, no more
+
+    check = clone_into(tmp_path, bucket.url, "check")
+    check("checkout", "origin/y")
+    assert (tmp_path / "check-area" / "file81.bin").read_bytes() == random.Random(81).randbytes(1 << 20)
+    assert not (tmp_path / "check-area" / "file82.bin").exists()
+    check.fsck_clean()
+    pushed.fsck_clean()
+
+
+def test_a_push_that_gc_condemned_under_it_sends_again_and_the_sweep_keeps_one_copy(pushed: Vml, guest: Path, bucket: Bucket,
+                                                                                     tmp_path: Path, monkeypatch):
+    """gc runs while a push is between its upload and its ref (no grace, as if the pack had
+    waited an hour): it condemns what the push sent. The push finds the record and sends
+    its own copy; the sweep then removes the condemned copy, though the entry is live."""
+    from vml.exchange import push as push_module
+
+    env = {"VML_REMOTE_GC_DELAY": "2", "VML_REMOTE_GC_GRACE": "0"}
+    gc = Vml(tmp_path, separate=True)
+    first_packs = set(bucket.keys("team/vml/store/packs/"))
+    pushed("switch", "-c", "y")
+    write_random(guest / "file91.bin", 1 << 20, 91)
+    pushed("commit", "-m", "file91")
+    real, runs = push_module._send_objects, []
+
+    def condemned_meanwhile(*args, **kwargs):
+        sent = real(*args, **kwargs)
+        if not runs:
+            runs.append(gc("gc", "--remote", "origin", "--json", env=env).json())
+        return sent
+
+    with monkeypatch.context() as patch:  # (undo only this: the bucket's variables stay)
+        patch.setattr(push_module, "_send_objects", condemned_meanwhile)
+        pushed("push", "origin", "y")
+    assert runs[0]["condemned_blobs"] >= 1
+    assert len(set(bucket.keys("team/vml/store/packs/")) - first_packs) == 2  # the push's pack, and its copy
+    time.sleep(2.2)
+    swept = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert swept["packs_deleted"] == 1 and swept["packs_rewritten"] == 0, swept
+    assert len(set(bucket.keys("team/vml/store/packs/")) - first_packs) == 1
+    check = clone_into(tmp_path, bucket.url, "check")
+    check("checkout", "origin/y")
+    assert (tmp_path / "check-area" / "file91.bin").read_bytes() == random.Random(91).randbytes(1 << 20)
+    check.fsck_clean()
+
+
 def test_gc_remote_is_for_buckets_and_says_so(pushed: Vml, tmp_path: Path):
     pushed("init", "--bare", str(tmp_path / "plain.vml"))
     pushed("remote", "add", "plain", str(tmp_path / "plain.vml"))

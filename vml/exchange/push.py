@@ -18,7 +18,7 @@ from vml.exchange import TransferProgress
 from vml.exchange.remote import RemoteRepository
 from vml.exchange.remote_gc import SWEEP_DELAY, Condemned, read_condemned, record_names
 from vml.objects.ids import ObjectId
-from vml.objects.pack import TYPE_TREE, PackEntry
+from vml.objects.pack import TYPE_TREE, PackEntry, PackWriter, pack_path, read_table
 from vml.objects.store import ChunkStore
 from vml.objects.walk import missing_blobs
 from vml.refs.bases import BaseName
@@ -187,6 +187,10 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
             progress(TransferProgress(min(done, total), total))
 
     def put(pack_id: ObjectId, path: str, entries: list[PackEntry]) -> None:
+        if not remote.transport.renames and pack_id in remote.packs():
+            # The very pack a gc condemned (why its blobs are sent again): a sweep that listed
+            # it as old may be deleting it, so the copy this push counts on gets another name.
+            pack_id, path, entries = _renamed_copy(path, staging)
         remote.put_pack(pack_id, path, entries, advance if progress is not None else None)
         os.unlink(path)
         uploaded[pack_id] = entries
@@ -208,6 +212,18 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
             pool.shutdown(wait=True)
             shutil.rmtree(staging, ignore_errors=True)
     return len(uploaded), total
+
+
+def _renamed_copy(path: str, staging: str) -> tuple[ObjectId, str, list[PackEntry]]:
+    """The blobs of the pack at `path` in a pack of another name (random bytes before the
+    first blob); the first file is removed."""
+    writer = PackWriter(staging, pad=os.urandom(16))
+    with open(path, "rb") as source:
+        for e in read_table(path):
+            writer.add(e.id, e.blob_type, e.flag, os.pread(source.fileno(), e.length, e.offset), e.raw_length)
+    pack_id = writer.finish(staging)
+    os.unlink(path)
+    return pack_id, pack_path(staging, pack_id), writer.entries
 
 
 def bases_to_push(git: GitDag, location: str, remote_digest: Callable[[str], str | None], local: dict[str, str],

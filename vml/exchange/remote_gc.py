@@ -97,21 +97,35 @@ class DueRecord:
     blobs: set[bytes]
 
 
-def due_records(remote: RemoteRepository) -> tuple[list[DueRecord], Condemned, float]:
+@dataclass(slots=True)
+class Pending:
+    """What the records not yet due name, and when the newest record naming each was
+    written: its sweep removes a blob only from packs older than that."""
+
+    names: set[str] = field(default_factory=set)
+    written: dict[bytes, float] = field(default_factory=dict)
+
+    def covers(self, blob_id: bytes, pack_written: float) -> bool:
+        """Whether a pending record will remove this copy of the blob (if still dead)."""
+        return self.written.get(blob_id, -math.inf) > pack_written
+
+
+def due_records(remote: RemoteRepository) -> tuple[list[DueRecord], Pending, float]:
     """The records at least SWEEP_DELAY old, what the younger ones name, and the storage's time."""
     records, now = remote.transport.list_tree_dated(GC_DIR)  # type: ignore[attr-defined]
-    due, pending = [], Condemned()
+    due, pending = [], Pending()
     for path, written in records:
         blobs = _parse_record(remote.transport.read(path))
         if now - written >= SWEEP_DELAY:
             due.append(DueRecord(path, written, blobs))
-        else:
-            pending.blobs |= blobs
-            pending.names |= {path}
+            continue
+        pending.names.add(path)
+        for blob_id in blobs:
+            pending.written[blob_id] = max(written, pending.written.get(blob_id, -math.inf))
     return due, pending, now
 
 
-def collect_remote(remote: RemoteRepository, due: list[DueRecord], pending: Condemned, now: float, live: set[bytes],
+def collect_remote(remote: RemoteRepository, due: list[DueRecord], pending: Pending, now: float, live: set[bytes],
                    tmp_dir: str) -> RemoteGcStats:
     """Remove what the `due` records name and is still dead, then condemn what is dead now.
     `live`: what the remote's refs reach, worked out from refs read after `due_records`."""
@@ -131,27 +145,38 @@ def _sweep(remote: RemoteRepository, due: list[DueRecord], live: set[bytes], wri
            stats: RemoteGcStats) -> None:
     transport = remote.transport
     old_indexes = [f"{STORE}/index/{name}" for name in transport.list(f"{STORE}/index") if name.endswith(".idx")]
+    packs = remote.packs()
+    # A blob goes from the packs older than the record that condemned it, never from a
+    # newer one: that is a push's own copy, sent because the record was there. (A pack the
+    # listing did not show was written since: newer than every record.)
+    named = {pack_id: {e.id for e in entries if any(e.id in record.blobs for record in due if written.get(pack_id, math.inf) < record.written)}
+             for pack_id, entries in packs.items()}
+    # A condemned blob that is live again stays, unless such a copy of a push's holds it.
+    copied = {e.id for pack_id, entries in packs.items() for e in entries if e.id in live and e.id not in named[pack_id]}
     kept: dict[ObjectId, list[PackEntry]] = {}
-    gone: list[ObjectId] = []
-    to_copy: list[tuple[bytes, RemoteBlob]] = []
-    for pack_id, entries in remote.packs().items():
-        # A blob goes from the packs older than the record that condemned it, never from a
-        # newer one: that is a push's own copy, sent because the record was there.
-        # (A pack the listing did not show was written since: newer than every record.)
-        records = [record.blobs for record in due if written.get(pack_id, math.inf) < record.written]
-        keep = [e for e in entries if e.id in live or not any(e.id in blobs for blobs in records)]
+    partly: dict[ObjectId, list[PackEntry]] = {}  # pack -> the blobs it holds that stay
+    for pack_id, entries in packs.items():
+        keep = [e for e in entries if e.id not in named[pack_id] or (e.id in live and e.id not in copied)]
         if len(keep) == len(entries):
             kept[pack_id] = entries
-            continue
-        gone.append(pack_id)
-        to_copy.extend((e.id, RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)) for e in keep)
-        stats.blobs_removed += len(entries) - len(keep)
-        if keep:
+        else:
+            stats.blobs_removed += len(entries) - len(keep)
+            partly[pack_id] = keep
+    if not partly:
+        return
+    # A blob that stays is copied once, and not at all if a pack kept whole holds it: a
+    # push that found it condemned sent a copy of its own, and the old one need not last.
+    held = {e.id for entries in kept.values() for e in entries}
+    to_copy: list[tuple[bytes, RemoteBlob]] = []
+    for pack_id, keep in partly.items():
+        copies = [(e.id, RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)) for e in keep if e.id not in held]
+        held.update(blob_id for blob_id, _where in copies)
+        to_copy.extend(copies)
+        if copies:
             stats.packs_rewritten += 1
         else:
             stats.packs_deleted += 1
-    if not gone:
-        return
+    gone = list(partly)
     freed = sum(transport.size(pack_file(pack_id)) for pack_id in gone)
     rewritten, added = _rewrite(remote, to_copy, tmp_dir)
     kept.update(rewritten)
@@ -197,12 +222,15 @@ def _upload(remote: RemoteRepository, writer: PackWriter, staging: str, written:
     return size
 
 
-def _condemn(remote: RemoteRepository, live: set[bytes], pending: Condemned, written: dict[ObjectId, float], now: float,
+def _condemn(remote: RemoteRepository, live: set[bytes], pending: Pending, written: dict[ObjectId, float], now: float,
              stats: RemoteGcStats) -> None:
-    """Record what no ref reaches now, sits in a pack old enough, and no pending record names yet."""
-    ages = {pack_id: now - stamp for pack_id, stamp in written.items()}  # packs rewritten or pushed since: young
-    dead = sorted({e.id for pack_id, entries in remote.packs().items() if ages.get(pack_id, 0) >= GRACE
-                   for e in entries if e.id not in live and e.id not in pending.blobs})
+    """Record what no ref reaches now and sits in a pack old enough, unless a pending record
+    will remove it from that pack. (A copy newer than the pending record that names it, a
+    push's or one this run's sweep rewrote, is recorded again: else it would outlive the
+    record's sweep and wait for one more.)"""
+    dead = sorted({e.id for pack_id, entries in remote.packs().items()
+                   if now - written.get(pack_id, now) >= GRACE  # a pack the listing missed is newer: young
+                   for e in entries if e.id not in live and not pending.covers(e.id, written.get(pack_id, math.inf))})
     if dead:
         record = json.dumps({"time": int(time.time()), "blobs": [blob_id.hex() for blob_id in dead]}).encode()
         remote.transport.write(f"{GC_DIR}/{RECORD_PREFIX}{uuid.uuid4().hex}.json", record)

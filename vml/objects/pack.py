@@ -54,12 +54,14 @@ def pack_path(packs_dir: str, pack_id: ObjectId) -> str:
 class PackWriter:
     """Appends blobs to a temporary pack file; `finish` makes it durable under its final name."""
 
-    def __init__(self, tmp_dir: str):
+    def __init__(self, tmp_dir: str, *, pad: bytes = b""):
+        """`pad`: bytes between the magic and the first blob, which no entry covers: a pack
+        of the same blobs under another name (readers allow the gap)."""
         self._pending = PendingFile(tmp_dir, "pack", buffering=1024 * 1024)
         self._hasher = StreamingId()
         self._entries: list[PackEntry] = []
         self.size = 0
-        self._append(MAGIC)
+        self._append(MAGIC + pad)
 
     def _append(self, data: bytes) -> None:
         self._pending.file.write(data)
