@@ -118,3 +118,41 @@ def test_gc_keeps_entries_reachable_only_from_the_reflog(repo, guest: Path, tmp_
     assert store_size(tmp_path) == size_before
     repo.fsck_clean()
     check_history(repo, tmp_path, history, "after")
+
+
+def test_a_rewritten_pack_with_the_name_of_a_doomed_one_stays(tmp_path: Path):
+    """A blob held twice: alone in pack A, and beside a dead blob in pack B that gc reads
+    first. B's rewrite is {the blob}, byte for byte pack A, under A's name, while A is to be
+    deleted as a duplicate: the rewrite must survive the deletion."""
+    from vml.objects.gc import collect
+    from vml.objects.pack import TYPE_DATA, read_table
+
+    root = str(tmp_path / "store")
+    ChunkStore.create(root)
+    kept = b"kept " * 4000
+    for seed in range(200):
+        ChunkStore.create(root)
+        alone = ChunkStore(root).open()
+        beside = ChunkStore(root).open()  # opened before the first flush: it stores the blob again
+        blob_id = alone.put(kept, TYPE_DATA)
+        alone.flush()
+        beside.put(random.Random(seed).randbytes(5000), TYPE_DATA)
+        beside.put(kept, TYPE_DATA)
+        beside.flush()
+        alone.close()
+        beside.close()
+        packs = ChunkStore(root).open().list_pack_files()
+        (pack_alone,) = [pack_id for pack_id, path in packs.items() if len(read_table(path)) == 1]
+        if min(packs) != pack_alone:  # gc reads the pack with the dead blob first
+            break
+        for sub in ("packs", "index"):
+            for path in Path(root, sub).rglob("*"):
+                if path.is_file():
+                    path.unlink()
+    store = ChunkStore(root).open()
+    stats = collect(store, {blob_id})
+    store.close()
+    assert stats.packs_rewritten == 1 and stats.packs_deleted == 1
+    again = ChunkStore(root).open()
+    assert again.get(blob_id) == kept and list(again.list_pack_files()) == [pack_alone]
+    again.close()

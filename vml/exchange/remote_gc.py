@@ -180,6 +180,7 @@ def _sweep(remote: RemoteRepository, due: list[DueRecord], live: set[bytes], wri
     freed = sum(transport.size(pack_file(pack_id)) for pack_id in gone)
     rewritten, added = _rewrite(remote, to_copy, tmp_dir)
     kept.update(rewritten)
+    gone = [pack_id for pack_id in gone if pack_id not in rewritten]  # (a rewrite that is byte for byte a gone pack has its name)
     remote.put_index(kept)  # durable before any old index goes
     transport.remove_many(old_indexes)  # type: ignore[attr-defined]
     transport.remove_many([pack_file(pack_id) for pack_id in gone])  # type: ignore[attr-defined]
