@@ -499,7 +499,7 @@ def gc_result(result: api.GcResult) -> None:
 def remote_gc_result(result: api.RemoteGcResult) -> None:
     out.print(escape(f"gc of {result.url}"))
     out.print(
-        f" freed {size(result.bytes_freed)}: {_count(result.blobs_removed, 'unreachable object')} removed, "
+        f" freed {size(result.bytes_freed)}: {_count(result.blobs_removed, 'object')} removed (unreachable, or a second copy), "
         f"{_count(result.packs_deleted, 'pack')} deleted, {result.packs_rewritten:,} rewritten ({_count(sum(result.requests.values()), 'request')})"
     )
     delay = f"{result.sweep_delay / 60:.0f} minutes" if result.sweep_delay >= 120 else f"{result.sweep_delay:.0f} seconds"
@@ -507,6 +507,8 @@ def remote_gc_result(result: api.RemoteGcResult) -> None:
     if result.condemned_blobs or result.pending_records:
         out.print(f" condemned {_count(result.condemned_blobs, 'unreachable object')} now, "
                   f"{_count(result.pending_records, 'earlier record')} not yet due{later}")
+    if result.replica_bytes_freed:
+        out.print(f" freed {size(result.replica_bytes_freed)} of this server's copy (data the bucket holds)")
 
 
 # -- remotes

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from vml.config import AreaConfig, area_names, delete_area, read_area, set_area_setting, write_area, write_repository_settings
 from vml.durable import write_atomically
@@ -18,8 +19,12 @@ from vml.objects.store import ChunkStore
 from vml.refs.git import GitDag
 from vml.refs.namespace import AREA_PREFIX
 
+if TYPE_CHECKING:
+    from vml.server.bucket import BucketStore
+
 FORMAT_LINE = "vml repository format 1\n"
 DEFAULT_DIR = ".vml"
+SERVER_STORE_KEY = "vml.serverStore"  # the bucket a server's repository lives in (vml serve --store)
 
 
 class Repository:
@@ -28,6 +33,7 @@ class Repository:
         self.vml_dir = os.path.join(self.path, "vml")
         self.git = GitDag.open(self.path)
         self._store: ChunkStore | None = None
+        self._bucket: BucketStore | None = None  # a server's bucket (vml/server/bucket.py), which the store reads through
 
     # -- finding and making repositories
 
@@ -82,14 +88,24 @@ class Repository:
 
     @property
     def store(self) -> ChunkStore:
+        """The chunk store; a server's replica of a bucket (vml serve --store) reads what
+        it lacks from the bucket."""
         if self._store is None:
-            self._store = ChunkStore(os.path.join(self.vml_dir, "store")).open()
+            url = self.git.config_get(SERVER_STORE_KEY)
+            if url is not None and self._bucket is None:
+                from vml.server.bucket import BucketStore  # boto3: only for a store in a bucket
+
+                self._bucket = BucketStore(self, url)
+            self._store = ChunkStore(os.path.join(self.vml_dir, "store"), self._bucket and self._bucket.source).open()
         return self._store
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._bucket is not None:
+            self._bucket.close()
+            self._bucket = None
 
     # -- locks: commits and checkouts share the repository; gc needs it alone
 

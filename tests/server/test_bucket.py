@@ -104,15 +104,15 @@ def test_ten_clients_through_two_servers_of_one_bucket_beside_gc(cluster: Cluste
     admin = cluster.servers[0].tokens["loadadmin"]
     assert cluster.refs(cluster.servers[0], "team", admin) == cluster.refs(cluster.servers[1], "team", admin)
     for server in cluster.servers:
-        report = Vml(tmp_path)("--repo", str(server.repo), "fsck", "--json").json()
+        report = Vml(tmp_path)("--repo", str(server.repo), "fsck", "--json", env=cluster.env).json()
         assert report["damaged"] == [] and report["problems"] == []
         git_fsck_clean(server.repo)
-    # A new replica made from nothing but the bucket holds it all (nothing gc removed is needed).
+    # A new replica made from nothing but the bucket: its git objects, and every blob they need found there (nothing gc removed).
     third = start_server(tmp_path / "c", "--init", "--store", cluster.store, "--accounts", str(cluster.servers[0].repo / "vml" / "server.db"),
                          repo=tmp_path / "c" / "replica", env=cluster.env)
     try:
         assert cluster.refs(third, "team", admin) == cluster.refs(cluster.servers[0], "team", admin)
-        report = Vml(tmp_path)("--repo", str(third.repo), "fsck", "--json").json()
+        report = Vml(tmp_path)("--repo", str(third.repo), "fsck", "--json", env=cluster.env).json()
         assert report["damaged"] == [] and report["problems"] == []
         git_fsck_clean(third.repo)
     finally:
@@ -156,6 +156,69 @@ def test_a_server_killed_in_a_push_then_the_push_again_completes(cluster: Cluste
     for number in range(3):
         assert (tmp_path / "restored" / f"part{number}.bin").read_bytes() == (home / "guest" / f"part{number}.bin").read_bytes()
     cloned.fsck_clean()
-    report = Vml(tmp_path)("--repo", str(survivor.repo), "fsck", "--json").json()
+    report = Vml(tmp_path)("--repo", str(survivor.repo), "fsck", "--json", env=cluster.env).json()
     assert report["damaged"] == [] and report["problems"] == []
     git_fsck_clean(survivor.repo)
+
+
+def _packed_bytes(replica: Path) -> int:
+    return sum(path.stat().st_size for path in (replica / "vml" / "store" / "packs").rglob("*.pack"))
+
+
+def test_a_server_keeps_its_listings_and_reads_the_data_from_the_bucket(cluster: Cluster, tmp_path: Path):
+    """A server's replica is a cache, not a second copy: the other server serves a clone, a
+    push on top and a file on the web from the bucket without keeping the data, and
+    `vml serve gc` drops the data a push left in the first one."""
+    first, second = cluster.servers
+    token = cluster.add_user("alice")
+    env = {"VML_TOKEN": token}
+    home = tmp_path / "alice"
+    (home / "guest").mkdir(parents=True)
+    parts = {f"part{number}.bin": os.urandom(4 << 20) for number in range(3)}
+    for name, data in parts.items():
+        (home / "guest" / name).write_bytes(data)
+    (home / "guest" / "notes.txt").write_text("first\n")
+    alice = Vml(home)
+    alice("init", env=env)
+    alice("area", "add", "wa", "--dir", str(home / "guest"), env=env)
+    entry = alice("commit", "-m", "data", "--json", env=env).json()["entry"]
+    alice("remote", "add", "origin", first.ns("alice"), env=env)
+    alice("push", env=env)
+    assert _packed_bytes(first.repo) > 12 << 20  # the push is stored where it arrived, and in the bucket
+
+    # The second server learns of it from the bucket: git objects, no data.
+    assert cluster.refs(second, "alice", token)["refs/heads/main"] == entry
+    assert _packed_bytes(second.repo) < 1 << 20
+    clone = tmp_path / "clone"
+    alice("clone", second.ns("alice"), str(clone), env=env)
+    cloned = Vml(clone)
+    cloned("area", "add", "wb", "--dir", str(tmp_path / "restored"), env=env)
+    cloned("checkout", "main", env=env)
+    for name, data in parts.items():
+        assert (tmp_path / "restored" / name).read_bytes() == data
+    assert _packed_bytes(second.repo) < 1 << 20  # the clone's blobs went from the bucket into the transfer, not here
+    with second.client(token) as web:
+        shown = web.get(f"/alice/e/{entry}/raw/part1.bin")
+        assert shown.status_code == 200 and shown.content == parts["part1.bin"]
+    assert _packed_bytes(second.repo) < 6 << 20  # a file shown is kept: one part, not three
+
+    # A push on top, through the second server: it reads the listings it builds on from the bucket.
+    (tmp_path / "restored" / "notes.txt").write_text("second\n")
+    newer = cloned("commit", "-m", "notes", "--json", env=env).json()["entry"]
+    cloned("push", env=env)
+    assert cluster.refs(first, "alice", token)["refs/heads/main"] == newer
+
+    result = Vml(tmp_path)("--repo", str(first.repo), "serve", "gc", "--json", env=cluster.env).json()
+    assert result["replica_bytes_freed"] > 12 << 20, result
+    assert _packed_bytes(first.repo) < 1 << 20
+    again = tmp_path / "again"
+    alice("clone", first.ns("alice"), str(again), env=env)
+    Vml(again)("area", "add", "wc", "--dir", str(tmp_path / "again-area"), env=env)
+    Vml(again)("checkout", "main", env=env)
+    assert (tmp_path / "again-area" / "notes.txt").read_text() == "second\n"
+    assert (tmp_path / "again-area" / "part2.bin").read_bytes() == parts["part2.bin"]
+    Vml(again).fsck_clean()
+    for server in cluster.servers:  # fsck of a replica: its own packs read, the rest found in the bucket
+        report = Vml(tmp_path)("--repo", str(server.repo), "fsck", "--json", env=cluster.env).json()
+        assert report["damaged"] == [] and report["problems"] == [], report
+        git_fsck_clean(server.repo)

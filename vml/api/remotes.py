@@ -279,11 +279,12 @@ class RemoteGcResult:
     pending_records: int  # what earlier runs condemned, not yet due
     sweep_delay: float
     requests: dict[str, int]
+    replica_bytes_freed: int = 0  # vml serve gc: the bucket's data chunks dropped from the server's own copy
 
     @classmethod
-    def of(cls, remote: str, url: str, stats: RemoteGcStats) -> RemoteGcResult:
+    def of(cls, remote: str, url: str, stats: RemoteGcStats, replica_bytes_freed: int = 0) -> RemoteGcResult:
         return cls(remote, url, stats.packs_deleted, stats.packs_rewritten, stats.blobs_removed, stats.bytes_freed,
-                   stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests)
+                   stats.condemned_blobs, stats.pending_records, SWEEP_DELAY, stats.requests, replica_bytes_freed)
 
 
 def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progress = None) -> RemoteGcResult:

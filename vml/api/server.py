@@ -12,14 +12,14 @@ from vml.errors import UsageError
 from vml.exchange.remote_gc import collect_remote, due_records
 from vml.history import live_blobs
 from vml.refs.reflogs import UNITS, parse_date
-from vml.repo import Repository
+from vml.repo import SERVER_STORE_KEY, Repository
 from vml.server.accounts import Accounts, NewToken, TokenInfo, User
 
 __all__ = ["GroupInfo", "LoginResult", "NewToken", "TokenInfo", "User", "group_add", "group_list", "group_member", "group_remove",
            "login", "logout", "serve_gc", "token_add", "token_list", "token_revoke", "user_add", "user_list", "user_remove"]
 
 ACCOUNTS_KEY = "vml.serverAccounts"  # a database several server processes share (vml serve --accounts)
-STORE_KEY = "vml.serverStore"  # the bucket a server's repository lives in (vml serve --store)
+STORE_KEY = SERVER_STORE_KEY
 
 IN = re.compile(r"(\d+)[. ]?(second|minute|hour|day|week|month|year)s?|(\d+)([dwmy])")
 SHORT_UNITS = {"d": "day", "w": "week", "m": "month", "y": "year"}
@@ -145,7 +145,8 @@ def logout(url: str) -> bool:
 def serve_gc(repo: Repository) -> RemoteGcResult:
     """gc of the bucket a server keeps its repository in (vml/exchange/remote_gc.py): what
     every ref in the bucket reaches is live, found from this replica (brought up to date
-    first; its refs are left to the running server)."""
+    first; its refs are left to the running server). Then the replica drops the data
+    chunks the bucket holds (`BucketStore.trim`)."""
     from vml.server.bucket import BucketStore  # boto3: only for a store in a bucket
 
     url = repo.git.config_get(STORE_KEY)
@@ -163,6 +164,7 @@ def serve_gc(repo: Repository) -> RemoteGcResult:
             finally:
                 store.close()
         stats = collect_remote(bucket.remote, due, pending, now, live, repo.temp_dir())
+        trimmed = bucket.trim()
     finally:
         bucket.close()
-    return RemoteGcResult.of("", url, stats)
+    return RemoteGcResult.of("", url, stats, trimmed.bytes_freed)

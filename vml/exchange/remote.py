@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 
 from vml.durable import write_atomically
-from vml.errors import ConcurrentUpdate, CorruptObject, UsageError, VmlError
+from vml.errors import ConcurrentUpdate, CorruptObject, MissingObject, UsageError, VmlError
 from vml.objects.gc import UPLOAD_GRACE
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
@@ -276,6 +276,43 @@ class RemoteRepository:
 
     def close(self) -> None:
         self.transport.close()
+
+
+class RemoteSource:
+    """A remote as the source of a store that is its cache (vml.objects.store.BlobSource):
+    a server whose repository is in a bucket keeps only what it has read, and reads the
+    rest from the bucket. Where blobs are comes from the remote's index files as last read
+    (`RemoteRepository.forget_blobs` reads them again); a pack gone meanwhile (a gc
+    rewrote it) makes them be read again, once."""
+
+    def __init__(self, remote: RemoteRepository):
+        self.remote = remote
+
+    def locate(self, blob_id: bytes) -> PackEntry | None:
+        found = self.remote.blobs().get(blob_id)
+        return None if found is None else _entry(blob_id, found)
+
+    def read(self, blob_ids: list[bytes]) -> list[tuple[PackEntry, bytes]]:
+        try:
+            return self._read(blob_ids)
+        except (MissingFile, MissingObject):
+            self.remote.forget_blobs()  # a gc rewrote a pack, or a push added one, since they were read
+        try:
+            return self._read(blob_ids)
+        except MissingFile as error:
+            raise MissingObject(f"{self.remote.location} lost a pack while it was read ({error}): try again") from None
+
+    def _read(self, blob_ids: list[bytes]) -> list[tuple[PackEntry, bytes]]:
+        where = self.remote.blobs()
+        for blob_id in blob_ids:
+            if blob_id not in where:
+                raise MissingObject(f"object {blob_id.hex()[:16]} is in neither this store nor {self.remote.location}")
+        wanted = [(blob_id, where[blob_id]) for blob_id in blob_ids]
+        return [(_entry(blob_id, found), payload) for (blob_id, found), payload in zip(wanted, self.remote.read_blobs(wanted))]
+
+
+def _entry(blob_id: bytes, found: RemoteBlob) -> PackEntry:
+    return PackEntry(ObjectId(blob_id), found.blob_type, found.flag, found.offset, found.length, found.raw_length)
 
 
 def init_remote(transport: Transport) -> None:

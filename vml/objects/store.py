@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from vml.durable import PendingFile, fsync_dir
 from vml.errors import CorruptObject, MissingObject, VmlError
@@ -33,9 +34,26 @@ class StoreProblem:
     recovered: bool = False  # the data is still reachable (e.g. through the packs' own tables)
 
 
+SOURCE_BATCH = 32 * 1024 * 1024  # bytes asked of a source at once while copying blobs out
+
+
+class BlobSource(Protocol):
+    """Where a store that is a cache reads the blobs it lacks: a server's bucket
+    (vml/server/bucket.py). The store checks every payload against its id."""
+
+    def locate(self, blob_id: bytes) -> PackEntry | None:
+        """The blob's table entry (type, flag, sizes), if the source holds it."""
+
+    def read(self, blob_ids: list[bytes]) -> list[tuple[PackEntry, bytes]]:
+        """Each blob's entry and its payload as stored; MissingObject for one it lacks."""
+
+
 class ChunkStore:
-    def __init__(self, root: str):
+    def __init__(self, root: str, source: BlobSource | None = None):
+        """`source`: where blobs this store lacks are read from; the store then holds
+        copies of some of them (those read one by one: listings, a file shown)."""
         self.root = root
+        self.source = source
         self.packs_dir = os.path.join(root, "packs")
         self.index_dir = os.path.join(root, "index")
         self.tmp_dir = os.path.join(root, "tmp")
@@ -58,6 +76,7 @@ class ChunkStore:
         self._read_fds: dict[int, int] = {}
         self.problems: list[StoreProblem] = []
         self.bytes_added = 0
+        self._kept_from_source = False
 
     @staticmethod
     def create(root: str) -> None:
@@ -135,6 +154,10 @@ class ChunkStore:
     # -- queries
 
     def __contains__(self, blob_id: bytes) -> bool:
+        return self.holds(blob_id) or (self.source is not None and self.source.locate(blob_id) is not None)
+
+    def holds(self, blob_id: bytes) -> bool:
+        """Whether this store has the blob itself (not only its source)."""
         if self._deferred:
             self._load_deferred()
         if blob_id in self._locations or blob_id in self._pending:
@@ -175,9 +198,12 @@ class ChunkStore:
             if blob_id in blobs:
                 return getattr(blobs[blob_id], name)
         found = self._locations.get(blob_id)
-        if found is None:
+        if found is not None:
+            return found[field]
+        entry = self.source.locate(blob_id) if self.source is not None else None
+        if entry is None:
             raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
-        return found[field]
+        return getattr(entry, name)
 
     def items(self):
         self._load_deferred()
@@ -204,8 +230,10 @@ class ChunkStore:
         """The blob's raw bytes, verified against its id; never returns bad bytes."""
         location = self._locations.get(blob_id)
         if location is None:
-            if blob_id not in self:  # (decodes the deferred entries first)
-                raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+            if not self.holds(blob_id):  # (decodes the deferred entries first)
+                if self.source is None:
+                    raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+                return self._keep_from_source(blob_id)
             location = self._locations.get(blob_id)
             if location is None:  # in a pack still being written
                 self.flush_pack()
@@ -231,19 +259,58 @@ class ChunkStore:
                 f"object {blob_id.hex()[:16]} in pack {self.pack_ids[location[PACK_NO]].short()} is damaged (hash mismatch)"
             ) from None
 
+    def _keep_from_source(self, blob_id: bytes) -> bytes:
+        """A blob only the source holds: read, checked, kept here, returned."""
+        assert self.source is not None
+        [(entry, payload)] = self.source.read([blob_id])
+        data = self._checked(entry, payload)
+        self.add(ObjectId(blob_id), entry.blob_type, entry.flag, payload, entry.raw_length)
+        self._kept_from_source = True  # made durable by `close`, in one pack with the others
+        return data
+
+    @staticmethod
+    def _checked(entry: PackEntry, payload: bytes) -> bytes:
+        try:
+            return open_blob(entry.id, entry.flag, payload, entry.raw_length)
+        except DamagedBlob:
+            raise CorruptObject(f"object {entry.id.hex()[:16]} arrived damaged from the store's source (hash mismatch)") from None
+
+    def _with_payloads(self, blob_ids: list[bytes]) -> Iterator[tuple[bytes, PackEntry, bytes]]:
+        """Each blob's id, entry and payload as stored (each verified), in the order given:
+        from this store, else from its source in batches, which are not kept here."""
+        position = 0
+        while position < len(blob_ids):
+            batch, size = [], 0
+            while position < len(blob_ids) and (not batch or size < SOURCE_BATCH):
+                blob_id = blob_ids[position]
+                location = self.location(blob_id)
+                if location is None and self.source is not None:
+                    entry = self.source.locate(blob_id)
+                    size += entry.length if entry is not None else 0
+                batch.append((blob_id, location))
+                position += 1
+            wanted = [blob_id for blob_id, location in batch if location is None]
+            fetched = {entry.id: (entry, payload) for entry, payload in self.source.read(wanted)} if wanted and self.source else {}
+            for blob_id, location in batch:
+                if location is not None:
+                    payload = self.read_payload(blob_id, location)
+                    self.decode_payload(blob_id, location, payload)  # never pass on bad bytes
+                    yield blob_id, PackEntry(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], 0, len(payload), location[RAW_LENGTH]), payload
+                elif blob_id in fetched:
+                    entry, payload = fetched[blob_id]
+                    self._checked(entry, payload)
+                    yield blob_id, entry, payload
+                else:
+                    raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+
     def copy_to_packs(self, blob_ids: list[bytes], directory: str) -> Iterator[tuple[ObjectId, str, list[PackEntry]]]:
         """Copy blobs as stored (each verified, none recompressed), in the order given, into
         packs of ~16 MiB under `directory`; yield (pack id, path, entries) as each is finished.
         For sending elsewhere: the packs are not part of this store."""
         writer = PackWriter(directory)
         try:
-            for blob_id in blob_ids:
-                location = self.location(blob_id)
-                if location is None:
-                    raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
-                payload = self.read_payload(blob_id, location)
-                self.decode_payload(blob_id, location, payload)  # never pass on bad bytes
-                writer.add(ObjectId(blob_id), location[BLOB_TYPE], location[FLAG], payload, location[RAW_LENGTH])
+            for blob_id, entry, payload in self._with_payloads(blob_ids):
+                writer.add(ObjectId(blob_id), entry.blob_type, entry.flag, payload, entry.raw_length)
                 if writer.size >= TARGET_SIZE:
                     yield self._finish_copy(writer, directory)
                     writer = PackWriter(directory)
@@ -384,6 +451,12 @@ class ChunkStore:
                 self._pending.clear()
 
     def close(self) -> None:
+        if self._kept_from_source:  # copies of the source's blobs, each checked: worth keeping
+            self._kept_from_source = False
+            try:
+                self.flush()
+            except OSError:
+                pass  # (a full disk: the cache stays as it was)
         self.abandon()
         if self._finisher is not None:
             self._finisher.shutdown()

@@ -10,6 +10,14 @@ by a conditional write, the one place where two servers can race. Only when the 
 ref moved does the replica's. Nothing needs a lock: a crashed server leaves at most
 packs no ref reaches, which `vml serve gc` condemns and removes like any other (see
 vml/exchange/remote_gc.py).
+
+The replica holds every git object (a few hundred bytes an entry) but only the blobs it
+has used: its store reads what it lacks from the bucket (`RemoteSource`), keeps a blob
+read on its own (a listing, a file shown on the web), and streams a fetch's blobs from
+the bucket into the transfer without keeping them. A push's blobs stay until `trim` (run
+by `vml serve gc`) drops the data chunks the bucket holds; listings stay. So a server's
+disk holds its listings, uploads in flight and what it read since the last gc, not the
+repository.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ import threading
 from vml.errors import UsageError
 from vml.exchange.fetch import fetch_entries
 from vml.exchange.push import manifests_of, send_objects
-from vml.exchange.remote import RemoteRepository, init_remote
-from vml.objects.store import ChunkStore
+from vml.exchange.remote import RemoteRepository, RemoteSource, init_remote
+from vml.objects.gc import GcStats, collect
+from vml.objects.pack import TYPE_DATA
+from vml.objects.store import BLOB_TYPE, ChunkStore
 from vml.refs.git import GitDag
 from vml.refs.namespace import REFS_PREFIX
 from vml.repo import Repository
@@ -40,6 +50,7 @@ class BucketStore:
         self.replica = repo
         self.transport = S3Transport(location)
         self.remote = RemoteRepository(self.transport, repo.remote_index_cache)
+        self.source = RemoteSource(self.remote)
         self._tags: dict[str, tuple[str, str]] = {}  # ref -> (ETag, target) as last read
         self.lock = threading.Lock()  # held by a pull, and by a push while its refs move (bucket, then replica)
         self._generation = 0  # pulls done: a request waits for one that started after it arrived
@@ -81,8 +92,8 @@ class BucketStore:
                     git.delete_ref(name)
 
     def bring(self, refs: dict[str, str]) -> GitDag:
-        """The git objects and blobs of the entries `refs` reach that the replica lacks
-        (blobs first, then git objects: a commit never lacks its data)."""
+        """The git objects of the entries `refs` reach that the replica lacks, once the
+        bucket's index files name their blobs (which stay in the bucket)."""
         git = GitDag.open(self.replica.path)
         missing = sorted({target for target in refs.values() if not git.has_object(target)})
         if not missing:
@@ -90,14 +101,29 @@ class BucketStore:
         store = self.open_store()
         try:
             self.remote.forget_blobs()  # other processes add packs
-            fetch_entries(git, store, self.remote, missing)
+            fetch_entries(git, store, self.remote, missing)  # (every blob is the source's: none is copied)
         finally:
             store.close()
         return git
 
     def open_store(self) -> ChunkStore:
-        """The replica's store as it is now (packs other threads and processes added included)."""
-        return ChunkStore(os.path.join(self.replica.vml_dir, "store")).open()
+        """The replica's store as it is now (packs other threads and processes added
+        included), reading what it lacks from the bucket."""
+        return ChunkStore(os.path.join(self.replica.vml_dir, "store"), source=self.source).open()
+
+    def trim(self) -> GcStats:
+        """Drop from the replica the data chunks the bucket holds (as its index files say
+        now); listings and manifests stay, and anything the bucket lacks. Under the
+        replica's exclusive lock: no request of a running server is reading it."""
+        self.remote.forget_blobs()
+        with self.replica.exclusive_lock():
+            store = self.open_store()
+            try:
+                keep = {blob_id for blob_id, location in store.items()
+                        if location[BLOB_TYPE] != TYPE_DATA or self.source.locate(blob_id) is None}
+                return collect(store, keep)
+            finally:
+                store.close()
 
     def bucket_refs(self) -> dict[str, str]:
         """Every ref in the bucket: one listing, and a read of each that changed since."""

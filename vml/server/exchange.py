@@ -119,7 +119,10 @@ class ServerRepository:
         return git
 
     def open_store(self) -> ChunkStore:
-        """The store as it is now: other requests may have added packs since the last one."""
+        """The store as it is now: other requests may have added packs since the last one
+        (kept in a bucket: a cache of it, which reads what it lacks from there)."""
+        if self.bucket is not None:
+            return self.bucket.open_store()
         return ChunkStore(os.path.join(self.repo.vml_dir, "store")).open()
 
     # -- what a caller sees
