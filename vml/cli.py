@@ -524,14 +524,15 @@ def gc(ctx, expire: str | None, remote_name: str | None, as_json: bool) -> None:
     after 30 days (or --expire). A dropped entry or deleted branch is therefore kept for
     30 days; 'vml gc --expire now' frees it at once.
 
-    With --remote NAME (a bucket, s3://): fetch what the remote's refs reach, remove what an
-    earlier gc found unreachable at least an hour ago and still is, and record what is
-    unreachable now for the next run. Pushes may run meanwhile; nothing they count on goes.
+    With --remote NAME (a bucket, s3://): read the entries the remote's refs reach (their
+    git objects and listings, into a cache here; not their data), remove what an earlier
+    gc found unreachable at least an hour ago and still is, and record what is unreachable
+    now for the next run. Pushes may run meanwhile; nothing they count on goes.
     """
     if remote_name is not None:
         if expire is not None:
             raise UsageError("--expire is for this repository's reflogs; a remote has none")
-        with render.transfer_progress("fetching", enabled=not as_json) as progress:
+        with render.transfer_progress("reading entries", enabled=not as_json) as progress:
             remote_result = api.gc_remote(_repo(ctx), remote_name, progress=progress)
         _emit(remote_result, as_json, render.remote_gc_result)
         return

@@ -8,7 +8,7 @@ from vml.entry import entry_root, read_entry
 from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import KIND_DIR
 from vml.objects.store import ChunkStore
-from vml.objects.walk import listing_loader, node_at, root_node, walk_nodes
+from vml.objects.walk import listing_loader, missing_blobs, node_at, root_node, walk_nodes
 from vml.refs.git import GitDag
 from vml.refs.reflogs import protected_entry
 
@@ -69,10 +69,17 @@ def reachable_entries(git: GitDag, *, reflogs: bool = True) -> list[str]:
 
 
 def live_blobs(git: GitDag, store: ChunkStore, entries: list[str]) -> set[bytes]:
-    """Every chunk and listing the entries need: what gc keeps."""
+    """Every chunk and listing the entries need: what gc keeps. A store that reads from a
+    source (a bucket) first brings the listings it lacks, a level of directories at a time."""
     load = listing_loader(store)
     live: set[bytes] = set()
     seen: set[bytes] = set()
+    if store.source is not None:
+        try:
+            roots = [root for entry_id in entries for root in read_entry(git, entry_id).manifests()]
+            missing_blobs(store.get_many, roots, lambda _blob_id: False)  # (a listing kept alone may lack its subtree)
+        except CorruptObject as error:
+            raise VmlError(f"the entries' listings cannot be read ({error}); gc stops so nothing they may need is removed") from None
     for entry_id in entries:
         try:
             for root_id in read_entry(git, entry_id).manifests():

@@ -462,6 +462,37 @@ def test_a_push_that_gc_condemned_under_it_sends_again_and_the_sweep_keeps_one_c
     check.fsck_clean()
 
 
+def test_gc_remote_reads_the_entries_not_their_data(pushed: Vml, guest: Path, bucket: Bucket, tmp_path: Path):
+    """gc of a bucket from a repository that never fetched it: it reads the entries' git
+    objects and listings into a cache, not the data, and still finds what is dead."""
+    env = {"VML_REMOTE_GC_DELAY": "0", "VML_REMOTE_GC_GRACE": "0"}
+    base = pushed("show", "main", "--json").json()["entry"]["id"]
+    pushed("switch", "-c", "x")
+    write_random(guest / "deep" / "er" / "junk.bin", 2 << 20, 31)
+    pushed("commit", "-m", "junk")
+    pushed("push", "origin", "x")
+    pushed("switch", "main")
+    pushed("branch", "-D", "x")
+    pushed("branch", "x", base)
+    pushed("push", "--force", "origin", "x")
+    admin = Vml(tmp_path / "admin")
+    (tmp_path / "admin").mkdir()
+    admin("init")
+    admin("remote", "add", "origin", bucket.url)
+    gc = Vml(tmp_path / "admin", separate=True)  # (the delay and grace are read when vml starts)
+    condemned = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert condemned["condemned_blobs"] >= 2, condemned  # junk.bin's chunks (and the listings only x reached)
+    time.sleep(1.1)
+    swept = gc("gc", "--remote", "origin", "--json", env=env).json()
+    assert swept["blobs_removed"] >= 2 and swept["bytes_freed"] >= 2 << 20, swept
+    held = sum(path.stat().st_size for path in (tmp_path / "admin" / ".vml").rglob("*") if path.is_file())
+    assert held < 1 << 20, held  # the bucket holds 3 MiB of main's data: none of it came here
+    admin.fsck_clean()
+    check = clone_into(tmp_path, bucket.url, "check")
+    assert (tmp_path / "check-area" / "data" / "run.bin").read_bytes() == random.Random(1).randbytes(3 << 20)
+    check.fsck_clean()
+
+
 def test_gc_remote_is_for_buckets_and_says_so(pushed: Vml, tmp_path: Path):
     pushed("init", "--bare", str(tmp_path / "plain.vml"))
     pushed("remote", "add", "plain", str(tmp_path / "plain.vml"))

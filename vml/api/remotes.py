@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import time
@@ -14,13 +15,15 @@ from vml.api._common import Progress
 from vml.api._trust import ALLOWED_SIGNERS, VERIFY, allowed_signers, verify_public
 from vml.api.checkout import CheckoutResult, checkout_area
 from vml.config import delete_remote, remote_url, remote_urls, write_remote
-from vml.errors import ConcurrentUpdate, UsageError
+from vml.errors import UsageError
 from vml.exchange.fetch import fetch_entries, remote_entry_info, update_tracking
 from vml.exchange.push import bases_to_push, plan_updates, refs_to_push, send
-from vml.exchange.remote import EXCHANGED, RemoteRepository
+from vml.exchange.remote import EXCHANGED, RemoteRepository, RemoteSource
 from vml.exchange.remote_gc import SWEEP_DELAY, RemoteGcStats, collect_remote, due_records
 from vml.exchange.smart import fetch_refs, push_refs
 from vml.history import live_blobs
+from vml.objects.store import ChunkStore
+from vml.refs.git import GitDag
 from vml.refs.heads import read_head
 from vml.refs.namespace import BRANCH_PREFIX, short_name, tracking_ref
 from vml.refs.updates import FAST_FORWARD, REJECTED, UP_TO_DATE, RefChange, classify
@@ -267,6 +270,17 @@ def clone(url: str, directory: str | None = None, *, accept_new_host_key: bool =
     return CloneResult(target, url, branch, branches.get(branch) if branch else None, fetched)
 
 
+def _entries_cache(repo: Repository, url: str, remote: RemoteRepository) -> tuple[GitDag, ChunkStore]:
+    """A cache of a remote's entries in this repository (`vml/cache/entries/<hash of the
+    URL>`): the git objects, and a store of listings that reads anything else from the
+    remote. Made when missing; safe to delete."""
+    path = os.path.join(repo.vml_dir, "cache", "entries", hashlib.sha256(url.encode()).hexdigest()[:16])
+    if not os.path.exists(os.path.join(path, "store")):
+        GitDag.init(path)
+        ChunkStore.create(os.path.join(path, "store"))
+    return GitDag.open(path), ChunkStore(os.path.join(path, "store"), source=RemoteSource(remote)).open()
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteGcResult:
     remote: str
@@ -289,9 +303,11 @@ class RemoteGcResult:
 
 def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progress = None) -> RemoteGcResult:
     """Remove from a repository in object storage the blobs no ref there reaches, in two
-    runs at least an hour apart (vml/exchange/remote_gc.py says why): fetch everything the
+    runs at least an hour apart (vml/exchange/remote_gc.py says why): read the entries the
     remote's refs reach, delete what the due records of earlier runs name and is still dead,
-    and record what is dead now."""
+    and record what is dead now. The entries are read into a cache of this repository
+    (their git objects and listings; no data), not into it: the remote may be far larger
+    than this disk."""
     url = remote_url(repo.git, remote_name)
     if parse_url(url).scheme != "s3":
         raise UsageError(f"'vml gc --remote' is for a repository in object storage (s3://); run 'vml gc' where {url} is")
@@ -301,14 +317,14 @@ def gc_remote(repo: Repository, remote_name: str = "origin", *, progress: Progre
             raise UsageError(f"{url} has refs this repository does not fetch ({stray[0]}, ...): a server's bucket is "
                              f"collected by 'vml serve gc' on a server")
         due, pending, now = due_records(remote)  # before the refs are read: see remote_gc.py
-        for _attempt in range(3):
-            fetch(repo, remote_name, progress=progress)
+        git, store = _entries_cache(repo, url, remote)
+        try:
             tips = sorted(set(remote.refs().values()))
-            if all(repo.git.has_object(tip) for tip in tips):
-                break
-        else:
-            raise ConcurrentUpdate(f"{url} kept moving while gc fetched its entries: run gc again")
-        with repo.shared_lock():
-            live = live_blobs(repo.git, repo.store, list(repo.git.walk(tips)))
+            missing = [tip for tip in tips if not git.has_object(tip)]
+            if missing:
+                fetch_entries(git, store, remote, missing, progress)  # git objects: the blobs are the remote's, none copied
+            live = live_blobs(git, store, list(git.walk(tips)))
+        finally:
+            store.close()
         stats = collect_remote(remote, due, pending, now, live, repo.temp_dir())
     return RemoteGcResult.of(remote_name, url, stats)

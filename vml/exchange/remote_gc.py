@@ -24,9 +24,10 @@ Git objects (a few hundred bytes an entry) are never deleted: a push sends the c
 every entry the remote's refs do not reach, whether or not its commit is there, so a dead
 commit left behind is never taken to mean its data is there.
 
-What is live is worked out from this repository's copy of the remote's entries: gc fetches
-first, so a run costs a fetch of what is new plus listings and deletes; only partly dead
-packs are read back.
+What is live is worked out from the remote's entries as a cache holds them (`vml gc
+--remote`: a cache in the repository that runs it; `vml serve gc`: the server's replica):
+their git objects and listings, read from the remote when new, never their data. So a run
+costs reading what is new plus listings and deletes; only partly dead packs are read back.
 """
 
 from __future__ import annotations

@@ -261,12 +261,24 @@ class ChunkStore:
 
     def _keep_from_source(self, blob_id: bytes) -> bytes:
         """A blob only the source holds: read, checked, kept here, returned."""
+        return self._keep_all_from_source([blob_id])[blob_id]
+
+    def _keep_all_from_source(self, blob_ids: list[bytes]) -> dict[bytes, bytes]:
+        """Blobs only the source holds, read in one batch, each checked, kept here."""
         assert self.source is not None
-        [(entry, payload)] = self.source.read([blob_id])
-        data = self._checked(entry, payload)
-        self.add(ObjectId(blob_id), entry.blob_type, entry.flag, payload, entry.raw_length)
+        found = {}
+        for entry, payload in self.source.read(blob_ids):
+            found[bytes(entry.id)] = self._checked(entry, payload)
+            self.add(ObjectId(entry.id), entry.blob_type, entry.flag, payload, entry.raw_length)
         self._kept_from_source = True  # made durable by `close`, in one pack with the others
-        return data
+        return found
+
+    def get_many(self, blob_ids: list[bytes]) -> list[bytes]:
+        """The raw bytes of several blobs (each verified); those only the source holds are
+        read from it in one batch, and kept."""
+        absent = [blob_id for blob_id in dict.fromkeys(blob_ids) if not self.holds(blob_id)]
+        found = self._keep_all_from_source(absent) if absent and self.source is not None else {}
+        return [found[blob_id] if blob_id in found else self.get(blob_id) for blob_id in blob_ids]
 
     @staticmethod
     def _checked(entry: PackEntry, payload: bytes) -> bytes:
