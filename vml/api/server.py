@@ -156,8 +156,8 @@ def serve_gc(repo: Repository) -> RemoteGcResult:
     try:
         due, pending, now = due_records(bucket.remote)  # before the refs are read: see remote_gc.py
         refs = bucket.bucket_refs()
-        git = bucket.bring(refs)
-        with repo.shared_lock():
+        with repo.shared_lock():  # (another serve gc's trim may be rewriting the replica's packs)
+            git = bucket.bring(refs)
             store = bucket.open_store()  # opened after `bring`: what it brought included
             try:
                 live = live_blobs(git, store, list(git.walk(sorted(set(refs.values())))))

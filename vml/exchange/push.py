@@ -152,10 +152,7 @@ def _send_objects(git: GitDag, store: ChunkStore, remote: RemoteRepository, entr
     def present(blob_id: bytes) -> bool:
         return blob_id in known and blob_id not in condemned.blobs  # never count on what gc is to remove
 
-    def load_raw(blob_ids: list[bytes]) -> list[bytes]:
-        return [store.get(blob_id) for blob_id in blob_ids]
-
-    listings, chunks = missing_blobs(load_raw, roots, present)
+    listings, chunks = missing_blobs(store.get_many, roots, present)
     blob_ids = chunks + [listing_id for listing_id, _data in listings]  # children before parents
     packs, sent_bytes = send_blobs(store, remote, blob_ids, tmp_dir, progress)
     commits = [c for c in entries if not remote.has_object(c)]
