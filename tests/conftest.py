@@ -76,9 +76,10 @@ def find_repository(start: Path) -> Path:
 
 
 # What git fsck prints without finding damage: objects no ref reaches (a killed commit's),
-# notices about a new repository, and the temporary file of an object write libgit2 was
-# killed in (git ignores its own, tmp_obj_*, but not libgit2's).
-_GIT_FSCK_HARMLESS = re.compile(r"^(dangling |notice: |bad sha1 file: .*/tmp_object_git2_)")
+# notices about a new repository, and the temporary file of an object write that was
+# killed: libgit2's, or a transport's into a bare remote (NAME.<uuid hex>.tmp; git ignores
+# its own, tmp_obj_*, but not these).
+_GIT_FSCK_HARMLESS = re.compile(r"^(dangling |notice: |bad sha1 file: .*/(tmp_object_git2_|[0-9a-f]{38}\.[0-9a-f]{32}\.tmp$))")
 
 
 def git_fsck_clean(git_dir: Path) -> None:
