@@ -4,8 +4,12 @@ which given paths changed (`log -- PATH`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from vml.entry import entry_root, read_entry
 from vml.errors import CorruptObject, VmlError
+from vml.objects.ids import ObjectId
 from vml.objects.manifest import KIND_DIR
 from vml.objects.store import ChunkStore
 from vml.objects.walk import listing_loader, missing_blobs, node_at, root_node, walk_nodes
@@ -71,18 +75,19 @@ def reachable_entries(git: GitDag, *, reflogs: bool = True) -> list[str]:
 def live_blobs(git: GitDag, store: ChunkStore, entries: list[str]) -> set[bytes]:
     """Every chunk and listing the entries need: what gc keeps. A store that reads from a
     source (a bucket) first brings the listings it lacks, a level of directories at a time."""
+    roots: dict[str, list[ObjectId]] = {}
+    for entry_id in entries:
+        with _stops_gc(f"entry {entry_id[:12]} is damaged"):
+            roots[entry_id] = read_entry(git, entry_id).manifests()
+    if store.source is not None:
+        with _stops_gc("the entries' listings cannot be read"):  # (a listing kept alone may lack its subtree: all are walked)
+            missing_blobs(store.get_many, [root for each in roots.values() for root in each], lambda _blob_id: False)
     load = listing_loader(store)
     live: set[bytes] = set()
     seen: set[bytes] = set()
-    if store.source is not None:
-        try:
-            roots = [root for entry_id in entries for root in read_entry(git, entry_id).manifests()]
-            missing_blobs(store.get_many, roots, lambda _blob_id: False)  # (a listing kept alone may lack its subtree)
-        except CorruptObject as error:
-            raise VmlError(f"the entries' listings cannot be read ({error}); gc stops so nothing they may need is removed") from None
-    for entry_id in entries:
-        try:
-            for root_id in read_entry(git, entry_id).manifests():
+    for entry_id, entry_roots in roots.items():
+        with _stops_gc(f"entry {entry_id[:12]} is damaged"):
+            for root_id in entry_roots:
                 live.add(root_id)
                 live.add(root_node(load, root_id).tree)
                 for _path, node in walk_nodes(load, root_id, seen=seen):
@@ -90,6 +95,13 @@ def live_blobs(git: GitDag, store: ChunkStore, entries: list[str]) -> set[bytes]
                         live.add(node.tree)
                     elif node.chunks:
                         live.update(node.chunk_ids())
-        except CorruptObject as error:
-            raise VmlError(f"entry {entry_id[:12]} is damaged ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None
     return live
+
+
+@contextlib.contextmanager
+def _stops_gc(what: str) -> Iterator[None]:
+    """Damage found while marking: gc stops before it removes anything."""
+    try:
+        yield
+    except CorruptObject as error:
+        raise VmlError(f"{what} ({error}); gc stops so nothing it may need is removed — run 'vml fsck'") from None

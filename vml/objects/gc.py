@@ -79,7 +79,8 @@ def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], 
     kept.update(_copy_blobs(store, to_copy, progress))
     # A rewritten pack may be byte for byte a doomed one (the same blobs, in the same order:
     # a pack whose blobs all had copies elsewhere) and so have its name: that file stays.
-    doomed = [path for path in doomed if path not in {pack_files.get(pack_id) for pack_id in kept}]
+    kept_files = {pack_files.get(pack_id) for pack_id in kept}
+    doomed = [path for path in doomed if path not in kept_files]
     # The new index must be durable before the old ones go.
     old_indexes = list_index_files(store.index_dir)
     new_index = write_index(store.index_dir, store.tmp_dir, kept) if kept else None

@@ -276,8 +276,10 @@ class ChunkStore:
     def get_many(self, blob_ids: list[bytes]) -> list[bytes]:
         """The raw bytes of several blobs (each verified); those only the source holds are
         read from it in one batch, and kept."""
+        if self.source is None:
+            return [self.get(blob_id) for blob_id in blob_ids]
         absent = [blob_id for blob_id in dict.fromkeys(blob_ids) if not self.holds(blob_id)]
-        found = self._keep_all_from_source(absent) if absent and self.source is not None else {}
+        found = self._keep_all_from_source(absent) if absent else {}
         return [found[blob_id] if blob_id in found else self.get(blob_id) for blob_id in blob_ids]
 
     @staticmethod
