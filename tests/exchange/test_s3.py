@@ -475,6 +475,7 @@ def test_a_push_that_gc_condemned_under_it_sends_again_and_the_sweep_keeps_one_c
     check("checkout", "origin/y")
     assert (tmp_path / "check-area" / "file91.bin").read_bytes() == random.Random(91).randbytes(1 << 20)
     check.fsck_clean()
+    pushed.fsck_clean()
 
 
 def test_gc_remote_reads_the_entries_not_their_data(pushed: Vml, guest: Path, bucket: Bucket, tmp_path: Path):
@@ -506,6 +507,7 @@ def test_gc_remote_reads_the_entries_not_their_data(pushed: Vml, guest: Path, bu
     check = clone_into(tmp_path, bucket.url, "check")
     assert (tmp_path / "check-area" / "data" / "run.bin").read_bytes() == random.Random(1).randbytes(3 << 20)
     check.fsck_clean()
+    pushed.fsck_clean()
 
 
 def test_gc_remote_is_for_buckets_and_says_so(pushed: Vml, tmp_path: Path):

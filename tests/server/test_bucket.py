@@ -218,6 +218,8 @@ def test_a_server_keeps_its_listings_and_reads_the_data_from_the_bucket(cluster:
     assert (tmp_path / "again-area" / "notes.txt").read_text() == "second\n"
     assert (tmp_path / "again-area" / "part2.bin").read_bytes() == parts["part2.bin"]
     Vml(again).fsck_clean()
+    cloned.fsck_clean()
+    alice.fsck_clean()
     for server in cluster.servers:  # fsck of a replica: its own packs read, the rest found in the bucket
         report = Vml(tmp_path)("--repo", str(server.repo), "fsck", "--json", env=cluster.env).json()
         assert report["damaged"] == [] and report["problems"] == [], report
