@@ -1,5 +1,6 @@
-"""Index files: listings first and decoded at open, data chunks decoded on the first lookup
-that needs them; format 1 files still read; a damaged entry falls back to the pack tables."""
+"""Index files: sorted, with a fan-out table, searched where they lie (a store decodes none of
+their records when it opens); small files merged as they accumulate; formats 1 and 2 still
+read and merged away by the next write; damage falls back to the pack tables."""
 
 from __future__ import annotations
 
@@ -7,59 +8,150 @@ import os
 import random
 import struct
 
-from vml.objects.hashing import checksum64
-from vml.objects.index import _ENTRY, MAGIC_V1, list_index_files
-from vml.objects.pack import TYPE_DATA, TYPE_TREE
+import pytest
+
+from vml.errors import MissingObject
+from vml.objects import index as index_module
+from vml.objects.hashing import checksum64, object_id
+from vml.objects.ids import ObjectId
+from vml.objects.index import _ENTRY, MAGIC_V1, MAGIC_V2, list_index_files, parse_index, read_index
+from vml.objects.pack import TYPE_DATA, TYPE_TREE, PackEntry
 from vml.objects.store import ChunkStore
 
 
-def make_store(tmp_path) -> tuple[str, list[bytes], list[bytes]]:
+def make_store(tmp_path, count: int = 40) -> tuple[str, list[bytes], list[bytes]]:
     root = str(tmp_path / "store")
     ChunkStore.create(root)
     store = ChunkStore(root).open()
     rng = random.Random(3)
-    data = [store.put(rng.randbytes(3000 + i), TYPE_DATA) for i in range(40)]
+    data = [store.put(rng.randbytes(3000 + i), TYPE_DATA) for i in range(count)]
     trees = [store.put(b"listing %d" % i, TYPE_TREE) for i in range(5)]
     store.flush()
     store.close()
     return root, data, trees
 
 
-def test_listing_lookups_leave_the_data_entries_undecoded(tmp_path):
-    root, data, trees = make_store(tmp_path)
+def test_open_decodes_no_record_and_finds_every_blob(tmp_path):
+    root, data, trees = make_store(tmp_path, 300)
     store = ChunkStore(root).open()
+    assert not store._locations, "opening the store decoded index records"
     assert [store.get(t) for t in trees] == [b"listing %d" % i for i in range(5)]
-    assert store._deferred, "reading listings decoded the data-chunk entries"
-    assert len(store._locations) == len(trees)
     assert all(blob in store for blob in data)
-    assert not store._deferred and len(store) == len(data) + len(trees)
+    assert object_id(b"absent") not in store
+    assert not store._locations  # lookups read the file in place
+    assert len(dict(store.items())) == len(data) + len(trees)
 
 
-def test_format_1_index_is_still_read(tmp_path):
+def test_records_are_sorted_and_the_fan_out_counts_them(tmp_path):
+    root, data, trees = make_store(tmp_path, 300)
+    (path,) = list_index_files(os.path.join(root, "index"))
+    index = read_index(path)
+    ids = [record[0] for record in index.records()]
+    assert ids == sorted(data + trees) and index.sorted and index.count == len(ids)
+    # Every bucket's count agrees with the ids' first bits.
+    bits = 16 - index.shift
+    for bucket in range(1 << bits):
+        (cumulative,) = struct.unpack_from("<I", index.data, index.fan_start + 4 * bucket)
+        assert cumulative == sum(1 for blob in ids if int.from_bytes(blob[:2], "big") >> index.shift <= bucket)
+
+
+def _commit(root: str, count: int, seed: int) -> list[bytes]:
+    store = ChunkStore(root).open()
+    rng = random.Random(seed)
+    ids = [store.put(rng.randbytes(200)) for _ in range(count)]
+    store.flush()
+    store.close()
+    return ids
+
+
+def test_small_index_files_are_merged_as_they_accumulate(tmp_path):
+    root, data, trees = make_store(tmp_path, 400)
+    everything = data + trees
+    counts = []
+    for seed in range(40):
+        everything += _commit(root, 10, seed + 100)
+        counts.append(len(list_index_files(os.path.join(root, "index"))))
+    # Geometric merging: never more files than log2 of the blobs, and the big one kept.
+    assert max(counts) <= 8, counts
+    indexes = [read_index(path) for path in list_index_files(os.path.join(root, "index"))]
+    assert sum(index.count for index in indexes) == len(set(everything))
+    assert any(index.count >= 405 for index in indexes)
+    store = ChunkStore(root).open()
+    assert all(store.get(blob) for blob in everything)
+    assert not store.problems
+    store.close()
+
+
+def test_merge_keeps_one_record_per_blob_from_overlapping_files(tmp_path):
+    root, data, trees = make_store(tmp_path, 50)
+    index_dir = os.path.join(root, "index")
+    (path,) = list_index_files(index_dir)
+    original = read_index(path)
+    # A second file naming the same pack (as a crash between two writes can leave).
+    twin = index_module.encode_index({original.pack_ids[0]: [
+        PackEntry(ObjectId(r[0]), r[2], r[3], r[4], r[5], r[6]) for r in original.records()][:20]})
+    with open(os.path.join(index_dir, object_id(twin).hex() + ".idx"), "wb") as out:
+        out.write(twin)
+    merged = read_index(index_module.merge_indexes(index_dir, os.path.join(root, "tmp"),
+                                                   [original, parse_index("twin", twin)]))
+    assert [r[0] for r in merged.records()] == [r[0] for r in original.records()]
+
+
+@pytest.mark.parametrize("magic", [MAGIC_V1, MAGIC_V2])
+def test_older_formats_are_read_then_merged_away(tmp_path, magic):
     root, data, trees = make_store(tmp_path)
     (path,) = list_index_files(os.path.join(root, "index"))
-    with open(path, "rb") as index_file:
-        body = index_file.read()[:-8]
-    magic, packs, count, _trees = struct.unpack_from("<8sIII", body)
-    old = struct.pack("<8sII", MAGIC_V1, packs, count) + body[struct.calcsize("<8sIII") :]
-    with open(path, "wb") as index_file:
+    index = read_index(path)
+    raw = list(index.raw_records())
+    records = b"".join(raw[len(raw) // 2 :] + raw[: len(raw) // 2])  # unsorted, as they were
+    header = (struct.pack("<8sII", magic, 1, index.count) if magic == MAGIC_V1
+              else struct.pack("<8sIII", magic, 1, index.count, 0))
+    old = header + b"".join(index.pack_ids) + records
+    os.unlink(path)
+    with open(os.path.join(root, "index", "old.idx"), "wb") as index_file:
         index_file.write(old + struct.pack("<Q", checksum64(old)))
     store = ChunkStore(root).open()
-    assert not store._deferred and not store.problems
+    assert not store.problems
     assert all(store.get(blob) for blob in data + trees)
+    extra = store.put(b"one more")
+    store.flush()  # the next write merges the old file into a sorted one
+    store.close()
+    files = list_index_files(os.path.join(root, "index"))
+    assert all(read_index(p).sorted for p in files) and not any(p.endswith("old.idx") for p in files)
+    store = ChunkStore(root).open()
+    assert all(store.get(blob) for blob in data + trees + [extra]) and not store._locations
+    store.close()
 
 
-def test_bad_data_entry_falls_back_to_the_pack_tables(tmp_path):
+def test_bad_record_falls_back_to_the_pack_tables(tmp_path):
     root, data, trees = make_store(tmp_path)
     (path,) = list_index_files(os.path.join(root, "index"))
-    with open(path, "rb") as index_file:
-        body = bytearray(index_file.read()[:-8])
-    packs = struct.unpack_from("<8sIII", body)[1]
-    last = len(body) - _ENTRY.size  # a data entry: listings come first
-    struct.pack_into("<I", body, last + 32, packs + 7)  # names a pack the file does not list
+    index = read_index(path)
+    body = bytearray(index.data[:-8])
+    struct.pack_into("<I", body, index.records_start + 3 * _ENTRY.size + 32, 7)  # names a pack the file does not list
     with open(path, "wb") as index_file:
         index_file.write(bytes(body) + struct.pack("<Q", checksum64(bytes(body))))
     store = ChunkStore(root).open()
-    assert not store.problems  # nothing decoded yet that could tell
+    assert not store.problems  # nothing looked up yet that could tell
     assert all(store.get(blob) for blob in data + trees)
     assert any("names a pack it does not list" in p.message and p.recovered for p in store.problems)
+
+
+def test_large_index_is_mapped_unchecked_and_damage_found_at_the_first_failed_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_module, "VERIFY_AT_OPEN", 0)  # every file counts as large
+    root, data, trees = make_store(tmp_path, 100)
+    (path,) = list_index_files(os.path.join(root, "index"))
+    index = read_index(path)
+    assert not index.verified and not isinstance(index.data, bytes)
+    # Damage one id in the file: that blob cannot be found through it any more.
+    position = next(index.records_start + n * _ENTRY.size for n, r in enumerate(index.records()) if r[0] == data[7])
+    with open(path, "r+b") as index_file:
+        index_file.seek(position)
+        index_file.write(b"\xff" * 4)
+    store = ChunkStore(root).open()
+    assert not store.problems
+    assert store.get(data[7])  # found after all: the sum is checked, the pack tables stand in
+    assert any("checksum mismatch" in p.message and p.recovered for p in store.problems)
+    with pytest.raises(MissingObject):
+        store.get(object_id(b"never stored"))
+    store.close()

@@ -47,7 +47,7 @@ def _store_usage(repo: Path) -> tuple[int, int]:
     """(objects in the server's store, bytes of its pack files)."""
     store = ChunkStore(str(repo / "vml" / "store")).open()
     try:
-        return len(store), sum(os.path.getsize(path) for path in store.list_pack_files().values())
+        return len(dict(store.items())), sum(os.path.getsize(path) for path in store.list_pack_files().values())
     finally:
         store.close()
 

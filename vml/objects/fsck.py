@@ -28,7 +28,9 @@ class PackCheck:
 
 
 def check_packs(store: ChunkStore, progress: Callable[[int, int], None] | None = None) -> PackCheck:
-    """Read every pack and verify every blob in it against its id."""
+    """Read every pack and verify every blob in it against its id (and the sums of the
+    large index files, which opening a store does not check)."""
+    store.verify_indexes()
     result = PackCheck(
         problems=[f"{p.path}: {p.message}" for p in store.problems if not p.recovered],
         warnings=[f"{p.path}: {p.message}" for p in store.problems if p.recovered],

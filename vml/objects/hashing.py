@@ -39,6 +39,19 @@ def checksum64(data: bytes | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
+class StreamingChecksum:
+    """checksum64 over data fed piece by piece (an index file written or checked streaming)."""
+
+    def __init__(self) -> None:
+        self._hasher = xxhash.xxh3_64()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+
+    def value(self) -> int:
+        return self._hasher.intdigest()
+
+
 def fingerprint128(data: bytes) -> bytes:
     """Non-cryptographic fingerprint for stat-cache keys."""
     return xxhash.xxh3_128_digest(data)

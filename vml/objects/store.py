@@ -7,6 +7,7 @@ leaves packs without an index: `open` finds them and reads their own tables.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from vml.errors import CorruptObject, MissingObject, VmlError
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
-from vml.objects.index import IndexFile, list_index_files, read_index, write_index
+from vml.objects.index import IndexFile, list_index_files, merge_indexes, read_index, write_index
 from vml.objects.pack import TARGET_SIZE, TYPE_DATA, DamagedBlob, PackEntry, PackWriter, open_blob, pack_path, read_table
 
 # A location is a plain tuple (pack number, offset, length, raw length, type, flag): the store
@@ -59,11 +60,13 @@ class ChunkStore:
         self.tmp_dir = os.path.join(root, "tmp")
         self.pack_ids: list[ObjectId] = []
         self._pack_numbers: dict[ObjectId, int] = {}
+        # Sorted index files (format 3), searched where they lie, each with the store's number
+        # of each pack it names: opening a store decodes none of their records.
+        self._indexes: list[tuple[IndexFile, list[int]]] = []
+        # Blobs no sorted index file holds: packs not indexed yet (written here, adopted, or
+        # left by a crash), and the records of older index files, decoded whole.
         self._locations: dict[bytes, tuple] = {}
-        # Index files whose data-chunk entries are not decoded yet: most commands that only
-        # read listings (diff, log, show) never need them. Decoded on the first other lookup.
-        self._deferred: list[tuple[IndexFile, list[int]]] = []
-        self._deferred_lock = threading.Lock()
+        self._older_indexes: list[IndexFile] = []  # merged into a sorted file by the next flush
         self._indexed_packs: set[ObjectId] = set()
         self._unindexed: dict[ObjectId, list[PackEntry]] = {}
         self._writer: PackWriter | None = None
@@ -84,39 +87,78 @@ class ChunkStore:
             os.makedirs(os.path.join(root, sub), exist_ok=True)
 
     def open(self) -> ChunkStore:
-        for path in list_index_files(self.index_dir):
-            try:
-                index = read_index(path)
-                numbers = [self._register_pack(pack_id) for pack_id in index.pack_ids]
-                self._add_index_records(index, numbers, 0, index.tree_count)
-            except CorruptObject as error:
-                # The packs still describe themselves; fall back to reading their tables.
-                self.problems.append(StoreProblem(path, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
-                continue
-            self._indexed_packs.update(index.pack_ids)
-            if index.tree_count < index.count:
-                self._deferred.append((index, numbers))
+        opened: set[str] = set()
+        for _attempt in range(100):
+            vanished = False
+            for path in list_index_files(self.index_dir):
+                if path in opened:
+                    continue
+                try:
+                    index = read_index(path)
+                except FileNotFoundError:
+                    vanished = True  # merged into a new file by another process: list again
+                    continue
+                except CorruptObject as error:
+                    # The packs still describe themselves; fall back to reading their tables.
+                    self.problems.append(StoreProblem(path, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
+                else:
+                    self._use_index(index)
+                opened.add(path)
+            if not vanished:
+                break
         self._recover_unindexed_packs()
         return self
 
-    def _add_index_records(self, index: IndexFile, numbers: list[int], start: int, stop: int | None) -> None:
-        locations = self._locations
-        for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records(start, stop):
-            locations[raw_id] = (numbers[pack_no], offset, length, raw_length, blob_type, flag)
+    def _use_index(self, index: IndexFile) -> None:
+        numbers = [self._register_pack(pack_id) for pack_id in index.pack_ids]
+        if index.sorted:
+            self._indexes.append((index, numbers))
+        else:
+            try:
+                for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records():
+                    self._locations[raw_id] = (numbers[pack_no], offset, length, raw_length, blob_type, flag)
+            except CorruptObject as error:
+                self._read_tables_instead(index, error)
+                return
+            self._older_indexes.append(index)
+        self._indexed_packs.update(index.pack_ids)
 
-    def _load_deferred(self) -> None:
-        with self._deferred_lock:
-            while self._deferred:
-                index, numbers = self._deferred[0]
+    def _read_tables_instead(self, index: IndexFile, error: CorruptObject) -> None:
+        """An index file found damaged after it was opened: its packs' own tables stand in."""
+        self.problems.append(StoreProblem(index.name, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
+        self._indexes = [(other, numbers) for other, numbers in self._indexes if other is not index]
+        files = self.list_pack_files()
+        for pack_id in index.pack_ids:
+            if pack_id in files:
                 try:
-                    self._add_index_records(index, numbers, index.tree_count, None)
-                except CorruptObject as error:
-                    self.problems.append(StoreProblem(index.name, f"{error}; its packs were read directly (vml gc rewrites the index)", True))
-                    files = self.list_pack_files()
-                    for pack_id in index.pack_ids:
-                        if pack_id in files:
-                            self._add_pack_entries(pack_id, read_table(files[pack_id]))
-                del self._deferred[0]
+                    self._add_pack_entries(pack_id, read_table(files[pack_id]))
+                except CorruptObject as damaged:
+                    self.problems.append(StoreProblem(files[pack_id], str(damaged)))
+
+    def _indexed_location(self, blob_id: bytes) -> tuple | None:
+        """Where a sorted index file says the blob is."""
+        for index, numbers in tuple(self._indexes):
+            try:
+                record = index.find(blob_id)
+            except CorruptObject as error:
+                self._read_tables_instead(index, error)
+                return self.location(blob_id)
+            if record is not None:
+                _id, pack_no, blob_type, flag, offset, length, raw_length = record
+                return (numbers[pack_no], offset, length, raw_length, blob_type, flag)
+        return None
+
+    def verify_indexes(self) -> bool:
+        """Check the sums of the large index files that were mapped unchecked (fsck, or a
+        failed read); one that is damaged gives way to its packs' tables. Whether one was."""
+        found = False
+        for index, _numbers in tuple(self._indexes):
+            try:
+                index.verify()
+            except CorruptObject as error:
+                self._read_tables_instead(index, error)
+                found = True
+        return found
 
     def _register_pack(self, pack_id: ObjectId) -> int:
         pack_no = self._pack_numbers.get(pack_id)
@@ -158,26 +200,21 @@ class ChunkStore:
 
     def holds(self, blob_id: bytes) -> bool:
         """Whether this store has the blob itself (not only its source)."""
-        if self._deferred:
-            self._load_deferred()
         if blob_id in self._locations or blob_id in self._pending:
+            return True
+        if self._indexes and self._indexed_location(blob_id) is not None:
             return True
         if any(blob_id in blobs for blobs, _job in tuple(self._finishing)):
             return True
         return blob_id in self._locations  # a pack may have finished while we looked
-
-    def __len__(self) -> int:
-        self._load_deferred()
-        return len(self._locations)
 
     def pack_number(self, pack_id: ObjectId) -> int:
         return self._register_pack(pack_id)
 
     def location(self, blob_id: bytes) -> tuple | None:
         found = self._locations.get(blob_id)
-        if found is None and self._deferred:
-            self._load_deferred()
-            found = self._locations.get(blob_id)
+        if found is None and self._indexes:
+            found = self._indexed_location(blob_id)
         return found
 
     def stored_size(self, blob_id: bytes) -> int:
@@ -189,9 +226,7 @@ class ChunkStore:
         return self._recorded(blob_id, RAW_LENGTH, "raw_length")
 
     def _recorded(self, blob_id: bytes, field: int, name: str) -> int:
-        if self._deferred:
-            self._load_deferred()
-        found = self._locations.get(blob_id)
+        found = self.location(blob_id)
         if found is not None:
             return found[field]
         for blobs in [self._pending] + [blobs for blobs, _job in tuple(self._finishing)]:
@@ -205,9 +240,13 @@ class ChunkStore:
             raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
         return getattr(entry, name)
 
-    def items(self):
-        self._load_deferred()
-        return self._locations.items()
+    def items(self) -> Iterator[tuple[bytes, tuple]]:
+        """Every blob and its location, decoded as they go; a blob that two packs hold may
+        come twice."""
+        yield from list(self._locations.items())
+        for index, numbers in tuple(self._indexes):
+            for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records():
+                yield raw_id, (numbers[pack_no], offset, length, raw_length, blob_type, flag)
 
     # -- reads
 
@@ -228,17 +267,24 @@ class ChunkStore:
 
     def get(self, blob_id: bytes) -> bytes:
         """The blob's raw bytes, verified against its id; never returns bad bytes."""
-        location = self._locations.get(blob_id)
+        location = self.location(blob_id)
         if location is None:
-            if not self.holds(blob_id):  # (decodes the deferred entries first)
-                if self.source is None:
-                    raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
-                return self._keep_from_source(blob_id)
-            location = self._locations.get(blob_id)
+            if not self.holds(blob_id):
+                if self.source is not None:
+                    return self._keep_from_source(blob_id)
+                if self.verify_indexes():
+                    return self.get(blob_id)
+                raise MissingObject(f"object {blob_id.hex()[:16]} is not in the store")
+            location = self.location(blob_id)
             if location is None:  # in a pack still being written
                 self.flush_pack()
                 location = self._locations[blob_id]
-        return self.read_location(blob_id, location)
+        try:
+            return self.read_location(blob_id, location)
+        except CorruptObject:
+            if self.verify_indexes():  # a damaged record of a large index, not the pack
+                return self.get(blob_id)
+            raise
 
     def read_location(self, blob_id: bytes, location: tuple) -> bytes:
         return self.decode_payload(blob_id, location, self.read_payload(blob_id, location))
@@ -356,8 +402,8 @@ class ChunkStore:
         if raw_length > compression.MAX_BLOB:  # readers would refuse it as a lie
             raise VmlError(f"an object of {raw_length:,} bytes is larger than vml stores ({compression.MAX_BLOB >> 20} MiB): "
                            f"a directory of millions of names? split it")
-        if self._deferred:
-            self._load_deferred()
+        if self._indexes and self._indexed_location(blob_id) is not None:
+            return
         with self._lock:
             if blob_id in self._locations or blob_id in self._pending:
                 return
@@ -441,13 +487,48 @@ class ChunkStore:
         self._wait_for_packs()
 
     def flush(self) -> None:
-        """Make everything added durable: finish the open pack, then index the new packs."""
+        """Make everything added durable: finish the open pack, then index the new packs,
+        then merge the small index files (`_merge_indexes`)."""
         self.flush_pack()
         with self._lock:
+            if not self._unindexed and not self._older_indexes:
+                return
             if self._unindexed:
-                write_index(self.index_dir, self.tmp_dir, self._unindexed)
+                new = read_index(write_index(self.index_dir, self.tmp_dir, self._unindexed))
+                self._indexes.append((new, [self._register_pack(pack_id) for pack_id in new.pack_ids]))
                 self._indexed_packs.update(self._unindexed)
                 self._unindexed = {}
+            self._merge_indexes()
+
+    def _merge_indexes(self) -> None:
+        """Keep the sorted index files few: merge the smallest ones whose sizes do not grow
+        at least twofold (as git's geometric repack does), and every older-format file. A
+        store of n blobs then has at most log2(n) files, and each record is rewritten
+        O(log n) times over the store's life. The inputs go only once the merged file is
+        durable; a process that listed them meanwhile lists again (`open`)."""
+        sizes = sorted(self._indexes, key=lambda item: item[0].count)
+        take = 0
+        for position in range(len(sizes) - 1, 0, -1):
+            if sizes[position][0].count < 2 * sizes[position - 1][0].count:
+                take = position + 1
+                break
+        total = sum(index.count for index, _numbers in sizes[:take])
+        while take < len(sizes) and sizes[take][0].count < 2 * total:
+            total += sizes[take][0].count
+            take += 1
+        inputs = [index for index, _numbers in sizes[:take]] if take >= 2 else []
+        inputs += self._older_indexes
+        if len(inputs) < 2 and not self._older_indexes:
+            return
+        merged = read_index(merge_indexes(self.index_dir, self.tmp_dir, inputs))
+        merged.verified = True  # written just now
+        self._indexes = [item for item in self._indexes if item[0] not in inputs]
+        self._indexes.append((merged, [self._register_pack(pack_id) for pack_id in merged.pack_ids]))
+        self._older_indexes = []
+        for index in inputs:
+            if index.name != merged.name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.index_dir, index.name))
 
     def abandon(self) -> None:
         for blobs, job in tuple(self._finishing):
