@@ -228,6 +228,23 @@ def test_every_file_type_and_attribute_round_trips(repo, full_guest: Path, tmp_p
     assert compare_snapshots(before, snapshot(full_guest, ignore={b"special/sock"})) == []
 
 
+def test_checkout_into_a_setgid_target_with_a_default_acl_gives_the_saved_attributes(repo, full_guest: Path, tmp_path: Path):
+    """New files take the group of a setgid directory and inherit its default ACL: a
+    checkout into such a target still gives each file the owner and xattrs it was saved
+    with (it skips setting them only where a new file is born with them)."""
+    result = _commit(repo, "everything")
+    out = tmp_path / "restored"
+    out.mkdir()
+    os.chown(out, 0, 4321)
+    os.chmod(out, 0o2775)
+    os.setxattr(out, "system.posix_acl_default", DEFAULT_ACL)
+    assert repo("checkout", result["entry"], "--to", str(out), "--json").json()["not_reproduced"] == []
+    assert compare(full_guest, out, ignore={b"special/sock"}) == []
+    plain = os.stat(out / "attrs" / "user")  # saved root:root, no ACL
+    assert (plain.st_uid, plain.st_gid) == (0, 0)
+    assert "system.posix_acl_access" not in os.listxattr(out / "attrs" / "user")
+
+
 def test_specific_attributes_after_checkout(repo, full_guest: Path, tmp_path: Path):
     """The same as above, checked attribute by attribute for clearer failures."""
     entry = _commit(repo, "everything")["entry"]

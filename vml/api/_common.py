@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from vml.areas.capture import CaptureResult
-from vml.areas.kinds import default_rules, open_area
-from vml.areas.protocol import AreaConfig, Notice, WorkingArea
-from vml.areas.rules import Rules, load_rules, without_ephemeral
-from vml.areas.statcache import StatCache
 from vml.entry import EntryInfo, read_entry
 from vml.errors import UnknownArea
 from vml.objects.manifest import Listing
@@ -20,15 +16,27 @@ from vml.refs import names
 from vml.refs.heads import AreaHead, read_head
 from vml.repo import Repository
 
+if TYPE_CHECKING:  # (areas load when a command opens one: log, diff and show need none)
+    from vml.areas.capture import CaptureResult
+    from vml.areas.protocol import AreaConfig, Notice, WorkingArea
+    from vml.areas.rules import Rules
+    from vml.areas.statcache import StatCache
+
 Progress = Callable[[object], None] | None
 
 
 def area_rules(repo: Repository, config: AreaConfig) -> Rules:
+    from vml.areas.kinds import default_rules
+    from vml.areas.rules import load_rules
+
     return load_rules(repo.rules_path(config.name), default_rules(config.kind))
 
 
 @contextlib.contextmanager
 def opened_area(repo: Repository, config: AreaConfig, notice: Notice = None) -> Iterator[WorkingArea]:
+    from vml.areas.kinds import open_area
+    from vml.areas.rules import without_ephemeral
+
     working_area = open_area(config, without_ephemeral(area_rules(repo, config)))
     working_area.notice = notice
     try:
@@ -59,6 +67,8 @@ def entry_info(repo: Repository, entry: str) -> EntryInfo:
 def scan_area(repo: Repository, working_area: WorkingArea, cache: StatCache | None = None,
               expected: Callable[[bytes], object] | None = None) -> tuple[CaptureResult, Callable[..., Listing]]:
     """The area's current files, hashed but not stored: the capture and a loader for its listings."""
+    from vml.areas.statcache import StatCache
+
     if cache is None:
         cache = StatCache.load(repo.stat_cache_path(working_area.config.name))
     current = working_area.capture(repo.store, cache, dry_run=True, expected=expected)

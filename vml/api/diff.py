@@ -6,11 +6,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vml.api._common import opened_area, resolve_entry, scan_area
 from vml.areas.fsmeta import flag_letters
-from vml.areas.kinds import as_vm, definitions_differ, is_vm
-from vml.areas.protocol import Notice, WorkingArea
 from vml.entry import DOMAIN_FILE, entry_files, entry_root, read_entry
 from vml.environment import COMPARED as ENV_COMPARED
 from vml.environment import diff_environment
@@ -21,6 +20,9 @@ from vml.objects.walk import listing_loader, read_content
 from vml.pathnames import lossless_text, parse_paths, path_bytes, quote_path
 from vml.refs.heads import read_head
 from vml.repo import Repository
+
+if TYPE_CHECKING:  # (areas load only for a diff that reads one: two entries need none)
+    from vml.areas.protocol import Notice, WorkingArea
 
 PATCH_LIMIT = 8 * 1024 * 1024  # bytes per side beyond which no text diff is attempted
 
@@ -133,6 +135,8 @@ def _patch(change: Change, store: ChunkStore | None, working_area: WorkingArea |
 
 def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
     """Changes of the domain definition and the environment, as diff entries after the files'."""
+    from vml.areas.kinds import definitions_differ
+
     changes = []
     if DOMAIN_FILE in new and (DOMAIN_FILE not in old or definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
         changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
@@ -160,6 +164,8 @@ class StatusResult:
 
 def status(repo: Repository, *, area: str | None = None, notice: Notice = None) -> StatusResult:
     """The area's HEAD and what changed since its entry (files are read only where the stat cache can't vouch)."""
+    from vml.areas.kinds import as_vm, is_vm
+
     config = repo.choose_area(area)
     with opened_area(repo, config, notice) as working_area, repo.shared_lock():
         head = read_head(repo.git, config.name)

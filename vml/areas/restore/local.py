@@ -68,6 +68,8 @@ class _PendingDir:
     rel: bytes  # its path from the top (b"" for the top)
     jobs: list[Future] = field(default_factory=list)  # a batch appears once however many of its files are here
     files: int = 0  # files of this directory in those jobs
+    empty: bool = False  # it held nothing when this restore began: no name in it needs looking up first
+    created: bool = False  # made by this restore
 
 
 class Restore:
@@ -103,6 +105,11 @@ class Restore:
         self._batch_bytes = 0
         self._root_fd = -1
         self._updating = False
+        # What a new file or directory is born with, so as not to set it again: the owner
+        # (None: the target is setgid, whose group its contents take), and whether it may
+        # inherit xattrs (a default ACL on the target) that the restore must then remove.
+        self._born_owner: tuple[int, int] | None = None
+        self._born_with_xattrs = True
 
     def run(self, root_id: bytes, target: bytes, current_root_id: bytes | None = None) -> RestoreProgress:
         """Make `target` hold the tree `root_id`. With `current_root_id` (what the target holds
@@ -119,7 +126,9 @@ class Restore:
                 raise VmlError(f"{os.fsdecode(target)} is not empty")
             if current is None:
                 _check_inodes(self._root_fd, target, self._budget.left)
-            top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN, b"")
+            self._learn_birth(self._root_fd)
+            top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN, b"",
+                              empty=current is None)
             self._unprotect(top.fd, current, root, b"")
             self._restore_dir(top, b"", root.tree, current.tree if current is not None else None)
             self._queue.append(top)
@@ -174,10 +183,11 @@ class Restore:
                 self._unprotect(child.fd, current, node, rel)
                 self._restore_dir(child, rel, node.tree, current.tree)
             else:
-                if current is not None or self._exists(dir_fd, node.name):
+                if current is not None or (not pending.empty and self._exists(dir_fd, node.name)):
                     self._remove(dir_fd, node.name)
                 os.mkdir(node.name, 0o700, dir_fd=dir_fd)
-                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel), rel)
+                child = _PendingDir(os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd), node, self._child_scope(pending, rel), rel,
+                                    empty=True, created=True)
                 self._unprotect(child.fd, None, node, rel)
                 self._restore_dir(child, rel, node.tree, None)
             self._queue.append(child)
@@ -195,7 +205,7 @@ class Restore:
             self._unprotect_by_name(dir_fd, current, None, rel)  # it is replaced: nothing may stop that
         if node.flags:
             self._flagged.append((rel, node))
-        replace = current is not None or self._exists(dir_fd, node.name)
+        replace = current is not None or (not pending.empty and self._exists(dir_fd, node.name))
         if replace and self._is_dir(dir_fd, node.name):
             self._remove(dir_fd, node.name)
             replace = False
@@ -237,7 +247,7 @@ class Restore:
             for job in pending.jobs:
                 job.result()
             self._in_flight -= pending.files
-            self._set_metadata_fd(pending.fd, pending.node, pending.rel)
+            self._set_metadata_fd(pending.fd, pending.node, pending.rel, born=pending.created)
         finally:
             os.close(pending.fd)
         self._progress(self.counts)
@@ -322,7 +332,7 @@ class Restore:
         try:
             try:
                 self._write_content(fd, node)
-                self._set_metadata_fd(fd, node, rel)
+                self._set_metadata_fd(fd, node, rel, born=True)
             finally:
                 os.close(fd)
         except BaseException as error:
@@ -387,10 +397,23 @@ class Restore:
 
     # -- metadata: owner, then xattrs (chown clears capabilities), then mode, then times
 
-    def _set_metadata_fd(self, fd: int, node: Node, rel: bytes) -> None:
-        if self.as_root:
+    def _learn_birth(self, top_fd: int) -> None:
+        if stat.S_ISGID & os.fstat(top_fd).st_mode:
+            self._born_owner = None
+        else:
+            self._born_owner = (os.geteuid(), os.getegid())
+        try:
+            self._born_with_xattrs = "system.posix_acl_default" in os.listxattr(top_fd)
+        except OSError:
+            self._born_with_xattrs = False  # a filesystem without xattrs
+
+    def _set_metadata_fd(self, fd: int, node: Node, rel: bytes, *, born: bool = False) -> None:
+        """`born`: the file or directory was made by this restore (its owner and xattrs are
+        known without asking: see `_learn_birth`)."""
+        if self.as_root and not (born and (node.uid, node.gid) == self._born_owner):
             os.fchown(fd, node.uid, node.gid)
-        self._set_xattrs(fd, node, rel, follow=True)
+        if node.xattrs or not born or self._born_with_xattrs:
+            self._set_xattrs(fd, node, rel, follow=True)
         os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
