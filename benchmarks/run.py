@@ -6,7 +6,7 @@ median of --repeat runs, taken in rounds (every tool once per round). Results go
 benchmarks/results/<date>.json, .md (a Markdown table) and .png (a plot), and a table on
 stdout, with every figure also given as a ratio to restic's in the same run.
 
-Usage: benchmarks/run [--repeat N] [--tools vml,restic,...] (benchmarks/run builds the data first)
+Usage: benchmarks/run [--repeat N] [--tools vml,restic,...] [--tree base|runtimes] (benchmarks/run builds the data first)
        benchmarks/run.py --report results/DATE.json   (tables and plot again from a saved run)
 """
 
@@ -355,6 +355,8 @@ def tree_counts(path: str) -> dict:
 def main() -> None:
     parser = bench_arguments(__doc__.splitlines()[0])
     parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--tree", default="base", help="The data set under --data: base (the guest of issue 5) or "
+                        "runtimes (204,000 paths of runtimes' sources and docs: benchmarks/dataset --runtimes).")
     parser.add_argument("--name", help="Name of the result files (default: today's date).")
     parser.add_argument("--report", metavar="JSON", help="Only write the table, Markdown and plot of an earlier run's JSON.")
     args = parser.parse_args()
@@ -364,7 +366,7 @@ def main() -> None:
         print(table(report["median"]))
         write_reports(report, args.report.removesuffix(".json"))
         return
-    base = os.path.join(args.data, "base")
+    base = os.path.join(args.data, args.tree)
     names = args.tools.split(",")
     raw = {name: [] for name in names}
     # Rounds, not one tool's runs back to back: a slow spell of the shared disk then touches
@@ -377,7 +379,7 @@ def main() -> None:
     print(table(results))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     today = datetime.datetime.now().strftime("%Y-%m-%d")
-    stamp = args.name or today
+    stamp = args.name or (today if args.tree == "base" else f"{today}-{args.tree}")
     report = {"date": today, "repeat": args.repeat, "base": base, "tree": tree_counts(base), "median": results, "runs": raw}
     write_reports(report, os.path.join(HERE, "results", stamp))
 
