@@ -155,3 +155,24 @@ def test_large_index_is_mapped_unchecked_and_damage_found_at_the_first_failed_re
     with pytest.raises(MissingObject):
         store.get(object_id(b"never stored"))
     store.close()
+
+
+def test_a_merge_that_fails_leaves_the_commit_durable(tmp_path, monkeypatch):
+    root, data, trees = make_store(tmp_path, 40)  # one index file of 45 records
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vml.objects.store.merge_indexes", full_disk)
+    store = ChunkStore(root).open()
+    rng = random.Random(9)
+    more = [store.put(rng.randbytes(100)) for _ in range(50)]
+    extra = store.put(b"saved though the merge failed")
+    store.flush()  # a second file of 51: the two would merge; the new one is durable all the same
+    assert any("not merged" in p.message for p in store.problems)
+    store.close()
+    monkeypatch.undo()
+    store = ChunkStore(root).open()
+    assert store.get(extra) == b"saved though the merge failed" and all(store.get(blob) for blob in data + trees + more)
+    assert len(list_index_files(os.path.join(root, "index"))) == 2
+    store.close()

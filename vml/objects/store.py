@@ -520,7 +520,11 @@ class ChunkStore:
         inputs += self._older_indexes
         if len(inputs) < 2 and not self._older_indexes:
             return
-        merged = read_index(merge_indexes(self.index_dir, self.tmp_dir, inputs))
+        try:
+            merged = read_index(merge_indexes(self.index_dir, self.tmp_dir, inputs))
+        except (OSError, CorruptObject) as error:  # a full disk, a damaged input: the files stay as they are
+            self.problems.append(StoreProblem(self.index_dir, f"index files not merged: {error}", True))
+            return
         merged.verified = True  # written just now
         self._indexes = [item for item in self._indexes if item[0] not in inputs]
         self._indexes.append((merged, [self._register_pack(pack_id) for pack_id in merged.pack_ids]))
