@@ -33,6 +33,25 @@ def test_unchanged_recommit_reads_nothing_and_changes_are_found(repo, guest: Pat
     assert racy["created"] and racy["files_read"] >= 1
 
 
+def test_an_unchanged_recommit_leaves_the_cache_file_alone(repo, guest: Path, tmp_path: Path):
+    cache = tmp_path / ".vml" / "vml" / "areas" / "wa1" / "statcache"
+    for i in range(20):
+        (guest / "home" / "user" / f"g{i}.txt").write_text(f"file {i}\n")
+    repo("commit", "-m", "first")
+    time.sleep(2.2)  # out of the racy window: the next commit caches everything
+    repo("commit", "-m", "second", "--allow-empty")
+    written = cache.stat()
+    third = repo("commit", "-m", "third", "--allow-empty", "--json").json()
+    assert third["files_read"] == 0
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not written again
+    (guest / "home" / "user" / "g3.txt").write_text("changed\n")
+    time.sleep(2.2)
+    repo("commit", "-m", "fourth")
+    assert cache.stat().st_ino != written.st_ino  # a change: the cache is written anew
+    fifth = repo("commit", "-m", "fifth", "--allow-empty", "--json").json()
+    assert fifth["files_read"] == 0  # and what it holds is right
+
+
 def test_cached_file_whose_data_gc_removed_is_read_again(repo, guest: Path, tmp_path: Path):
     from support.repofiles import tree_digest
 

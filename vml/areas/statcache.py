@@ -53,6 +53,8 @@ class CachedDir:
 @dataclass(slots=True)
 class StatCache:
     dirs: dict[bytes, CachedDir] = field(default_factory=dict)
+    loaded_from: str | None = None  # the file it was read from, by `load`
+    same_as: str | None = None  # a file that holds these very entries: `save` to it writes nothing
 
     @classmethod
     def load(cls, path: str) -> StatCache:
@@ -70,10 +72,13 @@ class StatCache:
                     dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (key, node) for name, key, node in children})
         except (FileNotFoundError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
             return cls()
-        return cls(dirs)
+        return cls(dirs, loaded_from=path)
 
     def save(self, path: str) -> None:
-        """Written a directory at a time (no second copy of the cache in memory), then renamed."""
+        """Written a directory at a time (no second copy of the cache in memory), then renamed;
+        not at all when it holds what the file holds already."""
+        if self.same_as == path and os.path.exists(path):
+            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         packer = msgpack.Packer(use_bin_type=True)
         with atomic_file(path, buffering=1024 * 1024) as out:

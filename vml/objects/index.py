@@ -19,8 +19,8 @@ merges them into format 3 (`merge_indexes`).
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import io
 import itertools
 import mmap
 import os
@@ -30,9 +30,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from vml.durable import PendingFile
+from vml.durable import PendingFile, write_atomically
 from vml.errors import CorruptObject
-from vml.objects.hashing import StreamingChecksum, StreamingId, checksum64
+from vml.objects.hashing import StreamingChecksum, StreamingId, checksum64, object_id
 from vml.objects.ids import ID_SIZE, ObjectId
 from vml.objects.pack import PackEntry
 
@@ -161,14 +161,16 @@ class IndexWriter:
 
 
 def encode_index(packs: dict[ObjectId, list[PackEntry]]) -> bytes:
-    """A format 3 index file of these packs, as bytes (for a remote)."""
+    """A format 3 index file of these packs, as bytes. One pass in C over records already in
+    memory (a commit's): the fan-out by bisection, not record by record as `IndexWriter`."""
     pack_ids, records = _sorted_records(packs)
-    sink = io.BytesIO()
-    writer = IndexWriter(sink, pack_ids, len(records))
-    for record in records:
-        writer.add(record)
-    writer.finish()
-    return sink.getvalue()
+    bits = fan_bits(len(records))
+    shift = 16 - bits
+    fan = [bisect.bisect_left(records, ((bucket + 1) << shift).to_bytes(2, "big")) for bucket in range((1 << bits) - 1)]
+    fan.append(len(records))
+    body = b"".join([_HEADER.pack(MAGIC, len(pack_ids), bits), *pack_ids, *records,
+                     struct.pack(f"<{len(fan)}I", *fan), _U32.pack(len(records))])
+    return body + _FOOTER.pack(checksum64(body))
 
 
 def _sorted_records(packs: dict[ObjectId, list[PackEntry]]) -> tuple[list[ObjectId], list[bytes]]:
@@ -176,14 +178,17 @@ def _sorted_records(packs: dict[ObjectId, list[PackEntry]]) -> tuple[list[Object
     hold has a record for each: an index file is also each pack's whole table of contents
     (a remote's gc reads it so)."""
     pack_ids = sorted(packs)
-    records = {_ENTRY.pack(e.id, pack_no, e.blob_type, e.flag, e.offset, e.length, e.raw_length)
-               for pack_no, pack_id in enumerate(pack_ids) for e in packs[pack_id]}
-    return pack_ids, sorted(records)
+    records = [_ENTRY.pack(e.id, pack_no, e.blob_type, e.flag, e.offset, e.length, e.raw_length)
+               for pack_no, pack_id in enumerate(pack_ids) for e in packs[pack_id]]
+    records.sort()
+    return pack_ids, list(dict.fromkeys(records))  # (a pack listed twice: its records once)
 
 
 def write_index(index_dir: str, tmp_dir: str, packs: dict[ObjectId, list[PackEntry]]) -> str:
-    pack_ids, records = _sorted_records(packs)
-    return _write_records(index_dir, tmp_dir, pack_ids, records, len(records))
+    data = encode_index(packs)
+    path = os.path.join(index_dir, object_id(data).hex() + ".idx")
+    write_atomically(path, data, mode=0o644, tmp_dir=tmp_dir)
+    return path
 
 
 def _write_records(index_dir: str, tmp_dir: str, pack_ids: Sequence[ObjectId], records: Iterable[bytes], expected: int) -> str:

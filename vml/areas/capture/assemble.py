@@ -67,6 +67,7 @@ class Assembly:
         self.old_cache = old_cache
         self.new_cache = StatCache()
         self.counts = CaptureProgress()
+        self._rebuilt = 0  # directories whose listing was built, not reused whole
 
     def has_data(self, node: Node) -> bool:
         """Whether a cached node's data is still in the store (gc may have removed it since)."""
@@ -102,6 +103,7 @@ class Assembly:
                 reusable = False
             self.counts.files += 1
             self.counts.bytes += child.size
+        self._rebuilt += 1
         fingerprint = dir_fingerprint([child.fingerprinted() for child in children])
         cached = self.old_cache.dirs.get(rel)
         if cached is not None and cached.fingerprint == fingerprint and cached.listing_id in self.store:
@@ -120,4 +122,8 @@ class Assembly:
         top.name, top.tree = b"", listing_id
         totals = Totals(totals.nodes, totals.files, totals.bytes)
         root_id = self.sink.listing(encode_root(top, totals, links))
+        # Every directory reused whole, and no other: the new cache is the old one, entry for
+        # entry, and saving it would write the same bytes again (an unchanged re-commit).
+        if self._rebuilt == 0 and self.new_cache.dirs.keys() == self.old_cache.dirs.keys():
+            self.new_cache.same_as = self.old_cache.loaded_from
         return CaptureResult(root_id, totals, self.new_cache, skipped, changed_while_reading, self.counts, self.sink.listings)
