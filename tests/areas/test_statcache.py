@@ -74,3 +74,41 @@ def test_cached_file_whose_data_gc_removed_is_read_again(repo, guest: Path, tmp_
     assert again["files_read"] >= 1 and again["added_bytes"] >= len(data) // 2, again
     repo("checkout", "HEAD", "--to", str(tmp_path / "out"))
     assert tree_digest(tmp_path / "out") == tree_digest(guest)
+
+
+def _cached_twice(repo, guest: Path) -> None:
+    for i in range(30):
+        (guest / "home" / "user" / f"h{i}.txt").write_text(f"file {i}\n")
+    repo("commit", "-m", "first")
+    time.sleep(2.2)
+    repo("commit", "-m", "second", "--allow-empty")  # now every file is cached
+
+
+def test_a_cache_of_the_older_format_is_still_used(repo, guest: Path, tmp_path: Path):
+    import msgpack
+
+    from vml.areas.statcache import StatCache
+
+    _cached_twice(repo, guest)
+    path = tmp_path / ".vml" / "vml" / "areas" / "wa1" / "statcache"
+    cache = StatCache.load(str(path))
+    old = [2, {rel: (d.fingerprint, d.listing_id, d.totals, [(n, k, node) for n, (k, node) in d.children.items()])
+               for rel, d in cache.dirs.items()}]
+    path.write_bytes(msgpack.packb(old, use_bin_type=True))
+    assert repo("commit", "-m", "third", "--allow-empty", "--json").json()["files_read"] == 0
+
+
+def test_damaged_children_of_one_directory_read_its_files_again(repo, guest: Path, tmp_path: Path):
+    import msgpack
+
+    from vml.areas.statcache import StatCache
+
+    _cached_twice(repo, guest)
+    path = tmp_path / ".vml" / "vml" / "areas" / "wa1" / "statcache"
+    cache = StatCache.load(str(path))
+    cache.dirs[b"home/user"]._packed = msgpack.packb([(b"a name", 5)])  # the wrong shape
+    cache.dirs[b"home/user"]._children = None
+    cache.save(str(path))
+    third = repo("commit", "-m", "third", "--allow-empty", "--json").json()
+    assert 30 <= third["files_read"] <= 40  # that directory's files, no more
+    assert repo("commit", "-m", "fourth", "--allow-empty", "--json").json()["files_read"] == 0

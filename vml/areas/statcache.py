@@ -17,7 +17,7 @@ import msgpack
 from vml.durable import atomic_file
 from vml.objects.hashing import fingerprint128
 
-FORMAT = 2
+FORMAT = 3  # 2: each directory's children as a list, decoded when the file was read
 # Larger than every common filesystem's timestamp granularity (FAT: 2 s).
 RACY_WINDOW_NS = 2_000_000_000
 
@@ -42,12 +42,44 @@ def pack_key(inode: int, size: int, mtime_ns: int, ctime_ns: int, mode: int, uid
     return _KEY.pack(inode, size, mtime_ns, ctime_ns, mode, uid, gid, nlink)
 
 
-@dataclass(slots=True)
 class CachedDir:
-    fingerprint: bytes | None  # None: something in it was racy; the listing must be rebuilt
-    listing_id: bytes
-    totals: tuple[int, int, int]
-    children: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)  # name -> (stat key, node bytes)
+    """One directory of the cache. Its children are kept as the file stores them (one
+    msgpack string) and decoded only when a scan looks into the directory; `release` drops
+    the decoded form again, so a scan holds decoded only the directories it is working on."""
+
+    __slots__ = ("fingerprint", "listing_id", "totals", "_children", "_packed")
+
+    def __init__(self, fingerprint: bytes | None, listing_id: bytes, totals: tuple[int, int, int],
+                 children: dict[bytes, tuple[bytes, bytes]] | None = None, *, packed: bytes | None = None):
+        self.fingerprint = fingerprint  # None: something in it was racy; the listing must be rebuilt
+        self.listing_id = listing_id
+        self.totals = totals
+        self._children = children if children is not None or packed is not None else {}
+        self._packed = packed
+
+    @property
+    def children(self) -> dict[bytes, tuple[bytes, bytes]]:
+        """name -> (stat key, node bytes); a damaged entry reads as empty (its files are read again)."""
+        if self._children is None:
+            try:
+                self._children = {name: (key, node) for name, key, node in msgpack.unpackb(self._packed, raw=True, use_list=False)}
+            except (ValueError, TypeError, msgpack.UnpackException):
+                self._children = {}
+        return self._children
+
+    def packed(self) -> bytes:
+        if self._packed is None:
+            self._packed = msgpack.packb([(name, key, node) for name, (key, node) in self.children.items()], use_bin_type=True)
+        return self._packed
+
+    def same_children(self, fingerprint: bytes | None) -> CachedDir:
+        """This directory again with another fingerprint, its children shared as they are."""
+        return CachedDir(fingerprint, self.listing_id, self.totals, None if self._packed is not None else self._children,
+                         packed=self._packed)
+
+    def release(self) -> None:
+        if self._packed is not None:
+            self._children = None
 
 
 @dataclass(slots=True)
@@ -64,12 +96,20 @@ class StatCache:
         try:
             with open(path, "rb") as cache_file:
                 unpacker = msgpack.Unpacker(cache_file, raw=True, use_list=False, max_buffer_size=0)
-                if unpacker.read_array_header() != 2 or unpacker.unpack() != FORMAT:
+                if unpacker.read_array_header() != 2:
+                    return cls()
+                version = unpacker.unpack()
+                if version not in (2, FORMAT):
                     return cls()
                 for _ in range(unpacker.read_map_header()):
                     rel = unpacker.unpack()
                     fingerprint, listing_id, totals, children = unpacker.unpack()
-                    dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (key, node) for name, key, node in children})
+                    if version == FORMAT:
+                        if not isinstance(children, bytes):
+                            raise ValueError("a directory's children are not one string")
+                        dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), packed=children)
+                    else:
+                        dirs[rel] = CachedDir(fingerprint, listing_id, tuple(totals), {name: (key, node) for name, key, node in children})
         except (FileNotFoundError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
             return cls()
         return cls(dirs, loaded_from=path)
@@ -84,5 +124,4 @@ class StatCache:
         with atomic_file(path, buffering=1024 * 1024) as out:
             out.write(packer.pack_array_header(2) + packer.pack(FORMAT) + packer.pack_map_header(len(self.dirs)))
             for rel, d in self.dirs.items():
-                children = [(name, key, node) for name, (key, node) in d.children.items()]
-                out.write(packer.pack(rel) + packer.pack((d.fingerprint, d.listing_id, d.totals, children)))
+                out.write(packer.pack(rel) + packer.pack((d.fingerprint, d.listing_id, d.totals, d.packed())))

@@ -83,7 +83,7 @@ class Assembly:
         fingerprint = dir_fingerprint(fingerprinted)
         if fingerprint != cached.fingerprint or cached.listing_id not in self.store:
             return None
-        self.new_cache.dirs[rel] = CachedDir(fingerprint, cached.listing_id, cached.totals, cached.children)
+        self.new_cache.dirs[rel] = cached.same_children(fingerprint)
         self.counts.files += len(fingerprinted)
         self.counts.bytes += size
         return cached.listing_id, Totals(*cached.totals)

@@ -285,6 +285,8 @@ class Capture:
             built = self.tree.listing(pending.rel, [self._listed(child, pending) for child in pending.children])
         pending.listing_id, pending.totals = built
         pending.children = []  # release the stat results and nodes
+        if pending.cached is not None:
+            pending.cached.release()  # (and the cached children, decoded for this directory)
         self._progress(self.counts)
 
     def _reuse(self, pending: _PendingDir) -> tuple[bytes, Totals] | None:
