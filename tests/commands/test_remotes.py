@@ -412,3 +412,28 @@ def test_ssh_nobody_listening_is_one_line(repo: Vml, tmp_path: Path, sshd):
     repo("commit", "-m", "x")
     repo("remote", "add", "origin", f"ssh://127.0.0.1:{port}/srv/r.vml")
     assert "cannot connect to 127.0.0.1" in one_line_error(repo("push", env=sshd.env, check=False), code=3)
+
+
+def test_a_push_looks_the_remotes_blobs_up_in_its_index_files_without_decoding_them(repo: Vml, guest: Path, shared: Path,
+                                                                                     tmp_path: Path):
+    """The remote's sorted index files are searched where they lie (the cache's copies,
+    mapped), as a local store's are: knowing what it holds decodes none of their records."""
+    from vml.exchange.remote import RemoteRepository
+    from vml.objects.store import ChunkStore
+    from vml.transport.base import open_transport
+
+    write_random(guest / "data.bin", 2 << 20, 5)
+    repo("commit", "-m", "data")
+    repo("push", "origin", "main")
+    remote = RemoteRepository(open_transport(str(shared)), cache_dir=str(tmp_path / "index-cache"))
+    local = ChunkStore(str(tmp_path / ".vml" / "vml" / "store")).open()
+    try:
+        blobs = remote.blobs()
+        ids = [blob_id for blob_id, _location in local.items()]
+        assert ids and all(blob_id in blobs for blob_id in ids)
+        assert blobs._loose == {} and blobs._indexes  # nothing decoded
+        assert blobs.get(b"\x00" * 32) is None
+        assert sum(len(entries) for entries in remote.packs().values()) >= len(set(ids))  # gc's whole view still
+    finally:
+        local.close()
+        remote.close()

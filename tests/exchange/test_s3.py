@@ -288,7 +288,7 @@ def test_ten_pushers_and_gc_at_once_lose_nothing(pushed: Vml, bucket: Bucket, tm
     junk = {object_id(bytes(chunk)) for number in range(len(users)) for chunk in cut_buffer(random.Random(9000 + number).randbytes(2 << 20))}
     remote = RemoteRepository(open_transport(bucket.url))
     try:
-        assert not junk & set(remote.blobs()), "a junk chunk is still in the bucket"
+        assert not junk & {e.id for entries in remote.packs().values() for e in entries}, "a junk chunk is still in the bucket"
     finally:
         remote.close()
     stored = sum(bucket.client().head_object(Bucket=bucket.name, Key=key)["ContentLength"] for key in bucket.keys("team/vml/store/packs/"))
@@ -519,3 +519,31 @@ def test_gc_remote_is_for_buckets_and_says_so(pushed: Vml, tmp_path: Path):
     assert "not kept in a bucket" in one_line_error(pushed("--repo", str(tmp_path / "plain.vml"), "serve", "gc", check=False))
     first = pushed("gc", "--remote", "origin", "--json").json()  # young packs (an hour's grace): nothing condemned
     assert first["condemned_blobs"] == 0 and first["blobs_removed"] == 0 and first["sweep_delay"] == 3600
+
+
+def test_a_record_swept_between_listing_and_reading_makes_the_push_read_again(pushed: Vml, bucket: Bucket, monkeypatch):
+    """A push lists gc's records, and a sweep removes one before the push reads it (seen in
+    CI as an HTTP 500 of a server): the push reads the index files and the records again."""
+    from vml.exchange.remote import RemoteRepository
+    from vml.exchange.remote_gc import read_condemned
+    from vml.transport.base import MissingFile, open_transport
+
+    swept = "team/vml/gc/condemned-swept.json"
+    bucket.write(swept, json.dumps({"blobs": ["00" * 32]}).encode())
+    remote = RemoteRepository(open_transport(bucket.url))
+    try:
+        known = remote.blobs()
+        real = remote.transport.read
+
+        def sweep_first(path: str) -> bytes:
+            if path.endswith("condemned-swept.json") and swept in bucket.keys("team/vml/gc/"):
+                bucket.client().delete_object(Bucket=bucket.name, Key=swept)  # the sweep, just then
+                raise MissingFile(path)
+            return real(path)
+
+        monkeypatch.setattr(remote.transport, "read", sweep_first)
+        condemned = read_condemned(remote)
+        assert condemned.names == frozenset() and condemned.blobs == set()
+        assert remote.blobs() is not known  # the index files read again
+    finally:
+        remote.close()

@@ -20,7 +20,7 @@ from vml.errors import ConcurrentUpdate, CorruptObject, MissingObject, UsageErro
 from vml.objects.gc import UPLOAD_GRACE
 from vml.objects.hashing import object_id
 from vml.objects.ids import ObjectId
-from vml.objects.index import encode_index, parse_index
+from vml.objects.index import IndexFile, encode_index, parse_index, read_index
 from vml.objects.pack import PackEntry, parse_table
 from vml.refs.namespace import BASE_PREFIX, BRANCH_PREFIX, PUBLIC_PREFIX, TAG_PREFIX
 from vml.repo import FORMAT_LINE
@@ -43,6 +43,50 @@ class RemoteBlob:
     flag: int
 
 
+class RemoteBlobs:
+    """Where each blob of a remote is: its sorted index files, searched where they lie (as a
+    local store searches its own), then the blobs no such file names, in a dict."""
+
+    def __init__(self, indexes: list[IndexFile]):
+        self._indexes = indexes
+        self._loose: dict[bytes, RemoteBlob] = {}
+
+    def get(self, blob_id: bytes) -> RemoteBlob | None:
+        found = self._loose.get(blob_id)
+        if found is None:
+            for index in self._indexes:
+                record = index.find(blob_id)
+                if record is not None:
+                    _id, pack_no, blob_type, flag, offset, length, raw_length = record
+                    return RemoteBlob(index.pack_ids[pack_no], offset, length, raw_length, blob_type, flag)
+        return found
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return self.get(blob_id) is not None
+
+    def __getitem__(self, blob_id: bytes) -> RemoteBlob:
+        found = self.get(blob_id)
+        if found is None:
+            raise KeyError(blob_id)
+        return found
+
+    __iter__ = None  # (looked up one by one: the whole list is `RemoteRepository.packs`)
+
+    def add(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
+        for e in entries:
+            self._loose[e.id] = RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
+
+
+def _entries_by_pack(index: IndexFile) -> dict[ObjectId, list[PackEntry]]:
+    """Each pack the index file names and its entries, in the pack's order (as its table)."""
+    found: dict[ObjectId, list[PackEntry]] = {}
+    for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records():
+        found.setdefault(index.pack_ids[pack_no], []).append(PackEntry(ObjectId(raw_id), blob_type, flag, offset, length, raw_length))
+    for entries in found.values():
+        entries.sort(key=lambda e: e.offset)
+    return found
+
+
 def pack_file(pack_id: ObjectId) -> str:
     hex_id = pack_id.hex()
     return f"{STORE}/packs/{hex_id[:2]}/{hex_id}.pack"
@@ -59,8 +103,10 @@ class RemoteRepository:
             raise UsageError(f"{transport.location} is not a vml repository (make one with 'vml init --bare')") from None
         if format_line != FORMAT_LINE:
             raise UsageError(f"{transport.location} has an unsupported vml format ({format_line.strip()!r})")
+        self._surveyed: tuple[list[IndexFile], dict[ObjectId, list[PackEntry]]] | None = None
         self._packs: dict[ObjectId, list[PackEntry]] | None = None
-        self._blobs: dict[bytes, RemoteBlob] | None = None
+        self._blobs: RemoteBlobs | None = None
+        self._sent: set[ObjectId] = set()  # packs put since the survey
 
     @property
     def location(self) -> str:
@@ -187,63 +233,93 @@ class RemoteRepository:
 
     # -- blobs
 
-    def packs(self) -> dict[ObjectId, list[PackEntry]]:
-        """Every pack the remote holds and all its blobs: from its index files, then the
-        tables of packs that no index names yet (a push cut off before its index)."""
-        if self._packs is not None:
-            return self._packs
-        packs: dict[ObjectId, list[PackEntry]] = {}
+    def _survey(self) -> tuple[list[IndexFile], dict[ObjectId, list[PackEntry]]]:
+        """The remote's sorted index files (searched where they lie: the local cache's copies,
+        mapped), and the entries of every other pack: those an older index file names, and
+        those no index names yet (a push cut off before its index), from their own tables."""
+        if self._surveyed is not None:
+            return self._surveyed
+        indexes: list[IndexFile] = []
+        tables: dict[ObjectId, list[PackEntry]] = {}
+        named: set[ObjectId] = set()
         for name in self.transport.list(f"{STORE}/index"):
             if not name.endswith(".idx"):
                 continue
             try:
-                index = parse_index(name, self._index_bytes(name))
+                index = self._index_file(name)
             except (CorruptObject, MissingFile):
                 continue  # damaged, or merged away meanwhile: its packs' own tables are read below
-            found: dict[ObjectId, list[PackEntry]] = {}
-            for raw_id, pack_no, blob_type, flag, offset, length, raw_length in index.records():
-                found.setdefault(index.pack_ids[pack_no], []).append(PackEntry(ObjectId(raw_id), blob_type, flag, offset, length, raw_length))
-            for pack_id, entries in found.items():
-                packs.setdefault(pack_id, entries)  # a pack two index files name: once
+            if index.sorted:
+                indexes.append(index)
+                named.update(index.pack_ids)
+            else:
+                for pack_id, entries in _entries_by_pack(index).items():
+                    tables.setdefault(pack_id, entries)  # a pack two index files name: once
         for path in self.transport.list_tree(f"{STORE}/packs"):  # one listing, not one per fan-out directory
             name = path.rsplit("/", 1)[-1]
             if not (name.endswith(".pack") and len(name) == 69):
                 continue
             pack_id = ObjectId(bytes.fromhex(name[:64]))
-            if pack_id not in packs:
+            if pack_id not in named and pack_id not in tables:
                 try:
-                    packs[pack_id] = self.pack_table(pack_id)
+                    tables[pack_id] = self.pack_table(pack_id)
                 except CorruptObject:
                     continue  # a damaged pack holds nothing we can count on: resend its blobs
-        self._packs = packs
-        return packs
+        self._surveyed = (indexes, tables)
+        return self._surveyed
 
-    def blobs(self) -> dict[bytes, RemoteBlob]:
-        """Every blob the remote holds and where (one place, if several packs hold it)."""
+    def packs(self) -> dict[ObjectId, list[PackEntry]]:
+        """Every pack the remote holds and all its blobs, decoded (gc's view of the whole
+        store; push and fetch look blobs up one by one through `blobs`)."""
+        if self._packs is None:
+            indexes, tables = self._survey()
+            packs: dict[ObjectId, list[PackEntry]] = {}
+            for index in indexes:
+                for pack_id, entries in _entries_by_pack(index).items():
+                    packs.setdefault(pack_id, entries)
+            for pack_id, entries in tables.items():
+                packs.setdefault(pack_id, entries)
+            self._packs = packs
+        return self._packs
+
+    def pack_ids(self) -> set[ObjectId]:
+        """The packs the remote holds (as `packs` would list them), none decoded."""
+        if self._packs is not None:
+            return set(self._packs)
+        indexes, tables = self._survey()
+        return {pack_id for index in indexes for pack_id in index.pack_ids} | tables.keys() | self._sent
+
+    def blobs(self) -> RemoteBlobs:
+        """Where each blob the remote holds is (one place, if several packs hold it)."""
         if self._blobs is None:
-            self._blobs = {e.id: RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
-                           for pack_id, entries in self.packs().items() for e in entries}
+            indexes, tables = self._survey()
+            self._blobs = RemoteBlobs(indexes)
+            for pack_id, entries in tables.items():
+                self._blobs.add(pack_id, entries)
         return self._blobs
 
     def forget_blobs(self) -> None:
         """Read the index files and packs afresh at the next `packs` or `blobs`."""
-        self._packs = self._blobs = None
+        self._packs = self._blobs = self._surveyed = None
+        self._sent = set()
 
-    def _index_bytes(self, name: str) -> bytes:
-        """An index file, from the local cache when it has been read before: index files
-        never change (each is named by the hash of its content)."""
-        cached = os.path.join(self.cache_dir, name) if self.cache_dir else None
-        if cached is not None:
+    def _index_file(self, name: str) -> IndexFile:
+        """An index file, from the local cache when it has been read before (index files
+        never change: each is named by the hash of its content), mapped if it is large."""
+        if self.cache_dir is None:
+            return parse_index(name, self.transport.read(f"{STORE}/index/{name}"))
+        cached = os.path.join(self.cache_dir, name)
+        if os.path.exists(cached):
             try:
-                with open(cached, "rb") as kept:
-                    return kept.read()
-            except FileNotFoundError:
-                pass
+                return read_index(cached)
+            except CorruptObject:
+                os.unlink(cached)  # a damaged copy: read the remote's again
         data = self.transport.read(f"{STORE}/index/{name}")
-        if cached is not None and object_id(data).hex() + ".idx" == name:
-            os.makedirs(self.cache_dir, exist_ok=True)
-            write_atomically(cached, data)
-        return data
+        if object_id(data).hex() + ".idx" != name:
+            return parse_index(name, data)  # (not kept: it is not the file its name says)
+        os.makedirs(self.cache_dir, exist_ok=True)
+        write_atomically(cached, data)
+        return read_index(cached)
 
     def pack_table(self, pack_id: ObjectId) -> list[PackEntry]:
         path = pack_file(pack_id)
@@ -252,11 +328,11 @@ class RemoteRepository:
 
     def put_pack(self, pack_id: ObjectId, local_path: str, entries: list[PackEntry], progress=None) -> None:
         self.transport.write_from(pack_file(pack_id), local_path, progress)
+        self._sent.add(pack_id)
         if self._packs is not None:
             self._packs[pack_id] = entries
         if self._blobs is not None:
-            for e in entries:
-                self._blobs[e.id] = RemoteBlob(pack_id, e.offset, e.length, e.raw_length, e.blob_type, e.flag)
+            self._blobs.add(pack_id, entries)
 
     def put_index(self, packs: dict[ObjectId, list[PackEntry]]) -> None:
         data = encode_index(packs)

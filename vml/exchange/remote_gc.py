@@ -45,6 +45,7 @@ from vml.errors import CorruptObject
 from vml.exchange.remote import STORE, RemoteBlob, RemoteRepository, pack_file
 from vml.objects.ids import ObjectId
 from vml.objects.pack import TARGET_SIZE, PackEntry, PackWriter, open_blob, pack_path
+from vml.transport.base import MissingFile
 
 GC_DIR = "vml/gc"
 RECORD_PREFIX = "condemned-"
@@ -76,12 +77,19 @@ def record_names(remote: RemoteRepository) -> frozenset[str]:
 
 
 def read_condemned(remote: RemoteRepository) -> Condemned:
-    """Every record's blobs (one listing; usually there are no records)."""
-    names = record_names(remote)
-    condemned = Condemned(names)
-    for name in names:
-        condemned.blobs |= _parse_record(remote.transport.read(f"{GC_DIR}/{name}"))
-    return condemned
+    """Every record's blobs (one listing; usually there are no records). A record listed
+    and gone before it is read was swept meanwhile: the index files no longer name what it
+    removed, so they are read again (`forget_blobs`), and so are the records."""
+    while True:
+        names = record_names(remote)
+        condemned = Condemned(names)
+        try:
+            for name in names:
+                condemned.blobs |= _parse_record(remote.transport.read(f"{GC_DIR}/{name}"))
+        except MissingFile:
+            remote.forget_blobs()
+            continue
+        return condemned
 
 
 def _parse_record(data: bytes) -> set[bytes]:
