@@ -72,10 +72,6 @@ class IndexFile:
     shift: int = 0  # 16 - fan-out bits: a bucket is the id's first two bytes >> shift
     verified: bool = True  # its checksum was checked
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
     def records(self, start: int = 0, stop: int | None = None) -> Iterator[Record]:
         stop = self.count if stop is None else stop
         view = memoryview(self.data)[self.records_start + start * _ENTRY.size : self.records_start + stop * _ENTRY.size]
