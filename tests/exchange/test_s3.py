@@ -319,6 +319,7 @@ def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_read
     pushed("branch", "x", base)
     pushed("push", "--force", "origin", "x")  # junk.bin's chunk is now dead, in a pack with a live one
     env = {"VML_REMOTE_GC_DELAY": "1", "VML_REMOTE_GC_GRACE": "0"}
+    time.sleep(1.1)  # the pack older than gc's run by the storage's whole-second clock (no grace is not "this second")
     condemned = Vml(tmp_path, separate=True)("gc", "--remote", "origin", "--json", env=env).json()
     assert condemned["condemned_blobs"] >= 1 and condemned["blobs_removed"] == 0
 
@@ -383,6 +384,7 @@ def test_a_copy_newer_than_a_pending_record_is_condemned_again_and_goes_in_the_n
         return sorted(set(bucket.keys("team/vml/store/packs/")) - first_packs)
 
     push_junk_then_drop_it("x")
+    time.sleep(1.1)  # the pack older than gc's run by the storage's whole-second clock (no grace is not "this second")
     first = gc("gc", "--remote", "origin", "--json", env=later).json()
     assert first["condemned_blobs"] >= 1
     push_junk_then_drop_it("y")  # the record names junk.bin's chunk: this push sent its own copy
@@ -421,6 +423,7 @@ def test_a_sweep_keeps_one_copy_of_a_blob_that_pushes_sent_again(pushed: Vml, gu
     pushed("branch", "-D", "x")
     pushed("branch", "x", base)
     pushed("push", "--force", "origin", "x")  # file81's chunks: dead, in the first pack
+    time.sleep(1.1)  # the pack older than gc's run by the storage's whole-second clock (no grace is not "this second")
     assert gc("gc", "--remote", "origin", "--json", env=env).json()["condemned_blobs"] >= 1
     entry_on("y", 81, 82)  # finds file81 condemned: sends its own copy, beside file82's chunks
     entry_on("y", 81)  # y now holds file81 only: file82 is dead, in a pack with a live copy of file81
@@ -497,6 +500,7 @@ def test_gc_remote_reads_the_entries_not_their_data(pushed: Vml, guest: Path, bu
     admin("init")
     admin("remote", "add", "origin", bucket.url)
     gc = Vml(tmp_path / "admin", separate=True)  # (the delay and grace are read when vml starts)
+    time.sleep(1.1)  # the pack older than gc's run by the storage's whole-second clock (no grace is not "this second")
     condemned = gc("gc", "--remote", "origin", "--json", env=env).json()
     assert condemned["condemned_blobs"] >= 2, condemned  # junk.bin's chunks (and the listings only x reached)
     time.sleep(1.1)
