@@ -126,43 +126,42 @@ class Repo:
         return figures
 
 
-def sweep_blobs(sizes: list[int], scratch: str) -> dict:
+def fill_store(size: int, scratch: str) -> Repo:
+    repo = Repo(scratch, SMALL_TREE)
+    repo.commit("first")
+    subprocess.run([PYTHON, "-c", FILL_STORE, os.path.join(repo.vml_dir, "vml", "store"), str(size)], check=True)
+    repo.commit("second")
+    return repo
+
+
+def make_history(size: int, scratch: str) -> Repo:
+    repo = Repo(scratch, SMALL_TREE)
+    subprocess.run([PYTHON, "-c", MAKE_HISTORY, repo.vml_dir, str(size), repo.area], check=True, env=repo.env)
+    return repo
+
+
+def save_tree(size: int, scratch: str) -> Repo:
+    repo = Repo(scratch, size)
+    repo.commit("first")
+    repo.commit("second")
+    return repo
+
+
+def sweep(name: str, sizes: list[int], scratch: str) -> dict:
+    """Each size set up (untimed; its time printed), then the commands measured on it."""
+    prepare, checkout = SWEEPS[name]
     results = {}
     for size in sizes:
-        repo = Repo(scratch, SMALL_TREE)
-        repo.commit("first")
         started = time.monotonic()
-        subprocess.run([PYTHON, "-c", FILL_STORE, os.path.join(repo.vml_dir, "vml", "store"), str(size)], check=True)
-        repo.commit("second")
-        print(f"blobs {size:,}: store filled in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-        results[size] = repo.measure()
+        repo = prepare(size, scratch)
+        print(f"{name} {size:,}: set up in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        results[size] = repo.measure(checkout=checkout)
     return results
 
 
-def sweep_entries(sizes: list[int], scratch: str) -> dict:
-    results = {}
-    for size in sizes:
-        repo = Repo(scratch, SMALL_TREE)
-        started = time.monotonic()
-        subprocess.run([PYTHON, "-c", MAKE_HISTORY, repo.vml_dir, str(size), repo.area], check=True, env=repo.env)
-        print(f"entries {size:,}: history made in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-        results[size] = repo.measure()
-    return results
-
-
-def sweep_files(sizes: list[int], scratch: str) -> dict:
-    results = {}
-    for size in sizes:
-        started = time.monotonic()
-        repo = Repo(scratch, size)
-        repo.commit("first")
-        repo.commit("second")
-        print(f"files {size:,}: tree made and saved in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-        results[size] = repo.measure(checkout=False)  # (a checkout's cost is the tree's, not a change's)
-    return results
-
-
-SWEEPS = {"blobs": sweep_blobs, "entries": sweep_entries, "files": sweep_files}
+# Each sweep: how a repository of a size is made, and whether a checkout is measured (not in
+# the files sweep: a checkout's cost is the tree's, not a change's).
+SWEEPS = {"blobs": (fill_store, True), "entries": (make_history, True), "files": (save_tree, False)}
 
 
 def table(report: dict) -> str:
@@ -228,8 +227,8 @@ def main() -> None:
         scratch = os.path.join(args.scratch, "scale")
         sizes = {"blobs": args.blobs, "entries": args.entries, "files": args.files}
         report = {"date": datetime.date.today().isoformat(), "sweeps": {}}
-        for sweep in args.only.split(","):
-            report["sweeps"][sweep] = SWEEPS[sweep](sizes_of(sizes[sweep]), scratch)
+        for name in args.only.split(","):
+            report["sweeps"][name] = sweep(name, sizes_of(sizes[name]), scratch)
         shutil.rmtree(scratch, ignore_errors=True)
     print(table(report))
     stem = args.report.removesuffix(".json") if args.report else os.path.join(HERE, "results", args.name or f"{report['date']}-scale")

@@ -437,3 +437,4 @@ def test_a_push_looks_the_remotes_blobs_up_in_its_index_files_without_decoding_t
     finally:
         local.close()
         remote.close()
+    remote_fsck(repo, shared)

@@ -184,7 +184,7 @@ def send_blobs(store: ChunkStore, remote: RemoteRepository, blob_ids: list[bytes
             progress(TransferProgress(min(done, total), total))
 
     def put(pack_id: ObjectId, path: str, entries: list[PackEntry]) -> None:
-        if not remote.transport.renames and pack_id in remote.pack_ids():
+        if not remote.transport.renames and remote.has_pack(pack_id):
             # The very pack a gc condemned (why its blobs are sent again): a sweep that listed
             # it as old may be deleting it, so the copy this push counts on gets another name.
             pack_id, path, entries = _renamed_copy(path, staging)

@@ -103,7 +103,7 @@ class RemoteRepository:
             raise UsageError(f"{transport.location} is not a vml repository (make one with 'vml init --bare')") from None
         if format_line != FORMAT_LINE:
             raise UsageError(f"{transport.location} has an unsupported vml format ({format_line.strip()!r})")
-        self._surveyed: tuple[list[IndexFile], dict[ObjectId, list[PackEntry]]] | None = None
+        self._surveyed: tuple[list[IndexFile], dict[ObjectId, list[PackEntry]], set[ObjectId]] | None = None
         self._packs: dict[ObjectId, list[PackEntry]] | None = None
         self._blobs: RemoteBlobs | None = None
         self._sent: set[ObjectId] = set()  # packs put since the survey
@@ -233,10 +233,11 @@ class RemoteRepository:
 
     # -- blobs
 
-    def _survey(self) -> tuple[list[IndexFile], dict[ObjectId, list[PackEntry]]]:
+    def _survey(self) -> tuple[list[IndexFile], dict[ObjectId, list[PackEntry]], set[ObjectId]]:
         """The remote's sorted index files (searched where they lie: the local cache's copies,
-        mapped), and the entries of every other pack: those an older index file names, and
-        those no index names yet (a push cut off before its index), from their own tables."""
+        mapped); the entries of every other pack: those an older index file names, and those
+        no index names yet (a push cut off before its index), from their own tables; and the
+        packs the sorted files name."""
         if self._surveyed is not None:
             return self._surveyed
         indexes: list[IndexFile] = []
@@ -265,14 +266,14 @@ class RemoteRepository:
                     tables[pack_id] = self.pack_table(pack_id)
                 except CorruptObject:
                     continue  # a damaged pack holds nothing we can count on: resend its blobs
-        self._surveyed = (indexes, tables)
+        self._surveyed = (indexes, tables, named)
         return self._surveyed
 
     def packs(self) -> dict[ObjectId, list[PackEntry]]:
         """Every pack the remote holds and all its blobs, decoded (gc's view of the whole
         store; push and fetch look blobs up one by one through `blobs`)."""
         if self._packs is None:
-            indexes, tables = self._survey()
+            indexes, tables, _named = self._survey()
             packs: dict[ObjectId, list[PackEntry]] = {}
             for index in indexes:
                 for pack_id, entries in _entries_by_pack(index).items():
@@ -282,17 +283,17 @@ class RemoteRepository:
             self._packs = packs
         return self._packs
 
-    def pack_ids(self) -> set[ObjectId]:
-        """The packs the remote holds (as `packs` would list them), none decoded."""
+    def has_pack(self, pack_id: ObjectId) -> bool:
+        """Whether the remote holds the pack (as `packs` would list it), none decoded."""
         if self._packs is not None:
-            return set(self._packs)
-        indexes, tables = self._survey()
-        return {pack_id for index in indexes for pack_id in index.pack_ids} | tables.keys() | self._sent
+            return pack_id in self._packs
+        _indexes, tables, named = self._survey()
+        return pack_id in named or pack_id in tables or pack_id in self._sent
 
     def blobs(self) -> RemoteBlobs:
         """Where each blob the remote holds is (one place, if several packs hold it)."""
         if self._blobs is None:
-            indexes, tables = self._survey()
+            indexes, tables, _named = self._survey()
             self._blobs = RemoteBlobs(indexes)
             for pack_id, entries in tables.items():
                 self._blobs.add(pack_id, entries)

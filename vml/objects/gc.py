@@ -83,7 +83,7 @@ def collect(store: ChunkStore, live: set[bytes], progress: Callable[[int, int], 
     doomed = [path for path in doomed if path not in kept_files]
     # The new index must be durable before the old ones go.
     old_indexes = list_index_files(store.index_dir)
-    new_index = write_index(store.index_dir, store.tmp_dir, kept) if kept else None
+    new_index = os.path.join(store.index_dir, write_index(store.index_dir, store.tmp_dir, kept).name) if kept else None
     if before_delete is not None:
         before_delete()
     for path in old_indexes:

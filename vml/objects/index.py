@@ -180,11 +180,13 @@ def _sorted_records(packs: dict[ObjectId, list[PackEntry]]) -> tuple[list[Object
     return pack_ids, list(dict.fromkeys(records))  # (a pack listed twice: its records once)
 
 
-def write_index(index_dir: str, tmp_dir: str, packs: dict[ObjectId, list[PackEntry]]) -> str:
+def write_index(index_dir: str, tmp_dir: str, packs: dict[ObjectId, list[PackEntry]]) -> IndexFile:
+    """A new index file of these packs, durable in `index_dir`, and read from the bytes it
+    was written from (not read back)."""
     data = encode_index(packs)
-    path = os.path.join(index_dir, object_id(data).hex() + ".idx")
-    write_atomically(path, data, mode=0o644, tmp_dir=tmp_dir)
-    return path
+    name = object_id(data).hex() + ".idx"
+    write_atomically(os.path.join(index_dir, name), data, mode=0o644, tmp_dir=tmp_dir)
+    return parse_index(name, data, verify=False)
 
 
 def _write_records(index_dir: str, tmp_dir: str, pack_ids: Sequence[ObjectId], records: Iterable[bytes], expected: int) -> str:

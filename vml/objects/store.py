@@ -494,7 +494,7 @@ class ChunkStore:
             if not self._unindexed and not self._older_indexes:
                 return
             if self._unindexed:
-                new = read_index(write_index(self.index_dir, self.tmp_dir, self._unindexed))
+                new = write_index(self.index_dir, self.tmp_dir, self._unindexed)
                 self._indexes.append((new, [self._register_pack(pack_id) for pack_id in new.pack_ids]))
                 self._indexed_packs.update(self._unindexed)
                 self._unindexed = {}
