@@ -261,9 +261,14 @@ def test_ten_pushers_and_gc_at_once_lose_nothing(pushed: Vml, bucket: Bucket, tm
     stop.set()
     collector.join()
     assert not failures, failures
-    for _ in range(2):  # a last condemning run and, a delay later, its sweep
-        time.sleep(1.2)
+    # A last condemning run and, a delay later, its sweep: the storage's Date header is in
+    # whole seconds and a record's time in milliseconds, so a record may be due only two
+    # seconds on; gc runs until no record is left and none is written.
+    for _ in range(8):
+        time.sleep(1.1)
         gc_runs.append(json.loads(_run(pushed.cwd, "gc", "--remote", "origin", "--json", env=env).stdout))
+        if not gc_runs[-1]["condemned_blobs"] and not gc_runs[-1]["pending_records"]:
+            break
     assert len(gc_runs) >= 4 and sum(run["blobs_removed"] for run in gc_runs) >= 10, gc_runs
 
     check = Vml(tmp_path / "check")
@@ -334,7 +339,7 @@ def test_gc_rewrites_a_partly_dead_pack_and_a_fetch_that_read_the_old_index_read
         sweeps.append(None)  # one call per attempt
         remote.blobs()  # the fetch has read the index files: now gc rewrites the pack they name
         if len(sweeps) == 1:
-            time.sleep(1.1)
+            time.sleep(2.1)  # the record due (the storage's Date is in whole seconds, a record's time in milliseconds)
             sweeps[0] = Vml(tmp_path, separate=True)("gc", "--remote", "origin", "--json", env=env).json()
         return real(store, remote, roots, progress)
 
