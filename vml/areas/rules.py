@@ -29,6 +29,7 @@ GUEST_EXCLUDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/tm
 # bearer tokens live under /tmp and /run, which guests exclude anyway, and sockets are never saved).
 EPHEMERAL = ("x509up_u*", "krb5cc_*", "/var/lib/sss/secrets/")
 _GLOB = re.compile(r"[*?\[\\!]")
+PATHSPEC_BACKEND = "simple"
 
 
 class Scope(Enum):
@@ -47,12 +48,16 @@ class Rules:
             if not pattern.strip() or "\n" in pattern or pattern.startswith("#"):
                 raise UsageError(f"invalid rule {pattern!r}: one gitignore pattern per rule")
         try:
-            object.__setattr__(self, "_included", pathspec.GitIgnoreSpec.from_lines([p for p in self.include if p != EVERYTHING]))
-            object.__setattr__(self, "_excluded", pathspec.GitIgnoreSpec.from_lines(self.exclude))
+            # pathspec's regex backend: its Hyperscan one cannot take a path that is not UTF-8
+            # (its text holds lone surrogates) and raised on one; a few rules gain little from it.
+            object.__setattr__(self, "_included", pathspec.GitIgnoreSpec.from_lines([p for p in self.include if p != EVERYTHING],
+                                                                                    backend=PATHSPEC_BACKEND))
+            object.__setattr__(self, "_excluded", pathspec.GitIgnoreSpec.from_lines(self.exclude, backend=PATHSPEC_BACKEND))
         except (ValueError, TypeError) as error:
             raise UsageError(f"invalid rule: {error}") from None
         object.__setattr__(self, "_prefixes", tuple(_literal_prefix(p) for p in self.include))
         object.__setattr__(self, "_simple_excludes", _simple_patterns(self.exclude))
+        object.__setattr__(self, "_everything", EVERYTHING in self.include)
 
     @property
     def everything(self) -> bool:
@@ -60,27 +65,33 @@ class Rules:
         return EVERYTHING in self.include and not self.exclude
 
     def scope(self, rel: bytes, is_dir: bool, parent: Scope) -> Scope:
-        """Where `rel` (relative, '/'-separated) stands, given its parent directory's scope."""
-        text = os.fsdecode(rel)
-        if self.exclude and self._is_excluded(text, is_dir):
+        """Where `rel` (relative, '/'-separated) stands, given its parent directory's scope.
+        (Asked of every path a capture meets: inside an included tree, with simple excludes,
+        it never decodes the path.)"""
+        if self.exclude and self._is_excluded(rel, is_dir):
             return Scope.OUT
-        if parent is Scope.IN or EVERYTHING in self.include or self._included.match_file(text):
+        if parent is Scope.IN or self._everything:
+            return Scope.IN
+        text = os.fsdecode(rel)
+        if self._included.match_file(text):
             return Scope.IN
         if is_dir and self._on_the_way(text):
             return Scope.ON_THE_WAY
         return Scope.OUT
 
-    def _is_excluded(self, text: str, is_dir: bool) -> bool:
-        """Whether an exclude pattern matches `text`, whose parent directories matched none
+    def _is_excluded(self, rel: bytes, is_dir: bool) -> bool:
+        """Whether an exclude pattern matches `rel`, whose parent directories matched none
         (scope() is asked top-down: nothing below an excluded directory is ever asked)."""
         simple = self._simple_excludes
         if simple is None:
+            text = os.fsdecode(rel)
             return self._excluded.match_file(text + "/" if is_dir else text)
-        # The common patterns (/proc, /var/cache/, *.swp) without pathspec's regexes: the
-        # same answers (tests check it), a fraction of the time on a guest's 100,000 paths.
+        # The common patterns (/proc, /var/cache/, *.swp) on the path's bytes, without
+        # pathspec's regexes: the same answers (tests check it), a fraction of the time on
+        # a guest's 100,000 paths.
         anchored, directories, suffixes, prefixes = simple
-        name = text.rpartition("/")[2]
-        return text in anchored or (is_dir and text in directories) or name.endswith(suffixes) or name.startswith(prefixes)
+        name = rel.rpartition(b"/")[2]
+        return rel in anchored or (is_dir and rel in directories) or name.endswith(suffixes) or name.startswith(prefixes)
 
     def admits(self, rel: bytes, is_dir: bool) -> bool:
         """Whether a path (relative, '/'-separated) is within these rules, asked from the top."""
@@ -152,18 +163,19 @@ def _literal_prefix(pattern: str) -> str | None:
     return "/".join(parts)
 
 
-def _simple_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str], tuple[str, ...], tuple[str, ...]] | None:
+def _simple_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[bytes], frozenset[bytes], tuple[bytes, ...], tuple[bytes, ...]] | None:
     """Exclude patterns as (anchored paths, anchored directories, name suffixes, name
-    prefixes) when every one is that simple and none negates (so their order does not
-    matter); else None."""
+    prefixes), in bytes, when every one is that simple and none negates (so their order does
+    not matter); else None. (A path's text is its bytes decoded one to one, so a literal
+    matches the text where its bytes match the path's.)"""
     anchored, directories, suffixes, prefixes = [], [], [], []
     for pattern in patterns:
         if pattern.startswith("/") and not _GLOB.search(pattern) and pattern.strip("/"):
-            (directories if pattern.endswith("/") else anchored).append(pattern.strip("/"))
+            (directories if pattern.endswith("/") else anchored).append(os.fsencode(pattern.strip("/")))
         elif pattern.startswith("*") and "/" not in pattern and not _GLOB.search(pattern[1:]) and len(pattern) > 1:
-            suffixes.append(pattern[1:])
+            suffixes.append(os.fsencode(pattern[1:]))
         elif pattern.endswith("*") and "/" not in pattern and not _GLOB.search(pattern[:-1]) and len(pattern) > 1:
-            prefixes.append(pattern[:-1])
+            prefixes.append(os.fsencode(pattern[:-1]))
         else:
             return None
     return frozenset(anchored), frozenset(directories), tuple(suffixes), tuple(prefixes)
