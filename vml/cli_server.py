@@ -9,13 +9,12 @@ import os
 import sys
 
 import click
-from rich.markup import escape
 
 from vml import render
 from vml.cli import _emit, _emit_each, _repo, json_option, main_group
 from vml.errors import UsageError
 from vml.lazy import lazy_module
-from vml.render import out
+from vml.render import escape, out
 from vml.repo import Repository
 
 api_server = lazy_module("vml.api.server")  # (the server's modules load only for its commands)

@@ -9,16 +9,60 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
+from typing import TYPE_CHECKING, Any
 
 from vml import api
 from vml.pathnames import lossless_text, quote_path
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# What makes rich call a pipe a terminal (or a terminal not one): with none of these set,
+# a stream's isatty() answers as rich would.
+_RICH_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS", "JUPYTER_LINES")
+
+
+class _LazyConsole:
+    """rich's Console, made at its first use: importing rich costs every command about
+    25 ms of start-up, and a command whose output goes to a pipe (a script's `vml diff
+    --name-status`, `vml log --json`) often never needs it."""
+
+    def __init__(self, stderr: bool = False):
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        if self._console is None and not any(name in os.environ for name in _RICH_TERMINAL_ENV):
+            stream = sys.stderr if self._stderr else sys.stdout
+            isatty = getattr(stream, "isatty", None)
+            try:
+                return bool(isatty and isatty())
+            except ValueError:  # a closed stream
+                return False
+        return self.console.is_terminal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+out: Any = _LazyConsole()
+err: Any = _LazyConsole(stderr=True)
+
+
+def escape(text: str) -> str:
+    """rich's markup escaping (imported when first used: see _LazyConsole)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def size(n: int | None) -> str:
@@ -98,7 +142,7 @@ def progress(title: str, *, enabled: bool, unit: str = "files") -> Iterator[Call
         TransferSpeedColumn(),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=err.console, transient=True) as bar:
         task = bar.add_task(title, total=None, files=0, size="", unit=unit)
 
         def update(counts: Any) -> None:
@@ -120,7 +164,7 @@ def step_progress(title: str, *, enabled: bool) -> Iterator[Callable[[int, int],
         return
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(f"[bold]{title}[/]"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
+    with Progress(TextColumn(f"[bold]{title}[/]"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=err.console, transient=True) as bar:
         task = bar.add_task(title, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
@@ -134,7 +178,7 @@ def transfer_progress(title: str, *, enabled: bool) -> Iterator[Callable[[Any], 
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     columns = [TextColumn(f"[bold]{title}[/]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=err.console, transient=True) as bar:
         task = bar.add_task(title, total=None)
         yield lambda moved: bar.update(task, completed=moved.done, total=moved.total)
 

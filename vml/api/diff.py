@@ -135,10 +135,8 @@ def _patch(change: Change, store: ChunkStore | None, working_area: WorkingArea |
 
 def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
     """Changes of the domain definition and the environment, as diff entries after the files'."""
-    from vml.areas.kinds import definitions_differ
-
     changes = []
-    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
+    if DOMAIN_FILE in new and (DOMAIN_FILE not in old or _definitions_differ(old[DOMAIN_FILE], new[DOMAIN_FILE])):
         changes.append(DiffEntry(DOMAIN_FILE, "M" if DOMAIN_FILE in old else "A", ["definition"], None, None))
     old_env = {path: data for path, data in old.items() if path in ENV_COMPARED}
     new_env = {path: data for path, data in new.items() if path in ENV_COMPARED}
@@ -147,6 +145,12 @@ def env_diff(old: dict[str, bytes], new: dict[str, bytes]) -> list[DiffEntry]:
                                  None if change.old is None else {"value": change.old},
                                  None if change.new is None else {"value": change.new}))
     return changes
+
+
+def _definitions_differ(old: bytes, new: bytes) -> bool:
+    from vml.areas.kinds import definitions_differ  # (the areas load only for a VM's entries)
+
+    return definitions_differ(old, new)
 
 
 @dataclass(frozen=True, slots=True)

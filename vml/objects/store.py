@@ -11,9 +11,8 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vml.durable import PendingFile, fsync_dir
 from vml.errors import CorruptObject, MissingObject, VmlError
@@ -22,6 +21,9 @@ from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
 from vml.objects.index import IndexFile, list_index_files, merge_indexes, read_index, write_index
 from vml.objects.pack import TARGET_SIZE, TYPE_DATA, DamagedBlob, PackEntry, PackWriter, open_blob, pack_path, read_table
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 # A location is a plain tuple (pack number, offset, length, raw length, type, flag): the store
 # keeps one per blob, and tuples are the cheapest Python object for that.
@@ -460,6 +462,8 @@ class ChunkStore:
         if writer is None:
             return
         if self._finisher is None:
+            from concurrent.futures import ThreadPoolExecutor  # (a command that writes no pack never needs it)
+
             self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vml-pack")
         # Listed as finishing before it leaves _pending, so `in` never misses it.
         self._finishing.append((self._pending, self._finisher.submit(self._complete_pack, writer, self._pending)))
