@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
@@ -47,6 +48,8 @@ MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on
 # time handing the GIL and futures back and forth than reading.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
+_S_IFMT = 0o170000  # stat.S_IFMT(mode) is mode & this, without a call per path
+_NAME = attrgetter("name")
 
 
 @dataclass(slots=True)
@@ -160,36 +163,45 @@ class Capture:
         except UnsafePath as error:
             raise VmlError(f"{os.fsdecode(path)}: {error} (vml cannot save it)") from None
         with os.scandir(path) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
+            entries = sorted(scan, key=_NAME)
         cached = self.old_cache.dirs.get(rel)
+        cached_children = cached.children if cached is not None else None
         pending = _PendingDir(rel, [], cached)
+        children = pending.children
+        rules, racy_after = self.rules, self._racy_after
+        prefix = rel + b"/" if rel else b""
+        # (The loop runs once per path of the tree: an unchanged re-commit is mostly this
+        # loop and its lstat calls, so its common case, a plain file the stat cache
+        # vouches for, is written out here rather than in _plan_child.)
         for entry in entries:
-            child_rel = rel + b"/" + entry.name if rel else entry.name
+            name = entry.name
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted while we walked
-            fmt = stat.S_IFMT(st.st_mode)
+            fmt = st.st_mode & _S_IFMT
             child_scope = scope
-            if self.rules is not None:
-                child_scope = self.rules.scope(child_rel, fmt == stat.S_IFDIR, scope)
+            if rules is not None:
+                child_scope = rules.scope(prefix + name, fmt == stat.S_IFDIR, scope)
                 if child_scope is Scope.OUT:
                     continue
-            if fmt == stat.S_IFSOCK:
-                self.skipped.append((child_rel, "socket"))
-                continue
             if fmt not in KIND_OF_TYPE:
-                self.skipped.append((child_rel, "unknown file type"))
+                self.skipped.append((prefix + name, "socket" if fmt == stat.S_IFSOCK else "unknown file type"))
                 continue
-            child = _Child(entry.name, st, stat_key(st))
-            if st.st_mtime_ns >= self._racy_after or st.st_ctime_ns >= self._racy_after:
+            child = _Child(name, st, stat_key(st))
+            children.append(child)
+            if st.st_mtime_ns >= racy_after or st.st_ctime_ns >= racy_after:
                 child.cacheable = False
                 pending.reusable = False
             if fmt == stat.S_IFDIR:
-                child.subdir = self._scan_dir(entry.path, child_rel, child_scope)
-            else:
-                self._plan_child(child, entry.path, child_rel, cached)
-            pending.children.append(child)
+                child.subdir = self._scan_dir(entry.path, prefix + name, child_scope)
+                continue
+            if st.st_nlink == 1 and cached_children is not None and child.cacheable:
+                hit = cached_children.get(name)
+                if hit is not None and hit[0] == child.key:
+                    child.cached = hit[1]  # decoded in _finish, and only if the directory changed
+                    continue
+            self._plan_child(child, entry.path, prefix + name, cached)
         self._queue.append(pending)
         self._drain()
         return pending
@@ -294,13 +306,18 @@ class Capture:
         common case of a re-commit or a status); None if anything may have changed."""
         if pending.cached is None or not pending.reusable:
             return None
-        if any(child.cached is None and child.subdir is None for child in pending.children):
-            return None  # something is being read, or is not a plain cache hit
-        fingerprinted = [
-            (child.name, child.key, child.subdir.listing_id if child.subdir is not None else None, child.hardlink)
-            for child in pending.children
-        ]
-        size = sum(child.st.st_size for child in pending.children if stat.S_ISREG(child.st.st_mode))
+        fingerprinted = []
+        size = 0
+        for child in pending.children:
+            subdir = child.subdir
+            if subdir is not None:
+                fingerprinted.append((child.name, child.key, subdir.listing_id, child.hardlink))
+            elif child.cached is None:
+                return None  # something is being read, or is not a plain cache hit
+            else:
+                fingerprinted.append((child.name, child.key, None, child.hardlink))
+                if child.st.st_mode & _S_IFMT == stat.S_IFREG:
+                    size += child.st.st_size
         return self.tree.reuse(pending.rel, fingerprinted, size)
 
     def _listed(self, child: _Child, pending: _PendingDir) -> Child:
