@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,9 @@ _RICH_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYT
 
 class _LazyConsole:
     """rich's Console, made at its first use: importing rich costs every command about
-    25 ms of start-up, and a command whose output goes to a pipe (a script's `vml diff
-    --name-status`, `vml log --json`) often never needs it."""
+    25 ms of start-up. Into a pipe, where rich drops every style, a line of markup is
+    written as its plain text without it (a script's `vml commit`, `vml diff --name-status`
+    never load rich)."""
 
     def __init__(self, stderr: bool = False):
         self._stderr = stderr
@@ -36,19 +38,29 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+            # (emoji=False: a path or message holding ":name:" is printed as it is)
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True, emoji=False)
         return self._console
 
     @property
     def is_terminal(self) -> bool:
         if self._console is None and not any(name in os.environ for name in _RICH_TERMINAL_ENV):
-            stream = sys.stderr if self._stderr else sys.stdout
-            isatty = getattr(stream, "isatty", None)
+            isatty = getattr(self._stream, "isatty", None)
             try:
                 return bool(isatty and isatty())
             except ValueError:  # a closed stream
                 return False
         return self.console.is_terminal
+
+    @property
+    def _stream(self):
+        return sys.stderr if self._stderr else sys.stdout
+
+    def print(self, *objects: Any, style: str | None = None, end: str = "\n", **options: Any) -> None:
+        if self._console is None and not options and all(isinstance(o, str) and "\t" not in o for o in objects) and not self.is_terminal:
+            self._stream.write(" ".join(plain_text(o) for o in objects) + end)  # (rich would expand a tab)
+            return
+        self.console.print(*objects, style=style, end=end, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.console, name)
@@ -57,12 +69,33 @@ class _LazyConsole:
 out: Any = _LazyConsole()
 err: Any = _LazyConsole(stderr=True)
 
+# rich's markup tags, as rich.markup finds them: `[bold]`, `[/]`, `[#ff0000]`, `[@click]`;
+# backslashes before one escape it.
+_MARKUP_TAG = re.compile(r"((\\*)\[([a-z#/@][^[]*?)])")
+_ESCAPABLE = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
 
 def escape(text: str) -> str:
-    """rich's markup escaping (imported when first used: see _LazyConsole)."""
-    from rich.markup import escape as rich_escape
+    """Text made safe to put in markup, exactly as rich.markup.escape makes it (tests
+    check it), without loading rich."""
+    text = _ESCAPABLE.sub(lambda match: f"{match[1]}{match[1]}\\{match[2]}", text)
+    return text + "\\" if text.endswith("\\") and not text.endswith("\\\\") else text
 
-    return rich_escape(text)
+
+_CONTROLS_RICH_DROPS = dict.fromkeys((7, 8, 11, 12, 13))  # bell, backspace, VT, FF, CR
+
+
+def plain_text(markup: str) -> str:
+    """The text rich prints for a line of markup where it prints no style (tests check it)."""
+    markup = markup.translate(_CONTROLS_RICH_DROPS)
+    if "[" not in markup:
+        return markup
+
+    def untag(match: re.Match) -> str:
+        backslashes, escaped = divmod(len(match[2]), 2)
+        return "\\" * backslashes + (match[1][len(match[2]):] if escaped else "")
+
+    return _MARKUP_TAG.sub(untag, markup)
 
 
 def size(n: int | None) -> str:
