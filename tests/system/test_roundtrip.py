@@ -26,7 +26,7 @@ names = st.binary(min_size=1, max_size=16).filter(
     lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b"..")
 )
 mtimes = st.integers(min_value=-(10**18), max_value=4 * 10**18)
-file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o2711, 0o444, 0o000, 0o6777, 0o1644])
+file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o2711, 0o444, 0o000, 0o6777, 0o1644, 0o664, 0o777, 0o620])  # (0o664...: modes a umask of 022 keeps a file from being born with)
 dir_modes = st.sampled_from([0o755, 0o700, 0o1777, 0o2775, 0o555, 0o3750])
 # (seed, size): contents are generated from a seed, so large files cost nothing to shrink
 sizes = st.one_of(
@@ -88,15 +88,20 @@ def _commit_tree(base: bytes, tree) -> tuple[Repository, str, bytes]:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(tree=trees)
-def test_commit_then_checkout_gives_the_same_tree(tree):
+@given(tree=trees, umask=st.sampled_from([0o022, 0o077, 0o002, 0]))
+def test_commit_then_checkout_gives_the_same_tree(tree, umask):
+    """(Under any umask: a checkout gives a file its mode as it is made where the umask lets it.)"""
     with tempfile.TemporaryDirectory(prefix="vml-roundtrip-") as tmp:
         base = os.fsencode(tmp)
         repo, entry, src = _commit_tree(base, tree)
         try:
             out = os.path.join(base, b"out")
             before = snapshot(src)
-            api.checkout(repo, entry, to=os.fsdecode(out))
+            was = os.umask(umask)
+            try:
+                api.checkout(repo, entry, to=os.fsdecode(out))
+            finally:
+                os.umask(was)
             assert compare(src, out) == []
             assert snapshot(src) == before  # commit and checkout left the source alone
             info = api.entry_info(repo, entry)

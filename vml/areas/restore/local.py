@@ -110,6 +110,9 @@ class Restore:
         # inherit xattrs (a default ACL on the target) that the restore must then remove.
         self._born_owner: tuple[int, int] | None = None
         self._born_with_xattrs = True
+        # The mode bits a new file cannot be born with (the umask's, and the special bits);
+        # all of them when the umask is not known or a default ACL decides instead.
+        self._unborn_modes = 0o7777
 
     def run(self, root_id: bytes, target: bytes, current_root_id: bytes | None = None) -> RestoreProgress:
         """Make `target` hold the tree `root_id`. With `current_root_id` (what the target holds
@@ -328,11 +331,14 @@ class Restore:
         return fd, parts[-1]
 
     def _write_file(self, dir_fd: int, node: Node, name: bytes, rel: bytes) -> None:
-        fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        # Born with its mode when the umask lets it be (most files: no fchmod); else born
+        # private, and its mode set once it is written.
+        born_mode = node.mode if not node.mode & self._unborn_modes else 0o600
+        fd = os.open(name, _NEW_FILE_FLAGS, born_mode, dir_fd=dir_fd)
         try:
             try:
                 self._write_content(fd, node)
-                self._set_metadata_fd(fd, node, rel, born=True)
+                self._set_metadata_fd(fd, node, rel, born=True, born_mode=born_mode)
             finally:
                 os.close(fd)
         except BaseException as error:
@@ -406,15 +412,22 @@ class Restore:
             self._born_with_xattrs = "system.posix_acl_default" in os.listxattr(top_fd)
         except OSError:
             self._born_with_xattrs = False  # a filesystem without xattrs
+        umask = _umask()
+        if umask is not None and not self._born_with_xattrs:
+            self._unborn_modes = umask | 0o7000
 
-    def _set_metadata_fd(self, fd: int, node: Node, rel: bytes, *, born: bool = False) -> None:
+    def _set_metadata_fd(self, fd: int, node: Node, rel: bytes, *, born: bool = False, born_mode: int | None = None) -> None:
         """`born`: the file or directory was made by this restore (its owner and xattrs are
-        known without asking: see `_learn_birth`)."""
+        known without asking: see `_learn_birth`), with `born_mode` if it was given one.
+        (A chown by root keeps the mode bits a born mode may have: only setuid and setgid
+        go, and those are never born. An access ACL among the xattrs sets group bits: the
+        mode is set after it, always.)"""
         if self.as_root and not (born and (node.uid, node.gid) == self._born_owner):
             os.fchown(fd, node.uid, node.gid)
         if node.xattrs or not born or self._born_with_xattrs:
             self._set_xattrs(fd, node, rel, follow=True)
-        os.fchmod(fd, node.mode)
+        if born_mode != node.mode or node.xattrs:
+            os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
     def _set_metadata_by_name(self, dir_fd: int, node: Node, rel: bytes, name: bytes | None = None) -> None:
@@ -519,6 +532,19 @@ class Restore:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
+
+
+def _umask() -> int | None:
+    """This process's umask, read without setting it (os.umask would change it for every
+    thread for a moment); None where Linux does not say (before 4.7)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _check_inodes(fd: int, target: bytes, paths: int) -> None:
