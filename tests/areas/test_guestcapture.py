@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from vml.areas.capture import parse_listing, parse_time
+from vml.areas.capture import parse_listing, parse_names, parse_time
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK
 
 
 def _record(kind: bytes, path: bytes, target: bytes = b"", mode: bytes = b"644") -> bytes:
     head = b"%s %s 0 0 12 1700000000.1234567890 1700000001.0000000000 42 1 2049 8" % (kind, mode)
-    return b"\0".join([head, b"root", b"root", path, target]) + b"\0"
+    return b"\0".join([head, path, target]) + b"\0"
 
 
 def test_listing_keeps_odd_names_and_refuses_escaping_ones():
@@ -26,8 +26,16 @@ def test_listing_keeps_odd_names_and_refuses_escaping_ones():
     assert set(paths) == {b"", b"new\nline", b"\xff\xfe", b"link"}
     assert paths[b""].kind == KIND_DIR and paths[b"new\nline"].kind == KIND_FILE
     assert paths[b"link"].kind == KIND_SYMLINK and paths[b"link"].target == b"../../etc/passwd"  # a target is data
-    assert paths[b"new\nline"].mtime_ns == 1_700_000_000_123_456_789 and paths[b"new\nline"].user == "root"
+    assert paths[b"new\nline"].mtime_ns == 1_700_000_000_123_456_789 and paths[b"new\nline"].uid == 0
     assert sorted(rel for rel, _why in skipped) == [b"../outside", b"a/../../b", b"a//b", b"socket"]
+
+
+def test_owner_names_are_the_first_line_of_each_number():
+    """As getpwuid answers: the first name of a number; a name that is its own number is none
+    (find printed the number so); damaged lines are passed over."""
+    passwd = b"root:x:0:0:root:/root:/bin/bash\ntoor:x:0:0::/root:/bin/sh\n1234:x:1234:1234::/:/bin/sh\ngarbage\nu:x:notanumber\n"
+    assert parse_names(passwd) == {0: "root"}
+    assert parse_names(b"nogroup:x:65534:\nwheel:x:10:alice,bob\n") == {65534: "nogroup", 10: "wheel"}
 
 
 def test_times_are_exact_to_the_nanosecond():

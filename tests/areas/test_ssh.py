@@ -376,3 +376,31 @@ def test_connections_prefer_aes_gcm_and_take_what_the_server_offers(sshd, sshd_f
                 assert client.exec_command("echo ok")[1].read() == b"ok\n"
             finally:
                 client.close()
+
+
+def test_owner_names_come_from_the_guest_files_without_getent(vml: Vml, tmp_path: Path, sshd_factory):
+    """A guest without getent (a minimal image): the owners' names are read from its
+    /etc/passwd and /etc/group, and the entry is the one a directory capture makes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in ("/usr/bin", "/bin"):
+        for name in os.listdir(directory):
+            if name != "getent" and not (bin_dir / name).exists():
+                os.symlink(os.path.join(directory, name), bin_dir / name)
+    server = sshd_factory(f"SetEnv PATH={bin_dir}\n")
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    vml("init")
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/", env=server.env)
+    empty = vml("commit", "-a", "g", "-m", "nothing yet", "--json", env=server.env).json()["entry"]
+    for name, owner in (("root-owned", 0), ("nobody-owned", 65534), ("nameless", 4242)):
+        (guest / name).write_text(name + "\n")
+        os.chown(guest / name, owner, owner)
+    vml("area", "add", "d", "--dir", str(guest))
+    over_ssh = vml("commit", "-a", "g", "-m", "over ssh", "--json", env=server.env).json()["entry"]
+    local = vml("commit", "-a", "d", "-m", "local", "--json").json()["entry"]
+    assert _manifest(vml, over_ssh, server.env) == _manifest(vml, local, server.env)
+    added = vml("diff", empty, over_ssh, "--json", env=server.env).json()
+    owners = {change["path"]: (change["new"]["user"], change["new"]["group"]) for change in added if change["new"]}
+    assert owners["root-owned"] == ("root", "root") and owners["nobody-owned"] == ("nobody", "nogroup")
+    assert owners["nameless"] == (None, None)

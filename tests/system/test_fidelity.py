@@ -147,6 +147,8 @@ def build_everything(root: Path) -> None:
     os.chown(path(b"owned/link"), 1234, 5678, follow_symlinks=False)
     os.chown(path(b"special/fifo"), 1234, 5678)
     os.chown(path(b"links/a/three"), 4321, 8765)
+    write(b"owned/nobody", b"owned by a user and group with names\n")
+    os.chown(path(b"owned/nobody"), 65534, 65534)  # nobody:nogroup on Debian
     # modes
     os.chmod(path(b"setuid"), 0o4755)
     os.chmod(path(b"dirs/setgid"), 0o2755)

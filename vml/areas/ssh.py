@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vml.areas.capture import FIND_FORMAT, CaptureProgress, CaptureResult, GuestCapture
+from vml.areas.capture import FIND_FORMAT, CaptureProgress, CaptureResult, GuestCapture, parse_names
 from vml.areas.restore import RestoreProgress, plan_restore, write_tar
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
@@ -312,6 +312,20 @@ class SshArea:
         ]
         return listing, (int(now) + 1) * 1_000_000_000  # the next second: its clock ticks in seconds here
 
+    def _owner_names(self, uids: set[int], gids: set[int]) -> tuple[dict[int, str], dict[int, str]]:
+        """The guest's names of these owners and groups, as its find's %u and %g would print
+        them (getpwuid and getgrgid, through getent; the files where getent is missing)."""
+        def lookup(database: str, numbers: set[int]) -> str:
+            keys = " ".join(str(number) for number in sorted(numbers))
+            return f"echo ={database}; if [ -n {shlex.quote(keys)} ]; then getent {database} {keys} || true; fi; "
+
+        body = (f"if command -v getent >/dev/null 2>&1; then {lookup('passwd', uids)}{lookup('group', gids)}"
+                f"else echo =passwd; cat /etc/passwd; echo =group; cat /etc/group; fi")
+        output, _errors, _status = self._run(body, "the owners' names")
+        _before, _, rest = output.partition(b"=passwd\n")
+        passwd, _, group = rest.partition(b"=group\n")
+        return parse_names(passwd), parse_names(group)
+
     @contextlib.contextmanager
     def _open_tar(self, paths: list[bytes]):
         names = b"".join(b"./" + p + b"\0" if p else b".\0" for p in paths)
@@ -351,7 +365,7 @@ class SshArea:
         """The guest's files; `expected` (path -> node) names what a checkout just wrote."""
         listing, now = self._listing()
         capture = GuestCapture(listing, now, self._open_tar, store, cache, rules=self.rules, dry_run=dry_run,
-                               expected=expected, progress=progress)
+                               expected=expected, progress=progress, owner_names=self._owner_names)
         try:
             result = capture.run()
         except FileNotFoundError as error:
