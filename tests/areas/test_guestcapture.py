@@ -78,3 +78,19 @@ def test_a_path_that_changes_type_during_the_read_is_left_out(tmp_path):
     names = [path for path, _node in walk_nodes(listing_loader(store), result.root_id)]
     assert names == [b"y"] and result.changed_while_reading == [b"x"]
     store.close()
+
+
+def test_the_quick_path_check_answers_as_splitting_does():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from vml.areas.capture.guest import _unsafe
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.lists(st.sampled_from([b"", b".", b"..", b"a", b".a", b"a.", b"...", b"a.b", b"/", b"./"]), min_size=1, max_size=5))
+    def check(parts):
+        rel = b"/".join(parts)
+        if rel:
+            assert _unsafe(rel) == any(part in (b"", b".", b"..") for part in rel.split(b"/")), rel
+
+    check()

@@ -79,6 +79,14 @@ class GuestPath:
         return max(self.mtime_ns, self.ctime_ns)
 
 
+def _unsafe(rel: bytes) -> bool:
+    """Whether a relative path has an empty, "." or ".." part (only a part that starts with
+    a dot can be either of the last two: most paths are cleared without being split)."""
+    if b"//" in rel or rel[:1] == b"/" or rel[-1:] == b"/":
+        return True
+    return (rel[:1] == b"." or b"/." in rel) and any(part in (b".", b"..") for part in rel.split(b"/"))
+
+
 OwnerNames = Callable[[set[int], set[int]], tuple[dict[int, str], dict[int, str]]]
 
 
@@ -105,7 +113,7 @@ def parse_listing(data: bytes) -> tuple[dict[bytes, GuestPath], list[tuple[bytes
         head, path, target = fields[start : start + _FIELDS_PER_RECORD]
         kind_code, mode, uid, gid, size, mtime, ctime, inode, nlink, device, _blocks = head.split(b" ")
         rel = path[2:] if path.startswith(b"./") else b"" if path == b"." else path
-        if rel and any(part in (b"", b".", b"..") for part in rel.split(b"/")):
+        if rel and _unsafe(rel):
             skipped.append((rel, "a name the guest's listing should not hold"))  # never a path outside the tree
             continue
         if kind_code not in _TYPES:
