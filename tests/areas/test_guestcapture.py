@@ -73,7 +73,8 @@ def test_a_path_that_changes_type_during_the_read_is_left_out(tmp_path):
 
     ChunkStore.create(str(tmp_path / "store"))
     store = ChunkStore(str(tmp_path / "store")).open()
-    result = GuestCapture(listing, 1800000000 * 10**9, open_tar, store, StatCache(), rules=Rules(("/",))).run()
+    result = GuestCapture(listing, 1800000000 * 10**9, open_tar, store, StatCache(), rules=Rules(("/",)),
+                          owner_names=lambda uids, gids: ({0: "root"}, {0: "root"})).run()
     store.flush()
     names = [path for path, _node in walk_nodes(listing_loader(store), result.root_id)]
     assert names == [b"y"] and result.changed_while_reading == [b"x"]

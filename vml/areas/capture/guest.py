@@ -37,8 +37,8 @@ from vml.objects.manifest import (
 )
 from vml.objects.store import ChunkStore
 
-# One record per path: fixed fields, then owner names, path and symlink target, NUL-separated.
-# Owners by number only: find's %u and %g look each file's owner up again (two thirds of
+# One record per path: fixed fields, then path and symlink target, NUL-separated. Owners by
+# number only: find's %u and %g look each file's owner up again (two thirds of
 # find's time on a guest's 75,000 paths); the names are looked up once a number (`owner_names`).
 FIND_FORMAT = r"%y %m %U %G %s %T@ %C@ %i %n %D %b\0%p\0%l\0"
 _FIELDS_PER_RECORD = 3
@@ -160,11 +160,10 @@ class GuestCapture:
         dry_run: bool = False,
         expected: Callable[[bytes], Node | None] | None = None,
         progress: Callable[[CaptureProgress], None] | None = None,
-        owner_names: OwnerNames | None = None,
+        owner_names: OwnerNames,
     ):
         self.paths, self.skipped = parse_listing(listing)
-        if owner_names is not None:
-            name_owners(self.paths, owner_names)
+        name_owners(self.paths, owner_names)
         self.expected = expected
         self._trusted: dict[bytes, bytes | None] = {}
         self.open_tar = open_tar
