@@ -65,11 +65,20 @@ class Guest:
         self.key, self.port = key, port
 
     def __call__(self, command: str, check: bool = True) -> str:
-        done = subprocess.run(
-            ["ssh", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "ConnectTimeout=20", "-i", str(self.key), "-p", str(self.port), "root@127.0.0.1", command],
-            capture_output=True, text=True, timeout=300,
-        )
+        # ssh's own failure (exit 255: the connection, not the command) is tried again: a
+        # guest under software emulation on a loaded 2-core machine can take longer than
+        # the timeout to answer a new login right after its boot (seen once in CI, stderr
+        # empty, the first command after `vm start --wait`).
+        for _attempt in range(3):
+            done = subprocess.run(
+                ["ssh", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+                 "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=60", "-i", str(self.key), "-p", str(self.port),
+                 "root@127.0.0.1", command],
+                capture_output=True, text=True, timeout=300,
+            )
+            if done.returncode != 255:
+                break
+            time.sleep(5)
         if check and done.returncode != 0:
             raise AssertionError(f"in the guest, {command!r} exited {done.returncode}: {done.stderr}")
         return done.stdout
