@@ -207,9 +207,9 @@ class Capture:
         return pending
 
     def _plan_child(self, child: _Child, path: bytes, rel: bytes, cached: CachedDir | None) -> None:
+        """A child that is not a plain file the stat cache vouches for (_scan_dir does those):
+        another name of an inode, or something to read."""
         st = child.st
-        hit = cached.children.get(child.name) if cached is not None else None
-        cache_hit = hit is not None and child.cacheable and hit[0] == child.key
         if st.st_nlink > 1:  # any kind but a directory may have several names
             key = (st.st_dev, st.st_ino)
             group = self._hardlinks.get(key)
@@ -224,14 +224,12 @@ class Capture:
                     child.node = other_name(first.node, child.name, child.hardlink)
                 return
             self._hardlinks[key] = _LinkGroup(child, [rel])
-            if cache_hit:  # complete now: the other names copy it
+            hit = cached.children.get(child.name) if cached is not None else None
+            if hit is not None and child.cacheable and hit[0] == child.key:  # complete now: the other names copy it
                 node = decode_node(hit[1])
                 if self.tree.has_data(node):
                     child.node = node
                     return
-        elif cache_hit:
-            child.cached = hit[1]  # decoded in _finish, and only if the directory changed
-            return
         self._plan_read(child, path)
 
     def _plan_read(self, child: _Child, path: bytes) -> None:
