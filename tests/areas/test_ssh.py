@@ -404,3 +404,4 @@ def test_owner_names_come_from_the_guest_files_without_getent(vml: Vml, tmp_path
     owners = {change["path"]: (change["new"]["user"], change["new"]["group"]) for change in added if change["new"]}
     assert owners["root-owned"] == ("root", "root") and owners["nobody-owned"] == ("nobody", "nogroup")
     assert owners["nameless"] == (None, None)
+    vml.fsck_clean()
