@@ -260,7 +260,7 @@ def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml
     def dropping(self, archive, member, rel):
         calls.append(rel)
         if len(calls) == 3:
-            archive.fileobj.fileobj.channel.get_transport().close()  # the connection dies
+            archive._stream.raw.channel.get_transport().close()  # the connection dies
         return original(self, archive, member, rel)
 
     monkeypatch.setattr(guestcapture.GuestCapture, "_member_node", dropping)

@@ -5,12 +5,17 @@ writes them."""
 
 from __future__ import annotations
 
+import struct
 import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
 
 from vml.objects.chunker import Extents
 from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Node
 
 XATTR_PREFIX = "SCHILY.xattr."
+_XATTR_PREFIX = XATTR_PREFIX.encode()
 KIND_OF_TAR_TYPE = {
     tarfile.REGTYPE: KIND_FILE,
     tarfile.AREGTYPE: KIND_FILE,
@@ -55,41 +60,224 @@ def _raw(text: str) -> bytes:
 
 
 # -- reading (a guest's capture)
+#
+# A reader of its own rather than tarfile's: tarfile parsed each member's three header blocks
+# field by field in Python and read data through a 10 KiB buffer; that was 6 of the 7 CPU-
+# seconds of reading a guest's 75,000 paths (2 GB) before vml did anything with them. This one
+# reads the one dialect a guest's GNU tar writes here (pax headers, sparse files in the GNU
+# formats 1.0 and 0.x) with one struct unpack a header, data straight from a buffered stream.
 
 
-def member_rel(name: str) -> bytes:
+class TarStreamError(tarfile.ReadError):
+    """The stream is not the tar vml asked for: damaged, cut short or of another kind."""
+
+
+BLOCK = tarfile.BLOCKSIZE
+_ZERO_BLOCK = bytes(BLOCK)
+# ustar: name, mode, uid, gid, size, mtime, checksum, type, linkname, magic+version, uname,
+# gname, devmajor, devminor, prefix.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+
+
+def _number(field: bytes) -> int:
+    """A header's number: octal text, or base-256 (GNU's form for what octal cannot hold)."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
+    digits = field.strip(b"\0 ")
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise TarStreamError(f"a header holds {field!r} where a number belongs") from None
+
+
+def _records(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A pax header's records ("<length> <key>=<value>\\n"), keys and values as bytes."""
+    records: list[tuple[bytes, bytes]] = []
+    start = 0
+    while start < len(data) and data[start] != 0:
+        space = data.find(b" ", start)
+        try:
+            end = start + int(data[start:space])
+        except ValueError:
+            raise TarStreamError("a damaged pax header") from None
+        if space < 0 or end > len(data) or data[end - 1] != 0x0A or end <= space:
+            raise TarStreamError("a damaged pax header")
+        key, equals, value = data[space + 1 : end - 1].partition(b"=")
+        if not equals:
+            raise TarStreamError("a damaged pax header")
+        records.append((key, value))
+        start = end
+    return records
+
+
+@dataclass(slots=True)
+class TarMember:
+    """One member of a guest's tar stream: its path as the guest's bytes, its header's
+    metadata with the pax records applied, and where its data lies in a sparse file."""
+
+    name: bytes
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int  # the file's size (a sparse file's full size, holes included)
+    mtime_ns: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: tuple[tuple[bytes, bytes], ...]
+    extents: Extents | None  # a sparse file's data regions; None: the data is the whole file
+
+
+class TarReader:
+    """The members of a tar stream, in order; a member's data is read (`read`, `readinto`)
+    before the next member is asked for, and whatever of it was not read is skipped."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self._left = 0  # data bytes of the current member not yet read
+        self._padding = 0
+
+    def __iter__(self) -> Iterator[TarMember]:
+        pax: list[tuple[bytes, bytes]] = []
+        global_pax: list[tuple[bytes, bytes]] = []
+        while True:
+            self._skip(self._left + self._padding)
+            self._left = self._padding = 0
+            block = self._stream.read(BLOCK)
+            if not block or block == _ZERO_BLOCK:
+                return  # the end (tar ends with zero blocks; a stream cut between members is its sender's to report)
+            if len(block) < BLOCK:
+                raise TarStreamError("the stream ends inside a header")
+            fields = _USTAR.unpack(block)
+            checksum = _number(fields[6])
+            if checksum != sum(block) - sum(block[148:156]) + 8 * 32 and checksum != _signed_checksum(block):
+                raise TarStreamError("a header's checksum does not match")
+            kind, size = fields[7], _number(fields[4])
+            self._start_data(size)
+            if kind in (b"x", b"g"):
+                records = _records(self.read(size))
+                (pax if kind == b"x" else global_pax).extend(records)
+                continue
+            ordered = global_pax + pax
+            pax = []
+            try:
+                member = self._member(fields, kind, size, dict(ordered), ordered)
+            except ValueError:  # a pax number or a sparse map that is not one
+                raise TarStreamError(f"a damaged header (of {fields[0].rstrip(bytes(1))!r})") from None
+            yield member
+
+    def _member(self, fields: tuple, kind: bytes, size: int, records: dict[bytes, bytes], ordered: list[tuple[bytes, bytes]]) -> TarMember:
+        name = records.get(b"path")
+        if name is None:
+            name, prefix = fields[0].split(b"\0", 1)[0], fields[14].split(b"\0", 1)[0]
+            name = prefix + b"/" + name if prefix else name
+        if b"size" in records:  # a size octal cannot hold
+            size = int(records[b"size"])
+            self._start_data(size)
+        mtime = records.get(b"mtime")
+        extents = None
+        if b"GNU.sparse.major" in records or b"GNU.sparse.offset" in records or b"GNU.sparse.map" in records:
+            name = records.get(b"GNU.sparse.name", name)
+            extents = self._sparse_map(records, ordered)
+            size = int(records.get(b"GNU.sparse.realsize") or records.get(b"GNU.sparse.size") or b"0")
+        return TarMember(
+            name=name,
+            type=kind if kind != b"\0" else tarfile.REGTYPE,
+            mode=_number(fields[1]) & 0o7777,
+            uid=int(records[b"uid"]) if b"uid" in records else _number(fields[2]),
+            gid=int(records[b"gid"]) if b"gid" in records else _number(fields[3]),
+            size=size,
+            mtime_ns=parse_time(mtime) if mtime is not None else _number(fields[5]) * 1_000_000_000,
+            linkname=records.get(b"linkpath") or fields[8].split(b"\0", 1)[0],
+            devmajor=_number(fields[12]),
+            devminor=_number(fields[13]),
+            xattrs=tuple(sorted((key[len(_XATTR_PREFIX):], value) for key, value in records.items() if key.startswith(_XATTR_PREFIX))),
+            extents=extents,
+        )
+
+    def _sparse_map(self, records: dict[bytes, bytes], ordered: list[tuple[bytes, bytes]]) -> Extents:
+        """The data regions of a sparse file: format 1.0 keeps its map at the start of the
+        data (decimal lines, padded to a block); 0.1 in one record; 0.0 in repeated ones."""
+        if records.get(b"GNU.sparse.major") == b"1":
+            text = b""
+            while True:
+                if self._left < BLOCK:
+                    raise TarStreamError("a sparse file's map is cut short")
+                text += self.read(BLOCK)
+                numbers = text.split(b"\n")
+                if numbers[0] and len(numbers) - 1 >= 1 + 2 * int(numbers[0]):
+                    break
+            count = int(numbers[0])
+            values = [int(n) for n in numbers[1 : 1 + 2 * count]]
+        elif b"GNU.sparse.map" in records:
+            values = [int(n) for n in records[b"GNU.sparse.map"].split(b",") if n]
+        else:
+            values = [int(value) for key, value in ordered if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes")]
+        return tuple((values[i], values[i + 1]) for i in range(0, len(values) - 1, 2) if values[i + 1])
+
+    def _start_data(self, size: int) -> None:
+        self._left, self._padding = size, -size % BLOCK
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes of the current member's data (all of it that is left, if less)."""
+        size = min(size, self._left)
+        data = self._stream.read(size)
+        if len(data) < size:
+            raise TarStreamError("the stream ends inside a member's data")
+        self._left -= size
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        want = min(len(buffer), self._left)
+        if not want:
+            return 0
+        got = self._stream.readinto(buffer[:want])
+        if not got:
+            raise TarStreamError("the stream ends inside a member's data")
+        self._left -= got
+        return got
+
+    def _skip(self, count: int) -> None:
+        while count:
+            got = len(self._stream.read(min(count, 1 << 20)))
+            if not got:
+                raise TarStreamError("the stream ends inside a member's data")
+            count -= got
+
+    def drain(self) -> None:
+        """Read the stream to its end (tar pads its last record), so the sender is not left waiting."""
+        while self._stream.read(1 << 20):
+            pass
+
+
+def member_rel(name: bytes) -> bytes:
     """A member's path relative to the top (b"" for the top itself)."""
-    raw = _raw(name).rstrip(b"/")
-    if raw in (b".", b""):
+    name = name.rstrip(b"/")
+    if name in (b".", b""):
         return b""
-    return raw[2:] if raw.startswith(b"./") else raw
+    return name[2:] if name.startswith(b"./") else name
 
 
-def node_of_member(member: tarfile.TarInfo, name: bytes, user: str | None, group: str | None) -> Node:
+def node_of_member(member: TarMember, name: bytes, user: str | None, group: str | None) -> Node:
     """The node a member describes, named `name` and owned by `user` and `group` (tar's
     names may be the guest's numbers), without its data: chunks and extents are its
-    reader's (see member_extents)."""
+    reader's."""
     kind = KIND_OF_TAR_TYPE[member.type]
-    headers = member.pax_headers
-    mtime_ns = parse_time(headers["mtime"].encode()) if "mtime" in headers else int(member.mtime) * 1_000_000_000
-    xattrs = tuple(sorted(
-        (_raw(key[len(XATTR_PREFIX):]), _raw(value)) for key, value in headers.items() if key.startswith(XATTR_PREFIX)
-    ))
-    node = Node(name=name, kind=kind, mode=member.mode & 0o7777, uid=member.uid, gid=member.gid, user=user, group=group,
-                mtime_ns=mtime_ns, size=member.size if kind == KIND_FILE else 0, xattrs=xattrs)
+    node = Node(name=name, kind=kind, mode=member.mode, uid=member.uid, gid=member.gid, user=user, group=group,
+                mtime_ns=member.mtime_ns, size=member.size if kind == KIND_FILE else 0, xattrs=member.xattrs)
     if kind == KIND_SYMLINK:
-        node.target = _raw(member.linkname)
+        node.target = member.linkname
     elif kind in (KIND_CHAR, KIND_BLOCK):
         node.rdev = (member.devmajor, member.devminor)
     return node
 
 
-def member_extents(member: tarfile.TarInfo) -> Extents | None:
-    """The data extents of a sparse file's member; None for a file without holes."""
-    if member.sparse is None:
-        return None
-    extents = tuple((offset, length) for offset, length in member.sparse if length)
-    return None if extents == ((0, member.size),) else extents
+def _signed_checksum(block: bytes) -> int:
+    """The checksum some old tars computed over signed bytes."""
+    signed = struct.unpack_from("148b8x356b", block)
+    return sum(signed) + 8 * 32
 
 
 # -- writing (a restore onto a guest)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tarfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,8 +20,8 @@ from typing import IO
 from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, StatCache, pack_key
-from vml.areas.tarformat import KIND_OF_TAR_TYPE, member_extents, member_rel, node_of_member, parse_time
-from vml.objects.chunker import chunk_file
+from vml.areas.tarformat import KIND_OF_TAR_TYPE, TarMember, TarReader, member_rel, node_of_member, parse_time
+from vml.objects.chunker import chunk_file, one_chunk
 from vml.objects.manifest import (
     KIND_BLOCK,
     KIND_CHAR,
@@ -295,20 +294,21 @@ class GuestCapture:
             return
         pending = set(wanted)
         with self.open_tar(wanted) as (stream, problems):
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as archive:
-                for member in archive:
-                    rel = member_rel(member.name)
-                    if rel not in pending:
-                        continue  # a link tar added, or a name it altered
-                    pending.discard(rel)
-                    if KIND_OF_TAR_TYPE.get(member.type) != self.paths[rel].kind:
-                        # Replaced by another type (or linked) between the listing and the read:
-                        # left out of this entry, like a file deleted meanwhile.
-                        self.changed_while_reading.append(rel)
-                        self.paths.pop(rel)
-                        continue
-                    self._fetched[rel] = self._member_node(archive, member, rel)
-                    self._progress(self.counts)
+            archive = TarReader(stream)
+            for member in archive:
+                rel = member_rel(member.name)
+                if rel not in pending:
+                    continue  # a link tar added, or a name it altered
+                pending.discard(rel)
+                if KIND_OF_TAR_TYPE.get(member.type) != self.paths[rel].kind:
+                    # Replaced by another type (or linked) between the listing and the read:
+                    # left out of this entry, like a file deleted meanwhile.
+                    self.changed_while_reading.append(rel)
+                    self.paths.pop(rel)
+                    continue
+                self._fetched[rel] = self._member_node(archive, member, rel)
+                self._progress(self.counts)
+            archive.drain()
             reported = problems()
         for rel, message in reported:
             if "changed as we read it" in message:
@@ -322,7 +322,7 @@ class GuestCapture:
                 self.skipped.append((rel, why or "the guest's tar did not send it"))
             self.paths.pop(rel, None)  # deleted since the listing, or skipped: not part of this entry
 
-    def _member_node(self, archive: tarfile.TarFile, member: tarfile.TarInfo, rel: bytes) -> Node:
+    def _member_node(self, archive: TarReader, member: TarMember, rel: bytes) -> Node:
         path = self.paths[rel]  # of the member's own kind: _fetch checked they agree
         node = node_of_member(member, rel.rpartition(b"/")[2], path.user, path.group)
         if node.kind == KIND_FILE:
@@ -334,16 +334,16 @@ class GuestCapture:
             self._uncacheable.add(rel)
         return node
 
-    def _read_content(self, archive: tarfile.TarFile, member: tarfile.TarInfo, node: Node) -> None:
-        source = archive.extractfile(member).raw  # unbuffered: its seek skips a hole without reading it
-
-        def read_at(buffer: memoryview, offset: int) -> int:
-            source.seek(offset)
-            return source.readinto(buffer)
-
-        node.extents = member_extents(member)
-        # The view is reused for the next chunk: each is copied for its worker.
-        ids = [self._hash_later(bytes(chunk)) for chunk in chunk_file(read_at, member.size, node.extents)]
+    def _read_content(self, archive: TarReader, member: TarMember, node: Node) -> None:
+        node.extents = member.extents
+        if one_chunk(member.size, node.extents):  # (chunk_file's rule: most files, read at once)
+            data = archive.read(member.size)
+            ids = [self._hash_later(data)] if data else []
+        else:
+            # The member's data is the file's data extents back to back, read in order, as
+            # chunk_file reads them. The view is reused for the next chunk: each is copied.
+            chunks = chunk_file(lambda buffer, _offset: archive.readinto(buffer), member.size, node.extents)
+            ids = [self._hash_later(bytes(chunk)) for chunk in chunks]
         self._unfinished.append((node, ids))  # node.chunks once the workers are done: see _finish_hashing
         self.counts.files_read += 1
         self.counts.bytes_read += member.size
