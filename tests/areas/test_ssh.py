@@ -43,6 +43,36 @@ def test_ssh_capture_equals_directory_capture(ssh_repo):
     assert local["added_bytes"] == 0  # everything was stored by the ssh commit already
 
 
+def test_every_way_a_guest_file_is_cut_gives_a_directory_capture_s_chunks(ssh_repo):
+    """A guest's file is read whole and cut by a worker, or cut as it streams (larger than
+    WHOLE_FILE_BYTES), or stored as one chunk (small); sparse or not, the chunks are a
+    directory capture's, so the dir commit after the ssh one stores nothing new. (Data of
+    more than MAX_SIZE is always cut: each file but `small` has several chunks.)"""
+    from vml.areas.capture.guest import WHOLE_FILE_BYTES
+    from vml.objects.chunker import MAX_SIZE, MIN_SIZE
+
+    vml, guest, env = ssh_repo
+    for name, size in (("small", MIN_SIZE - 1), ("whole", MAX_SIZE + 5), ("streamed", WHOLE_FILE_BYTES + 5)):
+        (guest / name).write_bytes(os.urandom(size))
+    for name, logical in (("sparse-whole", WHOLE_FILE_BYTES), ("sparse-streamed", WHOLE_FILE_BYTES * 2)):
+        with open(guest / name, "wb") as sparse:
+            sparse.write(os.urandom(300_000))
+            sparse.seek(logical // 2)
+            sparse.write(os.urandom(MAX_SIZE + 5))
+            sparse.truncate(logical)
+    many = guest / "many"  # more small files than one batch holds
+    many.mkdir()
+    for number in range(600):
+        (many / f"f{number}").write_bytes(os.urandom(number * 7))
+    vml("area", "add", "d", "--dir", str(guest))
+    over_ssh = vml("commit", "-a", "g", "-m", "over ssh", "--json", env=env).json()
+    local = vml("commit", "-a", "d", "-m", "local", "--json").json()
+    assert _manifest(vml, over_ssh["entry"], env) == _manifest(vml, local["entry"], env)
+    assert local["added_bytes"] == 0
+    vml("checkout", over_ssh["entry"], "--to", str(guest.parent / "out"), env=env)
+    assert compare(guest, guest.parent / "out") == []
+
+
 def test_unchanged_recommit_transfers_only_the_listing(ssh_repo):
     vml, guest, env = ssh_repo
     (guest / "data").mkdir()
