@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import paramiko
 
@@ -72,6 +73,55 @@ def _ssh_config(host: str) -> dict:
         raise TransportError(f"cannot read {path}: {error}") from None
 
 
+def _settings(host: str, port: int | None, user: str | None, identity: str | None, known_hosts_file: str | None):
+    """(host name, port, user, known_hosts files, key files) as OpenSSH's client would take
+    them from ~/.ssh/config ($HOME's, as paramiko reads it), the caller's choices first."""
+    settings = _ssh_config(host)
+    if known_hosts_file is not None:
+        settings["userknownhostsfile"] = known_hosts_file
+    hostname = settings.get("hostname", host)
+    port = port or int(settings.get("port", 22))
+    user = user or settings.get("user") or os.environ.get("USER") or "root"
+    known_hosts = [os.path.expanduser(p) for p in settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()]
+    keys = [os.path.expanduser(identity)] if identity else [os.path.expanduser(p) for p in settings.get("identityfile", [])]
+    return hostname, port, user, known_hosts, keys
+
+
+def openssh_command(
+    host: str,
+    *,
+    port: int | None = None,
+    user: str | None = None,
+    identity: str | None = None,
+    known_hosts_file: str | None = None,
+) -> list[str] | None:
+    """The OpenSSH client's command line (without the remote command) for the host `connect`
+    reaches with the same arguments: the same address, user, keys and known_hosts, every
+    setting given on the command line (`-F none`: OpenSSH reads the passwd entry's home, not
+    $HOME), never a prompt, and a host key only as already known. None without the `ssh`
+    program. For bulk streams: OpenSSH decrypts in C in its own process, where paramiko does
+    it packet by packet in Python beside the reader."""
+    program = shutil.which("ssh")
+    if program is None:
+        return None
+    hostname, port, user, known_hosts, keys = _settings(host, port, user, identity, known_hosts_file)
+    if not identity:
+        keys += [os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "ecdsa", "ed25519")]  # paramiko's look_for_keys
+    argv = [
+        program, "-F", "none", "-T", "-x", "-a", "-e", "none", "-p", str(port), "-l", user,
+        "-c", ",".join((*_GCM, "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")),
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
+        "-o", "UserKnownHostsFile=" + " ".join(f'"{path}"' for path in known_hosts), "-o", "GlobalKnownHostsFile=none",
+    ]
+    if identity:
+        argv += ["-o", "IdentitiesOnly=yes"]
+    for key in keys:
+        if os.path.exists(key):
+            argv += ["-i", key]
+    return [*argv, "--", hostname]
+
+
 def connect(
     host: str,
     *,
@@ -84,14 +134,8 @@ def connect(
 ) -> paramiko.SSHClient:
     """A logged-in client, or a TransportError saying in one line what to do.
     `known_hosts_file` replaces ~/.ssh/known_hosts (a VM vml defined keeps its own)."""
-    settings = _ssh_config(host)
-    if known_hosts_file is not None:
-        settings["userknownhostsfile"] = known_hosts_file
-    hostname = settings.get("hostname", host)
-    port = port or int(settings.get("port", 22))
-    user = user or settings.get("user") or os.environ.get("USER") or "root"
+    hostname, port, user, known_hosts, keys = _settings(host, port, user, identity, known_hosts_file)
     where = f"{hostname}:{port}"
-    known_hosts = [os.path.expanduser(p) for p in settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()]
     client = paramiko.SSHClient()
     for path in known_hosts:
         if os.path.exists(path):
@@ -100,7 +144,6 @@ def connect(
             except (OSError, paramiko.SSHException) as error:
                 raise TransportError(f"cannot read {path}: {error}") from None
     client.set_missing_host_key_policy(_RememberNewKey(known_hosts[0]) if accept_new_host_key else paramiko.RejectPolicy())
-    keys = [os.path.expanduser(identity)] if identity else [os.path.expanduser(p) for p in settings.get("identityfile", [])]
     if identity and not os.path.exists(keys[0]):
         raise TransportError(f"identity file {identity} does not exist")
     try:

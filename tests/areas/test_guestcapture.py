@@ -68,7 +68,7 @@ def test_a_path_that_changes_type_during_the_read_is_left_out(tmp_path):
             archive.addfile(info, io.BytesIO(data) if data else None)
 
     @contextlib.contextmanager
-    def open_tar(paths):
+    def open_tar(paths, _size):
         yield io.BytesIO(stream.getvalue()), lambda: []
 
     ChunkStore.create(str(tmp_path / "store"))

@@ -268,9 +268,11 @@ def test_environment_is_saved_diffed_and_reapplied(vml: Vml, tmp_path: Path, ssh
     vml.fsck_clean()
 
 
-def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml, tmp_path: Path, sshd, monkeypatch):
-    """The link to the guest dies while files stream in (injected: the client closes after
-    the first file): a one-line error, no entry, a clean fsck, and the retry saves it all."""
+@pytest.mark.parametrize("client", ["openssh", "paramiko"])
+def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml, tmp_path: Path, sshd, monkeypatch, client: str):
+    """The link to the guest dies while files stream in (injected: the client closes, or the
+    OpenSSH client dies, after the first files): a one-line error, no entry, a clean fsck,
+    and the retry saves it all."""
     from vml import api
     from vml.areas.capture import guest as guestcapture
     from vml.errors import AreaError
@@ -284,13 +286,17 @@ def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml
     vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/")
     for key, value in sshd.env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("VML_SSH_CLIENT", client)
     original = guestcapture.GuestCapture._member_node
     calls = []
 
     def dropping(self, archive, member, rel):
         calls.append(rel)
-        if len(calls) == 3:
-            archive._stream.raw.channel.get_transport().close()  # the connection dies
+        if len(calls) == 3:  # the connection dies
+            if client == "openssh":
+                archive._stream.raw.process.kill()
+            else:
+                archive._stream.raw.channel.get_transport().close()
         return original(self, archive, member, rel)
 
     monkeypatch.setattr(guestcapture.GuestCapture, "_member_node", dropping)
@@ -435,3 +441,60 @@ def test_owner_names_come_from_the_guest_files_without_getent(vml: Vml, tmp_path
     assert owners["root-owned"] == ("root", "root") and owners["nobody-owned"] == ("nobody", "nogroup")
     assert owners["nameless"] == (None, None)
     vml.fsck_clean()
+
+
+def _ssh_wrapper(directory: Path, body: str) -> dict:
+    """A PATH whose `ssh` is a script (logging its calls to directory/calls) with `body`."""
+    directory.mkdir()
+    script = directory / "ssh"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {directory / 'calls'}\n{body}\n")
+    script.chmod(0o755)
+    return {"PATH": f"{directory}:{os.environ['PATH']}"}
+
+
+def test_the_openssh_client_carries_the_files_paramiko_the_rest(ssh_repo, tmp_path: Path):
+    """The file stream goes through the OpenSSH client (logged by a wrapper that runs the
+    real one), with the host, port, user and known_hosts paramiko used and no config of its
+    own; VML_SSH_CLIENT=paramiko keeps it out."""
+    import shutil as shutil_module
+
+    vml, guest, env = ssh_repo
+    build_everything(guest)
+    logged = _ssh_wrapper(tmp_path / "wrapper", f'exec {shutil_module.which("ssh")} "$@"')
+    over_openssh = vml("commit", "-m", "openssh", "--json", env={**env, **logged}).json()
+    calls = (tmp_path / "wrapper" / "calls").read_text().splitlines()
+    port = (Path(env["HOME"]) / ".ssh" / "config").read_text().split("Port")[1].split()[0]
+    assert calls and all("-F none" in call and "StrictHostKeyChecking=yes" in call and f"-p {port} " in call for call in calls)
+    assert any("tar -c" in call for call in calls)
+    vml("area", "add", "d", "--dir", str(guest))
+    local = vml("commit", "-a", "d", "-m", "local", "--json").json()
+    assert _manifest(vml, over_openssh["entry"], env) == _manifest(vml, local["entry"], env)
+    (guest / "new").write_text("new\n")
+    time.sleep(2.1)
+    vml("commit", "-a", "g", "-m", "paramiko", env={**env, **logged, "VML_SSH_CLIENT": "paramiko"})
+    assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == len(calls)
+
+
+@pytest.mark.parametrize("ssh", ["fails", "missing"])
+def test_without_a_working_openssh_client_paramiko_carries_the_files(ssh_repo, tmp_path: Path, ssh: str):
+    """An OpenSSH client that cannot log in where paramiko did (exit 255 before any output),
+    or none at all: the same entry, through paramiko."""
+    vml, guest, env = ssh_repo
+    build_everything(guest)
+    if ssh == "fails":
+        path = _ssh_wrapper(tmp_path / "wrapper", 'echo "Permission denied (publickey)." >&2; exit 255')
+    else:
+        bare = tmp_path / "bin"  # every program of PATH but ssh
+        bare.mkdir()
+        for directory in os.environ["PATH"].split(":"):
+            for program in Path(directory).glob("*") if Path(directory).is_dir() else ():
+                if program.name != "ssh" and not (bare / program.name).exists():
+                    (bare / program.name).symlink_to(program)
+        path = {"PATH": str(bare)}
+    saved = vml("commit", "-m", "without openssh", "--json", env={**env, **path}).json()
+    if ssh == "fails":
+        assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == 1  # tried once, then paramiko
+    vml("area", "add", "d", "--dir", str(guest))
+    local = vml("commit", "-a", "d", "-m", "local", "--json").json()
+    assert _manifest(vml, saved["entry"], env) == _manifest(vml, local["entry"], env)
+    assert local["added_bytes"] == 0

@@ -9,9 +9,12 @@ Every command runs under `sh -c` below the area's root (`--root`, default /).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import os
 import re
 import shlex
+import subprocess
 import tarfile
 import threading
 import time
@@ -26,7 +29,7 @@ from vml.environment import HISTORY, PROFILE_SCRIPT, VARIABLES, decode_variables
 from vml.errors import AreaError, TransportError, UsageError
 from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
-from vml.ssh import CONNECT_TIMEOUT, SSH_ERRORS, UnknownHostKey, Unreachable, connect
+from vml.ssh import CONNECT_TIMEOUT, SSH_ERRORS, UnknownHostKey, Unreachable, connect, openssh_command
 
 _NO_ROOT = 97
 _NO_TOOL = 98
@@ -42,6 +45,8 @@ PIECE = 1024 * 1024
 WINDOW = 16 * 1024 * 1024
 MAX_PACKET = 256 * 1024
 KEEPALIVE_SECONDS = 15
+BULK_BYTES = 64 * 1024 * 1024  # a stream this large goes through the OpenSSH client (see _bulk_command)
+_SSH_FAILED = 255  # the OpenSSH client's own failure (a connection that could not be made, or dropped)
 WAIT_TRY_SECONDS = 10
 
 
@@ -66,6 +71,38 @@ class _ChannelReader(io.RawIOBase):
         while data := self.channel.recv(PIECE):
             pieces.append(data)
         return b"".join(pieces)
+
+    def exit_status(self) -> int:
+        """The command's exit status; -1 if the connection ended without one."""
+        return self.channel.recv_exit_status()
+
+
+class _ProcessReader(io.RawIOBase):
+    """The OpenSSH client's output (its stdout, read in C without the GIL), with its exit
+    status as a channel's: ssh's own failure (255) is a connection that ended without one."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self.process.stdout.readinto(buffer)
+
+    def exit_status(self) -> int:
+        status = self.process.wait()
+        return -1 if _client_failed(status) else status
+
+
+def _client_failed(status: int | None) -> bool:
+    """Whether the OpenSSH client's exit status is its own failure (255: no connection, or it
+    dropped) or its death by a signal, rather than the command's status."""
+    return status is not None and (status == _SSH_FAILED or status < 0)
+
+
+class _ClientUnusable(Exception):
+    """The OpenSSH client could not run a command that paramiko's connection can: paramiko carries it."""
 
 
 class GuestUnreachable(AreaError):
@@ -113,6 +150,7 @@ class SshArea:
         self.rules = rules
         self.accept_new_host_key = accept_new_host_key
         self._client = None
+        self._openssh_unusable = False
 
     def entry_files(self) -> dict[str, bytes]:
         """env/variables and env/history of the SSH user, from a login shell on the guest."""
@@ -281,13 +319,77 @@ class SshArea:
         finally:
             channel.close()
 
+    @contextlib.contextmanager
+    def _bulk_command(self, body: str, feed: Callable[[object], None]) -> Iterator[tuple[io.BufferedReader, Callable[[], bytes]]]:
+        """`_command` for a bulk stream, through the OpenSSH client where it can log in as
+        paramiko did: it decrypts in C in a process of its own, where paramiko decrypts packet
+        by packet in Python beside the reader (a third of a capture's reading thread). Raises
+        _ClientUnusable when ssh itself failed before the command sent anything (a key only
+        the agent paramiko used holds, a setting OpenSSH refuses), and from then on this area
+        uses paramiko alone. VML_SSH_CLIENT=paramiko always uses paramiko, =openssh the
+        OpenSSH client for every stream however small."""
+        argv = None if self._openssh_unusable or os.environ.get("VML_SSH_CLIENT") == "paramiko" else openssh_command(
+            self.target.host, port=self.target.port, user=self.target.user, identity=self.target.identity,
+            known_hosts_file=self.target.known_hosts,
+        )
+        if argv is None:
+            raise _ClientUnusable("not used")
+        self._connection()  # paramiko first: it checks the host key (learning it if asked to) and says what failed
+        process = subprocess.Popen(
+            [*argv[:-2], "-o", "LogLevel=ERROR", *argv[-2:], self._script(body)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+        )
+        with contextlib.suppress(OSError):  # a larger pipe: fewer switches between ssh and vml (Linux; best effort)
+            fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIECE)
+        errors: list[bytes] = []
+
+        def run_feed():
+            try:
+                with io.BufferedWriter(process.stdin, PIECE) as sink:
+                    feed(sink)
+            except OSError:
+                pass  # the command ended before it read everything: its status says why
+
+        threads = [threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True),
+                   threading.Thread(target=lambda: errors.append(process.stderr.read()), name="vml-ssh-stderr", daemon=True)]
+        for thread in threads:
+            thread.start()
+
+        def read_stderr() -> bytes:
+            threads[-1].join()
+            return errors[0] if errors else b""
+
+        stdout = io.BufferedReader(_ProcessReader(process), PIECE)
+        try:
+            if not stdout.peek(1) and process.wait() == _SSH_FAILED:  # (a command's stream is never empty: tar ends with zero blocks)
+                self._openssh_unusable = True
+                raise _ClientUnusable(read_stderr().decode(errors="replace").strip())
+            yield stdout, read_stderr
+            for thread in threads:
+                thread.join()
+        except tarfile.TarError as error:
+            # A stream cut short reads as a damaged archive: say which it was.
+            try:
+                status = process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                status = None
+            if _client_failed(status):
+                raise AreaError(f"area {self.config.name}: the connection to the guest dropped during the transfer") from None
+            raise AreaError(f"area {self.config.name}: the guest's tar sent a damaged stream ({error})") from None
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            for pipe in (process.stdout, process.stderr):
+                pipe.close()
+
     def _run(self, body: str, what: str, feed: Callable[[object], None] | None = None) -> tuple[bytes, bytes, int]:
         """Run `body` to its end: (stdout, stderr, exit status), the status checked for
         vml's own failures (no root, a missing tool, a dropped connection)."""
         with self._command(body, feed) as (stdout, stderr):
             output = stdout.read()
             errors = stderr()
-            status = stdout.raw.channel.recv_exit_status()
+            status = stdout.raw.exit_status()
         self._check_status(status, errors, what)
         return output, errors, status
 
@@ -354,7 +456,10 @@ class SshArea:
         return parse_names(passwd), parse_names(group)
 
     @contextlib.contextmanager
-    def _open_tar(self, paths: list[bytes]):
+    def _open_tar(self, paths: list[bytes], size: int = 0):
+        """The guest's tar stream of `paths`, about `size` bytes: through the OpenSSH client
+        from BULK_BYTES on (its login costs a few tenths of a second: an unchanged re-commit
+        would pay it twice), else through paramiko's connection."""
         names = b"".join(b"./" + p + b"\0" if p else b".\0" for p in paths)
 
         def feed(sink):
@@ -362,11 +467,17 @@ class SshArea:
                 sink.write(names[start : start + PIECE])
 
         body = f"tar -c -f - {_TAR_ARGS} --sparse --no-recursion --null --no-unquote -T -"
-        with self._command(body, feed) as (stdout, stderr):
+        with contextlib.ExitStack() as streams:
+            try:
+                if size < BULK_BYTES and os.environ.get("VML_SSH_CLIENT") != "openssh":
+                    raise _ClientUnusable("a small stream")
+                stdout, stderr = streams.enter_context(self._bulk_command(body, feed))
+            except _ClientUnusable:
+                stdout, stderr = streams.enter_context(self._command(body, feed))
 
             def problems():
                 errors = stderr()
-                status = stdout.raw.channel.recv_exit_status()
+                status = stdout.raw.exit_status()
                 self._check_status(status, errors, "the transfer")
                 found = []
                 for line in errors.splitlines():

@@ -54,9 +54,10 @@ _TYPES = {
     b"p": (KIND_FIFO, stat.S_IFIFO),
 }
 
-# Opens a tar stream of the given paths (relative, in the order given); the context's value
-# is (stream, problems), where problems() lists (path, message) the guest's tar reported.
-OpenTar = Callable[[list[bytes]], contextlib.AbstractContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
+# Opens a tar stream of the given paths (relative, in the order given) holding about the
+# given number of bytes; the context's value is (stream, problems), where problems() lists
+# (path, message) the guest's tar reported.
+OpenTar = Callable[[list[bytes], int], contextlib.AbstractContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
 
 
 @dataclass(slots=True)
@@ -312,7 +313,8 @@ class GuestCapture:
         if not wanted:
             return
         pending = set(wanted)
-        with self.open_tar(wanted) as (stream, problems):
+        size = sum(self.paths[rel].size for rel in wanted if rel in self.paths)
+        with self.open_tar(wanted, size) as (stream, problems):
             archive = TarReader(stream)
             for member in archive:
                 rel = member_rel(member.name)
