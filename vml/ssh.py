@@ -110,7 +110,7 @@ def openssh_command(
     argv = [
         program, "-F", "none", "-T", "-x", "-a", "-e", "none", "-p", str(port), "-l", user,
         "-c", ",".join((*_GCM, "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")),
-        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR",
         "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
         "-o", "UserKnownHostsFile=" + " ".join(f'"{path}"' for path in known_hosts), "-o", "GlobalKnownHostsFile=none",
     ]

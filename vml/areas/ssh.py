@@ -336,7 +336,7 @@ class SshArea:
             raise _ClientUnusable("not used")
         self._connection()  # paramiko first: it checks the host key (learning it if asked to) and says what failed
         process = subprocess.Popen(
-            [*argv[:-2], "-o", "LogLevel=ERROR", *argv[-2:], self._script(body)],
+            [*argv, self._script(body)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
         )
         with contextlib.suppress(OSError):  # a larger pipe: fewer switches between ssh and vml (Linux; best effort)
@@ -380,6 +380,8 @@ class SshArea:
             if process.poll() is None:
                 process.kill()
             process.wait()
+            for thread in threads:  # (both end once ssh has: its pipes are closed)
+                thread.join(timeout=10)
             for pipe in (process.stdout, process.stderr):
                 pipe.close()
 
