@@ -76,6 +76,7 @@ def one_run(base: str, scratch: str, home_env: dict, kind: str) -> dict:
             measured = timed([[VML, "commit", "-m", step, "--allow-empty"]], cwd=work, env=env)
         result[f"{step}_s"] = measured.seconds
         result[f"{step}_rss_kb"] = measured.rss_kb
+        result[f"{step}_cpu_s"] = measured.cpu_seconds  # vml's and its ssh client's (the guest's tar and sshd are not counted)
     shown = json.loads(run(VML, "show", "HEAD", "--json"))
     result["files"] = shown["info"]["files"]
     result["nodes"] = shown["info"]["nodes"]

@@ -26,32 +26,37 @@ from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VML = os.path.join(os.path.dirname(HERE), ".venv", "bin", "vml")
-OPERATIONS = ["initial", "unchanged", "incremental", "added_bytes", "repo_bytes", "checkout", "diff", "peak_rss"]
 TIMED = ["initial", "unchanged", "incremental", "checkout", "diff"]
+# CPU-seconds (user + system, the tool's processes together) of each timed operation: the
+# work done, which the machine's swings in speed touch far less than the wall time.
+CPU = [f"{op}_cpu" for op in TIMED]
+OPERATIONS = ["initial", "unchanged", "incremental", "added_bytes", "repo_bytes", "checkout", "diff", "peak_rss", *CPU]
 
 
 @dataclass
 class Measured:
     seconds: float
     rss_kb: int
+    cpu_seconds: float = 0.0  # user + system, the command's and its children's
 
 
 def timed(commands: list[list[str] | str], *, cwd: str, env: dict) -> Measured:
     """Run commands one after another (a string runs in sh), each under /usr/bin/time."""
-    total, peak = 0.0, 0
+    total, peak, cpu = 0.0, 0, 0.0
     for command in commands:
         argv = ["sh", "-c", command] if isinstance(command, str) else command
         with tempfile.NamedTemporaryFile("r") as report:
             done = subprocess.run(
-                ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *argv],
+                ["/usr/bin/time", "-f", "%e %M %U %S", "-o", report.name, *argv],
                 cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
             if done.returncode != 0:
                 raise RuntimeError(f"{command} failed ({done.returncode}): {done.stderr[-2000:]}")
-            seconds, rss = report.read().split()[-2:]
+            seconds, rss, user, system = report.read().split()[-4:]
         total += float(seconds)
         peak = max(peak, int(rss))
-    return Measured(total, peak)
+        cpu += float(user) + float(system)
+    return Measured(total, peak, cpu)
 
 
 def bench_arguments(description: str) -> argparse.ArgumentParser:
@@ -260,6 +265,7 @@ def run_tool(tool_class, base: str, scratch: str) -> dict:
     diff = timed(tool.diff(), cwd=work, env=tool.env) if tool.diff_supported else None
     for name, measured in (("initial", initial), ("unchanged", unchanged), ("incremental", incremental), ("checkout", checkout), ("diff", diff)):
         result[name] = measured.seconds if measured else None
+        result[f"{name}_cpu"] = measured.cpu_seconds if measured else None
     measured = {"initial": initial, "unchanged": unchanged, "incremental": incremental, "checkout": checkout, "diff": diff}
     result["peak_rss"] = max(m.rss_kb * 1024 for m in measured.values() if m)
     result["rss_by_operation"] = {op: m.rss_kb * 1024 for op, m in measured.items() if m}
@@ -268,7 +274,7 @@ def run_tool(tool_class, base: str, scratch: str) -> dict:
 
 
 def median_of(runs: list[dict]) -> dict:
-    return {op: (statistics.median(r[op] for r in runs) if runs[0][op] is not None else None) for op in OPERATIONS}
+    return {op: (statistics.median(r[op] for r in runs) if runs[0].get(op) is not None else None) for op in OPERATIONS}
 
 
 def table(results: dict) -> str:
@@ -278,12 +284,12 @@ def table(results: dict) -> str:
     for op in OPERATIONS:
         cells = []
         for _name, figures in results.items():
-            value = figures[op]
+            value = figures.get(op)  # (a report from before CPU was measured has none)
             if value is None:
                 cells.append(f"{'n/a':>22}")
                 continue
-            raw = f"{value:.2f} s" if op in TIMED else f"{value / 1e6:.1f} MB"
-            ratio = f" ({value / restic[op]:.2f}x)" if restic and restic[op] else ""
+            raw = f"{value:.2f} s" if op in TIMED + CPU else f"{value / 1e6:.1f} MB"
+            ratio = f" ({value / restic[op]:.2f}x)" if restic and restic.get(op) else ""
             cells.append(f"{raw + ratio:>22}")
         lines.append(f"{op:<14}" + "".join(cells))
     return "\n".join(lines)
@@ -303,12 +309,12 @@ def markdown_table(report: dict) -> str:
     for op in OPERATIONS:
         cells = []
         for figures in results.values():
-            value = figures[op]
+            value = figures.get(op)
             if value is None:
                 cells.append("n/a")
                 continue
-            raw = f"{value:.2f} s" if op in TIMED else f"{value / 1e6:,.0f} MB"
-            cells.append(f"{raw} ({value / restic[op]:.2f}×)" if restic and restic[op] else raw)
+            raw = f"{value:.2f} s" if op in TIMED + CPU else f"{value / 1e6:,.0f} MB"
+            cells.append(f"{raw} ({value / restic[op]:.2f}×)" if restic and restic.get(op) else raw)
         lines.append(f"| {op.replace('_', ' ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -330,7 +336,7 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     restic = results["restic"]
-    operations = [op for op in OPERATIONS if restic[op]]
+    operations = [op for op in OPERATIONS if restic.get(op)]
     names = list(results)
     width = 0.8 / len(names)
     figure, axes = plt.subplots(figsize=(12, 5))

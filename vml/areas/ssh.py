@@ -101,6 +101,21 @@ def _client_failed(status: int | None) -> bool:
     return status is not None and (status == _SSH_FAILED or status < 0)
 
 
+def _start_with_stderr(threads: list[threading.Thread], stderr) -> Callable[[], bytes]:
+    """Starts `threads` and one more (appended) that reads `stderr` to its end; returns what
+    waits for that one and gives what it read."""
+    errors: list[bytes] = []
+    threads.append(threading.Thread(target=lambda: errors.append(stderr.read()), name="vml-ssh-stderr", daemon=True))
+    for thread in threads:
+        thread.start()
+
+    def read_stderr() -> bytes:
+        threads[-1].join()
+        return errors[0] if errors else b""
+
+    return read_stderr
+
+
 class _ClientUnusable(Exception):
     """The OpenSSH client could not run a command that paramiko's connection can: paramiko carries it."""
 
@@ -290,16 +305,7 @@ class SshArea:
             threads.append(threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True))
         else:
             channel.shutdown_write()
-        errors = []
-        stderr = channel.makefile_stderr("rb")
-        threads.append(threading.Thread(target=lambda: errors.append(stderr.read()), name="vml-ssh-stderr", daemon=True))
-        for thread in threads:
-            thread.start()
-
-        def read_stderr() -> bytes:
-            threads[-1].join()
-            return errors[0] if errors else b""
-
+        read_stderr = _start_with_stderr(threads, channel.makefile_stderr("rb"))
         stdout = io.BufferedReader(_ChannelReader(channel), PIECE)
         try:
             yield stdout, read_stderr
@@ -341,7 +347,6 @@ class SshArea:
         )
         with contextlib.suppress(OSError):  # a larger pipe: fewer switches between ssh and vml (Linux; best effort)
             fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIECE)
-        errors: list[bytes] = []
 
         def run_feed():
             try:
@@ -350,15 +355,8 @@ class SshArea:
             except OSError:
                 pass  # the command ended before it read everything: its status says why
 
-        threads = [threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True),
-                   threading.Thread(target=lambda: errors.append(process.stderr.read()), name="vml-ssh-stderr", daemon=True)]
-        for thread in threads:
-            thread.start()
-
-        def read_stderr() -> bytes:
-            threads[-1].join()
-            return errors[0] if errors else b""
-
+        threads = [threading.Thread(target=run_feed, name="vml-ssh-feed", daemon=True)]
+        read_stderr = _start_with_stderr(threads, process.stderr)
         stdout = io.BufferedReader(_ProcessReader(process), PIECE)
         try:
             if not stdout.peek(1) and process.wait() == _SSH_FAILED:  # (a command's stream is never empty: tar ends with zero blocks)
