@@ -13,6 +13,7 @@ import fcntl
 import io
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import tarfile
@@ -45,6 +46,7 @@ PIECE = 1024 * 1024
 WINDOW = 16 * 1024 * 1024
 MAX_PACKET = 256 * 1024
 KEEPALIVE_SECONDS = 15
+HISTORY_LIMIT = 16 << 20  # the most of a shell history an entry keeps
 BULK_BYTES = 64 * 1024 * 1024  # a stream this large goes through the OpenSSH client (see _bulk_command)
 _SSH_FAILED = 255  # the OpenSSH client's own failure (a connection that could not be made, or dropped)
 WAIT_TRY_SECONDS = 10
@@ -166,16 +168,32 @@ class SshArea:
         self.accept_new_host_key = accept_new_host_key
         self._client = None
         self._openssh_unusable = False
+        self._pending_entry_files: tuple[threading.Thread, dict] | None = None
 
     def entry_files(self) -> dict[str, bytes]:
-        """env/variables and env/history of the SSH user, from a login shell on the guest."""
-        body = ("printf '%s\\n' \"$HOME\"; unset LC_ALL; "
-                "exec \"${SHELL:-/bin/sh}\" -l -c 'printf \"\\n--vml-env--\\n\"; env -0 2>/dev/null || env' 2>/dev/null")
+        """env/variables and env/history of the SSH user, from a login shell on the guest
+        (read beside the capture that came before, if one did: see `capture`)."""
+        pending, self._pending_entry_files = self._pending_entry_files, None
+        if pending is None:
+            return self._read_entry_files()
+        thread, outcome = pending
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["files"]
+
+    def _read_entry_files(self) -> dict[str, bytes]:
+        """One command: the user's home, a login shell's environment, then the history below
+        the area's root, each after a marker of its own (a nonce: no file holds it)."""
+        marker = f"--vml-{secrets.token_hex(8)}--"
+        body = (f"printf '%s\\n' \"$HOME\"; h=\"${{HOME#/}}\"; unset LC_ALL; "
+                f"\"${{SHELL:-/bin/sh}}\" -l -c 'printf \"\\n{marker}env\\n\"; env -0 2>/dev/null || env' 2>/dev/null; "
+                f"printf '\\n{marker}history\\n'; if [ -n \"${{h%%/}}\" ]; then head -c {HISTORY_LIMIT} -- \"./${{h%%/}}/.bash_history\" 2>/dev/null; fi")
         data, _errors, _status = self._run(body, "reading the environment")
-        home, _, rest = data.partition(b"\n")
-        _motd, marker, env_output = rest.partition(b"\n--vml-env--\n")
-        files = {VARIABLES: encode_variables(parse_env_output(env_output))} if marker else {}
-        history = self.read_file(home.strip(b"/") + b"/.bash_history", 16 << 20) if home.strip(b"/") else b""
+        _home, _, rest = data.partition(b"\n")
+        _motd, env_marker, rest = rest.partition(f"\n{marker}env\n".encode())
+        env_output, _, history = rest.partition(f"\n{marker}history\n".encode())
+        files = {VARIABLES: encode_variables(parse_env_output(env_output))} if env_marker else {}
         if history:
             files[HISTORY] = history
         return files
@@ -500,8 +518,11 @@ class SshArea:
         progress: Callable[[CaptureProgress], None] | None = None,
         expected: Callable[[bytes], Node | None] | None = None,
     ) -> CaptureResult:
-        """The guest's files; `expected` (path -> node) names what a checkout just wrote."""
+        """The guest's files; `expected` (path -> node) names what a checkout just wrote.
+        The entry's environment files are read meanwhile, on a channel of their own (a
+        commit, a status and a diff ask for them next: a few round trips to the guest)."""
         listing, now = self._listing()
+        self._start_entry_files()
         capture = GuestCapture(listing, now, self._open_tar, store, cache, rules=self.rules, dry_run=dry_run,
                                expected=expected, progress=progress, owner_names=self._owner_names)
         try:
@@ -512,6 +533,19 @@ class SshArea:
             path = line.split("'")[1] if line.count("'") >= 2 else line
             result.skipped.append((path.removeprefix("./").encode(), line.rsplit(": ", 1)[-1]))
         return result
+
+    def _start_entry_files(self) -> None:
+        outcome: dict = {}
+
+        def read() -> None:
+            try:
+                outcome["files"] = self._read_entry_files()
+            except BaseException as error:  # raised where they are asked for
+                outcome["error"] = error
+
+        thread = threading.Thread(target=read, name="vml-ssh-env", daemon=True)
+        thread.start()
+        self._pending_entry_files = (thread, outcome)
 
     # -- restore
 
