@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "support"))
 sys.path.insert(0, HERE)
 
-from run import VML, bench_arguments, timed  # noqa: E402
+from run import VML, bench_arguments, fresh_filesystem, timed  # noqa: E402
 from sshd import running_sshd  # noqa: E402
 
 STEPS = ("initial", "unchanged", "changed_100", "checkout_back")
@@ -44,8 +43,11 @@ def change_files(root: str, count: int, seed: int) -> None:
 
 
 def one_run(base: str, scratch: str, home_env: dict, kind: str) -> dict:
-    work = os.path.join(scratch, f"guest-{kind}")
-    shutil.rmtree(work, ignore_errors=True)
+    with fresh_filesystem(scratch) as work:  # (see run.py: files created where many were just deleted are slow)
+        return _one_run(base, work, home_env, kind)
+
+
+def _one_run(base: str, work: str, home_env: dict, kind: str) -> dict:
     os.makedirs(work)
     tree = os.path.join(work, "tree")
     subprocess.run(["cp", "-a", base, tree], check=True)
@@ -80,7 +82,6 @@ def one_run(base: str, scratch: str, home_env: dict, kind: str) -> dict:
     shown = json.loads(run(VML, "show", "HEAD", "--json"))
     result["files"] = shown["info"]["files"]
     result["nodes"] = shown["info"]["nodes"]
-    shutil.rmtree(work, ignore_errors=True)
     return result
 
 
