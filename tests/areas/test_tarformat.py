@@ -197,3 +197,21 @@ def test_a_pax_number_that_is_none_is_refused():
         archive.addfile(info, io.BytesIO(b""))
     with pytest.raises(TarStreamError, match="damaged header"):
         _read_all(raw.getvalue())
+
+
+def test_a_sparse_member_without_a_hole_reads_as_a_plain_file():
+    """A sparse map naming the whole file (a writer may send one) is no hole: the node must be
+    the one a local capture gives (no extents), or the entries of the two areas would differ."""
+    from vml.areas.tarformat import member_of_node
+    from vml.objects.manifest import Node
+
+    data = os.urandom(5000)
+    node = Node(name=b"f", kind=KIND_FILE, mode=0o644, uid=0, gid=0, user="root", group="root", mtime_ns=10**18,
+                size=len(data), extents=((0, len(data)),))
+    info, prefix = member_of_node(b"f", node)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(prefix + data))
+    reader = TarReader(io.BufferedReader(io.BytesIO(raw.getvalue())))
+    member = next(iter(reader))
+    assert (member.extents, member.size, reader.read(member.size)) == (None, len(data), data)

@@ -61,10 +61,10 @@ def _raw(text: str) -> bytes:
 
 # -- reading (a guest's capture)
 #
-# A reader of its own rather than tarfile's: tarfile parsed each member's three header blocks
-# field by field in Python and read data through a 10 KiB buffer; that was 6 of the 7 CPU-
-# seconds of reading a guest's 75,000 paths (2 GB) before vml did anything with them. This one
-# reads the one dialect a guest's GNU tar writes here (pax headers, sparse files in the GNU
+# A reader of its own rather than tarfile's: tarfile parses each member's three header blocks
+# field by field in Python and reads data through a 10 KiB buffer; reading the stream of a
+# guest's 75,000 paths (2 GB) took 7.4-9.8 CPU-seconds with tarfile, 2.0-2.7 with this one.
+# It reads the one dialect a guest's GNU tar writes here (pax headers, sparse files in the GNU
 # formats 1.0 and 0.x) with one struct unpack a header, data straight from a buffered stream.
 
 
@@ -182,6 +182,8 @@ class TarReader:
             name = records.get(b"GNU.sparse.name", name)
             extents = self._sparse_map(records, ordered)
             size = int(records.get(b"GNU.sparse.realsize") or records.get(b"GNU.sparse.size") or b"0")
+            if extents == ((0, size),):
+                extents = None  # data from end to end: no hole, as a local capture of the file says
         return TarMember(
             name=name,
             type=kind if kind != b"\0" else tarfile.REGTYPE,
