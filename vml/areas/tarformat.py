@@ -1,7 +1,7 @@
 """A node as a pax tar member and back, for the GNU tar at a guest's end: the node kind of
 each member type, xattrs as SCHILY.xattr records, times exact to the nanosecond, and sparse
-files in GNU tar's sparse format 1.0. Guest capture reads members with it, guest restore
-writes them."""
+files in GNU tar's sparse formats (read: 1.0 and 0.x; written: 1.0). Guest capture reads
+members with it (TarReader), guest restore writes them."""
 
 from __future__ import annotations
 
@@ -53,10 +53,6 @@ def exact_time(ns: int) -> str:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
-
-
-def _raw(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
 
 
 # -- reading (a guest's capture)
@@ -163,12 +159,15 @@ class TarReader:
             ordered = global_pax + pax
             pax = []
             try:
-                member = self._member(fields, kind, size, dict(ordered), ordered)
+                member = self._member(fields, kind, size, ordered)
             except ValueError:  # a pax number or a sparse map that is not one
                 raise TarStreamError(f"a damaged header (of {fields[0].rstrip(bytes(1))!r})") from None
             yield member
 
-    def _member(self, fields: tuple, kind: bytes, size: int, records: dict[bytes, bytes], ordered: list[tuple[bytes, bytes]]) -> TarMember:
+    def _member(self, fields: tuple, kind: bytes, size: int, ordered: list[tuple[bytes, bytes]]) -> TarMember:
+        """The member of a header and the pax records before it (global ones first: a later
+        record of a key wins)."""
+        records = dict(ordered)
         name = records.get(b"path")
         if name is None:
             name, prefix = fields[0].split(b"\0", 1)[0], fields[14].split(b"\0", 1)[0]
@@ -186,7 +185,7 @@ class TarReader:
                 extents = None  # data from end to end: no hole, as a local capture of the file says
         return TarMember(
             name=name,
-            type=kind if kind != b"\0" else tarfile.REGTYPE,
+            type=kind,
             mode=_number(fields[1]) & 0o7777,
             uid=int(records[b"uid"]) if b"uid" in records else _number(fields[2]),
             gid=int(records[b"gid"]) if b"gid" in records else _number(fields[3]),
