@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import glob
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ TIMED = ["initial", "unchanged", "incremental", "checkout", "diff"]
 # CPU-seconds (user + system, the tool's processes together) of each timed operation: the
 # work done, which the machine's swings in speed touch far less than the wall time.
 CPU = [f"{op}_cpu" for op in TIMED]
-OPERATIONS = ["initial", "unchanged", "incremental", "added_bytes", "repo_bytes", "checkout", "diff", "peak_rss", *CPU]
+OPERATIONS = ["initial", "unchanged", "incremental", "added_bytes", "repo_bytes", "cache_bytes", "checkout", "diff", "peak_rss", *CPU]
 
 
 @dataclass
@@ -78,6 +79,12 @@ def du(path: str) -> int:
 class Tool:
     """The commands of one tool; `work` holds its repository, `area` the tree it saves."""
 
+    def caches(self) -> list[str]:
+        """What the tool keeps beside its repository to go faster (its stat cache or index,
+        copies of metadata), which nothing needs to restore: counted as `cache_bytes`, not
+        as the repository, wherever the tool keeps it."""
+        return []
+
     name = ""
     diff_supported = True
 
@@ -109,6 +116,9 @@ class VmlTool(Tool):
     def init(self):
         return [[VML, "init", self.repo], [VML, "area", "add", "a", "--dir", self.area]]
 
+    def caches(self):
+        return glob.glob(os.path.join(self.repo, ".vml", "vml", "areas", "*", "statcache"))
+
     def save(self, label):
         return [[VML, "commit", "-m", label, "--allow-empty"]]
 
@@ -128,6 +138,9 @@ class ResticTool(Tool):
 
     def init(self):
         return [["restic", "init"]]
+
+    def caches(self):
+        return [self.env["RESTIC_CACHE_DIR"]]
 
     def save(self, label):
         return [["restic", "backup", "--host", "bench", "--tag", label, self.area]]
@@ -149,6 +162,9 @@ class BorgTool(Tool):
 
     def init(self):
         return [["borg", "init", "-e", "none", self.repo]]
+
+    def caches(self):
+        return [self.env["BORG_BASE_DIR"]]
 
     def save(self, label):
         self.count += 1
@@ -173,6 +189,9 @@ class BupTool(Tool):
     def init(self):
         return [["bup", "init"]]
 
+    def caches(self):
+        return glob.glob(os.path.join(self.repo, "bupindex*"))
+
     def save(self, label):
         return [["bup", "index", self.area], ["bup", "save", "-n", "main", self.area]]
 
@@ -189,6 +208,9 @@ class GitTool(Tool):
 
     def init(self):
         return [["git", "init", "-q", "--bare", self.repo], ["git", f"--git-dir={self.repo}", "config", "core.bare", "false"]]
+
+    def caches(self):
+        return [os.path.join(self.repo, "index")]
 
     def save(self, label):
         return [[*self.git, "add", "-A"], [*self.git, "commit", "-q", "--allow-empty", "-m", label]]
@@ -306,7 +328,9 @@ def _run_tool(tool_class, base: str, work: str) -> dict:
     before = du(tool.repo)
     incremental = timed(tool.save("incremental"), cwd=work, env=tool.env)
     result["added_bytes"] = du(tool.repo) - before
-    result["repo_bytes"] = du(tool.repo)
+    caches = [path for path in tool.caches() if os.path.exists(path)]
+    result["cache_bytes"] = sum(du(path) for path in caches)
+    result["repo_bytes"] = du(tool.repo) - sum(du(path) for path in caches if path.startswith(tool.repo + os.sep))
     subprocess.run(["sync"], check=True)
     checkout = timed(tool.restore(os.path.join(work, "out")), cwd=work, env=tool.env)
     subprocess.run(["sync"], check=True)  # the checkout's writeback would otherwise slow the diff

@@ -137,6 +137,20 @@ def vml(tmp_path: Path) -> Vml:
     return Vml(tmp_path)
 
 
+@pytest.fixture(params=["default", "processes"])
+def writers(request, monkeypatch) -> str:
+    """Who writes a checkout's files: as vml chooses (threads of its own process for the first
+    PROCESSES_AFTER files, which is all of most test trees, then writer processes), or writer
+    processes from the first file on. For in-process runs of vml, which read the threshold
+    when they restore."""
+    if request.param == "processes":
+        from vml.areas.restore import local
+
+        monkeypatch.setattr(local, "PROCESSES_AFTER", 0)
+        monkeypatch.setenv("VML_RESTORE_PROCESSES", "2")
+    return request.param
+
+
 @pytest.fixture
 def guest(tmp_path: Path) -> Path:
     root = tmp_path / "guest"

@@ -9,7 +9,6 @@ non-regular files is set through /proc/self/fd. Names are validated before use (
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import stat
@@ -21,8 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, clear_flags, clear_flags_below, flag_letters, write_flags
+from vml.areas.restore.files import Birth, FileWriter
+from vml.areas.restore.processes import WriterProcesses
 from vml.areas.rules import Rules, Scope, may_delete
-from vml.errors import CorruptObject, VmlError
+from vml.errors import CorruptObject, UsageError, VmlError
 from vml.objects.manifest import (
     KIND_BLOCK,
     KIND_CHAR,
@@ -46,8 +47,10 @@ MAX_DIRS_PENDING = 64
 # futures and GIL hand-offs than writing the file.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
+# A restore that has given its threads this many files goes on in writer processes: starting
+# them (a Python each) costs more than a small restore takes.
+PROCESSES_AFTER = 2048
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(slots=True)
@@ -81,8 +84,13 @@ class Restore:
         rules: Rules | None = None,
         entry_rules: Rules | None = None,
         workers: int | None = None,
+        processes: int | None = None,
         progress: Callable[[RestoreProgress], None] | None = None,
     ):
+        """`workers`: threads writing files; `processes`: writer processes (processes.py)
+        that take over once a restore has given the threads PROCESSES_AFTER files (None:
+        VML_RESTORE_PROCESSES if set, else one a core; none on one core, or where blobs may
+        have to be read from a source)."""
         self.store = store
         self.rules = None if rules is None or rules.everything else rules
         self.entry_rules = None if entry_rules is None or entry_rules.everything else entry_rules
@@ -92,6 +100,11 @@ class Restore:
         self.not_restored = self.counts.not_restored
         self._progress = progress or (lambda counts: None)
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-write")
+        if processes is None:
+            processes = _processes_wanted(os.cpu_count() or 1)
+        self._processes_wanted = processes if store.source is None else 0
+        self._processes: WriterProcesses | None = None
+        self._files_to_threads = 0  # files given to the threads, until the processes take over
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
         self._written: dict[bytes, Future | None] = {}  # first members of hardlink groups, by path
@@ -105,14 +118,7 @@ class Restore:
         self._batch_bytes = 0
         self._root_fd = -1
         self._updating = False
-        # What a new file or directory is born with, so as not to set it again: the owner
-        # (None: the target is setgid, whose group its contents take), and whether it may
-        # inherit xattrs (a default ACL on the target) that the restore must then remove.
-        self._born_owner: tuple[int, int] | None = None
-        self._born_with_xattrs = True
-        # The mode bits a new file cannot be born with (the umask's, and the special bits);
-        # all of them when the umask is not known or a default ACL decides instead.
-        self._unborn_modes = 0o7777
+        self._files = FileWriter(store, Birth(), self.not_restored)
 
     def run(self, root_id: bytes, target: bytes, current_root_id: bytes | None = None) -> RestoreProgress:
         """Make `target` hold the tree `root_id`. With `current_root_id` (what the target holds
@@ -124,12 +130,13 @@ class Restore:
         self._updating = current is not None
         os.makedirs(target, mode=0o700, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        failed = True
         try:
             if current is None and os.listdir(self._root_fd):
                 raise VmlError(f"{os.fsdecode(target)} is not empty")
             if current is None:
                 _check_inodes(self._root_fd, target, self._budget.left)
-            self._learn_birth(self._root_fd)
+            self._files.birth = self._learn_birth(self._root_fd)
             top = _PendingDir(os.dup(self._root_fd), root, self.rules.root_scope() if self.rules else Scope.IN, b"",
                               empty=current is None)
             self._unprotect(top.fd, current, root, b"")
@@ -138,8 +145,12 @@ class Restore:
             while self._queue:
                 self._finish(self._queue.popleft())
             self._set_flags()
+            failed = False
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._processes is not None:
+                self._processes.close(kill=failed)  # (a failed restore's partial files are removed next)
+                self._processes = None
             while self._queue:
                 os.close(self._queue.popleft().fd)
             os.close(self._root_fd)
@@ -250,7 +261,7 @@ class Restore:
             for job in pending.jobs:
                 job.result()
             self._in_flight -= pending.files
-            self._set_metadata_fd(pending.fd, pending.node, pending.rel, born=pending.created)
+            self._files.set_metadata_fd(pending.fd, pending.node, pending.rel, born=pending.created)
         finally:
             os.close(pending.fd)
         self._progress(self.counts)
@@ -262,7 +273,7 @@ class Restore:
         pending.files += 1
         first = self._is_first(rel, node)
         if first or node.size >= BATCH_BYTES:
-            job = self._pool.submit(self._write_file, pending.fd, node, name, rel)
+            job = self._submit([(pending.fd, node, name, rel)])
             pending.jobs.append(job)
             if first:
                 self._written[rel] = job  # the other names wait for it
@@ -277,14 +288,28 @@ class Restore:
     def _submit_batch(self) -> None:
         if not self._batch:
             return
-        job = self._pool.submit(self._write_files, self._batch)
+        job = self._submit(self._batch)
         for pending in self._batch_dirs:
             pending.jobs.append(job)
         self._batch, self._batch_dirs, self._batch_bytes = [], [], 0
 
+    def _submit(self, batch: list[tuple[int, Node, bytes, bytes]]) -> Future:
+        if self._processes is None and self._processes_wanted and self._files_to_threads >= PROCESSES_AFTER:
+            self._processes = WriterProcesses(self.store.root, self._files.birth, self._processes_wanted, self._processes_done)
+        if self._processes is not None:
+            return self._processes.submit(batch)
+        self._files_to_threads += len(batch)
+        return self._pool.submit(self._write_files, batch)
+
+    def _processes_done(self, done: tuple[int, int, list[tuple[bytes, str]]]) -> None:
+        files, size, not_restored = done
+        self._count(files=files, size=size)
+        self.not_restored.extend(not_restored)
+
     def _write_files(self, batch: list[tuple[int, Node, bytes, bytes]]) -> None:
         for dir_fd, node, name, rel in batch:
-            self._write_file(dir_fd, node, name, rel)
+            self._files.write_file(dir_fd, node, name, rel)
+            self._count(files=1, size=node.size)
 
     def _link(self, dir_fd: int, rel: bytes, node: Node, name: bytes) -> None:
         """Another name for the inode of the group's first member, an earlier node of the same kind."""
@@ -330,56 +355,12 @@ class Restore:
             raise
         return fd, parts[-1]
 
-    def _write_file(self, dir_fd: int, node: Node, name: bytes, rel: bytes) -> None:
-        # Born with its mode when the umask lets it be (most files: no fchmod); else born
-        # private, and its mode set once it is written.
-        born_mode = node.mode if not node.mode & self._unborn_modes else 0o600
-        fd = os.open(name, _NEW_FILE_FLAGS, born_mode, dir_fd=dir_fd)
-        try:
-            try:
-                self._write_content(fd, node)
-                self._set_metadata_fd(fd, node, rel, born=True, born_mode=born_mode)
-            finally:
-                os.close(fd)
-        except BaseException as error:
-            os.unlink(name, dir_fd=dir_fd)  # never leave a file with partial or wrong content
-            if isinstance(error, CorruptObject):
-                raise type(error)(f"{quote_path(rel)}: {error}") from None
-            raise
-        if name != node.name:
-            os.rename(name, node.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        self._count(files=1, size=node.size)
-
     def _count(self, *, files: int, size: int = 0) -> None:
         """Counts what was written; workers call it, so it adds under a lock (a `+=` on the
         counts from several threads loses updates)."""
         with self._counting:
             self.counts.files_written += files
             self.counts.bytes_written += size
-
-    def _write_content(self, fd: int, node: Node) -> int:
-        extents = deque(node.extents) if node.extents is not None else deque([(0, node.size)])
-        expected = sum(length for _offset, length in extents)
-        offset, room = extents.popleft() if extents else (0, 0)
-        total = 0
-        for chunk_id in node.chunk_ids():
-            data = memoryview(self.store.get(chunk_id))
-            total += len(data)
-            while data:
-                while room == 0:
-                    if not extents:
-                        raise CorruptObject(f"damaged manifest: {node.name!r} has more data than its size")
-                    offset, room = extents.popleft()
-                piece = data[:room]
-                done = os.pwrite(fd, piece, offset)
-                offset += done
-                room -= done
-                data = data[done:]
-        if total != expected:
-            raise CorruptObject(f"damaged manifest: {node.name!r} has {total} bytes of data, expected {expected}")
-        if node.extents is not None or total != node.size:
-            os.ftruncate(fd, node.size)
-        return total
 
     # -- everything else
 
@@ -403,39 +384,23 @@ class Restore:
 
     # -- metadata: owner, then xattrs (chown clears capabilities), then mode, then times
 
-    def _learn_birth(self, top_fd: int) -> None:
-        if stat.S_ISGID & os.fstat(top_fd).st_mode:
-            self._born_owner = None
-        else:
-            self._born_owner = (os.geteuid(), os.getegid())
+    @staticmethod
+    def _learn_birth(top_fd: int) -> Birth:
+        owner = None if stat.S_ISGID & os.fstat(top_fd).st_mode else (os.geteuid(), os.getegid())
         try:
-            self._born_with_xattrs = "system.posix_acl_default" in os.listxattr(top_fd)
+            with_xattrs = "system.posix_acl_default" in os.listxattr(top_fd)
         except OSError:
-            self._born_with_xattrs = False  # a filesystem without xattrs
+            with_xattrs = False  # a filesystem without xattrs
         umask = _umask()
-        if umask is not None and not self._born_with_xattrs:
-            self._unborn_modes = umask | 0o7000
-
-    def _set_metadata_fd(self, fd: int, node: Node, rel: bytes, *, born: bool = False, born_mode: int | None = None) -> None:
-        """`born`: the file or directory was made by this restore (its owner and xattrs are
-        known without asking: see `_learn_birth`), with `born_mode` if it was given one.
-        (A chown by root keeps the mode bits a born mode may have: only setuid and setgid
-        go, and those are never born. An access ACL among the xattrs sets group bits: the
-        mode is set after it, always.)"""
-        if self.as_root and not (born and (node.uid, node.gid) == self._born_owner):
-            os.fchown(fd, node.uid, node.gid)
-        if node.xattrs or not born or self._born_with_xattrs:
-            self._set_xattrs(fd, node, rel, follow=True)
-        if born_mode != node.mode or node.xattrs:
-            os.fchmod(fd, node.mode)
-        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+        unborn_modes = umask | 0o7000 if umask is not None and not with_xattrs else 0o7777
+        return Birth(owner, with_xattrs, unborn_modes)
 
     def _set_metadata_by_name(self, dir_fd: int, node: Node, rel: bytes, name: bytes | None = None) -> None:
         name = name or node.name
         path = b"/proc/self/fd/%d/%s" % (dir_fd, name)
         if self.as_root:
             os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-        self._set_xattrs(path, node, rel, follow=False)
+        self._files.set_xattrs(path, node, rel, follow=False)
         if node.kind != KIND_SYMLINK:  # Linux symlinks have no mode of their own
             path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
@@ -443,25 +408,6 @@ class Restore:
             finally:
                 os.close(path_fd)
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
-
-    def _set_xattrs(self, target: int | bytes, node: Node, rel: bytes, *, follow: bool) -> None:
-        try:
-            present = {os.fsencode(n) for n in os.listxattr(target, follow_symlinks=follow)}
-        except OSError:
-            present = set()
-        wanted = dict(node.xattrs)
-        for name in present - wanted.keys():
-            try:
-                os.removexattr(target, name, follow_symlinks=follow)
-            except OSError:
-                pass
-        for name, value in node.xattrs:
-            try:
-                os.setxattr(target, name, value, follow_symlinks=follow)
-            except OSError as error:
-                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
-                    raise
-                self.not_restored.append((rel or b".", f"xattr {name.decode(errors='replace')}: {error.strerror}"))
 
     # -- inode flags: cleared before anything they forbid, set once everything is written
     # (an immutable file cannot be renamed into place, linked to, or have its times set)
@@ -532,6 +478,19 @@ class Restore:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
+
+
+def _processes_wanted(cores: int) -> int:
+    setting = os.environ.get("VML_RESTORE_PROCESSES", "").strip()
+    if not setting:
+        return cores if cores > 1 else 0
+    try:
+        wanted = int(setting)
+        if not 0 <= wanted <= 64:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"VML_RESTORE_PROCESSES must be a number of processes from 0 to 64, not {setting!r}") from None
+    return wanted
 
 
 def _umask() -> int | None:
