@@ -138,16 +138,18 @@ def vml(tmp_path: Path) -> Vml:
 
 
 @pytest.fixture(params=["default", "processes"])
-def writers(request, monkeypatch) -> str:
-    """Who writes a checkout's files: as vml chooses (threads of its own process for the first
-    PROCESSES_AFTER files, which is all of most test trees, then writer processes), or writer
-    processes from the first file on. For in-process runs of vml, which read the threshold
-    when they restore."""
+def worker_processes(request, monkeypatch) -> str:
+    """Who reads a commit's files and writes a checkout's: as vml chooses (threads of its own
+    process for the first PROCESSES_AFTER files, which is all of most test trees, then worker
+    processes: vml/workers.py), or worker processes from the first file on. For in-process
+    runs of vml, which read the thresholds when they commit or restore."""
     if request.param == "processes":
-        from vml.areas.restore import local
+        from vml.areas.capture import local as capture
+        from vml.areas.restore import local as restore
 
-        monkeypatch.setattr(local, "PROCESSES_AFTER", 0)
-        monkeypatch.setenv("VML_RESTORE_PROCESSES", "2")
+        monkeypatch.setattr(capture, "PROCESSES_AFTER", 0)
+        monkeypatch.setattr(restore, "PROCESSES_AFTER", 0)
+        monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
     return request.param
 
 

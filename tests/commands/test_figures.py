@@ -56,7 +56,7 @@ def measure(root: Path) -> dict[str, int]:
                            if stat.S_ISREG(os.lstat(os.path.join(d, f)).st_mode))}
 
 
-def test_commit_show_and_checkout_figures_match_the_tree(repo, guest: Path, tmp_path: Path, writers: str):
+def test_commit_show_and_checkout_figures_match_the_tree(repo, guest: Path, tmp_path: Path, worker_processes: str):
     build_tree(guest)
     tree = measure(guest)
     result = repo("commit", "-m", "figures", "--json").json()

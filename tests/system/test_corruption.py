@@ -67,7 +67,7 @@ def commit_all(vml, guest: Path) -> tuple[str, dict[str, str]]:
     return result["entry"], tree_digest(guest)
 
 
-def test_flipped_byte_in_data_chunk(setup, guest: Path, tmp_path: Path, writers: str):
+def test_flipped_byte_in_data_chunk(setup, guest: Path, tmp_path: Path, worker_processes: str):
     vml = setup
     entry, files = commit_all(vml, guest)
     original = (guest / BIG).read_bytes()
@@ -108,7 +108,7 @@ def test_flipped_byte_in_data_chunk(setup, guest: Path, tmp_path: Path, writers:
         assert files.get(rel) == digest, f"{rel} was written with bytes no entry holds"
 
 
-def test_truncated_pack(setup, guest: Path, tmp_path: Path, writers: str):
+def test_truncated_pack(setup, guest: Path, tmp_path: Path, worker_processes: str):
     vml = setup
     entry, _files = commit_all(vml, guest)
     pack, _entries = data_only_pack_of(tmp_path, chunks_of(tmp_path, entry, BIG))

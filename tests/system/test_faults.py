@@ -148,7 +148,7 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_during_commit(tmp_path: Path, small_disk: Path):
+def test_full_disk_during_commit(tmp_path: Path, small_disk: Path, worker_processes: str):
     """The repository on a 20 MB disk, an area of 40 MB that does not compress: one line,
     nothing recorded, nothing half-written left, and once there is room the commit works."""
     guest = tmp_path / "guest"
@@ -176,7 +176,7 @@ def test_full_disk_during_commit(tmp_path: Path, small_disk: Path):
     fsck_clean(vml, small_disk / ".vml")
 
 
-def test_full_disk_during_checkout(repo, guest: Path, tmp_path: Path, small_disk: Path, writers: str):
+def test_full_disk_during_checkout(repo, guest: Path, tmp_path: Path, small_disk: Path, worker_processes: str):
     for i in range(5):
         write_random(guest / "data" / f"part{i}.bin", 8 * MiB, 200 + i)
     entry = repo("commit", "-m", "40 MB", "--json").json()["entry"]
@@ -197,26 +197,27 @@ def test_full_disk_during_checkout(repo, guest: Path, tmp_path: Path, small_disk
 def test_a_killed_writer_process_fails_the_checkout_in_one_line(repo, guest: Path, tmp_path: Path, monkeypatch):
     """A writer process of a large checkout killed while it writes a batch: one line naming
     it, no target left half-written, the repository clean, and the next checkout whole."""
-    from vml.areas.restore import local, processes
+    from vml import workers
+    from vml.areas.restore import local
 
     monkeypatch.setattr(local, "PROCESSES_AFTER", 0)  # a large checkout's way, from the first file
-    monkeypatch.setenv("VML_RESTORE_PROCESSES", "2")
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
 
     for i in range(600):  # ten batches and more
         write_random(guest / "many" / f"d{i % 7}" / f"f{i}.bin", 1000 + i, 300 + i)
     entry = repo("commit", "-m", "600 files", "--json").json()["entry"]
     tree = tree_digest(guest)
     sent = []
-    submit = processes._Writer.submit
+    submit = workers._Worker.submit
 
-    def submit_then_kill(writer, batch):
-        future = submit(writer, batch)
+    def submit_then_kill(writer, *args):
+        future = submit(writer, *args)
         sent.append(writer.process.pid)
         if len(sent) == 3:
             writer.process.kill()  # with the batch just sent, perhaps half-written
         return future
 
-    monkeypatch.setattr(processes._Writer, "submit", submit_then_kill)
+    monkeypatch.setattr(workers._Worker, "submit", submit_then_kill)
     target = tmp_path / "out"
     result = repo("checkout", entry, "--to", str(target), check=False)
     line = one_line_error(result, code=None)
@@ -224,37 +225,71 @@ def test_a_killed_writer_process_fails_the_checkout_in_one_line(repo, guest: Pat
     assert "a writer process of the restore was killed (signal 9)" in line, line
     assert not target.exists(), "the failed checkout left its partial tree"
     repo.fsck_clean()
-    monkeypatch.setattr(processes._Writer, "submit", submit)
+    monkeypatch.setattr(workers._Worker, "submit", submit)
     entries_intact(repo, {entry: tree}, tmp_path)
 
 
-def test_the_restore_processes_setting(repo, guest: Path, tmp_path: Path, monkeypatch):
-    """VML_RESTORE_PROCESSES=0 keeps a large checkout in vml's own process; a value that is
+def test_a_killed_reader_process_fails_the_commit_in_one_line(repo, guest: Path, tmp_path: Path, monkeypatch):
+    """A reader process of a large commit killed while it reads a batch: one line naming it,
+    nothing recorded, the repository clean, and the next commit saves everything."""
+    from vml import workers
+    from vml.areas.capture import local
+
+    first = repo("commit", "-m", "before", "--json").json()["entry"]
+    for i in range(600):  # ten batches and more
+        write_random(guest / "many" / f"d{i % 7}" / f"f{i}.bin", 1000 + i, 500 + i)
+    monkeypatch.setattr(local, "PROCESSES_AFTER", 0)  # a large commit's way, from the first file
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
+    sent = []
+    submit = workers._Worker.submit
+
+    def submit_then_kill(reader, *args):
+        future = submit(reader, *args)
+        sent.append(reader.process.pid)
+        if len(sent) == 3:
+            reader.process.kill()
+        return future
+
+    monkeypatch.setattr(workers._Worker, "submit", submit_then_kill)
+    result = repo("commit", "-m", "killed", check=False)
+    line = one_line_error(result, code=None)
+    assert result.returncode != 0 and len(sent) >= 3, "the commit gave no batch to a reader process"
+    assert "a reader process of the commit was killed (signal 9)" in line, line
+    assert repo("log", "--json").json()[0]["id"] == first  # nothing recorded
+    repo.fsck_clean()
+    monkeypatch.setattr(workers._Worker, "submit", submit)
+    entry = repo("commit", "-m", "after", "--json").json()["entry"]
+    entries_intact(repo, {entry: tree_digest(guest)}, tmp_path)
+
+
+def test_the_worker_processes_setting(repo, guest: Path, tmp_path: Path, monkeypatch):
+    """VML_WORKER_PROCESSES=0 keeps a large checkout in vml's own process; a value that is
     not a number of processes is one line, before anything is written."""
-    from vml.areas.restore import local, processes
+    from vml import workers
+    from vml.areas.restore import local
 
     for i in range(200):
         write_random(guest / "many" / f"f{i}.bin", 500 + i, 400 + i)
     entry = repo("commit", "-m", "200 files", "--json").json()["entry"]
     monkeypatch.setattr(local, "PROCESSES_AFTER", 0)
     started = []
-    start_writer = processes._Writer.__init__
+    start_writer = workers._Worker.__init__
 
     def counted(writer, *args, **kwargs):
         started.append(writer)
         start_writer(writer, *args, **kwargs)
 
-    monkeypatch.setattr(processes._Writer, "__init__", counted)
-    monkeypatch.setenv("VML_RESTORE_PROCESSES", "0")
+    monkeypatch.setattr(workers._Worker, "__init__", counted)
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "0")
     repo("checkout", entry, "--to", str(tmp_path / "threads"))
     assert started == []
-    monkeypatch.setenv("VML_RESTORE_PROCESSES", "3")
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "3")
     repo("checkout", entry, "--to", str(tmp_path / "three"))
     assert len(started) == 3
     assert tree_digest(tmp_path / "threads") == tree_digest(tmp_path / "three") == tree_digest(guest)
-    monkeypatch.setenv("VML_RESTORE_PROCESSES", "many")
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "many")
     line = one_line_error(repo("checkout", entry, "--to", str(tmp_path / "none"), check=False))
-    assert "VML_RESTORE_PROCESSES" in line and "many" in line, line
+    assert "VML_WORKER_PROCESSES" in line and "many" in line, line
     assert not (tmp_path / "none").exists()
 
 

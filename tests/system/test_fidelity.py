@@ -210,7 +210,7 @@ def _commit(repo, message: str) -> dict:
     return repo("commit", "-m", message, "--json").json()
 
 
-def test_every_file_type_and_attribute_round_trips(repo, full_guest: Path, tmp_path: Path, writers: str):
+def test_every_file_type_and_attribute_round_trips(repo, full_guest: Path, tmp_path: Path, worker_processes: str):
     before = snapshot(full_guest, ignore={b"special/sock"})
     result = _commit(repo, "everything")
     assert result["created"]
@@ -230,7 +230,7 @@ def test_every_file_type_and_attribute_round_trips(repo, full_guest: Path, tmp_p
     assert compare_snapshots(before, snapshot(full_guest, ignore={b"special/sock"})) == []
 
 
-def test_checkout_into_a_setgid_target_with_a_default_acl_gives_the_saved_attributes(repo, full_guest: Path, tmp_path: Path, writers: str):
+def test_checkout_into_a_setgid_target_with_a_default_acl_gives_the_saved_attributes(repo, full_guest: Path, tmp_path: Path, worker_processes: str):
     """New files take the group of a setgid directory and inherit its default ACL: a
     checkout into such a target still gives each file the owner and xattrs it was saved
     with (it skips setting them only where a new file is born with them)."""
@@ -313,7 +313,7 @@ def test_specific_attributes_after_checkout(repo, full_guest: Path, tmp_path: Pa
     assert open(os.path.join(o, b".git/HEAD"), "rb").read() == b"ref: refs/heads/main\n"
 
 
-def test_sparse_file_keeps_its_holes(repo, full_guest: Path, tmp_path: Path, writers: str):
+def test_sparse_file_keeps_its_holes(repo, full_guest: Path, tmp_path: Path, worker_processes: str):
     entry = _commit(repo, "sparse")["entry"]
     out = tmp_path / "restored"
     repo("checkout", entry, "--to", str(out))
@@ -399,7 +399,7 @@ def _modify_area(guest: Path) -> None:
     os.utime(path(b"dirs"), ns=(42, 42))
 
 
-def test_checkout_force_puts_a_modified_area_back_exactly(repo, full_guest: Path, tmp_path: Path, writers: str):
+def test_checkout_force_puts_a_modified_area_back_exactly(repo, full_guest: Path, tmp_path: Path, worker_processes: str):
     entry = _commit(repo, "everything")["entry"]
     before = snapshot(full_guest, ignore={b"special/sock"})
     _modify_area(full_guest)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, read_flags, read_xattrs
@@ -40,6 +41,10 @@ from vml.objects.manifest import (
     encode_root,
 )
 from vml.objects.store import ChunkStore
+from vml.workers import wanted as workers_wanted
+
+if TYPE_CHECKING:
+    from vml.areas.capture.processes import ReaderProcesses
 
 MAX_FILES_IN_FLIGHT = 1024
 MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
@@ -48,16 +53,38 @@ MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on
 # time handing the GIL and futures back and forth than reading.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
+# A capture that has given its threads this many files to read goes on in reader processes:
+# starting them (a Python each) costs more than a small commit takes.
+PROCESSES_AFTER = 2048
 _S_IFMT = 0o170000  # stat.S_IFMT(mode) is mode & this, without a call per path
 _NAME = attrgetter("name")
 
 
 @dataclass(slots=True)
-class _FileContent:
+class FileContent:
     chunks: bytes
     extents: tuple | None
     stable: bool  # the file did not change while it was read
     flags: int  # its inode flags (chattr), read from the same descriptor
+
+
+def read_content(path: bytes, st: os.stat_result, chunk: Callable[[memoryview], bytes]) -> FileContent:
+    """A regular file's content cut into chunks, each given to `chunk` for its id (a thread of
+    the capture, or a reader process: processes.py)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = read_flags(fd)
+        extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+
+        def read_at(buffer: memoryview, offset: int) -> int:
+            return os.preadv(fd, [buffer], offset)
+
+        ids = [chunk(piece) for piece in chunk_file(read_at, st.st_size, extents)]
+        after = os.fstat(fd)  # a file that changed while it was read is not trusted
+    finally:
+        os.close(fd)
+    stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return FileContent(b"".join(ids), extents, stable, flags)
 
 
 @dataclass(slots=True)
@@ -100,8 +127,13 @@ class Capture:
         dry_run: bool = False,
         rules: Rules | None = None,
         workers: int | None = None,
+        processes: int | None = None,
         progress: Callable[[CaptureProgress], None] | None = None,
     ):
+        """`workers`: threads reading files; `processes`: reader processes (processes.py)
+        that take over once a capture has given the threads PROCESSES_AFTER files (None:
+        VML_WORKER_PROCESSES if set, else one a core; none on one core, in a dry run, which
+        stores nothing, or where the store reads blobs from a source)."""
         self.root = root
         self.rules = None if rules is None or rules.everything else rules
         self.store = store
@@ -113,6 +145,11 @@ class Capture:
         self.changed_while_reading: list[bytes] = []
         self._progress = progress or (lambda counts: None)
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-read")
+        if processes is None:
+            processes = workers_wanted()
+        self._processes_wanted = 0 if dry_run or store.source is not None else processes
+        self._readers: ReaderProcesses | None = None
+        self._files_to_threads = 0  # files given to the threads, until the processes take over
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
         self._bytes_in_flight = 0
@@ -127,7 +164,7 @@ class Capture:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
-        content = self._read_file(path, st)
+        content = read_content(path, st, self.tree.sink.chunk)
         node = self._metadata_node(name, st, path)
         node.chunks, node.extents, node.flags = content.chunks, content.extents, content.flags
         return node
@@ -142,6 +179,7 @@ class Capture:
         # would walk them again and again for nothing.
         collecting = gc.isenabled()
         gc.disable()
+        failed = True
         try:
             root_st = os.stat(self.root)
             if not stat.S_ISDIR(root_st.st_mode):
@@ -151,9 +189,14 @@ class Capture:
                 self._finish(self._queue.popleft())
             top_node = self._metadata_node(b"", root_st, self.root)
             links = [group.paths for group in self._hardlinks.values() if len(group.paths) > 1]
-            return self.tree.result(top_node, top.listing_id, top.totals, links, self.skipped, self.changed_while_reading)
+            result = self.tree.result(top_node, top.listing_id, top.totals, links, self.skipped, self.changed_while_reading)
+            failed = False
+            return result
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._readers is not None:
+                self._readers.close(kill=failed)
+                self._readers = None
             if collecting:
                 gc.enable()
 
@@ -241,7 +284,7 @@ class Capture:
         self._bytes_in_flight += st.st_size
         child.reads = True
         if not one_chunk(st.st_size):  # read on its own: small files go in batches
-            child.content = (self._pool.submit(self._read_files, [(path, st)]), 0)
+            child.content = (self._submit([(path, st)]), 0)
             return
         self._batch_children.append(child)
         self._batch.append((path, st))
@@ -252,10 +295,20 @@ class Capture:
     def _submit_batch(self) -> None:
         if not self._batch:
             return
-        future = self._pool.submit(self._read_files, self._batch)
+        future = self._submit(self._batch)
         for place, child in enumerate(self._batch_children):
             child.content = (future, place)
         self._batch, self._batch_children, self._batch_bytes = [], [], 0
+
+    def _submit(self, batch: list[tuple[bytes, os.stat_result]]) -> Future:
+        if self._readers is None and self._processes_wanted and self._files_to_threads >= PROCESSES_AFTER:
+            from vml.areas.capture.processes import ReaderProcesses  # (which imports this module)
+
+            self._readers = ReaderProcesses(self.store, self._processes_wanted)
+        if self._readers is not None:
+            return self._readers.submit(batch)
+        self._files_to_threads += len(batch)
+        return self._pool.submit(self._read_files, batch)
 
     def _drain(self) -> None:
         while self._queue and (
@@ -267,24 +320,9 @@ class Capture:
 
     # -- file contents (on worker threads)
 
-    def _read_files(self, batch: list[tuple[bytes, os.stat_result]]) -> list[_FileContent]:
-        return [self._read_file(path, st) for path, st in batch]
-
-    def _read_file(self, path: bytes, st: os.stat_result) -> _FileContent:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            flags = read_flags(fd)
-            extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
-
-            def read_at(buffer: memoryview, offset: int) -> int:
-                return os.preadv(fd, [buffer], offset)
-
-            ids = [self.tree.sink.chunk(chunk) for chunk in chunk_file(read_at, st.st_size, extents)]
-            after = os.fstat(fd)  # a file that changed while it was read is not trusted
-        finally:
-            os.close(fd)
-        stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return _FileContent(b"".join(ids), extents, stable, flags)
+    def _read_files(self, batch: list[tuple[bytes, os.stat_result]]) -> list[FileContent]:
+        chunk = self.tree.sink.chunk
+        return [read_content(path, st, chunk) for path, st in batch]
 
     # -- finishing a directory (post-order, on the calling thread)
 
@@ -340,7 +378,7 @@ class Capture:
         if child.node is not None:
             return child.node
         batch, place = child.content
-        content: _FileContent = batch.result()[place]
+        content: FileContent = batch.result()[place]
         if child.reads:
             self._in_flight -= 1
             self._bytes_in_flight -= child.st.st_size

@@ -23,7 +23,7 @@ from vml.areas.fsmeta import PROTECTING_FLAGS, TYPE_OF_KIND, clear_flags, clear_
 from vml.areas.restore.files import Birth, FileWriter
 from vml.areas.restore.processes import WriterProcesses
 from vml.areas.rules import Rules, Scope, may_delete
-from vml.errors import CorruptObject, UsageError, VmlError
+from vml.errors import CorruptObject, VmlError
 from vml.objects.manifest import (
     KIND_BLOCK,
     KIND_CHAR,
@@ -40,6 +40,7 @@ from vml.objects.manifest import (
 from vml.objects.store import ChunkStore
 from vml.objects.walk import PathBudget
 from vml.pathnames import quote_path
+from vml.workers import wanted as workers_wanted
 
 MAX_FILES_IN_FLIGHT = 1024
 MAX_DIRS_PENDING = 64
@@ -89,7 +90,7 @@ class Restore:
     ):
         """`workers`: threads writing files; `processes`: writer processes (processes.py)
         that take over once a restore has given the threads PROCESSES_AFTER files (None:
-        VML_RESTORE_PROCESSES if set, else one a core; none on one core, or where blobs may
+        VML_WORKER_PROCESSES if set, else one a core; none on one core, or where blobs may
         have to be read from a source)."""
         self.store = store
         self.rules = None if rules is None or rules.everything else rules
@@ -101,7 +102,7 @@ class Restore:
         self._progress = progress or (lambda counts: None)
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-write")
         if processes is None:
-            processes = _processes_wanted(os.cpu_count() or 1)
+            processes = workers_wanted()
         self._processes_wanted = processes if store.source is None else 0
         self._processes: WriterProcesses | None = None
         self._files_to_threads = 0  # files given to the threads, until the processes take over
@@ -478,19 +479,6 @@ class Restore:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
-
-
-def _processes_wanted(cores: int) -> int:
-    setting = os.environ.get("VML_RESTORE_PROCESSES", "").strip()
-    if not setting:
-        return cores if cores > 1 else 0
-    try:
-        wanted = int(setting)
-        if not 0 <= wanted <= 64:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"VML_RESTORE_PROCESSES must be a number of processes from 0 to 64, not {setting!r}") from None
-    return wanted
 
 
 def _umask() -> int | None:

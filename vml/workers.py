@@ -1,0 +1,284 @@
+"""Worker processes of a command, fed over Unix sockets: how a commit reads and a checkout
+writes many files on every core.
+
+Threads of one Python process take turns at the interpreter: a commit's reading threads and
+a checkout's writing threads spent a third of their time waiting for it, and kept about 1.5
+of two cores busy. A worker here is a Python process of its own (`main` below) that makes
+its handler from a setup the command sends first (`factory(setup)`, named "module:function"),
+then answers each request with what the handler returns or the error it raised. A request
+may carry open descriptors (SCM_RIGHTS: the directories a checkout writes into), closed in
+the worker once its handler is done with them.
+
+Wire format, both ways: a 4-byte big-endian length, then a pickle; a request's header also
+gives the number of descriptors sent with it. Only the command talks to its workers, over a
+socket pair made for them, and each side unpickles only what the other sent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from vml.errors import UsageError, VmlError
+
+_LENGTH = struct.Struct("!I")
+_REQUEST = struct.Struct("!II")  # payload length, descriptors sent with it
+MAX_DESCRIPTORS = 253  # SCM_RIGHTS's limit (SCM_MAX_FD)
+SETTING = "VML_WORKER_PROCESSES"
+
+Handler = Callable[[Any, list[int]], Any]
+
+
+def wanted(cores: int | None = None) -> int:
+    """How many worker processes a large commit or checkout uses: VML_WORKER_PROCESSES if set
+    (0: none, threads only), else one a core, and none on a single core."""
+    setting = os.environ.get(SETTING, "").strip()
+    if not setting:
+        cores = cores if cores is not None else os.cpu_count() or 1
+        return cores if cores > 1 else 0
+    try:
+        count = int(setting)
+        if not 0 <= count <= 64:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{SETTING} must be a number of processes from 0 to 64, not {setting!r}") from None
+    return count
+
+
+class Workers:
+    """`count` worker processes, each running the handler `factory(setup)` makes. `submit`
+    gives the request to the one with the least work waiting (by the `weight` of each) and
+    a Future of its answer; `close` ends them all."""
+
+    def __init__(self, factory: str, setup: Any, count: int, *, role: str = "worker process"):
+        self.role = role
+        self._workers: list[_Worker] = []
+        try:
+            for number in range(count):
+                self._workers.append(_Worker(factory, setup, number, role))
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def submit(self, request: Any, *, descriptors: Sequence[int] = (), weight: int = 1) -> Future:
+        worker = min(self._workers, key=lambda w: w.waiting)  # (the first of equals)
+        return worker.submit(request, descriptors, weight)
+
+    def close(self, *, kill: bool = False) -> None:
+        for worker in self._workers:
+            worker.close(kill=kill)
+        self._workers = []
+
+
+class _Worker:
+    def __init__(self, factory: str, setup: Any, number: int, role: str):
+        self.role = role
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = subprocess.Popen(
+                # -P: not the current directory first on its path (a `vml` folder there is not
+                # this vml), which is the one this process runs, first on PYTHONPATH.
+                [sys.executable, "-P", "-c", "from vml.workers import main; main()", str(theirs.fileno()), factory],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # why it ended, if it says: read once it has
+                env=_environment(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.waiting = 0  # the weight of the requests sent and not answered
+        self._pending: deque[tuple[Future, int]] = deque()
+        self._ended = False  # its answers are all in: nothing more may be sent
+        self._said = ""  # the last line it wrote to stderr
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read_answers, name=f"vml-worker-{number}", daemon=True)
+        self._reader.start()
+        try:
+            _send(ours, pickle.dumps(setup, pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            self.close(kill=True)
+            raise VmlError(self._ended_reason()) from None
+
+    def submit(self, request: Any, descriptors: Sequence[int], weight: int) -> Future:
+        if len(descriptors) > MAX_DESCRIPTORS:
+            raise ValueError(f"a request may carry at most {MAX_DESCRIPTORS} descriptors")
+        future: Future = Future()
+        with self._lock:
+            if self._ended:
+                raise VmlError(self._ended_reason())
+            self._pending.append((future, weight))
+            self.waiting += weight
+        payload = pickle.dumps(request, pickle.HIGHEST_PROTOCOL)
+        try:
+            header = _REQUEST.pack(len(payload), len(descriptors))
+            sent = socket.send_fds(self.sock, [header], list(descriptors))  # they travel with its first byte
+            self.sock.sendall(header[sent:] + payload)
+        except OSError:
+            self._reader.join()  # it has seen the end and knows how it came
+            raise VmlError(self._ended_reason()) from None
+        return future
+
+    def _read_answers(self) -> None:
+        try:
+            while True:
+                answer = _receive(self.sock)
+                if answer is None:
+                    break
+                value, error = pickle.loads(answer)
+                with self._lock:
+                    future, weight = self._pending.popleft()
+                    self.waiting -= weight
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+        except Exception:  # a broken socket or answer: this worker is done for
+            if self.process.poll() is None:
+                self.process.kill()
+        assert self.process.stderr is not None
+        said = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+        self.process.wait()
+        with self._lock:
+            self._said = said[-1] if said else ""
+            self._ended = True
+            pending, self._pending = list(self._pending), deque()
+        for future, _weight in pending:
+            future.set_exception(VmlError(self._ended_reason()))
+
+    def _ended_reason(self) -> str:
+        code = self.process.returncode
+        how = f"was killed (signal {-code})" if code is not None and code < 0 else f"ended (exit {code})"
+        return f"a {self.role} {how} before it had done all it was given" + (f": {self._said}" if self._said else "")
+
+    def close(self, *, kill: bool = False) -> None:
+        if kill and self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # the worker ends once it has answered what it has
+        except OSError:
+            pass
+        self._reader.join()  # (it waits for the process)
+        self.sock.close()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def _environment() -> dict[str, str]:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": here + (os.pathsep + paths if paths else "")}
+
+
+def _send(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_LENGTH.pack(len(payload)) + payload)
+
+
+def _receive(sock: socket.socket) -> bytes | None:
+    """The next message, or None at the end of the stream."""
+    head = _exactly(sock, _LENGTH.size)
+    if head is None:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    data = _exactly(sock, length)
+    if data is None:
+        raise EOFError("a message cut short")
+    return data
+
+
+def _exactly(sock: socket.socket, size: int, start: bytes = b"") -> bytes | None:
+    buffer = bytearray(start)
+    while len(buffer) < size:
+        got = sock.recv(size - len(buffer))
+        if not got:
+            if buffer:
+                raise EOFError("a message cut short")
+            return None
+        buffer += got
+    return bytes(buffer)
+
+
+def _receive_request(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    data, descriptors, _flags, _address = socket.recv_fds(sock, _REQUEST.size, MAX_DESCRIPTORS)
+    if not data:
+        for fd in descriptors:
+            os.close(fd)
+        return None
+    try:
+        head = _exactly(sock, _REQUEST.size, data)
+        assert head is not None
+        length, count = _REQUEST.unpack(head)
+        if count != len(descriptors):
+            raise EOFError(f"a request names {count} descriptors and came with {len(descriptors)}")
+        payload = _exactly(sock, length)
+        if payload is None:
+            raise EOFError("a request cut short")
+    except BaseException:
+        for fd in descriptors:
+            os.close(fd)
+        raise
+    return payload, descriptors
+
+
+def serve(sock: socket.socket, factory: str) -> None:
+    """A worker: make the handler, then answer each request until the command closes its end."""
+    setup = _receive(sock)
+    if setup is None:
+        return
+    module, _, function = factory.partition(":")
+    handler: Handler = getattr(importlib.import_module(module), function)(pickle.loads(setup))
+    while True:
+        request = _receive_request(sock)
+        if request is None:
+            return
+        payload, descriptors = request
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = handler(pickle.loads(payload), descriptors)
+        except Exception as caught:  # the command raises it
+            error = caught
+        finally:
+            for fd in descriptors:
+                os.close(fd)
+        _send(sock, pickle.dumps((value, _portable(error)), pickle.HIGHEST_PROTOCOL))
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    """The error as the command can unpickle it: itself, or its message."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error, pickle.HIGHEST_PROTOCOL))
+        return error
+    except Exception:
+        return VmlError(str(error))
+
+
+def main() -> None:
+    # Interrupts go to the command, which ends its workers (they see the socket close).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        serve(sock, sys.argv[2])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the command is gone
+    except Exception as error:  # the command says a worker ended, and this why
+        print(error, file=sys.stderr)
+        sys.exit(1)
+    finally:
+        sock.close()
