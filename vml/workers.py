@@ -188,7 +188,7 @@ def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(_LENGTH.pack(len(payload)) + payload)
 
 
-def _receive(sock: socket.socket) -> bytes | None:
+def _receive(sock: socket.socket) -> bytearray | None:
     """The next message, or None at the end of the stream."""
     head = _exactly(sock, _LENGTH.size)
     if head is None:
@@ -200,16 +200,21 @@ def _receive(sock: socket.socket) -> bytes | None:
     return data
 
 
-def _exactly(sock: socket.socket, size: int, start: bytes = b"") -> bytes | None:
-    buffer = bytearray(start)
-    while len(buffer) < size:
-        got = sock.recv(size - len(buffer))
+def _exactly(sock: socket.socket, size: int, start: bytes = b"") -> bytearray | None:
+    """`size` bytes (the first of them `start`), received into one buffer (no copies: a
+    message may be megabytes), or None if the stream ends before the first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = len(start)
+    view[:done] = start
+    while done < size:
+        got = sock.recv_into(view[done:])
         if not got:
-            if buffer:
+            if done:
                 raise EOFError("a message cut short")
             return None
-        buffer += got
-    return bytes(buffer)
+        done += got
+    return buffer
 
 
 def _receive_request(sock: socket.socket) -> tuple[bytes, list[int]] | None:
