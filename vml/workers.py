@@ -178,6 +178,21 @@ class _Worker:
             self.process.stderr.close()
 
 
+def then(answered: Future, step: Callable[[Any], Any]) -> Future:
+    """A Future of `step(answer)`, run on the thread the answer comes in on, as soon as it does
+    (an answer's error, or the step's, is the new Future's)."""
+    done: Future = Future()
+
+    def run(answer: Future) -> None:
+        try:
+            done.set_result(step(answer.result()))
+        except BaseException as error:
+            done.set_exception(error)
+
+    answered.add_done_callback(run)
+    return done
+
+
 def _environment() -> dict[str, str]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = os.environ.get("PYTHONPATH", "")

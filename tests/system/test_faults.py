@@ -194,10 +194,28 @@ def test_full_disk_during_checkout(repo, guest: Path, tmp_path: Path, small_disk
     entries_intact(repo, {entry: tree}, tmp_path)
 
 
+def kill_at_third_request(monkeypatch) -> list[int]:
+    """Worker processes (vml/workers.py) of which the one given the third request is killed
+    right after it is sent, perhaps halfway through it; the list of requests sent, by pid."""
+    from vml import workers
+
+    sent: list[int] = []
+    submit = workers._Worker.submit
+
+    def submit_then_kill(worker, *args):
+        future = submit(worker, *args)
+        sent.append(worker.process.pid)
+        if len(sent) == 3:
+            worker.process.kill()
+        return future
+
+    monkeypatch.setattr(workers._Worker, "submit", submit_then_kill)
+    return sent
+
+
 def test_a_killed_writer_process_fails_the_checkout_in_one_line(repo, guest: Path, tmp_path: Path, monkeypatch):
     """A writer process of a large checkout killed while it writes a batch: one line naming
     it, no target left half-written, the repository clean, and the next checkout whole."""
-    from vml import workers
     from vml.areas.restore import local
 
     monkeypatch.setattr(local, "PROCESSES_AFTER", 0)  # a large checkout's way, from the first file
@@ -207,17 +225,7 @@ def test_a_killed_writer_process_fails_the_checkout_in_one_line(repo, guest: Pat
         write_random(guest / "many" / f"d{i % 7}" / f"f{i}.bin", 1000 + i, 300 + i)
     entry = repo("commit", "-m", "600 files", "--json").json()["entry"]
     tree = tree_digest(guest)
-    sent = []
-    submit = workers._Worker.submit
-
-    def submit_then_kill(writer, *args):
-        future = submit(writer, *args)
-        sent.append(writer.process.pid)
-        if len(sent) == 3:
-            writer.process.kill()  # with the batch just sent, perhaps half-written
-        return future
-
-    monkeypatch.setattr(workers._Worker, "submit", submit_then_kill)
+    sent = kill_at_third_request(monkeypatch)
     target = tmp_path / "out"
     result = repo("checkout", entry, "--to", str(target), check=False)
     line = one_line_error(result, code=None)
@@ -225,14 +233,13 @@ def test_a_killed_writer_process_fails_the_checkout_in_one_line(repo, guest: Pat
     assert "a writer process of the restore was killed (signal 9)" in line, line
     assert not target.exists(), "the failed checkout left its partial tree"
     repo.fsck_clean()
-    monkeypatch.setattr(workers._Worker, "submit", submit)
+    monkeypatch.undo()
     entries_intact(repo, {entry: tree}, tmp_path)
 
 
 def test_a_killed_reader_process_fails_the_commit_in_one_line(repo, guest: Path, tmp_path: Path, monkeypatch):
     """A reader process of a large commit killed while it reads a batch: one line naming it,
     nothing recorded, the repository clean, and the next commit saves everything."""
-    from vml import workers
     from vml.areas.capture import local
 
     first = repo("commit", "-m", "before", "--json").json()["entry"]
@@ -240,24 +247,14 @@ def test_a_killed_reader_process_fails_the_commit_in_one_line(repo, guest: Path,
         write_random(guest / "many" / f"d{i % 7}" / f"f{i}.bin", 1000 + i, 500 + i)
     monkeypatch.setattr(local, "PROCESSES_AFTER", 0)  # a large commit's way, from the first file
     monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
-    sent = []
-    submit = workers._Worker.submit
-
-    def submit_then_kill(reader, *args):
-        future = submit(reader, *args)
-        sent.append(reader.process.pid)
-        if len(sent) == 3:
-            reader.process.kill()
-        return future
-
-    monkeypatch.setattr(workers._Worker, "submit", submit_then_kill)
+    sent = kill_at_third_request(monkeypatch)
     result = repo("commit", "-m", "killed", check=False)
     line = one_line_error(result, code=None)
     assert result.returncode != 0 and len(sent) >= 3, "the commit gave no batch to a reader process"
     assert "a reader process of the commit was killed (signal 9)" in line, line
     assert repo("log", "--json").json()[0]["id"] == first  # nothing recorded
     repo.fsck_clean()
-    monkeypatch.setattr(workers._Worker, "submit", submit)
+    monkeypatch.undo()
     entry = repo("commit", "-m", "after", "--json").json()["entry"]
     entries_intact(repo, {entry: tree_digest(guest)}, tmp_path)
 

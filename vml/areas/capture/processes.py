@@ -14,7 +14,7 @@ from vml.objects import compress as compression
 from vml.objects.hashing import object_id
 from vml.objects.pack import TYPE_DATA
 from vml.objects.store import ChunkStore
-from vml.workers import Handler, Workers
+from vml.workers import Handler, Workers, then
 
 # A batch goes to the reader with the least work waiting: its bytes, and this much a file.
 FILE_COST = 32 * 1024
@@ -32,20 +32,13 @@ class ReaderProcesses:
 
     def submit(self, batch: list[tuple[bytes, os.stat_result]]) -> Future:
         work = sum(st.st_size for _path, st in batch) + FILE_COST * len(batch)
-        answered = self._workers.submit(batch, weight=work)
-        stored: Future = Future()
+        return then(self._workers.submit(batch, weight=work), self._store_blobs)
 
-        def store(answer: Future) -> None:
-            try:
-                contents, blobs = answer.result()
-                for blob_id, flag, payload, raw_length in blobs:
-                    self._store.add(blob_id, TYPE_DATA, flag, payload, raw_length)
-                stored.set_result(contents)
-            except BaseException as error:
-                stored.set_exception(error)
-
-        answered.add_done_callback(store)
-        return stored
+    def _store_blobs(self, answer: tuple[list[FileContent], list[Blob]]) -> list[FileContent]:
+        contents, blobs = answer
+        for blob_id, flag, payload, raw_length in blobs:
+            self._store.add(blob_id, TYPE_DATA, flag, payload, raw_length)
+        return contents
 
     def close(self, *, kill: bool = False) -> None:
         self._workers.close(kill=kill)

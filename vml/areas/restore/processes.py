@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from vml.areas.restore.files import Birth, FileWriter
 from vml.objects.manifest import KIND_FILE, Node
 from vml.objects.store import ChunkStore
-from vml.workers import Handler, Workers
+from vml.workers import Handler, Workers, then
 
 # A batch goes to the writer with the least work waiting, counted in bytes with this much for
 # each file (what a file costs beyond its data, about 50 µs here): counted in files, a writer
@@ -44,19 +44,11 @@ class WriterProcesses:
             # a dataclass through Python (it was a sixth of the restoring process's time).
             items.append((place, node.name, node.mode, node.uid, node.gid, node.mtime_ns, node.size, node.xattrs, node.chunks, node.extents,
                           name, rel))
-        answered = self._workers.submit(items, descriptors=descriptors, weight=work)
-        counted: Future = Future()
+        return then(self._workers.submit(items, descriptors=descriptors, weight=work), self._count)
 
-        def count(answer: Future) -> None:
-            try:
-                done = answer.result()
-                self._on_done(done)
-                counted.set_result(done)
-            except BaseException as error:
-                counted.set_exception(error)
-
-        answered.add_done_callback(count)
-        return counted
+    def _count(self, done: Done) -> Done:
+        self._on_done(done)
+        return done
 
     def close(self, *, kill: bool = False) -> None:
         self._workers.close(kill=kill)
