@@ -42,6 +42,7 @@ from vml.objects.manifest import (
     encode_root,
 )
 from vml.objects.store import ChunkStore
+from vml.workers import Takeover
 from vml.workers import wanted as workers_wanted
 
 if TYPE_CHECKING:
@@ -54,11 +55,11 @@ MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on
 # time handing the GIL and futures back and forth than reading.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
-# A capture that has given its threads this many files to read goes on in reader processes:
-# starting them (a Python each) costs more than a small commit takes. A larger file than a
-# batch is read on a thread still: it is mostly C, which threads run at once, and a reader
-# would send back its new chunks in one answer, held whole on both sides (with the base
-# tree's files of 50 to 129 MB read so, its commit's peak memory went from 163 to 221 MB).
+# Files given to the threads before reader processes take over (vml/workers.py: Takeover). A
+# larger file than a batch is read on a thread still: it is mostly C, which threads run at
+# once, and a reader would send back its new chunks in one answer, held whole on both sides
+# (with the base tree's files of 50 to 129 MB read so, its commit's peak memory went from
+# 163 to 221 MB).
 PROCESSES_AFTER = 2048
 _S_IFMT = 0o170000  # stat.S_IFMT(mode) is mode & this, without a call per path
 _NAME = attrgetter("name")
@@ -151,9 +152,8 @@ class Capture:
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-read")
         if processes is None:
             processes = workers_wanted()
-        self._processes_wanted = 0 if dry_run or store.source is not None else processes
-        self._readers: ReaderProcesses | None = None
-        self._files_to_threads = 0  # files given to the threads, until the processes take over
+        self._readers: Takeover[ReaderProcesses] = Takeover(0 if dry_run or store.source is not None else processes, PROCESSES_AFTER,
+                                                            self._start_readers)
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
         self._bytes_in_flight = 0
@@ -198,9 +198,7 @@ class Capture:
             return result
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            if self._readers is not None:
-                self._readers.close(kill=failed)
-                self._readers = None
+            self._readers.close(kill=failed)
             if collecting:
                 gc.enable()
 
@@ -305,14 +303,15 @@ class Capture:
         self._batch, self._batch_children, self._batch_bytes = [], [], 0
 
     def _submit(self, batch: list[tuple[bytes, os.stat_result]]) -> Future:
-        if self._readers is None and self._processes_wanted and self._files_to_threads >= PROCESSES_AFTER:
-            from vml.areas.capture.processes import ReaderProcesses  # (which imports this module)
-
-            self._readers = ReaderProcesses(self.store, self._processes_wanted)
-        if self._readers is not None and (len(batch) > 1 or batch[0][1].st_size <= BATCH_BYTES):
-            return self._readers.submit(batch)
-        self._files_to_threads += len(batch)
+        readers = self._readers.take(len(batch))
+        if readers is not None and (len(batch) > 1 or batch[0][1].st_size <= BATCH_BYTES):
+            return readers.submit(batch)
         return self._pool.submit(self._read_files, batch)
+
+    def _start_readers(self, count: int) -> ReaderProcesses:
+        from vml.areas.capture.processes import ReaderProcesses  # (which imports this module)
+
+        return ReaderProcesses(self.store, count)
 
     def _drain(self) -> None:
         while self._queue and (

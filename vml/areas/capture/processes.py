@@ -14,10 +14,7 @@ from vml.objects import compress as compression
 from vml.objects.hashing import object_id
 from vml.objects.pack import TYPE_DATA
 from vml.objects.store import ChunkStore
-from vml.workers import Handler, Workers, then
-
-# A batch goes to the reader with the least work waiting: its bytes, and this much a file.
-FILE_COST = 32 * 1024
+from vml.workers import FILE_COST, Handler, Workers, then
 
 Blob = tuple[bytes, int, bytes, int]  # id, compression flag, payload, raw length
 

@@ -40,6 +40,7 @@ from vml.objects.manifest import (
 from vml.objects.store import ChunkStore
 from vml.objects.walk import PathBudget
 from vml.pathnames import quote_path
+from vml.workers import Takeover
 from vml.workers import wanted as workers_wanted
 
 MAX_FILES_IN_FLIGHT = 1024
@@ -48,9 +49,7 @@ MAX_DIRS_PENDING = 64
 # futures and GIL hand-offs than writing the file.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
-# A restore that has given its threads this many files goes on in writer processes: starting
-# them (a Python each) costs more than a small restore takes.
-PROCESSES_AFTER = 2048
+PROCESSES_AFTER = 2048  # files given to the threads before writer processes take over (vml/workers.py: Takeover)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -103,9 +102,10 @@ class Restore:
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="vml-write")
         if processes is None:
             processes = workers_wanted()
-        self._processes_wanted = processes if store.source is None else 0
-        self._processes: WriterProcesses | None = None
-        self._files_to_threads = 0  # files given to the threads, until the processes take over
+        self._writers: Takeover[WriterProcesses] = Takeover(
+            processes if store.source is None else 0, PROCESSES_AFTER,
+            lambda count: WriterProcesses(self.store.root, self._files.birth, count, self._processes_done),
+        )
         self._queue: deque[_PendingDir] = deque()
         self._in_flight = 0
         self._written: dict[bytes, Future | None] = {}  # first members of hardlink groups, by path
@@ -149,9 +149,7 @@ class Restore:
             failed = False
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            if self._processes is not None:
-                self._processes.close(kill=failed)  # (a failed restore's partial files are removed next)
-                self._processes = None
+            self._writers.close(kill=failed)  # (a failed restore's partial files are removed next)
             while self._queue:
                 os.close(self._queue.popleft().fd)
             os.close(self._root_fd)
@@ -295,11 +293,9 @@ class Restore:
         self._batch, self._batch_dirs, self._batch_bytes = [], [], 0
 
     def _submit(self, batch: list[tuple[int, Node, bytes, bytes]]) -> Future:
-        if self._processes is None and self._processes_wanted and self._files_to_threads >= PROCESSES_AFTER:
-            self._processes = WriterProcesses(self.store.root, self._files.birth, self._processes_wanted, self._processes_done)
-        if self._processes is not None:
-            return self._processes.submit(batch)
-        self._files_to_threads += len(batch)
+        writers = self._writers.take(len(batch))
+        if writers is not None:
+            return writers.submit(batch)
         return self._pool.submit(self._write_files, batch)
 
     def _processes_done(self, done: tuple[int, int, list[tuple[bytes, str]]]) -> None:

@@ -10,12 +10,7 @@ from concurrent.futures import Future
 from vml.areas.restore.files import Birth, FileWriter
 from vml.objects.manifest import KIND_FILE, Node
 from vml.objects.store import ChunkStore
-from vml.workers import Handler, Workers, then
-
-# A batch goes to the writer with the least work waiting, counted in bytes with this much for
-# each file (what a file costs beyond its data, about 50 µs here): counted in files, a writer
-# given a 200 MB file was given more batches behind it while the other one ran dry.
-FILE_COST = 32 * 1024
+from vml.workers import FILE_COST, Handler, Workers, then
 
 Item = tuple[int, Node, bytes, bytes]  # directory descriptor, node, name to write it as, path from the top
 Done = tuple[int, int, list[tuple[bytes, str]]]  # files written, their bytes, what could not be kept
