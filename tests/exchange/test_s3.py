@@ -178,17 +178,21 @@ def test_export_and_import_through_a_bucket(pushed: Vml, bucket: Bucket, tmp_pat
 
 
 def test_push_killed_then_retried(pushed: Vml, guest: Path, bucket: Bucket, tmp_path: Path):
-    for i in range(3):
-        write_random(guest / "data" / f"part{i}.bin", 16 << 20, 40 + i)
-    pushed("commit", "-m", "big")
-    before = set(bucket.keys("team/vml/store/packs/"))
-    push = subprocess.Popen([sys.executable, "-m", "vml", "push"], cwd=tmp_path, env={**os.environ, **AUTHOR},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while set(bucket.keys("team/vml/store/packs/")) == before and push.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    push.send_signal(signal.SIGKILL)
-    push.wait()
+    for attempt in range(5):  # a push may end between the first pack showing and the kill: again, with new data
+        for i in range(3):
+            write_random(guest / "data" / f"part{i}.bin", 16 << 20, 40 + 10 * attempt + i)
+        pushed("commit", "-m", f"big {attempt}")
+        before = set(bucket.keys("team/vml/store/packs/"))
+        push = subprocess.Popen([sys.executable, "-m", "vml", "push"], cwd=tmp_path, env={**os.environ, **AUTHOR},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while set(bucket.keys("team/vml/store/packs/")) == before and push.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        push.send_signal(signal.SIGKILL)
+        if push.wait() != 0:  # killed, not finished
+            break
+    else:
+        pytest.fail("every push finished before the kill: the test tested nothing")
     retry = pushed("push", "--json").json()
     assert retry["refs"][0]["status"] == "fast-forward"
     assert retry["blob_bytes"] < 48 << 20  # what reached the bucket before the kill is not sent again
