@@ -6,11 +6,12 @@ import errno
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
 
 from vml import __version__, api, render
-from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, EXIT_USAGE, UsageError, VmlError
+from vml.errors import EXIT_DAMAGE, EXIT_FAILURE, EXIT_USAGE, BaseMissing, UsageError, VmlError
 from vml.repo import Repository
 
 ALIASES = {"save": "commit", "open": "checkout", "consult": "status"}
@@ -215,6 +216,72 @@ def base_list(ctx: click.Context, as_json: bool) -> None:
     _emit_each(infos, as_json, render.base_info)
 
 
+@base.command("fetch")
+@click.argument("base_spec", metavar="NAME[:VERSION]")
+@json_option
+@click.pass_context
+def base_fetch(ctx: click.Context, base_spec: str, as_json: bool) -> None:
+    """Download base NAME:VERSION from NAME's catalog and store it (NAME alone: the latest).
+
+    Each file (image, kernel, initrd) is checked against the digest the catalog gives
+    before it is used; an interrupted fetch goes on from where it stopped when run again.
+    """
+    _emit(_fetch_base(ctx, base_spec, as_json), as_json, render.base_fetched)
+
+
+def _fetch_base(ctx: click.Context, spec: str, as_json: bool) -> api.BaseFetchResult:
+    with render.progress(f"fetching {spec}", enabled=not as_json, unit="files") as progress:
+        return api.base_fetch(_repo(ctx), spec, progress=progress)
+
+
+@base.group()
+def catalog() -> None:
+    """Name where a base's versions are published: a JSON catalog over HTTP(S) or file://.
+
+    A catalog names each version's image (and kernel, initrd, command line) with its URL
+    and digest; 'vml base fetch NAME:VERSION' downloads one, and a checkout of an entry
+    whose base is missing offers to (with --auto-fetch: does).
+    """
+
+
+@catalog.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--auto-fetch", is_flag=True, help="Let a checkout that lacks a version of this base fetch it without asking.")
+@click.option("--replace", is_flag=True, help="Replace the catalog NAME has (its URL, --auto-fetch).")
+@json_option
+@click.pass_context
+def catalog_add(ctx: click.Context, name: str, url: str, auto_fetch: bool, replace: bool, as_json: bool) -> None:
+    """Name URL as the catalog of base NAME (read now: it must be NAME's)."""
+    _emit(api.catalog_add(_repo(ctx), name, url, auto_fetch=auto_fetch, replace=replace), as_json, render.catalog_info)
+
+
+@catalog.command("list")
+@json_option
+@click.pass_context
+def catalog_list(ctx: click.Context, as_json: bool) -> None:
+    """The catalogs named here (none is read)."""
+    _emit_each(api.catalog_list(_repo(ctx)), as_json, render.catalog_info)
+
+
+@catalog.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def catalog_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Read NAME's catalog: its versions, and which of them are here."""
+    _emit(api.catalog_show(_repo(ctx), name), as_json, render.catalog_info)
+
+
+@catalog.command("remove")
+@click.argument("name")
+@json_option
+@click.pass_context
+def catalog_remove(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Forget NAME's catalog (the bases fetched from it stay)."""
+    _emit(api.catalog_remove(_repo(ctx), name), as_json, render.catalog_info)
+
+
 @area.command("remove")
 @click.argument("name")
 @click.option("-f", "--force", is_flag=True, help="Remove it even if it is detached at an entry no branch or tag holds.")
@@ -340,11 +407,34 @@ def checkout(ctx, entry: str, area: str | None, to: str | None, force: bool, res
     ENTRY is an id (or a prefix of one), a branch or tag name, HEAD, HEAD~2, main^ ...
     Checking out a branch name puts the area on that branch; anything else detaches it.
     """
-    with render.progress("restoring", enabled=not as_json) as progress:
-        result = api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, verify=verify, allowed=allowed,
-                              progress=progress,
-                              notice=render.notice)
-    _emit(result, as_json, render.checkout_result)
+    def run() -> api.CheckoutResult:
+        with render.progress("restoring", enabled=not as_json) as progress:
+            return api.checkout(_repo(ctx), entry, area=area, to=to, force=force, resume=resume, new_vm=new_vm, verify=verify,
+                                allowed=allowed, progress=progress, notice=render.notice)
+
+    _emit(fetching_missing_base(ctx, as_json, run), as_json, render.checkout_result)
+
+
+def fetching_missing_base(ctx: click.Context, as_json: bool, run: Callable[[], Any]) -> Any:
+    """`run()`; if it lacks a base image that a catalog offers, the base is fetched, when the
+    catalog says --auto-fetch or the user says yes at a terminal, and `run()` goes again.
+    A script (no terminal) gets the one-line error, which says how to fetch it."""
+    try:
+        return run()
+    except BaseMissing as missing:
+        if missing.catalog_url is None or not (missing.auto_fetch or _asked(f"{missing.what}, which this repository lacks; "
+                                                                            f"fetch it now from {missing.catalog_url}?")):
+            raise
+        render.notice(f"fetching base {missing.base} from {missing.catalog_url}")
+        fetched = _fetch_base(ctx, missing.base, as_json)
+        render.warning(f"base {missing.base} was missing: fetched from {missing.catalog_url} "
+                       f"({render.size(fetched.downloaded_bytes)} downloaded, digests checked)")
+    return run()
+
+
+def _asked(question: str) -> bool:
+    """The user's yes, asked only at a terminal."""
+    return sys.stdin.isatty() and render.err.is_terminal and click.confirm(question, default=False, err=True)
 
 
 @main_group.command(cls=PathsCommand)

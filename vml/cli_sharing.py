@@ -15,6 +15,7 @@ from vml.cli import (
     allowed_signers_option,
     area_option,
     dry_run_option,
+    fetching_missing_base,
     json_option,
     key_option,
     main_group,
@@ -211,7 +212,8 @@ def import_command(ctx, bundle: str, as_name: str | None, force: bool, verify: b
     Nothing is written if any check fails. The entry's branch or tag is created, or moved
     if the entry descends from where it is.
     """
-    result = api.import_bundle(_repo(ctx), bundle, as_name=as_name, force=force, verify=verify, allowed=allowed)
+    result = fetching_missing_base(ctx, as_json, lambda: api.import_bundle(_repo(ctx), bundle, as_name=as_name, force=force, verify=verify,
+                                                                           allowed=allowed))
     _emit(result, as_json, render.import_result)
 
 

@@ -1,7 +1,7 @@
 """The sections of the repository's git config file that vml owns: `vml.*` (the format),
 `vml-area.NAME.*` (each working area's kind, location and settings), `remote.NAME.url`
-(remotes, as git names them) and `vml-unborn.NAME.branch` (the branch an area's first
-commit starts). Everything else reads and writes them through here."""
+(remotes, as git names them), `vml-unborn.NAME.branch` (the branch an area's first
+commit starts) and `vml-catalog.NAME.*` (where base NAME's versions are published). Everything else reads and writes them through here."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ REPOSITORY_SECTION = "vml"
 AREA_SECTION = "vml-area"
 REMOTE_SECTION = "remote"
 UNBORN_SECTION = "vml-unborn"
+CATALOG_SECTION = "vml-catalog"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -137,3 +138,36 @@ def unborn_branches(git: GitDag) -> dict[str, str]:
     """Area name -> the unborn branch it is on."""
     prefix = UNBORN_SECTION + "."
     return {key[len(prefix) : -len(".branch")]: value for key, value in git.config_items(prefix) if key.endswith(".branch")}
+
+
+# -- catalogs of base images (vml/catalog.py)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    name: str  # the base it publishes
+    url: str
+    auto_fetch: bool  # a checkout that lacks one of its versions fetches it without asking
+
+
+def catalogs(git: GitDag) -> list[CatalogConfig]:
+    prefix = CATALOG_SECTION + "."
+    names = sorted({key[len(prefix) : -len(".url")] for key, _value in git.config_items(prefix) if key.endswith(".url")})
+    return [found for name in names if (found := catalog(git, name)) is not None]
+
+
+def catalog(git: GitDag, name: str) -> CatalogConfig | None:
+    url = git.config_get(f"{CATALOG_SECTION}.{name}.url")
+    if url is None:
+        return None
+    return CatalogConfig(name, url, git.config_get(f"{CATALOG_SECTION}.{name}.auto-fetch") == "true")
+
+
+def write_catalog(git: GitDag, config: CatalogConfig) -> None:
+    git.config_set(f"{CATALOG_SECTION}.{config.name}.url", config.url)
+    git.config_set(f"{CATALOG_SECTION}.{config.name}.auto-fetch", "true" if config.auto_fetch else "false")
+
+
+def delete_catalog(git: GitDag, name: str) -> None:
+    for key, _value in list(git.config_items(f"{CATALOG_SECTION}.{name}.")):
+        git.config_delete(key)

@@ -26,6 +26,16 @@ class UnknownEntry(UsageError):
     pass
 
 
+class BaseMissing(UsageError):
+    """Something needs a base image the repository lacks: `what` says what ("the entry sits
+    on base X"), `base` is NAME:VERSION; `catalog_url` is where a catalog offers it (vml base
+    fetch), `auto_fetch` whether the user lets vml fetch it unasked."""
+
+    def __init__(self, message: str, base: str, what: str, catalog_url: str | None = None, auto_fetch: bool = False):
+        super().__init__(message)
+        self.base, self.what, self.catalog_url, self.auto_fetch = base, what, catalog_url, auto_fetch
+
+
 class UnknownArea(UsageError):
     """No area of that name, or none chosen where several exist."""
 

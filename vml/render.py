@@ -396,6 +396,26 @@ def base_info(info: api.BaseInfo) -> None:
     ))
 
 
+def catalog_info(info: api.CatalogInfo) -> None:
+    """A catalog: its base and URL; with its versions when it was read (show, add)."""
+    out.print(escape(f"{info.name}\t{info.url}" + ("\tauto-fetch" if info.auto_fetch else "")))
+    for version in info.versions or []:
+        marks = [mark for mark, on in (("latest", version.version == info.latest), ("here", version.here)) if on]
+        out.print(escape(f"  {version.version}\t{version.published or '-'}\t{size(version.bytes) if version.bytes is not None else '-'}"
+                         f"\t{version.digest[:23]}…" + (f"\t({', '.join(marks)})" if marks else "")))
+
+
+def base_fetched(result: api.BaseFetchResult) -> None:
+    base = result.base
+    if result.already_here:
+        out.print(escape(f"base {base.name}:{base.version} is here already ({base.digest[:23]}…): nothing fetched"))
+        return
+    resumed = f", going on from {size(result.resumed_bytes)} an earlier run had" if result.resumed_bytes else ""
+    out.print(escape(f"fetched base {base.name}:{base.version} from {result.catalog_url}: {size(result.downloaded_bytes)} "
+                     f"downloaded{resumed}, digests checked, in {result.seconds:.1f} s"))
+    base_info(base)
+
+
 def switched_to_new_branch(result: api.CheckoutResult) -> None:
     out.print(escape(f"area {result.area} is on a new branch {result.branch}" + (f" at {result.entry[:12]}" if result.entry else "")))
 

@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 from conftest import Vml, one_line_error
+from support.files_server import FilesServer
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
@@ -177,10 +179,22 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     vml("init")
     uri = f"qemu:///embed?root={embed_roots('vms')}"
 
-    # 2. The base image, with its kernel for a direct boot.
-    with steps("base add"):
-        vml("base", "add", "debian-guest", "12", "--image", str(guest_image / "disk.qcow2"), "--kernel", str(guest_image / "vmlinuz"),
-            "--initrd", str(guest_image / "initrd.img"), "--cmdline", (guest_image / "cmdline").read_text().strip())
+    # 2. The base image, with its kernel for a direct boot, from the catalog that publishes
+    #    it: a real HTTP server on 127.0.0.1 serving the guest's files, each checked by digest.
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "guest").symlink_to(guest_image)
+    version = {role: {"url": f"guest/{name}", "digest": "blake3:" + blake3.blake3().update_mmap(guest_image / name).hexdigest()}
+               for role, name in (("image", "disk.qcow2"), ("kernel", "vmlinuz"), ("initrd", "initrd.img"))}
+    catalog = {"vml-catalog": 1, "name": "debian-guest", "versions": {"12": {**version, "cmdline": (guest_image / "cmdline").read_text().strip()}}}
+    (tmp_path / "site" / "catalog.json").write_text(json.dumps(catalog))
+    published = FilesServer(tmp_path / "site").start()
+    try:
+        vml("base", "catalog", "add", "debian-guest", f"{published.url}/catalog.json")
+        with steps("base fetch (catalog over HTTP)"):
+            fetched = vml("base", "fetch", "debian-guest:12", "--json").json()
+    finally:
+        published.stop()
+    assert fetched["base"]["digest"] == version["image"]["digest"] and fetched["downloaded_bytes"] > 100 << 20
 
     # 3. An area from that base on libvirt's QEMU driver; boot; the guest's sshd on a loopback port.
     with steps("area add"):

@@ -17,6 +17,7 @@ _NAMES = {
     "vml.api.areas": "AreaInfo AreaOptions AreaRemoved AreaShow area_add area_info area_list area_remove area_show",
     "vml.api.bases": "BaseInfo BootFiles base_add base_list",
     "vml.api.bundles": "ExportResult ImportResult export import_bundle",
+    "vml.api.catalog": "BaseFetchResult CatalogInfo base_fetch catalog_add catalog_list catalog_remove catalog_show",
     "vml.api.checkout": "CheckoutResult checkout switch",
     "vml.api.commit": "CommitResult commit",
     "vml.api.diff": "PATCH_LIMIT DiffEntry StatusResult diff status",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from vml.api.areas import AreaInfo, AreaOptions, AreaRemoved, AreaShow, area_add, area_info, area_list, area_remove, area_show
     from vml.api.bases import BaseInfo, BootFiles, base_add, base_list
     from vml.api.bundles import ExportResult, ImportResult, export, import_bundle
+    from vml.api.catalog import BaseFetchResult, CatalogInfo, base_fetch, catalog_add, catalog_list, catalog_remove, catalog_show
     from vml.api.checkout import CheckoutResult, checkout, switch
     from vml.api.commit import CommitResult, commit
     from vml.api.diff import PATCH_LIMIT, DiffEntry, StatusResult, diff, status
@@ -95,6 +97,7 @@ __all__ = [
     "AreaInfo", "AreaOptions", "AreaRemoved", "AreaShow", "area_add", "area_info", "area_list", "area_remove", "area_show",
     "BaseInfo", "BootFiles", "base_add", "base_list",
     "ExportResult", "ImportResult", "export", "import_bundle",
+    "BaseFetchResult", "CatalogInfo", "base_fetch", "catalog_add", "catalog_list", "catalog_remove", "catalog_show",
     "CheckoutResult", "checkout", "switch",
     "CommitResult", "commit",
     "PATCH_LIMIT", "DiffEntry", "StatusResult", "diff", "status",

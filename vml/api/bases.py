@@ -10,9 +10,9 @@ import vml
 from vml.api._common import Progress, entry_info, opened_area
 from vml.areas.capture import capture_files, capture_tree
 from vml.areas.statcache import StatCache
-from vml.config import AreaConfig
+from vml.config import AreaConfig, catalog
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo, base_entry
-from vml.errors import UsageError
+from vml.errors import BaseMissing, UsageError
 from vml.objects.hashing import file_digest
 from vml.refs.bases import BaseName, base_name, list_bases, parse_base
 from vml.repo import Repository
@@ -123,12 +123,10 @@ def check_base(repo: Repository, info: EntryInfo, config: AreaConfig | None) -> 
     """Warnings for a checkout of an entry saved on a base; an error if the repository lacks that base."""
     if info.base is None:
         return []
-    entry = repo.git.ref_target(BaseName(info.base.name, info.base.version).ref)
+    base = BaseName(info.base.name, info.base.version)
+    entry = repo.git.ref_target(base.ref)
     if entry is None:
-        raise UsageError(
-            f"the entry sits on base {info.base} ({info.base.digest[:19]}…), which this repository lacks: "
-            f"add it with 'vml base add {info.base.name} {info.base.version} --image FILE', or fetch it from a remote that has it"
-        )
+        raise missing_base(repo, base, f"the entry sits on base {base} ({info.base.digest[:19]}…)")
     held = entry_info(repo, entry).required_base()
     if held.digest != info.base.digest:
         raise UsageError(f"base {info.base} here has digest {held.digest[:19]}…, the entry was saved on {info.base.digest[:19]}…: not the same base")
@@ -136,3 +134,16 @@ def check_base(repo: Repository, info: EntryInfo, config: AreaConfig | None) -> 
     if on_base is not None and (on_base.name, on_base.version) != (info.base.name, info.base.version):
         return [f"the entry was saved on base {info.base}, the area is on base {on_base}: files from the base may differ"]
     return []
+
+
+def missing_base(repo: Repository, base: BaseName, what: str) -> BaseMissing:
+    """The error for `what` ("the entry sits on base X") when the repository lacks base X:
+    how to get it, from its catalog if one is named (the command line then offers to fetch)."""
+    lacking = f"{what}, which this repository lacks"
+    published = catalog(repo.git, base.name)
+    if published is None:
+        return BaseMissing(f"{lacking}: add it with 'vml base add {base.name} {base.version} --image FILE', fetch it from a "
+                           f"remote that has it, or name its catalog: 'vml base catalog add {base.name} URL'", str(base), what)
+    return BaseMissing(f"{lacking}: fetch it from its catalog with 'vml base fetch {base}' ({published.url}), or let vml do "
+                       f"that when needed: 'vml base catalog add {base.name} {published.url} --auto-fetch --replace'",
+                       str(base), what, published.url, published.auto_fetch)

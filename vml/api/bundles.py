@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
 from vml.api._trust import check_entry
+from vml.api.bases import missing_base
 from vml.entry import base_entry, same_base_image
-from vml.errors import UsageError
+from vml.errors import BaseMissing, UsageError
 from vml.exchange.bundle import DIFFERENTIAL, FULL, INCREMENTAL, SINCE, BundleInfo, read_bundle, write_bundle
 from vml.pathnames import quote_path
 from vml.refs.bases import BaseName
@@ -143,7 +144,11 @@ def import_bundle(repo: Repository, path: str, *, as_name: str | None = None, fo
         finally:
             os.unlink(local)
     with repo.shared_lock():
-        info, store_all = read_bundle(repo.git, repo.store, path)
+        try:
+            info, store_all = read_bundle(repo.git, repo.store, path)
+        except BaseMissing as missing:  # a differential bundle: its catalog may have the base
+            base_name, _, version = missing.base.rpartition(":")
+            raise missing_base(repo, BaseName(base_name, version), missing.what) from None
         ref = BRANCH_PREFIX + as_name if as_name else info.ref
         if ref is None:
             raise UsageError("this bundle was exported from an entry id, not a branch or tag: name a branch with --as BRANCH")

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from vml.durable import atomic_file
 from vml.entry import ENTRY_FILE, BaseRef, EntryInfo
-from vml.errors import CorruptObject, UsageError
+from vml.errors import BaseMissing, CorruptObject, UsageError
 from vml.exchange.fetch import parse_commit, parse_tree
 from vml.exchange.push import manifest_lists, root_pairs
 from vml.objects.compress import MAX_BLOB
@@ -585,8 +585,9 @@ def _check_base(git: GitDag, base: dict | None) -> None:
     commit = git.ref_target(BaseName(name, version).ref) if "/" not in name + version else None
     held = EntryInfo.from_toml(git.read_file(commit, ENTRY_FILE) or b"").base if commit else None
     if held is None:
-        raise UsageError(f"this bundle is differential to base {name}:{version} ({digest[:19]}…), which this repository lacks: "
-                         f"add it with 'vml base add {name} {version} --image FILE' or fetch it first")
+        what = f"this bundle is differential to base {name}:{version} ({digest[:19]}…)"
+        raise BaseMissing(f"{what}, which this repository lacks: add it with 'vml base add {name} {version} --image FILE' or fetch it first",
+                          f"{name}:{version}", what)
     if held.digest != digest:
         raise UsageError(f"this bundle is differential to base {name}:{version} with digest {digest[:19]}…, "
                          f"but the base of that name here has {held.digest[:19]}…")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import blake3
 import xxhash
 
@@ -32,6 +34,20 @@ def file_digest(path: str | bytes) -> str:
         if image.seek(0, 2):  # an empty file cannot be mapped
             hasher.update_mmap(path)
     return "blake3:" + hasher.hexdigest()
+
+
+DIGEST_LENGTHS = {"blake3": 64, "sha256": 64}  # hex digits of each digest a catalog may give
+
+
+def file_digest_as(path: str, algorithm: str) -> str:
+    """A whole file's digest as 'ALGORITHM:HEX', for the algorithms of DIGEST_LENGTHS (a
+    catalog's images are published with SHA-256 as often as not)."""
+    if algorithm == "blake3":
+        return file_digest(path)
+    if algorithm != "sha256":
+        raise ValueError(f"no digest {algorithm!r}")
+    with open(path, "rb") as image:
+        return "sha256:" + hashlib.file_digest(image, "sha256").hexdigest()
 
 
 def checksum64(data: bytes | memoryview) -> int:

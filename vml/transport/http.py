@@ -18,7 +18,7 @@ import httpx
 
 from vml import __version__
 from vml.credentials import token_for_url
-from vml.errors import TransportError, UsageError
+from vml.errors import TransportError, UsageError, VmlError
 from vml.transport.base import is_loopback
 
 PIECE = 16 * 1024 * 1024  # bytes per upload request: each is a point to resume from
@@ -223,6 +223,98 @@ def download_url(url: str, target: str) -> int:
         return remote.download(parts.path + (f"?{parts.query}" if parts.query else ""), target)
     finally:
         remote.close()
+
+
+def _public_client() -> httpx.Client:
+    """A client for public files (a catalog, an image): no token goes to them, and
+    redirects are followed (mirrors and CDNs answer with them)."""
+    return httpx.Client(headers={"User-Agent": f"vml/{__version__}"}, timeout=TIMEOUT, follow_redirects=True)
+
+
+def _public_failure(url: str, response: httpx.Response) -> VmlError:
+    if response.status_code in (401, 403, 404, 410):
+        return UsageError(f"{url}: {response.reason_phrase or 'refused'} (HTTP {response.status_code})")
+    return TransportError(f"{url}: the server failed (HTTP {response.status_code} {response.reason_phrase})")
+
+
+def read_public(url: str, limit: int) -> bytes:
+    """A small public file (a catalog), whole; refused when it is larger than `limit`."""
+    with _public_client() as client:
+        for attempt in range(RETRIES):
+            try:
+                with client.stream("GET", url) as response:
+                    if response.status_code != 200:
+                        raise _public_failure(url, response)
+                    body = bytearray()
+                    for piece in response.iter_bytes():
+                        body += piece
+                        if len(body) > limit:
+                            raise UsageError(f"{url}: larger than {limit:,} bytes, not a catalog")
+                    return bytes(body)
+            except httpx.TransportError as error:
+                if attempt == RETRIES - 1 or _certificate_refused(error):
+                    raise TransportError(f"{url}: {_reason(error)}") from None
+                time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def download_public(url: str, target: str, *, size: int | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+    """A public file into `target`, continuing what an earlier, interrupted download left in
+    it (a Range request; a server that ignores Range sends it all again); the target's size.
+    A dropped connection is resumed here up to RETRIES times. The caller checks the digest."""
+    with _public_client() as client, open(target, "ab") as sink:
+        failures = 0
+        while True:
+            try:
+                if _download_rest(client, url, sink, size, progress):
+                    return sink.tell()
+                reason = f"the server sent {sink.tell():,} of {size:,} bytes"
+            except httpx.TransportError as error:
+                if _certificate_refused(error):
+                    raise TransportError(f"{url}: {_reason(error)}") from None
+                reason = _reason(error)
+            failures += 1
+            if failures >= RETRIES:
+                raise TransportError(f"{url}: the download broke off after {sink.tell():,} bytes ({reason}); "
+                                     f"run the command again to go on from there")
+            time.sleep(0.2 * 2**failures)
+
+
+def _download_rest(client: httpx.Client, url: str, sink, size: int | None, progress: Callable[[int, int], None] | None) -> bool:
+    """One request for what `sink` lacks; whether the file is whole now (as far as `size`
+    tells: without one, a response that ended cleanly)."""
+    done = sink.tell()
+    if size is not None and done > size:  # not the file the catalog names: start again
+        sink.truncate(0)
+        done = 0
+    if size is not None and done == size:
+        return True
+    with client.stream("GET", url, headers={"Range": f"bytes={done}-"} if done else {}) as response:
+        if response.status_code == 416 and done:  # the server has nothing past what we hold
+            if size is None:
+                return True
+            sink.truncate(0)  # ... yet less than the catalog says: what we hold is another file
+            return False
+        if response.status_code not in (200, 206):
+            raise _public_failure(url, response)
+        if response.status_code == 200 or not response.headers.get("content-range", "").startswith(f"bytes {done}-"):
+            sink.truncate(0)  # the whole file, from its first byte
+        total = size or _whole_size(response, sink.tell())
+        for piece in response.iter_bytes():  # as it arrives: a drop loses none of what came
+            sink.write(piece)
+            if progress is not None:
+                progress(sink.tell(), total)
+        sink.flush()
+    return size is None or sink.tell() >= size
+
+
+def _whole_size(response: httpx.Response, start: int) -> int:
+    """The file's whole size as the response tells it (0: unknown)."""
+    whole = response.headers.get("content-range", "").rpartition("/")[2]
+    if whole.isdigit():
+        return int(whole)
+    length = response.headers.get("content-length", "")
+    return start + int(length) if length.isdigit() else 0
 
 
 def _certificate_refused(error: httpx.TransportError) -> bool:
