@@ -117,22 +117,47 @@ def area() -> None:
 @click.option("--base", metavar="NAME:VERSION", help="The base image the area's guest was made from (see 'vml base'); entries record it.")
 @click.option("--branch", help="The branch the area starts on (default: main, or NAME if main is taken).")
 @click.option("--accept-new-host-key", is_flag=True, help="With --ssh: log in now and remember the guest's host key if it is unknown.")
+@click.option("--preset", "presets", multiple=True, metavar="NAME[=PATH]",
+              help="Also save what a rule preset names (repeatable): cvmfs-cache (the CVMFS cache, /var/lib/cvmfs by default).")
 @json_option
 @click.pass_context
 def area_add(ctx: click.Context, name: str, directory, ssh, identity, root, include, exclude, libvirt_uri, domain, base,
-             accept_new_host_key: bool, branch: str | None, as_json: bool) -> None:
+             accept_new_host_key: bool, branch: str | None, presets: tuple[str, ...], as_json: bool) -> None:
     """Add a working area NAME: a directory (--dir), a live guest (--ssh), or a libvirt
     domain (--libvirt URI with --domain NAME, or with --base NAME:VERSION to define a new
     domain on a copy-on-write overlay of that base image; its files are reached with --ssh).
 
     A guest area saves by default /home, /root, /etc, /usr/local, /opt and /var/lib, and
-    never /proc, /sys, /dev, /run, /tmp, /var/cache, /var/tmp or swap files; a directory
-    area saves everything. 'vml area show NAME' prints the rules and the file that holds them.
+    never /proc, /sys, /dev, /run, /tmp, /var/cache, /var/tmp, swap files or the CVMFS
+    cache (--preset cvmfs-cache saves it); a directory area saves everything.
+    'vml area show NAME' prints the rules and the file that holds them.
     """
     options = api.AreaOptions(directory=directory, ssh=ssh, identity=identity, root=root, include=include, exclude=exclude,
-                              base=base, libvirt=libvirt_uri, domain=domain, accept_new_host_key=accept_new_host_key)
+                              base=base, libvirt=libvirt_uri, domain=domain, accept_new_host_key=accept_new_host_key, presets=presets)
     info = api.area_add(_repo(ctx), name, options, branch=branch)
     _emit(info, as_json, render.area_info)
+
+
+@area.command("preset")
+@click.argument("preset", metavar="NAME[=PATH]", required=False)
+@area_option
+@click.option("--remove", is_flag=True, help="Save the area without the preset from its next commit.")
+@json_option
+@click.pass_context
+def area_preset(ctx: click.Context, preset: str | None, area: str | None, remove: bool, as_json: bool) -> None:
+    """Save the area with a rule preset from its next commit (without PRESET: list them).
+
+    cvmfs-cache[=PATH]: the CVMFS cache (CVMFS_CACHE_BASE, /var/lib/cvmfs by default), left
+    out of a guest by default; saved, a colleague's checkout has the experiment software's
+    files at once, and offline. Entries made with a preset say so (vml show).
+    """
+    if preset is None:
+        from vml.areas.presets import PRESETS
+
+        for found in PRESETS.values():
+            render.out.print(render.escape(f"{found.name}\t{found.default_path}\t{found.what}"))
+        return
+    _emit(api.area_preset(_repo(ctx), preset, area=area, remove=remove), as_json, render.area_show)
 
 
 @main_group.group()
@@ -173,6 +198,58 @@ def vm_info(ctx: click.Context, area: str | None, as_json: bool) -> None:
     """The state of each libvirt area's domain (or of -a AREA's): state, driver, acceleration, memory."""
     states = api.vm_info(_repo(ctx), area)
     _emit_each(states, as_json, render.vm_state)
+
+
+@main_group.group()
+def share() -> None:
+    """Share host folders with a libvirt area's guest (a 9p filesystem vml mounts over SSH).
+
+    A share is part of the domain's definition, so entries record it and 'checkout
+    --new-vm' makes it again where the host folder exists (and says which is missing
+    where it does not). What is under a share's guest path is host data: commits and
+    checkouts of the area leave it alone.
+    """
+
+
+@share.command("add")
+@click.argument("host_dir", metavar="HOSTDIR")
+@click.argument("guest_path", metavar="GUESTPATH")
+@area_option
+@click.option("--read-only", is_flag=True, help="The guest may read the folder, not change it.")
+@json_option
+@click.pass_context
+def share_add(ctx: click.Context, host_dir: str, guest_path: str, area: str | None, read_only: bool, as_json: bool) -> None:
+    """Share host folder HOSTDIR at GUESTPATH in the guest (mounted when the domain starts;
+    QEMU takes no new folder while it runs)."""
+    _emit(api.share_add(_repo(ctx), host_dir, guest_path, area=area, read_only=read_only, notice=render.notice), as_json, render.share_result)
+
+
+@share.command("remove")
+@click.argument("which", metavar="GUESTPATH|HOSTDIR|TAG")
+@area_option
+@json_option
+@click.pass_context
+def share_remove(ctx: click.Context, which: str, area: str | None, as_json: bool) -> None:
+    """Stop sharing a folder: unmounted in the running guest now, gone from the domain."""
+    _emit(api.share_remove(_repo(ctx), which, area=area, notice=render.notice), as_json, render.share_result)
+
+
+@share.command("list")
+@area_option
+@json_option
+@click.pass_context
+def share_list(ctx: click.Context, area: str | None, as_json: bool) -> None:
+    """The shared folders of each libvirt area's domain (or of -a AREA's)."""
+    _emit_each(api.share_list(_repo(ctx), area), as_json, render.share_info)
+
+
+@share.command("mount")
+@area_option
+@json_option
+@click.pass_context
+def share_mount(ctx: click.Context, area: str | None, as_json: bool) -> None:
+    """Mount the area's shared folders in its running guest (vml vm start --wait does)."""
+    _emit_each(api.share_mount(_repo(ctx), area=area, notice=render.notice), as_json, render.share_result)
 
 
 @main_group.group()

@@ -5,6 +5,7 @@ commit starts) and `vml-catalog.NAME.*` (where base NAME's versions are publishe
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -71,6 +72,31 @@ def write_area(git: GitDag, config: AreaConfig) -> None:
     git.config_set(f"{AREA_SECTION}.{config.name}.location", config.location)
     for key, value in config.settings.items():
         git.config_set(f"{AREA_SECTION}.{config.name}.{key}", value)
+
+
+SHARES_SETTING = "shares"  # a libvirt area's: the guest paths of its shared folders, as JSON (vml/api/shares.py)
+
+
+def shared_paths(config: AreaConfig) -> list[str]:
+    """The guest paths of the area's shared folders: host data its captures and checkouts
+    leave alone."""
+    try:
+        paths = json.loads(config.settings.get(SHARES_SETTING) or "[]")
+    except ValueError:
+        return []
+    return [path for path in paths if isinstance(path, str)] if isinstance(paths, list) else []
+
+
+PRESETS_SETTING = "presets"  # an area's rule presets, as JSON: ["cvmfs-cache", "cvmfs-cache=/scratch/cvmfs"] (vml/areas/presets.py)
+
+
+def area_presets(config: AreaConfig) -> list[str]:
+    """The rule presets the area saves with (NAME or NAME=PATH each)."""
+    try:
+        found = json.loads(config.settings.get(PRESETS_SETTING) or "[]")
+    except ValueError:
+        return []
+    return [text for text in found if isinstance(text, str)] if isinstance(found, list) else []
 
 
 def set_area_setting(git: GitDag, name: str, key: str, value: str) -> AreaConfig:

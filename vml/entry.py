@@ -54,6 +54,7 @@ class EntryInfo:
     memory: str | None = None  # hex id of the tree holding a libvirt memory image and its disks
     memory_disks: list[str] = field(default_factory=list)  # where each saved disk lives, in the tree's order
     rules: tuple[list[str], list[str]] | None = None  # the area's (include, exclude) rules when it was saved
+    presets: list[str] = field(default_factory=list)  # the rule presets among them (vml/areas/presets.py): NAME or NAME=PATH
     scrub: dict | None = None  # a public entry's scrub report (vml/scrub/report.py: ScrubReport.to_entry); None: private
 
     def required_base(self) -> BaseRef:
@@ -94,6 +95,8 @@ class EntryInfo:
         }
         if self.rules is not None:
             document["rules"] = {"include": list(self.rules[0]), "exclude": list(self.rules[1])}
+            if self.presets:
+                document["rules"]["presets"] = list(self.presets)
         if self.memory is not None:
             document["memory"] = {"manifest": self.memory, "disks": self.memory_disks, "public": False}
         if self.kind != "entry":
@@ -139,6 +142,7 @@ class EntryInfo:
                 memory=memory["manifest"] if memory else None,
                 memory_disks=list(memory.get("disks", [])) if memory else [],
                 rules=([str(p) for p in rules["include"]], [str(p) for p in rules["exclude"]]) if rules else None,
+                presets=[str(p) for p in rules.get("presets", [])] if rules else [],
                 scrub=_scrub_table(document.get("scrub")),
             )
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:

@@ -353,6 +353,9 @@ def show_result(result: api.ShowResult) -> None:
     out.print(f"Files:  {_count(info.files, 'file')}, {_count(result.directories, 'directory', 'directories')}, "
               f"{_count(result.symlinks, 'symlink')}, {result.other:,} other")
     out.print(f"Size:   {size(info.logical_bytes)} logical, {size(result.stored_bytes)} stored, {size(info.added_bytes)} added by this entry")
+    for shown in result.presets:
+        held = f"{_count(shown.files, 'file')}" if shown.files is not None else "not there when it was saved"
+        out.print(escape(f"Preset: {shown.preset}: includes {shown.what}, {shown.path} ({held})"))
     if info.skipped:
         out.print(escape(f"Skipped: {', '.join(info.skipped)}"))
     out.print("")
@@ -387,6 +390,21 @@ def vm_state(state: api.VmState) -> None:
     ssh = f"\tssh {state.ssh}" if state.ssh else ""
     out.print(escape(f"{state.area}\t{vm.domain}\t{vm.state}\t{vm.driver} ({vm.acceleration})\t"
                      f"{vm.memory_kib // 1024} MiB, {vm.vcpus} vCPU\t{vm.uri}{ssh}"))
+    for note in state.notes:
+        out.print(escape(f"  {note}"))
+
+
+def share_info(info: api.ShareInfo) -> None:
+    flags = [flag for flag, on in (("read-only", info.read_only), ("host folder missing", info.host_missing)) if on]
+    out.print(escape(f"{info.area}\t{info.host}\t{info.guest or '(not mounted by vml)'}\t{info.tag}" + (f"\t({', '.join(flags)})" if flags else "")))
+
+
+def share_result(result: api.ShareResult) -> None:
+    share = result.share
+    out.print(escape(f"{result.action} shared folder {share.host} at {share.guest} in area {share.area}'s guest"
+                     + (" (read-only)" if share.read_only else "")))
+    for note in result.notes:
+        out.print(escape(f"  {note}"))
 
 
 def base_info(info: api.BaseInfo) -> None:

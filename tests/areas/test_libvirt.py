@@ -504,3 +504,92 @@ def test_waiting_for_a_guest_ends_in_one_line(tmp_path: Path):
         guest.wait_until_reachable(60.0, lambda: "domain vml-lab is shut off")
     with pytest.raises(CorruptObject, match="not XML"):
         Sizing.of(b"<domain")
+
+
+def _inactive_xml(name: str) -> str:
+    return libvirt.open(TEST_URI).lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def test_a_shared_folder_is_in_the_definition_and_never_in_the_guests_files(area, tmp_path: Path):
+    """vml share add/list/remove on a running domain: a 9p filesystem in its definition (so
+    in the entry's vm/domain.xml), its guest path left out of status and commits (host
+    data), removed again; bad input is one line. (Here the 'guest' is a directory over the
+    loopback sshd: its paths are under the area's root.)"""
+    run, guest, (name, _disk) = area
+    data, results = tmp_path / "data", tmp_path / "results"
+    data.mkdir()
+    results.mkdir()
+    mount_point = str(guest / "home" / "user" / "data")
+    run("commit", "-m", "before")
+    added = run.json("share", "add", str(data), mount_point)
+    assert added["action"] == "added" and added["share"]["tag"] == "vml0" and "next start" in added["notes"][0]
+    run("share", "add", str(results), str(guest / "srv" / "results"), "--read-only")
+    listed = run.json("share", "list")
+    assert [(s["host"], s["guest"], s["tag"], s["read_only"]) for s in listed] == [
+        (str(data), mount_point, "vml0", False), (str(results), str(guest / "srv" / "results"), "vml1", True)]
+    xml = _inactive_xml(name)
+    assert f"<source dir='{data}'/>" in xml and "<target dir='vml1'/>" in xml and "<readonly/>" in xml
+
+    # What the guest sees under a share is the host's: not the guest's files.
+    (guest / "home" / "user" / "data").mkdir()  # (as vml's mount does: its parent's mtime changes)
+    (guest / "home" / "user" / "data" / "run2.root").write_text("host data\n")
+    changes = [c["path"] for c in run.json("status")["changes"]]
+    assert changes == ["home/user", "vm/domain.xml"]
+    entry = run.json("commit", "-m", "with shares")["entry"]
+    saved = subprocess.run(["git", "--git-dir", str(run.repo), "show", f"{entry}:vm/domain.xml"], capture_output=True, text=True,
+                           check=True).stdout
+    assert f"dir='{data}'" in saved and f"guest=\"{mount_point}\"" in saved.replace("'", '"')
+    code, _out, err = run("show", f"{entry}:{mount_point.removeprefix(str(guest) + '/')}/run2.root", check=False)
+    assert code != 0  # the entry has no file of the share
+
+    for args, expected in ((["share", "add", str(data), mount_point], "shares"),
+                           (["share", "add", str(data), "/"], "not a place for a shared folder"),
+                           (["share", "add", str(data), "/proc/x"], "not a place for a shared folder"),
+                           (["share", "add", str(data), "relative/path"], "absolute path"),
+                           (["share", "add", str(tmp_path / "absent"), "/mnt/x"], "is not a directory"),
+                           (["share", "remove", "/mnt/nothing"], "shares nothing at")):
+        code, _out, err = run(*args, check=False)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, (args, err)
+
+    removed = run.json("share", "remove", mount_point)  # (nothing is mounted there: the unmount is a no-op)
+    assert removed["action"] == "removed" and "unmounted" in removed["notes"][0]
+    assert [s["tag"] for s in run.json("share", "list")] == ["vml1"]
+    assert f"dir='{data}'" not in _inactive_xml(name)
+    run("share", "remove", str(results))  # by its host folder
+    assert run.json("share", "list") == []
+    # Its guest path is the guest's again.
+    assert "home/user/data/run2.root" in [c["path"] for c in run.json("status")["changes"]]
+
+
+def test_checkout_new_vm_makes_the_entrys_shares_again_and_names_a_missing_host_folder(capsys, tmp_path: Path, sshd, monkeypatch):
+    for key, value in sshd.env.items():
+        monkeypatch.setenv(key, value)
+    guest = tmp_path / "guest"
+    (guest / "home").mkdir(parents=True)
+    (tmp_path / "disk.raw").write_bytes(os.urandom(1 << 20))
+    kept, gone = tmp_path / "calibration", tmp_path / "scratch"
+    kept.mkdir()
+    gone.mkdir()
+    run = InProcess(capsys, tmp_path / "repo")
+    run("init", str(tmp_path / "repo"), "--bare")
+    run("base", "add", "guest", "1", "--image", str(tmp_path / "disk.raw"))
+    name = f"vml-test-{uuid.uuid4().hex[:8]}"
+    run("area", "add", "lab", "--libvirt", TEST_URI, "--base", "guest:1", "--domain", name, "--ssh", "testhost",
+        "--root", str(guest), "--include", "/")
+    connection = libvirt.open(TEST_URI)
+    try:
+        run("share", "add", str(kept), str(guest / "mnt" / "calibration"), "--read-only")
+        run("share", "add", str(gone), str(guest / "mnt" / "scratch"))
+        run("vm", "start")
+        entry = run.json("commit", "-m", "with two shares")["entry"]
+        run("vm", "delete")
+        gone.rmdir()  # a colleague's host: one of the folders is not there
+        made = run.json("checkout", entry, "--new-vm")
+        assert any(f"shares host folder {gone} at {guest / 'mnt' / 'scratch'}, which this host lacks" in w for w in made["warnings"])
+        assert [(s["host"], s["guest"], s["read_only"]) for s in run.json("share", "list")] == [
+            (str(kept), str(guest / "mnt" / "calibration"), True)]
+        xml = connection.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        assert f"dir='{kept}'" in xml and f"dir='{gone}'" not in xml
+        _assert_fsck_clean(run)
+    finally:
+        _remove_domain(connection, name)

@@ -199,17 +199,25 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     # 3. An area from that base on libvirt's QEMU driver; boot; the guest's sshd on a loopback port.
     with steps("area add"):
         vml("area", "add", "lab", "--libvirt", uri, "--base", "debian-guest:12", "--identity", str(key))
+    # A host folder shared with the guest (issue 22), mounted when vml has waited for the boot.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "calibration.txt").write_text("run2 constants\n")
+    vml("share", "add", str(shared), "/mnt/data")
     with steps("vm start"):
         vml("vm", "start")
     # A guest that is still booting does not answer yet: a short wait ends in one clear line.
     early = vml("status", check=False, env={"VML_SSH_WAIT": "2"})
     assert "never answered on SSH within 2 s" in one_line_error(early, code=3)  # the environment, not bad input
     with steps("boot to ssh"):
-        vml("vm", "start", "--wait")  # already running: it waits for the sshd
+        started = vml("vm", "start", "--wait", "--json").json()  # already running: it waits for the sshd
         info = vml("vm", "info", "--json").json()[0]
     assert info["vm"]["state"] == "running" and info["vm"]["acceleration"].startswith("tcg")
+    assert started["notes"] == [f"{shared} mounted at /mnt/data"]
     guest = guest_of(vml, "lab", key)
-    guest("true")
+    assert guest("cat /mnt/data/calibration.txt") == "run2 constants\n"
+    (shared / "written-on-the-host.txt").write_text("seen at once\n")
+    assert guest("cat /mnt/data/written-on-the-host.txt") == "seen at once\n"
     with steps("first commit (fresh guest)"):
         vml("commit", "-m", "fresh guest")
 
@@ -246,6 +254,24 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     guest = guest_of(vml, "lab", key)
     check_the_guest(guest)
     assert vml("status", "--json").json()["clean"]
+    # The entry's definition had the shared folder: the new VM has it, mounted; the host's
+    # files under it were never the entry's.
+    assert f"host folder {shared} is shared at /mnt/data in the guest" in remade["warnings"]
+    assert guest("cat /mnt/data/written-on-the-host.txt") == "seen at once\n"
+    assert vml("show", "HEAD:mnt/data/calibration.txt", check=False).returncode != 0
+    # Disabled, it is unmounted at once (its device goes at the next start).
+    with steps("share remove"):
+        vml("share", "remove", "/mnt/data")
+    assert guest("grep -c ' /mnt/data ' /proc/mounts", check=False).strip() == "0"
+    assert guest("test -e /mnt/data || echo gone") == "gone\n"  # the mount point vml made goes too
+    assert [c["path"] for c in vml("status", "--json").json()["changes"]] == ["vm/domain.xml"]
+    vml("commit", "-m", "no shared folder")
+    # Its device stays until the next start: a memory image now could not be restored.
+    refused = vml("commit", "--memory", "-m", "too early", check=False)
+    assert "restart it first" in one_line_error(refused)
+    with steps("power off, boot to ssh"):
+        vml("vm", "stop", "--force")
+        vml("vm", "start", "--wait")
 
     # 6. Memory: a process keeps counting across commit --memory, a power-off and --resume.
     guest("nohup sh -c 'n=0; while :; do n=$((n+1)); echo $n > /run/counter; sleep 1; done' >/dev/null 2>&1 & echo $! > /run/counter.pid")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 _NAMES = {
     "vml.api._common": "Progress entry_info resolve_entry",
-    "vml.api.areas": "AreaInfo AreaOptions AreaRemoved AreaShow area_add area_info area_list area_remove area_show",
+    "vml.api.areas": "AreaInfo AreaOptions AreaRemoved AreaShow area_add area_info area_list area_preset area_remove area_show",
     "vml.api.bases": "BaseInfo BootFiles base_add base_list",
     "vml.api.bundles": "ExportResult ImportResult export import_bundle",
     "vml.api.catalog": "BaseFetchResult CatalogInfo base_fetch catalog_add catalog_list catalog_remove catalog_show",
@@ -27,6 +27,7 @@ _NAMES = {
     "vml.api.refs": "ReflogEntry RefResult RmResult branch_delete branch_list ref_create reflog rm tag_delete tag_list",
     "vml.api.remotes": "CloneResult FetchResult PullResult PushResult RemoteGcResult RemoteInfo clone fetch gc_remote pull push "
                        "remote_add remote_list remote_remove",
+    "vml.api.shares": "ShareInfo ShareResult share_add share_list share_mount share_remove",
     "vml.api.vm": "VM_ACTIONS VmState vm_action vm_info",
     "vml.areas.protocol": "Notice",
     "vml.pathnames": "parse_paths",
@@ -60,7 +61,18 @@ sys.modules[__name__].__class__ = _Api
 
 if TYPE_CHECKING:
     from vml.api._common import Progress, entry_info, resolve_entry
-    from vml.api.areas import AreaInfo, AreaOptions, AreaRemoved, AreaShow, area_add, area_info, area_list, area_remove, area_show
+    from vml.api.areas import (
+        AreaInfo,
+        AreaOptions,
+        AreaRemoved,
+        AreaShow,
+        area_add,
+        area_info,
+        area_list,
+        area_preset,
+        area_remove,
+        area_show,
+    )
     from vml.api.bases import BaseInfo, BootFiles, base_add, base_list
     from vml.api.bundles import ExportResult, ImportResult, export, import_bundle
     from vml.api.catalog import BaseFetchResult, CatalogInfo, base_fetch, catalog_add, catalog_list, catalog_remove, catalog_show
@@ -87,6 +99,7 @@ if TYPE_CHECKING:
         remote_list,
         remote_remove,
     )
+    from vml.api.shares import ShareInfo, ShareResult, share_add, share_list, share_mount, share_remove
     from vml.api.vm import VM_ACTIONS, VmState, vm_action, vm_info
     from vml.areas.protocol import Notice
     from vml.pathnames import parse_paths
@@ -94,7 +107,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Notice", "Progress", "entry_info", "parse_paths", "resolve_entry",
-    "AreaInfo", "AreaOptions", "AreaRemoved", "AreaShow", "area_add", "area_info", "area_list", "area_remove", "area_show",
+    "AreaInfo", "AreaOptions", "AreaRemoved", "AreaShow", "area_add", "area_info", "area_list", "area_preset", "area_remove", "area_show",
     "BaseInfo", "BootFiles", "base_add", "base_list",
     "ExportResult", "ImportResult", "export", "import_bundle",
     "BaseFetchResult", "CatalogInfo", "base_fetch", "catalog_add", "catalog_list", "catalog_remove", "catalog_show",
@@ -108,5 +121,6 @@ __all__ = [
     "pull", "push",
     "remote_add", "remote_list", "remote_remove",
     "VM_ACTIONS", "VmState", "vm_action", "vm_info",
+    "ShareInfo", "ShareResult", "share_add", "share_list", "share_mount", "share_remove",
     "PublishResult", "commit_public", "publish",
 ]

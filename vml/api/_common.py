@@ -5,6 +5,7 @@ hashed but not stored."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,22 @@ Progress = Callable[[object], None] | None
 
 
 def area_rules(repo: Repository, config: AreaConfig) -> Rules:
+    """The area's include and exclude rules, with its rule presets (vml/areas/presets.py);
+    a libvirt area's shared folders are host data, never the guest's files: excluded
+    (vml/api/shares.py)."""
     from vml.areas.kinds import default_rules
-    from vml.areas.rules import load_rules
+    from vml.areas.rules import Rules, literal_pattern, load_rules
+    from vml.config import area_presets, shared_paths
 
-    return load_rules(repo.rules_path(config.name), default_rules(config.kind))
+    rules = load_rules(repo.rules_path(config.name), default_rules(config.kind))
+    root = config.settings.get("root", "/").rstrip("/") + "/"
+    if area_presets(config):
+        from vml.areas.presets import parse_preset, with_presets
+
+        rules = with_presets(rules, [parse_preset(text) for text in area_presets(config)])
+    shared = [literal_pattern(os.fsencode(path[len(root):])) for path in shared_paths(config) if path.startswith(root)]
+    missing = tuple(pattern for pattern in shared if pattern not in rules.exclude)
+    return Rules(rules.include, rules.exclude + missing) if missing else rules
 
 
 @contextlib.contextmanager

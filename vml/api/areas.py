@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 
 from vml.api._common import area_rules
 from vml.areas.kinds import DIR, SSH, default_rules, is_vm, open_area, open_domain, provisioning, ssh_target
+from vml.areas.presets import parse_preset
 from vml.areas.protocol import AreaConfig
 from vml.areas.rules import Rules, save_rules
-from vml.config import check_area_name
+from vml.config import PRESETS_SETTING, area_presets, check_area_name
 from vml.entry import base_entry
 from vml.errors import UsageError, VmlError
 from vml.refs.bases import parse_base
@@ -44,6 +46,7 @@ class AreaOptions:
     accept_new_host_key: bool = False  # with ssh: log in now and remember an unknown host key
     libvirt: str | None = None  # a libvirt URI: the area is a domain there
     domain: str | None = None  # with libvirt: an existing domain, or the name for one defined from --base
+    presets: tuple[str, ...] = ()  # rule presets, NAME or NAME=PATH (vml/areas/presets.py)
 
 
 def area_add(repo: Repository, name: str, options: AreaOptions | None = None, *, directory: str | None = None,
@@ -81,6 +84,9 @@ def _add_area(repo: Repository, config: AreaConfig, options: AreaOptions, branch
     if options.base is not None:
         base_entry(repo.git, parse_base(repo.git, options.base))  # it must exist
         config = dataclasses.replace(config, settings={**config.settings, "base": options.base})
+    if options.presets:
+        used = list(dict.fromkeys(str(parse_preset(text)) for text in options.presets))
+        config = dataclasses.replace(config, settings={**config.settings, PRESETS_SETTING: json.dumps(used)})
     defaults = default_rules(config.kind)
     rules = Rules(options.include or defaults.include, defaults.exclude + tuple(options.exclude))
     if branch is None:
@@ -174,6 +180,25 @@ def area_show(repo: Repository, name: str | None = None) -> AreaShow:
     config = repo.choose_area(name)
     rules = area_rules(repo, config)
     return AreaShow(area_info(repo, config), dict(config.settings), rules.include, rules.exclude, repo.rules_path(config.name))
+
+
+def area_preset(repo: Repository, preset: str, *, area: str | None = None, remove: bool = False) -> AreaShow:
+    """Save the area with rule preset `preset` (NAME or NAME=PATH) from its next commit, or
+    (`remove`) without it; the area as it is then, with its effective rules."""
+    config = repo.choose_area(area)
+    wanted = parse_preset(preset)
+    used = [parse_preset(text) for text in area_presets(config)]
+    if remove:
+        kept = [found for found in used if found.name != wanted.name or ("=" in preset and found.path != wanted.path)]
+        if len(kept) == len(used):
+            raise UsageError(f"area {config.name} does not save with preset {preset} (its presets: {', '.join(map(str, used)) or 'none'})")
+        used = kept
+    elif wanted in used:
+        raise UsageError(f"area {config.name} saves with preset {wanted} already")
+    else:
+        used.append(wanted)
+    repo.set_area_setting(config.name, PRESETS_SETTING, json.dumps([str(found) for found in used]))
+    return area_show(repo, config.name)
 
 
 def _check_apart(location: str, repository: str) -> None:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from vml.api._common import Progress, entry_info, opened_area, resolve_entry, scan_area
 from vml.api._trust import check_entry
 from vml.api.bases import check_base
+from vml.api.shares import ShareResult, mount_shares
 from vml.api.vm import make_vm
 from vml.areas.kinds import as_vm, is_vm
 from vml.areas.protocol import Notice
 from vml.areas.restore import Restore, RestoreProgress, remove_partial
 from vml.areas.rules import Rules, literal_pattern
 from vml.areas.statcache import StatCache
-from vml.config import AreaConfig
+from vml.config import AreaConfig, shared_paths
 from vml.entry import DOMAIN_FILE, ENTRY_FILE, EntryInfo, entry_files, entry_root
 from vml.errors import AreaError, CorruptObject, LocalChanges, UsageError, VmlError
 from vml.objects.diff import DELETED, diff_roots
@@ -95,8 +96,19 @@ def _new_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None,
                             f"files in with 'vml checkout {spec} -a {config.name}{'' if fresh else ' --force'}')")
         failure.exit_code = error.exit_code  # what went wrong decides, not that a domain was made first
         raise failure from None
+    shared = []
+    if shared_paths(config):
+        with opened_area(repo, config, notice) as opened:
+            shared = [_shared_line(done) for done in mount_shares(config, as_vm(opened))]
     return dataclasses.replace(result, warnings=[f"domain {made.domain} was made from base {made.base} and the entry, and started"]
-                               + result.warnings)
+                               + shared + made.notes + result.warnings)
+
+
+def _shared_line(done: ShareResult) -> str:
+    share = done.share
+    if done.action == "mounted":
+        return f"host folder {share.host} is shared at {share.guest} in the guest{' (read-only)' if share.read_only else ''}"
+    return "; ".join(done.notes)
 
 
 def _entry_rules(info: EntryInfo) -> Rules | None:

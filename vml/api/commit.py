@@ -13,6 +13,7 @@ from vml.api.bases import area_base
 from vml.areas.kinds import as_vm, is_vm
 from vml.areas.protocol import Notice
 from vml.areas.statcache import StatCache
+from vml.config import area_presets
 from vml.entry import ENTRY_FILE, EntryInfo, entry_root
 from vml.environment import VARIABLES, dotfiles
 from vml.errors import ConcurrentUpdate, UsageError, VmlError
@@ -109,6 +110,7 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             memory=saved_memory[0].hex() if saved_memory else None,
             memory_disks=saved_memory[1] if saved_memory else [],
             rules=(list(working_area.rules.include), list(working_area.rules.exclude)),
+            presets=area_presets(config),
         )
         parents = [head.entry] if head.entry else []
         entry = repo.git.create_commit({ENTRY_FILE: info.to_toml(), **extra_files}, message, parents)

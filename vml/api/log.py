@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from vml.api._common import entry_info, resolve_entry
 from vml.entry import EntryInfo, entry_root
 from vml.errors import CorruptObject, UnknownArea, UnknownEntry, UsageError
 from vml.history import ref_tips, touching
 from vml.objects.ids import ObjectId
-from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES
-from vml.objects.walk import listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
+from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_NAMES, Listing
+from vml.objects.walk import listing_counts, listing_loader, node_at, read_content, root_node, tree_counts, walk_nodes
 from vml.pathnames import parse_paths
 from vml.refs.branches import decorations
 from vml.refs.git import Commit
@@ -106,6 +106,17 @@ class ShowResult:
     directories: int
     symlinks: int
     other: int
+    presets: list[PresetShown] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PresetShown:
+    """A rule preset an entry was saved with, and what it brought in."""
+
+    preset: str  # NAME or NAME=PATH
+    what: str  # "the CVMFS cache"
+    path: str
+    files: int | None  # the regular files the entry holds below the path (None: the path is not in it)
 
 
 def show_file(repo: Repository, spec: str, *, area: str | None = None) -> bytes:
@@ -142,4 +153,17 @@ def show(repo: Repository, spec: str, *, area: str | None = None) -> ShowResult:
         blobs.update(node.chunk_ids())
     stored = sum(store.stored_size(blob) for blob in blobs if blob in store)
     raw = repo.git.commit(entry_id)
-    return ShowResult(log_entry(repo, raw, decorations(repo.git).get(entry_id, [])), info, stored, directories, symlinks, other)
+    return ShowResult(log_entry(repo, raw, decorations(repo.git).get(entry_id, [])), info, stored, directories, symlinks, other,
+                      [_preset_shown(load, root_id, text) for text in info.presets])
+
+
+def _preset_shown(load: Callable[..., Listing], root_id: ObjectId, text: str) -> PresetShown:
+    from vml.areas.presets import parse_preset
+
+    try:
+        used = parse_preset(text)
+    except UsageError:  # a preset of a later vml
+        return PresetShown(text, text, "", None)
+    node = node_at(load, root_id, used.path.lstrip("/").encode())  # (a preset's path is below the area's top)
+    files = listing_counts(load, node.tree)[0] if node is not None and node.kind == KIND_DIR and node.tree is not None else None
+    return PresetShown(text, used.what, used.path, files)

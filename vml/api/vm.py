@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 
 from vml.api._common import entry_info, opened_area, resolve_entry
 from vml.api.bases import check_base
+from vml.api.shares import mount_shares
 from vml.areas.kinds import as_vm, is_vm, open_domain, provisioning, undefined_vm_info
+from vml.areas.libvirt.definition import carried_shares
 from vml.areas.protocol import Notice, VmArea
-from vml.config import AreaConfig
+from vml.config import SHARES_SETTING, AreaConfig, shared_paths
 from vml.entry import DOMAIN_FILE
 from vml.errors import UsageError
 from vml.refs.bases import BaseName
@@ -29,6 +32,7 @@ class VmState:
     vm: object  # libvirt.VmInfo; None once deleted
     deleted: list[str] = dataclasses.field(default_factory=list)  # with delete: the domain and the files removed
     ssh: str | None = None  # where vml reaches the guest: user@host:port
+    notes: list[str] = dataclasses.field(default_factory=list)  # start --wait: the shared folders it mounted
 
 
 def _libvirt_config(repo: Repository, area: str | None) -> AreaConfig:
@@ -65,9 +69,13 @@ def vm_action(repo: Repository, action: str, *, area: str | None = None, force: 
             domain.stop(force=force)
         elif not (action == "start" and wait and domain.state() == "running"):  # --wait on a running one just waits
             getattr(domain, action)()
+        notes = []
         if wait:
             working_area.wait_for_guest()
-        return _vm_state(config, working_area)
+            if action == "start" and shared_paths(config):
+                notes = [f"{done.share.host} {done.action} at {done.share.guest}" + (f": {'; '.join(done.notes)}" if done.notes else "")
+                         for done in mount_shares(config, working_area)]
+        return dataclasses.replace(_vm_state(config, working_area), notes=notes)
 
 
 def _vm_state(config: AreaConfig, working_area: VmArea) -> VmState:
@@ -94,6 +102,7 @@ class MadeVm:
     config: AreaConfig  # the area's settings after: the new port, the base, owned
     domain: str
     base: BaseName
+    notes: list[str] = dataclasses.field(default_factory=list)  # the entry's shared folders this host lacks
 
 
 def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None) -> MadeVm:
@@ -121,10 +130,18 @@ def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None)
                              f"disk first with 'vml vm delete -a {config.name}' (entries stay)")
         base = BaseName(info.base.name, info.base.version)
         settings = dict(config.settings)
-        changed = provisioning().define_vm(repo, config.name, domain, base, settings, saved_definition=repo.git.read_file(entry_id, DOMAIN_FILE))
+        saved = repo.git.read_file(entry_id, DOMAIN_FILE)
+        changed = provisioning().define_vm(repo, config.name, domain, base, settings, saved_definition=saved)
+        # The entry's shared folders whose host directories exist here (vml/api/shares.py).
+        xml, carried, missing = carried_shares(domain.definition(), saved) if saved else (b"", [], [])
+        if carried:
+            domain.define(xml)
+        changed[SHARES_SETTING] = json.dumps(sorted(share.guest for share in carried if share.guest))
         for key, value in {**changed, "base": str(base), "owned": "true"}.items():
             config = repo.set_area_setting(config.name, key, value)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds
         domain.start()
-    return MadeVm(config, domain.name, base)
+    notes = [f"the entry shares host folder {share.host} at {share.guest}, which this host lacks: left out "
+             f"(vml share add DIR {share.guest} -a {config.name} gives it another)" for share in missing]
+    return MadeVm(config, domain.name, base, notes)

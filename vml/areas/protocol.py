@@ -5,7 +5,7 @@ machines. vml/areas/kinds.py says which an area is."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vml.areas.capture import CaptureProgress, CaptureResult
 from vml.areas.restore import RestoreProgress
@@ -14,6 +14,9 @@ from vml.areas.statcache import StatCache
 from vml.config import AreaConfig as AreaConfig  # re-exported: the areas' own names for them
 from vml.objects.manifest import Listing
 from vml.objects.store import ChunkStore
+
+if TYPE_CHECKING:
+    from vml.areas.libvirt.definition import Share
 
 Notice = Callable[[str], None] | None  # hears what a long wait (a guest booting) waits for
 
@@ -99,6 +102,8 @@ class Domain(Protocol):
 
     def definition(self) -> bytes: ...
 
+    def live_definition(self) -> bytes: ...
+
     def define(self, xml: bytes) -> None: ...
 
 
@@ -129,4 +134,12 @@ class VmArea(WorkingArea, Protocol):
     def resume(self, store: ChunkStore, memory_root: bytes, disks: list[str], definition: bytes | None, temp_dir: str,
                progress: Callable[[RestoreProgress], None] | None = None) -> RestoreProgress:
         """Put back the disks, the definition and the memory an entry saved."""
+        ...
+
+    def mount_shares(self, shares: list[Share]) -> list[str]:
+        """Mount shared folders in the running guest; a line for each that could not be."""
+        ...
+
+    def unmount_share(self, share: Share) -> str | None:
+        """Unmount a shared folder in the running guest; why not, if it could not be."""
         ...

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 EVERYTHING = "/"
 GUEST_INCLUDE = ("/home", "/root", "/etc", "/usr/local", "/opt", "/var/lib")
-# The profile script a checkout writes from the entry's env/variables is derived, never saved.
+# The profile script a checkout writes from the entry's env/variables is derived, never saved;
+# the CVMFS cache can be downloaded again, and is saved only on purpose (vml/areas/presets.py).
 GUEST_EXCLUDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/tmp", "/swapfile", "/swap.img", "*.swp", "*.swap",
-                 "/etc/profile.d/vml-environment.sh")
+                 "/etc/profile.d/vml-environment.sh", "/var/lib/cvmfs/")
 # Credentials that expire and are useless after a restore: left out of every entry, private
 # ones too (grid proxies, Kerberos ticket caches and the KCM database; agent sockets and
 # bearer tokens live under /tmp and /run, which guests exclude anyway, and sockets are never saved).

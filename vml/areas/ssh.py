@@ -401,6 +401,11 @@ class SshArea:
             for pipe in (process.stdout, process.stderr):
                 pipe.close()
 
+    def run_command(self, body: str, what: str) -> tuple[int, str]:
+        """A shell command on the guest (in the area's root): its exit status and stderr."""
+        _output, errors, status = self._run(body, what)
+        return status, errors.decode(errors="replace").strip()
+
     def _run(self, body: str, what: str, feed: Callable[[object], None] | None = None) -> tuple[bytes, bytes, int]:
         """Run `body` to its end: (stdout, stderr, exit status), the status checked for
         vml's own failures (no root, a missing tool, a dropped connection)."""

@@ -115,8 +115,12 @@ def tree_counts(load: Callable[..., Listing], root_id: bytes) -> tuple[int, int,
     """(regular files, directories, symlinks, other nodes) below the top, counted once per
     distinct listing and multiplied out: exact, and as fast for a tree whose listings
     repeat (2^40 paths in a few KB) as for any other."""
+    return listing_counts(load, root_node(load, root_id).tree)
+
+
+def listing_counts(load: Callable[..., Listing], top: bytes) -> tuple[int, int, int, int]:
+    """tree_counts below a directory's listing."""
     counted: dict[bytes, tuple[int, int, int, int]] = {}
-    top = root_node(load, root_id).tree
     stack = [top]
     while stack:
         listing_id = stack[-1]

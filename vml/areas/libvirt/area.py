@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
 import tempfile
 import uuid
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 from vml import durable
 from vml.areas.capture import CaptureProgress, CaptureResult, capture_files
-from vml.areas.libvirt.definition import Sizing, definitions_differ, forwarded_port, with_forwarded_port
+from vml.areas.libvirt.definition import Share, Sizing, definitions_differ, forwarded_port, shared_folders, with_forwarded_port
 from vml.areas.libvirt.driver import Domain
 from vml.areas.libvirt.host import free_port, port_taken, seconds_from_environment
 from vml.areas.restore import Restore, RestoreProgress
@@ -158,6 +159,12 @@ class LibvirtArea:
         current = self.domain.definition()
         if wanted is None or not definitions_differ(wanted, current):
             return notes
+        if shared_folders(wanted) != shared_folders(current):
+            # Host folders are the host's, like its disks: said, not changed.
+            entry_has = ", ".join(f"{host} at {guest}" for host, guest, _ro in shared_folders(wanted)) or "none"
+            notes.append(f"the entry's domain shared {entry_has}; this one's shares stay as they are (vml share add/remove)")
+        if Sizing.of(wanted) == Sizing.of(current):
+            return notes
         refused = self.domain.foreign(wanted)
         if refused is not None:
             return notes + [f"domain {self.domain.name} was not redefined: {refused}"]
@@ -169,12 +176,48 @@ class LibvirtArea:
             notes.append(f"domain {self.domain.name} was redefined as the entry had it; the change applies at its next start")
         return notes
 
+    # -- shared folders (vml/api/shares.py)
+
+    def mount_shares(self, shares: list[Share]) -> list[str]:
+        """Mount each shared folder at its guest path in the running guest, over SSH (one
+        already mounted stays); a line for each that could not be."""
+        notes = []
+        for share in shares:
+            if share.guest is None:
+                continue
+            where, tag = shlex.quote(share.guest), shlex.quote(share.tag)
+            options = "trans=virtio,version=9p2000.L,msize=262144" + (",ro" if share.read_only else "")
+            # The mount point vml makes is no change of the guest's: its parent keeps its mtime.
+            status, errors = self._files().run_command(
+                f"mountpoint -q {where} 2>/dev/null || {{ {_KEEPING_PARENT_MTIME.format(path=where, change=f'mkdir -p {where}')} "
+                f"&& mount -t 9p -o {options} {tag} {where}; }}",
+                f"mounting {share.guest}")
+            if status != 0:
+                notes.append(f"{share.host} was not mounted at {share.guest} in the guest: {_last_line(errors, status)}")
+        return notes
+
+    def unmount_share(self, share: Share) -> str | None:
+        """Unmount a shared folder in the running guest; why not, if it could not be."""
+        if share.guest is None:
+            return None
+        where = shlex.quote(share.guest)
+        # Unmounted, and the mount point gone if it is empty (vml made it: see mount_shares).
+        status, errors = self._files().run_command(
+            f"{{ ! mountpoint -q {where} 2>/dev/null || umount {where}; }} && "
+            f"{{ ! [ -d {where} ] || [ -n \"$(ls -A {where})\" ] || {_KEEPING_PARENT_MTIME.format(path=where, change=f'rmdir {where}')}; }}",
+            f"unmounting {share.guest}")
+        return None if status == 0 else f"{share.guest} is still mounted in the guest: {_last_line(errors, status)}"
+
     # -- memory
 
     def save_memory(self, store: ChunkStore, temp_dir: str) -> tuple[ObjectId, list[str]]:
         """The domain's memory and the disks it is only valid with, as one tree in the store;
         the domain runs again afterwards. Returns the tree's id and the disks' paths in order."""
         disks = self.domain.disk_files()
+        if self.domain.state() == "running" and shared_folders(self.domain.live_definition()) != shared_folders(self.domain.definition()):
+            raise UsageError(f"domain {self.domain.name} runs with other shared folders than its definition has (one was added or "
+                             f"removed since it started): its memory could not be restored; restart it first "
+                             f"(vml vm stop -a {self.config.name} && vml vm start --wait -a {self.config.name})")
         missing = [path for path in disks if not os.path.isfile(path)]
         if missing:
             raise AreaError(f"domain {self.domain.name} uses disks vml cannot read here ({', '.join(missing)}): its memory would be useless without them")
@@ -240,3 +283,12 @@ class LibvirtArea:
                     self.domain.define(sized)
             self.domain.restore_memory(os.path.join(saved, os.fsdecode(MEMORY_FILE)))
         return counts
+
+
+# `change` (making or removing `path`) with the mtime of the nearest existing directory above it kept.
+_KEEPING_PARENT_MTIME = ('{{ a=$(dirname {path}); while [ ! -d "$a" ]; do a=$(dirname "$a"); done; t=$(stat -c %y "$a"); '
+                         '{change} && touch -d "$t" "$a"; }}')
+
+
+def _last_line(errors: str, status: int) -> str:
+    return errors.splitlines()[-1] if errors else f"exit status {status}"

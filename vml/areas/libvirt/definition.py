@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -142,11 +143,20 @@ def host_facing(xml: bytes) -> tuple:
 
 
 def definitions_differ(saved: bytes, current: bytes) -> bool:
-    """Whether a saved definition asks for another memory size or vCPU count than `current`."""
+    """Whether a saved definition asks for another memory size or vCPU count than `current`,
+    or shares other host folders with its guest."""
     try:
-        return Sizing.of(saved) != Sizing.of(current)
+        return Sizing.of(saved) != Sizing.of(current) or shared_folders(saved) != shared_folders(current)
     except CorruptObject:
         return True
+
+
+def shared_folders(xml: bytes) -> list[tuple[str, str, bool]]:
+    """The (host, guest path, read-only) of each shared folder vml mounts (tags are the host's numbering)."""
+    try:
+        return sorted((share.host, share.guest, share.read_only) for share in shares_in(xml) if share.guest is not None)
+    except ElementTree.ParseError as error:
+        raise CorruptObject(f"a saved domain definition ({DOMAIN_FILE}) is not XML: {error}") from None
 
 
 _UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
@@ -164,3 +174,95 @@ def _int(text: str | None) -> int | None:
         return int((text or "").strip())
     except ValueError:
         return None
+
+
+# -- shared folders: a host directory in the guest, as a 9p filesystem (virtio transport)
+
+VML_NAMESPACE = "urn:x-vml:domain:1"  # where vml keeps, in a definition's <metadata>, what libvirt has no place for
+ElementTree.register_namespace("vml", VML_NAMESPACE)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    host: str  # the host directory
+    guest: str | None  # where vml mounts it in the guest; None: a filesystem vml did not add
+    tag: str  # the 9p mount tag the guest mounts it by
+    read_only: bool
+
+
+def shares_in(xml: bytes) -> list[Share]:
+    """The host directories a definition shares with its guest (<filesystem type='mount'>),
+    with the guest path vml mounts each at (from vml's metadata)."""
+    definition = ElementTree.fromstring(xml)
+    guest_paths = {element.get("tag"): element.get("guest") for element in definition.iter(f"{{{VML_NAMESPACE}}}share")}
+    found = []
+    for filesystem in definition.findall("./devices/filesystem"):
+        source, target = filesystem.find("source"), filesystem.find("target")
+        if filesystem.get("type", "mount") != "mount" or source is None or target is None or not source.get("dir"):
+            continue
+        tag = target.get("dir", "")
+        found.append(Share(source.get("dir", ""), guest_paths.get(tag), tag, filesystem.find("readonly") is not None))
+    return found
+
+
+def with_share(xml: bytes, host: str, guest: str, read_only: bool) -> tuple[bytes, Share]:
+    """`xml` sharing directory `host` with its guest under a new mount tag (vml0, vml1...),
+    noted in vml's metadata as mounted at `guest`."""
+    definition = ElementTree.fromstring(xml)
+    taken = {share.tag for share in shares_in(xml)}
+    share = Share(host, guest, next(f"vml{n}" for n in range(len(taken) + 1) if f"vml{n}" not in taken), read_only)
+    devices = definition.find("devices")
+    if devices is None:
+        devices = ElementTree.SubElement(definition, "devices")
+    # passthrough: the guest sees the host's owners and modes (QEMU runs as root here).
+    filesystem = ElementTree.SubElement(devices, "filesystem", type="mount", accessmode="passthrough")
+    ElementTree.SubElement(filesystem, "source", dir=host)
+    ElementTree.SubElement(filesystem, "target", dir=share.tag)
+    if read_only:
+        ElementTree.SubElement(filesystem, "readonly")
+    _vml_shares(definition, create=True).append(ElementTree.Element(f"{{{VML_NAMESPACE}}}share", tag=share.tag, guest=guest))
+    return ElementTree.tostring(definition), share
+
+
+def without_share(xml: bytes, tag: str) -> bytes:
+    """`xml` without the shared folder of mount tag `tag`."""
+    definition = ElementTree.fromstring(xml)
+    devices = definition.find("devices")
+    for filesystem in definition.findall("./devices/filesystem"):
+        target = filesystem.find("target")
+        if devices is not None and target is not None and target.get("dir") == tag:
+            devices.remove(filesystem)
+    noted = _vml_shares(definition, create=False)
+    if noted is not None:
+        for element in list(noted):
+            if element.get("tag") == tag:
+                noted.remove(element)
+    return ElementTree.tostring(definition)
+
+
+def _vml_shares(definition: ElementTree.Element, *, create: bool) -> ElementTree.Element | None:
+    metadata = definition.find("metadata")
+    if metadata is None:
+        if not create:
+            return None
+        metadata = ElementTree.Element("metadata")
+        definition.insert(1, metadata)
+    noted = metadata.find(f"{{{VML_NAMESPACE}}}shares")
+    if noted is None and create:
+        noted = ElementTree.SubElement(metadata, f"{{{VML_NAMESPACE}}}shares")
+    return noted
+
+
+def carried_shares(xml: bytes, saved: bytes) -> tuple[bytes, list[Share], list[Share]]:
+    """`xml` (a new domain's) with the shared folders an entry's definition `saved` had, each
+    whose host directory exists here; (the definition, the shares carried, those left out)."""
+    carried, missing = [], []
+    for share in shares_in(saved):
+        if share.guest is None:
+            continue  # a filesystem vml did not add: the host's own business, like its disks
+        if os.path.isdir(share.host):
+            xml, made = with_share(xml, share.host, share.guest, share.read_only)
+            carried.append(made)
+        else:
+            missing.append(share)
+    return xml, carried, missing

@@ -223,6 +223,11 @@ class Domain:
         return self._lookup().XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()
 
     @_one_line()
+    def live_definition(self) -> bytes:
+        """The running domain's definition: the devices it has now."""
+        return self._lookup().XMLDesc(0).encode()
+
+    @_one_line()
     def foreign(self, xml: bytes) -> str | None:
         """Why `xml` (from an entry, perhaps a colleague's) must not redefine this domain:
         it names another domain, or another one of the same name (uuid). None if it is ours."""
