@@ -201,6 +201,37 @@ def vm_info(ctx: click.Context, area: str | None, as_json: bool) -> None:
 
 
 @main_group.group()
+def image() -> None:
+    """Disk images made from entries (P2V: a machine captured over --ssh, made a VM)."""
+
+
+@image.command("build")
+@click.argument("entry")
+@click.option("-o", "--output", required=True, metavar="FILE", help="The image to write (qcow2; --raw for raw).")
+@click.option("--kernel", metavar="PATH", help="The kernel to boot, a path in the entry (default: /boot's newest vmlinuz-VERSION).")
+@click.option("--initrd", metavar="PATH", help="Its initrd, a path in the entry (default: /boot's of the kernel's version).")
+@click.option("--cmdline", metavar="TEXT", help=f"The kernel's command line (default: '{'root=/dev/vda rw console=ttyS0'}').")
+@click.option("--raw", is_flag=True, help="Write a raw image, not qcow2.")
+@click.option("--base", metavar="NAME:VERSION", help="Also store the image, kernel and initrd as this base (vml area add --base boots it).")
+@area_option
+@json_option
+@click.pass_context
+def image_build(ctx: click.Context, entry: str, output: str, kernel: str | None, initrd: str | None, cmdline: str | None, raw: bool,
+                base: str | None, area: str | None, as_json: bool) -> None:
+    """Make a bootable disk image of ENTRY's whole root tree, its kernel and initrd beside it.
+
+    The entry must hold a full root (a machine captured with --include /). The image has
+    no bootloader: it boots with the kernel and initrd written beside it (FILE-STEM.vmlinuz,
+    FILE-STEM.initrd.img). /etc/fstab mounts /dev/vda as /; the machine's own is kept as
+    /etc/fstab.vml-original. Run as root (the files keep their owners).
+    """
+    with render.progress("writing the tree", enabled=not as_json) as progress:
+        result = api.image_build(_repo(ctx), entry, output, kernel=kernel, initrd=initrd, cmdline=cmdline, raw=raw, base=base, area=area,
+                                 progress=progress)
+    _emit(result, as_json, render.image_result)
+
+
+@main_group.group()
 def share() -> None:
     """Share host folders with a libvirt area's guest (a 9p filesystem vml mounts over SSH).
 

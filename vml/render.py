@@ -394,6 +394,16 @@ def vm_state(state: api.VmState) -> None:
         out.print(escape(f"  {note}"))
 
 
+def image_result(result: api.ImageResult) -> None:
+    out.print(escape(f"wrote {result.format} image {result.path} ({size(result.bytes)}) of entry {result.entry[:12]}: "
+                     f"{_count(result.files, 'file')}, in {result.seconds:.1f} s"))
+    out.print(escape(f"  boot it with kernel {result.kernel}" + (f", initrd {result.initrd}" if result.initrd else "")
+                     + f", command line '{result.cmdline}'"))
+    if result.base is not None:
+        out.print(escape(f"  stored as base {result.base.name}:{result.base.version}: vml area add NAME --libvirt URI "
+                         f"--base {result.base.name}:{result.base.version}"))
+
+
 def share_info(info: api.ShareInfo) -> None:
     flags = [flag for flag, on in (("read-only", info.read_only), ("host folder missing", info.host_missing)) if on]
     out.print(escape(f"{info.area}\t{info.host}\t{info.guest or '(not mounted by vml)'}\t{info.tag}" + (f"\t({', '.join(flags)})" if flags else "")))

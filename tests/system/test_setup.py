@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Run for vml by others: libvirt's QEMU driver executes QEMU and its I/O helper (memory
 # images); an ssh area's guest shell runs these (the test guests are this machine).
 RUN_ON_VMLS_BEHALF = ["qemu-system-x86_64", "qemu-img", "/usr/lib/libvirt/libvirt_iohelper", "sh", "find", "tar", "xargs",
-                      "rm", "date", "env", "timeout", "/usr/sbin/sshd", "ssh-keygen"]
+                      "rm", "date", "env", "timeout", "/usr/sbin/sshd", "ssh-keygen",
+                      # a shared folder's mount and unmount (vml/areas/libvirt/area.py)
+                      "mountpoint", "mount", "umount", "mkdir", "rmdir", "stat", "touch", "dirname", "ls"]
 # scripts/build-guest makes the real guest's disk image.
 BUILD_GUEST = ["debootstrap", "chroot", "install", "mkfs.ext4", "qemu-img", "cp"]
 _LITERAL_COMMAND = re.compile(r"""(?:subprocess\.\w+\(\s*|\bPopen\(\s*)\[\s*["']([\w./+-]+)["']""")

@@ -21,6 +21,7 @@ _NAMES = {
     "vml.api.checkout": "CheckoutResult checkout switch",
     "vml.api.commit": "CommitResult commit",
     "vml.api.diff": "PATCH_LIMIT DiffEntry StatusResult diff status",
+    "vml.api.image": "ImageResult image_build",
     "vml.api.log": "LogEntry ShowResult log show show_file",
     "vml.api.maintenance": "DamagedEntry FsckReport GcResult InitResult fsck gc init",
     "vml.api.publish": "PublishResult commit_public publish",
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
     from vml.api.checkout import CheckoutResult, checkout, switch
     from vml.api.commit import CommitResult, commit
     from vml.api.diff import PATCH_LIMIT, DiffEntry, StatusResult, diff, status
+    from vml.api.image import ImageResult, image_build
     from vml.api.log import LogEntry, ShowResult, log, show, show_file
     from vml.api.maintenance import DamagedEntry, FsckReport, GcResult, InitResult, fsck, gc, init
     from vml.api.publish import PublishResult, commit_public, publish
@@ -115,6 +117,7 @@ __all__ = [
     "CommitResult", "commit",
     "PATCH_LIMIT", "DiffEntry", "StatusResult", "diff", "status",
     "LogEntry", "ShowResult", "log", "show", "show_file",
+    "ImageResult", "image_build",
     "DamagedEntry", "FsckReport", "GcResult", "InitResult", "fsck", "gc", "init",
     "ReflogEntry", "RefResult", "RmResult", "branch_delete", "branch_list", "ref_create", "reflog", "rm", "tag_delete", "tag_list",
     "CloneResult", "FetchResult", "PullResult", "PushResult", "RefChange", "RemoteGcResult", "RemoteInfo", "clone", "fetch", "gc_remote",

@@ -13,9 +13,11 @@ its device goes at the next start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vml.api._common import opened_area
@@ -55,12 +57,8 @@ def share_add(repo: Repository, host_dir: str, guest_path: str, *, area: str | N
     if not os.path.isdir(host):
         raise UsageError(f"{host_dir} is not a directory on this host")
     guest = _guest_path(guest_path)
-    with opened_area(repo, config, notice) as opened, repo.area_lock(config.name):
-        working_area = as_vm(opened)
+    with _defined_domain(repo, config, notice, f"make it first ('vml checkout ENTRY --new-vm -a {config.name}')") as (working_area, current):
         domain = working_area.domain
-        if not domain.exists():
-            raise UsageError(f"domain {domain.name} is not defined: make it first ('vml checkout ENTRY --new-vm -a {config.name}')")
-        current = domain.definition()
         for share in shares_in(current):
             if share.guest is not None and (_within(guest, share.guest) or _within(share.guest, guest)):
                 raise UsageError(f"{share.guest} in the guest shares {share.host} already: 'vml share remove {share.guest}' first")
@@ -80,12 +78,8 @@ def share_remove(repo: Repository, which: str, *, area: str | None = None, notic
     """Stop sharing a host directory (named by its guest path, host path or mount tag):
     unmounted in the running guest now, its device gone from the next start."""
     config = _libvirt_area(repo, area)
-    with opened_area(repo, config, notice) as opened, repo.area_lock(config.name):
-        working_area = as_vm(opened)
+    with _defined_domain(repo, config, notice, "it shares nothing") as (working_area, current):
         domain = working_area.domain
-        if not domain.exists():
-            raise UsageError(f"domain {domain.name} is not defined: it shares nothing")
-        current = domain.definition()
         share = _find(config, current, which)
         notes = []
         if domain.state() == "running" and working_area.files is not None:
@@ -135,6 +129,16 @@ def mount_shares(config: AreaConfig, working_area: VmArea) -> list[ShareResult]:
         notes = working_area.mount_shares([share])
         results.append(ShareResult(_info(config, share), "not mounted" if notes else "mounted", notes))
     return results
+
+
+@contextlib.contextmanager
+def _defined_domain(repo: Repository, config: AreaConfig, notice: Notice, otherwise: str) -> Iterator[tuple[VmArea, bytes]]:
+    """The area opened (and locked) to change its domain's definition: it and that definition."""
+    with opened_area(repo, config, notice) as opened, repo.area_lock(config.name):
+        working_area = as_vm(opened)
+        if not working_area.domain.exists():
+            raise UsageError(f"domain {working_area.domain.name} is not defined: {otherwise}")
+        yield working_area, working_area.domain.definition()
 
 
 def _record_paths(repo: Repository, config: AreaConfig, shares: list[Share]) -> AreaConfig:
