@@ -14,8 +14,10 @@ from vml.transport.base import MissingFile, TransportError, open_transport, pars
 S3_SERVERS = {"s3-seaweedfs": "seaweedfs", "s3-ceph": "ceph_rgw"}  # param -> the session fixture that starts it
 
 
-@pytest.fixture(params=["local", "memory", "sftp", *S3_SERVERS])
+@pytest.fixture(params=["local", "memory", "sftp", "sftp-paramiko", *S3_SERVERS])
 def transport(request, tmp_path: Path, monkeypatch):
+    """(sftp: paramiko's SFTP over the OpenSSH client's connection; sftp-paramiko: over
+    paramiko's own, where `ssh` is missing or cannot log in.)"""
     root = tmp_path / "root"
     root.mkdir()
     if request.param == "local":
@@ -31,8 +33,11 @@ def transport(request, tmp_path: Path, monkeypatch):
         server = request.getfixturevalue("sshd")
         for key, value in server.env.items():
             monkeypatch.setenv(key, value)
+        monkeypatch.setenv("VML_SSH_CLIENT", "paramiko" if request.param == "sftp-paramiko" else "openssh")
         url = server.url(root)
     opened = open_transport(url)
+    if request.param.startswith("sftp"):
+        assert (opened._sftp.sock.get_name() == "openssh-sftp") == (request.param == "sftp"), opened._sftp.sock.get_name()
     yield opened
     opened.close()
 
@@ -130,3 +135,19 @@ def test_url_forms():
         with pytest.raises(Exception) as raised:
             parse_url(bad)
         assert any(word in str(raised.value) for word in ("URL", "host", "port", "BUCKET", "outside")), raised.value
+
+
+def test_a_dropped_openssh_connection_is_a_transport_error(sshd, tmp_path: Path, monkeypatch):
+    """The ssh process carrying SFTP dies (the network went): one clear error, no hang."""
+    for key, value in sshd.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("VML_SSH_CLIENT", "openssh")
+    (tmp_path / "root").mkdir()
+    opened = open_transport(sshd.url(tmp_path / "root"))
+    try:
+        opened.write("packs/p.pack", b"x" * 1000)
+        opened._sftp.sock._process.kill()
+        with pytest.raises(TransportError, match="connection dropped"):
+            opened.read("packs/p.pack")
+    finally:
+        opened.close()

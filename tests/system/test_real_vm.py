@@ -269,8 +269,30 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     # Its device stays until the next start: a memory image now could not be restored.
     refused = vml("commit", "--memory", "-m", "too early", check=False)
     assert "restart it first" in one_line_error(refused)
-    with steps("power off, boot to ssh"):
-        vml("vm", "stop", "--force")
+
+    # P2V (issue 22): the guest's whole root captured over SSH as a physical machine's would
+    # be, made a disk image, booted as a VM of its own, and the same files found in it.
+    home = {"HOME": str(tmp_path / "home")}  # (the host key learnt goes there, not in root's ~/.ssh)
+    port = vml("area", "show", "lab", "--json").json()["settings"]["port"]
+    vml("area", "add", "machine", "--ssh", f"root@127.0.0.1:{port}", "--identity", str(key), "--include", "/",
+        "--accept-new-host-key", "--branch", "machine", env=home)
+    with steps("p2v: commit the whole root over ssh"):
+        whole = vml("commit", "-a", "machine", "-m", "the whole machine", "--json", env=home).json()
+    vml("area", "remove", "machine")  # (its entry stays on its branch)
+    vml("vm", "stop", "--force")  # one guest at a time on this machine
+    with steps("p2v: image build"):
+        built = vml("image", "build", whole["entry"], "-o", str(tmp_path / "machine.qcow2"), "--base", "machine:1",
+                    "--cmdline", (guest_image / "cmdline").read_text().strip(), "--json").json()
+    assert built["files"] == whole["files"] and built["kernel"].endswith("machine.vmlinuz")
+    vml("area", "add", "p2v", "--libvirt", f"qemu:///embed?root={embed_roots('vms-p2v')}", "--base", "machine:1", "--identity", str(key))
+    with steps("p2v: boot to ssh"):
+        vml("vm", "start", "--wait", "-a", "p2v")
+    made_from_machine = guest_of(vml, "p2v", key)
+    check_the_guest(made_from_machine)
+    assert made_from_machine("findmnt -n -o SOURCE /").strip() == "/dev/vda"
+    vml("vm", "delete", "-a", "p2v")
+    vml("area", "remove", "p2v")
+    with steps("boot to ssh again"):
         vml("vm", "start", "--wait")
 
     # 6. Memory: a process keeps counting across commit --memory, a power-off and --resume.

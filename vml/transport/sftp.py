@@ -11,7 +11,7 @@ import posixpath
 import stat
 
 from vml.durable import temp_name
-from vml.ssh import SSH_ERRORS, SSHException, connect
+from vml.ssh import SSH_ERRORS, SSHException, connect, openssh_sftp
 from vml.transport.base import Location, MissingFile, TransportError, check_relative
 
 PIECE = 1024 * 1024
@@ -26,12 +26,17 @@ class SftpTransport:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.requests: collections.Counter[str] = collections.Counter()  # counted by object storage only
+        # paramiko logs in first: its errors are one line, and it learns a new host key when
+        # asked to; the files then go through OpenSSH's connection where it logs in too.
         self._client = connect(location.host or "", port=location.port, user=location.user, accept_new_host_key=accept_new_host_key)
+        fast = openssh_sftp(location.host or "", port=location.port, user=location.user)
         try:
-            self._sftp = self._client.open_sftp()
+            self._sftp = fast if fast is not None else self._client.open_sftp()
         except SSH_ERRORS as error:
             self._client.close()
             raise TransportError(f"{location}: cannot start SFTP ({error or type(error).__name__})") from None
+        if fast is not None:
+            self._client.close()
         self._made: set[str] = set()  # directories known to exist: one stat each, not one per write
         root = location.path
         self.root = root[3:] if root.startswith("/~/") else root  # ssh://host/~/repo: relative to home
@@ -42,7 +47,7 @@ class SftpTransport:
     def _error(self, path: str, error: Exception) -> TransportError:
         if isinstance(error, FileNotFoundError) or getattr(error, "errno", None) == errno.ENOENT:
             return MissingFile(f"{self.location}: {path} does not exist")
-        if isinstance(error, (EOFError, SSHException)):
+        if isinstance(error, (EOFError, SSHException, ConnectionError)):
             return TransportError(f"{self.location}: the connection dropped ({error or type(error).__name__})")
         return TransportError(f"{self.location}: {path}: {getattr(error, 'strerror', None) or error}")
 
@@ -200,4 +205,5 @@ class SftpTransport:
             raise self._error(path, error) from None
 
     def close(self) -> None:
+        self._sftp.close()
         self._client.close()
