@@ -42,7 +42,7 @@ def make_cache(root: str, files: int, seed: int = 2026) -> None:
     shared = os.path.join(root, "shared")
     for bucket in range(256):
         os.makedirs(os.path.join(shared, f"{bucket:02x}"), exist_ok=True)
-    for n in range(files):
+    for _n in range(files):
         size = min(int(rng.lognormvariate(8.3, 1.3)), 4 << 20)
         name = f"{rng.getrandbits(152):038x}"
         text = b" ".join(rng.choice(WORDS) for _ in range(size // 12 + 1))[: size // 2]
