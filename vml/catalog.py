@@ -62,9 +62,6 @@ class CatalogVersion:
     def image(self) -> CatalogFile:
         return self.files[0]
 
-    def file(self, role: str) -> CatalogFile | None:
-        return next((found for found in self.files if found.role == role), None)
-
     @property
     def size(self) -> int | None:
         sizes = [found.size for found in self.files]

@@ -593,3 +593,19 @@ def test_checkout_new_vm_makes_the_entrys_shares_again_and_names_a_missing_host_
         _assert_fsck_clean(run)
     finally:
         _remove_domain(connection, name)
+
+
+def test_an_entrys_share_over_the_guests_system_is_not_carried(tmp_path: Path):
+    """A definition edited to mount a host folder over /etc, /proc or / of the guest: a new VM
+    made from it leaves that share out."""
+    from vml.areas.libvirt.definition import carried_shares, shares_in, with_share
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    plain = b"<domain type='qemu'><name>x</name><devices/></domain>"
+    saved = plain
+    for guest in ("/etc", "/proc/sys", "/", "/mnt/../etc", "/mnt/data"):
+        saved, _share = with_share(saved, str(folder), guest, False)
+    xml, carried, left_out = carried_shares(plain, saved)
+    assert [share.guest for share in carried] == ["/mnt/data"] and [s.guest for s in shares_in(xml)] == ["/mnt/data"]
+    assert [share.guest for share in left_out] == ["/etc", "/proc/sys", "/", "/mnt/../etc"]

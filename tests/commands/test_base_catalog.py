@@ -227,3 +227,18 @@ def test_a_downloaded_file_keeps_a_safe_name(url: str, stored_as: str):
     document = {"vml-catalog": 1, "name": "cernvm", "versions": {"5.1": {"image": {"url": url, "digest": "sha256:" + "a" * 64}}}}
     parsed = parse_catalog(document, "https://example.org/cernvm/catalog.json", "cernvm")
     assert parsed.version(None).image.file_name == stored_as
+
+
+def test_a_catalogs_version_never_names_a_path_outside(vml: Vml, published: FilesServer, tmp_path: Path):
+    """A hostile catalog's version is checked as a base version (git's ref rules, no '/')
+    before it names the download directory."""
+    vml("init")
+    document = json.loads((published.root / "catalog.json").read_text())
+    document["versions"] = {"../../../escape": document["versions"]["1"]}
+    document["latest"] = "../../../escape"
+    (published.root / "catalog.json").write_text(json.dumps(document))
+    vml("base", "catalog", "add", "guest", published.url + "/catalog.json")
+    failed = vml("base", "fetch", "guest", check=False)
+    assert "is not a valid base version" in one_line_error(failed)
+    assert not list(tmp_path.rglob("escape")) and not list((tmp_path / ".vml").rglob("disk.qcow2*"))
+    assert [path for path, _range in published.requests if path != "/catalog.json"] == []

@@ -109,7 +109,7 @@ def base_fetch(repo: Repository, spec: str, *, progress: Callable[[object], None
     base_name(repo.git, name, version or "x")
     config = _catalog_of(repo, name)
     published = read_catalog(config.url, name).version(version or None)
-    base = BaseName(name, published.version)
+    base = base_name(repo.git, name, published.version)  # (a catalog's version names a directory here: checked first)
     held = _held(repo, base)
     if held is not None:
         _check_same(held, published.image, base)

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 
 from vml.api._common import opened_area
 from vml.areas.kinds import as_vm, is_vm
-from vml.areas.libvirt.definition import Share, shares_in, with_share, without_share
+from vml.areas.libvirt.definition import Share, shareable_guest_path, shares_in, with_share, without_share
 from vml.areas.protocol import Notice, VmArea
 from vml.config import SHARES_SETTING, AreaConfig
 from vml.errors import UsageError
 from vml.repo import Repository
-
-_SYSTEM = ("/proc", "/sys", "/dev", "/run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +155,9 @@ def _guest_path(path: str) -> str:
     if not path.startswith("/") or "\0" in path or "\n" in path:
         raise UsageError(f"{path!r}: give the guest path as an absolute path, e.g. /mnt/data")
     normal = posixpath.normpath(path)
-    if normal == "/" or any(_within(normal, system) for system in _SYSTEM):
-        raise UsageError(f"{path}: not a place for a shared folder (the guest's root, /proc, /sys, /dev and /run are the system's)")
+    if not shareable_guest_path(normal):
+        raise UsageError(f"{path}: not a place for a shared folder (not over /, /etc, /usr, /var, /root...; nothing in /proc, /sys, "
+                         f"/dev or /run: the guest's system needs them)")
     return normal
 
 

@@ -143,5 +143,7 @@ def make_vm(repo: Repository, config: AreaConfig, spec: str, branch: str | None)
             os.unlink(repo.stat_cache_path(config.name))  # another guest: nothing it vouched for holds
         domain.start()
     notes = [f"the entry shares host folder {share.host} at {share.guest}, which this host lacks: left out "
-             f"(vml share add DIR {share.guest} -a {config.name} gives it another)" for share in missing]
+             f"(vml share add DIR {share.guest} -a {config.name} gives it another)" if not os.path.isdir(share.host) else
+             f"the entry shares host folder {share.host} at {share.guest}, not a place for a shared folder: left out"
+             for share in missing]
     return MadeVm(config, domain.name, base, notes)

@@ -268,7 +268,7 @@ def download_public(url: str, target: str, *, size: int | None = None, progress:
             try:
                 if _download_rest(client, url, sink, size, progress):
                     return sink.tell()
-                reason = f"the server sent {sink.tell():,} of {size:,} bytes"
+                reason = f"the server sent {sink.tell():,} of {size:,} bytes" if size is not None else "the server answered another range"
             except httpx.TransportError as error:
                 if _certificate_refused(error):
                     raise TransportError(f"{url}: {_reason(error)}") from None
@@ -297,7 +297,10 @@ def _download_rest(client: httpx.Client, url: str, sink, size: int | None, progr
             return False
         if response.status_code not in (200, 206):
             raise _public_failure(url, response)
-        if response.status_code == 200 or not response.headers.get("content-range", "").startswith(f"bytes {done}-"):
+        if response.status_code == 206 and not response.headers.get("content-range", "").startswith(f"bytes {done}-"):
+            sink.truncate(0)  # another piece than the one asked for: ask for the whole file
+            return False
+        if response.status_code == 200:
             sink.truncate(0)  # the whole file, from its first byte
         total = size or _whole_size(response, sink.tell())
         for piece in response.iter_bytes():  # as it arrives: a drop loses none of what came

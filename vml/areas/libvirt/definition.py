@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -253,14 +254,28 @@ def _vml_shares(definition: ElementTree.Element, *, create: bool) -> ElementTree
     return noted
 
 
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run")  # the guest's own: no shared folder in them
+SYSTEM_DIRECTORIES = ("/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/root", "/opt")  # none mounted over
+
+
+def shareable_guest_path(path: str) -> bool:
+    """Whether a shared folder may be mounted at `path` in the guest: absolute, normal, not
+    over one of the system's directories and not in its own trees."""
+    if not path.startswith("/") or "\0" in path or "\n" in path or posixpath.normpath(path) != path or path in SYSTEM_DIRECTORIES:
+        return False
+    return not any(path == system or path.startswith(system + "/") for system in SYSTEM_TREES)
+
+
 def carried_shares(xml: bytes, saved: bytes) -> tuple[bytes, list[Share], list[Share]]:
     """`xml` (a new domain's) with the shared folders an entry's definition `saved` had, each
-    whose host directory exists here; (the definition, the shares carried, those left out)."""
+    whose host directory exists here; (the definition, the shares carried, those left out).
+    A share at a guest path no share may have (an entry made to mount over /etc) is left out
+    as if its folder were missing."""
     carried, missing = [], []
     for share in shares_in(saved):
         if share.guest is None:
             continue  # a filesystem vml did not add: the host's own business, like its disks
-        if os.path.isdir(share.host):
+        if os.path.isdir(share.host) and shareable_guest_path(share.guest):
             xml, made = with_share(xml, share.host, share.guest, share.read_only)
             carried.append(made)
         else:
