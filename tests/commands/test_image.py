@@ -87,3 +87,33 @@ def test_what_cannot_be_an_image_is_one_line(vml: Vml, tmp_path: Path, captured:
         assert expected in one_line_error(vml(*args, check=False)), args
     assert (tmp_path / "taken.qcow2").read_text() == "mine"
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob("y.*"))
+
+
+def test_an_entrys_symlinks_never_lead_the_build_onto_the_host(vml: Vml, tmp_path: Path):
+    """A hostile entry's /var -> a host directory: nothing is made there; /etc -> the host's
+    /etc: refused, the host's fstab untouched."""
+    root = tmp_path / "machine"
+    machine(root)
+    host_side = tmp_path / "host-var"
+    host_side.mkdir()
+    os.symlink(str(host_side), root / "var2")
+    (root / "var" / "lib").rmdir()
+    (root / "var").rmdir()
+    os.symlink(str(host_side), root / "var")
+    vml("init")
+    vml("area", "add", "pc", "--dir", str(root))
+    entry = vml("commit", "-m", "var is a symlink", "--json").json()["entry"]
+    vml("image", "build", entry, "-o", str(tmp_path / "pc.raw"), "--raw")
+    assert list(host_side.iterdir()) == []  # no var/tmp, no var/cache made through the link
+    host_etc = tmp_path / "host-etc"
+    host_etc.mkdir()
+    (host_etc / "fstab").write_text("the host's\n")
+    for child in (root / "etc").iterdir():
+        child.unlink()
+    (root / "etc").rmdir()
+    os.symlink(str(host_etc), root / "etc")
+    entry = vml("commit", "-m", "etc is a symlink", "--json").json()["entry"]
+    failed = vml("image", "build", entry, "-o", str(tmp_path / "pc2.raw"), "--raw", check=False)
+    assert "holds no full root tree" in one_line_error(failed) or "/etc is not a directory" in one_line_error(failed)
+    assert (host_etc / "fstab").read_text() == "the host's\n" and not (host_etc / "fstab.vml-original").exists()
+    assert not (tmp_path / "pc2.raw").exists()

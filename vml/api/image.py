@@ -152,13 +152,27 @@ def _version_key(version: bytes) -> list[int | bytes]:
     return [int(part) if part.isdigit() else part for part in re.split(rb"(\d+)", version)]
 
 
+def _through_directories(tree: str, relative: str) -> bool:
+    """Whether every directory on the way to `relative` is a directory of the tree, not a
+    symlink (an entry's /var -> / would have the host's own /var changed)."""
+    path = tree
+    for part in relative.split("/")[:-1]:
+        path = os.path.join(path, part)
+        if os.path.islink(path) or not os.path.isdir(path):
+            return False
+    return True
+
+
 def _as_a_system(tree: str) -> None:
-    """The mount points a booting system needs, and an fstab that mounts this disk as /."""
+    """The mount points a booting system needs, and an fstab that mounts this disk as /;
+    nothing is made or changed through a symlink of the entry's."""
     for relative, mode in MOUNT_POINTS:
         path = os.path.join(tree, relative)
-        if not os.path.lexists(path):
-            os.makedirs(path)
+        if not os.path.lexists(path) and _through_directories(tree, relative):
+            os.mkdir(path)
             os.chmod(path, mode)
+    if not _through_directories(tree, "etc/fstab"):
+        raise UsageError("the entry's /etc is not a directory (a symlink?): it is not a root tree an image can boot")
     fstab = os.path.join(tree, "etc", "fstab")
     wanted = "# written by vml image build: this VM's disk is /dev/vda (the machine's own: fstab.vml-original)\n/dev/vda / ext4 defaults 0 1\n"
     if os.path.islink(fstab):
