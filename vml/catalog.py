@@ -148,8 +148,11 @@ def _catalog_file(fields: object, role: str, catalog_url: str, version: str, bad
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise bad(f"version {version!r}: its {role}'s size is not a number of bytes")
     url = urllib.parse.urljoin(catalog_url, fields["url"])
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https", "file"):
         raise bad(f"version {version!r}: its {role} is at {url}, not an http(s):// or file:// URL")
+    if scheme == "file" and not catalog_url.startswith("file:"):  # a catalog on the web names no file of this machine
+        raise bad(f"version {version!r}: its {role} is a file of this machine ({url}), and the catalog is not")
     return CatalogFile(role, url, fields["digest"], size)
 
 

@@ -84,11 +84,13 @@ def test_catalog_add_list_show_remove(vml: Vml, published: FilesServer, tmp_path
     ("bad-digest", "is not sha256:HEX or blake3:HEX"),
     ("missing", "Not Found (HTTP 404)"),
     ("ftp", "an http(s):// or file:// URL"),
+    ("local-file", "is a file of this machine"),
 ])
 def test_a_bad_catalog_is_one_line_and_records_nothing(vml: Vml, published: FilesServer, case: str, expected: str):
     vml("init")
     root = published.root
-    name = {"other-name": "other.json", "not-json": "broken.json", "no-format": "plain.json", "bad-digest": "short.json"}.get(case)
+    name = {"other-name": "other.json", "not-json": "broken.json", "no-format": "plain.json", "bad-digest": "short.json",
+            "local-file": "local.json"}.get(case)
     if case == "other-name":
         write_catalog(root, name="other")
         (root / "catalog.json").rename(root / name)
@@ -96,6 +98,10 @@ def test_a_bad_catalog_is_one_line_and_records_nothing(vml: Vml, published: File
         (root / name).write_text('{"vml-catalog": 1, "name": "guest", ')
     elif case == "no-format":
         (root / name).write_text('{"name": "guest", "versions": {}}')
+    elif case == "local-file":  # a web catalog naming /etc/shadow as an image
+        document = json.loads((root / "catalog.json").read_text())
+        document["versions"]["1"]["image"]["url"] = "file:///etc/shadow"
+        (root / name).write_text(json.dumps(document))
     elif case == "bad-digest":
         write_catalog(root, image_digest="sha256:1234")
         (root / "catalog.json").rename(root / name)
