@@ -80,6 +80,7 @@ def test_bad_presets_are_one_line(vml: Vml, tmp_path: Path, args: list[str], exp
     vml("area", "add", "g", "--dir", str(tmp_path / "g"))
     assert expected in one_line_error(vml(*args, check=False))
     assert [a["name"] for a in vml("area", "list", "--json").json()] == ["g"]
+    vml.fsck_clean()
 
 
 def test_a_preset_at_another_path(vml: Vml, tmp_path: Path):

@@ -109,6 +109,7 @@ def test_a_bad_catalog_is_one_line_and_records_nothing(vml: Vml, published: File
     failed = vml("base", "catalog", "add", "guest", url, check=False)
     assert expected in one_line_error(failed)
     assert vml("base", "catalog", "list", "--json").json() == []
+    vml.fsck_clean()
 
 
 def test_fetch_checks_the_digests_and_stores_the_base(vml: Vml, published: FilesServer, tmp_path: Path):
@@ -248,3 +249,4 @@ def test_a_catalogs_version_never_names_a_path_outside(vml: Vml, published: File
     assert "is not a valid base version" in one_line_error(failed)
     assert not list(tmp_path.rglob("escape")) and not list((tmp_path / ".vml").rglob("disk.qcow2*"))
     assert [path for path, _range in published.requests if path != "/catalog.json"] == []
+    vml.fsck_clean()

@@ -87,6 +87,7 @@ def test_what_cannot_be_an_image_is_one_line(vml: Vml, tmp_path: Path, captured:
         assert expected in one_line_error(vml(*args, check=False)), args
     assert (tmp_path / "taken.qcow2").read_text() == "mine"
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob("y.*"))
+    vml.fsck_clean()
 
 
 def test_an_entrys_symlinks_never_lead_the_build_onto_the_host(vml: Vml, tmp_path: Path):
@@ -117,3 +118,4 @@ def test_an_entrys_symlinks_never_lead_the_build_onto_the_host(vml: Vml, tmp_pat
     assert "holds no full root tree" in one_line_error(failed) or "/etc is not a directory" in one_line_error(failed)
     assert (host_etc / "fstab").read_text() == "the host's\n" and not (host_etc / "fstab.vml-original").exists()
     assert not (tmp_path / "pc2.raw").exists()
+    vml.fsck_clean()
