@@ -741,7 +741,7 @@ def gc(ctx, expire: str | None, remote_name: str | None, as_json: bool) -> None:
 
 # The sharing commands (remotes, push, fetch, pull, clone, bundles, publish) live in
 # cli_sharing.py, which adds them to main_group when imported here.
-from vml import cli_server, cli_sharing  # noqa: E402, F401
+from vml import cli_deploy, cli_server, cli_sharing  # noqa: E402, F401
 
 
 def main() -> None:

@@ -404,6 +404,28 @@ def image_result(result: api.ImageResult) -> None:
                          f"--base {result.base.name}:{result.base.version}"))
 
 
+def deploy_result(result: api.DeployResult) -> None:
+    out.print(escape(f"deployment {result.deployment}: {_count(len(result.vms), 'domain')} of entry {result.entry[:12]} "
+                     f"in {result.seconds:.1f} s"))
+    for line in result.carried:
+        out.print(escape(f"  carried {line}"))
+    for vm in result.vms:
+        out.print(escape(f"  {vm.domain}\t{vm.host}\t{vm.state}"))
+
+
+def deployed_vm(vm: api.DeployedVm) -> None:
+    out.print(escape(f"{vm.deployment}\t{vm.host}\t{vm.domain}\t{vm.state}\t{vm.entry[:12]}"))
+
+
+def release_result(result: api.ReleaseResult) -> None:
+    if not result.released:
+        out.print("nothing to release")
+    for vm in result.released:
+        out.print(escape(f"released {vm.domain} on {vm.host} (deployment {vm.deployment})"))
+    for volume in result.deleted:
+        out.print(escape(f"  deleted {volume}"))
+
+
 def share_info(info: api.ShareInfo) -> None:
     flags = [flag for flag, on in (("read-only", info.read_only), ("host folder missing", info.host_missing)) if on]
     out.print(escape(f"{info.area}\t{info.host}\t{info.guest or '(not mounted by vml)'}\t{info.tag}" + (f"\t({', '.join(flags)})" if flags else "")))

@@ -125,6 +125,10 @@ class Repository:
     def exclusive_lock(self) -> contextlib.AbstractContextManager[None]:
         return self._flock("repository.lock", fcntl.LOCK_EX)
 
+    def deployments_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held while the record of deployed domains (api/deploy.py) is read and changed."""
+        return self._flock("deployments.lock", fcntl.LOCK_EX)
+
     def area_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(f"area-{name}.lock", fcntl.LOCK_EX)
 

@@ -20,6 +20,7 @@ _NAMES = {
     "vml.api.catalog": "BaseFetchResult CatalogInfo base_fetch catalog_add catalog_list catalog_remove catalog_show",
     "vml.api.checkout": "CheckoutResult checkout switch",
     "vml.api.commit": "CommitResult commit",
+    "vml.api.deploy": "DeployResult DeployedVm ReleaseResult deploy deploy_list release",
     "vml.api.diff": "PATCH_LIMIT DiffEntry StatusResult diff status",
     "vml.api.image": "ImageResult image_build",
     "vml.api.log": "LogEntry ShowResult log show show_file",

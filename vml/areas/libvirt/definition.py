@@ -32,14 +32,17 @@ def domain_type(connection: DriverConnection) -> str:
     return "kvm" if kvm_usable() else "qemu"
 
 
-def new_domain_xml(connection: DriverConnection, name: str, disk: str, *, memory_mib: int = 1024, vcpus: int = 1,
+def new_domain_xml(connection: DriverConnection | None, name: str, disk: str, *, kind: str | None = None, memory_mib: int = 1024, vcpus: int = 1,
                    console: str | None = None, kernel: str | None = None, initrd: str | None = None,
                    cmdline: str | None = None, ssh_port: int | None = None, uuid_text: str | None = None) -> bytes:
     """A minimal definition booting `disk` (a qcow2 overlay), through its own bootloader or,
     given a kernel, directly (the base image's kernel, initrd and command line). With
     `ssh_port` (QEMU only), the guest has a user-mode network whose port 22 is forwarded
     to 127.0.0.1:ssh_port: no bridge, no root network set-up, reachable from this host only."""
-    domain = ElementTree.Element("domain", type=domain_type(connection))
+    if kind is None:
+        assert connection is not None, "a domain type, or the connection that decides it"
+        kind = domain_type(connection)
+    domain = ElementTree.Element("domain", type=kind)
     ElementTree.SubElement(domain, "name").text = name
     if uuid_text is not None:
         ElementTree.SubElement(domain, "uuid").text = uuid_text
@@ -71,6 +74,36 @@ def new_domain_xml(connection: DriverConnection, name: str, disk: str, *, memory
                       "-device", "virtio-net-pci,netdev=net0,addr=0x10"):
             ElementTree.SubElement(arguments, f"{{{QEMU_NAMESPACE}}}arg", value=value)
     return ElementTree.tostring(domain)
+
+
+DEPLOY_NAMESPACE = "urn:x-vml:deploy:1"  # a deployed domain's <metadata>: which entry and deployment it is
+
+
+def deployed_domain_xml(name: str, disk: str, *, kind: str, kernel: str, initrd: str | None, cmdline: str, network: str | None,
+                        sizing: Sizing, entry: str, deployment: str) -> bytes:
+    """A domain another host runs of an entry (vml deploy): its own overlay `disk`, booted
+    with the kernel and initrd uploaded beside it, a serial console on a pty ('virsh console'),
+    user-mode networking (or the host's libvirt `network`), and vml's note of what it is."""
+    domain = ElementTree.fromstring(new_domain_xml(None, name, disk, kind=kind, kernel=kernel, initrd=initrd, cmdline=cmdline))
+    devices = domain.find("devices")
+    assert devices is not None  # new_domain_xml writes one
+    interface = ElementTree.SubElement(devices, "interface", type="network" if network else "user")
+    if network:
+        ElementTree.SubElement(interface, "source", network=network)
+    ElementTree.SubElement(interface, "model", type="virtio")
+    ElementTree.SubElement(devices, "serial", type="pty")
+    ElementTree.SubElement(devices, "console", type="pty")
+    metadata = ElementTree.Element("metadata")
+    domain.insert(1, metadata)
+    ElementTree.SubElement(metadata, f"{{{DEPLOY_NAMESPACE}}}deployed", entry=entry, deployment=deployment)
+    return sizing.apply(ElementTree.tostring(domain))
+
+
+def deployment_of(xml: bytes) -> tuple[str, str] | None:
+    """(entry, deployment) of a domain `deployed_domain_xml` defined; None for any other."""
+    for element in ElementTree.fromstring(xml).iter(f"{{{DEPLOY_NAMESPACE}}}deployed"):
+        return element.get("entry", ""), element.get("deployment", "")
+    return None
 
 
 def disk_files_in(xml: bytes) -> list[str]:
@@ -181,6 +214,7 @@ def _int(text: str | None) -> int | None:
 
 VML_NAMESPACE = "urn:x-vml:domain:1"  # where vml keeps, in a definition's <metadata>, what libvirt has no place for
 ElementTree.register_namespace("vml", VML_NAMESPACE)
+ElementTree.register_namespace("vmldeploy", DEPLOY_NAMESPACE)
 
 
 @dataclass(frozen=True, slots=True)
