@@ -43,20 +43,29 @@ def deploy() -> None:
               help="KVM, software emulation, or KVM where the host offers it.")
 @click.option("--memory", "memory_mib", type=int, metavar="MIB", help="Memory of each domain (default: the entry's).")
 @click.option("--vcpus", type=int, help="vCPUs of each domain (default: the entry's).")
+@click.option("--identity", metavar="KEY", help="The key vml logs into a new guest with as root, to put an entry on a base there "
+                                                "(default: the identity of the entry's area).")
 @area_option
 @json_option
 @click.pass_context
 def deploy_new(ctx: click.Context, entry: str, hosts: tuple[str, ...], count: int, name: str | None, pool: str | None,
-               pool_dir: str | None, network: str | None, accel: str, memory_mib: int | None, vcpus: int | None, area: str | None,
-               as_json: bool) -> None:
+               pool_dir: str | None, network: str | None, accel: str, memory_mib: int | None, vcpus: int | None, identity: str | None,
+               area: str | None, as_json: bool) -> None:
     """Make and start COUNT domains of ENTRY on the hosts, carrying what a host lacks.
 
-    The entry must hold a full root tree (a guest's, or a machine captured with --include /);
-    building its disk image writes the files with their owners, so run as root.
+    An entry on a base image: a host lacking the base gets it (image, kernel, initrd), and
+    then the entry's files, written into a guest of the base booted once on that host (over
+    ssh through the host, as 'checkout --new-vm' does), kept as the entry's own volume.
+    An entry without a base must hold a full root tree (a machine captured with --include /):
+    its disk image is built here, as 'vml image build' makes it (as root: owners are kept).
+
+    Each domain boots its own copy-on-write disk on the entry's volume. With user-mode
+    networking (the default) the guest's sshd is forwarded to a port on the host's loopback:
+    'vml deploy list' shows it (ssh -J HOST -p PORT root@127.0.0.1).
     """
     with render.progress("deploying", enabled=not as_json, unit="files") as progress:
         result = api.deploy(_repo(ctx), entry, list(hosts), count=count, name=name, pool=pool, pool_dir=pool_dir, network=network,
-                            accel=accel, memory_mib=memory_mib, vcpus=vcpus, area=area, progress=progress, notice=render.notice)
+                            accel=accel, memory_mib=memory_mib, vcpus=vcpus, identity=identity, area=area, progress=progress, notice=render.notice)
     _emit(result, as_json, render.deploy_result)
 
 

@@ -410,11 +410,11 @@ def deploy_result(result: api.DeployResult) -> None:
     for line in result.carried:
         out.print(escape(f"  carried {line}"))
     for vm in result.vms:
-        out.print(escape(f"  {vm.domain}\t{vm.host}\t{vm.state}"))
+        out.print(escape(f"  {vm.domain}\t{vm.host}\t{vm.state}" + (f"\tssh port {vm.ssh_port} on the host's loopback" if vm.ssh_port else "")))
 
 
 def deployed_vm(vm: api.DeployedVm) -> None:
-    out.print(escape(f"{vm.deployment}\t{vm.host}\t{vm.domain}\t{vm.state}\t{vm.entry[:12]}"))
+    out.print(escape(f"{vm.deployment}\t{vm.host}\t{vm.domain}\t{vm.state}\t{vm.entry[:12]}" + (f"\tssh port {vm.ssh_port}" if vm.ssh_port else "")))
 
 
 def release_result(result: api.ReleaseResult) -> None:

@@ -81,6 +81,9 @@ def test_deploy_carries_the_entry_once_and_release_removes_the_domains(vml: Vml,
         [f"{stem}.qcow2", f"{stem}.vmlinuz", f"{stem}.initrd.img"])
     names = [vm["domain"] for vm in made["vms"]]
     assert names == [f"vml-{entry[:8]}-1", f"vml-{entry[:8]}-2"] and all(vm["state"] == "running" for vm in made["vms"])
+    # User-mode networking, each guest's sshd on a port of its own on the host's loopback.
+    ports = [vm["ssh_port"] for vm in made["vms"]]
+    assert len(set(ports)) == 2 and all(20000 <= port < 61000 for port in ports)
     assert {name: domains(host)[name] for name in names} == dict.fromkeys(names, "running")
 
     # On the host: the entry's image, kernel and initrd once, and one overlay on the image per domain.
@@ -95,8 +98,8 @@ def test_deploy_carries_the_entry_once_and_release_removes_the_domains(vml: Vml,
     assert "/dev/vda / ext4" in debugfs_cat(pool_dir / f"{stem}.qcow2", "/etc/fstab", tmp_path)
 
     listed = vml("deploy", "list", "--json").json()
-    assert [(vm["deployment"], vm["domain"], vm["host"], vm["state"], vm["entry"]) for vm in listed] == [
-        ("1", name, host.uri, "running", entry) for name in names]
+    assert [(vm["deployment"], vm["domain"], vm["host"], vm["state"], vm["entry"], vm["ssh_port"]) for vm in listed] == [
+        ("1", name, host.uri, "running", entry, port) for name, port in zip(names, ports)]
     assert names[0] in vml("deploy", "list").stdout
 
     # A second deploy of the entry carries nothing: the host has it.

@@ -15,7 +15,7 @@ from vml.api.bases import check_base
 from vml.api.shares import ShareResult, mount_shares
 from vml.api.vm import make_vm
 from vml.areas.kinds import as_vm, is_vm
-from vml.areas.protocol import Notice
+from vml.areas.protocol import Notice, WorkingArea
 from vml.areas.restore import Restore, RestoreProgress, remove_partial
 from vml.areas.rules import Rules, literal_pattern
 from vml.areas.statcache import StatCache
@@ -217,6 +217,15 @@ def checkout_area(repo: Repository, config: AreaConfig, spec: str, branch: str |
                               if entry_rules is None or c.status != "A" or entry_rules.admits(c.path, c.new is not None and c.new.kind == KIND_DIR)]
         head_after = read_head(repo.git, config.name)
         return CheckoutResult(entry_id, config.location, config.name, head_after.branch, counts, not_reproduced, warnings)
+
+
+def write_entry(repo: Repository, working_area: WorkingArea, entry_id: str, progress: Progress) -> list[str]:
+    """Make an area's files those of an entry, whatever they are now, and move no HEAD: a
+    guest made for the entry elsewhere (vml deploy). Returns the warnings of its entry files."""
+    current, load = scan_area(repo, working_area)
+    working_area.restore(repo.store, load, entry_root(repo.git, entry_id), current.root_id, progress,
+                         entry_rules=_entry_rules(entry_info(repo, entry_id)))
+    return working_area.apply_entry_files(entry_files(repo.git, entry_id))
 
 
 def switch(repo: Repository, branch: str, *, area: str | None = None, create: bool = False, force: bool = False, progress: Progress = None) -> CheckoutResult:

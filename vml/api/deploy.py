@@ -10,8 +10,10 @@ its own qcow2 overlay on that image, which release deletes with the domain.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -46,6 +48,7 @@ class DeployedVm:
     domain: str
     entry: str
     state: str  # libvirt's (running, shut off...), "gone" (not on the host any more), "unreachable: why"
+    ssh_port: int | None = None  # the host's loopback port forwarded to the guest's sshd (user-mode networking)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,36 +113,40 @@ def _recorded(record: Record) -> Iterator[tuple[str, Record, Record]]:
 # -- deploy
 
 
+@dataclass(frozen=True, slots=True)
+class _Disks:
+    """What the domains of an entry on one host boot: the volume each overlays, the boot files."""
+
+    image: Any  # pools.Volume
+    image_format: str
+    kernel: Any | None
+    initrd: Any | None
+    cmdline: str | None
+
+
 def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, name: str | None = None, pool: str | None = None,
            pool_dir: str | None = None, network: str | None = None, accel: str = "auto", memory_mib: int | None = None,
-           vcpus: int | None = None, area: str | None = None, progress: Progress = None, notice: Notice = None) -> DeployResult:
+           vcpus: int | None = None, identity: str | None = None, area: str | None = None, progress: Progress = None,
+           notice: Notice = None) -> DeployResult:
     """Make and start `count` domains of entry `spec`, spread over `hosts` (libvirt URIs) in
-    turn, carrying the entry's disk image, kernel and initrd to each host that lacks them."""
+    turn, carrying to each host what it lacks of the entry: its base image and its files (an
+    entry on a base), or a disk image of its whole root tree (an entry without one)."""
     started = time.monotonic()
     hosts = list(dict.fromkeys(hosts))
-    if not hosts:
-        raise UsageError("name at least one host: --host URI (qemu+ssh://HOST/system)")
-    if count < 1:
-        raise UsageError(f"--count must be 1 or more, not {count}")
-    if accel not in ACCELERATIONS:
-        raise UsageError(f"--accel is one of {', '.join(ACCELERATIONS)}, not {accel!r}")
-    if name is not None and not _DOMAIN_NAME.match(name):
-        raise UsageError(f"--name {name!r} is not a domain name vml gives: letters, digits, '_.+-', at most 60")
-    for value, option in ((memory_mib, "--memory"), (vcpus, "--vcpus")):
-        if value is not None and value < 1:
-            raise UsageError(f"{option} must be 1 or more, not {value}")
+    _check_options(hosts, count, accel, name, memory_mib, vcpus)
     entry_id = resolve_entry(repo, spec, area)
     info = entry_info(repo, entry_id)
-    pools = _pools()
-    libvirt = _libvirt()
+    pools, libvirt = _pools(), _libvirt()
     saved = repo.git.read_file(entry_id, DOMAIN_FILE)
     sizing = libvirt.Sizing.of(saved) if saved else libvirt.Sizing(None, None)
     sizing = libvirt.Sizing(memory_mib * 1024 if memory_mib else sizing.memory_kib, vcpus or sizing.vcpus)
-    cmdline = _cmdline(repo, info)
     targets = {uri: pools.Pool(uri, pool, pool_dir) for uri in hosts}
-    stem = f"vml-{entry_id[:16]}"
     kinds = {uri: {"kvm": "kvm", "tcg": "qemu"}.get(accel) or ("kvm" if pools.offers_kvm(uri) else "qemu") for uri in hosts}
-    carried = _carry(repo, entry_id, stem, targets, progress=progress, notice=notice)
+    carried: list[str] = []
+    if info.base is None:
+        disks = _carry_image(repo, entry_id, targets, carried, progress=progress, notice=notice)
+    else:
+        disks = _carry_layered(repo, entry_id, info, targets, kinds, carried, identity=identity, progress=progress, notice=notice)
     with repo.deployments_lock():
         record = _read_record(repo)
         deployment = str(record.get("next", 1))
@@ -152,16 +159,40 @@ def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, nam
         uri = hosts[number % len(hosts)]
         target = targets[uri]
         domain_name = _free_name(target, name, entry_id, count)
-        with repo.deployments_lock():  # recorded before it exists: release finds what a crash left
-            record = _read_record(repo)
-            record["deployments"][deployment]["domains"].append({"host": uri, "name": domain_name, "pool": target.name})
-            _write_record(repo, record)
+        vm = {"host": uri, "name": domain_name, "pool": target.name}
+        _update_record(repo, deployment, vm)  # before the domain exists: release finds what a crash left
         if notice is not None:
             notice(f"starting domain {domain_name} on {uri}")
-        _start_one(target, domain_name, stem, kind=kinds[uri], cmdline=cmdline, network=network, sizing=sizing,
-                   entry_id=entry_id, deployment=deployment)
-        vms.append(DeployedVm(deployment, uri, domain_name, entry_id, libvirt.Domain(uri, domain_name).state()))
+        disk = target.overlay(f"{domain_name}.qcow2", disks[uri].image, disks[uri].image_format)
+        port = _define_and_start(target, domain_name, disk, disks[uri], kind=kinds[uri], network=network, sizing=sizing,
+                                 deployed=(entry_id, deployment))
+        if port is not None:
+            _update_record(repo, deployment, {**vm, "ssh_port": port})
+        vms.append(DeployedVm(deployment, uri, domain_name, entry_id, libvirt.Domain(uri, domain_name).state(), port))
     return DeployResult(deployment, entry_id, vms, carried, round(time.monotonic() - started, 1))
+
+
+def _check_options(hosts: list[str], count: int, accel: str, name: str | None, memory_mib: int | None, vcpus: int | None) -> None:
+    if not hosts:
+        raise UsageError("name at least one host: --host URI (qemu+ssh://HOST/system)")
+    if count < 1:
+        raise UsageError(f"--count must be 1 or more, not {count}")
+    if accel not in ACCELERATIONS:
+        raise UsageError(f"--accel is one of {', '.join(ACCELERATIONS)}, not {accel!r}")
+    if name is not None and not _DOMAIN_NAME.match(name):
+        raise UsageError(f"--name {name!r} is not a domain name vml gives: letters, digits, '_.+-', at most 60")
+    for value, option in ((memory_mib, "--memory"), (vcpus, "--vcpus")):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be 1 or more, not {value}")
+
+
+def _update_record(repo: Repository, deployment: str, vm: Record) -> None:
+    """Add domain `vm` to the deployment's record, or replace the one of its host and name."""
+    with repo.deployments_lock():
+        record = _read_record(repo)
+        domains = record["deployments"][deployment]["domains"]
+        domains[:] = [d for d in domains if (d["host"], d["name"]) != (vm["host"], vm["name"])] + [vm]
+        _write_record(repo, record)
 
 
 def _libvirt() -> ModuleType:
@@ -170,50 +201,172 @@ def _libvirt() -> ModuleType:
     return libvirt_module()
 
 
-def _cmdline(repo: Repository, info: EntryInfo) -> str:
-    """The kernel command line: the entry's base image's, else vml image build's default."""
-    from vml.api.image import DEFAULT_CMDLINE
+def _carry_image(repo: Repository, entry_id: str, targets: dict[str, Pool], carried: list[str], *, progress: Progress,
+                 notice: Notice) -> dict[str, _Disks]:
+    """An entry without a base: build a disk image of its root tree (vml image build's) if a
+    host lacks it, and upload it, its kernel and its initrd there (the image last: a host
+    with the image whole has all three)."""
+    from vml.api.image import DEFAULT_CMDLINE, image_build
 
-    if info.base is not None:
+    stem = f"vml-{entry_id[:16]}"
+    lacking = [uri for uri, target in targets.items() if _boot_set(target, stem, ".qcow2", "qcow2", None) is None]
+    if lacking:
+        if notice is not None:
+            notice(f"building the disk image of entry {entry_id[:12]} for {', '.join(lacking)}")
+        work = tempfile.mkdtemp(prefix="deploy-", dir=repo.temp_dir())
         try:
-            _base_id, base_info = base_entry(repo.git, BaseName(info.base.name, info.base.version))
-        except UsageError:
-            return DEFAULT_CMDLINE
-        if base_info.boot and base_info.boot.get("cmdline"):
-            return base_info.boot["cmdline"]
-    return DEFAULT_CMDLINE
+            built = image_build(repo, entry_id, os.path.join(work, "entry.qcow2"), progress=progress)
+            for uri in lacking:
+                _upload_set(targets[uri], stem, built.path, ".qcow2", built.kernel, built.initrd, carried, progress=progress, notice=notice)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    disks = {}
+    for uri, target in targets.items():
+        found = _boot_set(target, stem, ".qcow2", "qcow2", DEFAULT_CMDLINE)
+        if found is None:
+            raise AreaError(f"the entry's image went from pool {target.name} of {uri} while deploying: deploy again")
+        disks[uri] = found
+    return disks
 
 
-def _carry(repo: Repository, entry_id: str, stem: str, targets: dict[str, Pool], *, progress: Progress, notice: Notice) -> list[str]:
-    """Build the entry's disk image if a host lacks it, and upload it, its kernel and its
-    initrd there (the image last: a host with the image whole has all three)."""
-    lacking = [uri for uri, target in targets.items()
-               if target.volume(stem + ".qcow2") is None or target.volume(stem + ".vmlinuz") is None]
-    if not lacking:
-        return []
-    from vml.api.image import image_build
+def _boot_set(target: Pool, stem: str, suffix: str, image_format: str, cmdline: str | None) -> _Disks | None:
+    """The image STEM+suffix, kernel STEM.vmlinuz and initrd STEM.initrd.img a host has, if
+    the image is whole (uploaded last, its head last of all)."""
+    image = target.volume(stem + suffix)
+    if image is None:
+        return None
+    return _Disks(image, image_format, target.volume(stem + ".vmlinuz"), target.volume(stem + ".initrd.img"), cmdline)
 
+
+def _upload_set(target: Pool, stem: str, image: str, suffix: str, kernel: str | None, initrd: str | None, carried: list[str], *,
+                progress: Progress, notice: Notice) -> None:
+    target.delete(stem + suffix)  # first: an image whole on the host vouches for the files before it
+    files = [(path, stem + ending) for path, ending in ((kernel, ".vmlinuz"), (initrd, ".initrd.img"), (image, suffix)) if path]
+    for number, (path, volume) in enumerate(files):
+        if notice is not None:
+            notice(f"carrying {volume} ({_size(os.path.getsize(path))}) to {target.uri}")
+        sent = (lambda done, number=number: progress(Carrying(number, done))) if progress is not None else None
+        made = target.upload(volume, path, sent)
+        carried.append(f"{target.uri}: {made.name} ({_size(os.path.getsize(path))})")
+
+
+def _carry_layered(repo: Repository, entry_id: str, info: EntryInfo, targets: dict[str, Pool], kinds: dict[str, str],
+                   carried: list[str], *, identity: str | None, progress: Progress, notice: Notice) -> dict[str, _Disks]:
+    """An entry on a base image: the base image (and its kernel and initrd) carried to each
+    host that lacks it, then the entry's own volume there, an overlay on the base that a
+    guest booted once on the host took the entry's files into (as checkout --new-vm does)."""
+    from vml.api.bases import check_base
+    from vml.areas.kinds import provisioning
+
+    check_base(repo, info, None)
+    base = BaseName(info.base.name, info.base.version) if info.base else None
+    assert base is not None
+    _base_entry, base_info = base_entry(repo.git, base)
+    if base_info.image is None:
+        raise UsageError(f"base {base} is a file tree, not a disk image: a domain needs a base added with --image")
+    cmdline = (base_info.boot or {}).get("cmdline") or None
+    stem = f"vml-base-{info.base.digest.rpartition(':')[2][:16]}" if info.base else ""
+    local: tuple[str, dict[str, str], str] | None = None
+    disks = {}
+    for uri, target in targets.items():
+        found = _boot_set(target, stem, ".qcow2", "qcow2", cmdline) or _boot_set(target, stem, ".img", "raw", cmdline)
+        if found is None:
+            if local is None:
+                image, boot = provisioning().base_image(repo, base)
+                local = (image, boot, _libvirt().image_format(image))
+            suffix = ".qcow2" if local[2] == "qcow2" else ".img"
+            _upload_set(target, stem, local[0], suffix, local[1].get("kernel"), local[1].get("initrd"), carried,
+                        progress=progress, notice=notice)
+            found = _boot_set(target, stem, suffix, local[2], cmdline)
+            assert found is not None
+        disks[uri] = _entry_on(repo, entry_id, info, target, found, kind=kinds[uri], identity=identity, carried=carried,
+                               progress=progress, notice=notice)
+    return disks
+
+
+def _entry_on(repo: Repository, entry_id: str, info: EntryInfo, target: Pool, base: _Disks, *, kind: str, identity: str | None,
+              carried: list[str], progress: Progress, notice: Notice) -> _Disks:
+    """The entry's volume on a host (made there if missing): an overlay on the base image
+    holding the entry's files, marked ready (a small volume) once its guest is powered off."""
+    stem = f"vml-{entry_id[:16]}"
+    ready, image = target.volume(stem + ".ready"), target.volume(stem + ".qcow2")
+    if ready is not None and image is not None:
+        return _Disks(image, "qcow2", base.kernel, base.initrd, base.cmdline)
+    libvirt = _libvirt()
+    name = f"vml-prepare-{entry_id[:8]}"
+    leftover = libvirt.Domain(target.uri, name)
+    if leftover.exists():  # a preparation cut short
+        leftover.delete()
+    target.delete(stem + ".ready")
+    target.delete(stem + ".qcow2")
     if notice is not None:
-        notice(f"building the disk image of entry {entry_id[:12]} for {', '.join(lacking)}")
-    work = tempfile.mkdtemp(prefix="deploy-", dir=repo.temp_dir())
-    carried = []
+        notice(f"putting entry {entry_id[:12]}'s files on {target.uri}: booting its base once there")
+    disk = target.overlay(stem + ".qcow2", base.image, base.image_format)
+    domain = libvirt.Domain(target.uri, name)
     try:
-        built = image_build(repo, entry_id, os.path.join(work, "entry.qcow2"), progress=progress)
-        files = [(built.kernel, stem + ".vmlinuz"), (built.path, stem + ".qcow2")]
-        if built.initrd is not None:
-            files.insert(1, (built.initrd, stem + ".initrd.img"))
-        for uri in lacking:
-            target = targets[uri]
-            target.delete(stem + ".qcow2")  # first: an image whole on the host vouches for the files before it
-            for number, (path, volume) in enumerate(files):
-                if notice is not None:
-                    notice(f"carrying {volume} ({_size(os.path.getsize(path))}) to {uri}")
-                sent = (lambda done, number=number: progress(Carrying(number, done))) if progress is not None else None
-                made = target.upload(volume, path, sent)
-                carried.append(f"{uri}: {made.name} ({_size(made.bytes)})")
+        port = _define_and_start(target, name, disk, base, kind=kind, network=None, sizing=libvirt.Sizing(None, None), deployed=None)
+        assert port is not None
+        with libvirt.loopback_of(target.uri, port) as (address, local_port):
+            _write_entry_in_guest(repo, entry_id, info, target.uri, name, address, local_port, identity=identity,
+                                  progress=progress, notice=notice)
+        _power_off_cleanly(domain)
+        domain.delete()
+    except BaseException:
+        if domain.exists():
+            domain.delete()
+        target.delete(disk.name)
+        raise
+    work = tempfile.mkdtemp(prefix="deploy-", dir=repo.temp_dir())
+    try:
+        marker = os.path.join(work, "ready")
+        with open(marker, "w") as written:
+            written.write(f"vml entry {entry_id}: its files are in {stem}.qcow2\n")
+        target.upload(stem + ".ready", marker)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return carried
+    carried.append(f"{target.uri}: {stem}.qcow2 (the entry's files, written in a guest there)")
+    made = target.volume(stem + ".qcow2")
+    return _Disks(made, "qcow2", base.kernel, base.initrd, base.cmdline)
+
+
+def _write_entry_in_guest(repo: Repository, entry_id: str, info: EntryInfo, uri: str, domain: str, address: str, port: int, *,
+                          identity: str | None, progress: Progress, notice: Notice) -> None:
+    """Wait for the guest of `domain` to answer on SSH at address:port, make its files the
+    entry's, and flush them to its disk."""
+    from vml.api.checkout import write_entry
+    from vml.areas.kinds import LIBVIRT, as_vm, open_area
+    from vml.areas.protocol import AreaConfig
+    from vml.areas.rules import Rules, guest_rules
+
+    if identity is None:
+        with contextlib.suppress(VmlError):
+            identity = repo.area(info.area).settings.get("identity")
+    work = tempfile.mkdtemp(prefix="deploy-", dir=repo.temp_dir())
+    try:
+        settings = {"uri": uri, "domain": domain, "host": address, "port": str(port), "user": "root", "root": "/",
+                    "knownhosts": os.path.join(work, "known_hosts"), **({"identity": identity} if identity else {})}
+        rules = Rules(tuple(info.rules[0]), tuple(info.rules[1])) if info.rules else guest_rules()
+        working_area = open_area(AreaConfig(domain, LIBVIRT, f"{uri}#{domain}", settings), rules, accept_new_host_key=True)
+        working_area.notice = notice
+        try:
+            as_vm(working_area).wait_for_guest()
+            write_entry(repo, working_area, entry_id, progress)
+            as_vm(working_area).flush_disk()
+        finally:
+            working_area.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _power_off_cleanly(domain: Any) -> None:
+    """Shut the guest down (ACPI), or power it off after a minute: its files are synced."""
+    with contextlib.suppress(VmlError):
+        domain.stop()
+    deadline = time.monotonic() + 60
+    while domain.state() not in ("shut off", "crashed") and time.monotonic() < deadline:
+        time.sleep(1)
+    if domain.state() != "shut off":
+        domain.stop(force=True)
 
 
 def _size(count: int) -> str:
@@ -234,26 +387,31 @@ def _free_name(target: Pool, name: str | None, entry_id: str, count: int) -> str
     return f"{prefix}-{number}"
 
 
-def _start_one(target: Pool, domain_name: str, stem: str, *, kind: str, cmdline: str, network: str | None, sizing: Any,
-               entry_id: str, deployment: str) -> None:
-    """Define and start one domain on its own overlay of the entry's image; nothing of it
-    is left on the host if that fails."""
+def _define_and_start(target: Pool, name: str, disk: Any, disks: _Disks, *, kind: str, network: str | None, sizing: Any,
+                      deployed: tuple[str, str] | None) -> int | None:
+    """Define and start domain `name` on `disk`; returns the loopback port of the host that
+    its guest's sshd is forwarded to (none with a libvirt network), chosen anew if QEMU finds
+    it taken. Nothing of the domain is left on the host if it cannot start (its disk is)."""
     libvirt = _libvirt()
-    image, kernel, initrd = (target.volume(stem + suffix) for suffix in (".qcow2", ".vmlinuz", ".initrd.img"))
-    if image is None or kernel is None:
-        raise AreaError(f"the entry's image went from pool {target.name} of {target.uri} while deploying: deploy again")
-    disk = target.overlay(f"{domain_name}.qcow2", image)
-    domain = libvirt.Domain(target.uri, domain_name)
-    try:
-        domain.define(libvirt.deployed_domain_xml(domain_name, disk.path, kind=kind, kernel=kernel.path,
-                                                  initrd=initrd.path if initrd else None, cmdline=cmdline, network=network,
-                                                  sizing=sizing, entry=entry_id, deployment=deployment))
-        domain.start()
-    except BaseException:
-        if domain.exists():
-            domain.delete()
-        target.delete(disk.name)
-        raise
+    domain = libvirt.Domain(target.uri, name)
+    for _attempt in range(5):
+        port = None if network else random.randint(20000, 60999)
+        xml = libvirt.deployed_domain_xml(name, disk.path, kind=kind, kernel=disks.kernel.path if disks.kernel else None,
+                                          initrd=disks.initrd.path if disks.initrd else None, cmdline=disks.cmdline,
+                                          network=network, ssh_port=port, sizing=sizing, entry=deployed[0] if deployed else "",
+                                          deployment=deployed[1] if deployed else "")
+        try:
+            domain.define(xml)
+            domain.start()
+            return port
+        except AreaError as error:
+            if domain.exists():
+                domain.delete()
+            if port is None or "hostfwd" not in str(error) and "forwarding" not in str(error):
+                target.delete(disk.name)
+                raise
+    target.delete(disk.name)
+    raise AreaError(f"cannot start domain {name} on {target.uri}: five loopback ports in a row were taken there")
 
 
 # -- list and release
@@ -266,7 +424,8 @@ def deploy_list(repo: Repository, host: str | None = None) -> list[DeployedVm]:
     for deployment, facts, vm in _recorded(record):
         if host is not None and vm["host"] != host:
             continue
-        states.append(DeployedVm(deployment, vm["host"], vm["name"], facts.get("entry", ""), _state(vm["host"], vm["name"], deployment)))
+        states.append(DeployedVm(deployment, vm["host"], vm["name"], facts.get("entry", ""), _state(vm["host"], vm["name"], deployment),
+                                 vm.get("ssh_port")))
     return states
 
 
@@ -334,15 +493,20 @@ def _release_one(uri: str, name: str, deployment: str) -> list[str]:
 
 
 def _purge(uri: str, pool: str | None, entries: set[str]) -> list[str]:
-    """Delete the carried volumes of `entries` in `pool` of host `uri` that no domain vml
-    deployed there boots any more."""
+    """Delete what was carried to `pool` of host `uri` for `entries` that no domain vml
+    deployed there boots any more; and the base images, once nothing else of vml is left."""
     if not pool or not entries:
         return []
     pools = _pools()
     target = pools.Pool(uri, pool)
     deleted = []
     for entry_id in entries - pools.deployed_entries(uri):
-        for suffix in (".qcow2", ".vmlinuz", ".initrd.img"):
+        for suffix in (".qcow2", ".ready", ".vmlinuz", ".initrd.img"):
             if target.delete(f"vml-{entry_id[:16]}{suffix}"):
                 deleted.append(f"{uri}: vml-{entry_id[:16]}{suffix}")
+    names = target.names()
+    if not [name for name in names if name.startswith("vml-") and not name.startswith("vml-base-")]:
+        for name in names:
+            if name.startswith("vml-base-") and target.delete(name):
+                deleted.append(f"{uri}: {name}")
     return deleted

@@ -140,6 +140,10 @@ class VmArea(WorkingArea, Protocol):
         """Mount shared folders in the running guest; a line for each that could not be."""
         ...
 
+    def flush_disk(self) -> None:
+        """Have the running guest write what it caches to its disk."""
+        ...
+
     def unmount_share(self, share: Share) -> str | None:
         """Unmount a shared folder in the running guest; why not, if it could not be."""
         ...

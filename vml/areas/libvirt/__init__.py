@@ -13,7 +13,7 @@ from vml.areas.libvirt.definition import (
 )
 from vml.areas.libvirt.driver import Domain, VmInfo, connect, domains_using, unused_uuid
 from vml.areas.libvirt.embed import embedded_root
-from vml.areas.libvirt.host import free_port, kvm_usable, make_overlay, port_taken
+from vml.areas.libvirt.host import free_port, image_format, kvm_usable, loopback_of, make_overlay, port_taken
 
 __all__ = [
     "Domain",
@@ -29,7 +29,9 @@ __all__ = [
     "forwarded_port",
     "free_port",
     "host_facing",
+    "image_format",
     "kvm_usable",
+    "loopback_of",
     "make_overlay",
     "new_domain_xml",
     "port_taken",

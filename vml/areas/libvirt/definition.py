@@ -79,18 +79,20 @@ def new_domain_xml(connection: DriverConnection | None, name: str, disk: str, *,
 DEPLOY_NAMESPACE = "urn:x-vml:deploy:1"  # a deployed domain's <metadata>: which entry and deployment it is
 
 
-def deployed_domain_xml(name: str, disk: str, *, kind: str, kernel: str, initrd: str | None, cmdline: str, network: str | None,
-                        sizing: Sizing, entry: str, deployment: str) -> bytes:
+def deployed_domain_xml(name: str, disk: str, *, kind: str, kernel: str | None, initrd: str | None, cmdline: str | None,
+                        network: str | None, ssh_port: int | None, sizing: Sizing, entry: str, deployment: str) -> bytes:
     """A domain another host runs of an entry (vml deploy): its own overlay `disk`, booted
-    with the kernel and initrd uploaded beside it, a serial console on a pty ('virsh console'),
-    user-mode networking (or the host's libvirt `network`), and vml's note of what it is."""
-    domain = ElementTree.fromstring(new_domain_xml(None, name, disk, kind=kind, kernel=kernel, initrd=initrd, cmdline=cmdline))
+    with the kernel and initrd carried beside it (or the disk's bootloader), a serial console
+    on a pty ('virsh console'), and vml's note of what it is. Its network: the host's libvirt
+    `network`, else user-mode with the guest's sshd on the host's loopback `ssh_port`."""
+    domain = ElementTree.fromstring(new_domain_xml(None, name, disk, kind=kind, kernel=kernel, initrd=initrd, cmdline=cmdline,
+                                                   ssh_port=None if network else ssh_port))
     devices = domain.find("devices")
     assert devices is not None  # new_domain_xml writes one
-    interface = ElementTree.SubElement(devices, "interface", type="network" if network else "user")
     if network:
+        interface = ElementTree.SubElement(devices, "interface", type="network")
         ElementTree.SubElement(interface, "source", network=network)
-    ElementTree.SubElement(interface, "model", type="virtio")
+        ElementTree.SubElement(interface, "model", type="virtio")
     ElementTree.SubElement(devices, "serial", type="pty")
     ElementTree.SubElement(devices, "console", type="pty")
     metadata = ElementTree.Element("metadata")

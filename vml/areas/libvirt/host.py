@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
 
 from vml.errors import AreaError, UsageError
 
@@ -45,14 +49,19 @@ def port_taken(port: int) -> bool:
     return False
 
 
-def make_overlay(backing: str, overlay: str) -> None:
-    """A qcow2 overlay on a base image: the base stays untouched, the guest writes here."""
+def image_format(path: str) -> str:
+    """qcow2, raw...: the format of disk image `path`, as qemu-img reads it."""
     if shutil.which("qemu-img") is None:
         raise AreaError("qemu-img is missing: install qemu-utils (./scripts/setup does)")
-    info = subprocess.run(["qemu-img", "info", "--output=json", backing], capture_output=True, text=True)
+    info = subprocess.run(["qemu-img", "info", "--output=json", path], capture_output=True, text=True)
     if info.returncode != 0:
-        raise AreaError(f"{backing} is not a disk image qemu-img can read: {info.stderr.strip()}")
-    backing_format = json.loads(info.stdout).get("format", "raw")
+        raise AreaError(f"{path} is not a disk image qemu-img can read: {info.stderr.strip()}")
+    return str(json.loads(info.stdout).get("format", "raw"))
+
+
+def make_overlay(backing: str, overlay: str) -> None:
+    """A qcow2 overlay on a base image: the base stays untouched, the guest writes here."""
+    backing_format = image_format(backing)
     made = subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing, overlay], capture_output=True, text=True
     )
@@ -86,3 +95,46 @@ def seconds_from_environment(name: str, default: float) -> float:
         return float(text)
     except ValueError:
         raise UsageError(f"{name} must be a number of seconds, not {text!r}") from None
+
+
+@contextlib.contextmanager
+def loopback_of(uri: str, port: int) -> Iterator[tuple[str, int]]:
+    """Where this process reaches TCP `port` on the loopback of libvirt host `uri` (a guest's
+    forwarded sshd): there for a URI of this machine, else through an OpenSSH forward over
+    the ssh that libvirt itself uses for the URI (its user, port, keyfile and command=)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if not parsed.hostname:
+        yield "127.0.0.1", port
+        return
+    if not parsed.scheme.endswith("+ssh"):
+        raise UsageError(f"vml reaches guests on {uri} through ssh to the host: use a qemu+ssh:// URI")
+    query = urllib.parse.parse_qs(parsed.query)
+    local = free_port()
+    argv = [query.get("command", ["ssh"])[0], "-N", "-T", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+            "-L", f"127.0.0.1:{local}:127.0.0.1:{port}"]
+    argv += ["-p", str(parsed.port)] if parsed.port else []
+    argv += ["-l", urllib.parse.unquote(parsed.username)] if parsed.username else []
+    argv += ["-i", query["keyfile"][0]] if query.get("keyfile") else []
+    argv += ["-o", "StrictHostKeyChecking=no"] if query.get("no_verify") == ["1"] else []
+    try:
+        forward = subprocess.Popen([*argv, "--", parsed.hostname], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+    except OSError as error:
+        raise AreaError(f"cannot run {argv[0]} to reach the guests of {uri}: {error.strerror}") from None
+    try:
+        deadline = time.monotonic() + seconds_from_environment("VML_SSH_WAIT", 300)
+        while not _accepts(local):
+            if forward.poll() is not None or time.monotonic() > deadline:
+                why = (forward.stderr.read().decode(errors="replace").strip().splitlines() or ["it never listened"])[-1]
+                raise AreaError(f"cannot forward a port of {parsed.hostname} over ssh: {why}")
+            time.sleep(0.1)
+        yield "127.0.0.1", local
+    finally:
+        forward.terminate()
+        forward.wait()
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False

@@ -118,8 +118,7 @@ class Pool:
             ElementTree.SubElement(ElementTree.SubElement(volume_xml, "target"), "format", type="raw")
             try:
                 made = self.pool.createXML(ElementTree.tostring(volume_xml).decode(), 0)
-                done = self._send(made, source, len(head), size, sent)
-                source.seek(0)
+                done = self._send(made, source, len(head), size, sent) if size > len(head) else 0
                 self._send(made, source, 0, len(head), None)
             except libvirt.libvirtError as error:
                 raise _fail(f"cannot upload {os.path.basename(path)} to pool {self.name} of {self.uri}", error, self.uri) from None
@@ -153,15 +152,15 @@ class Pool:
             raise
         return done
 
-    def overlay(self, name: str, backing: Volume) -> Volume:
-        """A new qcow2 volume `name` on `backing` (a qcow2 volume): a domain's own disk."""
+    def overlay(self, name: str, backing: Volume, backing_format: str = "qcow2") -> Volume:
+        """A new qcow2 volume `name` on `backing` (a volume in `backing_format`): a domain's own disk."""
         volume_xml = ElementTree.Element("volume")
         ElementTree.SubElement(volume_xml, "name").text = name
         ElementTree.SubElement(volume_xml, "capacity", unit="bytes").text = "0"  # the backing image's size
         ElementTree.SubElement(ElementTree.SubElement(volume_xml, "target"), "format", type="qcow2")
         backing_store = ElementTree.SubElement(volume_xml, "backingStore")
         ElementTree.SubElement(backing_store, "path").text = backing.path
-        ElementTree.SubElement(backing_store, "format", type="qcow2")
+        ElementTree.SubElement(backing_store, "format", type=backing_format)
         try:
             made = self.pool.createXML(ElementTree.tostring(volume_xml).decode(), 0)
         except libvirt.libvirtError as error:
