@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from vml import api, render
-from vml.cli import _emit, _emit_each, _repo, area_option, json_option, main_group
+from vml.cli import _emit, _emit_each, _repo, area_option, fetching_missing_base, json_option, main_group
 
 
 class _DeployGroup(click.Group):
@@ -63,9 +63,13 @@ def deploy_new(ctx: click.Context, entry: str, hosts: tuple[str, ...], count: in
     networking (the default) the guest's sshd is forwarded to a port on the host's loopback:
     'vml deploy list' shows it (ssh -J HOST -p PORT root@127.0.0.1).
     """
-    with render.progress("deploying", enabled=not as_json, unit="files") as progress:
-        result = api.deploy(_repo(ctx), entry, list(hosts), count=count, name=name, pool=pool, pool_dir=pool_dir, network=network,
-                            accel=accel, memory_mib=memory_mib, vcpus=vcpus, identity=identity, area=area, progress=progress, notice=render.notice)
+    def run() -> api.DeployResult:
+        with render.progress("deploying", enabled=not as_json, unit="files") as progress:
+            return api.deploy(_repo(ctx), entry, list(hosts), count=count, name=name, pool=pool, pool_dir=pool_dir, network=network,
+                              accel=accel, memory_mib=memory_mib, vcpus=vcpus, identity=identity, area=area, progress=progress,
+                              notice=render.notice)
+
+    result = fetching_missing_base(ctx, as_json, run)
     _emit(result, as_json, render.deploy_result)
 
 

@@ -6,6 +6,7 @@ The entry is a small root tree whose kernel is a multiboot stub that QEMU boots 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import Vml, one_line_error
 from support.libvirt_host import LibvirtHost, multiboot_kernel, second_libvirt_host
 
 from vml import api
+from vml.errors import AreaError, UsageError
 from vml.repo import Repository
 
 
@@ -162,8 +164,10 @@ def test_a_domain_removed_on_the_host_shows_gone_and_release_forgets_it(vml: Vml
     domain.undefine()
     connection.close()
     assert [vm["state"] for vm in vml("deploy", "list", "--json").json()] == ["gone"]
+    assert f"{name}.qcow2" in volumes(host)
     released = vml("release", name, "--purge", "--json").json()
     assert [vm["domain"] for vm in released["released"]] == [name]
+    assert f"{host.uri}: {name}.qcow2" in released["deleted"] and f"{name}.qcow2" not in volumes(host)  # its disk, which vml made
     assert vml("deploy", "list", "--json").json() == []
     vml.fsck_clean()
 
@@ -175,11 +179,50 @@ def test_bad_deploys_and_releases_are_one_line_and_record_nothing(vml: Vml, tmp_
     assert "cannot connect to libvirt" in one_line_error(unreachable, None) and unreachable.returncode != 0
     no_pool = vml("deploy", entry, "--host", host.uri, "--pool", "elsewhere", check=False)
     assert "--pool-dir" in one_line_error(no_pool, None)
+    # A domain that cannot start (no such network on the host): nothing of it stays, there or in the record.
+    no_network = vml("deploy", entry, "--host", host.uri, "--network", "nope", "--pool-dir", str(host.root / "pools" / "nonet"), check=False)
+    assert "nope" in one_line_error(no_network, None) and no_network.returncode != 0
+    assert not [name for name in domains(host) if name.startswith("vml-")]
+    assert not [name for name in volumes(host) if not name.startswith(f"vml-{entry[:16]}")]  # what was carried stays
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "data.txt").write_text("not a system\n")
     vml("area", "add", "plain", "--dir", str(tmp_path / "plain"))
     partial = vml("commit", "-a", "plain", "-m", "data only", "--json").json()["entry"]
     assert "no full root tree" in one_line_error(vml("deploy", partial, "--host", host.uri, "--pool-dir", str(host.root / "pools" / "bad"), check=False))
+    # An entry on a base that is a file tree: there is no disk to boot.
+    (tmp_path / "tree" / "etc").mkdir(parents=True)
+    (tmp_path / "tree" / "etc" / "issue").write_text("a tree\n")
+    vml("base", "add", "treebase", "1", "--dir", str(tmp_path / "tree"))
+    vml("area", "add", "ontree", "--dir", str(tmp_path / "plain"), "--base", "treebase:1")
+    on_tree = vml("commit", "-a", "ontree", "-m", "on a tree", "--json").json()["entry"]
+    assert "a file tree, not a disk image" in one_line_error(vml("deploy", on_tree, "--host", host.uri, check=False))
     assert "no deployment or deployed domain 'nine'" in one_line_error(vml("release", "nine", check=False))
     assert vml("deploy", "list", "--json").json() == []
     vml.fsck_clean()
+
+
+def test_a_port_on_the_hosts_loopback_is_reached_through_the_ssh_libvirt_uses(host: LibvirtHost):
+    """How vml reaches a guest's forwarded sshd on another host: an OpenSSH forward with the
+    URI's own ssh (here its command= wrapper), to a port listening on the host's loopback."""
+    from vml.areas.libvirt import loopback_of
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with loopback_of(host.uri, port) as (address, local):
+            assert address == "127.0.0.1" and local != port
+            with socket.create_connection((address, local), timeout=10) as client:
+                listener.settimeout(10)
+                accepted, _peer = listener.accept()
+                with accepted:
+                    client.sendall(b"over the forward")
+                    assert accepted.recv(100) == b"over the forward"
+        with loopback_of("qemu:///system", port) as direct:
+            assert direct == ("127.0.0.1", port)  # this machine's own libvirt: no forward
+    with pytest.raises(UsageError, match="qemu\\+ssh"):
+        with loopback_of("qemu+tls://far.example.org/system", port):
+            pass
+    with pytest.raises(AreaError, match="cannot forward a port of nowhere.invalid"):
+        with loopback_of(f"qemu+ssh://nobody@nowhere.invalid/system?command={host.root / 'ssh'}", port):
+            pass

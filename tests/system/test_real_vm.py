@@ -25,6 +25,7 @@ import blake3
 import pytest
 from conftest import Vml, one_line_error
 from support.files_server import FilesServer
+from support.libvirt_host import second_libvirt_host
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
@@ -292,6 +293,24 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     assert made_from_machine("findmnt -n -o SOURCE /").strip() == "/dev/vda"
     vml("vm", "delete", "-a", "p2v")
     vml("area", "remove", "p2v")
+
+    # Deploy (issue 22): the entry on another libvirt host (a second libvirtd, reached over the
+    # real sshd): the base carried there, the entry's files written into a guest of the base
+    # booted once there, then a domain of the entry started; its guest has the user's work.
+    with second_libvirt_host() as remote:
+        with steps("deploy: carry the base, write the entry in a guest there, start a domain"):
+            deployed = vml("deploy", entry, "--host", remote.uri, "--pool-dir", str(remote.root / "pools" / "lab"), "--accel", "tcg",
+                           "--json").json()
+        carried = " ".join(deployed["carried"])
+        assert "vml-base-" in carried and "written in a guest there" in carried
+        far_guest = Guest(key, deployed["vms"][0]["ssh_port"])  # the host's loopback: this machine's
+        with steps("deploy: the deployed guest boots to ssh"):
+            far_guest("true")
+        check_the_guest(far_guest)
+        assert vml("deploy", "list", "--json").json()[0]["state"] == "running"
+        with steps("release --purge"):
+            released = vml("release", "--purge", "--json").json()
+        assert len(released["released"]) == 1 and any("vml-base-" in volume for volume in released["deleted"])
     with steps("boot to ssh again"):
         vml("vm", "start", "--wait")
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from vml import durable
 from vml.api._common import Progress, entry_info, resolve_entry
+from vml.api.bases import check_base
 from vml.areas.protocol import Notice
 from vml.entry import DOMAIN_FILE, EntryInfo, base_entry
 from vml.errors import AreaError, UsageError, VmlError
@@ -136,6 +137,10 @@ def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, nam
     _check_options(hosts, count, accel, name, memory_mib, vcpus)
     entry_id = resolve_entry(repo, spec, area)
     info = entry_info(repo, entry_id)
+    check_base(repo, info, None)  # first: the command line offers to fetch a missing one
+    base = BaseName(info.base.name, info.base.version) if info.base else None
+    if base is not None and base_entry(repo.git, base)[1].image is None:
+        raise UsageError(f"entry {entry_id[:12]} sits on base {base}, a file tree, not a disk image: a domain needs a base added with --image")
     pools, libvirt = _pools(), _libvirt()
     saved = repo.git.read_file(entry_id, DOMAIN_FILE)
     sizing = libvirt.Sizing.of(saved) if saved else libvirt.Sizing(None, None)
@@ -143,10 +148,10 @@ def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, nam
     targets = {uri: pools.Pool(uri, pool, pool_dir) for uri in hosts}
     kinds = {uri: {"kvm": "kvm", "tcg": "qemu"}.get(accel) or ("kvm" if pools.offers_kvm(uri) else "qemu") for uri in hosts}
     carried: list[str] = []
-    if info.base is None:
+    if base is None:
         disks = _carry_image(repo, entry_id, targets, carried, progress=progress, notice=notice)
     else:
-        disks = _carry_layered(repo, entry_id, info, targets, kinds, carried, identity=identity, progress=progress, notice=notice)
+        disks = _carry_layered(repo, entry_id, info, base, targets, kinds, carried, identity=identity, progress=progress, notice=notice)
     with repo.deployments_lock():
         record = _read_record(repo)
         deployment = str(record.get("next", 1))
@@ -163,9 +168,13 @@ def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, nam
         _update_record(repo, deployment, vm)  # before the domain exists: release finds what a crash left
         if notice is not None:
             notice(f"starting domain {domain_name} on {uri}")
-        disk = target.overlay(f"{domain_name}.qcow2", disks[uri].image, disks[uri].image_format)
-        port = _define_and_start(target, domain_name, disk, disks[uri], kind=kinds[uri], network=network, sizing=sizing,
-                                 deployed=(entry_id, deployment))
+        try:
+            disk = target.overlay(f"{domain_name}.qcow2", disks[uri].image, disks[uri].image_format)
+            port = _define_and_start(target, domain_name, disk, disks[uri], kind=kinds[uri], network=network, sizing=sizing,
+                                     deployed=(entry_id, deployment))
+        except BaseException:
+            _update_record(repo, deployment, vm, remove=True)  # nothing of it is left on the host
+            raise
         if port is not None:
             _update_record(repo, deployment, {**vm, "ssh_port": port})
         vms.append(DeployedVm(deployment, uri, domain_name, entry_id, libvirt.Domain(uri, domain_name).state(), port))
@@ -186,12 +195,15 @@ def _check_options(hosts: list[str], count: int, accel: str, name: str | None, m
             raise UsageError(f"{option} must be 1 or more, not {value}")
 
 
-def _update_record(repo: Repository, deployment: str, vm: Record) -> None:
-    """Add domain `vm` to the deployment's record, or replace the one of its host and name."""
+def _update_record(repo: Repository, deployment: str, vm: Record, *, remove: bool = False) -> None:
+    """Add domain `vm` to the deployment's record, or replace the one of its host and name
+    (with `remove`: take it out, and the deployment with its last domain)."""
     with repo.deployments_lock():
         record = _read_record(repo)
         domains = record["deployments"][deployment]["domains"]
-        domains[:] = [d for d in domains if (d["host"], d["name"]) != (vm["host"], vm["name"])] + [vm]
+        domains[:] = [d for d in domains if (d["host"], d["name"]) != (vm["host"], vm["name"])] + ([] if remove else [vm])
+        if not domains:
+            del record["deployments"][deployment]
         _write_record(repo, record)
 
 
@@ -250,20 +262,14 @@ def _upload_set(target: Pool, stem: str, image: str, suffix: str, kernel: str | 
         carried.append(f"{target.uri}: {made.name} ({_size(os.path.getsize(path))})")
 
 
-def _carry_layered(repo: Repository, entry_id: str, info: EntryInfo, targets: dict[str, Pool], kinds: dict[str, str],
+def _carry_layered(repo: Repository, entry_id: str, info: EntryInfo, base: BaseName, targets: dict[str, Pool], kinds: dict[str, str],
                    carried: list[str], *, identity: str | None, progress: Progress, notice: Notice) -> dict[str, _Disks]:
     """An entry on a base image: the base image (and its kernel and initrd) carried to each
     host that lacks it, then the entry's own volume there, an overlay on the base that a
     guest booted once on the host took the entry's files into (as checkout --new-vm does)."""
-    from vml.api.bases import check_base
     from vml.areas.kinds import provisioning
 
-    check_base(repo, info, None)
-    base = BaseName(info.base.name, info.base.version) if info.base else None
-    assert base is not None
     _base_entry, base_info = base_entry(repo.git, base)
-    if base_info.image is None:
-        raise UsageError(f"base {base} is a file tree, not a disk image: a domain needs a base added with --image")
     cmdline = (base_info.boot or {}).get("cmdline") or None
     stem = f"vml-base-{info.base.digest.rpartition(':')[2][:16]}" if info.base else ""
     local: tuple[str, dict[str, str], str] | None = None
@@ -336,7 +342,7 @@ def _write_entry_in_guest(repo: Repository, entry_id: str, info: EntryInfo, uri:
     from vml.api.checkout import write_entry
     from vml.areas.kinds import LIBVIRT, as_vm, open_area
     from vml.areas.protocol import AreaConfig
-    from vml.areas.rules import Rules, guest_rules
+    from vml.areas.rules import Rules, guest_rules, without_ephemeral
 
     if identity is None:
         with contextlib.suppress(VmlError):
@@ -345,7 +351,7 @@ def _write_entry_in_guest(repo: Repository, entry_id: str, info: EntryInfo, uri:
     try:
         settings = {"uri": uri, "domain": domain, "host": address, "port": str(port), "user": "root", "root": "/",
                     "knownhosts": os.path.join(work, "known_hosts"), **({"identity": identity} if identity else {})}
-        rules = Rules(tuple(info.rules[0]), tuple(info.rules[1])) if info.rules else guest_rules()
+        rules = without_ephemeral(Rules(tuple(info.rules[0]), tuple(info.rules[1])) if info.rules else guest_rules())
         working_area = open_area(AreaConfig(domain, LIBVIRT, f"{uri}#{domain}", settings), rules, accept_new_host_key=True)
         working_area.notice = notice
         try:
@@ -461,7 +467,7 @@ def release(repo: Repository, targets: list[str] | None = None, *, purge: bool =
         released, deleted, failures = [], [], []
         for deployment, facts, vm in chosen:
             try:
-                deleted += _release_one(vm["host"], vm["name"], deployment)
+                deleted += _release_one(vm["host"], vm["name"], deployment, vm.get("pool"))
             except VmlError as error:
                 failures.append(f"{vm['name']} on {vm['host']}: {error}")
                 continue
@@ -479,17 +485,17 @@ def release(repo: Repository, targets: list[str] | None = None, *, purge: bool =
     return ReleaseResult(released, deleted)
 
 
-def _release_one(uri: str, name: str, deployment: str) -> list[str]:
-    """Power off and undefine one deployed domain, and delete its overlay; a domain of that
-    name that vml did not deploy then is left alone (its record goes)."""
-    libvirt = _libvirt()
-    domain = libvirt.Domain(uri, name)
-    deleted = []
-    if domain.exists() and _deployment_of(domain) == deployment:
-        for disk in domain.delete():
-            if os.path.basename(disk) == f"{name}.qcow2" and _pools().delete_volume_at(uri, disk):
-                deleted.append(f"{uri}: {os.path.basename(disk)}")
-    return deleted
+def _release_one(uri: str, name: str, deployment: str, pool: str | None) -> list[str]:
+    """Power off and undefine one deployed domain, and delete its overlay (also when the
+    domain was removed on the host); a domain of that name that vml did not deploy then is
+    left alone, and its disks (its record goes)."""
+    domain = _libvirt().Domain(uri, name)
+    overlay = f"{name}.qcow2"
+    if not domain.exists():
+        return [f"{uri}: {overlay}"] if pool and _pools().Pool(uri, pool).delete(overlay) else []
+    if _deployment_of(domain) != deployment:
+        return []
+    return [f"{uri}: {overlay}" for disk in domain.delete() if os.path.basename(disk) == overlay and _pools().delete_volume_at(uri, disk)]
 
 
 def _purge(uri: str, pool: str | None, entries: set[str]) -> list[str]:

@@ -48,6 +48,9 @@ def new_domain_xml(connection: DriverConnection | None, name: str, disk: str, *,
         ElementTree.SubElement(domain, "uuid").text = uuid_text
     ElementTree.SubElement(domain, "memory", unit="KiB").text = str(memory_mib * 1024)
     ElementTree.SubElement(domain, "vcpu").text = str(vcpus)
+    # ACPI: 'vml vm stop' (libvirt's shutdown) presses the power button; without it, QEMU
+    # runs with -no-acpi and the guest never hears it.
+    ElementTree.SubElement(ElementTree.SubElement(domain, "features"), "acpi")
     os_element = ElementTree.SubElement(domain, "os")
     ElementTree.SubElement(os_element, "type").text = "hvm"
     if kernel is not None:

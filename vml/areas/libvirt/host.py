@@ -123,7 +123,7 @@ def loopback_of(uri: str, port: int) -> Iterator[tuple[str, int]]:
         raise AreaError(f"cannot run {argv[0]} to reach the guests of {uri}: {error.strerror}") from None
     try:
         deadline = time.monotonic() + seconds_from_environment("VML_SSH_WAIT", 300)
-        while not _accepts(local):
+        while not _listening(local):
             if forward.poll() is not None or time.monotonic() > deadline:
                 why = (forward.stderr.read().decode(errors="replace").strip().splitlines() or ["it never listened"])[-1]
                 raise AreaError(f"cannot forward a port of {parsed.hostname} over ssh: {why}")
@@ -134,7 +134,12 @@ def loopback_of(uri: str, port: int) -> Iterator[tuple[str, int]]:
         forward.wait()
 
 
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (read from /proc/net/tcp: a connection
+    to find out would itself be forwarded)."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as table:
+            return any(fields[1] == wanted and fields[3] == "0A" for fields in (line.split() for line in table) if len(fields) > 3)
+    except OSError:
+        return port_taken(port)
