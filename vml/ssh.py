@@ -44,6 +44,7 @@ class Unreachable(TransportError):
 
 
 _GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+_CHACHA = "chacha20-poly1305@openssh.com"
 
 
 class _Transport(paramiko.Transport):
@@ -97,13 +98,17 @@ def openssh_command(
     user: str | None = None,
     identity: str | None = None,
     known_hosts_file: str | None = None,
+    aes: bool = True,
 ) -> list[str] | None:
     """The OpenSSH client's command line (without the remote command) for the host `connect`
     reaches with the same arguments: the same address, user, keys and known_hosts, every
     setting given on the command line (`-F none`: OpenSSH reads the passwd entry's home, not
     $HOME), never a prompt, and a host key only as already known. None without the `ssh`
     program. For bulk streams: OpenSSH decrypts in C in its own process, where paramiko does
-    it packet by packet in Python beside the reader."""
+    it packet by packet in Python beside the reader. `aes`: whether the host's CPU has AES
+    instructions; without them (a guest under QEMU's software emulation, whose qemu64 CPU has
+    none) ChaCha20-Poly1305 comes first: its software runs 1.4x as fast there as AES-GCM's
+    (a guest's tar over ssh: 56 MB in 4.9 s against 6.9 s)."""
     program = shutil.which("ssh")
     if program is None:
         return None
@@ -112,7 +117,7 @@ def openssh_command(
         keys += [os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "ecdsa", "ed25519")]  # paramiko's look_for_keys
     argv = [
         program, "-F", "none", "-T", "-x", "-a", "-e", "none", "-p", str(port), "-l", user,
-        "-c", ",".join((*_GCM, "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")),
+        "-c", ",".join((*_GCM, _CHACHA, "aes128-ctr", "aes256-ctr") if aes else (_CHACHA, *_GCM, "aes128-ctr", "aes256-ctr")),
         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR",
         "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
         "-o", "UserKnownHostsFile=" + " ".join(f'"{path}"' for path in known_hosts), "-o", "GlobalKnownHostsFile=none",

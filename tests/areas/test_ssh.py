@@ -468,6 +468,14 @@ def test_the_openssh_client_carries_the_files_paramiko_the_rest(ssh_repo, tmp_pa
     port = (Path(env["HOME"]) / ".ssh" / "config").read_text().split("Port")[1].split()[0]
     assert calls and all("-F none" in call and "StrictHostKeyChecking=yes" in call and f"-p {port} " in call for call in calls)
     assert any("tar -c" in call for call in calls)
+    # Its cipher: AES-GCM where the guest's CPU has AES instructions (this machine's, here),
+    # else ChaCha20-Poly1305, faster in software (a guest under QEMU's emulation).
+    has_aes = "aes" in Path("/proc/cpuinfo").read_text().split()
+    assert all(f"-c {'aes128-gcm@openssh.com' if has_aes else 'chacha20-poly1305@openssh.com'}," in call for call in calls)
+    from vml.ssh import openssh_command
+
+    without_aes = openssh_command("127.0.0.1", port=22, user="u", aes=False)
+    assert without_aes[without_aes.index("-c") + 1].startswith("chacha20-poly1305@openssh.com,aes128-gcm")
     vml("area", "add", "d", "--dir", str(guest))
     local = vml("commit", "-a", "d", "-m", "local", "--json").json()
     assert _manifest(vml, over_openssh["entry"], env) == _manifest(vml, local["entry"], env)

@@ -168,6 +168,7 @@ class SshArea:
         self.accept_new_host_key = accept_new_host_key
         self._client = None
         self._openssh_unusable = False
+        self._aes: bool | None = None  # whether the guest's CPU has AES instructions (see `_has_aes`)
         self._pending_entry_files: tuple[threading.Thread, dict] | None = None
 
     def entry_files(self) -> dict[str, bytes]:
@@ -352,13 +353,13 @@ class SshArea:
         the agent paramiko used holds, a setting OpenSSH refuses), and from then on this area
         uses paramiko alone. VML_SSH_CLIENT=paramiko always uses paramiko, =openssh the
         OpenSSH client for every stream however small."""
-        argv = None if self._openssh_unusable or os.environ.get("VML_SSH_CLIENT") == "paramiko" else openssh_command(
-            self.target.host, port=self.target.port, user=self.target.user, identity=self.target.identity,
-            known_hosts_file=self.target.known_hosts,
-        )
-        if argv is None:
+        if self._openssh_unusable or os.environ.get("VML_SSH_CLIENT") == "paramiko":
             raise _ClientUnusable("not used")
         self._connection()  # paramiko first: it checks the host key (learning it if asked to) and says what failed
+        argv = openssh_command(self.target.host, port=self.target.port, user=self.target.user, identity=self.target.identity,
+                               known_hosts_file=self.target.known_hosts, aes=self._has_aes())
+        if argv is None:
+            raise _ClientUnusable("not used")
         process = subprocess.Popen(
             [*argv, self._script(body)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
@@ -400,6 +401,17 @@ class SshArea:
                 thread.join(timeout=10)
             for pipe in (process.stdout, process.stderr):
                 pipe.close()
+
+    def _has_aes(self) -> bool:
+        """Whether the guest's CPU has AES instructions (asked once; unknown counts as yes):
+        which cipher its bulk streams are encrypted with (vml/ssh.py: openssh_command)."""
+        if self._aes is None:
+            try:
+                _stdin, stdout, _stderr = self._connection().exec_command("grep -q -w aes /proc/cpuinfo")
+                self._aes = stdout.channel.recv_exit_status() != 1  # 1: read, and no AES (2: no /proc/cpuinfo)
+            except SSH_ERRORS:
+                self._aes = True
+        return self._aes
 
     def run_command(self, body: str, what: str) -> tuple[int, str]:
         """A shell command on the guest (in the area's root): its exit status and stderr."""

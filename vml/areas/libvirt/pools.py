@@ -4,12 +4,14 @@ known complete), overlays on them, their removal. libvirt-python comes through d
 from __future__ import annotations
 
 import os
+import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from vml.areas.libvirt.definition import deployment_of
 from vml.areas.libvirt.driver import _fail, connect, libvirt
+from vml.areas.libvirt.host import kvm_usable
 from vml.errors import AreaError, UsageError
 
 DEFAULT_POOL = "vml"
@@ -199,7 +201,11 @@ def delete_volume_at(uri: str, path: str) -> bool:
 
 
 def offers_kvm(uri: str) -> bool:
-    """Whether the host at `uri` gives its x86_64 guests KVM (its capabilities say)."""
+    """Whether the host at `uri` gives its x86_64 guests KVM: its capabilities say so, and for
+    this machine's own libvirt, the CPU has the extensions (a nested /dev/kvm without them
+    runs guests slower than software emulation; see host.kvm_usable)."""
+    if not urllib.parse.urlsplit(uri).hostname and not kvm_usable():
+        return False
     capabilities = ElementTree.fromstring(connect(uri).getCapabilities())
     return any(domain.get("type") == "kvm" for domain in capabilities.findall("./guest/arch/domain"))
 
