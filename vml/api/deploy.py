@@ -358,6 +358,7 @@ def _write_entry_in_guest(repo: Repository, entry_id: str, info: EntryInfo, uri:
             as_vm(working_area).wait_for_guest()
             write_entry(repo, working_area, entry_id, progress)
             as_vm(working_area).flush_disk()
+            as_vm(working_area).power_off_inside()
         finally:
             working_area.close()
     finally:
@@ -365,14 +366,16 @@ def _write_entry_in_guest(repo: Repository, entry_id: str, info: EntryInfo, uri:
 
 
 def _power_off_cleanly(domain: Any) -> None:
-    """Shut the guest down (ACPI), or power it off after a minute: its files are synced."""
-    with contextlib.suppress(VmlError):
-        domain.stop()
-    deadline = time.monotonic() + 60
-    while domain.state() not in ("shut off", "crashed") and time.monotonic() < deadline:
-        time.sleep(1)
-    if domain.state() != "shut off":
-        domain.stop(force=True)
+    """Wait for the guest told to power off to do so, press ACPI's power button after half a
+    minute, and power the domain off after another: its files are synced already."""
+    for force in (False, True):
+        deadline = time.monotonic() + 30
+        while domain.state() not in ("shut off", "crashed") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if domain.state() == "shut off":
+            return
+        with contextlib.suppress(VmlError):
+            domain.stop(force=force)
 
 
 def _size(count: int) -> str:

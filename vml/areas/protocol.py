@@ -144,6 +144,10 @@ class VmArea(WorkingArea, Protocol):
         """Have the running guest write what it caches to its disk."""
         ...
 
+    def power_off_inside(self) -> None:
+        """Have the running guest power itself off."""
+        ...
+
     def unmount_share(self, share: Share) -> str | None:
         """Unmount a shared folder in the running guest; why not, if it could not be."""
         ...
