@@ -1,11 +1,13 @@
 """vml deploy, deploy list and release: domains of an entry on other libvirt hosts
-(qemu+ssh://host/system), the entry's disk carried to each host that lacks it, and the record
-of what this repository deployed where (.vml/vml/deployments.json).
+(qemu+ssh://host/system), what a host lacks of the entry carried there, and the record of
+what this repository deployed where (.vml/vml/deployments.json).
 
-A host gets the entry as three volumes in a storage pool: a whole qcow2 disk image of the
-entry's root tree (vml image build's), its kernel and its initrd, named by the entry's id,
-so that a host has them once for any number of domains and deploys. Each domain boots
-its own qcow2 overlay on that image, which release deletes with the domain.
+A host keeps the entry in a storage pool, once for any number of domains and deploys: for an
+entry on a base, the base's image, kernel and initrd (named by the base's digest) and the
+entry's own overlay on that image, which a guest of the base booted once on the host took the
+entry's files into (as checkout --new-vm does); for an entry without a base, a disk image of
+its whole root tree (vml image build's) with its kernel and initrd. Each domain boots its own
+qcow2 overlay on the entry's volume, which release deletes with the domain.
 """
 
 from __future__ import annotations
