@@ -9,6 +9,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -116,22 +117,25 @@ def loopback_of(uri: str, port: int) -> Iterator[tuple[str, int]]:
     argv += ["-l", urllib.parse.unquote(parsed.username)] if parsed.username else []
     argv += ["-i", query["keyfile"][0]] if query.get("keyfile") else []
     argv += ["-o", "StrictHostKeyChecking=no"] if query.get("no_verify") == ["1"] else []
-    try:
-        forward = subprocess.Popen([*argv, "--", parsed.hostname], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
-    except OSError as error:
-        raise AreaError(f"cannot run {argv[0]} to reach the guests of {uri}: {error.strerror}") from None
-    try:
-        deadline = time.monotonic() + seconds_from_environment("VML_SSH_WAIT", 300)
-        while not _listening(local):
-            if forward.poll() is not None or time.monotonic() > deadline:
-                why = (forward.stderr.read().decode(errors="replace").strip().splitlines() or ["it never listened"])[-1]
-                raise AreaError(f"cannot forward a port of {parsed.hostname} over ssh: {why}")
-            time.sleep(0.1)
-        yield "127.0.0.1", local
-    finally:
-        forward.terminate()
-        forward.wait()
+    # Its messages go to a file: a pipe nobody reads while the guest boots could fill and stop it.
+    with tempfile.TemporaryFile() as messages:
+        try:
+            forward = subprocess.Popen([*argv, "--", parsed.hostname], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=messages)
+        except OSError as error:
+            raise AreaError(f"cannot run {argv[0]} to reach the guests of {uri}: {error.strerror}") from None
+        try:
+            deadline = time.monotonic() + seconds_from_environment("VML_SSH_WAIT", 300)
+            while not _listening(local):
+                if forward.poll() is not None or time.monotonic() > deadline:
+                    messages.seek(0)
+                    why = (messages.read().decode(errors="replace").strip().splitlines() or ["it never listened"])[-1]
+                    raise AreaError(f"cannot forward a port of {parsed.hostname} over ssh: {why}")
+                time.sleep(0.1)
+            yield "127.0.0.1", local
+        finally:
+            forward.terminate()
+            forward.wait()
 
 
 def _listening(port: int) -> bool:
