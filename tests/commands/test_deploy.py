@@ -139,11 +139,11 @@ def test_an_upload_cut_short_is_carried_again(vml: Vml, host: LibvirtHost, entry
 
     real_send = pools.Pool._send
 
-    def dropping(self, volume, source, offset, end, sent):
+    def dropping(self, volume, source, offset, end, what, sent):
         if volume.name().endswith(".qcow2") and offset > 0:
-            real_send(self, volume, source, offset, offset + (end - offset) // 2, sent)
+            real_send(self, volume, source, offset, offset + (end - offset) // 2, what, sent)
             raise ConnectionResetError("connection dropped (injected)")
-        return real_send(self, volume, source, offset, end, sent)
+        return real_send(self, volume, source, offset, end, what, sent)
 
     monkeypatch.setattr(pools.Pool, "_send", dropping)
     repo = Repository.discover(str(vml.cwd))

@@ -141,7 +141,8 @@ def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, nam
     info = entry_info(repo, entry_id)
     check_base(repo, info, None)  # first: the command line offers to fetch a missing one
     base = BaseName(info.base.name, info.base.version) if info.base else None
-    if base is not None and base_entry(repo.git, base)[1].image is None:
+    base_info = base_entry(repo.git, base)[1] if base is not None else None
+    if base is not None and base_info is not None and base_info.image is None:
         raise UsageError(f"entry {entry_id[:12]} sits on base {base}, a file tree, not a disk image: a domain needs a base added with --image")
     pools, libvirt = _pools(), _libvirt()
     saved = repo.git.read_file(entry_id, DOMAIN_FILE)
@@ -150,10 +151,11 @@ def deploy(repo: Repository, spec: str, hosts: list[str], *, count: int = 1, nam
     targets = {uri: pools.Pool(uri, pool, pool_dir) for uri in hosts}
     kinds = {uri: {"kvm": "kvm", "tcg": "qemu"}.get(accel) or ("kvm" if pools.offers_kvm(uri) else "qemu") for uri in hosts}
     carried: list[str] = []
-    if base is None:
+    if base is None or base_info is None:
         disks = _carry_image(repo, entry_id, targets, carried, progress=progress, notice=notice)
     else:
-        disks = _carry_layered(repo, entry_id, info, base, targets, kinds, carried, identity=identity, progress=progress, notice=notice)
+        disks = _carry_layered(repo, entry_id, info, base, base_info, targets, kinds, carried, identity=identity, progress=progress,
+                               notice=notice)
     with repo.deployments_lock():
         record = _read_record(repo)
         deployment = str(record.get("next", 1))
@@ -209,6 +211,11 @@ def _update_record(repo: Repository, deployment: str, vm: Record, *, remove: boo
         _write_record(repo, record)
 
 
+def _entry_stem(entry_id: str) -> str:
+    """What the volumes carried for an entry are named after, on every host."""
+    return f"vml-{entry_id[:16]}"
+
+
 def _libvirt() -> ModuleType:
     from vml.areas.kinds import libvirt_module
 
@@ -222,7 +229,7 @@ def _carry_image(repo: Repository, entry_id: str, targets: dict[str, Pool], carr
     with the image whole has all three)."""
     from vml.api.image import DEFAULT_CMDLINE, image_build
 
-    stem = f"vml-{entry_id[:16]}"
+    stem = _entry_stem(entry_id)
     lacking = [uri for uri, target in targets.items() if _boot_set(target, stem, ".qcow2", "qcow2", None) is None]
     if lacking:
         if notice is not None:
@@ -261,19 +268,18 @@ def _upload_set(target: Pool, stem: str, image: str, suffix: str, kernel: str | 
             notice(f"carrying {volume} ({_size(os.path.getsize(path))}) to {target.uri}")
         sent = (lambda done, number=number: progress(Carrying(number, done))) if progress is not None else None
         made = target.upload(volume, path, sent)
-        carried.append(f"{target.uri}: {made.name} ({_size(os.path.getsize(path))})")
+        carried.append(f"{target.uri}: {made.name} ({_size(made.bytes)})")
 
 
-def _carry_layered(repo: Repository, entry_id: str, info: EntryInfo, base: BaseName, targets: dict[str, Pool], kinds: dict[str, str],
-                   carried: list[str], *, identity: str | None, progress: Progress, notice: Notice) -> dict[str, _Disks]:
+def _carry_layered(repo: Repository, entry_id: str, info: EntryInfo, base: BaseName, base_info: EntryInfo, targets: dict[str, Pool],
+                   kinds: dict[str, str], carried: list[str], *, identity: str | None, progress: Progress, notice: Notice) -> dict[str, _Disks]:
     """An entry on a base image: the base image (and its kernel and initrd) carried to each
     host that lacks it, then the entry's own volume there, an overlay on the base that a
     guest booted once on the host took the entry's files into (as checkout --new-vm does)."""
     from vml.areas.kinds import provisioning
 
-    _base_entry, base_info = base_entry(repo.git, base)
     cmdline = (base_info.boot or {}).get("cmdline") or None
-    stem = f"vml-base-{info.base.digest.rpartition(':')[2][:16]}" if info.base else ""
+    stem = f"vml-base-{info.required_base().digest.rpartition(':')[2][:16]}"
     local: tuple[str, dict[str, str], str] | None = None
     disks = {}
     for uri, target in targets.items():
@@ -296,7 +302,7 @@ def _entry_on(repo: Repository, entry_id: str, info: EntryInfo, target: Pool, ba
               carried: list[str], progress: Progress, notice: Notice) -> _Disks:
     """The entry's volume on a host (made there if missing): an overlay on the base image
     holding the entry's files, marked ready (a small volume) once its guest is powered off."""
-    stem = f"vml-{entry_id[:16]}"
+    stem = _entry_stem(entry_id)
     ready, image = target.volume(stem + ".ready"), target.volume(stem + ".qcow2")
     if ready is not None and image is not None:
         return _Disks(image, "qcow2", base.kernel, base.initrd, base.cmdline)
@@ -324,14 +330,7 @@ def _entry_on(repo: Repository, entry_id: str, info: EntryInfo, target: Pool, ba
             domain.delete()
         target.delete(disk.name)
         raise
-    work = tempfile.mkdtemp(prefix="deploy-", dir=repo.temp_dir())
-    try:
-        marker = os.path.join(work, "ready")
-        with open(marker, "w") as written:
-            written.write(f"vml entry {entry_id}: its files are in {stem}.qcow2\n")
-        target.upload(stem + ".ready", marker)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    target.upload_bytes(stem + ".ready", f"vml entry {entry_id}: its files are in {stem}.qcow2\n".encode())
     carried.append(f"{target.uri}: {stem}.qcow2 (the entry's files, written in a guest there)")
     made = target.volume(stem + ".qcow2")
     return _Disks(made, "qcow2", base.kernel, base.initrd, base.cmdline)
@@ -512,9 +511,9 @@ def _purge(uri: str, pool: str | None, entries: set[str]) -> list[str]:
     target = pools.Pool(uri, pool)
     deleted = []
     for entry_id in entries - pools.deployed_entries(uri):
-        for suffix in (".qcow2", ".ready", ".vmlinuz", ".initrd.img"):
-            if target.delete(f"vml-{entry_id[:16]}{suffix}"):
-                deleted.append(f"{uri}: vml-{entry_id[:16]}{suffix}")
+        for volume in (_entry_stem(entry_id) + suffix for suffix in (".qcow2", ".ready", ".vmlinuz", ".initrd.img")):
+            if target.delete(volume):
+                deleted.append(f"{uri}: {volume}")
     names = target.names()
     if not [name for name in names if name.startswith("vml-") and not name.startswith("vml-base-")]:
         for name in names:

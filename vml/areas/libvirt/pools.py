@@ -3,11 +3,13 @@ known complete), overlays on them, their removal. libvirt-python comes through d
 
 from __future__ import annotations
 
+import io
 import os
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from vml.areas.libvirt.definition import deployment_of
 from vml.areas.libvirt.driver import _fail, connect, libvirt
@@ -107,28 +109,34 @@ class Pool:
     def upload(self, name: str, path: str, sent: Sent = None) -> Volume:
         """Copy file `path` here into volume `name` (replacing an incomplete one), its first
         4 KiB last, so that `volume` knows a volume cut short from a whole one."""
-        size = os.path.getsize(path)
         with open(path, "rb") as source:
-            head = source.read(HEAD)
-            if not head.strip(b"\0"):
-                raise AreaError(f"{path} begins with {HEAD} zero bytes: vml cannot tell it whole on a host once uploaded")
-            self.delete(name)
-            volume_xml = ElementTree.Element("volume")
-            ElementTree.SubElement(volume_xml, "name").text = name
-            ElementTree.SubElement(volume_xml, "capacity", unit="bytes").text = str(size)
-            ElementTree.SubElement(volume_xml, "allocation", unit="bytes").text = "0"
-            ElementTree.SubElement(ElementTree.SubElement(volume_xml, "target"), "format", type="raw")
-            try:
-                made = self.pool.createXML(ElementTree.tostring(volume_xml).decode(), 0)
-                done = self._send(made, source, len(head), size, sent) if size > len(head) else 0
-                self._send(made, source, 0, len(head), None)
-            except libvirt.libvirtError as error:
-                raise _fail(f"cannot upload {os.path.basename(path)} to pool {self.name} of {self.uri}", error, self.uri) from None
+            return self._upload(name, source, os.path.getsize(path), os.path.basename(path), sent)
+
+    def upload_bytes(self, name: str, data: bytes) -> Volume:
+        """`upload` of `data`, a small file made here (a marker)."""
+        return self._upload(name, io.BytesIO(data), len(data), name, None)
+
+    def _upload(self, name: str, source: BinaryIO, size: int, what: str, sent: Sent) -> Volume:
+        head = source.read(HEAD)
+        if not head.strip(b"\0"):
+            raise AreaError(f"{what} begins with {HEAD} zero bytes: vml cannot tell it whole on a host once uploaded")
+        self.delete(name)
+        volume_xml = ElementTree.Element("volume")
+        ElementTree.SubElement(volume_xml, "name").text = name
+        ElementTree.SubElement(volume_xml, "capacity", unit="bytes").text = str(size)
+        ElementTree.SubElement(volume_xml, "allocation", unit="bytes").text = "0"
+        ElementTree.SubElement(ElementTree.SubElement(volume_xml, "target"), "format", type="raw")
+        try:
+            made = self.pool.createXML(ElementTree.tostring(volume_xml).decode(), 0)
+            done = self._send(made, source, len(head), size, what, sent) if size > len(head) else 0
+            self._send(made, source, 0, len(head), what, None)
+        except libvirt.libvirtError as error:
+            raise _fail(f"cannot upload {what} to pool {self.name} of {self.uri}", error, self.uri) from None
         if sent is not None:
             sent(done + len(head))
         return Volume(name, made.path(), size)
 
-    def _send(self, volume: libvirt.virStorageVol, source, offset: int, end: int, sent: Sent) -> int:
+    def _send(self, volume: libvirt.virStorageVol, source: BinaryIO, offset: int, end: int, what: str, sent: Sent) -> int:
         stream = self.connection.newStream(0)
         volume.upload(stream, offset, end - offset, 0)
         source.seek(offset)
@@ -137,12 +145,10 @@ class Pool:
             while offset + done < end:
                 data = source.read(min(_CHUNK, end - offset - done))
                 if not data:
-                    raise AreaError(f"{source.name} got shorter while it was uploaded")
-                view = memoryview(data)
-                while view:
-                    count = stream.send(view.tobytes())
-                    view = view[count:]
+                    raise AreaError(f"{what} got shorter while it was uploaded")
                 done += len(data)
+                while data:
+                    data = data[stream.send(data):]
                 if sent is not None:
                     sent(done)
             stream.finish()
