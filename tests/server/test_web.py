@@ -14,9 +14,9 @@ import httpx
 import pytest
 from conftest import Vml
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's packages chromium and chromium-driver (scripts/setup): no browser downloads
@@ -46,11 +46,29 @@ def page(browser):
     return browser
 
 
+def replaced(old):
+    """A wait's condition: the page that held `old` is gone. Chromium says so in two ways: a stale element,
+    or, while the new document is being built, an inspector error that the node is in no document."""
+
+    def gone(_browser) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" not in str(error):
+                raise
+            return True
+        return False
+
+    return gone
+
+
 def follow(browser, element) -> None:
     """Click a link or a button, and wait until the page it leads to has replaced this one."""
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 10).until(staleness_of(old))
+    WebDriverWait(browser, 10).until(replaced(old))
 
 
 def log_in(browser, server, user: str) -> None:
