@@ -111,6 +111,13 @@ class Workers:
         worker = min(self._workers, key=lambda w: w.waiting)  # (the first of equals)
         return worker.submit(request, descriptors, weight)
 
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._workers]
+
+    def each(self, request: Any) -> list[Future]:
+        """The same request to every worker, answered after all it was given before."""
+        return [worker.submit(request, (), 0) for worker in self._workers]
+
     def close(self, *, kill: bool = False) -> None:
         for worker in self._workers:
             worker.close(kill=kill)

@@ -54,10 +54,11 @@ def pack_path(packs_dir: str, pack_id: ObjectId) -> str:
 class PackWriter:
     """Appends blobs to a temporary pack file; `finish` makes it durable under its final name."""
 
-    def __init__(self, tmp_dir: str, *, pad: bytes = b""):
+    def __init__(self, tmp_dir: str, *, pad: bytes = b"", name: str = "pack"):
         """`pad`: bytes between the magic and the first blob, which no entry covers: a pack
-        of the same blobs under another name (readers allow the gap)."""
-        self._pending = PendingFile(tmp_dir, "pack", buffering=1024 * 1024)
+        of the same blobs under another name (readers allow the gap). `name`: the start of
+        its temp file's name."""
+        self._pending = PendingFile(tmp_dir, name, buffering=1024 * 1024)
         self._hasher = StreamingId()
         self._entries: list[PackEntry] = []
         self.size = 0

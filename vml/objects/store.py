@@ -450,6 +450,11 @@ class ChunkStore:
         fsync_dir(os.path.dirname(final))
         self._adopted(pack_id, entries)
 
+    def adopt_written(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
+        """Take a pack another process wrote into this store's packs/ and made durable (a
+        reader process of a commit): as adopt_file, with the file in place already."""
+        self._adopted(pack_id, entries)
+
     def _adopted(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
         """A whole pack now in packs/: its blobs found from now on, indexed by the next flush."""
         with self._lock:

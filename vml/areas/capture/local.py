@@ -25,7 +25,7 @@ from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, 
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, stat_key
 from vml.errors import UnsafePath, VmlError
-from vml.objects.chunker import chunk_file, one_chunk
+from vml.objects.chunker import Extents, chunk_file, one_chunk
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -51,45 +51,62 @@ if TYPE_CHECKING:
 MAX_FILES_IN_FLIGHT = 1024
 MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 MAX_DIRS_WAITING = 256  # directories scanned but not finished: bounds memory on unchanged trees
+# How far past these the walk goes on while the oldest directory waits for a read (_drain):
+# the base tree's 100 MB file took as long on its thread as 4,000 small ones on the readers.
+FAR_FILES, FAR_BYTES, FAR_DIRS = 16 * MAX_FILES_IN_FLIGHT, 4 * MAX_BYTES_IN_FLIGHT, 16 * MAX_DIRS_WAITING
 # Small files go to the workers in batches: one task per file made the threads spend more
 # time handing the GIL and futures back and forth than reading.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
-# Files given to the threads before reader processes take over (vml/workers.py: Takeover). A
-# larger file than a batch is read on a thread still: it is mostly C, which threads run at
-# once, and a reader would send back its new chunks in one answer, held whole on both sides
-# (with the base tree's files of 50 to 129 MB read so, its commit's peak memory went from
-# 163 to 221 MB).
-PROCESSES_AFTER = 2048
+# Files given to the threads before reader processes take over (vml/workers.py: Takeover):
+# every file after, large ones too (a reader writes its own packs, and sends back ids only).
+# A thread reading a 100 MB file while this thread walked waited for the GIL between chunks
+# and took 2 s; the walk stopped behind its directory, and a core was idle. At 256 rather than
+# 2,048 the readers are up 0.2 s sooner in the base tree's commit (5.87 s to 5.67 s).
+PROCESSES_AFTER = 256
 _S_IFMT = 0o170000  # stat.S_IFMT(mode) is mode & this, without a call per path
 _NAME = attrgetter("name")
 
 
-@dataclass(slots=True)
-class FileContent:
-    chunks: bytes
-    extents: tuple | None
-    stable: bool  # the file did not change while it was read
-    flags: int  # its inode flags (chattr), read from the same descriptor
+# A file to read: its path, and its size, blocks, mtime and ctime as the walk's lstat gave them.
+# Plain tuples, here and in FileContent: they go to and from reader processes by the hundred
+# thousand, and a stat result or a dataclass took ten times as long to pickle and unpickle
+# (3.1 and 1.4 µs a file against 0.3 and 0.15).
+ToRead = tuple[bytes, int, int, int, int]
+# What reading it found: its chunk ids (joined), its data extents (None: no holes), whether it
+# stayed unchanged while read, its inode flags (chattr) and its extended attributes, the last
+# two read from the same descriptor.
+FileContent = tuple[bytes, Extents | None, bool, int, tuple[tuple[bytes, bytes], ...]]
 
 
-def read_content(path: bytes, st: os.stat_result, chunk: Callable[[memoryview], bytes]) -> FileContent:
+def to_read(path: bytes, st: os.stat_result) -> ToRead:
+    return path, st.st_size, st.st_blocks, st.st_mtime_ns, st.st_ctime_ns
+
+
+def read_content(file: ToRead, chunk: Callable[[memoryview], bytes]) -> FileContent:
     """A regular file's content cut into chunks, each given to `chunk` for its id (a thread of
     the capture, or a reader process: processes.py)."""
+    path, size, blocks, mtime_ns, ctime_ns = file
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         flags = read_flags(fd)
-        extents = data_extents(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+        xattrs = read_xattrs(fd)  # (by descriptor: no second walk of the path)
+        extents = data_extents(fd, size) if blocks * 512 < size else None
 
-        def read_at(buffer: memoryview, offset: int) -> int:
-            return os.preadv(fd, [buffer], offset)
+        if one_chunk(size, extents):  # (chunk_file's rule) most files: one read into new bytes, not zeroed first
+            data = os.pread(fd, size, 0) if size else b""
+            ids = [chunk(memoryview(data))] if data else []
+        else:
 
-        ids = [chunk(piece) for piece in chunk_file(read_at, st.st_size, extents)]
+            def read_at(buffer: memoryview, offset: int) -> int:
+                return os.preadv(fd, [buffer], offset)
+
+            ids = [chunk(piece) for piece in chunk_file(read_at, size, extents)]
         after = os.fstat(fd)  # a file that changed while it was read is not trusted
     finally:
         os.close(fd)
-    stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return FileContent(b"".join(ids), extents, stable, flags)
+    stable = after.st_size == size and after.st_mtime_ns == mtime_ns and after.st_ctime_ns == ctime_ns
+    return b"".join(ids), extents, stable, flags, xattrs
 
 
 @dataclass(slots=True)
@@ -120,6 +137,7 @@ class _PendingDir:
     listing_id: bytes | None = None
     totals: Totals = field(default_factory=Totals)
     reusable: bool = True  # false when something in it must not be trusted next time
+    checked: int = 0  # children whose reads are known done (Capture._read_all)
 
 
 class Capture:
@@ -158,7 +176,7 @@ class Capture:
         self._in_flight = 0
         self._bytes_in_flight = 0
         self._hardlinks: dict[tuple[int, int], _LinkGroup] = {}  # by (device, inode)
-        self._batch: list[tuple[bytes, os.stat_result]] = []
+        self._batch: list[ToRead] = []
         self._batch_children: list[_Child] = []
         self._batch_bytes = 0
         self._racy_after = time.time_ns() - RACY_WINDOW_NS
@@ -168,9 +186,9 @@ class Capture:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{os.fsdecode(path)} is not a regular file")
-        content = read_content(path, st, self.tree.sink.chunk)
-        node = self._metadata_node(name, st, path)
-        node.chunks, node.extents, node.flags = content.chunks, content.extents, content.flags
+        chunks, extents, _stable, flags, xattrs = read_content(to_read(path, st), self.tree.sink.chunk)
+        node = self._metadata_node(name, st, path, xattrs)
+        node.chunks, node.extents, node.flags = chunks, extents, flags
         return node
 
     def close(self) -> None:
@@ -191,6 +209,8 @@ class Capture:
             top = self._scan_dir(self.root, b"", self.rules.root_scope() if self.rules else Scope.IN)
             while self._queue:
                 self._finish(self._queue.popleft())
+            if self._readers.processes is not None:
+                self._readers.processes.finish()  # their last packs: in the store before the commit names them
             top_node = self._metadata_node(b"", root_st, self.root)
             links = [group.paths for group in self._hardlinks.values() if len(group.paths) > 1]
             result = self.tree.result(top_node, top.listing_id, top.totals, links, self.skipped, self.changed_while_reading)
@@ -286,10 +306,10 @@ class Capture:
         self._bytes_in_flight += st.st_size
         child.reads = True
         if not one_chunk(st.st_size):  # read on its own: small files go in batches
-            child.content = (self._submit([(path, st)]), 0)
+            child.content = (self._submit([to_read(path, st)]), 0)
             return
         self._batch_children.append(child)
-        self._batch.append((path, st))
+        self._batch.append(to_read(path, st))
         self._batch_bytes += st.st_size
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
             self._submit_batch()
@@ -302,9 +322,9 @@ class Capture:
             child.content = (future, place)
         self._batch, self._batch_children, self._batch_bytes = [], [], 0
 
-    def _submit(self, batch: list[tuple[bytes, os.stat_result]]) -> Future:
+    def _submit(self, batch: list[ToRead]) -> Future:
         readers = self._readers.take(len(batch))
-        if readers is not None and (len(batch) > 1 or batch[0][1].st_size <= BATCH_BYTES):
+        if readers is not None:
             return readers.submit(batch)
         return self._pool.submit(self._read_files, batch)
 
@@ -314,18 +334,37 @@ class Capture:
         return ReaderProcesses(self.store, count)
 
     def _drain(self) -> None:
-        while self._queue and (
-            self._in_flight > MAX_FILES_IN_FLIGHT
-            or self._bytes_in_flight > MAX_BYTES_IN_FLIGHT
-            or len(self._queue) > MAX_DIRS_WAITING
-        ):
-            self._finish(self._queue.popleft())
+        """Finish the oldest directories while work in flight is over its bounds. While the
+        oldest one still waits for a read (a 100 MB file on a thread), the walk goes on,
+        feeding the other workers, up to the FAR_ bounds: it stopped there, and
+        left a core idle for as long as the one file took."""
+        queue = self._queue
+        while queue:
+            files, size, dirs = self._in_flight, self._bytes_in_flight, len(queue)
+            if files <= MAX_FILES_IN_FLIGHT and size <= MAX_BYTES_IN_FLIGHT and dirs <= MAX_DIRS_WAITING:
+                return
+            if files <= FAR_FILES and size <= FAR_BYTES and dirs <= FAR_DIRS and not self._read_all(queue[0]):
+                return
+            self._finish(queue.popleft())
+
+    @staticmethod
+    def _read_all(pending: _PendingDir) -> bool:
+        """Whether every read the directory's files wait for is done (so finishing it now
+        does not wait). Each child is looked at until its read is done, once."""
+        children = pending.children
+        while pending.checked < len(children):
+            child = children[pending.checked]
+            content = child.content
+            if (content is None and child.reads) or (content is not None and not content[0].done()):
+                return False  # (None: in the batch being filled; another name's: that name's read)
+            pending.checked += 1
+        return True
 
     # -- file contents (on worker threads)
 
-    def _read_files(self, batch: list[tuple[bytes, os.stat_result]]) -> list[FileContent]:
+    def _read_files(self, batch: list[ToRead]) -> list[FileContent]:
         chunk = self.tree.sink.chunk
-        return [read_content(path, st, chunk) for path, st in batch]
+        return [read_content(file, chunk) for file in batch]
 
     # -- finishing a directory (post-order, on the calling thread)
 
@@ -381,25 +420,24 @@ class Capture:
         if child.node is not None:
             return child.node
         batch, place = child.content
-        content: FileContent = batch.result()[place]
+        chunks, extents, stable, flags, xattrs = batch.result()[place]
         if child.reads:
             self._in_flight -= 1
             self._bytes_in_flight -= child.st.st_size
             self.counts.files_read += 1
             self.counts.bytes_read += child.st.st_size
         path = os.path.join(self.root, pending.rel, child.name)
-        if not content.stable:
+        if not stable:
             self.changed_while_reading.append(path)
             child.cacheable = False
             pending.reusable = False
-        node = self._metadata_node(child.name, child.st, path)
-        node.chunks = content.chunks
-        node.extents = content.extents
-        node.flags = content.flags
+        node = self._metadata_node(child.name, child.st, path, xattrs)
+        node.chunks, node.extents, node.flags = chunks, extents, flags
         node.hardlink = child.hardlink
         return node
 
-    def _metadata_node(self, name: bytes, st: os.stat_result, path: bytes) -> Node:
+    def _metadata_node(self, name: bytes, st: os.stat_result, path: bytes, xattrs: tuple | None = None) -> Node:
+        """`xattrs`: read already (with a regular file's content); else read here, by path."""
         kind = KIND_OF_TYPE[stat.S_IFMT(st.st_mode)]
         node = Node(
             name=name,
@@ -411,7 +449,7 @@ class Capture:
             group=self.owners.group(st.st_gid),
             mtime_ns=st.st_mtime_ns,
             size=st.st_size if kind == KIND_FILE else 0,
-            xattrs=read_xattrs(path),
+            xattrs=read_xattrs(path) if xattrs is None else xattrs,
         )
         if kind == KIND_SYMLINK:
             node.target = os.readlink(path)
