@@ -107,9 +107,14 @@ class Workers:
             self.close(kill=True)
             raise
 
-    def submit(self, request: Any, *, descriptors: Sequence[int] = (), weight: int = 1) -> Future:
-        worker = min(self._workers, key=lambda w: w.waiting)  # (the first of equals)
+    def submit(self, request: Any, *, descriptors: Sequence[int] = (), weight: int = 1, to: int | None = None) -> Future:
+        """`to`: the number of the worker (`least_busy`), else the least busy one."""
+        worker = self._workers[self.least_busy() if to is None else to]
         return worker.submit(request, descriptors, weight)
+
+    def least_busy(self) -> int:
+        """The number of the worker with the least work waiting (the first of equals)."""
+        return min(range(len(self._workers)), key=lambda number: self._workers[number].waiting)
 
     def pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]

@@ -123,3 +123,48 @@ def test_one_of_a_thing_is_singular_and_show_names_the_host(vml, tmp_path: Path)
     checked_out = vml("checkout", "HEAD~1", "--to", str(tmp_path / "out")).stdout
     assert ": 1 file written (1 B), 0 metadata updates, 0 removed" in checked_out, checked_out
     vml.fsck_clean()
+
+
+def test_reader_processes_store_what_they_meet_once(repo, guest: Path, monkeypatch):
+    """A commit's reader processes write packs of their own and tell each other what they
+    wrote: content met again further down the tree, by whichever reader, is not stored
+    again, and their packs are indexed like any other (the repository is clean)."""
+    from collections import Counter
+
+    from vml.areas.capture import local, processes
+    from vml.objects.pack import read_table
+    from vml.objects.store import ChunkStore
+
+    monkeypatch.setattr(local, "PROCESSES_AFTER", 0)
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
+    # The walk is far ahead of the readers in a tree this small: the copies wait until every
+    # file before them is read (readers are told what others wrote with their next batch).
+    submitted = []
+    submit = processes.ReaderProcesses.submit
+
+    def submit_in_turn(readers, batch):
+        if b"z-last" in batch[0][0]:
+            for earlier in submitted:
+                earlier.exception(timeout=60)
+        submitted.append(submit(readers, batch))
+        return submitted[-1]
+
+    monkeypatch.setattr(processes.ReaderProcesses, "submit", submit_in_turn)
+    rng = random.Random(11)
+    contents = [rng.randbytes(300_000 + n) for n in range(16)]  # past one chunk: each file a request of its own
+    for n, data in enumerate(contents):
+        (guest / "a-first").mkdir(exist_ok=True)
+        (guest / "a-first" / f"f{n}").write_bytes(data)
+    for d in range(30):  # batches between, for the readers' answers to come back
+        (guest / f"m{d:02}").mkdir()
+        for f in range(64):
+            (guest / f"m{d:02}" / f"f{f}").write_bytes(rng.randbytes(2000))
+    (guest / "z-last").mkdir()
+    for n in range(len(contents)):  # in another order: half the copies go to the other reader whatever the turns
+        (guest / "z-last" / f"copy{n:02}").write_bytes(contents[n ^ 1 if n % 4 < 2 else n])
+    result = repo("commit", "-m", "copies", "--json").json()
+    store = ChunkStore(str(repo.cwd / ".vml" / "vml" / "store"))
+    held = Counter(entry.id for path in store.list_pack_files().values() for entry in read_table(path))
+    assert held and max(held.values()) == 1, [blob_id.hex()[:12] for blob_id, count in held.items() if count > 1]
+    assert result["added_bytes"] < sum(map(len, contents)) + 30 * 64 * 2000 + 1_000_000, result
+    repo.fsck_clean()

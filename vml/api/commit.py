@@ -66,9 +66,9 @@ def commit(repo: Repository, message: str, *, area: str | None = None, allow_emp
             store.abandon()
             if error.errno != errno.ENOSPC:
                 raise
-            kept = store.bytes_added - added_before
+            kept = store.unindexed_bytes()  # (what its reader processes finished too, reported or not)
             raise VmlError("the disk of the repository is full: nothing was recorded"
-                           + (f"; the {kept:,} bytes this commit stored already are reused by the next one, or freed by "
+                           + (f"; the {kept:,} bytes of packs stored already are reused by the next one, or freed by "
                               f"'vml gc'" if kept else "")) from None
         except BaseException:
             store.abandon()

@@ -178,6 +178,11 @@ class ChunkStore:
                     found[ObjectId(bytes.fromhex(name[:64]))] = os.path.join(sub_dir, name)
         return found
 
+    def unindexed_bytes(self) -> int:
+        """The size of the pack files in packs/ that no index file names (yet): written by
+        this process, a reader process of its commit, or one killed before its flush."""
+        return sum(os.path.getsize(path) for pack_id, path in self.list_pack_files().items() if pack_id not in self._indexed_packs)
+
     def _recover_unindexed_packs(self) -> None:
         for pack_id, path in self.list_pack_files().items():
             if pack_id in self._indexed_packs:

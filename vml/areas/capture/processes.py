@@ -10,8 +10,9 @@ Written so, a new chunk crosses no process boundary (each compressed chunk was s
 be written by the capture's process, which also walks the tree). That alone saved nothing
 measurable in the base tree's commit (5.8 s either way); what it bought is that an answer
 is ids only, whatever the size of the files, so large files go to the readers too (local.py:
-PROCESSES_AFTER). The price: a chunk that two readers (or a reader and a thread) meet in the
-same commit is stored twice, each copy whole and indexed; gc keeps one."""
+PROCESSES_AFTER). Each reader is told, with its next batch, the chunks the others wrote; a
+chunk that two readers meet at once (or a reader and a thread) is stored twice, each copy
+whole and indexed, and gc keeps one."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from vml.objects.pack import TARGET_SIZE, TYPE_DATA, PackEntry, PackWriter
 from vml.objects.store import ChunkStore
 from vml.workers import FILE_COST, Handler, Workers
 
-Finished = list[tuple[ObjectId, list[PackEntry]]]  # packs durable in packs/: id, table of contents
+# Packs durable in packs/: the id and table of contents of each, as plain bytes and tuples
+# (a PackEntry took 6.7 µs to pickle and unpickle, an ObjectId 1.5: a tuple of bytes 0.3).
+Finished = list[tuple[bytes, list[tuple[bytes, int, int, int, int, int]]]]
 FINISH = "finish"  # the request that has a reader close its last pack
 
 
@@ -40,10 +43,26 @@ class ReaderProcesses:
     def __init__(self, store: ChunkStore, count: int):
         self._store = store
         self._workers = Workers(f"{__name__}:reader", store.root, count, role="reader process of the commit")
+        # The chunks readers wrote, as each answer said, told to each other reader with its
+        # next batch, so that one seldom writes a chunk another has (the base tree's commit
+        # stored 702 chunks twice, 4.9 MB, without): (reader, ids) of each answer from
+        # `_told_from` on, and where each reader has got to.
+        self._written: list[tuple[int, list[bytes]]] = []
+        self._told_from = 0
+        self._told = [0] * count
 
     def submit(self, batch: list[ToRead]) -> Future:
         work = sum(file[1] for file in batch) + FILE_COST * len(batch)
         contents: Future = Future()
+        number = self._workers.least_busy()
+        # (Answers are appended on other threads; only this one reads and trims the list.)
+        answers = self._written[self._told[number] - self._told_from :]
+        self._told[number] += len(answers)
+        oldest = min(self._told)
+        if oldest - self._told_from > 256:  # every reader has been told these: forget them
+            del self._written[: oldest - self._told_from]
+            self._told_from = oldest
+        news = [blob_id for origin, written in answers if origin != number for blob_id in written]
 
         def answered(answer: Future) -> None:
             error = answer.exception()
@@ -51,16 +70,18 @@ class ReaderProcesses:
                 self._adopt(getattr(error, "finished_packs", []))
                 contents.set_exception(error)
                 return
-            files, finished = answer.result()
+            files, finished, written = answer.result()
             self._adopt(finished)
+            if written:
+                self._written.append((number, written))
             contents.set_result(files)
 
-        self._workers.submit(batch, weight=work).add_done_callback(answered)
+        self._workers.submit((batch, news), weight=work, to=number).add_done_callback(answered)
         return contents
 
     def _adopt(self, finished: Finished) -> None:
-        for pack_id, entries in finished:
-            self._store.adopt_written(pack_id, entries)
+        for pack_id, table in finished:
+            self._store.adopt_written(ObjectId(pack_id), [PackEntry(ObjectId(blob_id), *rest) for blob_id, *rest in table])
 
     def finish(self) -> None:
         for answer in self._workers.each(FINISH):
@@ -106,9 +127,10 @@ class _Packs:
         if writer is not None:
             self._finishing.append(self._finisher.submit(self._complete, writer))
 
-    def _complete(self, writer: PackWriter) -> tuple[ObjectId, list[PackEntry]]:
+    def _complete(self, writer: PackWriter) -> tuple[bytes, list[tuple[bytes, int, int, int, int, int]]]:
         try:
-            return writer.finish(self._store.packs_dir), writer.entries
+            pack_id = writer.finish(self._store.packs_dir)
+            return bytes(pack_id), [(bytes(e.id), e.blob_type, e.flag, e.offset, e.length, e.raw_length) for e in writer.entries]
         except BaseException:
             writer.abandon()
             raise
@@ -145,7 +167,8 @@ def _with_packs(error: BaseException, finished: Finished) -> BaseException:
 def reader(store_root: str) -> Handler:
     gc.disable()  # (what a reader makes is acyclic and short-lived: the collector found nothing, at 1.5 % of its time)
     store = ChunkStore(store_root).open()
-    met: set[bytes] = set()  # chunks this reader has written
+    met: set[bytes] = set()  # chunks this reader or another has written
+    written: list[bytes] = []  # the ones it wrote for the batch at hand
     packs = _Packs(store)
 
     def chunk(data: memoryview) -> bytes:
@@ -154,15 +177,21 @@ def reader(store_root: str) -> Handler:
             flag, payload = compression.compress(data)
             packs.add(blob_id, flag, payload, len(data))
             met.add(blob_id)
+            written.append(bytes(blob_id))  # (plain bytes: see Finished)
         return blob_id
 
-    def read(request: list[ToRead] | str, _descriptors: list[int]) -> tuple[list[FileContent], Finished] | Finished:
+    def read(request: tuple[list[ToRead], list[bytes]] | str, _descriptors: list[int]) -> tuple[list[FileContent], Finished, list[bytes]] | Finished:
+        """A batch and the chunks other readers wrote since this one was last told: the files'
+        contents, the packs finished since the last answer, the chunks written for the batch."""
         if isinstance(request, str):  # FINISH
             return packs.finished(wait=True)
+        batch, news = request
+        met.update(news)
+        written.clear()
         try:
-            files = [read_content(file, chunk) for file in request]
+            files = [read_content(file, chunk) for file in batch]
         except BaseException as error:
             raise _with_packs(error, packs.durable()) from None
-        return files, packs.finished()
+        return files, packs.finished(), written
 
     return read
