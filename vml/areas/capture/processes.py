@@ -81,7 +81,8 @@ class ReaderProcesses:
 
     def _adopt(self, finished: Finished) -> None:
         for pack_id, table in finished:
-            self._store.adopt_written(ObjectId(pack_id), [PackEntry(ObjectId(blob_id), *rest) for blob_id, *rest in table])
+            self._store.adopt_written(ObjectId(pack_id), [PackEntry(ObjectId(blob_id), blob_type, flag, offset, length, raw_length)
+                                                          for blob_id, blob_type, flag, offset, length, raw_length in table])
 
     def finish(self) -> None:
         for answer in self._workers.each(FINISH):
