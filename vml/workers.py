@@ -124,8 +124,10 @@ class Workers:
         return [worker.submit(request, (), 0) for worker in self._workers]
 
     def close(self, *, kill: bool = False) -> None:
+        for worker in self._workers:  # all told first: they end at once, not one after another
+            worker.end(kill=kill)
         for worker in self._workers:
-            worker.close(kill=kill)
+            worker.close()
         self._workers = []
 
 
@@ -213,13 +215,17 @@ class _Worker:
         how = f"was killed (signal {-code})" if code is not None and code < 0 else f"ended (exit {code})"
         return f"a {self.role} {how} before it had done all it was given" + (f": {self._said}" if self._said else "")
 
-    def close(self, *, kill: bool = False) -> None:
+    def end(self, *, kill: bool = False) -> None:
+        """Tell it to end (`kill`: at once) without waiting for it to."""
         if kill and self.process.poll() is None:
             self.process.kill()
         try:
             self.sock.shutdown(socket.SHUT_WR)  # the worker ends once it has answered what it has
         except OSError:
             pass
+
+    def close(self, *, kill: bool = False) -> None:
+        self.end(kill=kill)
         self._reader.join()  # (it waits for the process)
         self.sock.close()
         if self.process.stderr is not None:
