@@ -336,9 +336,9 @@ class Capture:
 
     def _drain(self) -> None:
         """Finish the oldest directories while work in flight is over its bounds. While the
-        oldest one still waits for a read (a 100 MB file on a thread), the walk goes on,
-        feeding the other workers, up to the FAR_ bounds: it stopped there, and
-        left a core idle for as long as the one file took."""
+        oldest one still waits for a read (a 100 MB file), the walk goes on, feeding the
+        other workers, up to the FAR_ bounds: stopping at once left a core idle for as long
+        as the one file took."""
         queue = self._queue
         while queue:
             files, size, dirs = self._in_flight, self._bytes_in_flight, len(queue)
