@@ -272,6 +272,37 @@ def test_a_killed_reader_process_fails_the_commit_in_one_line(repo, guest: Path,
     entries_intact(repo, {entry: tree_digest(guest)}, tmp_path)
 
 
+def test_a_reader_answer_that_cannot_be_taken_fails_the_commit(repo, guest: Path, monkeypatch):
+    """A reader's packs that vml's process cannot take into its store (a fault injected where it
+    adopts them, on the thread the answer came in on): the commit fails in one line, soon,
+    rather than waiting for the batch for ever, and records nothing."""
+    import threading
+
+    from vml.areas.capture import local, processes
+    from vml.errors import VmlError
+
+    first = repo("commit", "-m", "before", "--json").json()["entry"]
+    for i in range(300):
+        write_random(guest / "many" / f"f{i}.bin", 1000 + i, 900 + i)
+    monkeypatch.setattr(local, "PROCESSES_AFTER", 0)
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
+
+    def refuse(_readers, _finished):
+        raise VmlError("injected: the packs could not be taken")
+
+    monkeypatch.setattr(processes.ReaderProcesses, "_adopt", refuse)
+    results = []
+    committing = threading.Thread(target=lambda: results.append(repo("commit", "-m", "refused", check=False)), daemon=True)
+    committing.start()
+    committing.join(timeout=120)
+    assert not committing.is_alive(), "the commit waits for ever for a batch whose answer failed"
+    line = one_line_error(results[0], code=None)
+    assert results[0].returncode != 0 and "injected: the packs could not be taken" in line, line
+    monkeypatch.undo()
+    assert repo("log", "--json").json()[0]["id"] == first  # nothing recorded
+    repo.fsck_clean()
+
+
 def test_the_worker_processes_setting(repo, guest: Path, tmp_path: Path, monkeypatch):
     """VML_WORKER_PROCESSES=0 keeps a large checkout in vml's own process; a value that is
     not a number of processes is one line, before anything is written."""

@@ -65,16 +65,21 @@ class ReaderProcesses:
         news = [blob_id for origin, written in answers if origin != number for blob_id in written]
 
         def answered(answer: Future) -> None:
-            error = answer.exception()
-            if error is not None:  # the packs it finished before it failed are the store's still
-                self._adopt(getattr(error, "finished_packs", []))
-                contents.set_exception(error)
-                return
-            files, finished, written = answer.result()
-            self._adopt(finished)
-            if written:
-                self._written.append((number, written))
-            contents.set_result(files)
+            # (On the thread the answer came in on: whatever fails here is the batch's error,
+            # or the capture would wait for its contents forever.)
+            try:
+                error = answer.exception()
+                if error is not None:  # the packs it finished before it failed are the store's still
+                    self._adopt(getattr(error, "finished_packs", []))
+                    raise error
+                files, finished, written = answer.result()
+                self._adopt(finished)
+                if written:
+                    self._written.append((number, written))
+            except BaseException as failed:
+                contents.set_exception(failed)
+            else:
+                contents.set_result(files)
 
         self._workers.submit((batch, news), weight=work, to=number).add_done_callback(answered)
         return contents
