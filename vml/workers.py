@@ -69,17 +69,20 @@ P = TypeVar("P", bound=_Closable)
 
 class Takeover(Generic[P]):
     """Worker processes that take a command's work over from its threads once those have been
-    given `after` files: started then, with `start(count)`, and never for a small command
-    (starting them, a Python each, costs more than it takes). `count` 0: threads only."""
+    given `after` files, or sooner for work too large for a thread: started then, with
+    `start(count)`, and never for a small command (starting them, a Python each, costs more
+    than it takes). `count` 0: threads only."""
 
     def __init__(self, count: int, after: int, start: Callable[[int], P]):
         self._count, self._after, self._start = count, after, start
         self._given = 0  # files given to the threads
         self.processes: P | None = None
 
-    def take(self, files: int) -> P | None:
-        """The processes to give `files` more files to, or None: they go to the threads."""
-        if self.processes is None and self._count and self._given >= self._after:
+    def take(self, files: int, *, large: bool = False) -> P | None:
+        """The processes to give `files` more files to, or None: they go to the threads.
+        `large`: work that would hold a thread (and the GIL between its calls) long: the
+        processes start for it if they have not."""
+        if self.processes is None and self._count and (large or self._given >= self._after):
             self.processes = self._start(self._count)
         if self.processes is None:
             self._given += files

@@ -10,6 +10,7 @@ top directory itself, followed by the tree's hardlink groups (see `encode_root`)
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import msgpack
@@ -136,7 +137,7 @@ def node_to_array(node: Node) -> list:
         node.group,
         node.mtime_ns,
         node.size,
-        [list(pair) for pair in node.xattrs],
+        [list(pair) for pair in node.xattrs] if node.xattrs else [],
         node.target,
         list(node.rdev) if node.rdev is not None else None,
         node.hardlink,
@@ -170,13 +171,24 @@ def encode_root(top: Node, totals: Totals, links: list[list[bytes]]) -> bytes:
 def encode_listing_of_encoded(encoded_nodes: list[bytes], totals: Totals) -> bytes:
     """The same bytes as encode_listing, from nodes encoded already by encode_node (a capture
     encodes each node once, for both its stat cache and its listing)."""
-    packer = msgpack.Packer(use_bin_type=True)
+    packer = _packer()
     head = packer.pack_array_header(5) + b"".join(packer.pack(v) for v in (FORMAT, totals.nodes, totals.files, totals.bytes))
     return head + packer.pack_array_header(len(encoded_nodes)) + b"".join(encoded_nodes)
 
 
 def encode_node(node: Node) -> bytes:
-    return msgpack.packb(node_to_array(node), use_bin_type=True)
+    return _packer().pack(node_to_array(node))
+
+
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's packer (msgpack.packb makes one a call: half the time of a node's)."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer
 
 
 def decode_node(data: bytes) -> Node:
@@ -205,30 +217,14 @@ def _node_from_array(item: list) -> Node:
         raise ValueError("malformed node")
     if len(rest) > 1 or (rest and (not isinstance(flags, int) or flags <= 0)):
         raise ValueError("malformed node")
-    for value in (mode, uid, gid, mtime_ns, size):
-        if not isinstance(value, int):
-            raise ValueError("malformed node")
+    # (Written out, with positional fields and no generator for the common empty xattrs: a
+    # checkout decodes every node of its entry, and this took 2.6 µs a node, now 1.6.)
+    if not (isinstance(mode, int) and isinstance(uid, int) and isinstance(gid, int) and isinstance(mtime_ns, int) and isinstance(size, int)):
+        raise ValueError("malformed node")
     if extents is not None:
         extents = tuple(zip(extents[0::2], extents[1::2]))
-    return Node(
-        name=name,
-        kind=kind,
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        user=user,
-        group=group,
-        mtime_ns=mtime_ns,
-        size=size,
-        xattrs=tuple((bytes(k), bytes(v)) for k, v in xattrs),
-        target=target,
-        rdev=tuple(rdev) if rdev is not None else None,
-        hardlink=hardlink,
-        chunks=chunks,
-        extents=extents,
-        tree=tree,
-        flags=flags,
-    )
+    return Node(name, kind, mode, uid, gid, user, group, mtime_ns, size, () if xattrs == [] else tuple((bytes(k), bytes(v)) for k, v in xattrs),
+                target, tuple(rdev) if rdev is not None else None, hardlink, chunks, extents, tree, flags)
 
 
 def decode_listing_items(data: bytes) -> dict[bytes, list]:

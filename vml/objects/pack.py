@@ -9,6 +9,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vml.durable import PendingFile
 from vml.errors import CorruptObject
@@ -36,8 +37,10 @@ class BlobLocation:
     flag: int
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
+class PackEntry(NamedTuple):
+    """A blob's record in a pack's table. (A named tuple: a commit makes one for every blob
+    it stores, and a frozen dataclass took 0.7 µs to make, this 0.26.)"""
+
     id: ObjectId
     blob_type: int
     flag: int

@@ -65,6 +65,9 @@ BATCH_BYTES = 4 * 1024 * 1024
 # and took 2 s; the walk stopped behind its directory, and a core was idle. At 256 rather than
 # 2,048 the readers are up 0.2 s sooner in the base tree's commit (5.87 s to 5.67 s).
 PROCESSES_AFTER = 256
+# A file this large starts them whatever came before: the runtimes tree's 100 MB file came
+# among its first 256, and took a thread ... s.
+PROCESSES_FOR = 16 * 1024 * 1024
 _S_IFMT = 0o170000  # stat.S_IFMT(mode) is mode & this, without a call per path
 _NAME = attrgetter("name")
 
@@ -307,7 +310,7 @@ class Capture:
         self._bytes_in_flight += st.st_size
         child.reads = True
         if not one_chunk(st.st_size):  # read on its own: small files go in batches
-            child.content = (self._submit([to_read(path, st)]), 0)
+            child.content = (self._submit([to_read(path, st)], large=st.st_size >= PROCESSES_FOR), 0)
             return
         self._batch_children.append(child)
         self._batch.append(to_read(path, st))
@@ -323,8 +326,8 @@ class Capture:
             child.content = (future, place)
         self._batch, self._batch_children, self._batch_bytes = [], [], 0
 
-    def _submit(self, batch: list[ToRead]) -> Future:
-        readers = self._readers.take(len(batch))
+    def _submit(self, batch: list[ToRead], *, large: bool = False) -> Future:
+        readers = self._readers.take(len(batch), large=large)
         if readers is not None:
             return readers.submit(batch)
         return self._pool.submit(self._read_files, batch)
@@ -427,39 +430,37 @@ class Capture:
             self._bytes_in_flight -= child.st.st_size
             self.counts.files_read += 1
             self.counts.bytes_read += child.st.st_size
-        path = os.path.join(self.root, pending.rel, child.name)
         if not stable:
-            self.changed_while_reading.append(path)
+            self.changed_while_reading.append(os.path.join(self.root, pending.rel, child.name))
             child.cacheable = False
             pending.reusable = False
-        node = self._metadata_node(child.name, child.st, path, xattrs)
+        node = self._metadata_node(child.name, child.st, None, xattrs)
         node.chunks, node.extents, node.flags = chunks, extents, flags
         node.hardlink = child.hardlink
         return node
 
-    def _metadata_node(self, name: bytes, st: os.stat_result, path: bytes, xattrs: tuple | None = None) -> Node:
-        """`xattrs`: read already (with a regular file's content); else read here, by path."""
-        kind = KIND_OF_TYPE[stat.S_IFMT(st.st_mode)]
-        node = Node(
-            name=name,
-            kind=kind,
-            mode=stat.S_IMODE(st.st_mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            user=self.owners.user(st.st_uid),
-            group=self.owners.group(st.st_gid),
-            mtime_ns=st.st_mtime_ns,
-            size=st.st_size if kind == KIND_FILE else 0,
-            xattrs=read_xattrs(path) if xattrs is None else xattrs,
-        )
+    def _metadata_node(self, name: bytes, st: os.stat_result, path: bytes | None, xattrs: tuple | None = None) -> Node:
+        """`xattrs`: read already (with a regular file's content: then `path`, which only
+        other kinds need, may be None); else read here, by path."""
+        mode = st.st_mode
+        kind = KIND_OF_TYPE[mode & _S_IFMT]
+        if xattrs is None:
+            assert path is not None, "xattrs are read by path"
+            xattrs = read_xattrs(path)
+        uid, gid = st.st_uid, st.st_gid
+        # (Positional: a capture makes a node for every path.)
+        node = Node(name, kind, mode & 0o7777, uid, gid, self.owners.user(uid), self.owners.group(gid), st.st_mtime_ns,
+                    st.st_size if kind == KIND_FILE else 0, xattrs)
+        if kind == KIND_FILE:
+            return node  # (its flags are read with its content)
+        assert path is not None, "only a regular file's node is made without its path"
         if kind == KIND_SYMLINK:
             node.target = os.readlink(path)
         elif kind in (KIND_CHAR, KIND_BLOCK):
             node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         elif kind == KIND_DIR:
             node.flags = dir_flags(path)
-        # (Regular files' flags are read with their content; devices and FIFOs are never
-        # opened, and Linux keeps no flags on symlinks.)
+        # (Devices and FIFOs are never opened, and Linux keeps no flags on symlinks.)
         return node
 
 
