@@ -125,6 +125,32 @@ def test_one_of_a_thing_is_singular_and_show_names_the_host(vml, tmp_path: Path)
     vml.fsck_clean()
 
 
+def test_a_large_file_goes_to_the_reader_processes_however_early(repo, guest: Path, monkeypatch):
+    """A file of PROCESSES_FOR bytes or more starts the reader processes even among the first
+    files of a commit (which threads of vml's process read otherwise), and is read by them."""
+    from vml.areas.capture import local, processes
+
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
+    given = []
+    submit = processes.ReaderProcesses.submit
+
+    def noting(readers, batch):
+        given.extend(file[0] for file in batch)
+        return submit(readers, batch)
+
+    monkeypatch.setattr(processes.ReaderProcesses, "submit", noting)
+    for n in range(3):
+        (guest / f"small{n}").write_bytes(b"small %d\n" % n)
+    large = random.Random(5).randbytes(local.PROCESSES_FOR)
+    (guest / "t-large").write_bytes(large)
+    repo("commit", "-m", "large")
+    assert os.fsencode(guest / "t-large") in given  # (so may the small ones be, still in the batch being filled)
+    out = repo.cwd / "out"
+    repo("checkout", "HEAD", "--to", str(out))
+    assert (out / "t-large").read_bytes() == large
+    repo.fsck_clean()
+
+
 def test_reader_processes_store_what_they_meet_once(repo, guest: Path, monkeypatch):
     """A commit's reader processes write packs of their own and tell each other what they
     wrote: content met again further down the tree, by whichever reader, is not stored
