@@ -30,6 +30,36 @@ def test_listing_keeps_odd_names_and_refuses_escaping_ones():
     assert sorted(rel for rel, _why in skipped) == [b"../outside", b"a/../../b", b"a//b", b"socket"]
 
 
+def test_listing_parsed_piece_by_piece_as_it_arrives_is_the_listing():
+    """find's output fed in pieces cut anywhere (inside a name, between a record's fields)
+    gives what the whole output gives, and a listing cut short keeps its whole records."""
+    import random
+
+    from vml.areas.capture import ListingParser
+
+    records = [_record(b"d", b".", mode=b"755")] + [_record(b"f", b"./dir %d/file\n%d" % (n, n)) for n in range(300)]
+    records.append(_record(b"l", b"./link", b"target with spaces"))
+    whole = b"".join(records)
+    expected_paths, expected_skipped = parse_listing(whole)
+    assert len(expected_paths) == 302
+    rng = random.Random(7)
+    for _trial in range(20):
+        parser = ListingParser()
+        start = 0
+        while start < len(whole):
+            size = rng.choice([1, 2, 3, 50, 999])
+            parser.feed(whole[start : start + size])
+            start += size
+        paths, skipped = parser.close()
+        assert paths == expected_paths and skipped == expected_skipped
+        assert parser.file_bytes == 300 * 12  # (each _record's size)
+    cut = whole[: len(b"".join(records[:100])) + 30]  # the 101st record cut inside its head
+    parser = ListingParser()
+    parser.feed(cut[:500])
+    parser.feed(cut[500:])
+    assert parser.close()[0] == parse_listing(cut)[0] and len(parse_listing(cut)[0]) == 100
+
+
 def test_owner_names_are_the_first_line_of_each_number():
     """As getpwuid answers: the first name of a number; a name that is its own number is none
     (find printed the number so); damaged lines are passed over."""

@@ -485,6 +485,50 @@ def test_the_openssh_client_carries_the_files_paramiko_the_rest(ssh_repo, tmp_pa
     assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == len(calls)
 
 
+def test_a_first_commit_s_tar_logs_in_while_the_listing_is_read(ssh_repo, tmp_path: Path, monkeypatch):
+    """A first capture's OpenSSH tar starts from within the reading of the listing, once it
+    has named BULK_BYTES of files (its login then goes on beside the rest of the listing),
+    and is the one that sends them (one login); a first capture of fewer bytes starts none."""
+    import shutil as shutil_module
+
+    from vml.areas import ssh
+
+    vml, guest, env = ssh_repo
+    monkeypatch.setattr(ssh, "BULK_BYTES", 200_000)
+    events = []
+    start_bulk, guest_capture = ssh.SshArea._start_bulk, ssh.GuestCapture
+
+    def noting_start(area, body):
+        events.append("tar" if "tar -c" in body else body)
+        return start_bulk(area, body)
+
+    def noting_capture(*args, **options):
+        events.append("listing read")
+        return guest_capture(*args, **options)
+
+    monkeypatch.setattr(ssh.SshArea, "_start_bulk", noting_start)
+    monkeypatch.setattr(ssh, "GuestCapture", noting_capture)
+    logged = _ssh_wrapper(tmp_path / "wrapper", f'exec {shutil_module.which("ssh")} "$@"')
+    (guest / "few").write_bytes(os.urandom(1000))
+    vml("commit", "-m", "small", env={**env, **logged})
+    assert events == ["listing read"] and not (tmp_path / "wrapper" / "calls").exists()
+
+    vml("init", str(tmp_path / "second"))
+    second = {**env, **logged, "VML_REPO": str(tmp_path / "second" / ".vml")}
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/", env=second)
+    for number in range(400):
+        (guest / f"f{number:03}").write_bytes(os.urandom(1000))  # the 200th names 200,000 bytes
+    events.clear()
+    saved = vml("commit", "-m", "large", "--json", env=second).json()
+    assert events == ["tar", "listing read"]
+    calls = (tmp_path / "wrapper" / "calls").read_text().splitlines()
+    assert len([call for call in calls if "tar -c" in call]) == 1
+    vml("area", "add", "d", "--dir", str(guest), env=second)
+    local = vml("commit", "-a", "d", "-m", "local", "--json", env=second).json()
+    assert _manifest(vml, saved["entry"], second) == _manifest(vml, local["entry"], second)
+    vml.fsck_clean("--repo", str(tmp_path / "second" / ".vml"))
+
+
 @pytest.mark.parametrize("ssh", ["fails", "missing"])
 def test_without_a_working_openssh_client_paramiko_carries_the_files(ssh_repo, tmp_path: Path, ssh: str):
     """An OpenSSH client that cannot log in where paramiko did (exit 255 before any output),

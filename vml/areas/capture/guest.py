@@ -106,34 +106,66 @@ def parse_names(data: bytes) -> dict[int, str]:
     return names
 
 
-def parse_listing(data: bytes) -> tuple[dict[bytes, GuestPath], list[tuple[bytes, str]]]:
+GuestListing = tuple[dict[bytes, "GuestPath"], list[tuple[bytes, str]]]  # paths by relative name, the ones skipped
+
+
+def parse_listing(data: bytes) -> GuestListing:
     """Paths by relative name (b"" is the top) and the ones skipped, from find's output
     (owners' names not yet known: see `name_owners`)."""
-    fields = data.split(b"\0")
-    paths: dict[bytes, GuestPath] = {}
-    skipped: list[tuple[bytes, str]] = []
-    for start in range(0, len(fields) - _FIELDS_PER_RECORD + 1, _FIELDS_PER_RECORD):
-        head, path, target = fields[start : start + _FIELDS_PER_RECORD]
-        kind_code, mode, uid, gid, size, mtime, ctime, inode, nlink, device, _blocks = head.split(b" ")
-        rel = path[2:] if path.startswith(b"./") else b"" if path == b"." else path
-        if rel and _unsafe(rel):
-            skipped.append((rel, "a name the guest's listing should not hold"))  # never a path outside the tree
-            continue
-        if kind_code not in _TYPES:
-            skipped.append((rel, "socket" if kind_code == b"s" else "unknown file type"))
-            continue
-        kind, type_bits = _TYPES[kind_code]
-        permissions = int(mode, 8)
-        uid_number, gid_number = int(uid), int(gid)
-        mtime_ns, ctime_ns = parse_time(mtime), parse_time(ctime)
-        size_number, inode_number, nlink_number = int(size), int(inode), int(nlink)
-        key = pack_key(inode_number, size_number, mtime_ns, ctime_ns, type_bits | permissions, uid_number, gid_number, nlink_number)
-        paths[rel] = GuestPath(
-            rel, kind, permissions, uid_number, gid_number, None, None,
-            size_number if kind == KIND_FILE else 0, mtime_ns, ctime_ns, (int(device), inode_number), nlink_number,
-            target if kind == KIND_SYMLINK else None, key,
-        )
-    return paths, skipped
+    parser = ListingParser()
+    parser.feed(data)
+    return parser.close()
+
+
+class ListingParser:
+    """find's output parsed piece by piece as it arrives (`feed`), so that parsing a large
+    guest's listing (0.45 s of 75,000 paths) goes on while its find still runs."""
+
+    def __init__(self) -> None:
+        self.paths: dict[bytes, GuestPath] = {}
+        self.skipped: list[tuple[bytes, str]] = []
+        self.file_bytes = 0  # the size of the regular files parsed so far
+        self._rest = b""  # the fields of a record not whole yet
+
+    def feed(self, data: bytes) -> None:
+        fields = (self._rest + data if self._rest else data).split(b"\0")
+        whole = (len(fields) - 1) // _FIELDS_PER_RECORD * _FIELDS_PER_RECORD  # (the last field may be cut)
+        self._rest = b"\0".join(fields[whole:])
+        self._records(fields, whole)
+
+    def close(self) -> GuestListing:
+        """The listing, once find's output has all been fed."""
+        if self._rest:  # output cut short: its whole fields, as parse_listing always read them
+            fields = self._rest.split(b"\0")
+            self._records(fields, len(fields) // _FIELDS_PER_RECORD * _FIELDS_PER_RECORD)
+            self._rest = b""
+        return self.paths, self.skipped
+
+    def _records(self, fields: list[bytes], stop: int) -> None:
+        paths, skipped = self.paths, self.skipped
+        for start in range(0, stop, _FIELDS_PER_RECORD):
+            head, path, target = fields[start : start + _FIELDS_PER_RECORD]
+            kind_code, mode, uid, gid, size, mtime, ctime, inode, nlink, device, _blocks = head.split(b" ")
+            rel = path[2:] if path.startswith(b"./") else b"" if path == b"." else path
+            if rel and _unsafe(rel):
+                skipped.append((rel, "a name the guest's listing should not hold"))  # never a path outside the tree
+                continue
+            if kind_code not in _TYPES:
+                skipped.append((rel, "socket" if kind_code == b"s" else "unknown file type"))
+                continue
+            kind, type_bits = _TYPES[kind_code]
+            permissions = int(mode, 8)
+            uid_number, gid_number = int(uid), int(gid)
+            mtime_ns, ctime_ns = parse_time(mtime), parse_time(ctime)
+            size_number, inode_number, nlink_number = int(size), int(inode), int(nlink)
+            if kind == KIND_FILE:
+                self.file_bytes += size_number
+            key = pack_key(inode_number, size_number, mtime_ns, ctime_ns, type_bits | permissions, uid_number, gid_number, nlink_number)
+            paths[rel] = GuestPath(
+                rel, kind, permissions, uid_number, gid_number, None, None,
+                size_number if kind == KIND_FILE else 0, mtime_ns, ctime_ns, (int(device), inode_number), nlink_number,
+                target if kind == KIND_SYMLINK else None, key,
+            )
 
 
 def name_owners(paths: dict[bytes, GuestPath], owner_names: OwnerNames) -> None:
@@ -167,7 +199,7 @@ class _Dir:
 class GuestCapture:
     def __init__(
         self,
-        listing: bytes,
+        listing: bytes | GuestListing,
         guest_now_ns: int,
         open_tar: OpenTar,
         store: ChunkStore,
@@ -179,7 +211,7 @@ class GuestCapture:
         progress: Callable[[CaptureProgress], None] | None = None,
         owner_names: OwnerNames,
     ):
-        self.paths, self.skipped = parse_listing(listing)
+        self.paths, self.skipped = parse_listing(listing) if isinstance(listing, bytes) else listing
         name_owners(self.paths, owner_names)
         self.expected = expected
         self._trusted: dict[bytes, bytes | None] = {}
