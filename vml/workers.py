@@ -359,3 +359,8 @@ def main() -> None:
         sys.exit(1)
     finally:
         sock.close()
+    # Answered all it was given (a reader's packs are durable before it answers `finish`):
+    # gone at once, without Python's teardown of what it made, which the command waits for
+    # (a reader's 100,000 chunk ids and its modules: 0.1 s at the end of a commit).
+    sys.stderr.flush()
+    os._exit(0)

@@ -169,7 +169,7 @@ class SshArea:
         self.accept_new_host_key = accept_new_host_key
         self._client = None
         self._openssh_unusable = False
-        self._early_tar: subprocess.Popen | None = None  # a first capture's tar, started before its listing (see `capture`)
+        self._early_tar: subprocess.Popen | None = None  # a first capture's tar, started while its listing is read (`_listing`)
         self._aes: bool | None = None  # whether the guest's CPU has AES instructions (see `_has_aes`)
         self._pending_entry_files: tuple[threading.Thread, dict] | None = None
 

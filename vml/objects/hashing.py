@@ -14,6 +14,12 @@ def object_id(data: bytes | memoryview) -> ObjectId:
     return ObjectId(blake3.blake3(data).digest())
 
 
+def raw_object_id(data: bytes | memoryview) -> bytes:
+    """object_id's bytes, not made an ObjectId (a commit's reader hashes every file: the
+    ObjectId took a sixth of the time)."""
+    return blake3.blake3(data).digest()
+
+
 class StreamingId:
     """BLAKE3 over data fed piece by piece (for ids of files too large to hold)."""
 

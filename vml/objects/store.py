@@ -205,6 +205,11 @@ class ChunkStore:
     def __contains__(self, blob_id: bytes) -> bool:
         return self.holds(blob_id) or (self.source is not None and self.source.locate(blob_id) is not None)
 
+    def holds_nothing(self) -> bool:
+        """Whether the store, as it is now, has no blob and no source to ask (a first commit's)."""
+        with self._lock:
+            return not (self._locations or self._pending or self._indexes or self._finishing or self.source is not None)
+
     def holds(self, blob_id: bytes) -> bool:
         """Whether this store has the blob itself (not only its source)."""
         if blob_id in self._locations or blob_id in self._pending:
