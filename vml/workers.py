@@ -16,6 +16,7 @@ socket pair made for them, and each side unpickles only what the other sent.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import pickle
@@ -142,7 +143,7 @@ class _Worker:
             self.process = subprocess.Popen(
                 # -P: not the current directory first on its path (a `vml` folder there is not
                 # this vml), which is the one this process runs, first on PYTHONPATH.
-                [sys.executable, "-P", "-c", "from vml.workers import main; main()", str(theirs.fileno()), factory],
+                [sys.executable, "-P", "-c", "from vml.workers import main; main()", str(theirs.fileno()), factory, str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,  # why it ended, if it says: read once it has
@@ -346,9 +347,27 @@ def _portable(error: BaseException | None) -> BaseException | None:
         return VmlError(str(error))
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_the_command(command: int) -> None:
+    """Be killed when the command's process dies (Linux: PR_SET_PDEATHSIG), not go on with
+    what it was given: a killed commit's reader went on writing packs into the store while
+    the next command (a gc) measured it. (The command makes its workers on its main thread,
+    whose end, not the process's, is what the kernel watches.)"""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: it ends at its next request, as it always did
+    if os.getppid() != command:  # gone before prctl
+        os._exit(1)
+
+
 def main() -> None:
     # Interrupts go to the command, which ends its workers (they see the socket close).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_the_command(int(sys.argv[3]))
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         serve(sock, sys.argv[2])

@@ -32,3 +32,13 @@ def kill_at(proc: subprocess.Popen, delay: float = 0) -> bool:
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err)
     return running
+
+
+def sleeping_worker(marker: str):
+    """A worker handler (vml/workers.py) that marks the file `marker` and sleeps on each request."""
+
+    def handle(_request, _descriptors):
+        Path(marker).touch()
+        time.sleep(120)
+
+    return handle

@@ -200,6 +200,39 @@ def test_full_disk_during_checkout(repo, guest: Path, tmp_path: Path, small_disk
     entries_intact(repo, {entry: tree}, tmp_path)
 
 
+def test_a_worker_dies_with_its_command(tmp_path: Path):
+    """A worker process is killed when its command's process dies (SIGKILL to the command
+    alone, not its group), instead of going on with what it was given: a killed commit's
+    reader went on writing packs into the store."""
+    marker = tmp_path / "working"
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import time\n"
+        "from vml.workers import Workers\n"
+        f"workers = Workers('support.processes:sleeping_worker', {str(marker)!r}, 1)\n"
+        "workers.submit('sleep')\n"
+        "print(workers.pids()[0], flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**vml_env(), "PYTHONPATH": str(Path(__file__).parents[1])}  # (tests/, where support is)
+    command = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(command.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marker.exists(), "the worker never began its request"
+    finally:
+        command.kill()
+        command.wait()  # (not its output: the worker holds that pipe too)
+        command.stdout.close()
+    status = Path(f"/proc/{worker}/stat")
+    deadline = time.monotonic() + 10
+    while status.exists() and status.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not status.exists() or status.read_text().rsplit(")", 1)[1].split()[0] == "Z", "the worker outlived its command"
+
+
 def kill_at_third_request(monkeypatch, *, once_answered: bool = False) -> list[int]:
     """Worker processes (vml/workers.py) of which the one given the third request is killed
     right after it is sent, perhaps halfway through it; the list of requests sent, by pid.
