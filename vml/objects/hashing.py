@@ -15,8 +15,8 @@ def object_id(data: bytes | memoryview) -> ObjectId:
 
 
 def raw_object_id(data: bytes | memoryview) -> bytes:
-    """object_id's bytes, not made an ObjectId (a commit's reader hashes every file: the
-    ObjectId took a sixth of the time)."""
+    """object_id's bytes, not made an ObjectId (a commit's reader hashes every chunk, and
+    making each an ObjectId was 4 % of its Python)."""
     return blake3.blake3(data).digest()
 
 
