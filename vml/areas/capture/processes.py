@@ -31,7 +31,8 @@ from vml.workers import FILE_COST, Handler, Workers
 
 # Packs durable in packs/: the id and table of contents of each, as plain bytes and tuples
 # (a PackEntry took 6.7 µs to pickle and unpickle, an ObjectId 1.5: a tuple of bytes 0.3).
-Finished = list[tuple[bytes, list[tuple[bytes, int, int, int, int, int]]]]
+FinishedPack = tuple[bytes, list[tuple[bytes, int, int, int, int, int]]]
+Finished = list[FinishedPack]
 FINISH = "finish"  # the request that has a reader close its last pack
 
 
@@ -133,7 +134,7 @@ class _Packs:
         if writer is not None:
             self._finishing.append(self._finisher.submit(self._complete, writer))
 
-    def _complete(self, writer: PackWriter) -> tuple[bytes, list[tuple[bytes, int, int, int, int, int]]]:
+    def _complete(self, writer: PackWriter) -> FinishedPack:
         try:
             pack_id = writer.finish(self._store.packs_dir)
             return bytes(pack_id), [(bytes(e.id), e.blob_type, e.flag, e.offset, e.length, e.raw_length) for e in writer.entries]
