@@ -10,7 +10,7 @@ import random
 import pytest
 
 from vml.errors import CorruptObject, MissingObject
-from vml.objects.chunker import MAX_SIZE, MIN_SIZE, chunk_file, cut_buffer, cut_stream
+from vml.objects.chunker import MAX_SIZE, MIN_SIZE, WHOLE_FILE_BYTES, chunk_file, cut_buffer, cut_stream, cut_whole, read_whole
 from vml.objects.compress import FLAG_ZSTD, compress
 from vml.objects.hashing import object_id
 from vml.objects.pack import TYPE_DATA, TYPE_TREE, DamagedBlob, open_blob, pack_path
@@ -114,6 +114,19 @@ def test_chunk_file_small_file_is_one_chunk_large_file_is_cut(data: bytes):
     assert [len(c) for c in chunk_file(_read_at(data), len(data), None)] == GOLDEN_LENGTHS
     # a small file that shrank before its one read: what is there (its reader sees the change)
     assert [bytes(c) for c in chunk_file(_read_at(b"abc"), 10, None)] == [b"abc"]
+
+
+def test_a_file_read_whole_is_cut_as_chunk_file_cuts_it(data: bytes):
+    """cut_whole (a file read at once) and chunk_file (a file read as it is cut) give the same
+    chunks, whatever the size: empty, one chunk, a few, and the largest read whole."""
+    largest = (data * (WHOLE_FILE_BYTES // len(data) + 1))[:WHOLE_FILE_BYTES]
+    for content in (b"", b"x", data[: MIN_SIZE - 1], data[:MIN_SIZE], data[: MIN_SIZE + 1], data[: 3 * MiB], data, largest):
+        whole = [bytes(c) for c in cut_whole(content)]
+        assert whole == [bytes(c) for c in chunk_file(_read_at(content, MIN_SIZE), len(content), None)]
+        assert b"".join(whole) == content
+    assert len(list(cut_whole(largest))) > 2
+    assert read_whole(WHOLE_FILE_BYTES) and not read_whole(WHOLE_FILE_BYTES + 1)
+    assert not read_whole(10, ((0, 1),))  # a file with holes is read by its extents
 
 
 def test_chunk_file_reads_only_the_data_extents_of_a_sparse_file(data: bytes):

@@ -1,7 +1,8 @@
 """Content-defined chunking (FastCDC, via pyfastcdc's compiled implementation), and THE rule
 for cutting a file into chunks: a small file without holes is one chunk, anything else is cut
-by FastCDC over its data extents. Every capture engine cuts through `chunk_file`, so the same
-file gives the same chunks wherever it was read."""
+by FastCDC over its data extents. Every capture engine cuts through `chunk_file`, or through
+`cut_whole` a file it read whole (the same cuts), so the same file gives the same chunks
+wherever it was read."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ AVG_SIZE = 1024 * 1024
 MAX_SIZE = 4 * 1024 * 1024
 
 _chunker = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)
+# A file without holes up to this size is read whole and cut in memory (`cut_whole`), the same
+# cuts as a stream's: a stream (`cut_stream`) reads through a buffer of twice MAX_SIZE made, and
+# zeroed, for each file (pyfastcdc's), which was a sixth of a commit's reader processes' Python
+# over the runtimes tree's 883 files from 256 KiB up (0.7 s against 0.35 s to read and cut them
+# whole). A larger file streams, its memory bounded.
+WHOLE_FILE_BYTES = 16 * 1024 * 1024
 
 # (offset, length) of each data region of a file with holes, in order.
 Extents = tuple[tuple[int, int], ...]
@@ -41,6 +48,22 @@ def cut_stream(readinto: Callable[[memoryview], int]) -> Iterator[memoryview]:
 def cut_buffer(data: bytes | memoryview) -> Iterator[memoryview]:
     for chunk in _chunker.cut_buf(data):
         yield chunk.data
+
+
+def cut_whole(data: bytes) -> Iterator[memoryview]:
+    """The chunks of a file's whole data (or its data extents back to back), as `chunk_file`
+    cuts them: one if it is small, else FastCDC's."""
+    if len(data) < MIN_SIZE:
+        if data:
+            yield memoryview(data)
+        return
+    yield from cut_buffer(data)
+
+
+def read_whole(size: int, extents: Extents | None = None) -> bool:
+    """Whether a file is read at once and cut with `cut_whole`: no holes, and at most
+    WHOLE_FILE_BYTES."""
+    return extents is None and size <= WHOLE_FILE_BYTES
 
 
 def one_chunk(size: int, extents: Extents | None = None) -> bool:

@@ -21,7 +21,7 @@ from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult,
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, StatCache, pack_key
 from vml.areas.tarformat import KIND_OF_TAR_TYPE, TarMember, TarReader, member_rel, node_of_member, parse_time
-from vml.objects.chunker import chunk_file, cut_buffer, one_chunk
+from vml.objects.chunker import WHOLE_FILE_BYTES, chunk_file, cut_whole, one_chunk
 from vml.objects.manifest import (
     KIND_BLOCK,
     KIND_CHAR,
@@ -44,7 +44,6 @@ _FIELDS_PER_RECORD = 3
 BATCH_BYTES = 4 * 1024 * 1024
 BATCH_ITEMS = 256
 MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
-WHOLE_FILE_BYTES = 16 * 1024 * 1024  # a larger file is cut as it streams, on this thread
 _TYPES = {
     b"f": (KIND_FILE, stat.S_IFREG),
     b"d": (KIND_DIR, stat.S_IFDIR),
@@ -394,7 +393,7 @@ class GuestCapture:
             tickets = [self._hash_later(data, cut=False)] if data else []
         elif member.size <= WHOLE_FILE_BYTES:
             # Read whole and cut by a worker: the member's data is the file's data extents back
-            # to back, which chunk_file would cut alike (tests/objects/test_chunker.py).
+            # to back, which cut_whole cuts as chunk_file would (tests/objects/test_chunker.py).
             data = archive.read(member.size)
             tickets = [self._hash_later(data, cut=True)] if data else []
         else:
@@ -431,7 +430,7 @@ class GuestCapture:
         items, batch.items = batch.items, []  # the data is the worker's alone, freed when it is done
 
         def store_all() -> list[bytes]:
-            return [b"".join([chunk(piece) for piece in cut_buffer(data)]) if cut else chunk(data) for data, cut in items]
+            return [b"".join([chunk(piece) for piece in cut_whole(data)]) if cut else chunk(data) for data, cut in items]
 
         batch.future = self._pool.submit(store_all)
         self._in_flight.append((batch.future, batch.size))

@@ -25,7 +25,7 @@ from vml.areas.fsmeta import KIND_OF_TYPE, OwnerNames, data_extents, dir_flags, 
 from vml.areas.rules import Rules, Scope
 from vml.areas.statcache import RACY_WINDOW_NS, CachedDir, StatCache, stat_key
 from vml.errors import UnsafePath, VmlError
-from vml.objects.chunker import Extents, chunk_file, one_chunk
+from vml.objects.chunker import Extents, chunk_file, cut_whole, one_chunk, read_whole
 from vml.objects.ids import ObjectId
 from vml.objects.manifest import (
     KIND_BLOCK,
@@ -98,9 +98,8 @@ def read_content(file: ToRead, chunk: Callable[[memoryview], bytes]) -> FileCont
         xattrs = read_xattrs(fd)  # (by descriptor: no second walk of the path)
         extents = data_extents(fd, size) if blocks * 512 < size else None
 
-        if one_chunk(size, extents):  # (chunk_file's rule) most files: one read into new bytes, not zeroed first
-            data = os.pread(fd, size, 0) if size else b""
-            ids = [chunk(memoryview(data))] if data else []
+        if read_whole(size, extents):  # most files: one read into new bytes, not zeroed first
+            ids = [chunk(piece) for piece in cut_whole(os.pread(fd, size, 0) if size else b"")]
         else:
 
             def read_at(buffer: memoryview, offset: int) -> int:
