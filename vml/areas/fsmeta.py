@@ -40,17 +40,19 @@ KEPT_FLAGS = sum(FLAG_LETTERS.values())
 # Flags under which a file cannot be replaced, renamed over, removed or given other metadata.
 PROTECTING_FLAGS = FLAG_LETTERS["i"] | FLAG_LETTERS["a"]
 _NO_FLAGS = {errno.ENOTTY, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+_INT_AT = struct.Struct("<i").unpack_from
 
 
 def read_flags(fd: int) -> int:
     """The kept inode flags of an open regular file or directory; 0 where the filesystem has none."""
+    raw = bytearray(8)  # (filled in place: a bytes argument is copied there and back, twice the time)
     try:
-        raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, raw, True)
     except OSError as error:
         if error.errno in _NO_FLAGS:
             return 0
         raise
-    return struct.unpack_from("<i", raw)[0] & KEPT_FLAGS
+    return _INT_AT(raw)[0] & KEPT_FLAGS
 
 
 def dir_flags(path: bytes) -> int:

@@ -22,6 +22,11 @@ END_MAGIC = b"VMLPEND\x01"
 TYPE_DATA = 0
 TYPE_TREE = 1
 TARGET_SIZE = 16 * 1024 * 1024
+# Blobs are hashed (for the pack's id) and written a run of this many bytes at a time: BLAKE3
+# fed one small blob at a time ran at 1 GB/s (1.9 µs a 2 KB blob), a megabyte at a time at
+# 4.2 GB/s, its vector code hashing many of its 1 KiB pieces at once. Adding a 2 KB blob to a
+# pack took 3.25 µs, now 1.7.
+_RUN_BYTES = 1024 * 1024
 
 _ENTRY = struct.Struct("<32sBBIII")  # id, type, flag, offset, length, raw length
 _FOOTER = struct.Struct("<IIQ8s")  # count, table length, table checksum, end magic
@@ -61,16 +66,26 @@ class PackWriter:
         """`pad`: bytes between the magic and the first blob, which no entry covers: a pack
         of the same blobs under another name (readers allow the gap). `name`: the start of
         its temp file's name."""
-        self._pending = PendingFile(tmp_dir, name, buffering=1024 * 1024)
+        self._pending = PendingFile(tmp_dir, name, buffering=_RUN_BYTES)
         self._hasher = StreamingId()
         self._entries: list[PackEntry] = []
         self.size = 0
+        self._run: list[bytes] = []  # appended, not yet hashed and written
+        self._run_size = 0
         self._append(MAGIC + pad)
 
     def _append(self, data: bytes) -> None:
-        self._pending.file.write(data)
-        self._hasher.update(data)
+        self._run.append(data)
+        self._run_size += len(data)
         self.size += len(data)
+        if self._run_size >= _RUN_BYTES:
+            self._write_run()
+
+    def _write_run(self) -> None:
+        run = b"".join(self._run)
+        self._run, self._run_size = [], 0
+        self._hasher.update(run)
+        self._pending.file.write(run)
 
     def add(self, blob_id: ObjectId, blob_type: int, flag: int, payload: bytes, raw_length: int) -> PackEntry:
         entry = PackEntry(blob_id, blob_type, flag, self.size, len(payload), raw_length)
@@ -88,6 +103,7 @@ class PackWriter:
         )
         self._append(table)
         self._append(_FOOTER.pack(len(self._entries), len(table), checksum64(table), END_MAGIC))
+        self._write_run()
         pack_id = self._hasher.digest()
         final = pack_path(packs_dir, pack_id)
         os.makedirs(os.path.dirname(final), exist_ok=True)
