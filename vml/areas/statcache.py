@@ -42,6 +42,11 @@ def pack_key(inode: int, size: int, mtime_ns: int, ctime_ns: int, mode: int, uid
     return _KEY.pack(inode, size, mtime_ns, ctime_ns, mode, uid, gid, nlink)
 
 
+def pack_children(children: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """A directory's children, (name, stat key, node bytes) each, as the cache file keeps them."""
+    return msgpack.packb(children, use_bin_type=True)
+
+
 class CachedDir:
     """One directory of the cache. Its children are kept as the file stores them (one
     msgpack string) and decoded only when a scan looks into the directory; `release` drops
@@ -69,7 +74,7 @@ class CachedDir:
 
     def packed(self) -> bytes:
         if self._packed is None:
-            self._packed = msgpack.packb([(name, key, node) for name, (key, node) in self.children.items()], use_bin_type=True)
+            self._packed = pack_children([(name, key, node) for name, (key, node) in self.children.items()])
         return self._packed
 
     def same_children(self, fingerprint: bytes | None) -> CachedDir:
