@@ -14,7 +14,7 @@ from vml.errors import MissingObject
 from vml.objects import index as index_module
 from vml.objects.hashing import checksum64, object_id
 from vml.objects.ids import ObjectId
-from vml.objects.index import _ENTRY, MAGIC_V1, MAGIC_V2, list_index_files, parse_index, read_index
+from vml.objects.index import _ENTRY, MAGIC_V1, MAGIC_V2, PendingIndex, list_index_files, parse_index, read_index, write_index
 from vml.objects.pack import TYPE_DATA, TYPE_TREE, PackEntry
 from vml.objects.store import ChunkStore
 
@@ -53,6 +53,35 @@ def test_records_are_sorted_and_the_fan_out_counts_them(tmp_path):
     for bucket in range(1 << bits):
         (cumulative,) = struct.unpack_from("<I", index.data, index.fan_start + 4 * bucket)
         assert cumulative == sum(1 for blob in ids if int.from_bytes(blob[:2], "big") >> index.shift <= bucket)
+
+
+def test_a_pending_index_writes_what_write_index_writes(tmp_path):
+    """Packs indexed as they come (PendingIndex, a commit's) give the records write_index
+    gives, whatever order the packs came in, and a pack that comes twice is indexed once."""
+    rng = random.Random(5)
+    packs = {ObjectId(rng.randbytes(32)): [PackEntry(ObjectId(rng.randbytes(32)), TYPE_DATA, 1, 8 + 100 * i, 100, 300) for i in range(n)]
+             for n in (50, 1, 200, 7)}
+    shared = ObjectId(rng.randbytes(32))  # a blob two packs hold: a record for each
+    for entries in list(packs.values())[:2]:
+        entries.append(PackEntry(shared, TYPE_TREE, 0, 9000, 10, 10))
+    for directory in ("a", "b", "tmp"):
+        (tmp_path / directory).mkdir()
+    pending = PendingIndex()
+    assert not pending
+    for pack_id in reversed(list(packs)):
+        pending.add(pack_id, packs[pack_id])
+    pending.add(next(iter(packs)), packs[next(iter(packs))])
+    written = pending.write(str(tmp_path / "a"), str(tmp_path / "tmp"))
+    expected = write_index(str(tmp_path / "b"), str(tmp_path / "tmp"), packs)
+
+    def located(index) -> list[tuple]:
+        return [(blob_id, index.pack_ids[pack_no], rest) for blob_id, pack_no, *rest in index.records()]
+
+    reread = read_index(os.path.join(tmp_path / "a", written.name))
+    assert reread.sorted and reread.count == expected.count == sum(map(len, packs.values()))
+    assert sorted(located(reread)) == sorted(located(expected))
+    assert [record[0] for record in reread.records()] == sorted(record[0] for record in reread.records())
+    assert set(reread.pack_ids) == set(packs) and len(reread.pack_ids) == len(packs)
 
 
 def _commit(root: str, count: int, seed: int) -> list[bytes]:

@@ -159,7 +159,38 @@ class IndexWriter:
 def encode_index(packs: dict[ObjectId, list[PackEntry]]) -> bytes:
     """A format 3 index file of these packs, as bytes. One pass in C over records already in
     memory (a commit's): the fan-out by bisection, not record by record as `IndexWriter`."""
-    pack_ids, records = _sorted_records(packs)
+    return _encoded(*_sorted_records(packs))
+
+
+class PendingIndex:
+    """Packs not indexed yet, numbered in the order they came, each pack's records encoded
+    as it comes: a commit adopts its reader processes' packs while it walks, and encoding the
+    runtimes tree's 200,000 records when it flushed took 0.16 s after its last file was
+    read. (`encode_index` numbers packs in the order of their ids; an index file may list
+    them in any.)"""
+
+    def __init__(self) -> None:
+        self.packs: dict[ObjectId, list[PackEntry]] = {}
+        self._records: list[bytes] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.packs)
+
+    def add(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
+        if pack_id in self.packs:
+            return
+        number = len(self.packs)
+        self.packs[pack_id] = entries
+        self._records += [_ENTRY.pack(e.id, number, e.blob_type, e.flag, e.offset, e.length, e.raw_length) for e in entries]
+
+    def write(self, index_dir: str, tmp_dir: str) -> IndexFile:
+        """The index file of these packs, as `write_index` writes it."""
+        self._records.sort()
+        return _written(index_dir, tmp_dir, _encoded(list(self.packs), self._records))
+
+
+def _encoded(pack_ids: list[ObjectId], records: list[bytes]) -> bytes:
+    """An index file of these packs and their records (sorted, each once)."""
     bits = fan_bits(len(records))
     shift = 16 - bits
     fan = [bisect.bisect_left(records, ((bucket + 1) << shift).to_bytes(2, "big")) for bucket in range((1 << bits) - 1)]
@@ -183,7 +214,10 @@ def _sorted_records(packs: dict[ObjectId, list[PackEntry]]) -> tuple[list[Object
 def write_index(index_dir: str, tmp_dir: str, packs: dict[ObjectId, list[PackEntry]]) -> IndexFile:
     """A new index file of these packs, durable in `index_dir`, and read from the bytes it
     was written from (not read back)."""
-    data = encode_index(packs)
+    return _written(index_dir, tmp_dir, encode_index(packs))
+
+
+def _written(index_dir: str, tmp_dir: str, data: bytes) -> IndexFile:
     name = object_id(data).hex() + ".idx"
     write_atomically(os.path.join(index_dir, name), data, mode=0o644, tmp_dir=tmp_dir)
     return parse_index(name, data, verify=False)

@@ -19,7 +19,7 @@ from vml.errors import CorruptObject, MissingObject, VmlError
 from vml.objects import compress as compression
 from vml.objects.hashing import StreamingId, object_id
 from vml.objects.ids import ObjectId
-from vml.objects.index import IndexFile, list_index_files, merge_indexes, read_index, write_index
+from vml.objects.index import IndexFile, PendingIndex, list_index_files, merge_indexes, read_index
 from vml.objects.pack import TARGET_SIZE, TYPE_DATA, DamagedBlob, PackEntry, PackWriter, open_blob, pack_path, read_table
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class ChunkStore:
         self._locations: dict[bytes, tuple] = {}
         self._older_indexes: list[IndexFile] = []  # merged into a sorted file by the next flush
         self._indexed_packs: set[ObjectId] = set()
-        self._unindexed: dict[ObjectId, list[PackEntry]] = {}
+        self._unindexed = PendingIndex()
         self._writer: PackWriter | None = None
         self._pending: dict[bytes, PackEntry] = {}
         # Full packs are fsynced and renamed on a thread of their own, so that the threads
@@ -193,7 +193,7 @@ class ChunkStore:
                 self.problems.append(StoreProblem(path, str(error)))
                 continue
             self._add_pack_entries(pack_id, entries)
-            self._unindexed[pack_id] = entries
+            self._unindexed.add(pack_id, entries)
 
     def _add_pack_entries(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
         pack_no = self._register_pack(pack_id)
@@ -469,7 +469,7 @@ class ChunkStore:
         """A whole pack now in packs/: its blobs found from now on, indexed by the next flush."""
         with self._lock:
             self._add_pack_entries(pack_id, entries)
-            self._unindexed[pack_id] = entries
+            self._unindexed.add(pack_id, entries)
             self.bytes_added += sum(e.length for e in entries)
 
     def _finish_pack_locked(self) -> None:
@@ -492,7 +492,7 @@ class ChunkStore:
             raise
         with self._lock:
             self._add_pack_entries(pack_id, writer.entries)  # before it stops being "finishing"
-            self._unindexed[pack_id] = writer.entries
+            self._unindexed.add(pack_id, writer.entries)
             self._finishing = [item for item in self._finishing if item[0] is not blobs]
 
     def _wait_for_packs(self) -> None:
@@ -513,10 +513,10 @@ class ChunkStore:
             if not self._unindexed and not self._older_indexes:
                 return
             if self._unindexed:
-                new = write_index(self.index_dir, self.tmp_dir, self._unindexed)
+                new = self._unindexed.write(self.index_dir, self.tmp_dir)
                 self._indexes.append((new, [self._register_pack(pack_id) for pack_id in new.pack_ids]))
-                self._indexed_packs.update(self._unindexed)
-                self._unindexed = {}
+                self._indexed_packs.update(self._unindexed.packs)
+                self._unindexed = PendingIndex()
             self._merge_indexes()
 
     def _merge_indexes(self) -> None:
