@@ -27,7 +27,7 @@ import os
 import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from vml.durable import PendingFile, write_atomically
@@ -71,6 +71,7 @@ class IndexFile:
     fan_start: int = 0
     shift: int = 0  # 16 - fan-out bits: a bucket is the id's first two bytes >> shift
     verified: bool = True  # its checksum was checked
+    _fan: tuple[int, ...] | None = field(default=None, repr=False)  # the fan-out table, once `find` has read it
 
     def records(self, start: int = 0, stop: int | None = None) -> Iterator[Record]:
         stop = self.count if stop is None else stop
@@ -85,10 +86,12 @@ class IndexFile:
 
     def find(self, blob_id: bytes) -> Record | None:
         """The record of `blob_id` in a sorted file, or None."""
-        data, first = self.data, self.records_start
+        data, first, fan = self.data, self.records_start, self._fan
+        if fan is None:  # (decoded once: a checkout looks up every blob of its entry)
+            fan = self._fan = struct.unpack_from(f"<{1 << (16 - self.shift)}I", data, self.fan_start)
         bucket = int.from_bytes(blob_id[:2], "big") >> self.shift
-        low = _U32.unpack_from(data, self.fan_start + 4 * (bucket - 1))[0] if bucket else 0
-        high = min(_U32.unpack_from(data, self.fan_start + 4 * bucket)[0], self.count)
+        low = fan[bucket - 1] if bucket else 0
+        high = min(fan[bucket], self.count)
         end = first + high * _ENTRY.size
         # A C-speed search of the bucket (~32 records); a match must start on a record.
         position = data.find(blob_id, first + low * _ENTRY.size, end)

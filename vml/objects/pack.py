@@ -14,7 +14,7 @@ from typing import NamedTuple
 from vml.durable import PendingFile
 from vml.errors import CorruptObject
 from vml.objects.compress import decompress
-from vml.objects.hashing import StreamingId, checksum64, object_id
+from vml.objects.hashing import StreamingId, checksum64, raw_object_id
 from vml.objects.ids import ObjectId
 
 MAGIC = b"VMLPACK\x01"
@@ -153,6 +153,6 @@ def open_blob(blob_id: bytes, flag: int, payload: bytes, raw_length: int) -> byt
     never bad bytes. Raises CorruptObject (compress's reason) if the payload does not
     decompress, DamagedBlob if what it holds is not the blob."""
     data = decompress(flag, payload, raw_length)
-    if len(data) != raw_length or object_id(data) != blob_id:
+    if len(data) != raw_length or raw_object_id(data) != blob_id:  # (plain bytes: a checkout checks every blob)
         raise DamagedBlob(f"object {blob_id.hex()[:16]} is damaged (hash mismatch)")
     return data
