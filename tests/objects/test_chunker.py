@@ -8,8 +8,10 @@ import os
 import random
 
 import pytest
+import zstandard
 
 from vml.errors import CorruptObject, MissingObject
+from vml.objects import compress as compress_module
 from vml.objects.chunker import MAX_SIZE, MIN_SIZE, WHOLE_FILE_BYTES, chunk_file, cut_buffer, cut_stream, cut_whole, read_whole
 from vml.objects.compress import FLAG_ZSTD, compress
 from vml.objects.hashing import object_id
@@ -254,3 +256,16 @@ def test_open_blob_returns_only_the_blob_its_id_names():
     with pytest.raises(CorruptObject) as lying:  # a frame that holds more than its record says
         open_blob(object_id(blob), flag, payload, len(blob) - 1)
     assert not isinstance(lying.value, DamagedBlob)
+
+
+def test_small_blobs_are_compressed_at_the_small_level_and_all_read_back():
+    """Under compress.SMALL bytes a blob is compressed at SMALL_LEVEL, from it at LEVEL (the
+    same frames zstd makes at those levels), and each reads back whole."""
+    text = b"".join(b"line %d of a source file, with words repeated\n" % i for i in range(2000))
+    for blob in (text[: compress_module.SMALL - 1], text[: compress_module.SMALL], text):
+        level = compress_module.SMALL_LEVEL if len(blob) < compress_module.SMALL else compress_module.LEVEL
+        flag, payload = compress(blob)
+        assert flag == FLAG_ZSTD
+        assert payload == zstandard.ZstdCompressor(level=level, write_content_size=True).compress(blob)
+        assert open_blob(object_id(blob), flag, payload, len(blob)) == blob
+    assert compress_module.SMALL_LEVEL != compress_module.LEVEL
