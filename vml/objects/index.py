@@ -173,8 +173,8 @@ class PendingIndex:
     them in any.)"""
 
     def __init__(self) -> None:
-        self.packs: dict[ObjectId, list[PackEntry]] = {}
-        self._records: list[bytes] = []
+        self.packs: dict[ObjectId, int] = {}  # each pack's number in the file
+        self._records: list[bytes] = []  # (the entries themselves are not kept: 19 MB of a commit's peak)
 
     def __bool__(self) -> bool:
         return bool(self.packs)
@@ -182,8 +182,7 @@ class PendingIndex:
     def add(self, pack_id: ObjectId, entries: list[PackEntry]) -> None:
         if pack_id in self.packs:
             return
-        number = len(self.packs)
-        self.packs[pack_id] = entries
+        number = self.packs[pack_id] = len(self.packs)
         self._records += [_ENTRY.pack(e.id, number, e.blob_type, e.flag, e.offset, e.length, e.raw_length) for e in entries]
 
     def write(self, index_dir: str, tmp_dir: str) -> IndexFile:
