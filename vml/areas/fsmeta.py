@@ -43,16 +43,21 @@ _NO_FLAGS = {errno.ENOTTY, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 _INT_AT = struct.Struct("<i").unpack_from
 
 
+def _all_flags(fd: int) -> int:
+    """Every inode flag of an open file, the filesystem's own too (FS_IOC_GETFLAGS)."""
+    raw = bytearray(8)  # (filled in place: a bytes argument is copied there and back, twice the time)
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, raw, True)
+    return _INT_AT(raw)[0]
+
+
 def read_flags(fd: int) -> int:
     """The kept inode flags of an open regular file or directory; 0 where the filesystem has none."""
-    raw = bytearray(8)  # (filled in place: a bytes argument is copied there and back, twice the time)
     try:
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, raw, True)
+        return _all_flags(fd) & KEPT_FLAGS
     except OSError as error:
         if error.errno in _NO_FLAGS:
             return 0
         raise
-    return _INT_AT(raw)[0] & KEPT_FLAGS
 
 
 def dir_flags(path: bytes) -> int:
@@ -70,8 +75,7 @@ def dir_flags(path: bytes) -> int:
 def write_flags(fd: int, flags: int) -> None:
     """Set the kept inode flags of an open file or directory to `flags`, leaving the
     filesystem's own flags as they are; raises OSError where that cannot be done."""
-    raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))
-    current = struct.unpack_from("<i", raw)[0]
+    current = _all_flags(fd)
     wanted = (current & ~KEPT_FLAGS) | (flags & KEPT_FLAGS)
     if wanted != current:
         fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<q", wanted))
