@@ -69,7 +69,10 @@ def test_owner_names_are_the_first_line_of_each_number():
 
 
 def test_times_are_exact_to_the_nanosecond():
-    assert parse_time(b"1577836800.1234567890") == 1_577_836_800_123_456_789
+    assert parse_time(b"1577836800.1234567890") == 1_577_836_800_123_456_789  # find's %T@: ten digits
+    assert parse_time(b"1796558785.641658758") == 1_796_558_785_641_658_758  # tar's pax mtime: nine
+    assert parse_time(b"1796558785.64165875") == 1_796_558_785_641_658_750
+    assert parse_time(b"0.0000000010") == 1 and parse_time(b"10.0000000000") == 10_000_000_000
     assert parse_time(b"0.000000001") == 1
     assert parse_time(b"12") == 12_000_000_000
     assert parse_time(b"-1.5") == -1_500_000_000

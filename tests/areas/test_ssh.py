@@ -26,11 +26,38 @@ def ssh_repo(vml: Vml, tmp_path: Path, sshd) -> tuple[Vml, Path, dict]:
     vml.fsck_clean()
 
 
+@pytest.fixture
+def parallel_streams(vml: Vml, monkeypatch) -> list[int]:
+    """Captures of any size cross as one tar stream a reader process (as those of over
+    PARALLEL_WORK do), given to the streams in runs of a few files: the descriptors of the
+    streams handed over are listed. (vml runs in this process: the settings hold there.)"""
+    from vml.areas.capture import guest as guestcapture
+    from vml.areas.capture.processes import StreamReaders
+
+    monkeypatch.setattr(guestcapture, "PARALLEL_WORK", 0)
+    monkeypatch.setattr(guestcapture, "RUN_WORK", 64 * 1024)
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
+    monkeypatch.setenv("VML_SSH_CLIENT", "openssh")  # (a paramiko channel has no descriptor to hand over)
+    vml.separate = False
+    handed: list[int] = []
+    original = StreamReaders.start
+
+    def start(self, descriptor: int, ahead: bytes) -> int:
+        handed.append(descriptor)
+        return original(self, descriptor, ahead)
+
+    monkeypatch.setattr(StreamReaders, "start", start)
+    return handed
+
+
 def _manifest(vml: Vml, entry: str, env: dict) -> str:
     return vml("show", entry, "--json", env=env).json()["info"]["manifest"]
 
 
-def test_ssh_capture_equals_directory_capture(ssh_repo):
+@pytest.mark.parametrize("streams", ["one", "readers"])
+def test_ssh_capture_equals_directory_capture(ssh_repo, request, streams: str):
+    """Read by this process or, in runs handed to two streams, by reader processes."""
+    handed = request.getfixturevalue("parallel_streams") if streams == "readers" else None
     vml, guest, env = ssh_repo
     build_everything(guest)
     vml("area", "add", "d", "--dir", str(guest))
@@ -41,16 +68,20 @@ def test_ssh_capture_equals_directory_capture(ssh_repo):
     assert _manifest(vml, over_ssh["entry"], env) == _manifest(vml, local["entry"], env)
     assert over_ssh["skipped"] == ["special/sock (socket)"]
     assert local["added_bytes"] == 0  # everything was stored by the ssh commit already
+    assert handed is None or len(handed) == 2
 
 
-def test_every_way_a_guest_file_is_cut_gives_a_directory_capture_s_chunks(ssh_repo):
+@pytest.mark.parametrize("streams", ["one", "readers"])
+def test_every_way_a_guest_file_is_cut_gives_a_directory_capture_s_chunks(ssh_repo, request, streams: str):
     """A guest's file is read whole and cut by a worker, or cut as it streams (larger than
     WHOLE_FILE_BYTES), or stored as one chunk (small); sparse or not, the chunks are a
     directory capture's, so the dir commit after the ssh one stores nothing new. (Data of
-    more than MAX_SIZE is always cut: each file but `small` has several chunks.)"""
+    more than MAX_SIZE is always cut: each file but `small` has several chunks.) The same
+    read by this process's threads, or by reader processes."""
     from vml.areas.capture.guest import WHOLE_FILE_BYTES
     from vml.objects.chunker import MAX_SIZE, MIN_SIZE
 
+    handed = request.getfixturevalue("parallel_streams") if streams == "readers" else None
     vml, guest, env = ssh_repo
     for name, size in (("small", MIN_SIZE - 1), ("whole", MAX_SIZE + 5), ("streamed", WHOLE_FILE_BYTES + 5)):
         (guest / name).write_bytes(os.urandom(size))
@@ -69,6 +100,7 @@ def test_every_way_a_guest_file_is_cut_gives_a_directory_capture_s_chunks(ssh_re
     local = vml("commit", "-a", "d", "-m", "local", "--json").json()
     assert _manifest(vml, over_ssh["entry"], env) == _manifest(vml, local["entry"], env)
     assert local["added_bytes"] == 0
+    assert handed is None or len(handed) == 2
     vml("checkout", over_ssh["entry"], "--to", str(guest.parent / "out"), env=env)
     assert compare(guest, guest.parent / "out") == []
 
@@ -289,19 +321,19 @@ def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml
     for key, value in sshd.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("VML_SSH_CLIENT", client)
-    original = guestcapture.GuestCapture._member_node
+    original = guestcapture.member_pieces
     calls = []
 
-    def dropping(self, archive, member, rel):
-        calls.append(rel)
+    def dropping(archive, member):
+        calls.append(member.name)
         if len(calls) == 3:  # the connection dies
             if client == "openssh":
                 archive._stream.raw.process.kill()
             else:
                 archive._stream.raw.channel.get_transport().close()
-        return original(self, archive, member, rel)
+        return original(archive, member)
 
-    monkeypatch.setattr(guestcapture.GuestCapture, "_member_node", dropping)
+    monkeypatch.setattr(guestcapture, "member_pieces", dropping)
     repo = Repository.discover(str(tmp_path / ".vml"))
     with pytest.raises(AreaError, match="connection to the guest dropped"):
         api.commit(repo, "cut off", area="g")
@@ -314,6 +346,40 @@ def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml
     vml("checkout", saved["entry"], "--to", str(tmp_path / "out"))
     assert compare(guest, tmp_path / "out") == []
     vml.fsck_clean()
+
+
+def test_a_stream_dropped_while_a_reader_process_reads_it_is_one_line(ssh_repo, parallel_streams, monkeypatch):
+    """One of two streams read by reader processes loses its connection (injected: its
+    OpenSSH client killed as it is handed over): the commit says the connection dropped,
+    at once (the other stream is not waited for), makes no entry, leaves no reader behind,
+    and the retry saves it all."""
+    from vml.areas.capture import guest as guestcapture
+
+    vml, guest, env = ssh_repo
+    for i in range(12):  # more than the pipes and buffers between the guest's tar and a reader hold
+        (guest / f"file{i}").write_bytes(os.urandom(1_500_000))
+    original = guestcapture.handoff
+    killed = []
+
+    def dropping(stream):
+        handed = original(stream)
+        if not killed:
+            stream.raw.process.kill()
+            killed.append(stream.raw.process.pid)
+        return handed
+
+    monkeypatch.setattr(guestcapture, "handoff", dropping)
+    started = time.monotonic()
+    failed = vml("commit", "-m", "cut off", env=env, check=False)
+    assert "connection to the guest dropped" in one_line_error(failed, None) and failed.returncode != 0
+    assert time.monotonic() - started < 5  # (the killed stream's error, not the live one's wait)
+    monkeypatch.setattr(guestcapture, "handoff", original)
+    assert vml("log", "--json", env=env).json() == []
+    vml.fsck_clean()
+    saved = vml("commit", "-m", "whole", "--json", env=env).json()
+    assert saved["files"] == 12 and len(parallel_streams) == 4
+    vml("checkout", saved["entry"], "--to", str(guest.parent / "out"), env=env)
+    assert compare(guest, guest.parent / "out") == []
 
 
 def test_disk_full_on_the_guest_is_one_line_and_keeps_the_area(vml: Vml, tmp_path: Path, sshd):

@@ -19,10 +19,12 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vml.areas.capture import FIND_FORMAT, CaptureProgress, CaptureResult, GuestCapture, GuestListing, ListingParser, parse_names
+from vml.areas.capture.guest import PARALLEL_WORK, stream_readers
 from vml.areas.restore import RestoreProgress, plan_restore, write_tar
 from vml.areas.rules import Rules
 from vml.areas.statcache import StatCache
@@ -31,6 +33,10 @@ from vml.errors import AreaError, TransportError, UsageError
 from vml.objects.manifest import Listing, Node
 from vml.objects.store import ChunkStore
 from vml.ssh import CONNECT_TIMEOUT, SSH_ERRORS, UnknownHostKey, Unreachable, connect, openssh_command
+from vml.workers import FILE_COST
+
+if TYPE_CHECKING:
+    from vml.areas.capture.processes import StreamReaders
 
 _NO_ROOT = 97
 _NO_TOOL = 98
@@ -39,7 +45,9 @@ _TOOLS_CHECK = (
     f'case "$(find --version 2>/dev/null)" in *"GNU findutils"*) ;; *) echo "GNU find" >&2; exit {_NO_TOOL};; esac; '
 )
 _TAR_ARGS = "--format=posix --xattrs --xattrs-include='*'"
-_TAR_BODY = f"tar -c -f - {_TAR_ARGS} --sparse --no-recursion --null --no-unquote -T -"  # a capture's: the paths on stdin
+# A capture's: the paths on stdin. Its output is written 10 KiB at a time (-b 20, GNU tar's
+# default, whatever TAR_OPTIONS says): capture/guest.py's marks count on it.
+_TAR_BODY = f"tar -c -f - -b 20 {_TAR_ARGS} --sparse --no-recursion --null --no-unquote -T -"
 _TAR_PROBLEM = re.compile(rb"^tar: (\./.*?|\.): (.*)$")
 PIECE = 1024 * 1024
 # The channel's receive window: paramiko asks the guest for more after each tenth of it, a
@@ -92,6 +100,10 @@ class _ProcessReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         return self.process.stdout.readinto(buffer)
+
+    def fileno(self) -> int:
+        """The pipe ssh writes to: a capture's reader process may read it (capture/guest.py: handoff)."""
+        return self.process.stdout.fileno()
 
     def exit_status(self) -> int:
         status = self.process.wait()
@@ -169,7 +181,7 @@ class SshArea:
         self.accept_new_host_key = accept_new_host_key
         self._client = None
         self._openssh_unusable = False
-        self._early_tar: subprocess.Popen | None = None  # a first capture's tar, started while its listing is read (`_listing`)
+        self._early_tars: list[subprocess.Popen] = []  # a first capture's tars, started while its listing is read (`_listing`)
         self._aes: bool | None = None  # whether the guest's CPU has AES instructions (see `_has_aes`)
         self._pending_entry_files: tuple[threading.Thread, dict] | None = None
 
@@ -207,7 +219,7 @@ class SshArea:
         if VARIABLES not in files:
             return []
         directory = None
-        with self._open_tar([PROFILE_SCRIPT.rpartition("/")[0].encode()]) as (stdout, problems):
+        with self._open_tar([[PROFILE_SCRIPT.rpartition("/")[0].encode()]]) as (stdout, problems):
             with tarfile.open(fileobj=stdout, mode="r|") as archive:
                 directory = next((member for member in archive if member.isdir()), None)
             problems()
@@ -356,8 +368,8 @@ class SshArea:
         uses paramiko alone. VML_SSH_CLIENT=paramiko always uses paramiko, =openssh the
         OpenSSH client for every stream however small."""
         process = None
-        if body == _TAR_BODY:  # a capture's tar, logged in already if it was started early (_listing)
-            process, self._early_tar = self._early_tar, None
+        if body == _TAR_BODY and self._early_tars:  # a capture's tar, logged in already if it was started early (_listing)
+            process = self._early_tars.pop(0)
         if process is None:
             process = self._start_bulk(body)
         if process is None:
@@ -381,6 +393,8 @@ class SshArea:
             for thread in threads:
                 thread.join()
         except tarfile.TarError as error:
+            if getattr(error, "descriptor", None) not in (None, process.stdout.fileno()):
+                raise  # another stream's, read apart with this one (capture/guest.py: _fetch_streams)
             # A stream cut short reads as a damaged archive: say which it was.
             try:
                 status = process.wait(timeout=5)
@@ -416,10 +430,15 @@ class SshArea:
             fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIECE)
         return process
 
-    def _drop_early_tar(self) -> None:
-        """End the tar started for a capture that did not use it."""
-        process, self._early_tar = self._early_tar, None
+    def _start_early_tar(self) -> None:
+        process = self._start_bulk(_TAR_BODY)
         if process is not None:
+            self._early_tars.append(process)
+
+    def _drop_early_tars(self) -> None:
+        """End the tars started for a capture that did not use them."""
+        processes, self._early_tars = self._early_tars, []
+        for process in processes:
             process.kill()
             process.wait()
             for pipe in (process.stdin, process.stdout, process.stderr):
@@ -489,21 +508,30 @@ class SshArea:
         tests = " -o ".join(f"-path {shlex.quote('.' + p)}" for p in literal)
         return f"\\( {tests} \\) -prune -o "
 
-    def _listing(self, *, early_tar: bool = False) -> tuple[GuestListing, int]:
+    def _listing(self, *, early_tar: bool = False, streams: StreamReaders | None = None) -> tuple[GuestListing, int]:
         """The guest's paths, parsed as find prints them (ListingParser), and its clock.
         `early_tar`: every file will cross (a first capture): once the listing names enough
         bytes for the OpenSSH client (_open_tar), the tar that sends them logs in, while the
         listing goes on, and waits for the paths on its stdin (the login and the listing took
-        0.4 s and 1.2 s, one after the other, of a guest's 10 s first commit)."""
+        0.4 s and 1.2 s, one after the other, of a guest's 10 s first commit); once it names
+        enough for a stream a reader process (capture/guest.py: PARALLEL_WORK), the other
+        streams' tars log in too and `streams`' processes start (0.35 s and 0.3 s more)."""
         parser = ListingParser()
         early_from = 0 if os.environ.get("VML_SSH_CLIENT") == "openssh" else BULK_BYTES
+        parallel = early_tar and streams is not None and streams.count > 1
         with self._command(self._listing_body()) as (stdout, stderr):
             now = stdout.readline()
             while piece := stdout.read1(PIECE):
                 parser.feed(piece)
                 if early_tar and parser.file_bytes >= early_from:
                     early_tar = False
-                    self._early_tar = self._start_bulk(_TAR_BODY)
+                    self._start_early_tar()
+                if parallel and parser.file_bytes + FILE_COST * len(parser.paths) >= PARALLEL_WORK:
+                    assert streams is not None
+                    parallel = False
+                    streams.prepare()
+                    for _stream in range(streams.count - len(self._early_tars)):
+                        self._start_early_tar()
             errors = stderr()
             status = stdout.raw.exit_status()
         self._check_status(status, errors, "the listing")
@@ -529,15 +557,17 @@ class SshArea:
         return parse_names(passwd), parse_names(group)
 
     @contextlib.contextmanager
-    def _open_tar(self, paths: list[bytes], size: int = 0):
-        """The guest's tar stream of `paths`, about `size` bytes: through the OpenSSH client
-        from BULK_BYTES on (its login costs a few tenths of a second: an unchanged re-commit
-        would pay it twice), else through paramiko's connection."""
-        names = b"".join(b"./" + p + b"\0" if p else b".\0" for p in paths)
-
+    def _open_tar(self, runs: Iterable[list[bytes]], size: int = 0):
+        """The guest's tar stream of the paths in `runs` (each run sent as it comes), about
+        `size` bytes: through the OpenSSH client from BULK_BYTES on (its login costs a few
+        tenths of a second: an unchanged re-commit would pay it twice), else through
+        paramiko's connection."""
         def feed(sink):
-            for start in range(0, len(names), PIECE):
-                sink.write(names[start : start + PIECE])
+            for paths in runs:
+                names = b"".join(b"./" + p + b"\0" if p else b".\0" for p in paths)
+                for start in range(0, len(names), PIECE):
+                    sink.write(names[start : start + PIECE])
+                sink.flush()
 
         with contextlib.ExitStack() as streams:
             try:
@@ -575,16 +605,18 @@ class SshArea:
         """The guest's files; `expected` (path -> node) names what a checkout just wrote.
         The entry's environment files are read meanwhile, on a channel of their own (a
         commit, a status and a diff ask for them next: a few round trips to the guest)."""
+        streams = stream_readers(store, dry_run)
         try:
-            listing, now = self._listing(early_tar=not cache.dirs and expected is None)
+            listing, now = self._listing(early_tar=not cache.dirs and expected is None, streams=streams)
             self._start_entry_files()
             capture = GuestCapture(listing, now, self._open_tar, store, cache, rules=self.rules, dry_run=dry_run,
-                                   expected=expected, progress=progress, owner_names=self._owner_names)
+                                   expected=expected, progress=progress, owner_names=self._owner_names, streams=streams)
             result = capture.run()
         except FileNotFoundError as error:
             raise AreaError(f"area {self.config.name}: {error}") from None
         finally:
-            self._drop_early_tar()  # (unused: the files the capture asked for were fewer than the listing named)
+            self._drop_early_tars()  # (unused: the files the capture asked for were fewer than the listing named)
+            streams.close(kill=True)  # (the capture has closed them, unless it never ran)
         for line in self._listing_problems:
             path = line.split("'")[1] if line.count("'") >= 2 else line
             result.skipped.append((path.removeprefix("./").encode(), line.rsplit(": ", 1)[-1]))
@@ -647,7 +679,7 @@ class SshArea:
             raise AreaError(f"area {self.config.name}: could not delete on the guest: {errors.decode(errors='replace').strip()[:300]}")
 
     def read_file(self, path: bytes, limit: int) -> bytes:
-        with self._open_tar([path]) as (stdout, problems):
+        with self._open_tar([[path]]) as (stdout, problems):
             with tarfile.open(fileobj=stdout, mode="r|") as archive:
                 for member in archive:
                     if member.isfile():

@@ -117,6 +117,15 @@ class Assembly:
                                              packed=pack_children(cache_children))
         return listing_id, totals
 
+    def distrust(self, rel: bytes, name: bytes) -> None:
+        """A child of the directory `rel`, listed already, that must not be trusted next time
+        (found to have changed as it was read, after its directory was listed): the directory's
+        new cache entry without it, and with no fingerprint, as `listing` would have made it."""
+        cached = self.new_cache.dirs.get(rel)
+        if cached is not None:
+            children = [(child, key, node) for child, (key, node) in cached.children.items() if child != name]
+            self.new_cache.dirs[rel] = CachedDir(None, cached.listing_id, cached.totals, packed=pack_children(children))
+
     def result(self, top: Node, listing_id: bytes, totals: Totals, links: list[list[bytes]],
                skipped: list[tuple[bytes, str]], changed_while_reading: list[bytes]) -> CaptureResult:
         """The capture's result, its root listing stored: `top` (the top directory's node)

@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from queue import SimpleQueue
+from tarfile import DIRTYPE, TarError
+from typing import Any
 
-from vml.areas.capture.local import FileContent, ToRead, read_content
+from vml.areas.capture.guest import MARK_COPIES, MARKS, ReadMember, member_fields, store_member
+from vml.areas.capture.local import ToRead, read_content
+from vml.areas.tarformat import TarMember, TarReader, member_rel
 from vml.objects import compress as compression
 from vml.objects.hashing import raw_object_id
 from vml.objects.ids import ObjectId
@@ -34,6 +41,11 @@ from vml.workers import FILE_COST, Handler, Workers
 FinishedPack = tuple[bytes, list[tuple[bytes, int, int, int, int, int]]]
 Finished = list[FinishedPack]
 FINISH = "finish"  # the request that has a reader close its last pack
+# A piece of a tar stream to read (StreamReaders): STREAM, the stream's key, and, in its first
+# request only, the bytes read of it ahead (None after). A piece ends at a mark (guest.py).
+StreamRequest = tuple[str, int, bytes | None]
+STREAM = "tar"
+STREAM_BUFFER = 1024 * 1024
 
 
 class ReaderProcesses:
@@ -54,8 +66,12 @@ class ReaderProcesses:
 
     def submit(self, batch: list[ToRead]) -> Future:
         work = sum(file[1] for file in batch) + FILE_COST * len(batch)
+        return self._submit(batch, (), work, self._workers.least_busy())
+
+    def _submit(self, body: list[ToRead] | StreamRequest, descriptors: Sequence[int], work: int, number: int) -> Future:
+        """`body` to reader `number`, with the chunks the others wrote since it was last told:
+        a Future of its answer's first part, once the packs it finished meanwhile are adopted."""
         contents: Future = Future()
-        number = self._workers.least_busy()
         # (Answers are appended on other threads; only this one reads and trims the list.)
         answers = self._written[self._told[number] - self._told_from :]
         self._told[number] += len(answers)
@@ -82,7 +98,7 @@ class ReaderProcesses:
             else:
                 contents.set_result(files)
 
-        self._workers.submit((batch, news), weight=work, to=number).add_done_callback(answered)
+        self._workers.submit((body, news), descriptors=descriptors, weight=work, to=number).add_done_callback(answered)
         return contents
 
     def _adopt(self, finished: Finished) -> None:
@@ -102,6 +118,74 @@ class ReaderProcesses:
                 if any(name.startswith(_temp_prefix(pid)) for pid in pids):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(self._store.tmp_dir, name))
+
+
+class StreamReaders:
+    """Tar streams of a guest's files (guest.py), each read by a reader process of its own a
+    piece at a time: `start` hands one over (the descriptor it is read from, and what was
+    read of it ahead), `collect` gives each piece's members on the calling thread until every
+    stream has ended. A piece ends at a mark (guest.py: MARK): the capture gives a stream
+    more paths as it answers. The processes start with the first stream and stay for the
+    capture's next fetch; `finish` adopts their last packs."""
+
+    def __init__(self, store: ChunkStore, count: int):
+        self.count = count
+        self._store = store
+        self._readers: ReaderProcesses | None = None
+        self._started = 0
+        self._answers: SimpleQueue[tuple[int, Future]] = SimpleQueue()
+        self._asked = 0  # pieces asked for and not yet collected
+        self._descriptors: dict[int, int] = {}  # each stream's, as the capture's process has it
+
+    def prepare(self) -> None:
+        """Start the processes (a Python each, 0.3 s before it reads), if not yet."""
+        if self._readers is None:
+            self._readers = ReaderProcesses(self._store, self.count)
+
+    def start(self, descriptor: int, ahead: bytes) -> int:
+        """The stream's key (0, 1, ...: at most `count` streams a fetch)."""
+        self.prepare()
+        key, self._started = self._started, self._started + 1
+        self._descriptors[key] = descriptor
+        self._ask(key, ahead, [descriptor])
+        self._ask(key, None, [])  # the next piece asked for at once: the reader goes on while this one is taken
+        return key
+
+    def _ask(self, key: int, ahead: bytes | None, descriptors: list[int]) -> None:
+        assert self._readers is not None
+        future = self._readers._submit((STREAM, key, ahead), descriptors, 0, key % self.count)
+        future.add_done_callback(lambda answer: self._answers.put((key, answer)))
+        self._asked += 1
+
+    def collect(self, take: Callable[[int, list[ReadMember]], None]) -> None:
+        """Every piece of every stream started, each given to `take` with its stream's key as
+        it comes; the first error a reader met is raised (the others' pieces are left), a
+        damaged stream's naming the descriptor it was read from (`descriptor`): the area
+        tells which stream broke, and how."""
+        ended: set[int] = set()
+        while self._asked:
+            key, answer = self._answers.get()
+            self._asked -= 1
+            try:
+                members, at_end = answer.result()
+            except TarError as error:
+                error.descriptor = self._descriptors[key]  # type: ignore[attr-defined]
+                raise
+            if at_end:
+                ended.add(key)
+            elif key not in ended:
+                self._ask(key, None, [])
+            take(key, members)
+        self._started = 0
+
+    def finish(self) -> None:
+        if self._readers is not None:
+            self._readers.finish()
+
+    def close(self, *, kill: bool = False) -> None:
+        if self._readers is not None:
+            self._readers.close(kill=kill)
+            self._readers = None
 
 
 def _temp_prefix(pid: int) -> str:
@@ -171,12 +255,69 @@ def _with_packs(error: BaseException, finished: Finished) -> BaseException:
     return error
 
 
+class _Streams:
+    """A reader's tar streams, by key, each read a piece a request (StreamReaders)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[TarReader, Iterator[TarMember], io.BufferedReader]] = {}
+        self._marks: dict[int, int] = {}  # the marks each stream has sent so far
+
+    def read(self, request: StreamRequest, descriptors: list[int], chunk: Callable[[memoryview], bytes]) -> tuple[list[ReadMember], bool]:
+        """The members up to the first mark of the next run's (guest.py: MARK), or to the
+        stream's end, and whether it ended; a stream's first request brings its descriptor (its own copy is
+        kept: the request's is closed) and what was read of it ahead."""
+        _kind, key, ahead = request
+        if ahead is not None:
+            stream = io.BufferedReader(_ReadAhead(ahead, os.dup(descriptors[0])), STREAM_BUFFER)
+            archive = TarReader(stream)
+            self._open[key] = (archive, iter(archive), stream)
+            self._marks[key] = 0
+        if key not in self._open:
+            return [], True  # (a piece asked for after the last)
+        archive, members, stream = self._open[key]
+        piece: list[ReadMember] = []
+        for member in members:
+            piece.append((member_fields(member), store_member(archive, member, chunk)))
+            if member.type == DIRTYPE and member_rel(member.name) in MARKS:
+                self._marks[key] = marks = self._marks.get(key, 0) + 1
+                if marks % MARK_COPIES == 1:  # the first of a run's
+                    return piece, False
+        archive.drain()
+        stream.close()
+        del self._open[key]
+        return piece, True
+
+
+class _ReadAhead(io.RawIOBase):
+    """A descriptor's data, after the bytes read from it ahead (by the capture's process)."""
+
+    def __init__(self, ahead: bytes, descriptor: int):
+        self._ahead = ahead
+        self._file = io.FileIO(descriptor, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._ahead:
+            return self._file.readinto(buffer)
+        count = min(len(buffer), len(self._ahead))
+        buffer[:count] = self._ahead[:count]
+        self._ahead = self._ahead[count:]
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def reader(store_root: str) -> Handler:
     gc.disable()  # (what a reader makes is acyclic and short-lived: the collector found nothing, at 1.5 % of its time)
     store = ChunkStore(store_root).open()
     met: set[bytes] = set()  # chunks this reader or another has written
     written: list[bytes] = []  # the ones it wrote for the batch at hand
     packs = _Packs(store)
+    streams = _Streams()
     # (The store stays as it was opened: a first commit's is empty, and asking it for every
     # chunk was a twentieth of a reader's Python.)
     stored = (lambda blob_id: False) if store.holds_nothing() else store.__contains__
@@ -190,18 +331,22 @@ def reader(store_root: str) -> Handler:
             written.append(blob_id)
         return blob_id
 
-    def read(request: tuple[list[ToRead], list[bytes]] | str, _descriptors: list[int]) -> tuple[list[FileContent], Finished, list[bytes]] | Finished:
-        """A batch and the chunks other readers wrote since this one was last told: the files'
-        contents, the packs finished since the last answer, the chunks written for the batch."""
+    def read(request: tuple[list[ToRead] | StreamRequest, list[bytes]] | str, descriptors: list[int]) -> tuple[Any, Finished, list[bytes]] | Finished:
+        """A batch of files, or a piece of a tar stream, and the chunks other readers wrote
+        since this one was last told: the files' contents (or the piece's members), the packs
+        finished since the last answer, the chunks written for the request."""
         if isinstance(request, str):  # FINISH
             return packs.finished(wait=True)
-        batch, news = request
+        body, news = request
         met.update(news)
         written.clear()
         try:
-            files = [read_content(file, chunk) for file in batch]
+            if isinstance(body, tuple):
+                answer: Any = streams.read(body, descriptors, chunk)
+            else:
+                answer = [read_content(file, chunk) for file in body]
         except BaseException as error:
             raise _with_packs(error, packs.durable()) from None
-        return files, packs.finished(), written
+        return answer, packs.finished(), written
 
     return read
