@@ -46,8 +46,11 @@ _TOOLS_CHECK = (
 )
 _TAR_ARGS = "--format=posix --xattrs --xattrs-include='*'"
 # A capture's: the paths on stdin. Its output is written 10 KiB at a time (-b 20, GNU tar's
-# default, whatever TAR_OPTIONS says): capture/guest.py's marks count on it.
-_TAR_BODY = f"tar -c -f - -b 20 {_TAR_ARGS} --sparse --no-recursion --null --no-unquote -T -"
+# default, whatever TAR_OPTIONS says): capture/guest.py's marks count on it. Without the
+# access and change times (vml keeps neither, and the listing gives the change time) a member
+# whose mtime is whole seconds has no pax header: the base tree's stream is 64 MB smaller,
+# and its headers took a quarter less time to read.
+_TAR_BODY = f"tar -c -f - -b 20 {_TAR_ARGS} --pax-option=delete=atime,delete=ctime --sparse --no-recursion --null --no-unquote -T -"
 _TAR_PROBLEM = re.compile(rb"^tar: (\./.*?|\.): (.*)$")
 PIECE = 1024 * 1024
 # The channel's receive window: paramiko asks the guest for more after each tenth of it, a
@@ -557,11 +560,11 @@ class SshArea:
         return parse_names(passwd), parse_names(group)
 
     @contextlib.contextmanager
-    def _open_tar(self, runs: Iterable[list[bytes]], size: int = 0):
+    def _open_tar(self, runs: Iterable[list[bytes]], size: int = 0, *, reader: bool = False):
         """The guest's tar stream of the paths in `runs` (each run sent as it comes), about
         `size` bytes: through the OpenSSH client from BULK_BYTES on (its login costs a few
-        tenths of a second: an unchanged re-commit would pay it twice), else through
-        paramiko's connection."""
+        tenths of a second: an unchanged re-commit would pay it twice), or for a reader
+        process (`reader`: its pipe can be handed over), else through paramiko's connection."""
         def feed(sink):
             for paths in runs:
                 names = b"".join(b"./" + p + b"\0" if p else b".\0" for p in paths)
@@ -571,7 +574,7 @@ class SshArea:
 
         with contextlib.ExitStack() as streams:
             try:
-                if size < BULK_BYTES and os.environ.get("VML_SSH_CLIENT") != "openssh":
+                if not reader and size < BULK_BYTES and os.environ.get("VML_SSH_CLIENT") != "openssh":
                     raise _ClientUnusable("a small stream")
                 stdout, stderr = streams.enter_context(self._bulk_command(_TAR_BODY, feed))
             except _ClientUnusable:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from vml.areas.capture.assemble import Assembly, CaptureProgress, CaptureResult, Child, other_name
 from vml.areas.rules import Rules, Scope
@@ -74,11 +74,17 @@ _TYPES = {
     b"p": (KIND_FIFO, stat.S_IFIFO),
 }
 
-# Opens a tar stream of the given runs of paths (relative, in the order given: each run is sent
-# to the guest as it comes, the iteration may wait for the next) that holds about the given
-# number of bytes; the context's value is (stream, problems), where problems() lists (path,
-# message) the guest's tar reported.
-OpenTar = Callable[[Iterable[list[bytes]], int], contextlib.AbstractContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]]
+OpenedTar = contextlib.AbstractContextManager[tuple[IO[bytes], Callable[[], list[tuple[bytes, str]]]]]
+
+
+class OpenTar(Protocol):
+    """Opens a tar stream of the given runs of paths (relative, in the order given: each run
+    is sent to the guest as it comes, the iteration may wait for the next) that holds about
+    the given number of bytes; `reader`: to be read by a reader process (handoff), through a
+    descriptor wherever the area can make one. The context's value is (stream, problems),
+    where problems() lists (path, message) the guest's tar reported."""
+
+    def __call__(self, runs: Iterable[list[bytes]], size: int, *, reader: bool = False) -> OpenedTar: ...
 
 
 @dataclass(slots=True)
@@ -104,11 +110,10 @@ class GuestPath:
 
 
 def _unsafe(rel: bytes) -> bool:
-    """Whether a relative path has an empty, "." or ".." part (only a part that starts with
-    a dot can be either of the last two: most paths are cleared without being split)."""
-    if b"//" in rel or rel[:1] == b"/" or rel[-1:] == b"/":
-        return True
-    return (rel[:1] == b"." or b"/." in rel) and any(part in (b".", b"..") for part in rel.split(b"/"))
+    """Whether a relative path has an empty, "." or ".." part: between slashes added at both
+    ends, such a part is "//", "/./" or "/../" (three searches, not a split of every path)."""
+    wrapped = b"/" + rel + b"/"
+    return b"//" in wrapped or b"/./" in wrapped or b"/../" in wrapped
 
 
 OwnerNames = Callable[[set[int], set[int]], tuple[dict[int, str], dict[int, str]]]
@@ -164,6 +169,7 @@ class ListingParser:
 
     def _records(self, fields: list[bytes], stop: int) -> None:
         paths, skipped = self.paths, self.skipped
+        file_bytes = self.file_bytes
         for start in range(0, stop, _FIELDS_PER_RECORD):
             head, path, target = fields[start : start + _FIELDS_PER_RECORD]
             kind_code, mode, uid, gid, size, mtime, ctime, inode, nlink, device, _blocks = head.split(b" ")
@@ -180,13 +186,14 @@ class ListingParser:
             mtime_ns, ctime_ns = parse_time(mtime), parse_time(ctime)
             size_number, inode_number, nlink_number = int(size), int(inode), int(nlink)
             if kind == KIND_FILE:
-                self.file_bytes += size_number
+                file_bytes += size_number
             key = pack_key(inode_number, size_number, mtime_ns, ctime_ns, type_bits | permissions, uid_number, gid_number, nlink_number)
             paths[rel] = GuestPath(
                 rel, kind, permissions, uid_number, gid_number, None, None,
                 size_number if kind == KIND_FILE else 0, mtime_ns, ctime_ns, (int(device), inode_number), nlink_number,
                 target if kind == KIND_SYMLINK else None, key,
             )
+        self.file_bytes = file_bytes
 
 
 def name_owners(paths: dict[bytes, GuestPath], owner_names: OwnerNames) -> None:
@@ -541,7 +548,7 @@ class GuestCapture:
                     feed = _Feed()
                     started.append(feed)
                     give(feed, RUNS_AHEAD)  # (before the stream opens: the area waits for its first bytes)
-                    stream, stream_problems = opened.enter_context(self.open_tar(feed, size))
+                    stream, stream_problems = opened.enter_context(self.open_tar(feed, size, reader=True))
                     problems.append(stream_problems)
                     handed = handoff(stream)
                     if handed is None:
@@ -582,7 +589,7 @@ class GuestCapture:
             rel = member_rel(member.name)
             if rel not in pending:
                 continue  # a mark, a link tar added, or a name it altered
-            if self._admit(member, pending) is not None:
+            if self._admit(member, pending, rel) is not None:
                 node = self._member_node(member, rel)
                 if node.kind == KIND_FILE:
                     node.extents, node.chunks = member.extents, chunks
@@ -591,9 +598,10 @@ class GuestCapture:
             self._resolved(rel, blockers)
         self._progress(self.counts)
 
-    def _admit(self, member: TarMember, pending: set[bytes]) -> bytes | None:
-        """The member's path, if it is one asked for and still of its listed kind."""
-        rel = member_rel(member.name)
+    def _admit(self, member: TarMember, pending: set[bytes], rel: bytes | None = None) -> bytes | None:
+        """The member's path (`rel`, if known), if it is one asked for and still of its listed kind."""
+        if rel is None:
+            rel = member_rel(member.name)
         if rel not in pending:
             return None  # a link tar added, or a name it altered
         pending.discard(rel)
@@ -746,18 +754,18 @@ class GuestCapture:
             if path is None:
                 continue  # vanished or unreadable: reported by the fetch
             subdir = built.get(child_rel) if path.kind == KIND_DIR else None
-            encoded, node = self._child_node(child_rel, path, subdir, hardlinks, missing)
+            first = _named_first(child_rel, hardlinks)
+            encoded, node = self._child_node(child_rel, path, subdir, first, missing)
             if encoded is None:
                 continue
             self._present.add(child_rel)
             cacheable = child_rel not in self._uncacheable and path.racy_after < self.racy_after
             listing_id, totals = subdir if subdir is not None else (None, None)
-            children.append(Child(name, path.key, encoded, node, _named_first(child_rel, hardlinks), path.size, cacheable,
-                                  listing_id, totals))
+            children.append(Child(name, path.key, encoded, node, first, path.size, cacheable, listing_id, totals))
         return children
 
-    def _child_node(self, rel: bytes, path: GuestPath, subdir, hardlinks, missing) -> tuple[bytes | None, Node | None]:
-        first = _named_first(rel, hardlinks)
+    def _child_node(self, rel: bytes, path: GuestPath, subdir, first: bytes | None, missing) -> tuple[bytes | None, Node | None]:
+        """`first`: the path its hardlink group names first, if not itself (_named_first)."""
         if first is not None:
             source = self._fetched.get(first)
             if source is None:
