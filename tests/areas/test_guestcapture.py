@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from vml.areas.capture import parse_listing, parse_names, parse_time
 from vml.objects.manifest import KIND_DIR, KIND_FILE, KIND_SYMLINK
 
@@ -128,3 +130,83 @@ def test_the_quick_path_check_answers_as_splitting_does():
             assert _unsafe(rel) == any(part in (b"", b".", b"..") for part in rel.split(b"/")), rel
 
     check()
+
+
+def _guest_stream(tmp_path, guest):
+    """A real find's listing of `guest` and a real GNU tar's stream of every path in it, as the
+    ssh area asks for them (FIND_FORMAT; the capture's tar options)."""
+    import subprocess
+
+    from vml.areas.capture import FIND_FORMAT
+
+    listing = subprocess.run(["find", ".", "-printf", FIND_FORMAT], cwd=guest, check=True, capture_output=True).stdout
+    names = b"".join(field + b"\0" for field in listing.split(b"\0")[1::3])
+    stream = tmp_path / "stream.tar"
+    subprocess.run(["tar", "-c", "-f", str(stream), "--format=posix", "--xattrs", "--xattrs-include=*",
+                    "--pax-option=delete=atime,delete=ctime", "--sparse", "--no-recursion", "--null", "--no-unquote", "-T", "-"],
+                   cwd=guest, input=names, check=True)
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(bytes(10240))
+    return listing, stream, empty
+
+
+def test_streams_read_by_reader_processes_give_this_process_s_tree_and_cache(tmp_path, monkeypatch):
+    """The same listing and tar stream captured by this process, and by two reader processes
+    (one stream each, the second empty): the same root and the same stat cache, directories
+    listed as their files came included; a file the guest's tar says changed as it read it is
+    left out of its directory's cache entry either way, though that directory was listed
+    before tar said so."""
+    import contextlib
+    import time
+
+    from vml.areas.capture import GuestCapture
+    from vml.areas.capture import guest as guestcapture
+    from vml.areas.capture.processes import StreamReaders
+    from vml.areas.rules import Rules
+    from vml.areas.statcache import StatCache
+    from vml.objects.store import ChunkStore
+
+    guest = tmp_path / "guest"
+    for number in range(40):
+        directory = guest / f"d{number % 7}" / f"e{number % 3}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"f{number}").write_bytes(bytes([number]) * (number * 997))
+    (guest / "d1" / "changed").write_bytes(b"being written\n" * 100)
+    (guest / "big").write_bytes(os.urandom(3_000_000))
+    listing, stream, empty = _guest_stream(tmp_path, guest)
+    handed = []
+    original = guestcapture.handoff
+    monkeypatch.setattr(guestcapture, "handoff", lambda opened: handed.append(1) or original(opened))
+    monkeypatch.setattr(guestcapture, "PARALLEL_WORK", 0)
+    monkeypatch.setattr(guestcapture, "RUN_WORK", 64 * 1024)
+
+    def capture(name: str, readers: int):
+        ChunkStore.create(str(tmp_path / name))
+        store = ChunkStore(str(tmp_path / name)).open()
+        files = iter([(stream, [(b"d1/changed", "file changed as we read it")]), (empty, [])])
+
+        @contextlib.contextmanager
+        def open_tar(runs, _size, *, reader=False):
+            path, problems = next(files)
+            with open(path, "rb") as opened:
+                yield opened, lambda: problems
+
+        result = GuestCapture(listing, time.time_ns() + 10 * 10**9, open_tar, store, StatCache(), rules=Rules(("/",)),
+                              owner_names=lambda uids, gids: ({}, {}), streams=StreamReaders(store, readers)).run()
+        store.flush()
+        store.close()
+        return result
+
+    here = capture("here", 0)
+    assert handed == []
+    apart = capture("apart", 2)
+    assert len(handed) == 2
+    assert apart.root_id == here.root_id and apart.totals == here.totals
+    assert apart.changed_while_reading == here.changed_while_reading == [b"d1/changed"]
+
+    def entries(cache):
+        return {rel: (d.fingerprint, d.listing_id, d.totals, d.children) for rel, d in cache.dirs.items()}
+
+    assert entries(apart.cache) == entries(here.cache)
+    assert b"changed" not in apart.cache.dirs[b"d1"].children and apart.cache.dirs[b"d1"].fingerprint is None
+    assert b"e0" in apart.cache.dirs[b"d1"].children and apart.cache.dirs[b"d2"].fingerprint is not None

@@ -64,7 +64,7 @@ RUN_WORK = 8 * 1024 * 1024
 MARK = b"."
 MARK_COPIES = 24
 RUNS_AHEAD = 2
-MARKS = (MARK, b"")  # the names (member_rel's) of a mark: a tar that made it "./" counts the top once more
+MARKS = (MARK, b"")  # the names (member_rel's) of a mark, and of the top, should a tar make "./." "./"
 _TYPES = {
     b"f": (KIND_FILE, stat.S_IFREG),
     b"d": (KIND_DIR, stat.S_IFDIR),

@@ -12,7 +12,11 @@ measurable in the base tree's commit (5.8 s either way); what it bought is that 
 is ids only, whatever the size of the files, so large files go to the readers too (local.py:
 PROCESSES_AFTER). Each reader is told, with its next batch, the chunks the others wrote; a
 chunk that two readers meet at once (or a reader and a thread) is stored twice, each copy
-whole and indexed, and gc keeps one."""
+whole and indexed, and gc keeps one.
+
+A guest's capture (guest.py) hands a reader the pipe of a tar stream instead (StreamReaders):
+the reader parses it, stores each file's data as it would a file's, and answers with the
+members' metadata and chunk ids, a run of paths at a time."""
 
 from __future__ import annotations
 
@@ -66,9 +70,9 @@ class ReaderProcesses:
 
     def submit(self, batch: list[ToRead]) -> Future:
         work = sum(file[1] for file in batch) + FILE_COST * len(batch)
-        return self._submit(batch, (), work, self._workers.least_busy())
+        return self.send(batch, (), work, self._workers.least_busy())
 
-    def _submit(self, body: list[ToRead] | StreamRequest, descriptors: Sequence[int], work: int, number: int) -> Future:
+    def send(self, body: list[ToRead] | StreamRequest, descriptors: Sequence[int], work: int, number: int) -> Future:
         """`body` to reader `number`, with the chunks the others wrote since it was last told:
         a Future of its answer's first part, once the packs it finished meanwhile are adopted."""
         contents: Future = Future()
@@ -153,7 +157,7 @@ class StreamReaders:
 
     def _ask(self, key: int, ahead: bytes | None, descriptors: list[int]) -> None:
         assert self._readers is not None
-        future = self._readers._submit((STREAM, key, ahead), descriptors, 0, key % self.count)
+        future = self._readers.send((STREAM, key, ahead), descriptors, 0, key % self.count)
         future.add_done_callback(lambda answer: self._answers.put((key, answer)))
         self._asked += 1
 
@@ -264,14 +268,15 @@ class _Streams:
 
     def read(self, request: StreamRequest, descriptors: list[int], chunk: Callable[[memoryview], bytes]) -> tuple[list[ReadMember], bool]:
         """The members up to the first mark of the next run's (guest.py: MARK), or to the
-        stream's end, and whether it ended; a stream's first request brings its descriptor (its own copy is
-        kept: the request's is closed) and what was read of it ahead."""
+        stream's end, and whether it ended; a stream's first request brings its descriptor
+        (its own copy is kept: the request's is closed) and what was read of it ahead. (The
+        first member is never a mark: it may be the top, which a mark names again.)"""
         _kind, key, ahead = request
         if ahead is not None:
             stream = io.BufferedReader(_ReadAhead(ahead, os.dup(descriptors[0])), STREAM_BUFFER)
             archive = TarReader(stream)
             self._open[key] = (archive, iter(archive), stream)
-            self._marks[key] = 0
+            self._marks[key] = -1  # (see above)
         if key not in self._open:
             return [], True  # (a piece asked for after the last)
         archive, members, stream = self._open[key]
@@ -279,9 +284,11 @@ class _Streams:
         for member in members:
             piece.append((member_fields(member), store_member(archive, member, chunk)))
             if member.type == DIRTYPE and member_rel(member.name) in MARKS:
-                self._marks[key] = marks = self._marks.get(key, 0) + 1
+                self._marks[key] = marks = self._marks[key] + 1
                 if marks % MARK_COPIES == 1:  # the first of a run's
                     return piece, False
+            elif self._marks[key] < 0:
+                self._marks[key] = 0
         archive.drain()
         stream.close()
         del self._open[key]
