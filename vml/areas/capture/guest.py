@@ -571,13 +571,10 @@ class GuestCapture:
             rel = self._admit(member, pending)
             if rel is None:
                 continue
-            node = self._member_node(member, rel)
+            node = self._fetched_node(member, rel)
             if node.kind == KIND_FILE:
-                node.extents = member.extents
                 tickets = [self._hash_later(data, cut=cut) for data, cut in member_pieces(archive, member)]
                 self._unfinished.append((node, tickets))  # node.chunks once the workers are done: see _finish_hashing
-                self._count_read(member)
-            self._fetched[rel] = node
             self._progress(self.counts)
         archive.drain()
 
@@ -590,11 +587,7 @@ class GuestCapture:
             if rel not in pending:
                 continue  # a mark, a link tar added, or a name it altered
             if self._admit(member, pending, rel) is not None:
-                node = self._member_node(member, rel)
-                if node.kind == KIND_FILE:
-                    node.extents, node.chunks = member.extents, chunks
-                    self._count_read(member)
-                self._fetched[rel] = node
+                self._fetched_node(member, rel).chunks = chunks
             self._resolved(rel, blockers)
         self._progress(self.counts)
 
@@ -624,9 +617,15 @@ class GuestCapture:
             self._uncacheable.add(rel)
         return node
 
-    def _count_read(self, member: TarMember) -> None:
-        self.counts.files_read += 1
-        self.counts.bytes_read += member.size
+    def _fetched_node(self, member: TarMember, rel: bytes) -> Node:
+        """The member's node, fetched: a file's extents set and its reading counted (its
+        chunks are its reader's to set)."""
+        node = self._fetched[rel] = self._member_node(member, rel)
+        if node.kind == KIND_FILE:
+            node.extents = member.extents
+            self.counts.files_read += 1
+            self.counts.bytes_read += member.size
+        return node
 
     def _hash_later(self, data: bytes, *, cut: bool) -> tuple[_Batch, int]:
         """Cut (if `cut`), hash, compress and store data on a worker, while this thread reads
