@@ -164,7 +164,9 @@ def test_streams_read_by_reader_processes_give_this_process_s_tree_and_cache(tmp
     from vml.areas.capture.processes import StreamReaders
     from vml.areas.rules import Rules
     from vml.areas.statcache import StatCache
+    from vml.objects.fsck import TreeChecker, check_packs
     from vml.objects.store import ChunkStore
+    from vml.objects.walk import listing_loader
 
     guest = tmp_path / "guest"
     for number in range(40):
@@ -195,6 +197,12 @@ def test_streams_read_by_reader_processes_give_this_process_s_tree_and_cache(tmp
                               owner_names=lambda uids, gids: ({}, {}), streams=StreamReaders(store, readers)).run()
         store.flush()
         store.close()
+        # Every pack whole and indexed (the readers' too), every blob of the tree in the store.
+        reopened = ChunkStore(str(tmp_path / name)).open()
+        packs = check_packs(reopened)
+        assert packs.problems == [] and packs.damaged_blobs == set() and packs.blobs > 40
+        assert TreeChecker(reopened, listing_loader(reopened), set()).check_root(result.root_id) == []
+        reopened.close()
         return result
 
     here = capture("here", 0)

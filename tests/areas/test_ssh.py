@@ -630,10 +630,8 @@ def test_paths_gone_or_replaced_between_the_listing_and_the_read(ssh_repo, reque
     from vml.areas.capture import guest as guestcapture
 
     handed = request.getfixturevalue("parallel_streams") if streams == "readers" else None
-    if handed is None:
-        vml = ssh_repo[0]
-        vml.separate = False  # (the injection below is in this process)
     vml, guest, env = ssh_repo
+    vml.separate = False  # (the injection below is in this process)
     for number in range(30):
         (guest / "keep" / f"d{number % 3}").mkdir(parents=True, exist_ok=True)
         (guest / "keep" / f"d{number % 3}" / f"f{number}").write_bytes(os.urandom(number * 3000))
