@@ -218,3 +218,29 @@ def test_streams_read_by_reader_processes_give_this_process_s_tree_and_cache(tmp
     assert entries(apart.cache) == entries(here.cache)
     assert b"changed" not in apart.cache.dirs[b"d1"].children and apart.cache.dirs[b"d1"].fingerprint is None
     assert b"e0" in apart.cache.dirs[b"d1"].children and apart.cache.dirs[b"d2"].fingerprint is not None
+
+
+def test_a_stream_s_runs_start_with_the_top_before_any_large_file(tmp_path, monkeypatch):
+    """Runs for reader processes: any run of a large file goes before the rest, but never
+    before the top's, which a reader takes for the stream's top only as its first member
+    (else for the mark that ends a run: one answer early, and the stream's end unasked)."""
+    from vml.areas.capture import guest as guestcapture
+    from vml.areas.capture.guest import GuestCapture
+    from vml.areas.capture.processes import StreamReaders
+    from vml.areas.rules import Rules
+    from vml.areas.statcache import StatCache
+    from vml.objects.store import ChunkStore
+
+    monkeypatch.setattr(guestcapture, "RUN_WORK", 64 * 1024)
+    monkeypatch.setattr(guestcapture, "PARALLEL_WORK", 0)
+    listing = _record(b"d", b".", mode=b"755") + b"".join(_record(b"f", b"./small%02d" % n) for n in range(9))
+    listing += _record(b"f", b"./zz-large").replace(b" 12 ", b" 1048576 ", 1)
+    ChunkStore.create(str(tmp_path / "store"))
+    store = ChunkStore(str(tmp_path / "store")).open()
+    capture = GuestCapture(listing, 1800000000 * 10**9, lambda runs, size, reader=False: None, store, StatCache(),
+                           rules=Rules(("/",)), owner_names=lambda uids, gids: ({}, {}), streams=StreamReaders(store, 2))
+    dirs = capture._tree()
+    runs = capture._runs(capture._to_fetch(dirs, capture._hardlink_groups(dirs)))
+    assert runs is not None and runs[0][0] == b"" and runs[1] == [b"zz-large"]
+    assert sorted(rel for run in runs for rel in run) == sorted(capture.paths)
+    store.close()

@@ -42,9 +42,9 @@ def parallel_streams(vml: Vml, monkeypatch) -> list[int]:
     handed: list[int] = []
     original = StreamReaders.start
 
-    def start(self, descriptor: int, ahead: bytes) -> int:
+    def start(self, descriptor: int, ahead: bytes, pieces: int = 2) -> int:
         handed.append(descriptor)
-        return original(self, descriptor, ahead)
+        return original(self, descriptor, ahead, pieces)
 
     monkeypatch.setattr(StreamReaders, "start", start)
     return handed
@@ -60,6 +60,9 @@ def test_ssh_capture_equals_directory_capture(ssh_repo, request, streams: str):
     handed = request.getfixturevalue("parallel_streams") if streams == "readers" else None
     vml, guest, env = ssh_repo
     build_everything(guest)
+    # Last in the walk, a run of its own that crosses before the rest, but after the top's
+    # run: a reader takes a stream's first member, and none after, for the top.
+    (guest / "zz-large").write_bytes(os.urandom(1 << 20))
     vml("area", "add", "d", "--dir", str(guest))
     over_ssh = vml("commit", "-a", "g", "-m", "over ssh", "--json", env=env).json()
     local = vml("commit", "-a", "d", "-m", "local", "--json").json()
@@ -593,6 +596,60 @@ def test_a_first_commit_s_tar_logs_in_while_the_listing_is_read(ssh_repo, tmp_pa
     local = vml("commit", "-a", "d", "-m", "local", "--json", env=second).json()
     assert _manifest(vml, saved["entry"], second) == _manifest(vml, local["entry"], second)
     vml.fsck_clean("--repo", str(tmp_path / "second" / ".vml"))
+
+
+def test_a_first_commit_s_streams_open_before_its_tree_is_made(ssh_repo, tmp_path: Path, monkeypatch):
+    """A first capture large enough for reader processes logs in one tar a stream while the
+    listing is read (two here: none more once the listing names BULK_BYTES later), asks the
+    guest's CPU for AES instructions within the listing (no round trip of its own), and
+    gives the streams their first runs before the tree is made: files the rules admit, not
+    the names of a hardlinked inode. The entry is the one a dir area of the same rules saves."""
+    import paramiko
+
+    from vml.areas import ssh
+    from vml.areas.capture import guest as guestcapture
+
+    vml, guest, env = ssh_repo
+    vml.separate = False
+    monkeypatch.setenv("VML_WORKER_PROCESSES", "2")
+    for module in (ssh, guestcapture):
+        monkeypatch.setattr(module, "PARALLEL_WORK", 0)  # (the first piece of the listing names enough)
+    monkeypatch.setattr(guestcapture, "RUN_WORK", 64 * 1024)
+    monkeypatch.setattr(ssh, "PIECE", 4096)  # the listing read in many pieces
+    monkeypatch.setattr(ssh, "BULK_BYTES", 1_000_000)  # named once the streams' tars are started
+    build_everything(guest)
+    for directory in ("a", "skipped"):
+        (guest / directory).mkdir()
+        for number in range(120):
+            (guest / directory / f"f{number:03}").write_bytes(os.urandom(8192))
+    (guest / "a" / "scratch.tmp").write_bytes(b"left out")
+    (guest / "a" / "linked").write_bytes(os.urandom(8192))
+    os.link(guest / "a" / "linked", guest / "a" / "linked-too")
+    rules = ("--exclude", "/skipp?d", "--exclude", "*.tmp", "--exclude", "/a/f0*")  # (patterns: find prunes none)
+    vml("area", "remove", "g", env=env)
+    vml("area", "add", "g", "--ssh", "testhost", "--root", str(guest), "--include", "/", *rules, env=env)
+    vml("area", "add", "d", "--dir", str(guest), *rules)
+
+    tars, opened, commands = [], [], []
+    start_early_tar, fetching_open, exec_command = ssh.SshArea._start_early_tar, guestcapture._Fetching.open, paramiko.SSHClient.exec_command
+
+    def noting_open(fetching, runs, ahead, read_here, *, last):
+        opened.append((last, [rel for run in runs for rel in run]))
+        return fetching_open(fetching, runs, ahead, read_here, last=last)
+
+    monkeypatch.setattr(ssh.SshArea, "_start_early_tar", lambda area: tars.append(1) or start_early_tar(area))
+    monkeypatch.setattr(guestcapture._Fetching, "open", noting_open)
+    monkeypatch.setattr(paramiko.SSHClient, "exec_command", lambda client, command, *a, **k: commands.append(command) or exec_command(client, command, *a, **k))
+    over_ssh = vml("commit", "-a", "g", "-m", "over ssh", "--json", env=env).json()
+    assert len(tars) == 2
+    assert not [command for command in commands if "grep -q -w aes" in command and "find" not in command]
+    assert opened and opened[0][0] is False and len(opened) == 1  # the head start's, given the rest later
+    first = opened[0][1]
+    assert first[0] == b"" and len(first) >= 12 and any(rel.startswith(b"a/f1") for rel in first)
+    assert not [rel for rel in first if rel.startswith((b"skipped", b"a/f0", b"a/linked", b"a/scratch"))]
+    local = vml("commit", "-a", "d", "-m", "local", "--json", env=env).json()
+    assert _manifest(vml, over_ssh["entry"], env) == _manifest(vml, local["entry"], env)
+    assert local["added_bytes"] == 0
 
 
 @pytest.mark.parametrize("ssh", ["fails", "missing"])

@@ -64,6 +64,11 @@ RUN_WORK = 8 * 1024 * 1024
 MARK = b"."
 MARK_COPIES = 24
 RUNS_AHEAD = 2
+# A first capture's streams start with up to this many runs each, from the listing as it came,
+# while the tree is made from it (GuestCapture._head_start): the base tree's first commit made
+# its tree in 0.3 s with one core waiting, and in 0.55 s beside the readers; 16 runs keep a
+# reader busy past that.
+HEAD_START_RUNS = 16
 MARKS = (MARK, b"")  # the names (member_rel's) of a mark, and of the top, should a tar make "./." "./"
 _TYPES = {
     b"f": (KIND_FILE, stat.S_IFREG),
@@ -290,19 +295,109 @@ class _Feed:
 
     def __init__(self) -> None:
         self._runs: SimpleQueue[list[bytes] | None] = SimpleQueue()
-        self._ended = False
+        self.ended = False
 
     def give(self, run: list[bytes]) -> None:
         self._runs.put(run)
 
     def end(self) -> None:
-        if not self._ended:
-            self._ended = True
+        if not self.ended:
+            self.ended = True
             self._runs.put(None)
 
     def __iter__(self) -> Iterator[list[bytes]]:
         while (run := self._runs.get()) is not None:
             yield run
+
+
+class _Fetching:
+    """A fetch's tar streams, each read by a reader process (StreamReaders): each stream is
+    given `ahead` runs as it opens (`open`), and one more each time its reader comes to the
+    end of one (its MARKs) while it has fewer than RUNS_AHEAD, so that all end together: a
+    stream given half the paths at the start ended 0.8 s before the other (the base tree's
+    first commit). Runs may come in two parts, the rest `last` (_head_start). A stream that
+    cannot be handed over (no descriptor: paramiko's channel) is given every run it may be
+    and read by this process (`read_here`)."""
+
+    def __init__(self, open_tar: OpenTar, streams: StreamReaders, size: int):
+        self.given: set[bytes] = set()  # every path given to a stream
+        self.opened = contextlib.ExitStack()  # the streams' contexts
+        self._open_tar, self._streams, self._size = open_tar, streams, size
+        self._left: deque[list[bytes]] = deque()
+        self._last = False  # `_left` holds every run still to give
+        self._feeds: dict[int, _Feed] = {}  # by stream key
+        self._in_flight: dict[int, int] = {}  # runs given to each stream and not answered yet
+        self._started: list[_Feed] = []
+        self._problems: list[Callable[[], list[tuple[bytes, str]]]] = []
+
+    def open(self, runs: list[list[bytes]], ahead: int, read_here: Callable[[IO[bytes]], None], *, last: bool) -> None:
+        """Opens up to a stream a reader process (each given `ahead` of `runs`)."""
+        self._left.extend(runs)
+        self._last = last
+        for _number in range(self._streams.count):
+            feed = _Feed()
+            self._started.append(feed)
+            given = self._give(feed, ahead)  # (before the stream opens: the area waits for its first bytes)
+            stream, problems = self.opened.enter_context(self._open_tar(feed, self._size, reader=True))
+            self._problems.append(problems)
+            handed = handoff(stream)
+            if handed is None:
+                self._give(feed, len(self._left))
+                feed.end()
+                read_here(stream)
+            else:
+                key = self._streams.start(*handed, pieces=given + feed.ended)
+                self._feeds[key], self._in_flight[key] = feed, given
+            if not self._left:
+                break
+
+    def last(self, runs: list[list[bytes]], read_here: Callable[[IO[bytes]], None]) -> None:
+        """The rest of the runs, given as the streams open so far answer (new ones opened
+        where none was handed over)."""
+        if not self._feeds:
+            self.open(runs, RUNS_AHEAD, read_here, last=True)
+            return
+        self._left.extend(runs)
+        self._last = True
+        for key in self._feeds:
+            self._give_more(key)
+
+    def _give(self, feed: _Feed, count: int) -> int:
+        count = max(0, min(count, len(self._left)))
+        for _ in range(count):
+            run = self._left.popleft()
+            self.given.update(run)
+            feed.give([*run, *[MARK] * MARK_COPIES])
+        if self._last and not self._left:
+            feed.end()
+        return count
+
+    def _give_more(self, key: int) -> None:
+        """Runs up to RUNS_AHEAD unanswered, and a piece asked for each (and for the
+        stream's end, once its paths are all sent: StreamReaders.ask)."""
+        feed = self._feeds[key]
+        if feed.ended:
+            return
+        given = self._give(feed, RUNS_AHEAD - self._in_flight[key])
+        self._in_flight[key] += given
+        self._streams.ask(key, given + feed.ended)
+
+    def collect(self, take: Callable[[list[ReadMember]], None]) -> list[tuple[bytes, str]]:
+        """Every piece of every stream, given to `take` as it comes; the problems the
+        streams' tars reported."""
+        def answered(key: int, members: list[ReadMember], at_end: bool) -> None:
+            if not at_end:  # (a run's piece, up to its mark)
+                self._in_flight[key] -= 1
+                self._give_more(key)
+            take(members)
+
+        self._streams.collect(answered)
+        return [problem for problems in self._problems for problem in problems()]
+
+    def end_feeds(self) -> None:
+        """No stream's feeding thread is left waiting for runs (an error, or the end)."""
+        for feed in self._started:
+            feed.end()
 
 
 class GuestCapture:
@@ -320,9 +415,11 @@ class GuestCapture:
         progress: Callable[[CaptureProgress], None] | None = None,
         owner_names: OwnerNames,
         streams: StreamReaders | None = None,
+        head_start: bool = False,
     ):
         """`streams`: the reader processes of a large fetch's streams (`stream_readers`),
-        closed by `run`."""
+        closed by `run`; `head_start`: a first capture's streams may open before its tree
+        is made (the area has their tars logged in already: see _head_start)."""
         self.paths, self.skipped = parse_listing(listing) if isinstance(listing, bytes) else listing
         self._owner_names = owner_names
         self.expected = expected
@@ -349,6 +446,9 @@ class GuestCapture:
         self._built: dict[bytes, tuple[bytes, Totals]] = {}  # the directories listed so far (_build)
         self._missing: list[bytes] = []  # files whose cached nodes' data left the store
         self._streams = streams if streams is not None else stream_readers(store, dry_run)
+        self._head_start_wanted = head_start
+        self._head: _Fetching | None = None  # streams opened before the tree was made (_head_start)
+        self._head_pending: set[bytes] = set()  # the paths given to them not read yet
 
     def run(self) -> CaptureResult:
         if b"" not in self.paths:
@@ -357,6 +457,8 @@ class GuestCapture:
         try:
             # The owners' names are asked for (a round trip to the guest) while the tree is made.
             naming = self._pool.submit(name_owners, self.paths, self._owner_names)
+            if self._head_start_wanted:
+                self._head_start(naming)
             self._dirs = dirs = self._tree()
             self._hardlinks = hardlinks = self._hardlink_groups(dirs)
             wanted = self._to_fetch(dirs, hardlinks)
@@ -372,8 +474,55 @@ class GuestCapture:
                     return result
                 wanted = self._missing  # cached nodes whose data left the store (gc): read them now
         finally:
+            if self._head is not None:  # (an error before the fetch: its streams end unread)
+                self._head.end_feeds()
+                self._head.opened.close()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._streams.close(kill=failed)
+
+    def _head_start(self, naming: Future) -> None:
+        """A first capture's streams opened before its tree is made, each given up to
+        HEAD_START_RUNS runs of the files the listing named first that the tree will hold
+        (the rules' scopes as _tree finds them, top down: find names a directory before
+        what it holds), but for the names of a hardlinked inode, which wait for the tree.
+        Not for a fetch that crosses as one stream read here (see _runs), nor where a
+        capture may trust what it has (a stat cache, a checkout's entry)."""
+        if self.old_cache.dirs or self.expected is not None or self._streams.count < 2:
+            return
+        paths = self.paths.values()
+        if sum(FILE_COST + path.size for path in paths) < PARALLEL_WORK:
+            return
+        runs: list[list[bytes]] = []
+        run: list[bytes] = [b""]  # (the top: a stream's first member, never in a later run: see _runs)
+        run_work = FILE_COST
+        scopes = {b"": self.rules.root_scope()}
+        for path in paths:
+            parent = scopes.get(path.rel.rpartition(b"/")[0]) if path.rel else None
+            if parent is None:
+                continue  # the top, or below a directory the tree leaves out
+            scope = self.rules.scope(path.rel, path.kind == KIND_DIR, parent)
+            if scope is Scope.OUT:
+                continue
+            if path.kind == KIND_DIR:
+                scopes[path.rel] = scope
+            elif path.kind == KIND_FILE and path.nlink == 1:
+                run.append(path.rel)
+                run_work += FILE_COST + path.size
+                if run_work >= RUN_WORK:
+                    runs.append(run)
+                    run, run_work = [], 0
+                    if len(runs) == HEAD_START_RUNS * self._streams.count:
+                        break
+        if len(runs) < self._streams.count:
+            return  # (as few files as this cross as well after the tree is made)
+        head = self._head = _Fetching(self.open_tar, self._streams, len(runs) * RUN_WORK)
+        pending = self._head_pending = {rel for run in runs for rel in run}
+
+        def read_here(stream: IO[bytes]) -> None:
+            naming.result()  # (a node names its owners)
+            self._read_stream(stream, pending)
+
+        head.open(runs, -(-len(runs) // self._streams.count), read_here, last=False)  # (every stream some)
 
     # -- the tree the rules admit, in a local capture's order
 
@@ -467,17 +616,20 @@ class GuestCapture:
         return wanted
 
     def _fetch(self, wanted: list[bytes]) -> None:
-        if not wanted:
+        head, self._head = self._head, None
+        if head is not None:  # (its paths are each in `wanted`: see _head_start)
+            wanted = [rel for rel in wanted if rel not in head.given]
+        if not wanted and head is None:
             return
-        pending = set(wanted)
+        pending, self._head_pending = set(wanted) | self._head_pending, set()
         size = sum(self.paths[rel].size for rel in wanted if rel in self.paths)
-        runs = self._runs(wanted)
+        runs = self._runs(wanted, streams=head is not None)
         if runs is None:
             with self.open_tar([wanted], size) as (stream, problems):
                 self._read_stream(stream, pending)
                 reported = problems()
         else:
-            reported = self._fetch_streams(runs, size, pending)
+            reported = self._fetch_streams(runs, size, pending, head)
         for rel, message in reported:
             if "changed as we read it" in message:
                 self.changed_while_reading.append(rel)
@@ -493,17 +645,19 @@ class GuestCapture:
                 self.skipped.append((rel, why or "the guest's tar did not send it"))
             self.paths.pop(rel, None)  # deleted since the listing, or skipped: not part of this entry
 
-    def _runs(self, wanted: list[bytes]) -> list[list[bytes]] | None:
+    def _runs(self, wanted: list[bytes], *, streams: bool = False) -> list[list[bytes]] | None:
         """`wanted` as runs of about RUN_WORK (bytes, and FILE_COST a path) for a stream a
         reader process (_fetch_streams), in walk order but any run of more than a few runs'
-        work (a large file) first, so that no stream is left with one at the end; None for
-        one stream read here: a fetch of less than PARALLEL_WORK, or where no reader may
-        store (a dry run)."""
+        work (a large file) first, so that no stream is left with one at the end, and the
+        top (if wanted) first of all: a reader takes no stream's first member for a mark,
+        and the top is one by name (processes.py: _Streams); None for one stream read here:
+        a fetch of less than PARALLEL_WORK, or where no reader may store (a dry run), unless
+        `streams` (opened already)."""
         def work(rel: bytes) -> int:
             path = self.paths.get(rel)
             return FILE_COST + (path.size if path is not None else 0)
 
-        if self._streams.count < 2 or sum(map(work, wanted)) < PARALLEL_WORK:
+        if not streams and (self._streams.count < 2 or sum(map(work, wanted)) < PARALLEL_WORK):
             return None
         runs: list[tuple[int, list[bytes]]] = []
         run: list[bytes] = []
@@ -516,53 +670,27 @@ class GuestCapture:
                 run, run_work = [], 0
         if run:
             runs.append((run_work, run))
-        runs.sort(key=lambda weighed: weighed[0] < 4 * RUN_WORK)  # (stable: the rest stay in walk order)
+        runs.sort(key=lambda weighed: b"" not in weighed[1][:1] and weighed[0] < 4 * RUN_WORK)  # (stable: the rest stay in walk order)
         return [run for _work, run in runs]
 
-    def _fetch_streams(self, runs: list[list[bytes]], size: int, pending: set[bytes]) -> list[tuple[bytes, str]]:
-        """The runs through one tar stream a reader process, each stream given RUNS_AHEAD runs
-        at first and one more each time its reader comes to the end of one (its MARKs), so
-        that all end together: a stream given half the paths at the start ended 0.8 s
-        before the other (the base tree's first commit). A stream that cannot be handed over
-        (no descriptor: paramiko's channel) is given every run left and read here."""
-        left = deque(runs)
-        feeds: dict[int, _Feed] = {}
-
-        def give(feed: _Feed, count: int) -> None:
-            for _ in range(min(count, len(left))):
-                feed.give([*left.popleft(), *[MARK] * MARK_COPIES])
-            if not left:
-                feed.end()
-
+    def _fetch_streams(self, runs: list[list[bytes]], size: int, pending: set[bytes], head: _Fetching | None) -> list[tuple[bytes, str]]:
+        """The runs through one tar stream a reader process (_Fetching), after those the
+        streams opened early were given (`head`)."""
+        fetching = head if head is not None else _Fetching(self.open_tar, self._streams, size)
         blockers = self._blockers(pending)
 
-        def answered(key: int, members: list[ReadMember]) -> None:
-            self._take_read(members, pending, blockers)
-            give(feeds[key], 1)
+        def read_here(stream: IO[bytes]) -> None:
+            self._read_stream(stream, pending)
 
-        with contextlib.ExitStack() as opened:
-            problems = []
-            started: list[_Feed] = []
+        with fetching.opened:
             try:
-                for _number in range(self._streams.count):
-                    feed = _Feed()
-                    started.append(feed)
-                    give(feed, RUNS_AHEAD)  # (before the stream opens: the area waits for its first bytes)
-                    stream, stream_problems = opened.enter_context(self.open_tar(feed, size, reader=True))
-                    problems.append(stream_problems)
-                    handed = handoff(stream)
-                    if handed is None:
-                        give(feed, len(left))
-                        self._read_stream(stream, pending)
-                    else:
-                        feeds[self._streams.start(*handed)] = feed
-                    if not left:
-                        break
-                self._streams.collect(answered)
+                if head is not None:
+                    fetching.last(runs, read_here)
+                else:
+                    fetching.open(runs, RUNS_AHEAD, read_here, last=True)
+                return fetching.collect(lambda members: self._take_read(members, pending, blockers))
             finally:
-                for feed in started:  # (an error: the streams' feeding threads are not left waiting)
-                    feed.end()
-            return [problem for stream_problems in problems for problem in stream_problems()]
+                fetching.end_feeds()  # (an error: the streams' feeding threads are not left waiting)
 
     def _read_stream(self, stream: IO[bytes], pending: set[bytes]) -> None:
         """A tar stream read on this thread, its data stored by the threads (_hash_later)."""

@@ -146,14 +146,24 @@ class StreamReaders:
         if self._readers is None:
             self._readers = ReaderProcesses(self._store, self.count)
 
-    def start(self, descriptor: int, ahead: bytes) -> int:
-        """The stream's key (0, 1, ...: at most `count` streams a fetch)."""
+    def start(self, descriptor: int, ahead: bytes, pieces: int) -> int:
+        """The stream's key (0, 1, ...: at most `count` streams a fetch), its reader asked
+        for its first `pieces` pieces (see `ask`)."""
         self.prepare()
         key, self._started = self._started, self._started + 1
         self._descriptors[key] = descriptor
         self._ask(key, ahead, [descriptor])
-        self._ask(key, None, [])  # the next piece asked for at once: the reader goes on while this one is taken
+        self.ask(key, pieces - 1)
         return key
+
+    def ask(self, key: int, pieces: int = 1) -> None:
+        """Ask a stream's reader for its next pieces: only for pieces the stream's tar has
+        been sent the paths of (or its end, once it has them all). A reader waits for each
+        piece it is asked for, and reads no request meanwhile: one that waited for paths the
+        capture's process would send once its request was read stopped them both (a
+        request carries the chunks other readers wrote, 400 KB after a head start)."""
+        for _piece in range(pieces):
+            self._ask(key, None, [])
 
     def _ask(self, key: int, ahead: bytes | None, descriptors: list[int]) -> None:
         assert self._readers is not None
@@ -161,12 +171,11 @@ class StreamReaders:
         future.add_done_callback(lambda answer: self._answers.put((key, answer)))
         self._asked += 1
 
-    def collect(self, take: Callable[[int, list[ReadMember]], None]) -> None:
-        """Every piece of every stream started, each given to `take` with its stream's key as
-        it comes; the first error a reader met is raised (the others' pieces are left), a
-        damaged stream's naming the descriptor it was read from (`descriptor`): the area
-        tells which stream broke, and how."""
-        ended: set[int] = set()
+    def collect(self, take: Callable[[int, list[ReadMember], bool], None]) -> None:
+        """Every piece asked for, each given to `take` with its stream's key, and whether it
+        ended the stream, as it comes (`take` may ask for more); the first error a reader met
+        is raised (the others' pieces are left), a damaged stream's naming the descriptor it
+        was read from (`descriptor`): the area tells which stream broke, and how."""
         while self._asked:
             key, answer = self._answers.get()
             self._asked -= 1
@@ -175,11 +184,7 @@ class StreamReaders:
             except TarError as error:
                 error.descriptor = self._descriptors[key]  # type: ignore[attr-defined]
                 raise
-            if at_end:
-                ended.add(key)
-            elif key not in ended:
-                self._ask(key, None, [])
-            take(key, members)
+            take(key, members, at_end)
         self._started = 0
 
     def finish(self) -> None:
