@@ -351,14 +351,23 @@ def test_connection_dropped_mid_commit_leaves_the_repository_consistent(vml: Vml
     vml.fsck_clean()
 
 
-def test_a_stream_dropped_while_a_reader_process_reads_it_is_one_line(ssh_repo, parallel_streams, monkeypatch):
+@pytest.mark.parametrize("opened", ["after the tree", "head start"])
+def test_a_stream_dropped_while_a_reader_process_reads_it_is_one_line(ssh_repo, parallel_streams, monkeypatch, opened: str):
     """One of two streams read by reader processes loses its connection (injected: its
-    OpenSSH client killed as it is handed over): the commit says the connection dropped,
-    at once (the other stream is not waited for), makes no entry, leaves no reader behind,
-    and the retry saves it all."""
+    OpenSSH client killed as it is handed over), opened once the tree is made or while it
+    is made (a first commit's head start): the commit says the connection dropped, at once
+    (the other stream is not waited for), makes no entry, leaves no reader behind, and the
+    retry saves it all."""
+    from vml.areas import ssh
     from vml.areas.capture import guest as guestcapture
 
     vml, guest, env = ssh_repo
+    if opened == "head start":
+        monkeypatch.setattr(ssh, "PARALLEL_WORK", 0)  # (both tars log in while the listing is read)
+        head_starts = []
+        head_start = guestcapture.GuestCapture._head_start
+        monkeypatch.setattr(guestcapture.GuestCapture, "_head_start",
+                            lambda capture, naming: head_start(capture, naming) or head_starts.append(capture._head is not None))
     for i in range(12):  # more than the pipes and buffers between the guest's tar and a reader hold
         (guest / f"file{i}").write_bytes(os.urandom(1_500_000))
     original = guestcapture.handoff
@@ -381,6 +390,7 @@ def test_a_stream_dropped_while_a_reader_process_reads_it_is_one_line(ssh_repo, 
     vml.fsck_clean()
     saved = vml("commit", "-m", "whole", "--json", env=env).json()
     assert saved["files"] == 12 and len(parallel_streams) == 4
+    assert opened != "head start" or head_starts == [True, True]
     vml("checkout", saved["entry"], "--to", str(guest.parent / "out"), env=env)
     assert compare(guest, guest.parent / "out") == []
 
