@@ -500,7 +500,7 @@ class GuestCapture:
             parent = scopes.get(path.rel.rpartition(b"/")[0]) if path.rel else None
             if parent is None:
                 continue  # the top, or below a directory the tree leaves out
-            scope = self.rules.scope(path.rel, path.kind == KIND_DIR, parent)
+            scope = self.rules.scope(path.rel, path.kind == KIND_DIR, parent) if not self.rules.everything else Scope.IN
             if scope is Scope.OUT:
                 continue
             if path.kind == KIND_DIR:

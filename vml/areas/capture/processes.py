@@ -127,10 +127,11 @@ class ReaderProcesses:
 class StreamReaders:
     """Tar streams of a guest's files (guest.py), each read by a reader process of its own a
     piece at a time: `start` hands one over (the descriptor it is read from, and what was
-    read of it ahead), `collect` gives each piece's members on the calling thread until every
-    stream has ended. A piece ends at a mark (guest.py: MARK): the capture gives a stream
-    more paths as it answers. The processes start with the first stream and stay for the
-    capture's next fetch; `finish` adopts their last packs."""
+    read of it ahead), `ask` asks for its next pieces, `collect` gives each piece's members
+    on the calling thread until every piece asked for has come. A piece ends at a mark
+    (guest.py: MARK), or at the stream's end: the capture gives a stream more paths, and asks
+    for their pieces, as it answers. The processes start with the first stream and stay for
+    the capture's next fetch; `finish` adopts their last packs."""
 
     def __init__(self, store: ChunkStore, count: int):
         self.count = count
