@@ -608,7 +608,7 @@ def test_a_first_commit_s_tar_logs_in_while_the_listing_is_read(ssh_repo, tmp_pa
     vml.fsck_clean("--repo", str(tmp_path / "second" / ".vml"))
 
 
-def test_a_first_commit_s_streams_open_before_its_tree_is_made(ssh_repo, tmp_path: Path, monkeypatch):
+def test_a_first_commit_s_streams_open_before_its_tree_is_made(ssh_repo, monkeypatch):
     """A first capture large enough for reader processes logs in one tar a stream while the
     listing is read (two here: none more once the listing names BULK_BYTES later), asks the
     guest's CPU for AES instructions within the listing (no round trip of its own), and
