@@ -327,6 +327,7 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
         assert len(released["released"]) == 1 and any("vml-base-" in volume for volume in released["deleted"])
     with steps("boot to ssh again"):
         vml("vm", "start", "--wait")
+    guest = guest_of(vml, "lab", key)  # (a start moves the forwarded port if another program took it meanwhile)
 
     # 6. Memory: a process keeps counting across commit --memory, a power-off and --resume.
     guest("nohup sh -c 'n=0; while :; do n=$((n+1)); echo $n > /run/counter; sleep 1; done' >/dev/null 2>&1 & echo $! > /run/counter.pid")
@@ -372,6 +373,7 @@ def test_a_real_guest_end_to_end(guest_image: Path, tmp_path: Path, embed_roots,
     with steps("public guest: power off, boot to ssh"):
         other("vm", "stop", "--force")
         other("vm", "start", "--wait")
+    public_guest = guest_of(other, "lab", key)  # (its port moved if another program took it while it was off)
     check_the_guest(public_guest)  # it boots: systemd made a machine-id, sshd kept the base's host keys
     history, machine_id, shadow = public_guest("cat /root/.bash_history; echo @; cat /etc/machine-id; echo @; cat /etc/shadow").split("@\n")
     assert "VmSecret-7" not in history and "ls" in history.split() and len(machine_id.strip()) == 32
