@@ -421,7 +421,11 @@ class ChunkStore:
                 return
             if self._writer is None:
                 self._writer = PackWriter(self.tmp_dir)
-            self._pending[blob_id] = self._writer.add(blob_id, blob_type, flag, payload, raw_length)
+            try:
+                self._pending[blob_id] = self._writer.add(blob_id, blob_type, flag, payload, raw_length)
+            except BaseException:  # (a full disk): the pack lacks bytes its table would name, so it is never finished
+                self._drop_writer_locked()
+                raise
             self.bytes_added += len(payload)
             if self._writer.size >= TARGET_SIZE:
                 self._finish_pack_locked()
@@ -561,12 +565,16 @@ class ChunkStore:
                 with self._lock:  # a pack that failed leaves nothing behind (PackWriter.abandon)
                     self._finishing = [item for item in self._finishing if item[0] is not blobs]
         with self._lock:
-            if self._writer is not None:
-                self._writer.abandon()
-                self._writer = None
-                for blob_id in self._pending:
-                    self._locations.pop(blob_id, None)
-                self._pending.clear()
+            self._drop_writer_locked()
+
+    def _drop_writer_locked(self) -> None:
+        """The open pack discarded, and the blobs it held known no more."""
+        if self._writer is not None:
+            self._writer.abandon()
+            self._writer = None
+            for blob_id in self._pending:
+                self._locations.pop(blob_id, None)
+            self._pending.clear()
 
     def close(self) -> None:
         if self._kept_from_source:  # copies of the source's blobs, each checked: worth keeping
