@@ -249,3 +249,33 @@ def test_a_pack_write_that_fails_is_never_finished(tmp_path, monkeypatch):
     assert 0 < len(stored) < len(blobs)  # the lost pack's blobs are not claimed
     assert all(store.get(object_id(data)) == data for data in stored)
     store.close()
+
+
+def test_a_pack_writer_that_lost_a_write_never_finishes(tmp_path):
+    """Whoever holds a PackWriter (gc, push, a reader process): once a write of it failed,
+    every later write and `finish` fail too, and no pack appears."""
+    import errno
+
+    from vml.objects.pack import PackWriter
+
+    writer = PackWriter(str(tmp_path))
+    real_write = writer._pending.file.write
+    calls = []
+
+    def full_once(data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(data)
+
+    writer._pending.file.write = full_once  # type: ignore[method-assign]
+    data = random.Random(3).randbytes(2 * 1024 * 1024)
+    with pytest.raises(OSError):
+        writer.add(object_id(data), TYPE_DATA, 0, data, len(data))
+    small = b"after the disk had room again"
+    writer.add(object_id(small), TYPE_DATA, 0, small, len(small))  # (kept in memory: no write yet)
+    with pytest.raises(OSError, match="failed before"):
+        writer.finish(str(tmp_path / "packs"))
+    writer.abandon()
+    assert len(calls) == 1 and not (tmp_path / "packs").exists()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".pack")]

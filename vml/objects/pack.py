@@ -72,6 +72,7 @@ class PackWriter:
         self.size = 0
         self._run: list[bytes] = []  # appended, not yet hashed and written
         self._run_size = 0
+        self._lost: OSError | None = None  # a write that failed: the pack lacks bytes its table would name
         self._append(MAGIC + pad)
 
     def _append(self, data: bytes) -> None:
@@ -82,10 +83,16 @@ class PackWriter:
             self._write_run()
 
     def _write_run(self) -> None:
+        if self._lost is not None:
+            raise OSError(self._lost.errno, f"a write of this pack failed before: {self._lost.strerror}")
         run = b"".join(self._run)
         self._run, self._run_size = [], 0
         self._hasher.update(run)
-        self._pending.file.write(run)
+        try:
+            self._pending.file.write(run)
+        except OSError as error:  # (a full disk): never finished, whatever comes after
+            self._lost = error
+            raise
 
     def add(self, blob_id: ObjectId, blob_type: int, flag: int, payload: bytes, raw_length: int) -> PackEntry:
         entry = PackEntry(blob_id, blob_type, flag, self.size, len(payload), raw_length)
