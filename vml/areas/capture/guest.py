@@ -320,7 +320,6 @@ class _Fetching:
     and read by this process (`read_here`)."""
 
     def __init__(self, open_tar: OpenTar, streams: StreamReaders, size: int):
-        self.given: set[bytes] = set()  # every path given to a stream
         self.opened = contextlib.ExitStack()  # the streams' contexts
         self._open_tar, self._streams, self._size = open_tar, streams, size
         self._left: deque[list[bytes]] = deque()
@@ -365,9 +364,7 @@ class _Fetching:
     def _give(self, feed: _Feed, count: int) -> int:
         count = max(0, min(count, len(self._left)))
         for _ in range(count):
-            run = self._left.popleft()
-            self.given.update(run)
-            feed.give([*run, *[MARK] * MARK_COPIES])
+            feed.give([*self._left.popleft(), *[MARK] * MARK_COPIES])
         if self._last and not self._left:
             feed.end()
         return count
@@ -448,7 +445,8 @@ class GuestCapture:
         self._streams = streams if streams is not None else stream_readers(store, dry_run)
         self._head_start_wanted = head_start
         self._head: _Fetching | None = None  # streams opened before the tree was made (_head_start)
-        self._head_pending: set[bytes] = set()  # the paths given to them not read yet
+        self._head_given: set[bytes] = set()  # the paths given to them
+        self._head_pending: set[bytes] = set()  # of those, the ones not read yet
 
     def run(self) -> CaptureResult:
         if b"" not in self.paths:
@@ -500,7 +498,7 @@ class GuestCapture:
             parent = scopes.get(path.rel.rpartition(b"/")[0]) if path.rel else None
             if parent is None:
                 continue  # the top, or below a directory the tree leaves out
-            scope = self.rules.scope(path.rel, path.kind == KIND_DIR, parent) if not self.rules.everything else Scope.IN
+            scope = self._scope(path.rel, path.kind, parent)
             if scope is Scope.OUT:
                 continue
             if path.kind == KIND_DIR:
@@ -516,7 +514,8 @@ class GuestCapture:
         if len(runs) < self._streams.count:
             return  # (as few files as this cross as well after the tree is made)
         head = self._head = _Fetching(self.open_tar, self._streams, len(runs) * RUN_WORK)
-        pending = self._head_pending = {rel for run in runs for rel in run}
+        self._head_given = {rel for run in runs for rel in run}
+        pending = self._head_pending = set(self._head_given)
 
         def read_here(stream: IO[bytes]) -> None:
             naming.result()  # (a node names its owners)
@@ -541,7 +540,7 @@ class GuestCapture:
             for name in sorted(children.get(rel, ())):
                 child_rel = rel + b"/" + name if rel else name
                 path = self.paths[child_rel]
-                scope = self.rules.scope(child_rel, path.kind == KIND_DIR, scopes[rel]) if not self.rules.everything else Scope.IN
+                scope = self._scope(child_rel, path.kind, scopes[rel])
                 if scope is Scope.OUT:
                     continue
                 kept.append(name)
@@ -550,6 +549,11 @@ class GuestCapture:
                     order.append(child_rel)
             dirs[rel] = _Dir(rel, kept)
         return dirs
+
+    def _scope(self, rel: bytes, kind: int, parent: Scope) -> Scope:
+        """Whether the rules take a path in, its parent's scope given (every path, where
+        the rules are everything)."""
+        return Scope.IN if self.rules.everything else self.rules.scope(rel, kind == KIND_DIR, parent)
 
     def _preorder(self, dirs: dict[bytes, _Dir]) -> Iterator[bytes]:
         stack = [iter(dirs[b""].names)]
@@ -618,7 +622,7 @@ class GuestCapture:
     def _fetch(self, wanted: list[bytes]) -> None:
         head, self._head = self._head, None
         if head is not None:  # (its paths are each in `wanted`: see _head_start)
-            wanted = [rel for rel in wanted if rel not in head.given]
+            wanted = [rel for rel in wanted if rel not in self._head_given]
         if not wanted and head is None:
             return
         pending, self._head_pending = set(wanted) | self._head_pending, set()
@@ -670,7 +674,7 @@ class GuestCapture:
                 run, run_work = [], 0
         if run:
             runs.append((run_work, run))
-        runs.sort(key=lambda weighed: b"" not in weighed[1][:1] and weighed[0] < 4 * RUN_WORK)  # (stable: the rest stay in walk order)
+        runs.sort(key=lambda weighed: weighed[1][0] != b"" and weighed[0] < 4 * RUN_WORK)  # (stable: the rest stay in walk order)
         return [run for _work, run in runs]
 
     def _fetch_streams(self, runs: list[list[bytes]], size: int, pending: set[bytes], head: _Fetching | None) -> list[tuple[bytes, str]]:
