@@ -62,6 +62,72 @@ def test_listing_parsed_piece_by_piece_as_it_arrives_is_the_listing():
     assert parser.close()[0] == parse_listing(cut)[0] and len(parse_listing(cut)[0]) == 100
 
 
+def test_the_compiled_parser_is_built_and_reads_a_listing_as_the_python_one_does(monkeypatch):
+    """_listing.c parses the plain records and leaves every other one to the Python parser:
+    both give the same paths, skipped names, sizes and errors, fed in any pieces."""
+    import random
+    import struct
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from vml.areas.capture import ListingParser, guest
+
+    compiled = guest._compiled
+    assert compiled is not None, "vml/areas/capture/_listing.c is not built: run ./scripts/setup"
+    # Plain records, each with at most one field made odd (a refusal rule at a time).
+    number = st.integers(0, 10**6).map(str)
+    time = st.integers(0, 4 * 10**9).map(lambda s: f"{s}.{random.Random(s).randrange(10**10):010d}")
+    head = st.tuples(st.sampled_from("fdlcbp"), st.sampled_from(["644", "755", "4755", "0", "07777"]), number, number, number, time,
+                     time, number, number, number, number).map(list)
+    odd_values = ["9" * 18, "9" * 19, "18446744073709551616", "4503599627370497", "-1", "+5", "", "1_0", "x", "8", "١",
+                           "1.5", "12", "-1.5000000000", "0.0000000001", "9000000001.0000000000", "99999999999.0000000000", "1700000000.123456789x",
+                           "17x0000000.1234567890", ".1234567890", "1700000000,1234567890", "s", "D", "ff", "0 1"]
+    made_odd = st.one_of(st.none(), st.tuples(st.integers(0, 10), st.sampled_from(odd_values)))
+    name = st.one_of(st.sampled_from([".", "./a", "./a/b c", "./x\ny", "./../up", "./a/./b", "./a//b", "./", "/abs", "a", "./..",
+                                      "./a/..", "./.hidden", "./a/..b", "./\udcff"]),
+                     st.text(alphabet="ab/. ", max_size=8).map(lambda t: "./" + t))
+
+    def as_record(head: list[str], change, name: str, target: str) -> bytes:
+        if change is not None:
+            head[change[0]] = change[1]
+        return b"\0".join(part.encode("utf-8", "surrogateescape") for part in (" ".join(head), name, target)) + b"\0"
+
+    record = st.builds(as_record, head, made_odd, name, st.sampled_from(["", "target", "../../etc/passwd", "t\x01"]))
+
+    def parse(listing: bytes, cuts: list[int]):
+        parser = ListingParser()
+        try:
+            for start, end in zip([0, *cuts], [*cuts, len(listing)]):
+                parser.feed(listing[start:end])
+            paths, skipped = parser.close()
+        except (ValueError, struct.error) as error:
+            return type(error)
+        return paths, skipped, parser.file_bytes
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(record, max_size=12), st.lists(st.integers(0, 2000), max_size=4))
+    def agree(records, cuts):
+        listing = b"".join(records)
+        cuts = sorted(min(cut, len(listing)) for cut in cuts)
+        with monkeypatch.context() as python_only:
+            python_only.setattr(guest, "_compiled", None)
+            expected = parse(listing, cuts)
+        assert parse(listing, cuts) == expected
+
+    agree()
+    plain_head = "f 644 0 0 12 1700000000.1234567890 1700000001.0000000000 42 1 2049 8"
+    one_odd_field = [as_record(plain_head.split(" "), (index, value), name, "t")  # (each rule, whatever hypothesis draws)
+                     for index in range(11) for value in odd_values for name in ("./a", "./a/..")]
+    one_odd_field.append(b"".join(as_record(plain_head.split(" "), (4, "9" * 18), f"./{n}", "") for n in range(10)))  # (sizes past 2**63)
+    with monkeypatch.context() as python_only:
+        python_only.setattr(guest, "_compiled", None)
+        expected = [parse(record, []) for record in one_odd_field]
+    assert [parse(record, []) for record in one_odd_field] == expected
+    plain = b"".join(_record(b"f", b"./f%d" % n) for n in range(50))
+    assert compiled.parse(plain, 0, {}, ListingParser()._spec) == (len(plain), 50 * 12)  # (every plain record in C)
+
+
 def test_owner_names_are_the_first_line_of_each_number():
     """As getpwuid answers: the first name of a number; a name that is its own number is none
     (find printed the number so); damaged lines are passed over."""

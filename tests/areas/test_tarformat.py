@@ -215,3 +215,64 @@ def test_a_sparse_member_without_a_hole_reads_as_a_plain_file():
     reader = TarReader(io.BufferedReader(io.BytesIO(raw.getvalue())))
     member = next(iter(reader))
     assert (member.extents, member.size, reader.read(member.size)) == (None, len(data), data)
+
+
+def test_the_compiled_header_reader_is_built_and_reads_every_header_as_python_does(tmp_path: Path, monkeypatch):
+    """_tarheader.c reads plain headers and leaves the rest (a damaged one, a checksum over
+    signed bytes, base-256 numbers) to the Python reader: both give the same fields, or the
+    same error, for every header of a real GNU tar stream and for each byte of them changed."""
+    import random
+    import struct
+
+    from vml.areas import tarformat
+
+    compiled = tarformat._compiled
+    assert compiled is not None, "vml/areas/_tarheader.c is not built: run ./scripts/setup"
+    _tree(tmp_path / "tree")
+    stream = _stream(tmp_path / "tree")
+    gnu = io.BytesIO()  # base-256 numbers (GNU's form for a uid octal cannot hold), a device, a long name's prefix
+    with tarfile.open(fileobj=gnu, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        members = (("big-uid", tarfile.REGTYPE, 2**40), ("dev", tarfile.CHRTYPE, 0), ("blk", tarfile.BLKTYPE, 0),
+                   ("p" * 120 + "/" + "n" * 90, tarfile.REGTYPE, 7))
+        for name, kind, uid in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.uid, info.devmajor, info.devminor = kind, uid, 8, 1
+            archive.addfile(info, io.BytesIO(b""))
+    ustar = io.BytesIO()
+    with tarfile.open(fileobj=ustar, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        info = tarfile.TarInfo("u" * 130 + "/" + "v" * 80)
+        archive.addfile(info, io.BytesIO(b""))
+    blocks = [data[start : start + 512] for data in (stream, gnu.getvalue(), ustar.getvalue()) for start in range(0, len(data), 512)]
+    headers = [block for block in blocks if block[257:262] == b"ustar"]  # (the magic of POSIX's and GNU's headers)
+    assert len(headers) > 30 and {b"3", b"4"} <= {block[156:157] for block in headers}
+    signed = bytearray(headers[0])
+    signed[20] = 0xE9  # (a byte past 127: sums over signed and unsigned bytes differ)
+    signed[148:156] = b"%06o\0 " % tarfile.calc_chksums(bytes(signed))[1]
+    rng = random.Random(5)
+    changed = []
+    for block in headers:
+        for where in [*range(100, 157), *range(329, 345), *rng.sample(range(512), 8)]:
+            for value in (b"0", b"7", b"8", b" ", b"\0", b"\x80", b"\xff", b"-", b"x"):
+                edited = bytearray(block)
+                edited[where : where + 1] = value
+                changed.append(bytes(edited))
+                edited[148:156] = b"%06o\0 " % tarfile.calc_chksums(bytes(edited))[0]  # (and its checksum made good again)
+                changed.append(bytes(edited))
+
+    def read(block: bytes):
+        try:
+            return tarformat._header(block)
+        except (TarStreamError, struct.error) as error:
+            return type(error), str(error)
+
+    every = [*headers, bytes(signed), *changed]
+    with monkeypatch.context() as python_only:
+        python_only.setattr(tarformat, "_compiled", None)
+        expected = [read(block) for block in every]
+    assert [read(block) for block in every] == expected
+    assert sum(compiled.header(block) is None for block in headers) == 1  # (GNU's base-256 uid)
+    assert compiled.header(bytes(signed)) is None and read(bytes(signed)) == expected[len(headers)]
+    with monkeypatch.context() as python_only:
+        python_only.setattr(tarformat, "_compiled", None)
+        whole = _read_all(stream)
+    assert _read_all(stream) == whole

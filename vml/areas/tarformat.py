@@ -10,10 +10,17 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import IO
 
 from vml.objects.chunker import Extents
 from vml.objects.manifest import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, Node
+
+_compiled: ModuleType | None
+try:
+    from vml.areas import _tarheader as _compiled  # (built by scripts/setup: see setup.py)
+except ImportError:  # (a tree not built: every header read in Python)
+    _compiled = None
 
 XATTR_PREFIX = "SCHILY.xattr."
 _XATTR_PREFIX = XATTR_PREFIX.encode()
@@ -93,6 +100,28 @@ def _number(field: bytes) -> int:
         raise TarStreamError(f"a header holds {field!r} where a number belongs") from None
 
 
+# kind, size, name (its prefix joined), mode (permission bits), uid, gid, mtime (seconds),
+# linkname, devmajor, devminor (0 but for a device)
+_Header = tuple[bytes, int, bytes, int, int, int, int, bytes, int, int]
+
+
+def _header(block: bytes) -> _Header:
+    """A header block's fields, with its numbers read (_tarheader.c, where they are plain
+    octal and its checksum that of unsigned bytes: every header a GNU tar writes here)."""
+    if _compiled is not None and (head := _compiled.header(block)) is not None:
+        return head
+    fields = _USTAR.unpack(block)
+    checksum = _number(fields[6])
+    if checksum != _byte_sum(block) - sum(block[148:156]) + 8 * 32 and checksum != _signed_checksum(block):
+        raise TarStreamError("a header's checksum does not match")
+    kind = fields[7]
+    name, prefix = fields[0].split(b"\0", 1)[0], fields[14].split(b"\0", 1)[0]
+    device = kind in _DEVICE_TYPES
+    return (kind, _number(fields[4]), prefix + b"/" + name if prefix else name, _number(fields[1]) & 0o7777, _number(fields[2]),
+            _number(fields[3]), _number(fields[5]), fields[8].split(b"\0", 1)[0], _number(fields[12]) if device else 0,
+            _number(fields[13]) if device else 0)
+
+
 def _records(data: bytes) -> list[tuple[bytes, bytes]]:
     """A pax header's records ("<length> <key>=<value>\\n"), keys and values as bytes."""
     records: list[tuple[bytes, bytes]] = []
@@ -153,11 +182,8 @@ class TarReader:
                 return  # the end (tar ends with zero blocks; a stream cut between members is its sender's to report)
             if len(block) < BLOCK:
                 raise TarStreamError("the stream ends inside a header")
-            fields = _USTAR.unpack(block)
-            checksum = _number(fields[6])
-            if checksum != _byte_sum(block) - sum(block[148:156]) + 8 * 32 and checksum != _signed_checksum(block):
-                raise TarStreamError("a header's checksum does not match")
-            kind, size = fields[7], _number(fields[4])
+            head = _header(block)
+            kind, size = head[0], head[1]
             self._start_data(size)
             if kind in (b"x", b"g"):
                 records = _records(self.read(size))
@@ -166,19 +192,17 @@ class TarReader:
             ordered = global_pax + pax
             pax = []
             try:
-                member = self._member(fields, kind, size, ordered)
+                member = self._member(head, ordered)
             except ValueError:  # a pax number or a sparse map that is not one
-                raise TarStreamError(f"a damaged header (of {fields[0].rstrip(bytes(1))!r})") from None
+                raise TarStreamError(f"a damaged header (of {head[2]!r})") from None
             yield member
 
-    def _member(self, fields: tuple, kind: bytes, size: int, ordered: list[tuple[bytes, bytes]]) -> TarMember:
+    def _member(self, head: _Header, ordered: list[tuple[bytes, bytes]]) -> TarMember:
         """The member of a header and the pax records before it (global ones first: a later
         record of a key wins)."""
+        kind, size, name, mode, uid, gid, mtime_seconds, linkname, devmajor, devminor = head
         records = dict(ordered)
-        name = records.get(b"path")
-        if name is None:
-            name, prefix = fields[0].split(b"\0", 1)[0], fields[14].split(b"\0", 1)[0]
-            name = prefix + b"/" + name if prefix else name
+        name = records.get(b"path", name)
         if b"size" in records:  # a size octal cannot hold
             size = int(records[b"size"])
             self._start_data(size)
@@ -193,14 +217,14 @@ class TarReader:
         return TarMember(
             name=name,
             type=kind,
-            mode=_number(fields[1]) & 0o7777,
-            uid=int(records[b"uid"]) if b"uid" in records else _number(fields[2]),
-            gid=int(records[b"gid"]) if b"gid" in records else _number(fields[3]),
+            mode=mode,
+            uid=int(records[b"uid"]) if b"uid" in records else uid,
+            gid=int(records[b"gid"]) if b"gid" in records else gid,
             size=size,
-            mtime_ns=parse_time(mtime) if mtime is not None else _number(fields[5]) * 1_000_000_000,
-            linkname=records.get(b"linkpath") or fields[8].split(b"\0", 1)[0],
-            devmajor=_number(fields[12]) if kind in _DEVICE_TYPES else 0,
-            devminor=_number(fields[13]) if kind in _DEVICE_TYPES else 0,
+            mtime_ns=parse_time(mtime) if mtime is not None else mtime_seconds * 1_000_000_000,
+            linkname=records.get(b"linkpath") or linkname,
+            devmajor=devmajor,
+            devminor=devminor,
             xattrs=tuple(sorted((key[len(_XATTR_PREFIX):], value) for key, value in records.items() if key.startswith(_XATTR_PREFIX))),
             extents=extents,
         )
