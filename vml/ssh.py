@@ -220,9 +220,14 @@ def connect(
     if identity and not os.path.exists(keys[0]):
         raise TransportError(f"identity file {identity} does not exist")
     try:
+        sock = socket.create_connection((hostname, port), timeout)
+        # Without Nagle's wait: a command's small request waited for the guest's delayed
+        # acknowledgement, 40 ms; a command's round trip took 0.10 s on loopback, 0.055 s so.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.connect(
             hostname,
             port=port,
+            sock=sock,
             username=user,
             key_filename=[k for k in keys if os.path.exists(k)] or None,
             allow_agent=identity is None,

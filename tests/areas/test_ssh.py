@@ -367,7 +367,7 @@ def test_a_stream_dropped_while_a_reader_process_reads_it_is_one_line(ssh_repo, 
         head_starts = []
         head_start = guestcapture.GuestCapture._head_start
         monkeypatch.setattr(guestcapture.GuestCapture, "_head_start",
-                            lambda capture, naming: head_start(capture, naming) or head_starts.append(capture._head is not None))
+                            lambda capture: head_start(capture) or head_starts.append(capture._head is not None))
     for i in range(12):  # more than the pipes and buffers between the guest's tar and a reader hold
         (guest / f"file{i}").write_bytes(os.urandom(1_500_000))
     original = guestcapture.handoff
@@ -479,7 +479,10 @@ def test_unknown_host_key_then_area_remove_and_accept(vml: Vml, tmp_path: Path, 
 
 def test_connections_prefer_aes_gcm_and_take_what_the_server_offers(sshd, sshd_factory, monkeypatch):
     """AES-GCM where the server offers it (paramiko computes a separate MAC in Python, packet
-    by packet: GCM halves vml's CPU on a guest's tar stream); another cipher where it does not."""
+    by packet: GCM halves vml's CPU on a guest's tar stream); another cipher where it does not.
+    Small packets go at once (TCP_NODELAY), not after the guest's delayed acknowledgement."""
+    import socket
+
     from vml.ssh import connect
 
     for server, expected in ((sshd, "aes128-gcm@openssh.com"), (sshd_factory("Ciphers aes128-ctr,aes256-ctr\n"), "aes128-ctr")):
@@ -490,6 +493,7 @@ def test_connections_prefer_aes_gcm_and_take_what_the_server_offers(sshd, sshd_f
             try:
                 transport = client.get_transport()
                 assert (transport.local_cipher, transport.remote_cipher) == (expected, expected)
+                assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # (no 40 ms wait a command)
                 assert client.exec_command("echo ok")[1].read() == b"ok\n"
             finally:
                 client.close()
@@ -685,6 +689,30 @@ def test_without_a_working_openssh_client_paramiko_carries_the_files(ssh_repo, t
     local = vml("commit", "-a", "d", "-m", "local", "--json").json()
     assert _manifest(vml, saved["entry"], env) == _manifest(vml, local["entry"], env)
     assert local["added_bytes"] == 0
+
+
+def test_a_head_start_that_openssh_cannot_carry_crosses_through_paramiko(ssh_repo, parallel_streams, tmp_path: Path, monkeypatch):
+    """A first commit's head start whose OpenSSH clients cannot log in (exit 255 before any
+    output, found on the thread that opens the streams while the tree is made): its runs
+    cross as one paramiko stream that vml reads itself, then the rest; the same entry."""
+    from vml.areas import ssh
+    from vml.areas.capture import guest as guestcapture
+
+    vml, guest, env = ssh_repo
+    build_everything(guest)
+    monkeypatch.setattr(ssh, "PARALLEL_WORK", 0)  # (both tars log in while the listing is read)
+    head_starts = []
+    head_start = guestcapture.GuestCapture._head_start
+    monkeypatch.setattr(guestcapture.GuestCapture, "_head_start", lambda capture: head_start(capture) or head_starts.append(capture._head))
+    failing = _ssh_wrapper(tmp_path / "wrapper", 'echo "Permission denied (publickey)." >&2; exit 255')
+    saved = vml("commit", "-m", "head start through paramiko", "--json", env={**env, **failing}).json()
+    assert len(head_starts) == 1 and head_starts[0] is not None and parallel_streams == []  # (no stream a reader could take)
+    assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == 2  # (the two early tars, then paramiko alone)
+    vml("area", "add", "d", "--dir", str(guest))
+    local = vml("commit", "-a", "d", "-m", "local", "--json").json()
+    assert _manifest(vml, saved["entry"], env) == _manifest(vml, local["entry"], env)
+    assert local["added_bytes"] == 0
+    vml.fsck_clean()
 
 
 @pytest.mark.parametrize("streams", ["one", "readers"])

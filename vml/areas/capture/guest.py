@@ -475,6 +475,8 @@ class GuestCapture:
         self._streams = streams if streams is not None else stream_readers(store, dry_run)
         self._head_start_wanted = head_start
         self._head: _Fetching | None = None  # streams opened before the tree was made (_head_start)
+        self._head_opening: Future | None = None  # their opening, on a thread (_head_start)
+        self._head_unhanded: list[IO[bytes]] = []  # one no reader process could take: read in _fetch
         self._head_given: set[bytes] = set()  # the paths given to them
         self._head_pending: set[bytes] = set()  # of those, the ones not read yet
 
@@ -486,7 +488,7 @@ class GuestCapture:
             # The owners' names are asked for (a round trip to the guest) while the tree is made.
             naming = self._pool.submit(name_owners, self.paths, self._owner_names)
             if self._head_start_wanted:
-                self._head_start(naming)
+                self._head_start()
             self._dirs = dirs = self._tree()
             self._hardlinks = hardlinks = self._hardlink_groups(dirs)
             wanted = self._to_fetch(dirs, hardlinks)
@@ -503,18 +505,22 @@ class GuestCapture:
                 wanted = self._missing  # cached nodes whose data left the store (gc): read them now
         finally:
             if self._head is not None:  # (an error before the fetch: its streams end unread)
+                with contextlib.suppress(Exception):  # (its error is the one raised, or came after it)
+                    self._opened_head()
                 self._head.end_feeds()
                 self._head.opened.close()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._streams.close(kill=failed)
 
-    def _head_start(self, naming: Future) -> None:
-        """A first capture's streams opened before its tree is made, each given up to
+    def _head_start(self) -> None:
+        """A first capture's streams opened while its tree is made, each given up to
         HEAD_START_RUNS runs of the files the listing named first that the tree will hold
         (the rules' scopes as _tree finds them, top down: find names a directory before
         what it holds), but for the names of a hardlinked inode, which wait for the tree.
         Not for a fetch that crosses as one stream read here (see _runs), nor where a
-        capture may trust what it has (a stat cache, a checkout's entry)."""
+        capture may trust what it has (a stat cache, a checkout's entry). They open on a
+        thread: each waits for its tar's login, which the base tree's first commit had not
+        finished for 0.1-0.35 s after the listing, and the tree is made meanwhile."""
         if self.old_cache.dirs or self.expected is not None or self._streams.count < 2:
             return
         paths = self.paths.values()
@@ -545,13 +551,15 @@ class GuestCapture:
             return  # (as few files as this cross as well after the tree is made)
         head = self._head = _Fetching(self.open_tar, self._streams, len(runs) * RUN_WORK)
         self._head_given = {rel for run in runs for rel in run}
-        pending = self._head_pending = set(self._head_given)
+        self._head_pending = set(self._head_given)
+        ahead = -(-len(runs) // self._streams.count)  # (every stream some)
+        self._head_opening = self._pool.submit(head.open, runs, ahead, self._head_unhanded.append, last=False)
 
-        def read_here(stream: IO[bytes]) -> None:
-            naming.result()  # (a node names its owners)
-            self._read_stream(stream, pending)
-
-        head.open(runs, -(-len(runs) // self._streams.count), read_here, last=False)  # (every stream some)
+    def _opened_head(self) -> None:
+        """Once the head start's streams are open (raising what stopped them)."""
+        opening, self._head_opening = self._head_opening, None
+        if opening is not None:
+            opening.result()
 
     # -- the tree the rules admit, in a local capture's order
 
@@ -650,12 +658,17 @@ class GuestCapture:
         return wanted
 
     def _fetch(self, wanted: list[bytes]) -> None:
-        head, self._head = self._head, None
+        head = self._head
         if head is not None:  # (its paths are each in `wanted`: see _head_start)
+            self._opened_head()
+            self._head = None
             wanted = [rel for rel in wanted if rel not in self._head_given]
         if not wanted and head is None:
             return
         pending, self._head_pending = set(wanted) | self._head_pending, set()
+        unhanded, self._head_unhanded = self._head_unhanded, []
+        for stream in unhanded:  # (given every run of the head start: see _Fetching.open)
+            self._read_stream(stream, pending)
         size = sum(self.paths[rel].size for rel in wanted if rel in self.paths)
         runs = self._runs(wanted, streams=head is not None)
         if runs is None:
