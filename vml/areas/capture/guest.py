@@ -63,20 +63,22 @@ MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 PARALLEL_WORK = 128 * 1024 * 1024
 RUN_WORK = 8 * 1024 * 1024
 # What ends each run of a stream read by a reader process: the top again, under a name no
-# listing holds ("./." on the guest; GNU tar keeps it, "././"), MARK_COPIES times. Its reader
-# answers at the first of each run's copies (processes.py: StreamReaders), and is given the
-# next run then; the copies after it push it out of tar's last record (tar writes 10 KiB at a
-# time, and a mark is 0.5 to 1.5 KiB), else a mark after a run of little data waits in tar for
-# names that are not sent before it is read.
-MARK = b"."
-MARK_COPIES = 24
+# listing holds ("./." and 1,500 "/." more on the guest: GNU tar keeps it whole, in a pax
+# record), MARK_COPIES times. Its reader answers at the first of each run's copies
+# (processes.py: StreamReaders), and is given the next run then; the copies after it push it
+# out of tar's last record (tar writes 10 KiB at a time, and a mark is 4 KiB: 3.5 of pax
+# header for its name, 0.5 of ustar), else a mark after a run of little data waits in tar for
+# names that are not sent before it is read. (The top as "./." took 24 copies, of 0.5 to 1.5
+# KiB each: an eighth of the base tree's members, each stat'ed by tar and parsed by a reader.)
+MARK = b"." + b"/." * 1500
+MARK_COPIES = 4
 RUNS_AHEAD = 2
 # A first capture's streams start with up to this many runs each, from the listing as it came,
 # while the tree is made from it (GuestCapture._head_start): the base tree's first commit made
 # its tree in 0.3 s with one core waiting, and in 0.55 s beside the readers; 16 runs keep a
 # reader busy past that.
 HEAD_START_RUNS = 16
-MARKS = (MARK, b"")  # the names (member_rel's) of a mark, and of the top, should a tar make "./." "./"
+MARKS = (MARK, b"")  # the names (member_rel's) of a mark, and of the top (a stream's first member: mark 0)
 _TYPES = {
     b"f": (KIND_FILE, stat.S_IFREG),
     b"d": (KIND_DIR, stat.S_IFDIR),
