@@ -478,7 +478,7 @@ class GuestCapture:
         self._head_start_wanted = head_start
         self._head: _Fetching | None = None  # streams opened before the tree was made (_head_start)
         self._head_opening: Future | None = None  # their opening, on a thread (_head_start)
-        self._head_unhanded: list[IO[bytes]] = []  # one no reader process could take: read in _fetch
+        self._head_unhanded: list[IO[bytes]] = []  # one no reader process could take: read in _fetch_streams
         self._head_given: set[bytes] = set()  # the paths given to them
         self._head_pending: set[bytes] = set()  # of those, the ones not read yet
 
@@ -668,9 +668,6 @@ class GuestCapture:
         if not wanted and head is None:
             return
         pending, self._head_pending = set(wanted) | self._head_pending, set()
-        unhanded, self._head_unhanded = self._head_unhanded, []
-        for stream in unhanded:  # (given every run of the head start: see _Fetching.open)
-            self._read_stream(stream, pending)
         size = sum(self.paths[rel].size for rel in wanted if rel in self.paths)
         runs = self._runs(wanted, streams=head is not None)
         if runs is None:
@@ -733,6 +730,9 @@ class GuestCapture:
 
         with fetching.opened:
             try:
+                unhanded, self._head_unhanded = self._head_unhanded, []
+                for stream in unhanded:  # (given every run of the head start: see _Fetching.open)
+                    read_here(stream)
                 if head is not None:
                     fetching.last(runs, read_here)
                 else:
