@@ -8,6 +8,7 @@ Both the SFTP transport and the ssh working areas connect through here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -113,6 +114,7 @@ def openssh_command(
     if program is None:
         return None
     hostname, port, user, known_hosts, keys = _settings(host, port, user, identity, known_hosts_file)
+    kex = _key_exchanges(program)
     if not identity:
         keys += [os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "ecdsa", "ed25519")]  # paramiko's look_for_keys
     argv = [
@@ -121,6 +123,7 @@ def openssh_command(
         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR",
         "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
         "-o", "UserKnownHostsFile=" + " ".join(f'"{path}"' for path in known_hosts), "-o", "GlobalKnownHostsFile=none",
+        *(["-o", f"KexAlgorithms={kex}"] if kex else []),
     ]
     if identity:
         argv += ["-o", "IdentitiesOnly=yes"]
@@ -128,6 +131,28 @@ def openssh_command(
         if os.path.exists(key):
             argv += ["-i", key]
     return [*argv, "--", hostname]
+
+
+# Key exchanges that cost a login little, first where the client has them: ML-KEM's hybrid
+# (post-quantum, OpenSSH 9.9), else curve25519. OpenSSH 9.2's first choice, sntrup761x25519,
+# took 0.065 s more of each login (0.245 s against 0.18 on loopback; a first commit logs in
+# twice, beside its listing). paramiko's connection, which carries the listing, the entry's
+# files and every stream under 64 MiB, offers curve25519 and nothing post-quantum.
+_CHEAP_KEX = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+
+
+@functools.cache
+def _key_exchanges(program: str) -> str | None:
+    """The client's own key exchanges (`ssh -G`: those it enables, not every one it knows),
+    _CHEAP_KEX first; None if it does not say (then its own order stands)."""
+    try:
+        config = subprocess.run([program, "-G", "-F", "none", "localhost"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    enabled = next((line.split()[1].split(",") for line in config.splitlines() if line.startswith("kexalgorithms ")), None)
+    if not enabled:
+        return None
+    return ",".join([k for k in _CHEAP_KEX if k in enabled] + [k for k in enabled if k not in _CHEAP_KEX])
 
 
 class _Pipe:

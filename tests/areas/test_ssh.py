@@ -537,6 +537,11 @@ def _ssh_wrapper(directory: Path, body: str) -> dict:
     return {"PATH": f"{directory}:{os.environ['PATH']}"}
 
 
+def _ssh_calls(directory: Path) -> list[str]:
+    """The calls of an _ssh_wrapper's `ssh` that log in (not `ssh -G`, which prints its settings)."""
+    return [call for call in (directory / "calls").read_text().splitlines() if not call.startswith("-G ")]
+
+
 def test_the_openssh_client_carries_the_files_paramiko_the_rest(ssh_repo, tmp_path: Path):
     """The file stream goes through the OpenSSH client (logged by a wrapper that runs the
     real one), with the host, port, user and known_hosts paramiko used and no config of its
@@ -547,9 +552,10 @@ def test_the_openssh_client_carries_the_files_paramiko_the_rest(ssh_repo, tmp_pa
     build_everything(guest)
     logged = _ssh_wrapper(tmp_path / "wrapper", f'exec {shutil_module.which("ssh")} "$@"')
     over_openssh = vml("commit", "-m", "openssh", "--json", env={**env, **logged}).json()
-    calls = (tmp_path / "wrapper" / "calls").read_text().splitlines()
+    calls = _ssh_calls(tmp_path / "wrapper")
     port = (Path(env["HOME"]) / ".ssh" / "config").read_text().split("Port")[1].split()[0]
     assert calls and all("-F none" in call and "StrictHostKeyChecking=yes" in call and f"-p {port} " in call for call in calls)
+    assert all("KexAlgorithms=curve25519-sha256," in call and "sntrup761x25519-sha512" in call for call in calls)  # (cheap first)
     assert any("tar -c" in call for call in calls)
     # Its cipher: AES-GCM where the guest's CPU has AES instructions (this machine's, here),
     # else ChaCha20-Poly1305, faster in software (a guest under QEMU's emulation).
@@ -565,7 +571,7 @@ def test_the_openssh_client_carries_the_files_paramiko_the_rest(ssh_repo, tmp_pa
     (guest / "new").write_text("new\n")
     time.sleep(2.1)
     vml("commit", "-a", "g", "-m", "paramiko", env={**env, **logged, "VML_SSH_CLIENT": "paramiko"})
-    assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == len(calls)
+    assert len(_ssh_calls(tmp_path / "wrapper")) == len(calls)
 
 
 def test_a_first_commit_s_tar_logs_in_while_the_listing_is_read(ssh_repo, tmp_path: Path, monkeypatch):
@@ -604,7 +610,7 @@ def test_a_first_commit_s_tar_logs_in_while_the_listing_is_read(ssh_repo, tmp_pa
     events.clear()
     saved = vml("commit", "-m", "large", "--json", env=second).json()
     assert events == ["tar", "listing read"]
-    calls = (tmp_path / "wrapper" / "calls").read_text().splitlines()
+    calls = _ssh_calls(tmp_path / "wrapper")
     assert len([call for call in calls if "tar -c" in call]) == 1
     vml("area", "add", "d", "--dir", str(guest), env=second)
     local = vml("commit", "-a", "d", "-m", "local", "--json", env=second).json()
@@ -684,7 +690,7 @@ def test_without_a_working_openssh_client_paramiko_carries_the_files(ssh_repo, t
         path = {"PATH": str(bare)}
     saved = vml("commit", "-m", "without openssh", "--json", env={**env, **path}).json()
     if ssh == "fails":
-        assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == 1  # tried once, then paramiko
+        assert len(_ssh_calls(tmp_path / "wrapper")) == 1  # tried once, then paramiko
     vml("area", "add", "d", "--dir", str(guest))
     local = vml("commit", "-a", "d", "-m", "local", "--json").json()
     assert _manifest(vml, saved["entry"], env) == _manifest(vml, local["entry"], env)
@@ -707,11 +713,28 @@ def test_a_head_start_that_openssh_cannot_carry_crosses_through_paramiko(ssh_rep
     failing = _ssh_wrapper(tmp_path / "wrapper", 'echo "Permission denied (publickey)." >&2; exit 255')
     saved = vml("commit", "-m", "head start through paramiko", "--json", env={**env, **failing}).json()
     assert len(head_starts) == 1 and head_starts[0] is not None and parallel_streams == []  # (no stream a reader could take)
-    assert len((tmp_path / "wrapper" / "calls").read_text().splitlines()) == 2  # (the two early tars, then paramiko alone)
+    assert len(_ssh_calls(tmp_path / "wrapper")) == 2  # (the two early tars, then paramiko alone)
     vml("area", "add", "d", "--dir", str(guest))
     local = vml("commit", "-a", "d", "-m", "local", "--json").json()
     assert _manifest(vml, saved["entry"], env) == _manifest(vml, local["entry"], env)
     assert local["added_bytes"] == 0
+    vml.fsck_clean()
+
+
+def test_a_guest_shell_that_prints_before_the_tar_is_one_line(ssh_repo, parallel_streams, monkeypatch):
+    """A guest whose shell prints something of its own before vml's command (a noisy
+    ~/.bashrc: bash reads it over ssh; injected here, for the file streams only): the
+    OpenSSH stream's first byte is not the one its command prints once logged in, and the
+    commit says so in one line, saving nothing."""
+    from vml.areas import ssh
+
+    vml, guest, env = ssh_repo
+    build_everything(guest)
+    script = ssh.SshArea._script
+    monkeypatch.setattr(ssh.SshArea, "_script", lambda area, body: script(area, "printf Welcome; " + body if "tar -c" in body else body))
+    failed = vml("commit", "-m", "noisy", env=env, check=False)
+    assert "the guest's shell printed b'Welcome+" in one_line_error(failed, None) and failed.returncode != 0
+    assert vml("log", "--json", env=env).json() == []
     vml.fsck_clean()
 
 
