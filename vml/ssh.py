@@ -149,8 +149,8 @@ def _key_exchanges(program: str) -> str | None:
         config = subprocess.run([program, "-G", "-F", "none", "localhost"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    enabled = next((line.split()[1].split(",") for line in config.splitlines() if line.startswith("kexalgorithms ")), None)
-    if not enabled:
+    enabled = next((line.split(" ", 1)[1].strip().split(",") for line in config.splitlines() if line.startswith("kexalgorithms ")), None)
+    if not enabled or not all(enabled):
         return None
     return ",".join([k for k in _CHEAP_KEX if k in enabled] + [k for k in enabled if k not in _CHEAP_KEX])
 

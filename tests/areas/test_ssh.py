@@ -622,7 +622,7 @@ def test_a_first_commit_s_streams_open_before_its_tree_is_made(ssh_repo, monkeyp
     """A first capture large enough for reader processes logs in one tar a stream while the
     listing is read (two here: none more once the listing names BULK_BYTES later), asks the
     guest's CPU for AES instructions within the listing (no round trip of its own), and
-    gives the streams their first runs before the tree is made: files the rules admit, not
+    gives the streams their first runs as the tree is made: files the rules admit, not
     the names of a hardlinked inode. The entry is the one a dir area of the same rules saves."""
     import paramiko
 
