@@ -368,7 +368,7 @@ class _Fetching:
         for _number in range(self._streams.count):
             feed = _Feed()
             self._started.append(feed)
-            given = self._give(feed, ahead)  # (before the stream opens: the area waits for its first bytes)
+            given = self._give(feed, ahead)  # (queued before the stream opens: the area sends them once its tar has logged in)
             stream, problems = self.opened.enter_context(self._open_tar(feed, self._size, reader=True))
             self._problems.append(problems)
             handed = handoff(stream)
